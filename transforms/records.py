@@ -1,0 +1,123 @@
+"""Element types that flow between the pipeline's stages.
+
+Every stage speaks in these few immutable records, so a stage can be tested on
+its own with plain Python values:
+
+  ReadCorpus ──Document──> ValidateDocuments ──Document──> EmbedDocuments
+      │                          │                              │
+      └──────── DeadLetter ──────┴──────────── DeadLetter ──────┘
+                                                 Embedding ──> WriteEmbeddings
+
+Ids are deterministic (taken from the input, or derived from the source name and
+the text), never random: a retried bundle must produce the same rows.
+"""
+
+import dataclasses
+import hashlib
+import os
+from typing import Mapping, NamedTuple, Optional
+
+import numpy as np
+
+# Output tags of the stages that split records into good ones and rejects:
+# their `expand` returns {DOCUMENTS: ..., DEAD_LETTER: ...}.
+DOCUMENTS = "documents"
+DEAD_LETTER = "dead_letter"
+
+# Beam metrics namespace for the pipeline's counters.
+METRICS_NAMESPACE = "embedding_pipeline"
+
+# How much of a rejected record the dead letter keeps: enough to find it, never
+# a whole document (documents may be large or sensitive).
+SNIPPET_CHARS = 200
+
+
+class Reason:
+  """Machine-readable reasons a record goes to the dead letter."""
+  EMPTY_TEXT = "empty_text"
+  INVALID_UTF8 = "invalid_utf8"
+  MALFORMED_RECORD = "malformed_record"  # bad JSON line, bad CSV row, bad proto
+  MISSING_FIELD = "missing_field"
+  NON_STRING_FIELD = "non_string_field"
+  DUPLICATE_ID = "duplicate_id"
+  UNREADABLE_FILE = "unreadable_file"  # a file that is not the format it claims
+  MODEL_ERROR = "model_error"
+
+
+class Document(NamedTuple):
+  """One text to embed.
+
+  source: the file the record came from (as matched by the input glob).
+  position: where in that file: 0-based line for text/JSONL/CSV, row index for
+    Parquet, record index for TFRecord.
+  """
+  id: str
+  text: str
+  source: str
+  position: int
+
+
+class DeadLetter(NamedTuple):
+  """A rejected record: where it came from, why, and a short snippet of it."""
+  source: str
+  position: int
+  stage: str  # "read", "validate" or "embed"
+  reason: str  # one of Reason
+  detail: str  # human readable, e.g. the exception text
+  snippet: str  # at most SNIPPET_CHARS characters of the raw record
+  id: Optional[str] = None
+
+  def to_json_dict(self) -> dict:
+    return self._asdict()
+
+
+def make_snippet(raw) -> str:
+  """A short, printable excerpt of a raw record (str or bytes)."""
+  if isinstance(raw, bytes):
+    raw = raw[:SNIPPET_CHARS * 4].decode("utf-8", errors="backslashreplace")
+  elif not isinstance(raw, str):
+    raw = repr(raw)
+  return raw[:SNIPPET_CHARS]
+
+
+def derive_document_id(source: str, text: str) -> str:
+  """A stable id for a record whose input has none.
+
+  Derived from the source file's base name and the text, so re-reading the same
+  corpus (or a copy of it elsewhere) gives the same ids, and a line that moves
+  within its file keeps its id. Two identical texts in one file get one id; the
+  second is then reported as a duplicate.
+  """
+  digest = hashlib.sha256()
+  digest.update(os.path.basename(source).encode("utf-8"))
+  digest.update(b"\x00")
+  digest.update(text.encode("utf-8"))
+  return digest.hexdigest()[:32]
+
+
+def content_hash(text: str) -> str:
+  """Hash of a document's text, used to detect changed documents."""
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Embedding:
+  """The model's output for one document.
+
+  embedding: the pooled sentence vector, float32 [H].
+  num_tokens: wordpieces fed to the encoder, [CLS] and [SEP] included, after
+    truncation.
+  truncated: whether the text had more tokens than --max_seq_length allowed.
+  token_ids / sequence_embedding: only when sequence output is asked for; the
+    real tokens only (no padding): int32 [T] and float32 or float16 [T, H].
+  layers: chosen encoder layers (non-negative index) -> pooled vector [H].
+  """
+  id: str
+  text: str
+  source: str
+  embedding: np.ndarray
+  num_tokens: int
+  truncated: bool
+  token_ids: Optional[np.ndarray] = None
+  sequence_embedding: Optional[np.ndarray] = None
+  layers: Mapping[int, np.ndarray] = dataclasses.field(default_factory=dict)
