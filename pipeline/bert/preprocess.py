@@ -81,6 +81,21 @@ def normalize_text(texts: tf.Tensor, lower_case: bool) -> tf.Tensor:
   return texts
 
 
+def _unique_tokens(vocab: Sequence[str]) -> list:
+  """The vocabulary with unreachable entries renamed, ids unchanged.
+
+  Some published vocabularies repeat a token (or hold blank lines); the
+  reference tokenizer maps a repeated token to its last id, so the earlier ids
+  can never be produced. FastWordpieceTokenizer needs unique tokens, so those
+  entries get a placeholder name that no text can match.
+  """
+  last_index = {token: i for i, token in enumerate(vocab)}
+  return [
+      token if token and last_index[token] == i else f"[UNREACHABLE_{i}]"
+      for i, token in enumerate(vocab)
+  ]
+
+
 class BertTokenize(tf.Module):
   """Strings [batch] to wordpiece ids, int32 RaggedTensor [batch, words, pieces]."""
 
@@ -94,7 +109,7 @@ class BertTokenize(tf.Module):
     self._basic = bert_tokenizer.BasicTokenizer(
         lower_case=False, keep_whitespace=False, normalization_form=None)
     self._wordpiece = tf_text.FastWordpieceTokenizer(
-        vocab=vocab, suffix_indicator="##",
+        vocab=_unique_tokens(vocab), suffix_indicator="##",
         max_bytes_per_word=MAX_CHARS_PER_WORD * _MAX_BYTES_PER_UTF8_CHAR,
         token_out_type=tf.int32, unknown_token="[UNK]",
         no_pretokenization=True)

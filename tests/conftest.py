@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny real models exported with the project's own code."""
+
+import os
+
+# Keep TensorFlow's start-up chatter out of test output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+from pipeline.bert import export  # pylint: disable=g-import-not-at-top
+from tests import tiny_bert  # pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+  """A random tiny uncased sentence-transformers style checkpoint directory."""
+  return tiny_bert.write_tiny_checkpoint(
+      str(tmp_path_factory.mktemp("tiny_ckpt")), sentence_transformers=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_checkpoint, tmp_path_factory):
+  """The tiny checkpoint exported to a TF Hub format model directory."""
+  model_dir = str(tmp_path_factory.mktemp("tiny_model") / "model")
+  export.export_checkpoint(tiny_checkpoint, model_dir, name="tiny-bert")
+  return model_dir
+
+
+_FIGURES_KEY = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def report_figure(request):
+  """Records a measured figure; all of them are printed after the run."""
+  figures = request.config.stash.setdefault(_FIGURES_KEY, [])
+
+  def report(name, value):
+    figures.append((request.node.nodeid, name, value))
+
+  return report
+
+
+def pytest_terminal_summary(terminalreporter, config):
+  figures = config.stash.get(_FIGURES_KEY, [])
+  if figures:
+    terminalreporter.section("measured figures")
+    for nodeid, name, value in figures:
+      terminalreporter.write_line(f"{nodeid}: {name} = {value}")

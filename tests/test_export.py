@@ -1,0 +1,223 @@
+"""Export of tiny random BERTs: reload with tensorflow_hub, compare with PyTorch."""
+
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the preprocess model's ops)
+import tensorflow_hub as hub
+
+from pipeline import export_model
+from pipeline.bert import checkpoint
+from pipeline.bert import export
+from pipeline.bert import metadata as metadata_lib
+from tests import tiny_bert
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, World! Ünïcode text embedding",
+    "unknown words: zzz qqq, numbers 42 and [CLS] literal",
+    "",
+    "a",
+]
+
+
+def _export(tmp_path, name, **checkpoint_args):
+  ckpt = tiny_bert.write_tiny_checkpoint(str(tmp_path / f"{name}_ckpt"),
+                                         **checkpoint_args)
+  model_dir = str(tmp_path / name)
+  export.export_checkpoint(ckpt, model_dir)
+  return ckpt, model_dir
+
+
+def _torch_outputs(checkpoint_dir, inputs):
+  import torch
+  from transformers import BertModel
+  model = BertModel.from_pretrained(checkpoint_dir).eval()
+  with torch.no_grad():
+    out = model(
+        input_ids=torch.tensor(inputs["input_word_ids"].numpy()).long(),
+        attention_mask=torch.tensor(inputs["input_mask"].numpy()).long(),
+        token_type_ids=torch.tensor(inputs["input_type_ids"].numpy()).long(),
+        output_hidden_states=True)
+  return out
+
+
+def _reference_tokenizer(checkpoint_dir, lower_case):
+  from transformers import BertTokenizerFast
+  return BertTokenizerFast(os.path.join(checkpoint_dir, "vocab.txt"),
+                           do_lower_case=lower_case)
+
+
+def test_model_directory_layout_and_metadata(tiny_model_dir):
+  for part in ("encoder/saved_model.pb", "preprocess/saved_model.pb",
+               "vocab.txt", "model_metadata.json"):
+    assert os.path.exists(os.path.join(tiny_model_dir, part)), part
+  meta = metadata_lib.read_metadata(tiny_model_dir)
+  # Read from the sentence-transformers files of the tiny checkpoint.
+  assert (meta.pooling, meta.normalize, meta.max_seq_length) == ("mean", True,
+                                                                 32)
+  assert (meta.hidden_size, meta.num_layers, meta.lower_case) == (16, 1, True)
+  assert meta.vocab_size == len(tiny_bert.tiny_vocab())
+  assert len(meta.fingerprint) == 64
+  assert set(meta.checksums) == {"config.json", "vocab.txt",
+                                 "model.safetensors"}
+
+
+def test_encoder_interface_and_dynamic_shapes(tiny_model_dir):
+  preprocess = hub.load(os.path.join(tiny_model_dir, "preprocess"))
+  encoder = hub.load(os.path.join(tiny_model_dir, "encoder"))
+  for batch in (["a"], SENTENCES):
+    inputs = preprocess(tf.constant(batch))
+    outputs = encoder(inputs)
+    seq = inputs["input_word_ids"].shape[1]
+    assert set(outputs) == {"pooled_output", "sequence_output",
+                            "encoder_outputs", "default"}
+    assert outputs["sequence_output"].shape == (len(batch), seq, 16)
+    assert outputs["pooled_output"].shape == (len(batch), 16)
+    assert len(outputs["encoder_outputs"]) == 1
+    np.testing.assert_array_equal(outputs["default"],
+                                  outputs["pooled_output"])
+  serving = encoder.signatures["serving_default"]
+  flat = serving(**preprocess(tf.constant(SENTENCES)))
+  assert "encoder_outputs_0" in flat and "sequence_output" in flat
+
+
+@pytest.mark.parametrize("variant", [
+    dict(),
+    dict(cased=True, seed=1),
+    dict(weights_format="bin", seed=2, layers=2),
+    dict(pooler=False, seed=3),
+])
+def test_export_matches_pytorch(tmp_path, variant):
+  ckpt, model_dir = _export(tmp_path, "model", **variant)
+  preprocess = hub.load(os.path.join(model_dir, "preprocess"))
+  encoder = hub.load(os.path.join(model_dir, "encoder"))
+  inputs = preprocess(tf.constant(SENTENCES))
+  outputs = encoder(inputs)
+  reference = _torch_outputs(ckpt, inputs)
+
+  mask = inputs["input_mask"].numpy().astype(bool)
+  np.testing.assert_allclose(
+      outputs["sequence_output"].numpy()[mask],
+      reference.last_hidden_state.numpy()[mask], atol=1e-5)
+  for mine, theirs in zip(outputs["encoder_outputs"],
+                          reference.hidden_states[1:]):
+    np.testing.assert_allclose(mine.numpy()[mask], theirs.numpy()[mask],
+                               atol=1e-5)
+  if variant.get("pooler", True):
+    np.testing.assert_allclose(outputs["pooled_output"].numpy(),
+                               reference.pooler_output.numpy(), atol=1e-5)
+  else:
+    # No pooler weights: the pooled output is the first token.
+    np.testing.assert_allclose(outputs["pooled_output"].numpy(),
+                               outputs["sequence_output"].numpy()[:, 0])
+
+
+@pytest.mark.parametrize("cased", [False, True])
+def test_tokenize_matches_reference_tokenizer(tmp_path, cased):
+  ckpt, model_dir = _export(tmp_path, "model", cased=cased)
+  preprocess = hub.load(os.path.join(model_dir, "preprocess"))
+  reference = _reference_tokenizer(ckpt, lower_case=not cased)
+  texts = SENTENCES + ["The Fox, THE FOX!", "Hello\x00World\u200b[SEP]x",
+                       "Ünïcode ünïcode UNICODE", "x" * 101 + " fox"]
+  tokens = preprocess.tokenize(tf.constant(texts)).merge_dims(1, 2).to_list()
+  for text, ids in zip(texts, tokens):
+    assert ids == reference(text, add_special_tokens=False)["input_ids"], text
+
+
+def test_pack_inputs_pads_truncates_and_pairs(tiny_model_dir):
+  preprocess = hub.load(os.path.join(tiny_model_dir, "preprocess"))
+  special = {k: int(v) for k, v in
+             preprocess.tokenize.get_special_tokens_dict().items()}
+  assert special["vocab_size"] == len(tiny_bert.tiny_vocab())
+  cls, sep = special["start_of_sequence_id"], special["end_of_segment_id"]
+
+  tokens = preprocess.tokenize(tf.constant(["hello world", "the cat"]))
+  dynamic = preprocess.bert_pack_inputs([tokens])
+  assert dynamic["input_word_ids"].shape == (2, 4)  # [CLS] w w [SEP]
+  fixed = preprocess.bert_pack_inputs([tokens], seq_length=tf.constant(8))
+  assert fixed["input_word_ids"].shape == (2, 8)
+  np.testing.assert_array_equal(fixed["input_mask"][0], [1] * 4 + [0] * 4)
+
+  pair = preprocess.bert_pack_inputs(
+      [tokens, preprocess.tokenize(tf.constant(["fox", "dog"]))])
+  word_ids = pair["input_word_ids"].numpy()[0].tolist()
+  assert word_ids[0] == cls and word_ids.count(sep) == 2
+  np.testing.assert_array_equal(pair["input_type_ids"][0], [0, 0, 0, 0, 1, 1])
+
+  # Longer than max_seq_length (32): truncated to it, ending in [SEP].
+  long_inputs = preprocess(tf.constant([" ".join(["fox"] * 50)]))
+  assert long_inputs["input_word_ids"].shape == (1, 32)
+  assert long_inputs["input_word_ids"][0, -1] == sep
+
+
+def test_export_refuses_to_overwrite(tiny_checkpoint, tiny_model_dir):
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    export.export_checkpoint(tiny_checkpoint, tiny_model_dir)
+
+
+def _broken_copy(tmp_path, edit):
+  path = tiny_bert.write_tiny_checkpoint(str(tmp_path / "broken"))
+  edit(path)
+  return path
+
+
+def _write(path, name, content, mode="w"):
+  with open(os.path.join(path, name), mode) as f:
+    f.write(content)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: os.remove(os.path.join(p, "vocab.txt")), "missing vocab.txt"),
+    (lambda p: os.remove(os.path.join(p, "config.json")),
+     "missing config.json"),
+    (lambda p: os.remove(os.path.join(p, "model.safetensors")),
+     "no model.safetensors or pytorch_model.bin"),
+    (lambda p: _write(p, "config.json", json.dumps({"model_type": "gpt2"})),
+     "only BERT checkpoints"),
+    (lambda p: _write(p, "config.json", json.dumps({"model_type": "bert"})),
+     "not a BERT config, missing hidden_size"),
+    (lambda p: _write(p, "vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n"),
+     "vocab.txt has 4 entries but the embedding table"),
+    (lambda p: _write(p, "model.safetensors", b"garbage", "wb"),
+     "not a safetensors file"),
+    (lambda p: _write(p, "config.json", "{not json"), "not valid JSON"),
+])
+def test_bad_checkpoints_fail_at_once_with_a_reason(tmp_path, edit, message):
+  path = _broken_copy(tmp_path, edit)
+  with pytest.raises(checkpoint.CheckpointError, match=message):
+    export.export_checkpoint(path, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_missing_checkpoint_directory(tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match="is not a directory"):
+    checkpoint.read_checkpoint(str(tmp_path / "nowhere"))
+
+
+def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
+  path = _broken_copy(tmp_path, lambda p: os.remove(os.path.join(p,
+                                                                 "vocab.txt")))
+  code = export_model.main(["--checkpoint", path, "--output_dir",
+                            str(tmp_path / "out")])
+  assert code == 2
+  assert "missing vocab.txt" in capsys.readouterr().err
+
+
+class _RunsCode:
+
+  def __reduce__(self):
+    return (os.system, ("echo pwned",))
+
+
+def test_torch_checkpoint_reader_runs_no_code(tmp_path):
+  path = str(tmp_path / "pytorch_model.bin")
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("archive/data.pkl", pickle.dumps({"x": _RunsCode()}))
+  with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+    checkpoint.read_torch_bin(path)
