@@ -1,0 +1,230 @@
+"""Tests for pipeline.read_outputs, on a run written by the real writers."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from pipeline import read_outputs
+from pipeline.local_runner import LocalRunner
+from tests.test_write import FINGERPRINT
+from tests.test_write import RUN_ID
+from tests.test_write import make_dead_letters
+from tests.test_write import make_embeddings
+from tests.test_write import publish_manifest
+from transforms import write
+from transforms.schemas import EmbeddingTableSpec
+
+H = 5
+SPEC = EmbeddingTableSpec(
+    hidden_size=H, sequence_output=True, sequence_dtype="float16",
+    encoder_layers=(0,))
+EMBEDDINGS = make_embeddings(4, SPEC, seed=11)
+DEAD_LETTERS = make_dead_letters(3)
+NEIGHBOURS = [
+    {"id": "doc-000", "rank": 1, "neighbour_id": "doc-001", "score": 0.5},
+    {"id": "doc-001", "rank": 1, "neighbour_id": "doc-000", "score": 0.5},
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A published run: embeddings (parquet), neighbours (jsonl), errors."""
+  run_dir = str(tmp_path_factory.mktemp("runs") / "run-1")
+  with TestPipeline(runner=LocalRunner()) as p:
+    ids = dict(run_id=RUN_ID, model_fingerprint=FINGERPRINT)
+    embeddings = (
+        p
+        | "CreateEmbeddings" >> beam.Create(EMBEDDINGS)
+        | write.WriteEmbeddings(
+            run_dir, SPEC, bigquery_format="parquet", **ids))
+    neighbours = (
+        p
+        | "CreateNeighbours" >> beam.Create(NEIGHBOURS)
+        | write.WriteNeighbours(run_dir, bigquery_format="jsonl", **ids))
+    errors = (
+        p
+        | "CreateDeadLetters" >> beam.Create(DEAD_LETTERS)
+        | write.WriteDeadLetters(run_dir, run_id=RUN_ID))
+    publish_manifest(
+        p, run_dir, H, {
+            "embeddings": embeddings, "neighbours": neighbours,
+            "errors": {"jsonl": errors}
+        })
+  return run_dir
+
+
+def copy_run(run_dir, tmp_path):
+  copy = str(tmp_path / "copy")
+  shutil.copytree(run_dir, copy)
+  return copy
+
+
+def edit_manifest(run_dir, change):
+  path = os.path.join(run_dir, "manifest.json")
+  with open(path) as f:
+    manifest = json.load(f)
+  change(manifest)
+  with open(path, "w") as f:
+    json.dump(manifest, f)
+
+
+# --- API --------------------------------------------------------------------
+
+
+def test_missing_manifest_means_unpublished(tmp_path):
+  (tmp_path / "embeddings").mkdir()
+  with pytest.raises(read_outputs.RunNotPublishedError, match="incomplete"):
+    read_outputs.load_manifest(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="no manifest.json"):
+    read_outputs.read_table(str(tmp_path))
+
+
+def test_load_manifest(run_dir):
+  manifest = read_outputs.load_manifest(run_dir)
+  assert manifest["run_id"] == RUN_ID
+  assert set(manifest["outputs"]) == {"embeddings", "neighbours", "errors"}
+
+
+def test_read_table_formats(run_dir):
+  loadable = read_outputs.read_table(run_dir)
+  assert loadable.column_names == [
+      "id", "text", "embedding", "num_tokens", "truncated", "run_id",
+      "model_fingerprint", "encoder_layer_0", "tokens"]
+  assert loadable.num_rows == 4
+  assert loadable.equals(read_outputs.read_table(run_dir, format="parquet"))
+  examples = read_outputs.read_table(run_dir, format="tfrecord")
+  assert examples.column_names[-2:] == ["token_ids", "sequence_embedding"]
+  # Both copies hold the same documents and token ids.
+  tokens = {r["id"]: [t["token_id"] for t in r["tokens"]]
+            for r in loadable.to_pylist()}
+  assert tokens == {r["id"]: r["token_ids"] for r in examples.to_pylist()}
+
+
+def test_load_embeddings(run_dir):
+  ids, matrix = read_outputs.load_embeddings(run_dir)
+  by_id = {e.id: e.embedding for e in EMBEDDINGS}
+  assert sorted(ids) == sorted(by_id)
+  np.testing.assert_allclose(matrix, np.stack([by_id[i] for i in ids]))
+
+
+def test_read_other_tables(run_dir):
+  neighbours = read_outputs.read_table(run_dir, "neighbours").to_pylist()
+  assert sorted((r["id"], r["neighbour_id"], r["score"]) for r in neighbours
+               ) == [("doc-000", "doc-001", 0.5), ("doc-001", "doc-000", 0.5)]
+  errors = read_outputs.read_errors(run_dir)
+  assert sorted(r["position"] for r in errors) == [0, 1, 2]
+  assert read_outputs.read_table(run_dir, "errors").num_rows == 3
+
+
+def test_only_files_in_the_manifest_are_read(run_dir, tmp_path):
+  copy = copy_run(run_dir, tmp_path)
+  shard = os.path.join(
+      copy, "embeddings", "parquet", "embeddings-00000-of-00001.parquet")
+  # A leftover shard of an interrupted attempt, not in the manifest.
+  shutil.copy(shard, shard.replace("-of-00001", "-of-00002"))
+  assert read_outputs.read_table(copy).num_rows == 4
+
+
+def test_manifest_errors_name_the_problem(run_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"no 'avro' files; it has \['parquet'"):
+    read_outputs.read_table(run_dir, format="avro")
+  copy = copy_run(run_dir, tmp_path)
+  edit_manifest(copy, lambda m: m["outputs"].pop("neighbours"))
+  with pytest.raises(ValueError, match="no 'neighbours' table"):
+    read_outputs.read_table(copy, "neighbours")
+  absolute = os.path.join(copy, "errors", "errors-00000-of-00001.jsonl")
+  edit_manifest(copy, lambda m: m["outputs"]["errors"].update(jsonl=[absolute]))
+  with pytest.raises(ValueError, match="must be relative"):
+    read_outputs.read_errors(copy)
+
+
+def test_tfrecord_reader_agrees_with_tensorflow(run_dir, tmp_path):
+  manifest = read_outputs.load_manifest(run_dir)
+  (relative,) = manifest["outputs"]["embeddings"]["tfrecord"]
+  path = os.path.join(run_dir, relative)
+  with open(path, "rb") as f:
+    ours = list(read_outputs._iter_tfrecords(f))
+  theirs = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+  assert len(ours) == 4 and ours == theirs
+
+  corrupt = str(tmp_path / "corrupt.tfrecord")
+  data = bytearray(open(path, "rb").read())
+  data[20] ^= 0xFF  # inside the first record's payload
+  open(corrupt, "wb").write(bytes(data))
+  with pytest.raises(ValueError, match="Corrupt TFRecord"):
+    with open(corrupt, "rb") as f:
+      list(read_outputs._iter_tfrecords(f))
+
+
+# --- Command line -----------------------------------------------------------
+
+
+def test_cli_summary(run_dir, capsys):
+  assert read_outputs.main([run_dir, "--head", "2"]) == 0
+  out = capsys.readouterr().out
+  assert f"run: {RUN_ID}" in out
+  assert "table: embeddings (parquet, 1 file)" in out
+  assert "rows: 4" in out
+  assert "  embedding: list<element: float not null>" in out
+  assert "first 2 rows:" in out
+  row_lines = [line for line in out.splitlines() if line.startswith("  {id:")]
+  assert len(row_lines) == 2
+  first_id = read_outputs.read_table(run_dir).column("id")[0].as_py()
+  assert f'id: "{first_id}"' in row_lines[0]
+
+
+def test_cli_errors_table(run_dir, capsys):
+  assert read_outputs.main([run_dir, "--table", "errors", "--head", "0"]) == 0
+  out = capsys.readouterr().out
+  assert "table: errors (jsonl, 1 file)" in out
+  assert "rows: 3" in out
+  assert "first" not in out
+
+
+def test_cli_exports(run_dir, tmp_path, capsys):
+  parquet_path = str(tmp_path / "out" / "embeddings.parquet")
+  numpy_path = str(tmp_path / "out" / "embeddings.npz")
+  assert read_outputs.main([
+      run_dir, "--format", "tfrecord", "--to_parquet", parquet_path,
+      "--to_numpy", numpy_path
+  ]) == 0
+  assert "wrote 4x5 embeddings" in capsys.readouterr().out
+  exported = pq.read_table(parquet_path)
+  assert exported.num_rows == 4
+  assert "sequence_embedding" in exported.column_names
+  with np.load(numpy_path) as arrays:
+    ids, matrix = arrays["ids"].tolist(), arrays["embeddings"]
+  by_id = {e.id: e.embedding for e in EMBEDDINGS}
+  assert sorted(ids) == sorted(by_id)
+  np.testing.assert_allclose(matrix, np.stack([by_id[i] for i in ids]))
+
+
+def test_cli_reports_unpublished_run(tmp_path, capsys):
+  assert read_outputs.main([str(tmp_path)]) == 1
+  assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_cli_rejects_numpy_export_of_other_tables(run_dir, tmp_path):
+  with pytest.raises(SystemExit) as exited:
+    read_outputs.main(
+        [run_dir, "--table", "errors", "--to_numpy", str(tmp_path / "x.npz")])
+  assert exited.value.code == 2
+
+
+def test_cli_runs_as_a_module(run_dir):
+  result = subprocess.run(
+      [sys.executable, "-m", "pipeline.read_outputs", run_dir, "--table",
+       "neighbours", "--head", "1"],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr
+  assert "table: neighbours (jsonl, 1 file)" in result.stdout
+  assert "rows: 2" in result.stdout

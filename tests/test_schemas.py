@@ -1,0 +1,425 @@
+"""Tests for transforms.schemas: schemas as data, and the row converters."""
+
+import copy
+import dataclasses
+import io
+
+import fastavro
+import numpy as np
+import pyarrow as pa
+import pytest
+import tensorflow as tf
+from google.cloud.bigquery import SchemaField
+from tfx_bsl.coders import example_coder
+
+from transforms import schemas
+from transforms.records import DeadLetter
+from transforms.records import Embedding
+from transforms.schemas import EmbeddingTableSpec
+
+H = 8
+FULL_SPEC = EmbeddingTableSpec(
+    hidden_size=H, sequence_output=True, encoder_layers=(0, 5))
+FLOAT16_SPEC = EmbeddingTableSpec(
+    hidden_size=H, sequence_output=True, sequence_dtype="float16",
+    encoder_layers=(2,))
+
+
+def make_embedding(rng, id_="doc-1", num_tokens=5, layers=(0, 5), h=H):
+  return Embedding(
+      id=id_,
+      text=f"text of {id_}",
+      source="corpus.txt",
+      embedding=rng.standard_normal(h).astype(np.float32),
+      num_tokens=num_tokens,
+      truncated=num_tokens % 2 == 1,
+      token_ids=rng.integers(0, 30000, num_tokens).astype(np.int32),
+      sequence_embedding=rng.standard_normal((num_tokens, h)).astype(
+          np.float32),
+      layers={
+          i: rng.standard_normal(h).astype(np.float32) for i in layers
+      })
+
+
+def names_types_modes(fields):
+  return [(f["name"], f["type"], f["mode"]) for f in fields]
+
+
+# --- BigQuery schema JSON ---------------------------------------------------
+
+
+def test_bigquery_schema_of_minimal_spec():
+  spec = EmbeddingTableSpec(hidden_size=H, include_text=False)
+  fields = schemas.to_bigquery_schema(schemas.embedding_columns(spec))
+  assert names_types_modes(fields) == [
+      ("id", "STRING", "REQUIRED"),
+      ("embedding", "FLOAT", "REPEATED"),
+      ("num_tokens", "INTEGER", "REQUIRED"),
+      ("truncated", "BOOLEAN", "REQUIRED"),
+      ("run_id", "STRING", "REQUIRED"),
+      ("model_fingerprint", "STRING", "REQUIRED"),
+  ]
+  assert all("fields" not in f for f in fields)
+  schemas.validate_bigquery_schema(fields)
+
+
+def test_bigquery_schema_of_full_spec():
+  fields = schemas.to_bigquery_schema(schemas.embedding_columns(FULL_SPEC))
+  assert names_types_modes(fields) == [
+      ("id", "STRING", "REQUIRED"),
+      ("text", "STRING", "NULLABLE"),
+      ("embedding", "FLOAT", "REPEATED"),
+      ("num_tokens", "INTEGER", "REQUIRED"),
+      ("truncated", "BOOLEAN", "REQUIRED"),
+      ("run_id", "STRING", "REQUIRED"),
+      ("model_fingerprint", "STRING", "REQUIRED"),
+      ("encoder_layer_0", "FLOAT", "REPEATED"),
+      ("encoder_layer_5", "FLOAT", "REPEATED"),
+      ("tokens", "RECORD", "REPEATED"),
+  ]
+  assert names_types_modes(fields[-1]["fields"]) == [
+      ("position", "INTEGER", "REQUIRED"),
+      ("token_id", "INTEGER", "REQUIRED"),
+      ("embedding", "FLOAT", "REPEATED"),
+  ]
+  schemas.validate_bigquery_schema(fields)
+  # BigQuery's own client reads it back the same (no network involved).
+  parsed = [SchemaField.from_api_repr(f) for f in fields]
+  assert [(f.name, f.field_type, f.mode) for f in parsed] == [
+      (f["name"], f["type"], f["mode"]) for f in fields]
+  assert [f.name for f in parsed[-1].fields] == [
+      "position", "token_id", "embedding"]
+
+
+def test_sequence_dtype_does_not_change_bigquery_schema():
+  float32 = EmbeddingTableSpec(hidden_size=H, sequence_output=True)
+  float16 = EmbeddingTableSpec(
+      hidden_size=H, sequence_output=True, sequence_dtype="float16")
+  assert schemas.to_bigquery_schema(
+      schemas.embedding_columns(float32)) == schemas.to_bigquery_schema(
+          schemas.embedding_columns(float16))
+
+
+def test_neighbour_and_error_schemas():
+  neighbours = schemas.to_bigquery_schema(schemas.NEIGHBOUR_COLUMNS)
+  assert names_types_modes(neighbours) == [
+      ("id", "STRING", "REQUIRED"),
+      ("rank", "INTEGER", "REQUIRED"),
+      ("neighbour_id", "STRING", "REQUIRED"),
+      ("score", "FLOAT", "REQUIRED"),
+      ("run_id", "STRING", "REQUIRED"),
+      ("model_fingerprint", "STRING", "REQUIRED"),
+  ]
+  errors = schemas.to_bigquery_schema(schemas.ERROR_COLUMNS)
+  assert [f["name"] for f in errors] == list(DeadLetter._fields) + ["run_id"]
+  assert dict((f["name"], f["mode"]) for f in errors)["id"] == "NULLABLE"
+  schemas.validate_bigquery_schema(neighbours)
+  schemas.validate_bigquery_schema(errors)
+
+
+def test_columns_round_trip_through_bigquery_json():
+  for columns in (schemas.embedding_columns(FULL_SPEC),
+                  schemas.NEIGHBOUR_COLUMNS, schemas.ERROR_COLUMNS):
+    fields = schemas.to_bigquery_schema(columns)
+    assert schemas.columns_from_bigquery_schema(fields) == columns
+
+
+def test_validate_accepts_every_bigquery_type():
+  fields = [{"name": f"c_{t.lower()}", "type": t, "mode": "NULLABLE"}
+            for t in schemas.BIGQUERY_TYPES if t not in schemas.RECORD_TYPES]
+  fields.append({"name": "r", "type": "STRUCT", "fields": [
+      {"name": "x", "type": "INT64"}]})
+  schemas.validate_bigquery_schema(fields)
+
+
+VALID = [{"name": "id", "type": "STRING", "mode": "REQUIRED"},
+         {"name": "tokens", "type": "RECORD", "mode": "REPEATED", "fields": [
+             {"name": "embedding", "type": "FLOAT", "mode": "REPEATED"}]}]
+
+
+def _broken(change):
+  fields = copy.deepcopy(VALID)
+  change(fields)
+  return fields
+
+
+@pytest.mark.parametrize("fields, message", [
+    (_broken(lambda f: f[0].update(type="STIRNG")), "'STIRNG'"),
+    (_broken(lambda f: f[0].update(type="FLOAT32")), "'FLOAT32'"),
+    (_broken(lambda f: f[1]["fields"][0].update(type="FLAOT")),
+     "tokens.embedding: unknown type 'FLAOT'"),
+    (_broken(lambda f: f[0].update(mode="REPEATD")), "'REPEATD'"),
+    (_broken(lambda f: f[0].update(name="1st")), "'1st'"),
+    (_broken(lambda f: f[0].update(name="bad-name")), "'bad-name'"),
+    (_broken(lambda f: f[0].update(name="x" * 301)), "bad column name"),
+    (_broken(lambda f: f[0].update(name="_PARTITIONTIME")), "reserved"),
+    (_broken(lambda f: f[1].update(name="ID")), "duplicate"),
+    (_broken(lambda f: f[1].pop("fields")), "tokens: expected a non-empty"),
+    (_broken(lambda f: f[1].update(fields=[])), "tokens: expected a non-empty"),
+    (_broken(lambda f: f[0].update(fields=[{"name": "a", "type": "STRING"}])),
+     "only RECORD columns have fields"),
+    (_broken(lambda f: f[0].update(mdoe="REQUIRED")), "unknown keys ['mdoe']"),
+    ([], "non-empty list"),
+    ({"name": "id", "type": "STRING"}, "non-empty list"),
+])
+def test_validate_rejects(fields, message):
+  with pytest.raises(ValueError, match="Invalid BigQuery schema") as raised:
+    schemas.validate_bigquery_schema(fields)
+  assert message in str(raised.value)
+
+
+def test_validate_accepts_the_unbroken_schema():
+  schemas.validate_bigquery_schema(VALID)
+
+
+def test_spec_rejects_bad_values():
+  with pytest.raises(ValueError, match="sequence_dtype"):
+    EmbeddingTableSpec(hidden_size=H, sequence_dtype="bfloat16")
+  with pytest.raises(ValueError, match="non-negative"):
+    EmbeddingTableSpec(hidden_size=H, encoder_layers=(-1,))
+  with pytest.raises(ValueError, match="duplicates"):
+    EmbeddingTableSpec(hidden_size=H, encoder_layers=(1, 1))
+  with pytest.raises(ValueError, match="hidden_size"):
+    EmbeddingTableSpec(hidden_size=0)
+  spec = EmbeddingTableSpec(hidden_size=H, encoder_layers=[3])
+  assert spec.encoder_layers == (3,)
+
+
+# --- Arrow and Avro schemas -------------------------------------------------
+
+
+def test_arrow_schema():
+  schema = schemas.to_arrow_schema(schemas.embedding_columns(FULL_SPEC))
+  assert schema.field("id").type == pa.string()
+  assert not schema.field("id").nullable
+  assert schema.field("text").nullable
+  assert schema.field("embedding").type == pa.list_(
+      pa.field("element", pa.float32(), nullable=False))
+  assert schema.field("truncated").type == pa.bool_()
+  token = schema.field("tokens").type.value_type
+  assert [f.name for f in token] == ["position", "token_id", "embedding"]
+  assert token.field("token_id").type == pa.int64()
+
+
+def test_avro_schema_parses_and_holds_rows():
+  columns = schemas.embedding_columns(FULL_SPEC)
+  avro_schema = schemas.to_avro_schema(columns, name="embeddings")
+  parsed = fastavro.parse_schema(avro_schema)
+  by_name = {f["name"]: f["type"] for f in avro_schema["fields"]}
+  assert by_name["id"] == "string"
+  assert by_name["text"] == ["null", "string"]
+  assert by_name["embedding"] == {"type": "array", "items": "float"}
+  assert by_name["tokens"]["type"] == "array"
+  assert by_name["tokens"]["items"]["type"] == "record"
+
+  rng = np.random.default_rng(0)
+  rows = [
+      schemas.embedding_to_row(
+          make_embedding(rng, f"d{i}"), FULL_SPEC, "run", "fp")
+      for i in range(3)
+  ]
+  rows[1]["text"] = None  # NULLABLE
+  buffer = io.BytesIO()
+  fastavro.writer(buffer, parsed, rows, validator=True)
+  buffer.seek(0)
+  # float32 storage holds the float32 values exactly.
+  assert list(fastavro.reader(buffer)) == rows
+
+
+def test_error_and_neighbour_avro_schemas_parse():
+  fastavro.parse_schema(schemas.to_avro_schema(schemas.ERROR_COLUMNS, "errors"))
+  fastavro.parse_schema(
+      schemas.to_avro_schema(schemas.NEIGHBOUR_COLUMNS, "neighbours"))
+
+
+# --- Row converters ---------------------------------------------------------
+
+
+def test_embedding_to_row_values():
+  rng = np.random.default_rng(1)
+  e = make_embedding(rng, num_tokens=4)
+  row = schemas.embedding_to_row(e, FULL_SPEC, "run-7", "fp-9")
+  assert [k for k in row] == [
+      c.name for c in schemas.embedding_columns(FULL_SPEC)]
+  assert row["id"] == "doc-1"
+  assert row["text"] == "text of doc-1"
+  assert row["num_tokens"] == 4 and type(row["num_tokens"]) is int
+  assert row["truncated"] is False
+  assert (row["run_id"], row["model_fingerprint"]) == ("run-7", "fp-9")
+  assert all(type(v) is float for v in row["embedding"])
+  np.testing.assert_array_equal(
+      np.array(row["embedding"], np.float32), e.embedding)
+  np.testing.assert_array_equal(
+      np.array(row["encoder_layer_0"], np.float32), e.layers[0])
+  np.testing.assert_array_equal(
+      np.array(row["encoder_layer_5"], np.float32), e.layers[5])
+  assert [t["position"] for t in row["tokens"]] == [0, 1, 2, 3]
+  assert [t["token_id"] for t in row["tokens"]] == e.token_ids.tolist()
+  np.testing.assert_array_equal(
+      np.array([t["embedding"] for t in row["tokens"]], np.float32),
+      e.sequence_embedding)
+
+
+def test_embedding_to_row_without_text_or_sequence():
+  rng = np.random.default_rng(2)
+  spec = EmbeddingTableSpec(hidden_size=H, include_text=False)
+  row = schemas.embedding_to_row(make_embedding(rng), spec, "r", "f")
+  assert set(row) == {
+      "id", "embedding", "num_tokens", "truncated", "run_id",
+      "model_fingerprint"}
+
+
+def test_embedding_to_row_rounds_float16_sequence():
+  rng = np.random.default_rng(3)
+  e = make_embedding(rng, layers=(2,))
+  row = schemas.embedding_to_row(e, FLOAT16_SPEC, "r", "f")
+  written = np.array([t["embedding"] for t in row["tokens"]])
+  assert all(type(v) is float for v in row["tokens"][0]["embedding"])
+  expected = e.sequence_embedding.astype(np.float16).astype(np.float64)
+  np.testing.assert_array_equal(written, expected)
+  # Random float32 values are not float16 values: the rounding did happen.
+  assert np.any(written != e.sequence_embedding.astype(np.float64))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(layers={}), "encoder layer 0"),
+    (dict(embedding=np.zeros(H + 1, np.float32)), r"shape \(9,\)"),
+    (dict(token_ids=None), "no per-token output"),
+    (dict(sequence_embedding=np.zeros((2, H), np.float32)),
+     "sequence_embedding"),
+])
+def test_embedding_to_row_rejects_inconsistent_embeddings(change, message):
+  e = dataclasses.replace(make_embedding(np.random.default_rng(4)), **change)
+  with pytest.raises(ValueError, match=message):
+    schemas.embedding_to_row(e, FULL_SPEC, "r", "f")
+  with pytest.raises(ValueError, match=message):
+    schemas.embeddings_to_record_batch([e], FULL_SPEC, "r", "f")
+
+
+def test_dead_letter_and_neighbour_rows():
+  d = DeadLetter(
+      source="a.jsonl", position=3, stage="validate", reason="empty_text",
+      detail="no text", snippet="{}", id="x")
+  assert schemas.dead_letter_to_row(d, "run") == {
+      "source": "a.jsonl", "position": 3, "stage": "validate",
+      "reason": "empty_text", "detail": "no text", "snippet": "{}",
+      "id": "x", "run_id": "run"}
+  row = schemas.neighbour_to_row(
+      {"id": "a", "rank": np.int64(1), "neighbour_id": "b", "score": 0.1},
+      "run", "fp")
+  assert row == {
+      "id": "a", "rank": 1, "neighbour_id": "b",
+      "score": float(np.float32(0.1)), "run_id": "run",
+      "model_fingerprint": "fp"}
+  assert type(row["rank"]) is int
+
+
+# --- Arrow batches ----------------------------------------------------------
+
+
+def _decode(serialized):
+  example = tf.train.Example.FromString(serialized)
+  return example.features.feature
+
+
+def test_record_batch_encodes_to_tf_examples():
+  rng = np.random.default_rng(5)
+  batch = [make_embedding(rng, f"d{i}", num_tokens=3 + i) for i in range(3)]
+  record_batch = schemas.embeddings_to_record_batch(
+      batch, FULL_SPEC, "run-1", "fp-1")
+  examples = example_coder.RecordBatchToExamplesEncoder().encode(record_batch)
+  assert len(examples) == 3
+  for e, serialized in zip(batch, examples):
+    f = _decode(serialized)
+    assert set(f) == {
+        "id", "text", "embedding", "num_tokens", "truncated", "run_id",
+        "model_fingerprint", "encoder_layer_0", "encoder_layer_5",
+        "token_ids", "sequence_embedding"}
+    assert f["id"].bytes_list.value == [e.id.encode()]
+    assert f["text"].bytes_list.value == [e.text.encode()]
+    np.testing.assert_array_equal(f["embedding"].float_list.value, e.embedding)
+    assert f["num_tokens"].int64_list.value == [e.num_tokens]
+    assert f["truncated"].int64_list.value == [int(e.truncated)]
+    assert f["run_id"].bytes_list.value == [b"run-1"]
+    assert f["model_fingerprint"].bytes_list.value == [b"fp-1"]
+    np.testing.assert_array_equal(
+        f["encoder_layer_5"].float_list.value, e.layers[5])
+    assert list(f["token_ids"].int64_list.value) == e.token_ids.tolist()
+    np.testing.assert_array_equal(
+        np.array(f["sequence_embedding"].float_list.value).reshape(-1, H),
+        e.sequence_embedding)
+
+
+def test_record_batch_float16_sequence_is_one_bytes_value():
+  rng = np.random.default_rng(6)
+  batch = [make_embedding(rng, f"d{i}", num_tokens=2 + i, layers=(2,))
+           for i in range(3)]
+  examples = example_coder.RecordBatchToExamplesEncoder().encode(
+      schemas.embeddings_to_record_batch(batch, FLOAT16_SPEC, "r", "f"))
+  for e, serialized in zip(batch, examples):
+    f = _decode(serialized)
+    (data,) = f["sequence_embedding"].bytes_list.value
+    assert len(data) == e.num_tokens * H * 2
+    np.testing.assert_array_equal(
+        np.frombuffer(data, "<f2").reshape(-1, H),
+        e.sequence_embedding.astype(np.float16))
+    assert "encoder_layer_0" not in f
+    np.testing.assert_array_equal(
+        f["encoder_layer_2"].float_list.value, e.layers[2])
+
+
+def test_record_batch_without_optional_columns():
+  rng = np.random.default_rng(7)
+  spec = EmbeddingTableSpec(hidden_size=H, include_text=False)
+  record_batch = schemas.embeddings_to_record_batch(
+      [make_embedding(rng)], spec, "r", "f")
+  assert record_batch.schema.names == [
+      "id", "embedding", "num_tokens", "truncated", "run_id",
+      "model_fingerprint"]
+
+
+@pytest.mark.parametrize("spec", [FULL_SPEC, FLOAT16_SPEC])
+def test_arrow_batch_matches_row_converter(spec):
+  rng = np.random.default_rng(8)
+  batch = [
+      make_embedding(rng, f"d{i}", num_tokens=1 + i, layers=(0, 2, 5))
+      for i in range(4)
+  ]
+  arrow = schemas.embeddings_to_arrow(batch, spec, "r", "f")
+  assert arrow.schema == schemas.to_arrow_schema(
+      schemas.embedding_columns(spec))
+  assert arrow.to_pylist() == [
+      schemas.embedding_to_row(e, spec, "r", "f") for e in batch]
+
+
+def test_empty_batches():
+  for to_batch in (schemas.embeddings_to_record_batch,
+                   schemas.embeddings_to_arrow):
+    assert to_batch([], FULL_SPEC, "r", "f").num_rows == 0
+
+
+def test_neighbour_rows_to_tf_examples():
+  rows = [
+      schemas.neighbour_to_row(
+          {"id": "a", "rank": r, "neighbour_id": f"n{r}", "score": 1 / r},
+          "run", "fp") for r in (1, 2)
+  ]
+  examples = example_coder.RecordBatchToExamplesEncoder().encode(
+      schemas.rows_to_record_batch(rows, schemas.NEIGHBOUR_COLUMNS))
+  f = _decode(examples[1])
+  assert f["id"].bytes_list.value == [b"a"]
+  assert f["rank"].int64_list.value == [2]
+  assert f["neighbour_id"].bytes_list.value == [b"n2"]
+  assert f["score"].float_list.value == [pytest.approx(0.5)]
+  assert f["model_fingerprint"].bytes_list.value == [b"fp"]
+
+
+def test_example_layout_schema():
+  schema = schemas.example_layout_arrow_schema(
+      schemas.embedding_columns(FULL_SPEC))
+  assert schema.names == [
+      "id", "text", "embedding", "num_tokens", "truncated", "run_id",
+      "model_fingerprint", "encoder_layer_0", "encoder_layer_5", "token_ids",
+      "sequence_embedding"]
+  assert schema.field("truncated").type == pa.bool_()
+  assert schema.field("sequence_embedding").type.value_type == pa.float32()
