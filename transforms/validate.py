@@ -1,0 +1,125 @@
+"""Validate stage: rejects empty documents and repeated ids.
+
+    Document ──RejectEmptyText──> GroupById ──KeepOnePerId──> Document
+                   │                                 │
+                   └──────────── DeadLetter ─────────┘
+
+Empty texts are rejected first, so an empty record never wins its id over a
+real one. Of the documents sharing an id, the one with the smallest
+(source, position) is kept: the choice depends on the data only, not on how
+the runner bundled or ordered it, so a rerun keeps the same rows.
+"""
+
+from typing import Iterable, Iterator, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.records import (DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE,
+                                DeadLetter, Document, Reason, make_snippet)
+
+STAGE = "validate"
+
+
+def is_empty_text(text: str) -> bool:
+  """Whether a text has nothing to embed: "" or only whitespace."""
+  return not text or text.isspace()
+
+
+def _location(document: Document) -> Tuple[str, int]:
+  return document.source, document.position
+
+
+def choose_kept(documents: Iterable[Document]) -> Document:
+  """The document an id keeps: the one with the smallest (source, position)."""
+  return min(documents, key=_location)
+
+
+def duplicates_of(kept: Document,
+                  documents: Iterable[Document]) -> Iterator[Document]:
+  """All of `documents` but (one occurrence of) `kept`.
+
+  Compares by value, not identity: a runner may decode the grouped values
+  afresh on each iteration.
+  """
+  kept_skipped = False
+  for document in documents:
+    if not kept_skipped and document == kept:
+      kept_skipped = True
+    else:
+      yield document
+
+
+def empty_text_dead_letter(document: Document) -> DeadLetter:
+  return DeadLetter(
+      source=document.source,
+      position=document.position,
+      stage=STAGE,
+      reason=Reason.EMPTY_TEXT,
+      detail="the text is empty or only whitespace",
+      snippet=make_snippet(document.text),
+      id=document.id)
+
+
+def duplicate_dead_letter(document: Document, kept_source: str,
+                          kept_position: int) -> DeadLetter:
+  return DeadLetter(
+      source=document.source,
+      position=document.position,
+      stage=STAGE,
+      reason=Reason.DUPLICATE_ID,
+      detail=(f"id {document.id!r} is already used by the kept record at "
+              f"{kept_source}:{kept_position}"),
+      snippet=make_snippet(document.text),
+      id=document.id)
+
+
+class _RejectEmptyTextFn(beam.DoFn):
+
+  def __init__(self):
+    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE, "dead_lettered")
+
+  def process(self, document: Document):
+    if is_empty_text(document.text):
+      self._dead_lettered.inc()
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER,
+                                     empty_text_dead_letter(document))
+    else:
+      yield document
+
+
+class _KeepOnePerIdFn(beam.DoFn):
+
+  def __init__(self):
+    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE, "dead_lettered")
+
+  def process(self, id_and_documents):
+    # Two passes over the group, never a copy of it: Beam's grouped values are
+    # re-iterable, and a hot id's group need not fit in memory.
+    _, documents = id_and_documents
+    kept = choose_kept(documents)
+    yield kept
+    for duplicate in duplicates_of(kept, documents):
+      self._dead_lettered.inc()
+      yield beam.pvalue.TaggedOutput(
+          DEAD_LETTER,
+          duplicate_dead_letter(duplicate, kept.source, kept.position))
+
+
+class ValidateDocuments(beam.PTransform):
+  """Documents -> {DOCUMENTS: valid, unique ids; DEAD_LETTER: the rest}."""
+
+  def expand(self, documents):
+    non_empty = (
+        documents
+        | "RejectEmptyText" >> beam.ParDo(_RejectEmptyTextFn()).with_outputs(
+            DEAD_LETTER, main=DOCUMENTS))
+    unique = (
+        non_empty[DOCUMENTS]
+        | "KeyById" >> beam.Map(lambda document: (document.id, document))
+        | "GroupById" >> beam.GroupByKey()
+        | "KeepOnePerId" >> beam.ParDo(_KeepOnePerIdFn()).with_outputs(
+            DEAD_LETTER, main=DOCUMENTS))
+    dead_letters = ((non_empty[DEAD_LETTER], unique[DEAD_LETTER])
+                    | "MergeDeadLetters" >> beam.Flatten())
+    return {DOCUMENTS: unique[DOCUMENTS], DEAD_LETTER: dead_letters}
