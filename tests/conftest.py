@@ -19,6 +19,15 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def default_model_dir(tmp_path_factory):
+  """The real default model, exported with the project's code (~20 s)."""
+  from pipeline.bert import default_model  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path_factory.mktemp("default") / "all-MiniLM-L6-v2")
+  default_model.export_default_model(model_dir)
+  return model_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tiny_checkpoint, tmp_path_factory):
   """The tiny checkpoint exported to a TF Hub format model directory."""
   model_dir = str(tmp_path_factory.mktemp("tiny_model") / "model")

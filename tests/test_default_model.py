@@ -22,11 +22,10 @@ from tests.parity_sentences import PARITY_SENTENCES
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp("default") / "all-MiniLM-L6-v2")
-  default_model.export_default_model(model_dir)
-  return (model_dir, hub.load(os.path.join(model_dir, "preprocess")),
-          hub.load(os.path.join(model_dir, "encoder")))
+def exported(default_model_dir):
+  return (default_model_dir,
+          hub.load(os.path.join(default_model_dir, "preprocess")),
+          hub.load(os.path.join(default_model_dir, "encoder")))
 
 
 @pytest.fixture(scope="module")

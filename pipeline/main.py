@@ -1,0 +1,202 @@
+"""Embeds a text corpus with a BERT model and writes a run directory.
+
+  python -m pipeline.main --input 'corpus/*.jsonl' --output runs/today \\
+      [--model MODEL_DIR] [Beam pipeline options]
+
+Read corpus -> validate + ids -> embed (RunInference) -> write embeddings;
+every rejected record -> errors; manifest.json last. See README.md for the
+flags and the output schemas.
+"""
+
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import SetupOptions
+
+from pipeline import local_runner
+from pipeline.options import ConfigError
+from pipeline.options import PipelineConfig
+from pipeline.options import config_from_options
+from pipeline.options import reject_unknown_flags
+from transforms.embed import EmbedDocuments
+from transforms.manifest import MANIFEST_FILE
+from transforms.manifest import WriteManifest
+from transforms.model_handler import BertEmbeddingModelHandler
+from transforms.model_handler import EmbeddingSettings
+from transforms.read import ReadCorpus
+from transforms.records import DEAD_LETTER
+from transforms.records import DOCUMENTS
+from transforms.schemas import EmbeddingTableSpec
+from transforms.validate import ValidateDocuments
+from transforms.write import WriteDeadLetters
+from transforms.write import WriteEmbeddings
+
+_LOG = logging.getLogger(__name__)
+
+
+def make_model_handler(config: PipelineConfig) -> BertEmbeddingModelHandler:
+  return BertEmbeddingModelHandler(
+      EmbeddingSettings(
+          preprocess_path=config.model.preprocess_path,
+          encoder_path=config.model.encoder_path,
+          max_seq_length=config.max_seq_length,
+          pooling=config.pooling,
+          normalize=config.normalize,
+          sequence_output=config.sequence_output,
+          sequence_dtype=config.sequence_dtype,
+          encoder_layers=config.encoder_layers),
+      min_batch_size=config.min_batch_size,
+      max_batch_size=config.max_batch_size,
+      max_batch_duration_secs=config.max_batch_duration_secs,
+      max_batch_tokens=config.max_batch_tokens,
+      large_model=config.large_model,
+      model_copies=config.model_copies)
+
+
+def manifest_model_entry(config: PipelineConfig) -> dict:
+  meta = config.model.metadata
+  return {
+      "path": config.model.path,
+      "name": meta.name,
+      "fingerprint": meta.fingerprint,
+      "hidden_size": meta.hidden_size,
+      "num_layers": meta.num_layers,
+      "pooling": config.pooling,
+      "normalize": config.normalize,
+      "max_seq_length": config.max_seq_length,
+      "license": meta.license,
+      "source": dict(meta.source),
+  }
+
+
+def manifest_settings(config: PipelineConfig) -> dict:
+  return {
+      "input": config.input,
+      "input_format": config.input_format,
+      "id_field": config.id_field,
+      "text_field": config.text_field,
+      "sequence_output": config.sequence_output,
+      "sequence_dtype": config.sequence_dtype,
+      "encoder_layers": list(config.encoder_layers),
+      "include_text": config.include_text,
+      "bigquery_format": config.bigquery_format,
+  }
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig,
+                   started_at: float) -> dict:
+  """Adds the whole job to `pipeline`; returns its main PCollections."""
+  read = pipeline | "ReadCorpus" >> ReadCorpus(
+      config.input, input_format=config.input_format,
+      id_field=config.id_field, text_field=config.text_field)
+  valid = read[DOCUMENTS] | "ValidateDocuments" >> ValidateDocuments()
+  embedded = valid[DOCUMENTS] | "EmbedDocuments" >> EmbedDocuments(
+      make_model_handler(config))
+  embeddings = embedded[DOCUMENTS]
+  dead_letters = (read[DEAD_LETTER], valid[DEAD_LETTER],
+                  embedded[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
+
+  spec = EmbeddingTableSpec(
+      hidden_size=config.model.hidden_size,
+      include_text=config.include_text,
+      sequence_output=config.sequence_output,
+      sequence_dtype=config.sequence_dtype,
+      encoder_layers=config.encoder_layers)
+  embedding_files = embeddings | "WriteEmbeddings" >> WriteEmbeddings(
+      config.output, spec, run_id=config.run_id,
+      model_fingerprint=config.model.fingerprint,
+      bigquery_format=config.bigquery_format, num_shards=config.num_shards)
+  error_files = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
+      config.output, run_id=config.run_id, num_shards=config.num_shards)
+  if config.bigquery_table:
+    _write_to_bigquery(embeddings, spec, config)
+
+  records_read = (read[DOCUMENTS], read[DEAD_LETTER]) | (
+      "AllRecordsRead" >> beam.Flatten())
+  truncated = embeddings | "Truncated" >> beam.Filter(lambda e: e.truncated)
+  pipeline | "WriteManifest" >> WriteManifest(
+      config.output, config.run_id, manifest_model_entry(config),
+      counts={
+          "read": records_read,
+          "embedded": embeddings,
+          "dead_lettered": dead_letters,
+          "truncated": truncated,
+      },
+      outputs={
+          "embeddings": embedding_files,
+          "errors": {"jsonl": error_files},
+      },
+      settings=manifest_settings(config),
+      started_at=started_at)
+  return {"embeddings": embeddings, "dead_letters": dead_letters}
+
+
+def _write_to_bigquery(embeddings, spec, config: PipelineConfig):
+  """Loads the embedding rows straight into --bigquery_table (on GCP)."""
+  from apache_beam.io.gcp.bigquery import BigQueryDisposition  # pylint: disable=g-import-not-at-top
+  from apache_beam.io.gcp.bigquery import WriteToBigQuery  # pylint: disable=g-import-not-at-top
+  from transforms import schemas  # pylint: disable=g-import-not-at-top
+  _ = (embeddings
+       | "ToBigQueryRows" >> beam.Map(
+           schemas.embedding_to_row, spec=spec, run_id=config.run_id,
+           model_fingerprint=config.model.fingerprint)
+       | "WriteToBigQuery" >> WriteToBigQuery(
+           config.bigquery_table,
+           schema={"fields": schemas.to_bigquery_schema(
+               schemas.embedding_columns(spec))},
+           method=WriteToBigQuery.Method.FILE_LOADS,
+           create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
+           write_disposition=BigQueryDisposition.WRITE_APPEND))
+
+
+def _check_output_is_new(output: str):
+  manifest = FileSystems.join(output, MANIFEST_FILE)
+  if FileSystems.exists(manifest):
+    raise ConfigError(
+        f"--output={output} already holds a published run ({manifest}); "
+        "choose a new run directory, e.g. one per date.")
+
+
+def run(argv=None, save_main_session=True):
+  """Runs the job to completion; returns the PipelineResult.
+
+  Raises ConfigError, before anything runs, when a flag is wrong.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  reject_unknown_flags(argv)
+  options = PipelineOptions(argv)
+  options.view_as(SetupOptions).save_main_session = save_main_session
+  config = config_from_options(options)
+  _check_output_is_new(config.output)
+
+  runner = None
+  if local_runner.is_local_runner(options):
+    # DirectRunner would first try to download the Prism runner.
+    runner = local_runner.LocalRunner()
+  started_at = time.time()
+  pipeline = beam.Pipeline(runner=runner, options=options)
+  build_pipeline(pipeline, config, started_at)
+  result = pipeline.run()
+  result.wait_until_finish()
+  _LOG.info("Run %s written to %s (manifest: %s)", config.run_id,
+            config.output, FileSystems.join(config.output, MANIFEST_FILE))
+  return result
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.INFO,
+                      format="%(asctime)s %(levelname)s %(message)s")
+  try:
+    run(argv)
+  except ConfigError as e:
+    print(f"pipeline.main: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

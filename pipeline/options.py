@@ -1,0 +1,268 @@
+"""The pipeline's flags, declared once, and the frozen config made from them.
+
+`EmbeddingPipelineOptions` declares every flag of the job beside Beam's own
+(`--runner`, `--direct_num_workers`, `--project`, ...). `config_from_options`
+checks them all before anything runs and turns them into a plain frozen
+`PipelineConfig`; transforms take typed values from it, never options. A wrong
+flag raises `ConfigError` with a message that names the fix.
+"""
+
+import dataclasses
+import difflib
+import datetime
+import re
+from typing import Optional, Tuple
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import model_resolution
+from transforms.model_handler import POOLING_MODES
+from transforms.model_handler import SEQUENCE_DTYPES
+from transforms.read import INPUT_FORMATS
+
+BIGQUERY_FORMATS = ("avro", "parquet", "jsonl")
+_BIGQUERY_TABLE = re.compile(
+    r"^(?:[a-z][a-z0-9-]{4,61}[a-z0-9][:.])?[A-Za-z0-9_]{1,1024}\.[\w$-]{1,1024}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class ConfigError(ValueError):
+  """A flag is wrong; the message says which and how to fix it."""
+
+
+class EmbeddingPipelineOptions(PipelineOptions):
+  """Flags of the embedding pipeline (see README.md for the full table)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    group = parser.add_argument_group("embedding pipeline")
+    group.add_argument(
+        "--input", help="Input file or glob, local or gs:// (required).")
+    group.add_argument(
+        "--input_format", choices=INPUT_FORMATS,
+        help="Input format; default: from the file extension.")
+    group.add_argument("--id_field", default="id",
+                       help="Id field/column/feature (default: %(default)s); "
+                       "records without one get an id derived from source "
+                       "and text.")
+    group.add_argument("--text_field", default="text",
+                       help="Text field/column/feature (default: "
+                       "%(default)s).")
+    group.add_argument(
+        "--output", help="Run directory to write, local or gs:// (required).")
+    group.add_argument(
+        "--model", help="Model directory (encoder/ + preprocess/), local or "
+        "gs://. Default: the converted all-MiniLM-L6-v2, exported on first "
+        "use.")
+    group.add_argument(
+        "--max_seq_length", type=int,
+        help="Wordpieces per text, [CLS] and [SEP] included; longer texts are "
+        "truncated and flagged. Default: the model's own (256 for the "
+        "default model).")
+    group.add_argument(
+        "--pooling", choices=POOLING_MODES,
+        help="Sentence vector: masked mean of sequence_output, first token, "
+        "the encoder's pooled_output, or masked max. Default: the model's "
+        "metadata (mean for the default model).")
+    group.add_argument(
+        "--normalize", choices=("true", "false"),
+        help="L2-normalise vectors. Default: the model's metadata.")
+    group.add_argument(
+        "--sequence_output", action="store_true",
+        help="Also write per-token vectors (real tokens only) and token ids.")
+    group.add_argument(
+        "--sequence_dtype", choices=SEQUENCE_DTYPES, default="float32",
+        help="Precision of per-token vectors in TFRecord (default: "
+        "%(default)s).")
+    group.add_argument(
+        "--encoder_layers", default="",
+        help="Also write these encoder layers pooled, e.g. '-1,-4' or 'all'.")
+    group.add_argument(
+        "--no_text", action="store_true",
+        help="Leave the input text out of the embedding rows.")
+    group.add_argument(
+        "--bigquery_format", choices=BIGQUERY_FORMATS, default="avro",
+        help="BigQuery-loadable copy of each table (default: %(default)s).")
+    group.add_argument(
+        "--bigquery_table",
+        help="Also load embeddings straight into PROJECT:DATASET.TABLE.")
+    group.add_argument("--num_shards", type=int, default=0,
+                       help="Shards per output file set; 0 lets the runner "
+                       "decide.")
+    group.add_argument("--min_batch_size", type=int, default=8)
+    group.add_argument("--max_batch_size", type=int, default=256)
+    group.add_argument(
+        "--max_batch_tokens", type=int, default=16384,
+        help="Cap on a batch's estimated wordpieces (default: %(default)s).")
+    group.add_argument(
+        "--max_batch_duration_secs", type=int,
+        help="Longest time a batch may wait to fill (streaming only).")
+    group.add_argument(
+        "--large_model", action="store_true",
+        help="Load one model per worker machine and share it across its SDK "
+        "processes.")
+    group.add_argument(
+        "--model_copies", type=int,
+        help="Exactly this many model copies per worker machine (implies "
+        "sharing; e.g. one per GPU).")
+    group.add_argument(
+        "--run_id", help="Identifier of this run, written in every row and "
+        "the manifest. Default: the UTC start time.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  input: str
+  input_format: Optional[str]
+  id_field: str
+  text_field: str
+  output: str
+  run_id: str
+  model: model_resolution.ResolvedModel
+  max_seq_length: int
+  pooling: str
+  normalize: bool
+  sequence_output: bool
+  sequence_dtype: str
+  encoder_layers: Tuple[int, ...]
+  include_text: bool
+  bigquery_format: str
+  bigquery_table: Optional[str]
+  num_shards: int
+  min_batch_size: int
+  max_batch_size: int
+  max_batch_tokens: int
+  max_batch_duration_secs: Optional[int]
+  large_model: bool
+  model_copies: Optional[int]
+
+
+def parse_encoder_layers(value: str, num_layers: int) -> Tuple[int, ...]:
+  """'-1,-4' or 'all' to sorted non-negative layer indices."""
+  if not value:
+    return ()
+  if value == "all":
+    return tuple(range(num_layers))
+  layers = set()
+  for part in value.split(","):
+    try:
+      index = int(part)
+    except ValueError:
+      raise ConfigError(
+          f"--encoder_layers={value!r}: {part!r} is not a layer index; use "
+          "comma-separated integers such as '-1,-4', or 'all'.") from None
+    if not -num_layers <= index < num_layers:
+      raise ConfigError(
+          f"--encoder_layers={value!r}: the model has {num_layers} layers, so "
+          f"indices must be in [{-num_layers}, {num_layers - 1}].")
+    layers.add(index % num_layers)
+  return tuple(sorted(layers))
+
+
+def _positive(name, value, allow_none=False):
+  if value is None and allow_none:
+    return
+  if value is None or value < 1:
+    raise ConfigError(f"--{name} must be a positive integer, got {value}.")
+
+
+def config_from_options(options: PipelineOptions) -> PipelineConfig:
+  """Checks every flag and returns the frozen config; raises ConfigError."""
+  flags = options.view_as(EmbeddingPipelineOptions)
+  if not flags.input:
+    raise ConfigError("--input is required: a file or glob of the corpus, "
+                      "e.g. --input 'data/*.jsonl'.")
+  if not flags.output:
+    raise ConfigError("--output is required: the run directory to write, "
+                      "e.g. --output runs/today.")
+  if flags.input_format is None:
+    try:
+      from transforms.read import infer_input_format  # pylint: disable=g-import-not-at-top
+      infer_input_format(flags.input)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  for name in ("min_batch_size", "max_batch_size", "max_batch_tokens"):
+    _positive(name, getattr(flags, name))
+  _positive("model_copies", flags.model_copies, allow_none=True)
+  _positive("max_batch_duration_secs", flags.max_batch_duration_secs,
+            allow_none=True)
+  if flags.min_batch_size > flags.max_batch_size:
+    raise ConfigError(
+        f"--min_batch_size ({flags.min_batch_size}) is larger than "
+        f"--max_batch_size ({flags.max_batch_size}).")
+  if flags.num_shards < 0:
+    raise ConfigError("--num_shards must be 0 (runner decides) or positive.")
+  if flags.bigquery_table and not _BIGQUERY_TABLE.match(flags.bigquery_table):
+    raise ConfigError(
+        f"--bigquery_table={flags.bigquery_table!r} is not a table reference; "
+        "use PROJECT:DATASET.TABLE or DATASET.TABLE.")
+  run_id = flags.run_id or datetime.datetime.now(
+      datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+  if not _RUN_ID.match(run_id):
+    raise ConfigError(
+        f"--run_id={run_id!r}: use letters, digits, '.', '_' and '-' only.")
+
+  try:
+    model = model_resolution.resolve_model(flags.model)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(str(e)) from None
+  max_seq_length = flags.max_seq_length or model.max_seq_length
+  if not 3 <= max_seq_length <= model.max_position_embeddings:
+    raise ConfigError(
+        f"--max_seq_length={max_seq_length}: must be between 3 and the "
+        f"model's max_position_embeddings ({model.max_position_embeddings}).")
+  pooling = flags.pooling or model.pooling
+  if pooling == "pooler" and not model.has_pooler:
+    raise ConfigError(
+        "--pooling=pooler: this model has no pooler weights; use "
+        "--pooling=cls or --pooling=mean.")
+  normalize = (model.normalize if flags.normalize is None else
+               flags.normalize == "true")
+
+  return PipelineConfig(
+      input=flags.input,
+      input_format=flags.input_format,
+      id_field=flags.id_field,
+      text_field=flags.text_field,
+      output=flags.output.rstrip("/"),
+      run_id=run_id,
+      model=model,
+      max_seq_length=max_seq_length,
+      pooling=pooling,
+      normalize=normalize,
+      sequence_output=flags.sequence_output,
+      sequence_dtype=flags.sequence_dtype,
+      encoder_layers=parse_encoder_layers(flags.encoder_layers,
+                                          model.num_layers),
+      include_text=not flags.no_text,
+      bigquery_format=flags.bigquery_format,
+      bigquery_table=flags.bigquery_table,
+      num_shards=flags.num_shards,
+      min_batch_size=flags.min_batch_size,
+      max_batch_size=flags.max_batch_size,
+      max_batch_tokens=flags.max_batch_tokens,
+      max_batch_duration_secs=flags.max_batch_duration_secs,
+      large_model=flags.large_model,
+      model_copies=flags.model_copies)
+
+
+def reject_unknown_flags(argv):
+  """Fails on flags no options class knows (Beam would only warn)."""
+  # pylint: disable=protected-access
+  from apache_beam.options.pipeline_options import _BeamArgumentParser  # pylint: disable=g-import-not-at-top
+  parser = _BeamArgumentParser(allow_abbrev=False)
+  seen = {}
+  for cls in PipelineOptions.__subclasses__():
+    seen.setdefault(str(cls), cls)
+  for cls in seen.values():
+    cls._add_argparse_args(parser)
+  _, unknown = parser.parse_known_args(argv)
+  flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")]
+  if flags:
+    known = [opt for action in parser._actions for opt in action.option_strings]
+    hints = []
+    for flag in flags:
+      close = difflib.get_close_matches(flag, known, n=1)
+      hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+    raise ConfigError(f"unknown flag(s): {', '.join(hints)}. See "
+                      "`python -m pipeline.main --help`.")

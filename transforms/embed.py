@@ -1,0 +1,100 @@
+"""The Embed stage: documents to embeddings through RunInference."""
+
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler
+from apache_beam.ml.inference.base import RunInference
+
+from transforms.model_handler import BertEmbeddingModelHandler
+from transforms.model_handler import EncodedText
+from transforms.records import DEAD_LETTER
+from transforms.records import DOCUMENTS
+from transforms.records import DeadLetter
+from transforms.records import Document
+from transforms.records import Embedding
+from transforms.records import METRICS_NAMESPACE
+from transforms.records import Reason
+from transforms.records import make_snippet
+
+_LOG = logging.getLogger(__name__)
+
+# A progress line at most this often per worker process.
+_PROGRESS_INTERVAL_SECS = 10.0
+
+
+def to_embedding(document: Document, encoded: EncodedText) -> Embedding:
+  return Embedding(
+      id=document.id,
+      text=document.text,
+      source=document.source,
+      embedding=encoded.embedding,
+      num_tokens=encoded.num_tokens,
+      truncated=encoded.truncated,
+      token_ids=encoded.token_ids,
+      sequence_embedding=encoded.sequence_embedding,
+      layers=encoded.layers)
+
+
+class _SplitInferenceResults(beam.DoFn):
+  """(Document, PredictionResult) to an Embedding, or a dead letter."""
+
+  def __init__(self):
+    self._embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
+    self._truncated = Metrics.counter(METRICS_NAMESPACE, "truncated")
+    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE, "dead_lettered")
+    self._progress_count = 0
+    self._progress_start = None
+    self._progress_last = 0.0
+
+  def process(self, keyed_result):
+    document, result = keyed_result
+    encoded = result.inference
+    if isinstance(encoded, EncodedText):
+      self._embedded.inc()
+      if encoded.truncated:
+        self._truncated.inc()
+      self._log_progress()
+      yield to_embedding(document, encoded)
+    else:
+      self._dead_lettered.inc()
+      yield beam.pvalue.TaggedOutput(
+          DEAD_LETTER,
+          DeadLetter(source=document.source, position=document.position,
+                     stage="embed", reason=Reason.MODEL_ERROR,
+                     detail=encoded.error, snippet=make_snippet(document.text),
+                     id=document.id))
+
+  def _log_progress(self):
+    now = time.monotonic()
+    if self._progress_start is None:
+      self._progress_start = now
+    self._progress_count += 1
+    if now - self._progress_last >= _PROGRESS_INTERVAL_SECS:
+      self._progress_last = now
+      elapsed = max(now - self._progress_start, 1e-9)
+      _LOG.info("Embedded %d documents in this worker (%.1f docs/s)",
+                self._progress_count, self._progress_count / elapsed)
+
+
+class EmbedDocuments(beam.PTransform):
+  """Documents to Embeddings; texts that fail in the model to the dead letter.
+
+  Returns {DOCUMENTS: PCollection[Embedding], DEAD_LETTER: PCollection[...]}.
+  """
+
+  def __init__(self, model_handler: BertEmbeddingModelHandler):
+    super().__init__()
+    self._model_handler = model_handler
+
+  def expand(self, documents):
+    results = (
+        documents
+        | "KeyByDocument" >> beam.Map(lambda doc: (doc, doc.text))
+        | "RunInference" >> RunInference(KeyedModelHandler(
+            self._model_handler))
+        | "SplitResults" >> beam.ParDo(_SplitInferenceResults()).with_outputs(
+            DEAD_LETTER, main=DOCUMENTS))
+    return {DOCUMENTS: results[DOCUMENTS], DEAD_LETTER: results[DEAD_LETTER]}

@@ -1,0 +1,112 @@
+"""The last stage: manifest.json, written once every output is in place.
+
+The manifest takes the counts and the written file lists as side inputs, so
+Beam runs it only after every write has finished; it is written under a
+temporary name and renamed, so a run directory either has a complete
+manifest.json or none. A run directory without one is not published.
+"""
+
+import json
+import time
+from typing import Dict, Mapping
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import AsList
+from apache_beam.pvalue import AsSingleton
+
+from transforms.write import BIGQUERY_SCHEMA
+from transforms.write import relative_to_run_dir
+
+MANIFEST_FILE = "manifest.json"
+COUNT_NAMES = ("read", "embedded", "dead_lettered", "truncated")
+
+
+def build_manifest(run_id: str, run_dir: str, model: Mapping,
+                   counts: Mapping[str, int],
+                   outputs: Mapping[str, Mapping[str, list]],
+                   settings: Mapping,
+                   wall_time_secs: float) -> dict:
+  """The manifest as a dict (pure; see the output contract in the README)."""
+  if counts["read"] != counts["embedded"] + counts["dead_lettered"]:
+    # Never publish numbers that do not add up: something lost records.
+    raise RuntimeError(
+        f"Record counts do not add up: read {counts['read']} != embedded "
+        f"{counts['embedded']} + dead_lettered {counts['dead_lettered']}.")
+  tables = {}
+  for table, formats in outputs.items():
+    tables[table] = {}
+    for fmt, paths in formats.items():
+      relative = sorted(relative_to_run_dir(run_dir, p) for p in paths)
+      # A table has one schema file; the contract names it, not a list.
+      tables[table][fmt] = (relative[0] if fmt == BIGQUERY_SCHEMA else
+                            relative)
+  return {
+      "run_id": run_id,
+      "model": dict(model),
+      "counts": dict(counts),
+      "outputs": tables,
+      "settings": dict(settings),
+      "metrics": {
+          "wall_time_secs": round(wall_time_secs, 3),
+          "docs_per_sec": round(counts["embedded"] / wall_time_secs, 2)
+                          if wall_time_secs > 0 else None,
+      },
+  }
+
+
+def write_json_atomically(path: str, value: dict):
+  temp_path = path + ".tmp"
+  with FileSystems.create(temp_path, mime_type="application/json") as f:
+    f.write((json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+  FileSystems.rename([temp_path], [path])
+
+
+class WriteManifest(beam.PTransform):
+  """Writes RUN_DIR/manifest.json after all outputs; applied to the pipeline.
+
+  counts: name -> PCollection whose elements are counted (COUNT_NAMES).
+  outputs: table -> format -> PCollection of written file paths, as the write
+    transforms return them ("bigquery_schema" -> the one schema file).
+  """
+
+  def __init__(self, run_dir: str, run_id: str, model: Mapping,
+               counts: Dict[str, beam.PCollection],
+               outputs: Dict[str, Dict[str, beam.PCollection]],
+               settings: Mapping,
+               started_at: float):
+    super().__init__()
+    self._run_dir = run_dir
+    self._run_id = run_id
+    self._model = dict(model)
+    self._counts = counts
+    self._outputs = outputs
+    self._settings = dict(settings)
+    self._started_at = started_at
+
+  def expand(self, pbegin):
+    side_inputs = {}
+    for name, pcoll in self._counts.items():
+      side_inputs[f"count__{name}"] = AsSingleton(
+          pcoll | f"Count{name.title()}" >> beam.combiners.Count.Globally())
+    for table, formats in self._outputs.items():
+      for fmt, paths in formats.items():
+        side_inputs[f"files__{table}__{fmt}"] = AsList(paths)
+    return (pbegin
+            | "Once" >> beam.Create([None])
+            | "Write" >> beam.Map(self._write, **side_inputs))
+
+  def _write(self, unused_element, **side_inputs):
+    counts, outputs = {}, {}
+    for key, value in side_inputs.items():
+      kind, *names = key.split("__")
+      if kind == "count":
+        counts[names[0]] = value
+      else:
+        outputs.setdefault(names[0], {})[names[1]] = value
+    manifest = build_manifest(
+        self._run_id, self._run_dir, self._model, counts, outputs,
+        self._settings, time.time() - self._started_at)
+    write_json_atomically(
+        FileSystems.join(self._run_dir, MANIFEST_FILE), manifest)
+    return manifest

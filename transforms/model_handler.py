@@ -1,0 +1,295 @@
+"""RunInference model handler for TF Hub format BERT models.
+
+One handler loads the preprocess and encoder SavedModels together, once per
+process (or once per machine when `large_model` / `model_copies` ask Beam to
+share it across processes), and turns a batch of strings into sentence
+vectors in a single TensorFlow call:
+
+  tokenize (tensorflow_text, in the graph)
+    -> trim to max_seq_length, add [CLS]/[SEP], pad to the batch's longest row
+    -> encoder
+    -> pooling over real tokens (mean / cls / pooler / max), L2 normalisation
+
+Beam's stock TFModelHandlerTensor cannot load TF Hub SavedModels under Keras 3,
+stacks inputs with tf.stack and splits dict outputs by zipping them, which
+breaks on `encoder_outputs` (a list); hence this handler. It returns one
+`EncodedText` per input, with its token count and truncation flag.
+
+A batch that fails in the model is split in halves and retried until the
+failing texts are isolated; only those come back as `InferenceFailure`.
+"""
+
+import dataclasses
+import logging
+import os
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.inference.base import PredictionResult
+
+from transforms.records import METRICS_NAMESPACE
+
+_LOG = logging.getLogger(__name__)
+
+POOLING_MODES = ("mean", "cls", "pooler", "max")
+SEQUENCE_DTYPES = ("float32", "float16")
+
+# When set, every model load appends "<pid>\n" to this file: the way to see how
+# many copies of the model a run really loaded (tests and capacity planning).
+MODEL_LOAD_LOG_ENV = "BERT_EMBEDDINGS_MODEL_LOAD_LOG"
+
+# A rough wordpiece count from characters, for planning model calls before the
+# text is tokenized (English averages ~4 characters per wordpiece).
+_CHARS_PER_TOKEN_ESTIMATE = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingSettings:
+  """What to compute; fixed for a run."""
+  preprocess_path: str
+  encoder_path: str
+  max_seq_length: int
+  pooling: str = "mean"
+  normalize: bool = True
+  sequence_output: bool = False
+  sequence_dtype: str = "float32"
+  encoder_layers: Tuple[int, ...] = ()  # non-negative layer indices
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncodedText:
+  """The model's output for one text (see records.Embedding)."""
+  embedding: np.ndarray
+  num_tokens: int
+  truncated: bool
+  token_ids: Optional[np.ndarray] = None
+  sequence_embedding: Optional[np.ndarray] = None
+  layers: Dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceFailure:
+  """A text the model could not embed, even in a batch of its own."""
+  error: str
+
+
+def _pool(sequence, mask, pooled_output, mode):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if mode == "cls":
+    return sequence[:, 0, :]
+  if mode == "pooler":
+    return pooled_output
+  weights = tf.cast(mask, sequence.dtype)[:, :, tf.newaxis]
+  if mode == "max":
+    return tf.reduce_max(sequence + (weights - 1.0) * 1e9, axis=1)
+  return tf.reduce_sum(sequence * weights, axis=1) / tf.maximum(
+      tf.reduce_sum(weights, axis=1), 1.0)
+
+
+class LoadedBertModel:
+  """Preprocess + encoder joined into one `embed(texts)` graph call.
+
+  `embed` takes and returns plain Python/numpy values, so the object also
+  works behind Beam's multi-process model sharing proxy.
+  """
+
+  def __init__(self, settings: EmbeddingSettings):
+    # tensorflow_text registers the ops the preprocess SavedModel uses; it
+    # must be imported before the model is loaded.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+    import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
+    self._settings = settings
+    self._preprocess = hub.load(settings.preprocess_path)
+    self._encoder = hub.load(settings.encoder_path)
+    special = self._preprocess.tokenize.get_special_tokens_dict()
+    self._cls_id = int(special["start_of_sequence_id"])
+    self._sep_id = int(special["end_of_segment_id"])
+    self._embed = tf.function(
+        self._embed_graph,
+        input_signature=[tf.TensorSpec([None], tf.string)])
+    _record_model_load()
+
+  def _embed_graph(self, texts):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    s = self._settings
+    tokens = self._preprocess.tokenize(texts)
+    tokens = tf.cast(tokens.merge_dims(1, -1), tf.int32)  # [batch, (tokens)]
+    budget = s.max_seq_length - 2  # room for [CLS] and [SEP]
+    truncated = tokens.row_lengths() > budget
+    tokens = tokens[:, :budget]
+    batch = tokens.nrows()
+    word_ids = tf.concat([
+        tf.RaggedTensor.from_tensor(tf.fill([batch, 1], self._cls_id)),
+        tokens,
+        tf.RaggedTensor.from_tensor(tf.fill([batch, 1], self._sep_id)),
+    ], axis=1)
+    # Padded to this batch's longest row only.
+    inputs = {
+        "input_word_ids": word_ids.to_tensor(0),
+        "input_mask": tf.ones_like(word_ids).to_tensor(0),
+    }
+    inputs["input_type_ids"] = tf.zeros_like(inputs["input_word_ids"])
+    outputs = self._encoder(inputs)
+    sequence = outputs["sequence_output"]
+    mask = inputs["input_mask"]
+    embedding = _pool(sequence, mask, outputs.get("pooled_output"),
+                      s.pooling)
+    if s.normalize:
+      embedding = tf.math.l2_normalize(embedding, axis=-1)
+    result = {
+        "embedding": embedding,
+        "num_tokens": word_ids.row_lengths(),
+        "truncated": truncated,
+    }
+    if s.sequence_output:
+      result["token_ids"] = inputs["input_word_ids"]
+      result["sequence_output"] = sequence
+    for layer in s.encoder_layers:
+      layer_vector = _pool(outputs["encoder_outputs"][layer], mask,
+                           outputs.get("pooled_output"),
+                           "mean" if s.pooling == "pooler" else s.pooling)
+      if s.normalize:
+        layer_vector = tf.math.l2_normalize(layer_vector, axis=-1)
+      result[f"layer_{layer}"] = layer_vector
+    return result
+
+  def embed(self, texts: Sequence[str]) -> Dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in self._embed(list(texts)).items()}
+
+
+def _record_model_load():
+  log_path = os.environ.get(MODEL_LOAD_LOG_ENV)
+  if log_path:
+    with open(log_path, "a") as f:
+      f.write(f"{os.getpid()}\n")
+
+
+def split_outputs(outputs: Dict[str, np.ndarray],
+                  settings: EmbeddingSettings) -> list:
+  """Batch outputs to one EncodedText per text, real tokens only."""
+  results = []
+  for i, num_tokens in enumerate(outputs["num_tokens"]):
+    n = int(num_tokens)
+    token_ids = sequence = None
+    if settings.sequence_output:
+      token_ids = outputs["token_ids"][i, :n].astype(np.int32)
+      sequence = outputs["sequence_output"][i, :n].astype(
+          settings.sequence_dtype)
+    results.append(
+        EncodedText(
+            embedding=outputs["embedding"][i].astype(np.float32),
+            num_tokens=n,
+            truncated=bool(outputs["truncated"][i]),
+            token_ids=token_ids,
+            sequence_embedding=sequence,
+            layers={
+                layer: outputs[f"layer_{layer}"][i].astype(np.float32)
+                for layer in settings.encoder_layers
+            }))
+  return results
+
+
+def estimate_tokens(text: str, max_seq_length: int) -> int:
+  """Rough wordpiece count of a text, [CLS] and [SEP] included."""
+  return min(len(text) // _CHARS_PER_TOKEN_ESTIMATE + 2, max_seq_length)
+
+
+def plan_model_calls(texts: Sequence[str], max_seq_length: int,
+                     max_tokens: int) -> list:
+  """Splits a batch into length-sorted calls within a padded-token budget.
+
+  A call is padded to its longest text, so it costs (texts x longest) tokens.
+  Sorting by length first keeps the padding small; the budget keeps a call of
+  long texts from holding as many of them as a call of short ones. Returns
+  lists of indices into `texts`.
+  """
+  order = sorted(range(len(texts)),
+                 key=lambda i: estimate_tokens(texts[i], max_seq_length))
+  calls, current = [], []
+  for i in order:
+    longest = estimate_tokens(texts[i], max_seq_length)
+    if current and (len(current) + 1) * longest > max_tokens:
+      calls.append(current)
+      current = []
+    current.append(i)
+  if current:
+    calls.append(current)
+  return calls
+
+
+class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
+                                             LoadedBertModel]):
+  """Strings in; per string a PredictionResult whose inference is an
+  EncodedText, or an InferenceFailure."""
+
+  def __init__(self,
+               settings: EmbeddingSettings,
+               *,
+               min_batch_size: Optional[int] = None,
+               max_batch_size: Optional[int] = None,
+               max_batch_duration_secs: Optional[int] = None,
+               max_batch_tokens: Optional[int] = None,
+               large_model: bool = False,
+               model_copies: Optional[int] = None):
+    """
+    Args:
+      settings: what to load and compute.
+      min_batch_size / max_batch_size / max_batch_duration_secs: as Beam's
+        BatchElements takes them.
+      max_batch_tokens: padded-token budget of one model call: a Beam batch
+        is sorted by length and cut into calls of at most this many
+        (texts x longest) estimated wordpieces.
+      large_model: load one model per machine and share it across the SDK
+        worker processes (Beam's multi-process shared model).
+      model_copies: exactly this many models per machine (implies sharing).
+    """
+    super().__init__(
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
+        max_batch_duration_secs=max_batch_duration_secs,
+        large_model=large_model,
+        model_copies=model_copies)
+    self._settings = settings
+    self._max_batch_tokens = max_batch_tokens or (
+        settings.max_seq_length * (max_batch_size or 32))
+
+  def load_model(self) -> LoadedBertModel:
+    _LOG.info("Loading %s and %s", self._settings.preprocess_path,
+              self._settings.encoder_path)
+    return LoadedBertModel(self._settings)
+
+  def run_inference(self, batch: Sequence[str], model: LoadedBertModel,
+                    inference_args=None) -> Iterable:
+    batch = list(batch)
+    results = [None] * len(batch)
+    for call in plan_model_calls(batch, self._settings.max_seq_length,
+                                 self._max_batch_tokens):
+      call_results = self._embed_isolating_failures([batch[i] for i in call],
+                                                    model)
+      for i, result in zip(call, call_results):
+        results[i] = result
+    Metrics.counter(METRICS_NAMESPACE, "batches").inc()
+    Metrics.counter(METRICS_NAMESPACE, "tokens").inc(
+        sum(r.num_tokens for r in results if isinstance(r, EncodedText)))
+    return [PredictionResult(text, result)
+            for text, result in zip(batch, results)]
+
+  def _embed_isolating_failures(self, texts, model) -> list:
+    try:
+      return split_outputs(model.embed(texts), self._settings)
+    except Exception as e:  # pylint: disable=broad-except
+      if len(texts) == 1:
+        _LOG.warning("Text failed in the model: %s", e)
+        return [InferenceFailure(f"{type(e).__name__}: {e}"[:1000])]
+      middle = len(texts) // 2
+      return (self._embed_isolating_failures(texts[:middle], model) +
+              self._embed_isolating_failures(texts[middle:], model))
+
+  def get_num_bytes(self, batch: Sequence[str]) -> int:
+    return sum(len(text.encode("utf-8")) for text in batch)
+
+  def get_metrics_namespace(self) -> str:
+    return "BertEmbedding"
