@@ -36,6 +36,13 @@ _LOG = logging.getLogger(__name__)
 POOLING_MODES = ("mean", "cls", "pooler", "max")
 SEQUENCE_DTYPES = ("float32", "float16")
 
+# Texts are cut to this many characters per allowed token before tokenizing,
+# so a multi-megabyte line costs no more than a long sentence. Every kept
+# wordpiece spans at least one character and a word over 100 characters is one
+# [UNK], so only texts whose first max_seq_length tokens span more than this
+# (runs of deleted control characters, say) can lose a token at the cut.
+_MAX_CHARS_PER_TOKEN = 128
+
 # When set, every model load appends "<pid>\n" to this file: the way to see how
 # many copies of the model a run really loaded (tests and capacity planning).
 MODEL_LOAD_LOG_ENV = "BERT_EMBEDDINGS_MODEL_LOAD_LOG"
@@ -115,6 +122,8 @@ class LoadedBertModel:
   def _embed_graph(self, texts):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     s = self._settings
+    texts = tf.strings.substr(texts, 0, s.max_seq_length * _MAX_CHARS_PER_TOKEN,
+                              unit="UTF8_CHAR")
     tokens = self._preprocess.tokenize(texts)
     tokens = tf.cast(tokens.merge_dims(1, -1), tf.int32)  # [batch, (tokens)]
     budget = s.max_seq_length - 2  # room for [CLS] and [SEP]
