@@ -17,6 +17,9 @@ INSTALL_REQUIRES = [
     "tf-keras==2.21.0",
     "pyarrow>=25,<26",
     "numpy>=1.26",
+    # Neighbour tables in approximate mode, and the similarity heatmap.
+    "faiss-cpu>=1.8",
+    "matplotlib>=3.8",
     "setuptools<81",
 ]
 

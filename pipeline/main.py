@@ -27,13 +27,19 @@ from transforms.manifest import MANIFEST_FILE
 from transforms.manifest import WriteManifest
 from transforms.model_handler import BertEmbeddingModelHandler
 from transforms.model_handler import EmbeddingSettings
+from transforms.neighbours import NEIGHBOURS
+from transforms.neighbours import STATS
+from transforms.neighbours import NearestNeighbours
 from transforms.read import ReadCorpus
 from transforms.records import DEAD_LETTER
 from transforms.records import DOCUMENTS
 from transforms.schemas import EmbeddingTableSpec
 from transforms.validate import ValidateDocuments
+from transforms.visualize import WriteProjectorFiles
+from transforms.visualize import WriteSimilarityPlot
 from transforms.write import WriteDeadLetters
 from transforms.write import WriteEmbeddings
+from transforms.write import WriteNeighbours
 
 _LOG = logging.getLogger(__name__)
 
@@ -84,21 +90,67 @@ def manifest_settings(config: PipelineConfig) -> dict:
       "encoder_layers": list(config.encoder_layers),
       "include_text": config.include_text,
       "bigquery_format": config.bigquery_format,
+      "neighbours_k": config.neighbours_k,
+      "neighbours_mode": config.neighbours_mode,
+      "neighbours_of": config.neighbours_of,
   }
+
+
+class EmbedCorpus(beam.PTransform):
+  """Read + validate + embed one corpus; counts for the manifest.
+
+  Returns {"embeddings", "dead_letters", "read"} PCollections: "read" holds
+  every record read (documents and read errors), for counting.
+  """
+
+  def __init__(self, file_pattern: str, config: PipelineConfig):
+    super().__init__()
+    self._file_pattern = file_pattern
+    self._config = config
+
+  def expand(self, pbegin):
+    config = self._config
+    read = pbegin | "Read" >> ReadCorpus(
+        self._file_pattern, input_format=config.input_format,
+        id_field=config.id_field, text_field=config.text_field)
+    valid = read[DOCUMENTS] | "Validate" >> ValidateDocuments()
+    embedded = valid[DOCUMENTS] | "Embed" >> EmbedDocuments(
+        make_model_handler(config))
+    return {
+        "embeddings": embedded[DOCUMENTS],
+        "dead_letters": (read[DEAD_LETTER], valid[DEAD_LETTER],
+                         embedded[DEAD_LETTER])
+                        | "AllDeadLetters" >> beam.Flatten(),
+        "read": (read[DOCUMENTS], read[DEAD_LETTER])
+                | "AllRecordsRead" >> beam.Flatten(),
+    }
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig,
                    started_at: float) -> dict:
   """Adds the whole job to `pipeline`; returns its main PCollections."""
-  read = pipeline | "ReadCorpus" >> ReadCorpus(
-      config.input, input_format=config.input_format,
-      id_field=config.id_field, text_field=config.text_field)
-  valid = read[DOCUMENTS] | "ValidateDocuments" >> ValidateDocuments()
-  embedded = valid[DOCUMENTS] | "EmbedDocuments" >> EmbedDocuments(
-      make_model_handler(config))
-  embeddings = embedded[DOCUMENTS]
-  dead_letters = (read[DEAD_LETTER], valid[DEAD_LETTER],
-                  embedded[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
+  corpus = pipeline | "EmbedCorpus" >> EmbedCorpus(config.input, config)
+  embeddings = corpus["embeddings"]
+  counts = {
+      "read": corpus["read"],
+      "embedded": embeddings,
+      "dead_lettered": corpus["dead_letters"],
+      "truncated": embeddings | "Truncated" >> beam.Filter(
+          lambda e: e.truncated),
+  }
+  all_dead_letters = [corpus["dead_letters"]]
+  queries = None
+  if config.neighbours_of:
+    query_corpus = pipeline | "EmbedQueries" >> EmbedCorpus(
+        config.neighbours_of, config)
+    queries = query_corpus["embeddings"]
+    counts.update({
+        "queries.read": query_corpus["read"],
+        "queries.embedded": queries,
+        "queries.dead_lettered": query_corpus["dead_letters"],
+    })
+    all_dead_letters.append(query_corpus["dead_letters"])
+  dead_letters = all_dead_letters | "AllDeadLetters" >> beam.Flatten()
 
   spec = EmbeddingTableSpec(
       hidden_size=config.model.hidden_size,
@@ -114,24 +166,38 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig,
       config.output, run_id=config.run_id, num_shards=config.num_shards)
   if config.bigquery_table:
     _write_to_bigquery(embeddings, spec, config)
+  outputs = {
+      "embeddings": embedding_files,
+      "errors": {"jsonl": error_files},
+  }
+  details = {}
 
-  records_read = (read[DOCUMENTS], read[DEAD_LETTER]) | (
-      "AllRecordsRead" >> beam.Flatten())
-  truncated = embeddings | "Truncated" >> beam.Filter(lambda e: e.truncated)
+  if config.neighbours_k:
+    neighbours = embeddings | "NearestNeighbours" >> NearestNeighbours(
+        config.neighbours_k, mode=config.neighbours_mode,
+        block_size=config.neighbours_block_size, queries=queries)
+    outputs["neighbours"] = neighbours[NEIGHBOURS] | (
+        "WriteNeighbours" >> WriteNeighbours(
+            config.output, run_id=config.run_id,
+            model_fingerprint=config.model.fingerprint,
+            bigquery_format=config.bigquery_format,
+            num_shards=config.num_shards))
+    details["neighbours"] = neighbours[STATS]
+  if config.similarity_plot:
+    outputs["similarity_plot"] = {
+        "png": embeddings | "WriteSimilarityPlot" >> WriteSimilarityPlot(
+            config.output)
+    }
+  if config.projector_export:
+    outputs["projector"] = {
+        "tsv": embeddings | "WriteProjectorFiles" >> WriteProjectorFiles(
+            config.output, config.projector_max_points)
+    }
+
   pipeline | "WriteManifest" >> WriteManifest(
       config.output, config.run_id, manifest_model_entry(config),
-      counts={
-          "read": records_read,
-          "embedded": embeddings,
-          "dead_lettered": dead_letters,
-          "truncated": truncated,
-      },
-      outputs={
-          "embeddings": embedding_files,
-          "errors": {"jsonl": error_files},
-      },
-      settings=manifest_settings(config),
-      started_at=started_at)
+      counts=counts, outputs=outputs, settings=manifest_settings(config),
+      started_at=started_at, details=details)
   return {"embeddings": embeddings, "dead_letters": dead_letters}
 
 

@@ -19,8 +19,10 @@ from pipeline import model_resolution
 from transforms.model_handler import POOLING_MODES
 from transforms.model_handler import SEQUENCE_DTYPES
 from transforms.read import INPUT_FORMATS
+from transforms.read import infer_input_format
 
 BIGQUERY_FORMATS = ("avro", "parquet", "jsonl")
+NEIGHBOUR_MODES = ("exact", "ann")
 _BIGQUERY_TABLE = re.compile(
     r"^(?:[a-z][a-z0-9-]{4,61}[a-z0-9][:.])?[A-Za-z0-9_]{1,1024}\.[\w$-]{1,1024}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -106,6 +108,36 @@ class EmbeddingPipelineOptions(PipelineOptions):
         help="Exactly this many model copies per worker machine (implies "
         "sharing; e.g. one per GPU).")
     group.add_argument(
+        "--neighbours_k", type=int, default=10,
+        help="Nearest neighbours per document by cosine (0 turns the "
+        "neighbour table off; default: %(default)s).")
+    group.add_argument(
+        "--neighbours_mode", choices=NEIGHBOUR_MODES, default="exact",
+        help="exact: blocked matrix products, exactly brute force; ann: a "
+        "FAISS index, with recall@K measured on a sample (default: "
+        "%(default)s).")
+    group.add_argument(
+        "--neighbours_block_size", type=int, default=4096,
+        help="Documents per shard in exact mode; memory per worker grows "
+        "with its square (default: %(default)s).")
+    group.add_argument(
+        "--neighbours_of",
+        help="Query corpus (file or glob, same formats as --input): write the "
+        "neighbours of these documents within the --input corpus instead of "
+        "all against all.")
+    group.add_argument(
+        "--similarity_plot", action="store_true",
+        help="Write similarity.png, a heatmap of pairwise cosine similarity "
+        "of the first 50 documents by id, labelled with their texts.")
+    group.add_argument(
+        "--projector_export", action="store_true",
+        help="Write projector/vectors.tsv and metadata.tsv for the Embedding "
+        "Projector.")
+    group.add_argument(
+        "--projector_max_points", type=int, default=10000,
+        help="Documents in the projector export, smallest ids first "
+        "(default: %(default)s).")
+    group.add_argument(
         "--run_id", help="Identifier of this run, written in every row and "
         "the manifest. Default: the UTC start time.")
 
@@ -135,6 +167,13 @@ class PipelineConfig:
   max_batch_duration_secs: Optional[int]
   large_model: bool
   model_copies: Optional[int]
+  neighbours_k: int
+  neighbours_mode: str
+  neighbours_block_size: int
+  neighbours_of: Optional[str]
+  similarity_plot: bool
+  projector_export: bool
+  projector_max_points: int
 
 
 def parse_encoder_layers(value: str, num_layers: int) -> Tuple[int, ...]:
@@ -166,6 +205,14 @@ def _positive(name, value, allow_none=False):
     raise ConfigError(f"--{name} must be a positive integer, got {value}.")
 
 
+def _check_input_format(flag: str, pattern: str, input_format):
+  if input_format is None:
+    try:
+      infer_input_format(pattern)
+    except ValueError as e:
+      raise ConfigError(f"{flag}: {e}") from None
+
+
 def config_from_options(options: PipelineOptions) -> PipelineConfig:
   """Checks every flag and returns the frozen config; raises ConfigError."""
   flags = options.view_as(EmbeddingPipelineOptions)
@@ -175,12 +222,7 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
   if not flags.output:
     raise ConfigError("--output is required: the run directory to write, "
                       "e.g. --output runs/today.")
-  if flags.input_format is None:
-    try:
-      from transforms.read import infer_input_format  # pylint: disable=g-import-not-at-top
-      infer_input_format(flags.input)
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
+  _check_input_format("--input", flags.input, flags.input_format)
   for name in ("min_batch_size", "max_batch_size", "max_batch_tokens"):
     _positive(name, getattr(flags, name))
   _positive("model_copies", flags.model_copies, allow_none=True)
@@ -190,6 +232,16 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
     raise ConfigError(
         f"--min_batch_size ({flags.min_batch_size}) is larger than "
         f"--max_batch_size ({flags.max_batch_size}).")
+  if flags.neighbours_k < 0:
+    raise ConfigError("--neighbours_k must be 0 (no neighbour table) or "
+                      "positive.")
+  _positive("neighbours_block_size", flags.neighbours_block_size)
+  _positive("projector_max_points", flags.projector_max_points)
+  if flags.neighbours_of and not flags.neighbours_k:
+    raise ConfigError("--neighbours_of needs --neighbours_k above 0.")
+  if flags.neighbours_of:
+    _check_input_format("--neighbours_of", flags.neighbours_of,
+                        flags.input_format)
   if flags.num_shards < 0:
     raise ConfigError("--num_shards must be 0 (runner decides) or positive.")
   if flags.bigquery_table and not _BIGQUERY_TABLE.match(flags.bigquery_table):
@@ -243,7 +295,14 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
       max_batch_tokens=flags.max_batch_tokens,
       max_batch_duration_secs=flags.max_batch_duration_secs,
       large_model=flags.large_model,
-      model_copies=flags.model_copies)
+      model_copies=flags.model_copies,
+      neighbours_k=flags.neighbours_k,
+      neighbours_mode=flags.neighbours_mode,
+      neighbours_block_size=flags.neighbours_block_size,
+      neighbours_of=flags.neighbours_of,
+      similarity_plot=flags.similarity_plot,
+      projector_export=flags.projector_export,
+      projector_max_points=flags.projector_max_points)
 
 
 def reject_unknown_flags(argv):

@@ -442,12 +442,16 @@ def run_pipeline(input_pattern, output, model_dir, *extra):
 
 def check_manifest_files(run_dir, manifest, bigquery_format):
   outputs = manifest["outputs"]
-  assert set(outputs) == {"embeddings", "errors"}
+  # The neighbour table is on by default (--neighbours_k 10).
+  assert set(outputs) == {"embeddings", "errors", "neighbours"}
   embeddings = outputs["embeddings"]
   assert set(embeddings) == {"tfrecord", bigquery_format, "bigquery_schema"}
+  assert set(outputs["neighbours"]) == {"tfrecord", bigquery_format,
+                                        "bigquery_schema"}
   assert set(outputs["errors"]) == {"jsonl"}
 
-  listed = [embeddings["bigquery_schema"]]
+  listed = [embeddings["bigquery_schema"],
+            outputs["neighbours"]["bigquery_schema"]]
   for table, formats in outputs.items():
     for fmt, files in formats.items():
       if fmt == "bigquery_schema":

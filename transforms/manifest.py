@@ -22,17 +22,41 @@ MANIFEST_FILE = "manifest.json"
 COUNT_NAMES = ("read", "embedded", "dead_lettered", "truncated")
 
 
+def _nest(flat: Mapping[str, int]) -> dict:
+  """{"read": 3, "queries.read": 2} -> {"read": 3, "queries": {"read": 2}}."""
+  nested = {}
+  for name, value in flat.items():
+    *groups, leaf = name.split(".")
+    node = nested
+    for group in groups:
+      node = node.setdefault(group, {})
+    node[leaf] = value
+  return nested
+
+
+def _check_counts_add_up(counts: Mapping, what: str):
+  if counts["read"] != counts["embedded"] + counts["dead_lettered"]:
+    # Never publish numbers that do not add up: something lost records.
+    raise RuntimeError(
+        f"{what} counts do not add up: read {counts['read']} != embedded "
+        f"{counts['embedded']} + dead_lettered {counts['dead_lettered']}.")
+
+
 def build_manifest(run_id: str, run_dir: str, model: Mapping,
                    counts: Mapping[str, int],
                    outputs: Mapping[str, Mapping[str, list]],
                    settings: Mapping,
-                   wall_time_secs: float) -> dict:
-  """The manifest as a dict (pure; see the output contract in the README)."""
-  if counts["read"] != counts["embedded"] + counts["dead_lettered"]:
-    # Never publish numbers that do not add up: something lost records.
-    raise RuntimeError(
-        f"Record counts do not add up: read {counts['read']} != embedded "
-        f"{counts['embedded']} + dead_lettered {counts['dead_lettered']}.")
+                   wall_time_secs: float,
+                   details: Mapping[str, dict] = None) -> dict:
+  """The manifest as a dict (pure; see the output contract in the README).
+
+  counts: flat names; "group.name" nests, e.g. "queries.read".
+  details: extra top-level sections, e.g. {"neighbours": {...}}.
+  """
+  counts = _nest(counts)
+  _check_counts_add_up(counts, "Record")
+  if "queries" in counts:
+    _check_counts_add_up(counts["queries"], "Query")
   tables = {}
   for table, formats in outputs.items():
     tables[table] = {}
@@ -41,10 +65,10 @@ def build_manifest(run_id: str, run_dir: str, model: Mapping,
       # A table has one schema file; the contract names it, not a list.
       tables[table][fmt] = (relative[0] if fmt == BIGQUERY_SCHEMA else
                             relative)
-  return {
+  manifest = {
       "run_id": run_id,
       "model": dict(model),
-      "counts": dict(counts),
+      "counts": counts,
       "outputs": tables,
       "settings": dict(settings),
       "metrics": {
@@ -53,6 +77,9 @@ def build_manifest(run_id: str, run_dir: str, model: Mapping,
                           if wall_time_secs > 0 else None,
       },
   }
+  for section, value in (details or {}).items():
+    manifest[section] = dict(value)
+  return manifest
 
 
 def write_json_atomically(path: str, value: dict):
@@ -68,13 +95,15 @@ class WriteManifest(beam.PTransform):
   counts: name -> PCollection whose elements are counted (COUNT_NAMES).
   outputs: table -> format -> PCollection of written file paths, as the write
     transforms return them ("bigquery_schema" -> the one schema file).
+  details: section name -> PCollection of one dict, e.g. neighbour stats.
   """
 
   def __init__(self, run_dir: str, run_id: str, model: Mapping,
                counts: Dict[str, beam.PCollection],
                outputs: Dict[str, Dict[str, beam.PCollection]],
                settings: Mapping,
-               started_at: float):
+               started_at: float,
+               details: Dict[str, beam.PCollection] = None):
     super().__init__()
     self._run_dir = run_dir
     self._run_id = run_id
@@ -83,30 +112,35 @@ class WriteManifest(beam.PTransform):
     self._outputs = outputs
     self._settings = dict(settings)
     self._started_at = started_at
+    self._details = dict(details or {})
 
   def expand(self, pbegin):
     side_inputs = {}
     for name, pcoll in self._counts.items():
       side_inputs[f"count__{name}"] = AsSingleton(
-          pcoll | f"Count{name.title()}" >> beam.combiners.Count.Globally())
+          pcoll | f"Count[{name}]" >> beam.combiners.Count.Globally())
     for table, formats in self._outputs.items():
       for fmt, paths in formats.items():
         side_inputs[f"files__{table}__{fmt}"] = AsList(paths)
+    for section, pcoll in self._details.items():
+      side_inputs[f"details__{section}"] = AsSingleton(pcoll)
     return (pbegin
             | "Once" >> beam.Create([None])
             | "Write" >> beam.Map(self._write, **side_inputs))
 
   def _write(self, unused_element, **side_inputs):
-    counts, outputs = {}, {}
+    counts, outputs, details = {}, {}, {}
     for key, value in side_inputs.items():
       kind, *names = key.split("__")
       if kind == "count":
         counts[names[0]] = value
+      elif kind == "details":
+        details[names[0]] = value
       else:
         outputs.setdefault(names[0], {})[names[1]] = value
     manifest = build_manifest(
         self._run_id, self._run_dir, self._model, counts, outputs,
-        self._settings, time.time() - self._started_at)
+        self._settings, time.time() - self._started_at, details)
     write_json_atomically(
         FileSystems.join(self._run_dir, MANIFEST_FILE), manifest)
     return manifest

@@ -1,0 +1,107 @@
+"""The neighbour table and pictures, end to end through pipeline.main."""
+
+import collections
+import json
+import os
+
+import numpy as np
+
+from pipeline import main
+from pipeline import read_outputs
+from transforms import neighbours as neighbours_lib
+
+CORPUS = [
+    "the quick brown fox", "the lazy dog", "hello world", "the cat sat",
+    "a cat on a mat", "embed text", "vector search", "the fox jumps",
+    "hello hello world", "the dog sat on the mat", "quick quick fox",
+    "unknown words", "brown dog", "lazy cat", "text search",
+]
+QUERIES = ["the quick dog", "hello cat", "search vector text", ""]
+
+
+def _write_lines(path, lines):
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return str(path)
+
+
+def _run(tmp_path, model_dir, *flags, name="run"):
+  corpus = _write_lines(tmp_path / "corpus.txt", CORPUS)
+  run_dir = str(tmp_path / name)
+  main.run([f"--input={corpus}", f"--output={run_dir}",
+            f"--model={model_dir}", "--runner=DirectRunner", *flags])
+  return run_dir, read_outputs.load_manifest(run_dir)
+
+
+def _neighbour_lists(run_dir):
+  table = read_outputs.read_table(run_dir, "neighbours").to_pydict()
+  lists = collections.defaultdict(list)
+  for row in sorted(zip(table["id"], table["rank"], table["neighbour_id"],
+                        table["score"])):
+    lists[row[0]].append(row[1:])
+  return lists
+
+
+def test_exact_neighbours_equal_brute_force(tmp_path, tiny_model_dir):
+  run_dir, manifest = _run(tmp_path, tiny_model_dir, "--neighbours_k=4",
+                           "--neighbours_block_size=4",
+                           "--bigquery_format=jsonl")
+  ids, vectors = read_outputs.load_embeddings(run_dir)
+  expected = neighbours_lib.brute_force_neighbours(ids, vectors, 4)
+  actual = _neighbour_lists(run_dir)
+  assert set(actual) == set(ids)
+  for query_id, neighbours in expected:
+    rows = actual[query_id]
+    assert [r[0] for r in rows] == [1, 2, 3, 4]
+    assert [r[1] for r in rows] == [n for _, n in neighbours]
+    assert query_id not in [r[1] for r in rows]
+    np.testing.assert_allclose([r[2] for r in rows],
+                               [s for s, _ in neighbours], atol=1e-6)
+  stats = manifest["neighbours"]
+  assert stats["mode"] == "exact" and stats["k"] == 4
+  assert stats["shards"] == 4  # 15 documents in blocks of 4
+  with open(os.path.join(run_dir, manifest["outputs"]["neighbours"][
+      "bigquery_schema"])) as f:
+    names = [field["name"] for field in json.load(f)]
+  assert names[:4] == ["id", "rank", "neighbour_id", "score"]
+
+
+def test_ann_mode_reports_measured_recall(tmp_path, tiny_model_dir):
+  run_dir, manifest = _run(tmp_path, tiny_model_dir, "--neighbours_k=3",
+                           "--neighbours_mode=ann")
+  stats = manifest["neighbours"]
+  assert stats["mode"] == "ann"
+  assert stats["recall_sample_size"] == len(CORPUS)
+  assert stats["recall_at_k"] >= 0.95
+  assert all(len(rows) == 3 for rows in _neighbour_lists(run_dir).values())
+
+
+def test_neighbours_of_a_query_corpus(tmp_path, tiny_model_dir):
+  queries = _write_lines(tmp_path / "queries.txt", QUERIES)
+  run_dir, manifest = _run(tmp_path, tiny_model_dir, "--neighbours_k=2",
+                           f"--neighbours_of={queries}")
+  counts = manifest["counts"]
+  assert counts["queries"] == {"read": 4, "embedded": 3, "dead_lettered": 1}
+  assert counts["read"] == counts["embedded"] == len(CORPUS)
+  errors = read_outputs.read_errors(run_dir)
+  assert [e["reason"] for e in errors] == ["empty_text"]
+  assert errors[0]["source"].endswith("queries.txt")
+
+  corpus_ids, corpus_vectors = read_outputs.load_embeddings(run_dir)
+  actual = _neighbour_lists(run_dir)
+  assert len(actual) == 3  # one list per embedded query
+  assert all(r[1] in corpus_ids for rows in actual.values() for r in rows)
+  assert not set(actual) & set(corpus_ids)
+
+
+def test_no_neighbours_plot_and_projector(tmp_path, tiny_model_dir):
+  run_dir, manifest = _run(tmp_path, tiny_model_dir, "--neighbours_k=0",
+                           "--similarity_plot", "--projector_export")
+  outputs = manifest["outputs"]
+  assert "neighbours" not in outputs and "neighbours" not in manifest
+  assert outputs["similarity_plot"] == {"png": ["similarity.png"]}
+  assert outputs["projector"] == {
+      "tsv": ["projector/metadata.tsv", "projector/vectors.tsv"]}
+  with open(os.path.join(run_dir, "similarity.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(os.path.join(run_dir, "projector", "vectors.tsv")) as f:
+    assert len(f.read().splitlines()) == len(CORPUS)

@@ -1,0 +1,482 @@
+"""Tests for transforms.neighbours: the numpy math, then both Beam modes."""
+
+import glob
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from pipeline.local_runner import LocalRunner
+from transforms import neighbours
+from transforms.neighbours import NEIGHBOURS
+from transforms.neighbours import STATS
+from transforms.records import Embedding
+
+# ---------------------------------------------------------------------------
+# Data.
+
+
+def make_ids(n: int, seed: int = 0):
+  """Ids whose sorted order is unrelated to their position."""
+  order = np.random.default_rng(seed).permutation(n)
+  return [f"doc-{i:05d}" for i in order]
+
+
+def random_vectors(n: int, h: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).standard_normal((n, h)).astype(np.float32)
+
+
+def with_duplicates(vectors: np.ndarray) -> np.ndarray:
+  """Some exact duplicates (up to scale: cosine 1) and a zero vector."""
+  vectors = vectors.copy()
+  vectors[10:16] = vectors[3]  # a group of 7 equal vectors
+  vectors[20] = 2.5 * vectors[21]  # same direction, other length
+  vectors[30] = 0.0
+  return vectors
+
+
+def clustered_vectors(n: int, h: int, clusters: int, seed: int = 0):
+  """Gaussian clusters around random centres: neighbours mostly in-cluster."""
+  rng = np.random.default_rng(seed)
+  centres = rng.standard_normal((clusters, h))
+  members = rng.integers(0, clusters, n)
+  return (centres[members] + 0.5 * rng.standard_normal((n, h))).astype(
+      np.float32)
+
+
+def to_embeddings(ids, vectors):
+  return [
+      Embedding(id=i, text=f"text of {i}", source="corpus.jsonl",
+                embedding=v, num_tokens=3, truncated=False)
+      for i, v in zip(ids, vectors)
+  ]
+
+
+def to_rows(query_neighbours):
+  return [
+      row for query_id, top in query_neighbours
+      for row in neighbours.neighbour_rows(query_id, top)
+  ]
+
+
+def sorted_rows(rows):
+  return sorted(rows, key=lambda row: (row["id"], row["rank"]))
+
+
+def assert_same_rows(actual, expected, atol=1e-6):
+  """Same ids, ranks and neighbours in order; scores within atol."""
+  actual, expected = sorted_rows(actual), sorted_rows(expected)
+  key = lambda row: (row["id"], row["rank"], row["neighbour_id"])
+  assert [key(r) for r in actual] == [key(r) for r in expected]
+  np.testing.assert_allclose([r["score"] for r in actual],
+                             [r["score"] for r in expected], rtol=0, atol=atol)
+
+
+def assert_well_formed(rows, k, corpus_size_minus_self):
+  """Never itself; ranks 1..min(K, available) contiguous; best first with
+  ties broken by the smaller neighbour id."""
+  by_query = {}
+  for row in rows:
+    assert row["id"] != row["neighbour_id"]
+    assert isinstance(row["score"], float)
+    by_query.setdefault(row["id"], []).append(row)
+  for query_rows in by_query.values():
+    query_rows.sort(key=lambda row: row["rank"])
+    expected_count = min(k, corpus_size_minus_self)
+    assert [r["rank"] for r in query_rows] == list(range(1, expected_count + 1))
+    order = [(-r["score"], r["neighbour_id"]) for r in query_rows]
+    assert order == sorted(order)
+    assert len({r["neighbour_id"] for r in query_rows}) == len(query_rows)
+
+
+# ---------------------------------------------------------------------------
+# Running a neighbours transform.
+
+
+def run_neighbours(make_transform, corpus, tmp_path, queries=None):
+  """Runs `corpus | make_transform(queries_pcoll)`; returns (rows, stats)."""
+  with TestPipeline(runner=LocalRunner()) as p:
+    corpus_pcoll = p | "Corpus" >> beam.Create(corpus)
+    queries_pcoll = None
+    if queries is not None:
+      queries_pcoll = p | "Queries" >> beam.Create(queries)
+    outputs = corpus_pcoll | make_transform(queries_pcoll)
+    for name in (NEIGHBOURS, STATS):
+      _ = (
+          outputs[name]
+          | f"Json{name}" >> beam.Map(json.dumps)
+          | f"Write{name}" >> beam.io.WriteToText(str(tmp_path / name)))
+
+  def read(name):
+    lines = []
+    for path in sorted(glob.glob(str(tmp_path / f"{name}*"))):
+      with open(path) as f:
+        lines.extend(json.loads(line) for line in f)
+    return lines
+
+  stats = read(STATS)
+  assert len(stats) == 1
+  return read(NEIGHBOURS), stats[0]
+
+
+# ---------------------------------------------------------------------------
+# The numpy math.
+
+
+def test_normalize_rows_unit_norm_and_zero_rows_stay_zero():
+  vectors = with_duplicates(random_vectors(40, 8))
+  normalized = neighbours.normalize_rows(vectors)
+  assert normalized.dtype == np.float32
+  norms = np.linalg.norm(normalized, axis=1)
+  np.testing.assert_allclose(np.delete(norms, 30), 1.0, atol=1e-6)
+  assert norms[30] == 0
+  # A row's result depends on that row only: duplicates stay bitwise equal.
+  assert (normalized[10:16] == normalized[3]).all()
+
+
+def test_pair_scores_are_symmetric_and_position_independent():
+  vectors = neighbours.normalize_rows(random_vectors(50, 384))
+  left, right = vectors[:25], vectors[25:]
+  scores = neighbours.pair_scores(left, right)
+  np.testing.assert_array_equal(scores, neighbours.pair_scores(right, left))
+  # The same pair at another position of another batch: the same bits.
+  np.testing.assert_array_equal(
+      neighbours.pair_scores(left[7:8], right[7:8]), scores[7:8])
+  np.testing.assert_allclose(
+      scores, np.sum(left.astype(np.float64) * right, axis=1), atol=1e-7)
+
+
+def test_block_top_k_one_block_equals_brute_force():
+  ids = make_ids(60)
+  vectors = with_duplicates(random_vectors(60, 16))
+  normalized = neighbours.normalize_rows(vectors)
+  actual = neighbours.block_top_k(ids, normalized, ids, normalized, k=5)
+  assert_same_rows(to_rows(actual),
+                   to_rows(neighbours.brute_force_neighbours(ids, vectors, 5)))
+
+
+def test_block_top_k_without_exclude_self_finds_itself_first():
+  ids = make_ids(20)
+  normalized = neighbours.normalize_rows(random_vectors(20, 8))
+  top = neighbours.block_top_k(ids, normalized, ids, normalized, k=3,
+                               exclude_self=False)
+  assert all(neighbours_[0][1] == query_id for query_id, neighbours_ in top)
+
+
+def test_merge_top_k_orders_by_score_then_smaller_id():
+  merged = neighbours.merge_top_k(
+      [[(0.9, "b"), (0.5, "z")], [(0.9, "a"), (0.7, "c")], []], k=3)
+  assert merged == [(0.9, "a"), (0.9, "b"), (0.7, "c")]
+
+
+@pytest.mark.parametrize(
+    "block_size,k",
+    [(block_size, k) for block_size in (7, 50, 64, 200, 4096)
+     for k in (1, 10, 199, 250)] + [(1, 1), (1, 10)])
+def test_exact_top_k_equals_brute_force(block_size, k):
+  ids = make_ids(200)
+  vectors = with_duplicates(random_vectors(200, 16))
+  actual = neighbours.exact_top_k(ids, vectors, ids, vectors, k, block_size)
+  expected = neighbours.brute_force_neighbours(ids, vectors, k)
+  assert_same_rows(to_rows(actual), to_rows(expected))
+  assert_well_formed(to_rows(actual), k, 199)
+
+
+def test_candidate_margin_keeps_every_neighbour_of_near_identical_vectors():
+  # Vectors all within a hair of one direction: scores differ by about the
+  # float32 product's own rounding error, so choosing the top K from the
+  # product alone would miss some. Compared bitwise with the canonical score
+  # of every pair, sorted.
+  rng = np.random.default_rng(3)
+  base = rng.standard_normal(384)
+  vectors = (base + 1e-3 * rng.standard_normal((300, 384))).astype(np.float32)
+  ids = make_ids(300)
+  normalized = neighbours.normalize_rows(vectors)
+  expected = []
+  for i, query_id in enumerate(ids):
+    scores = neighbours.pair_scores(
+        np.repeat(normalized[i:i + 1], len(ids), axis=0), normalized)
+    pairs = sorted((s, c) for s, c in zip(scores.tolist(), ids)
+                   if c != query_id)
+    expected.append(
+        (query_id, sorted(pairs, key=lambda p: (-p[0], p[1]))[:10]))
+  for block_size in (37, 300):
+    assert neighbours.exact_top_k(ids, vectors, ids, vectors, 10,
+                                  block_size) == expected
+
+
+def test_brute_force_never_itself_even_with_duplicates_and_zero_vector():
+  ids = make_ids(40)
+  vectors = with_duplicates(random_vectors(40, 8))
+  rows = to_rows(neighbours.brute_force_neighbours(ids, vectors, 39))
+  assert_well_formed(rows, 39, 39)
+
+
+def test_recall_at_k_counts_tied_duplicates_as_found():
+  exact = {"q": [(0.9, "a"), (0.8, "b"), (0.8, "c")]}
+  # "d" ties with the exact third (a duplicate of "c"): found.
+  assert neighbours.recall_at_k({"q": [(0.9, "a"), (0.8, "b"), (0.8, "d")]},
+                                exact) == 1.0
+  assert neighbours.recall_at_k({"q": [(0.9, "a"), (0.7, "e")]}, exact) == (
+      pytest.approx(1 / 3))
+  assert neighbours.recall_at_k({}, {"q": []}) is None
+
+
+def test_recall_sample_is_deterministic_and_independent_of_order():
+  ids = make_ids(100)
+  sample = neighbours.recall_sample(ids, 10)
+  assert len(sample) == 10
+  assert neighbours.recall_sample(list(reversed(ids)), 10) == sample
+  assert neighbours.recall_sample(ids, 1000) == neighbours.recall_sample(
+      sorted(ids), 1000)
+
+
+def test_stable_hash_is_fixed():
+  # Shards (and the recall sample) must not change between processes or runs.
+  # Pinned: blake2b-64 of the UTF-8 id, not Python's per-process hash().
+  assert neighbours.stable_hash("doc-1") == 0x56f47a285f34f541
+  assert neighbours.shard_count(0, 10) == 1
+  assert neighbours.shard_count(10, 10) == 1
+  assert neighbours.shard_count(11, 10) == 2
+
+
+def test_invalid_arguments_fail_when_the_graph_is_built():
+  with pytest.raises(ValueError, match="k must be"):
+    neighbours.ExactNeighbours(0)
+  with pytest.raises(ValueError, match="block_size"):
+    neighbours.ExactNeighbours(5, block_size=0)
+  with pytest.raises(ValueError, match="Unknown neighbours mode 'hnsw'"):
+    neighbours.NearestNeighbours(5, mode="hnsw")
+  with pytest.raises(ValueError, match="recall_sample_size"):
+    neighbours.ApproximateNeighbours(5, recall_sample_size=-1)
+
+
+# ---------------------------------------------------------------------------
+# Exact mode in Beam.
+
+
+@pytest.mark.parametrize(
+    "block_size,k",
+    [
+        (50, 10),  # 4 shards, N divisible
+        (64, 10),  # 4 shards, N not divisible
+        (7, 5),  # 29 shards: 841 blocks, many shards of a few rows
+        (4096, 10),  # one shard
+        (64, 199),  # K = N - 1
+        (50, 500),  # K > N
+    ])
+def test_exact_neighbours_equals_brute_force(tmp_path, block_size, k):
+  n = 200
+  ids = make_ids(n)
+  vectors = with_duplicates(random_vectors(n, 16))
+  rows, stats = run_neighbours(
+      lambda queries: neighbours.ExactNeighbours(k, block_size=block_size),
+      to_embeddings(ids, vectors), tmp_path)
+  expected = to_rows(neighbours.brute_force_neighbours(ids, vectors, k))
+  assert_same_rows(rows, expected)
+  assert_well_formed(rows, k, n - 1)
+  # And bitwise the same as the one-process blocked computation.
+  assert sorted_rows(rows) == sorted_rows(
+      to_rows(neighbours.exact_top_k(ids, vectors, ids, vectors, k,
+                                     block_size)))
+  shards = neighbours.shard_count(n, block_size)
+  assert stats == {
+      "mode": "exact", "k": k, "block_size": block_size, "shards": shards,
+      "query_shards": shards, "corpus_size": n, "queries": n
+  }
+
+
+def test_exact_neighbours_clustered_embeddings(tmp_path):
+  # Embedding-like data: tight clusters, large H, and exact duplicates.
+  n = 300
+  ids = make_ids(n, seed=5)
+  vectors = with_duplicates(clustered_vectors(n, 384, clusters=12, seed=5))
+  rows, _ = run_neighbours(
+      lambda queries: neighbours.NearestNeighbours(8, block_size=64),
+      to_embeddings(ids, vectors), tmp_path)
+  assert_same_rows(rows,
+                   to_rows(neighbours.brute_force_neighbours(ids, vectors, 8)))
+  assert_well_formed(rows, 8, n - 1)
+
+
+def test_exact_neighbours_breaks_ties_by_id(tmp_path):
+  # Five equal vectors (one scaled: cosine is length blind) and two others.
+  direction = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+  ids = ["e", "c", "a", "d", "b", "x", "y"]
+  vectors = np.stack([
+      direction, direction, direction, 3 * direction, direction,
+      np.array([1.0, 2.0, 3.0, 5.0], np.float32),
+      np.array([-1.0, 0.0, 0.0, 0.0], np.float32)
+  ])
+  rows, _ = run_neighbours(
+      lambda queries: neighbours.ExactNeighbours(3, block_size=2),
+      to_embeddings(ids, vectors), tmp_path)
+  top = {}
+  for row in sorted_rows(rows):
+    top.setdefault(row["id"], []).append(row["neighbour_id"])
+  assert top["a"] == ["b", "c", "d"]
+  assert top["c"] == ["a", "b", "d"]
+  assert top["e"] == ["a", "b", "c"]
+  assert top["x"] == ["a", "b", "c"]
+  scores = {(r["id"], r["neighbour_id"]): r["score"] for r in rows}
+  assert scores["a", "b"] == scores["a", "c"] == scores["a", "d"]
+  assert scores["a", "b"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_exact_neighbours_of_tiny_corpora_is_empty(tmp_path, n):
+  rows, stats = run_neighbours(
+      lambda queries: neighbours.ExactNeighbours(5, block_size=4),
+      to_embeddings(make_ids(n), random_vectors(n, 4)), tmp_path)
+  assert rows == []
+  assert stats["shards"] == 1 and stats["corpus_size"] == n
+
+
+def test_exact_neighbours_two_documents(tmp_path):
+  ids = ["a", "b"]
+  vectors = random_vectors(2, 4)
+  rows, _ = run_neighbours(
+      lambda queries: neighbours.ExactNeighbours(5, block_size=1),
+      to_embeddings(ids, vectors), tmp_path)
+  assert [(r["id"], r["rank"], r["neighbour_id"]) for r in sorted_rows(rows)
+         ] == [("a", 1, "b"), ("b", 1, "a")]
+
+
+def test_exact_neighbours_of_a_query_set(tmp_path):
+  corpus_ids = make_ids(150, seed=1)
+  corpus_vectors = with_duplicates(random_vectors(150, 16, seed=1))
+  # New documents: some unseen, some re-sent with an id the corpus has (never
+  # matched with that corpus document), one a duplicate of a corpus vector.
+  query_ids = [f"new-{i:03d}" for i in range(40)] + corpus_ids[:10]
+  query_vectors = np.concatenate(
+      [random_vectors(40, 16, seed=2), corpus_vectors[:10]])
+  query_vectors[5] = corpus_vectors[100]
+  k = 7
+  rows, stats = run_neighbours(
+      lambda queries: neighbours.ExactNeighbours(
+          k, block_size=32, queries=queries),
+      to_embeddings(corpus_ids, corpus_vectors), tmp_path,
+      queries=to_embeddings(query_ids, query_vectors))
+  expected = neighbours.brute_force_neighbours(
+      corpus_ids, corpus_vectors, k, query_ids=query_ids,
+      query_vectors=query_vectors)
+  assert_same_rows(rows, to_rows(expected))
+  assert {r["id"] for r in rows} == set(query_ids)
+  assert all(r["neighbour_id"] in set(corpus_ids) for r in rows)
+  assert all(r["id"] != r["neighbour_id"] for r in rows)
+  assert stats["shards"] == 5 and stats["query_shards"] == 2
+  assert stats["queries"] == 50 and stats["corpus_size"] == 150
+
+
+# ---------------------------------------------------------------------------
+# Approximate mode.
+
+
+def independent_recall(rows, ids, vectors, k, sample_size):
+  """recall@K of rows on the recall sample, recomputed with brute force."""
+  sample = neighbours.recall_sample(ids, sample_size)
+  position = {doc_id: i for i, doc_id in enumerate(ids)}
+  sample_vectors = vectors[[position[q] for q in sample]]
+  exact = dict(
+      neighbours.brute_force_neighbours(
+          ids, vectors, k, query_ids=sample, query_vectors=sample_vectors))
+  returned = {}
+  for row in rows:
+    returned.setdefault(row["id"], set()).add(row["neighbour_id"])
+  found = sum(
+      len(returned.get(q, set()) & {n for _, n in exact[q]}) for q in sample)
+  return found / sum(len(exact[q]) for q in sample)
+
+
+def test_approximate_neighbours_hnsw_recall(tmp_path):
+  n, k = 5000, 10
+  ids = make_ids(n, seed=7)
+  vectors = clustered_vectors(n, 32, clusters=50, seed=7)
+  # Default HNSW settings; the threshold lowered so that 5000 documents get
+  # HNSW rather than the exact flat index.
+  settings = neighbours.AnnIndexSettings(flat_index_below=1000)
+  rows, stats = run_neighbours(
+      lambda queries: neighbours.NearestNeighbours(
+          k, mode="ann", recall_sample_size=500, ann_settings=settings),
+      to_embeddings(ids, vectors), tmp_path)
+  assert stats["mode"] == "ann" and stats["k"] == k
+  assert stats["index"].startswith("IndexHNSWFlat")
+  assert "M=32" in stats["index"] and "efSearch=128" in stats["index"]
+  assert stats["recall_sample_size"] == 500
+  assert stats["recall_at_k"] >= 0.95
+  assert stats["recall_at_k"] == pytest.approx(
+      independent_recall(rows, ids, vectors, k, 500), abs=1e-12)
+  assert_well_formed(rows, k, n - 1)
+  assert len(rows) == n * k
+
+
+def test_approximate_neighbours_reports_poor_recall_honestly(tmp_path):
+  # A deliberately weak graph: the measured recall must drop below 1, and
+  # still equal an independent recomputation.
+  n, k = 2000, 10
+  ids = make_ids(n, seed=8)
+  vectors = random_vectors(n, 32, seed=8)
+  settings = neighbours.AnnIndexSettings(
+      hnsw_m=2, ef_construction=4, ef_search=1, flat_index_below=0)
+  rows, stats = run_neighbours(
+      lambda queries: neighbours.ApproximateNeighbours(
+          k, recall_sample_size=200, settings=settings),
+      to_embeddings(ids, vectors), tmp_path)
+  assert stats["recall_at_k"] < 0.9
+  assert stats["recall_at_k"] == pytest.approx(
+      independent_recall(rows, ids, vectors, k, 200), abs=1e-12)
+  assert all(r["id"] != r["neighbour_id"] for r in rows)
+
+
+def test_approximate_neighbours_default_settings_small_corpus_is_exact(
+    tmp_path):
+  n, k = 400, 10
+  ids = make_ids(n, seed=9)
+  vectors = with_duplicates(clustered_vectors(n, 32, clusters=20, seed=9))
+  rows, stats = run_neighbours(
+      lambda queries: neighbours.ApproximateNeighbours(k),
+      to_embeddings(ids, vectors), tmp_path)
+  assert stats["index"].startswith("IndexFlatIP")
+  assert stats["recall_at_k"] == 1.0
+  assert stats["recall_sample_size"] == n
+  assert_well_formed(rows, k, n - 1)
+  # Scores are canonical, as in exact mode.
+  exact = {(r["id"], r["neighbour_id"]): r["score"] for r in to_rows(
+      neighbours.exact_top_k(ids, vectors, ids, vectors, k))}
+  for row in rows:
+    key = (row["id"], row["neighbour_id"])
+    if key in exact:
+      assert row["score"] == exact[key]
+
+
+def test_approximate_neighbours_of_a_query_set(tmp_path):
+  corpus_ids = make_ids(300, seed=10)
+  corpus_vectors = clustered_vectors(300, 16, clusters=10, seed=10)
+  query_ids = [f"new-{i}" for i in range(20)] + corpus_ids[:5]
+  query_vectors = np.concatenate([
+      clustered_vectors(20, 16, clusters=10, seed=11), corpus_vectors[:5]])
+  rows, stats = run_neighbours(
+      lambda queries: neighbours.NearestNeighbours(
+          5, mode="ann", queries=queries,
+          ann_settings=neighbours.AnnIndexSettings(flat_index_below=0)),
+      to_embeddings(corpus_ids, corpus_vectors), tmp_path,
+      queries=to_embeddings(query_ids, query_vectors))
+  assert stats["queries"] == 25 and stats["corpus_size"] == 300
+  assert stats["recall_sample_size"] == 25
+  assert {r["id"] for r in rows} == set(query_ids)
+  assert all(r["id"] != r["neighbour_id"] for r in rows)
+  assert_same_rows(rows, to_rows(neighbours.brute_force_neighbours(
+      corpus_ids, corpus_vectors, 5, query_ids=query_ids,
+      query_vectors=query_vectors)))
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_approximate_neighbours_of_tiny_corpora_is_empty(tmp_path, n):
+  rows, stats = run_neighbours(
+      lambda queries: neighbours.ApproximateNeighbours(5),
+      to_embeddings(make_ids(n), random_vectors(n, 4)), tmp_path)
+  assert rows == []
+  assert stats["recall_at_k"] is None
+  assert stats["corpus_size"] == n

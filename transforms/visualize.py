@@ -1,0 +1,157 @@
+"""Pictures of a run: a similarity heatmap and an Embedding Projector export.
+
+- `similarity.png`: pairwise cosine similarity of a small set of documents
+  (up to ~50), labelled with their texts, like the semantic similarity plot
+  of TensorFlow's BERT experts tutorial.
+- `projector/vectors.tsv` + `projector/metadata.tsv`: load both into
+  https://projector.tensorflow.org ("Load") to browse a larger set.
+
+Both take a deterministic subset (the documents with the smallest ids), so
+re-running gives the same files.
+"""
+
+import io
+import warnings
+from typing import List, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.records import Embedding
+
+SIMILARITY_PLOT_FILE = "similarity.png"
+PROJECTOR_DIR = "projector"
+_LABEL_CHARS = 40
+
+
+def _label(text: str) -> str:
+  text = " ".join(text.split())
+  return text if len(text) <= _LABEL_CHARS else text[:_LABEL_CHARS - 1] + "…"
+
+
+def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
+  norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+  unit = vectors / np.maximum(norms, 1e-12)
+  return unit @ unit.T
+
+
+def similarity_heatmap_png(labels: Sequence[str], vectors: np.ndarray,
+                           title: str) -> bytes:
+  """A PNG heatmap of pairwise cosine similarity, both axes labelled."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")  # no display on workers
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  similarity = cosine_matrix(vectors)
+  size = max(6.0, 0.28 * len(labels) + 3.0)
+  figure, axes = pyplot.subplots(figsize=(size + 2, size))
+  image = axes.imshow(similarity, cmap="YlOrRd", vmin=0.0, vmax=1.0)
+  ticks = list(range(len(labels)))
+  short = [_label(t) for t in labels]
+  axes.set_xticks(ticks, short, rotation=90, fontsize=7)
+  axes.set_yticks(ticks, short, fontsize=7)
+  axes.set_title(title)
+  figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04,
+                  label="cosine similarity")
+  figure.tight_layout()
+  buffer = io.BytesIO()
+  with warnings.catch_warnings():
+    # Scripts the bundled font lacks (CJK, say) show as boxes; say so once
+    # in the README rather than once per glyph in the logs.
+    warnings.simplefilter("ignore", UserWarning)
+    figure.savefig(buffer, format="png", dpi=110)
+  pyplot.close(figure)
+  return buffer.getvalue()
+
+
+def _tsv_cell(text: str) -> str:
+  # The projector splits on tabs and lines: keep each cell on one line.
+  return " ".join(text.replace("\t", " ").split())
+
+
+def projector_tsv(embeddings: Sequence[Embedding]):
+  """(vectors.tsv, metadata.tsv) contents for the Embedding Projector."""
+  vectors = "".join(
+      "\t".join(f"{v:.6g}" for v in e.embedding) + "\n" for e in embeddings)
+  metadata = "id\ttext\n" + "".join(
+      f"{_tsv_cell(e.id)}\t{_tsv_cell(e.text)}\n" for e in embeddings)
+  return vectors, metadata
+
+
+def _write_file(path: str, content: bytes) -> str:
+  with FileSystems.create(path) as f:
+    f.write(content)
+  return path
+
+
+def _smallest_ids(embeddings: List[Embedding], limit: int) -> List[Embedding]:
+  return sorted(embeddings, key=lambda e: e.id)[:limit]
+
+
+class _SmallestIds(beam.PTransform):
+  """The `limit` embeddings with the smallest ids, as one list."""
+
+  def __init__(self, limit: int):
+    super().__init__()
+    self._limit = limit
+
+  def expand(self, embeddings):
+    return (embeddings
+            | "Smallest" >> beam.combiners.Top.Of(
+                self._limit, key=lambda e: e.id, reverse=True))
+
+
+class WriteSimilarityPlot(beam.PTransform):
+  """Embeddings -> RUN_DIR/similarity.png (the first `max_documents` by id).
+
+  Returns a PCollection holding the written path (empty if no documents).
+  """
+
+  def __init__(self, run_dir: str, max_documents: int = 50):
+    super().__init__()
+    self._path = FileSystems.join(run_dir, SIMILARITY_PLOT_FILE)
+    self._max_documents = max_documents
+
+  def expand(self, embeddings):
+    count = embeddings | "Count" >> beam.combiners.Count.Globally()
+    return (embeddings
+            | "Select" >> _SmallestIds(self._max_documents)
+            | "Plot" >> beam.FlatMap(self._plot,
+                                     total=beam.pvalue.AsSingleton(count)))
+
+  def _plot(self, chosen, total):
+    chosen = _smallest_ids(chosen, self._max_documents)
+    title = "Cosine similarity"
+    if total > len(chosen):
+      title += f" (first {len(chosen)} of {total} documents by id)"
+    if not chosen:
+      return []  # nothing was embedded: no picture
+    png = similarity_heatmap_png([e.text for e in chosen],
+                                 np.stack([e.embedding for e in chosen]), title)
+    return [_write_file(self._path, png)]
+
+
+class WriteProjectorFiles(beam.PTransform):
+  """Embeddings -> RUN_DIR/projector/{vectors,metadata}.tsv.
+
+  Returns a PCollection of the two written paths.
+  """
+
+  def __init__(self, run_dir: str, max_points: int = 10000):
+    super().__init__()
+    self._dir = FileSystems.join(run_dir, PROJECTOR_DIR)
+    self._max_points = max_points
+
+  def expand(self, embeddings):
+    return (embeddings
+            | "Select" >> _SmallestIds(self._max_points)
+            | "Write" >> beam.FlatMap(self._write))
+
+  def _write(self, chosen):
+    vectors, metadata = projector_tsv(_smallest_ids(chosen, self._max_points))
+    return [
+        _write_file(FileSystems.join(self._dir, "vectors.tsv"),
+                    vectors.encode("utf-8")),
+        _write_file(FileSystems.join(self._dir, "metadata.tsv"),
+                    metadata.encode("utf-8")),
+    ]
