@@ -11,6 +11,7 @@ flags and the output schemas.
 import logging
 import sys
 import time
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -22,6 +23,7 @@ from pipeline.options import ConfigError
 from pipeline.options import PipelineConfig
 from pipeline.options import config_from_options
 from pipeline.options import reject_unknown_flags
+from transforms import incremental
 from transforms.embed import EmbedDocuments
 from transforms.manifest import MANIFEST_FILE
 from transforms.manifest import WriteManifest
@@ -93,20 +95,33 @@ def manifest_settings(config: PipelineConfig) -> dict:
       "neighbours_k": config.neighbours_k,
       "neighbours_mode": config.neighbours_mode,
       "neighbours_of": config.neighbours_of,
+      "previous_run": config.previous_run.path if config.previous_run else None,
   }
 
 
-class EmbedCorpus(beam.PTransform):
-  """Read + validate + embed one corpus; counts for the manifest.
+def embedding_table_spec(config: PipelineConfig) -> EmbeddingTableSpec:
+  return EmbeddingTableSpec(
+      hidden_size=config.model.hidden_size,
+      include_text=config.include_text,
+      sequence_output=config.sequence_output,
+      sequence_dtype=config.sequence_dtype,
+      encoder_layers=config.encoder_layers)
 
-  Returns {"embeddings", "dead_letters", "read"} PCollections: "read" holds
-  every record read (documents and read errors), for counting.
+
+class EmbedCorpus(beam.PTransform):
+  """Read + validate (+ carry over) + embed one corpus.
+
+  Returns {"embeddings", "dead_letters", "read", "reused", "removed"}
+  PCollections: "read" holds every record read (documents and read errors)
+  and "reused" the embeddings carried over from `previous`, for counting.
   """
 
-  def __init__(self, file_pattern: str, config: PipelineConfig):
+  def __init__(self, file_pattern: str, config: PipelineConfig,
+               previous: Optional[incremental.PreviousRun] = None):
     super().__init__()
     self._file_pattern = file_pattern
     self._config = config
+    self._previous = previous
 
   def expand(self, pbegin):
     config = self._config
@@ -114,22 +129,35 @@ class EmbedCorpus(beam.PTransform):
         self._file_pattern, input_format=config.input_format,
         id_field=config.id_field, text_field=config.text_field)
     valid = read[DOCUMENTS] | "Validate" >> ValidateDocuments()
-    embedded = valid[DOCUMENTS] | "Embed" >> EmbedDocuments(
-        make_model_handler(config))
+    to_embed = valid[DOCUMENTS]
+    if self._previous:
+      reuse = to_embed | "Reuse" >> incremental.ReuseEmbeddings(
+          self._previous, embedding_table_spec(config))
+      to_embed, reused, removed = (reuse[incremental.TO_EMBED],
+                                   reuse[incremental.REUSED],
+                                   reuse[incremental.REMOVED])
+    else:
+      reused = pbegin | "NoneReused" >> beam.Create([])
+      removed = pbegin | "NoneRemoved" >> beam.Create([])
+    embedded = to_embed | "Embed" >> EmbedDocuments(make_model_handler(config))
     return {
-        "embeddings": embedded[DOCUMENTS],
+        "embeddings": (embedded[DOCUMENTS], reused)
+                      | "NewAndReused" >> beam.Flatten(),
         "dead_letters": (read[DEAD_LETTER], valid[DEAD_LETTER],
                          embedded[DEAD_LETTER])
                         | "AllDeadLetters" >> beam.Flatten(),
         "read": (read[DOCUMENTS], read[DEAD_LETTER])
                 | "AllRecordsRead" >> beam.Flatten(),
+        "reused": reused,
+        "removed": removed,
     }
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig,
                    started_at: float) -> dict:
   """Adds the whole job to `pipeline`; returns its main PCollections."""
-  corpus = pipeline | "EmbedCorpus" >> EmbedCorpus(config.input, config)
+  corpus = pipeline | "EmbedCorpus" >> EmbedCorpus(
+      config.input, config, config.previous_run)
   embeddings = corpus["embeddings"]
   counts = {
       "read": corpus["read"],
@@ -137,6 +165,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig,
       "dead_lettered": corpus["dead_letters"],
       "truncated": embeddings | "Truncated" >> beam.Filter(
           lambda e: e.truncated),
+      "reused": corpus["reused"],
+      "removed": corpus["removed"],
   }
   all_dead_letters = [corpus["dead_letters"]]
   queries = None
@@ -152,18 +182,14 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig,
     all_dead_letters.append(query_corpus["dead_letters"])
   dead_letters = all_dead_letters | "AllDeadLetters" >> beam.Flatten()
 
-  spec = EmbeddingTableSpec(
-      hidden_size=config.model.hidden_size,
-      include_text=config.include_text,
-      sequence_output=config.sequence_output,
-      sequence_dtype=config.sequence_dtype,
-      encoder_layers=config.encoder_layers)
+  spec = embedding_table_spec(config)
+  staging = config.staging_dir
   embedding_files = embeddings | "WriteEmbeddings" >> WriteEmbeddings(
-      config.output, spec, run_id=config.run_id,
+      staging, spec, run_id=config.run_id,
       model_fingerprint=config.model.fingerprint,
       bigquery_format=config.bigquery_format, num_shards=config.num_shards)
   error_files = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
-      config.output, run_id=config.run_id, num_shards=config.num_shards)
+      staging, run_id=config.run_id, num_shards=config.num_shards)
   if config.bigquery_table:
     _write_to_bigquery(embeddings, spec, config)
   outputs = {
@@ -178,7 +204,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig,
         block_size=config.neighbours_block_size, queries=queries)
     outputs["neighbours"] = neighbours[NEIGHBOURS] | (
         "WriteNeighbours" >> WriteNeighbours(
-            config.output, run_id=config.run_id,
+            staging, run_id=config.run_id,
             model_fingerprint=config.model.fingerprint,
             bigquery_format=config.bigquery_format,
             num_shards=config.num_shards))
@@ -186,18 +212,22 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig,
   if config.similarity_plot:
     outputs["similarity_plot"] = {
         "png": embeddings | "WriteSimilarityPlot" >> WriteSimilarityPlot(
-            config.output)
+            staging)
     }
   if config.projector_export:
     outputs["projector"] = {
         "tsv": embeddings | "WriteProjectorFiles" >> WriteProjectorFiles(
-            config.output, config.projector_max_points)
+            staging, config.projector_max_points)
     }
 
-  pipeline | "WriteManifest" >> WriteManifest(
-      config.output, config.run_id, manifest_model_entry(config),
+  static_details = {}
+  if config.previous_run:
+    static_details["previous_run"] = config.previous_run.manifest_entry()
+  pipeline | "PublishRun" >> WriteManifest(
+      config.output, staging, config.run_id, manifest_model_entry(config),
       counts=counts, outputs=outputs, settings=manifest_settings(config),
-      started_at=started_at, details=details)
+      started_at=started_at, details=details, static_details=static_details,
+      latest_pointer=config.latest_pointer)
   return {"embeddings": embeddings, "dead_letters": dead_letters}
 
 
@@ -227,6 +257,19 @@ def _check_output_is_new(output: str):
         "choose a new run directory, e.g. one per date.")
 
 
+def _remove_stale_staging(output: str):
+  """Staged files of an earlier run into this directory that never published."""
+  stale = FileSystems.match([FileSystems.join(output, ".staging-*")])[0]
+  paths = [m.path for m in stale.metadata_list]
+  if not paths and FileSystems.exists(output):
+    # Local directories do not match a glob; list them.
+    import glob  # pylint: disable=g-import-not-at-top
+    paths = glob.glob(FileSystems.join(output, ".staging-*"))
+  if paths:
+    _LOG.info("Removing staged files of an unpublished earlier run: %s", paths)
+    FileSystems.delete(paths)
+
+
 def run(argv=None, save_main_session=True):
   """Runs the job to completion; returns the PipelineResult.
 
@@ -238,6 +281,7 @@ def run(argv=None, save_main_session=True):
   options.view_as(SetupOptions).save_main_session = save_main_session
   config = config_from_options(options)
   _check_output_is_new(config.output)
+  _remove_stale_staging(config.output)
 
   runner = None
   if local_runner.is_local_runner(options):

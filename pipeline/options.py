@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import model_resolution
+from transforms import incremental
 from transforms.model_handler import POOLING_MODES
 from transforms.model_handler import SEQUENCE_DTYPES
 from transforms.read import INPUT_FORMATS
@@ -138,6 +139,15 @@ class EmbeddingPipelineOptions(PipelineOptions):
         help="Documents in the projector export, smallest ids first "
         "(default: %(default)s).")
     group.add_argument(
+        "--previous_run",
+        help="A published run directory of the same corpus: documents whose "
+        "id, text and model are unchanged are carried over, not re-embedded.")
+    group.add_argument(
+        "--latest_pointer",
+        help="File to write this run's directory into once it is published, "
+        "e.g. gs://bucket/runs/LATEST; a nightly job reads it for "
+        "--previous_run.")
+    group.add_argument(
         "--run_id", help="Identifier of this run, written in every row and "
         "the manifest. Default: the UTC start time.")
 
@@ -174,6 +184,31 @@ class PipelineConfig:
   similarity_plot: bool
   projector_export: bool
   projector_max_points: int
+  previous_run: Optional[incremental.PreviousRun]
+  latest_pointer: Optional[str]
+
+  @property
+  def staging_dir(self) -> str:
+    """Where every stage writes until the run is published."""
+    return f"{self.output}/.staging-{self.run_id}"
+
+  def vector_settings(self) -> dict:
+    """The settings that change what a vector is (see incremental.py)."""
+    return vector_settings(self.max_seq_length, self.pooling, self.normalize,
+                           self.sequence_output, self.sequence_dtype,
+                           self.encoder_layers)
+
+
+def vector_settings(max_seq_length, pooling, normalize, sequence_output,
+                    sequence_dtype, encoder_layers) -> dict:
+  return {
+      "max_seq_length": max_seq_length,
+      "pooling": pooling,
+      "normalize": normalize,
+      "sequence_output": sequence_output,
+      "sequence_dtype": sequence_dtype,
+      "encoder_layers": list(encoder_layers),
+  }
 
 
 def parse_encoder_layers(value: str, num_layers: int) -> Tuple[int, ...]:
@@ -270,6 +305,17 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
         "--pooling=cls or --pooling=mean.")
   normalize = (model.normalize if flags.normalize is None else
                flags.normalize == "true")
+  encoder_layers = parse_encoder_layers(flags.encoder_layers, model.num_layers)
+  previous_run = None
+  if flags.previous_run:
+    try:
+      previous_run = incremental.plan_previous_run(
+          flags.previous_run, model.fingerprint,
+          vector_settings(max_seq_length, pooling, normalize,
+                          flags.sequence_output, flags.sequence_dtype,
+                          encoder_layers))
+    except (incremental.PreviousRunError, KeyError, ValueError) as e:
+      raise ConfigError(f"--previous_run: {e}") from None
 
   return PipelineConfig(
       input=flags.input,
@@ -284,8 +330,7 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
       normalize=normalize,
       sequence_output=flags.sequence_output,
       sequence_dtype=flags.sequence_dtype,
-      encoder_layers=parse_encoder_layers(flags.encoder_layers,
-                                          model.num_layers),
+      encoder_layers=encoder_layers,
       include_text=not flags.no_text,
       bigquery_format=flags.bigquery_format,
       bigquery_table=flags.bigquery_table,
@@ -302,7 +347,9 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
       neighbours_of=flags.neighbours_of,
       similarity_plot=flags.similarity_plot,
       projector_export=flags.projector_export,
-      projector_max_points=flags.projector_max_points)
+      projector_max_points=flags.projector_max_points,
+      previous_run=previous_run,
+      latest_pointer=flags.latest_pointer)
 
 
 def reject_unknown_flags(argv):

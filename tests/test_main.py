@@ -569,6 +569,8 @@ def test_every_input_format_end_to_end(input_format, bigquery_format,
       "embedded": len(good),
       "dead_lettered": len(bad),
       "truncated": 0,
+      "reused": 0,  # no --previous_run
+      "removed": 0,
   }
   with open(os.path.join(tiny_model_dir, "model_metadata.json")) as f:
     metadata = json.load(f)
@@ -646,7 +648,8 @@ def test_sequence_output_and_encoder_layers(tiny_model_dir, reference,
   manifest = read_outputs.load_manifest(run_dir)
   assert manifest["run_id"] == "seq-run"
   assert manifest["counts"] == {
-      "read": 5, "embedded": 5, "dead_lettered": 0, "truncated": 0}
+      "read": 5, "embedded": 5, "dead_lettered": 0, "truncated": 0,
+      "reused": 0, "removed": 0}
   assert manifest["settings"]["encoder_layers"] == [0]
   schema = check_manifest_files(run_dir, manifest, "parquet")
   assert schema["tokens"]["mode"] == "REPEATED"
@@ -696,7 +699,8 @@ def test_truncation_and_float16_sequences(tiny_model_dir, reference, tmp_path,
 
   manifest = read_outputs.load_manifest(run_dir)
   assert manifest["counts"] == {
-      "read": 5, "embedded": 5, "dead_lettered": 0, "truncated": 2}
+      "read": 5, "embedded": 5, "dead_lettered": 0, "truncated": 2,
+      "reused": 0, "removed": 0}
   assert manifest["model"]["max_seq_length"] == 8
   assert manifest["settings"]["sequence_dtype"] == "float16"
   check_manifest_files(run_dir, manifest, "jsonl")

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import hashlib
 import io
 
 import fastavro
@@ -58,6 +59,7 @@ def test_bigquery_schema_of_minimal_spec():
       ("truncated", "BOOLEAN", "REQUIRED"),
       ("run_id", "STRING", "REQUIRED"),
       ("model_fingerprint", "STRING", "REQUIRED"),
+      ("content_hash", "STRING", "REQUIRED"),
   ]
   assert all("fields" not in f for f in fields)
   schemas.validate_bigquery_schema(fields)
@@ -73,6 +75,7 @@ def test_bigquery_schema_of_full_spec():
       ("truncated", "BOOLEAN", "REQUIRED"),
       ("run_id", "STRING", "REQUIRED"),
       ("model_fingerprint", "STRING", "REQUIRED"),
+      ("content_hash", "STRING", "REQUIRED"),
       ("encoder_layer_0", "FLOAT", "REPEATED"),
       ("encoder_layer_5", "FLOAT", "REPEATED"),
       ("tokens", "RECORD", "REPEATED"),
@@ -246,6 +249,8 @@ def test_embedding_to_row_values():
   assert row["num_tokens"] == 4 and type(row["num_tokens"]) is int
   assert row["truncated"] is False
   assert (row["run_id"], row["model_fingerprint"]) == ("run-7", "fp-9")
+  assert row["content_hash"] == hashlib.sha256(
+      b"text of doc-1").hexdigest()
   assert all(type(v) is float for v in row["embedding"])
   np.testing.assert_array_equal(
       np.array(row["embedding"], np.float32), e.embedding)
@@ -266,7 +271,7 @@ def test_embedding_to_row_without_text_or_sequence():
   row = schemas.embedding_to_row(make_embedding(rng), spec, "r", "f")
   assert set(row) == {
       "id", "embedding", "num_tokens", "truncated", "run_id",
-      "model_fingerprint"}
+      "model_fingerprint", "content_hash"}
 
 
 def test_embedding_to_row_rounds_float16_sequence():
@@ -333,8 +338,10 @@ def test_record_batch_encodes_to_tf_examples():
     f = _decode(serialized)
     assert set(f) == {
         "id", "text", "embedding", "num_tokens", "truncated", "run_id",
-        "model_fingerprint", "encoder_layer_0", "encoder_layer_5",
-        "token_ids", "sequence_embedding"}
+        "model_fingerprint", "content_hash", "encoder_layer_0",
+        "encoder_layer_5", "token_ids", "sequence_embedding"}
+    assert f["content_hash"].bytes_list.value == [
+        hashlib.sha256(e.text.encode()).hexdigest().encode()]
     assert f["id"].bytes_list.value == [e.id.encode()]
     assert f["text"].bytes_list.value == [e.text.encode()]
     np.testing.assert_array_equal(f["embedding"].float_list.value, e.embedding)
@@ -375,7 +382,7 @@ def test_record_batch_without_optional_columns():
       [make_embedding(rng)], spec, "r", "f")
   assert record_batch.schema.names == [
       "id", "embedding", "num_tokens", "truncated", "run_id",
-      "model_fingerprint"]
+      "model_fingerprint", "content_hash"]
 
 
 @pytest.mark.parametrize("spec", [FULL_SPEC, FLOAT16_SPEC])
@@ -419,7 +426,7 @@ def test_example_layout_schema():
       schemas.embedding_columns(FULL_SPEC))
   assert schema.names == [
       "id", "text", "embedding", "num_tokens", "truncated", "run_id",
-      "model_fingerprint", "encoder_layer_0", "encoder_layer_5", "token_ids",
-      "sequence_embedding"]
+      "model_fingerprint", "content_hash", "encoder_layer_0",
+      "encoder_layer_5", "token_ids", "sequence_embedding"]
   assert schema.field("truncated").type == pa.bool_()
   assert schema.field("sequence_embedding").type.value_type == pa.float32()

@@ -1,9 +1,12 @@
-"""The last stage: manifest.json, written once every output is in place.
+"""The last stage: publish the run, manifest.json last.
 
-The manifest takes the counts and the written file lists as side inputs, so
-Beam runs it only after every write has finished; it is written under a
-temporary name and renamed, so a run directory either has a complete
-manifest.json or none. A run directory without one is not published.
+Every stage writes under a staging directory inside the run directory. This
+stage takes the counts and the written file lists as side inputs, so Beam runs
+it only after every write has finished; it then moves the files into place,
+writes manifest.json (under a temporary name, renamed), updates the optional
+`latest` pointer, and removes the staging directory. A run directory either
+has a complete manifest.json or none, and one without it is not published: a
+crashed or killed run never looks complete.
 """
 
 import json
@@ -82,6 +85,33 @@ def build_manifest(run_id: str, run_dir: str, model: Mapping,
   return manifest
 
 
+def write_text_atomically(path: str, text: str):
+  temp_path = path + ".tmp"
+  with FileSystems.create(temp_path) as f:
+    f.write(text.encode("utf-8"))
+  FileSystems.rename([temp_path], [path])
+
+
+def _ensure_parent(path: str):
+  parent = FileSystems.split(path)[0]
+  if not FileSystems.exists(parent):
+    try:
+      FileSystems.mkdirs(parent)
+    except IOError:
+      pass  # made meanwhile, or an object store without directories
+
+
+def move_into_place(staging_dir: str, run_dir: str, relative_paths):
+  """Moves staged files to the run directory; safe to repeat after a retry."""
+  for relative in relative_paths:
+    source = FileSystems.join(staging_dir, relative)
+    destination = FileSystems.join(run_dir, relative)
+    if not FileSystems.exists(source) and FileSystems.exists(destination):
+      continue  # moved by an earlier attempt of this step
+    _ensure_parent(destination)
+    FileSystems.rename([source], [destination])
+
+
 def write_json_atomically(path: str, value: dict):
   temp_path = path + ".tmp"
   with FileSystems.create(temp_path, mime_type="application/json") as f:
@@ -90,7 +120,11 @@ def write_json_atomically(path: str, value: dict):
 
 
 class WriteManifest(beam.PTransform):
-  """Writes RUN_DIR/manifest.json after all outputs; applied to the pipeline.
+  """Publishes the run after all outputs; applied to the pipeline.
+
+  Files listed in `outputs` are under staging_dir; they move to run_dir with
+  the same relative paths, then manifest.json is written, then the
+  latest_pointer file (if any) is set to the run directory's path.
 
   counts: name -> PCollection whose elements are counted (COUNT_NAMES).
   outputs: table -> format -> PCollection of written file paths, as the write
@@ -98,14 +132,20 @@ class WriteManifest(beam.PTransform):
   details: section name -> PCollection of one dict, e.g. neighbour stats.
   """
 
-  def __init__(self, run_dir: str, run_id: str, model: Mapping,
+  def __init__(self, run_dir: str, staging_dir: str, run_id: str,
+               model: Mapping,
                counts: Dict[str, beam.PCollection],
                outputs: Dict[str, Dict[str, beam.PCollection]],
                settings: Mapping,
                started_at: float,
-               details: Dict[str, beam.PCollection] = None):
+               details: Dict[str, beam.PCollection] = None,
+               static_details: Mapping[str, dict] = None,
+               latest_pointer: str = None):
     super().__init__()
     self._run_dir = run_dir
+    self._staging_dir = staging_dir
+    self._static_details = dict(static_details or {})
+    self._latest_pointer = latest_pointer
     self._run_id = run_id
     self._model = dict(model)
     self._counts = counts
@@ -138,9 +178,24 @@ class WriteManifest(beam.PTransform):
         details[names[0]] = value
       else:
         outputs.setdefault(names[0], {})[names[1]] = value
+    details.update(self._static_details)
     manifest = build_manifest(
-        self._run_id, self._run_dir, self._model, counts, outputs,
+        self._run_id, self._staging_dir, self._model, counts, outputs,
         self._settings, time.time() - self._started_at, details)
+    move_into_place(self._staging_dir, self._run_dir,
+                    _listed_files(manifest["outputs"]))
     write_json_atomically(
         FileSystems.join(self._run_dir, MANIFEST_FILE), manifest)
+    if self._latest_pointer:
+      write_text_atomically(self._latest_pointer, self._run_dir + "\n")
+    if FileSystems.exists(self._staging_dir):
+      FileSystems.delete([self._staging_dir])
     return manifest
+
+
+def _listed_files(outputs: Mapping) -> list:
+  files = []
+  for formats in outputs.values():
+    for value in formats.values():
+      files.extend([value] if isinstance(value, str) else value)
+  return files

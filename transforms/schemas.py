@@ -41,6 +41,7 @@ import pyarrow as pa
 
 from transforms.records import DeadLetter
 from transforms.records import Embedding
+from transforms.records import content_hash
 
 # BigQuery column modes.
 NULLABLE = "NULLABLE"
@@ -74,6 +75,7 @@ SEQUENCE_DTYPES = ("float32", "float16")
 
 # Column and feature names other stages and readers refer to.
 TOKENS = "tokens"
+CONTENT_HASH = "content_hash"
 TOKEN_IDS = "token_ids"
 SEQUENCE_EMBEDDING = "sequence_embedding"
 
@@ -157,6 +159,10 @@ def embedding_columns(spec: EmbeddingTableSpec) -> tuple[Column, ...]:
       Column(
           "model_fingerprint", "STRING", REQUIRED,
           "Fingerprint of the model that computed the vectors."),
+      Column(
+          CONTENT_HASH, "STRING", REQUIRED,
+          "SHA-256 of the text: a later run with --previous_run reuses the "
+          "vectors while the text and the model are unchanged."),
   ]
   for layer in spec.encoder_layers:
     columns.append(
@@ -430,6 +436,7 @@ def embedding_to_row(
   row["truncated"] = bool(e.truncated)
   row["run_id"] = run_id
   row["model_fingerprint"] = model_fingerprint
+  row[CONTENT_HASH] = content_hash(e.text)
   for layer in spec.encoder_layers:
     row[encoder_layer_column(layer)] = _layer(e, layer, h).tolist()
   if spec.sequence_output:
@@ -586,6 +593,8 @@ def embeddings_to_record_batch(
   columns["run_id"] = _one_value_lists(_repeat(run_id.encode(), pa.binary(), n))
   columns["model_fingerprint"] = _one_value_lists(
       _repeat(model_fingerprint.encode(), pa.binary(), n))
+  columns[CONTENT_HASH] = _one_value_lists(
+      pa.array([content_hash(t).encode() for t in a.texts], pa.binary()))
   for layer, vectors in a.layers.items():
     columns[encoder_layer_column(layer)] = _fixed_lists(vectors, h)
   if spec.sequence_output:
@@ -621,6 +630,8 @@ def embeddings_to_arrow(
   columns["truncated"] = pa.array(a.truncated)
   columns["run_id"] = _repeat(run_id, pa.string(), n)
   columns["model_fingerprint"] = _repeat(model_fingerprint, pa.string(), n)
+  columns[CONTENT_HASH] = pa.array([content_hash(t) for t in a.texts],
+                                   pa.string())
   for layer, vectors in a.layers.items():
     columns[encoder_layer_column(layer)] = _fixed_lists(vectors, h, vector_type)
   if spec.sequence_output:
