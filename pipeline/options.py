@@ -24,6 +24,7 @@ from transforms.read import infer_input_format
 
 BIGQUERY_FORMATS = ("avro", "parquet", "jsonl")
 NEIGHBOUR_MODES = ("exact", "ann")
+LATEST = "latest"  # --previous_run value: the run --latest_pointer names
 _BIGQUERY_TABLE = re.compile(
     r"^(?:[a-z][a-z0-9-]{4,61}[a-z0-9][:.])?[A-Za-z0-9_]{1,1024}\.[\w$-]{1,1024}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -141,7 +142,9 @@ class EmbeddingPipelineOptions(PipelineOptions):
     group.add_argument(
         "--previous_run",
         help="A published run directory of the same corpus: documents whose "
-        "id, text and model are unchanged are carried over, not re-embedded.")
+        "id, text and model are unchanged are carried over, not re-embedded. "
+        "'latest' means the run named by --latest_pointer, if there is one "
+        "yet (for scheduled jobs).")
     group.add_argument(
         "--latest_pointer",
         help="File to write this run's directory into once it is published, "
@@ -149,7 +152,8 @@ class EmbeddingPipelineOptions(PipelineOptions):
         "--previous_run.")
     group.add_argument(
         "--run_id", help="Identifier of this run, written in every row and "
-        "the manifest. Default: the UTC start time.")
+        "the manifest; '{run_id}' in --output is replaced by it. Default: the "
+        "UTC start time.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +252,18 @@ def _check_input_format(flag: str, pattern: str, input_format):
       raise ConfigError(f"{flag}: {e}") from None
 
 
+def _read_latest_pointer(pointer: Optional[str]) -> Optional[str]:
+  """The run directory a --latest_pointer file names; None before the first."""
+  if not pointer:
+    raise ConfigError("--previous_run=latest needs --latest_pointer, the file "
+                      "each published run writes its directory into.")
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  if not FileSystems.exists(pointer):
+    return None  # the first scheduled run: nothing to carry over
+  with FileSystems.open(pointer) as f:
+    return f.read().decode("utf-8").strip() or None
+
+
 def config_from_options(options: PipelineOptions) -> PipelineConfig:
   """Checks every flag and returns the frozen config; raises ConfigError."""
   flags = options.view_as(EmbeddingPipelineOptions)
@@ -307,10 +323,13 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
                flags.normalize == "true")
   encoder_layers = parse_encoder_layers(flags.encoder_layers, model.num_layers)
   previous_run = None
-  if flags.previous_run:
+  previous_path = flags.previous_run
+  if previous_path == LATEST:
+    previous_path = _read_latest_pointer(flags.latest_pointer)
+  if previous_path:
     try:
       previous_run = incremental.plan_previous_run(
-          flags.previous_run, model.fingerprint,
+          previous_path, model.fingerprint,
           vector_settings(max_seq_length, pooling, normalize,
                           flags.sequence_output, flags.sequence_dtype,
                           encoder_layers))
@@ -322,7 +341,7 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
       input_format=flags.input_format,
       id_field=flags.id_field,
       text_field=flags.text_field,
-      output=flags.output.rstrip("/"),
+      output=flags.output.replace("{run_id}", run_id).rstrip("/"),
       run_id=run_id,
       model=model,
       max_seq_length=max_seq_length,

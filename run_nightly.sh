@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One scheduled (nightly) run on the local runner: embeds $INPUT into
+# $RUNS_ROOT/<run id>, carrying over everything unchanged since the run that
+# $RUNS_ROOT/LATEST names, and points LATEST at the new run once it is
+# published. Safe to re-run: a night that is already published is skipped.
+#
+#   RUNS_ROOT=/data/runs INPUT='/data/corpus/*.jsonl' ./run_nightly.sh [flags]
+#
+# cron (02:15 every night):
+#   15 2 * * * cd /path/to/repo && RUNS_ROOT=/data/runs INPUT='/data/corpus/*.jsonl' ./run_nightly.sh >> /data/runs/nightly.log 2>&1
+set -euo pipefail
+cd "$(dirname "$0")"
+: "${RUNS_ROOT:?set RUNS_ROOT to the directory that holds one run per night}"
+: "${INPUT:?set INPUT to the corpus file or glob}"
+RUN_ID="${RUN_ID:-$(date -u +%Y%m%d)}"
+
+if [ -f "$RUNS_ROOT/$RUN_ID/manifest.json" ]; then
+  echo "Run $RUN_ID is already published in $RUNS_ROOT/$RUN_ID; nothing to do."
+  exit 0
+fi
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+exec .venv/bin/python -m pipeline.main \
+  --runner=DirectRunner \
+  --input="$INPUT" \
+  --output="$RUNS_ROOT/{run_id}" \
+  --run_id="$RUN_ID" \
+  --previous_run=latest \
+  --latest_pointer="$RUNS_ROOT/LATEST" \
+  "$@"

@@ -1,0 +1,195 @@
+"""Nightly runs: incremental, idempotent, and never half-published."""
+
+import filecmp
+import json
+import os
+
+import numpy as np
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+
+from pipeline import main
+from pipeline import read_outputs
+from pipeline.options import ConfigError
+from transforms import manifest as manifest_lib
+
+WORDS = ["the", "quick", "brown", "fox", "lazy", "dog", "hello", "world",
+         "cat", "sat", "on", "mat", "text", "vector", "search", "embed"]
+
+
+def _corpus(n, seed=0):
+  rng = np.random.default_rng(seed)
+  return {f"doc-{i:04d}": " ".join(rng.choice(WORDS, size=rng.integers(2, 9)))
+          for i in range(n)}
+
+
+def _write_jsonl(path, corpus):
+  with open(path, "w", encoding="utf-8") as f:
+    for doc_id, text in corpus.items():
+      f.write(json.dumps({"id": doc_id, "text": text}) + "\n")
+  return str(path)
+
+
+def _run(model_dir, corpus_path, run_dir, *flags, run_id="nightly"):
+  return main.run([f"--input={corpus_path}", f"--output={run_dir}",
+                   f"--model={model_dir}", "--runner=DirectRunner",
+                   f"--run_id={run_id}", "--neighbours_k=3", *flags])
+
+
+def _counter(result, name):
+  results = result.metrics().query(MetricsFilter().with_name(name))["counters"]
+  return sum(r.committed for r in results)
+
+
+def _rows_by_id(run_dir, table="embeddings"):
+  rows = read_outputs.read_table(run_dir, table).to_pylist()
+  if table == "neighbours":
+    return {(r["id"], r["rank"]): r for r in rows}
+  return {r["id"]: r for r in rows}
+
+
+def _data_files(run_dir):
+  manifest = read_outputs.load_manifest(run_dir)
+  files = []
+  for formats in manifest["outputs"].values():
+    for value in formats.values():
+      files += [value] if isinstance(value, str) else value
+  return manifest, sorted(files)
+
+
+def test_second_run_embeds_only_changed_and_added(tmp_path, tiny_model_dir):
+  day1 = _corpus(200)
+  day2 = dict(day1)
+  changed = list(day1)[10:14]  # 2%
+  removed = list(day1)[50:52]  # 1%
+  for doc_id in changed:
+    day2[doc_id] = day1[doc_id] + " changed"
+  for doc_id in removed:
+    del day2[doc_id]
+  day2["doc-new-1"] = "hello new world"  # 1% added
+  day2["doc-new-2"] = "a new lazy cat"
+  (tmp_path / "day1").mkdir()
+  (tmp_path / "day2").mkdir()
+  corpus1 = _write_jsonl(tmp_path / "day1" / "corpus.jsonl", day1)
+  corpus2 = _write_jsonl(tmp_path / "day2" / "corpus.jsonl", day2)
+
+  run1 = str(tmp_path / "run1")
+  first = _run(tiny_model_dir, corpus1, run1)
+  assert _counter(first, "embedded") == 200
+
+  run2 = str(tmp_path / "run2")
+  pointer = str(tmp_path / "LATEST")
+  second = _run(tiny_model_dir, corpus2, run2, f"--previous_run={run1}",
+                f"--latest_pointer={pointer}")
+  # The model ran on the changed and the added documents only.
+  assert _counter(second, "embedded") == len(changed) + 2
+  assert _counter(second, "reused") == 200 - len(changed) - len(removed)
+  manifest = read_outputs.load_manifest(run2)
+  assert manifest["counts"]["reused"] == 200 - len(changed) - len(removed)
+  assert manifest["counts"]["removed"] == len(removed)
+  assert manifest["counts"]["embedded"] == len(day2)
+  assert manifest["previous_run"]["reused"] is True
+  with open(pointer) as f:
+    assert f.read().strip() == run2
+
+  # Equal to a full run over the new corpus.
+  full = str(tmp_path / "full")
+  _run(tiny_model_dir, corpus2, full)
+  incremental_rows, full_rows = _rows_by_id(run2), _rows_by_id(full)
+  assert set(incremental_rows) == set(full_rows) == set(day2)
+  for doc_id, row in full_rows.items():
+    other = incremental_rows[doc_id]
+    np.testing.assert_allclose(other.pop("embedding"), row.pop("embedding"),
+                               atol=1e-6)
+    assert other == row
+  incremental_neighbours = _rows_by_id(run2, "neighbours")
+  full_neighbours = _rows_by_id(full, "neighbours")
+  assert set(incremental_neighbours) == set(full_neighbours)
+  for key, row in full_neighbours.items():
+    assert incremental_neighbours[key]["neighbour_id"] == row["neighbour_id"]
+    assert incremental_neighbours[key]["score"] == pytest.approx(
+        row["score"], abs=1e-6)
+
+
+def test_other_model_settings_reuse_nothing(tmp_path, tiny_model_dir):
+  corpus = _write_jsonl(tmp_path / "corpus.jsonl", _corpus(20))
+  run1 = str(tmp_path / "run1")
+  _run(tiny_model_dir, corpus, run1)
+  run2 = str(tmp_path / "run2")
+  second = _run(tiny_model_dir, corpus, run2, f"--previous_run={run1}",
+                "--max_seq_length=16")
+  assert _counter(second, "embedded") == 20
+  manifest = read_outputs.load_manifest(run2)
+  assert manifest["counts"]["reused"] == 0
+  assert manifest["previous_run"] == {
+      "path": run1, "run_id": "nightly", "reused": False,
+      "reason": "settings changed: max_seq_length"}
+
+
+def test_previous_run_must_be_published(tmp_path, tiny_model_dir):
+  corpus = _write_jsonl(tmp_path / "corpus.jsonl", _corpus(5))
+  os.makedirs(tmp_path / "unpublished")
+  with pytest.raises(ConfigError, match="not a published run"):
+    _run(tiny_model_dir, corpus, str(tmp_path / "run"),
+         f"--previous_run={tmp_path / 'unpublished'}")
+
+
+def test_a_run_killed_while_publishing_leaves_no_manifest(
+    tmp_path, tiny_model_dir, monkeypatch):
+  corpus = _write_jsonl(tmp_path / "corpus.jsonl", _corpus(30))
+  run_dir = str(tmp_path / "run")
+  move_into_place = manifest_lib.move_into_place
+
+  def dies_half_way(staging_dir, final_dir, relative_paths):
+    relative_paths = list(relative_paths)
+    move_into_place(staging_dir, final_dir,
+                    relative_paths[:len(relative_paths) // 2])
+    raise RuntimeError("worker killed")
+
+  monkeypatch.setattr(manifest_lib, "move_into_place", dies_half_way)
+  with pytest.raises(Exception, match="worker killed"):
+    _run(tiny_model_dir, corpus, run_dir, run_id="attempt-1")
+  assert not os.path.exists(os.path.join(run_dir, "manifest.json"))
+  with pytest.raises(read_outputs.RunNotPublishedError):
+    read_outputs.load_manifest(run_dir)
+
+  monkeypatch.setattr(manifest_lib, "move_into_place", move_into_place)
+  _run(tiny_model_dir, corpus, run_dir, run_id="attempt-2")
+  manifest, files = _data_files(run_dir)
+  assert manifest["run_id"] == "attempt-2"
+  assert manifest["counts"]["embedded"] == 30
+  for name in files:
+    assert os.path.isfile(os.path.join(run_dir, name)), name
+  assert not [n for n in os.listdir(run_dir) if n.startswith(".staging")]
+
+
+def test_same_input_twice_gives_identical_files(tmp_path, tiny_model_dir):
+  corpus = _write_jsonl(tmp_path / "corpus.jsonl", _corpus(60))
+  first, second = str(tmp_path / "a"), str(tmp_path / "b")
+  _run(tiny_model_dir, corpus, first, "--bigquery_format=avro")
+  _run(tiny_model_dir, corpus, second, "--bigquery_format=avro")
+  manifest_a, files_a = _data_files(first)
+  manifest_b, files_b = _data_files(second)
+  assert files_a == files_b
+  for name in files_a:
+    assert filecmp.cmp(os.path.join(first, name), os.path.join(second, name),
+                       shallow=False), name
+  for manifest in (manifest_a, manifest_b):
+    manifest.pop("metrics")  # wall time
+  assert manifest_a == manifest_b
+
+
+def test_scheduled_runs_follow_the_latest_pointer(tmp_path, tiny_model_dir):
+  corpus = _write_jsonl(tmp_path / "corpus.jsonl", _corpus(20))
+  pointer = str(tmp_path / "runs" / "LATEST")
+  flags = ["--previous_run=latest", f"--latest_pointer={pointer}"]
+  output = str(tmp_path / "runs" / "{run_id}")
+  first = _run(tiny_model_dir, corpus, output, *flags, run_id="night-1")
+  assert _counter(first, "embedded") == 20  # no pointer yet: a full run
+  second = _run(tiny_model_dir, corpus, output, *flags, run_id="night-2")
+  assert _counter(second, "embedded") == 0  # nothing changed
+  manifest = read_outputs.load_manifest(str(tmp_path / "runs" / "night-2"))
+  assert manifest["counts"]["reused"] == 20
+  assert manifest["previous_run"]["path"] == str(tmp_path / "runs" / "night-1")
+  with open(pointer) as f:
+    assert f.read().strip() == str(tmp_path / "runs" / "night-2")
