@@ -39,11 +39,35 @@ def _join(base: str, *parts: str) -> str:
   return "/".join([base.rstrip("/")] + list(parts))
 
 
+def _check_saved_model(model: str, path: str):
+  """A cheap look at a SavedModel, so a corrupt one fails before any data is
+  read rather than in every worker: the graph must parse, variables exist."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  saved_model = saved_model_pb2.SavedModel()
+  try:
+    with tf.io.gfile.GFile(_join(path, "saved_model.pb"), "rb") as f:
+      saved_model.ParseFromString(f.read())
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f"--model={model}: {path}/saved_model.pb is corrupt ({e}); export the "
+        "model again with `python -m pipeline.export_model`.") from None
+  if not saved_model.meta_graphs:
+    raise ValueError(f"--model={model}: {path}/saved_model.pb holds no graph; "
+                     "export the model again.")
+  if not tf.io.gfile.exists(_join(path, "variables", "variables.index")):
+    raise ValueError(f"--model={model}: {path} has no variables; export the "
+                     "model again.")
+
+
 def resolve_model(model: Optional[str]) -> ResolvedModel:
   """Checks a model directory; raises FileNotFoundError or ValueError."""
   if model is None:
     model = default_model.ensure_default_model()
-  if model.startswith(("http://", "https://")):
+  if model.startswith("http://"):
+    raise ValueError(
+        f"--model={model}: refusing to load a model over plain http; use "
+        "https, gs:// or a local directory.")
+  if model.startswith("https://"):
     raise ValueError(
         f"--model={model}: model hub handles are not supported yet; download "
         "or export the model to a directory and pass its path.")
@@ -64,6 +88,8 @@ def resolve_model(model: Optional[str]) -> ResolvedModel:
         f"--model={model} is not a complete model directory: missing "
         f"{', '.join(missing)}. Export one with `python -m "
         "pipeline.export_model --checkpoint HF_DIR --output_dir DIR`.")
+  for part in (metadata_lib.ENCODER_DIR, metadata_lib.PREPROCESS_DIR):
+    _check_saved_model(model, _join(model, part))
   return ResolvedModel(
       path=model,
       preprocess_path=_join(model, metadata_lib.PREPROCESS_DIR),

@@ -201,6 +201,13 @@ def split_outputs(outputs: Dict[str, np.ndarray],
   return results
 
 
+def _is_out_of_memory(error: Exception) -> bool:
+  # By name: TensorFlow's error may arrive re-raised through the model
+  # sharing proxy, and importing tensorflow here just to check is not needed.
+  return isinstance(error, MemoryError) or (
+      type(error).__name__ == "ResourceExhaustedError")
+
+
 def estimate_tokens(text: str, max_seq_length: int) -> int:
   """Rough wordpiece count of a text, [CLS] and [SEP] included."""
   return min(len(text) // _CHARS_PER_TOKEN_ESTIMATE + 2, max_seq_length)
@@ -290,12 +297,23 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
     try:
       return split_outputs(model.embed(texts), self._settings)
     except Exception as e:  # pylint: disable=broad-except
+      if _is_out_of_memory(e):
+        self._shrink_token_budget()
       if len(texts) == 1:
         _LOG.warning("Text failed in the model: %s", e)
         return [InferenceFailure(f"{type(e).__name__}: {e}"[:1000])]
       middle = len(texts) // 2
       return (self._embed_isolating_failures(texts[:middle], model) +
               self._embed_isolating_failures(texts[middle:], model))
+
+  def _shrink_token_budget(self):
+    """After running out of memory, this worker plans smaller model calls."""
+    smaller = max(self._settings.max_seq_length, self._max_batch_tokens // 2)
+    if smaller < self._max_batch_tokens:
+      _LOG.warning("Out of memory: padded-token budget per model call %d -> %d",
+                   self._max_batch_tokens, smaller)
+      self._max_batch_tokens = smaller
+      Metrics.counter(METRICS_NAMESPACE, "token_budget_halved").inc()
 
   def get_num_bytes(self, batch: Sequence[str]) -> int:
     return sum(len(text.encode("utf-8")) for text in batch)
