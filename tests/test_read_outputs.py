@@ -98,7 +98,7 @@ def test_read_table_formats(run_dir):
   loadable = read_outputs.read_table(run_dir)
   assert loadable.column_names == [
       "id", "text", "embedding", "num_tokens", "truncated", "run_id",
-      "model_fingerprint", "encoder_layer_0", "tokens"]
+      "model_fingerprint", "content_hash", "encoder_layer_0", "tokens"]
   assert loadable.num_rows == 4
   assert loadable.equals(read_outputs.read_table(run_dir, format="parquet"))
   examples = read_outputs.read_table(run_dir, format="tfrecord")

@@ -1,15 +1,23 @@
 """Tests for transforms.write: write with Beam, read back with read_outputs."""
 
+import dataclasses
 import glob
+import hashlib
 import json
 import os
+import random
 import re
+import subprocess
+import sys
 
 import apache_beam as beam
+import fastavro
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
+from tfx_bsl.coders import example_coder
 
 from pipeline import read_outputs
 from pipeline.local_runner import LocalRunner
@@ -56,6 +64,20 @@ def make_dead_letters(n: int):
           reason="empty_text", detail="the text is empty", snippet='{"t": ""}',
           id=None if i % 2 else f"doc-{i}") for i in range(n)
   ]
+
+
+def make_neighbours(n: int, k: int = 2):
+  return [{
+      "id": f"doc-{i:03d}", "rank": np.int64(rank),
+      "neighbour_id": f"doc-{(i + rank) % n:03d}",
+      "score": np.float32(1.0 / (1 + rank + i))
+  } for i in range(n) for rank in range(1, k + 1)]
+
+
+def shuffled(items, seed: int) -> list:
+  items = list(items)
+  random.Random(seed).shuffle(items)
+  return items
 
 
 def _write_manifest(unused, run_dir, hidden_size, **files):
@@ -108,7 +130,7 @@ def names_every_shard(directory: str, suffix: str, num_shards: int = 0):
 
 def write_embeddings_run(
     run_dir, embeddings, spec, bigquery_format, num_shards=0,
-    dead_letters=(), batch_size=3):
+    dead_letters=(), batch_size=3, rows_per_shard=None, expected_shards=0):
   with TestPipeline(runner=LocalRunner()) as p:
     outputs = (
         p
@@ -116,7 +138,7 @@ def write_embeddings_run(
         | write.WriteEmbeddings(
             run_dir, spec, run_id=RUN_ID, model_fingerprint=FINGERPRINT,
             bigquery_format=bigquery_format, num_shards=num_shards,
-            batch_size=batch_size))
+            batch_size=batch_size, rows_per_shard=rows_per_shard))
     errors = (
         p
         | "CreateDeadLetters" >> beam.Create(list(dead_letters))
@@ -126,7 +148,7 @@ def write_embeddings_run(
           outputs[fmt],
           names_every_shard(
               os.path.join(run_dir, "embeddings", fmt),
-              write.FILE_SUFFIXES[fmt], num_shards),
+              write.FILE_SUFFIXES[fmt], expected_shards or num_shards),
           label=f"Check{fmt}Shards")
     publish_manifest(
         p, run_dir, spec.hidden_size, {
@@ -256,8 +278,13 @@ def test_empty_input_writes_readable_empty_files(tmp_path, bigquery_format):
   spec = EmbeddingTableSpec(hidden_size=H, sequence_output=True)
   write_embeddings_run(run_dir, [], spec, bigquery_format)
   manifest = read_outputs.load_manifest(run_dir)
-  assert len(manifest["outputs"]["embeddings"][bigquery_format]) == 1
-  assert len(manifest["outputs"]["embeddings"]["tfrecord"]) == 1
+  suffix = write.FILE_SUFFIXES[bigquery_format]
+  assert manifest["outputs"]["embeddings"][bigquery_format] == [
+      f"embeddings/{bigquery_format}/embeddings-00000-of-00001{suffix}"]
+  assert manifest["outputs"]["embeddings"]["tfrecord"] == [
+      "embeddings/tfrecord/embeddings-00000-of-00001.tfrecord"]
+  assert manifest["outputs"]["errors"]["jsonl"] == [
+      "errors/errors-00000-of-00001.jsonl"]
   for fmt, schema in (
       (None, schemas.to_arrow_schema(schemas.embedding_columns(spec))),
       ("tfrecord",
@@ -296,11 +323,7 @@ def test_write_dead_letters_round_trip(tmp_path):
 @pytest.mark.parametrize("bigquery_format", ["avro", "parquet"])
 def test_write_neighbours_round_trip(tmp_path, bigquery_format):
   run_dir = str(tmp_path / "run")
-  neighbours = [{
-      "id": f"doc-{i}", "rank": np.int64(rank), "neighbour_id": f"doc-{j}",
-      "score": np.float32(1.0 / (1 + rank))
-  } for i in range(3) for rank, j in enumerate(
-      [k for k in range(3) if k != i], start=1)]
+  neighbours = make_neighbours(3)
   with TestPipeline(runner=LocalRunner()) as p:
     outputs = (
         p
@@ -319,26 +342,6 @@ def test_write_neighbours_round_trip(tmp_path, bigquery_format):
       os.path.join(run_dir, "neighbours", "bigquery_schema.json"))
 
 
-def test_list_shards_names_every_shard_after_a_retried_finalize(tmp_path):
-  prefix = str(tmp_path / "t" / "embeddings")
-  os.makedirs(tmp_path / "t")
-  expected = [f"{prefix}-{i:05d}-of-00003.avro" for i in range(3)]
-  for path in expected:
-    open(path, "w").close()
-  # A retried finalize emits only what it renamed this time, or nothing.
-  assert write._list_shards(None, prefix, ".avro", expected[1:2]) == expected
-  assert write._list_shards(None, prefix, ".avro", []) == expected
-  # A stale shard of another count is ignored when the sink named its own...
-  open(f"{prefix}-00000-of-00002.avro", "w").close()
-  assert write._list_shards(None, prefix, ".avro", expected[:1]) == expected
-  # ...and makes the listing ambiguous when it did not.
-  with pytest.raises(RuntimeError, match="new, empty output directory"):
-    write._list_shards(None, prefix, ".avro", [])
-  os.remove(expected[2])
-  with pytest.raises(RuntimeError, match="missing"):
-    write._list_shards(None, prefix, ".avro", expected[:1])
-
-
 def test_bad_arguments_fail_when_the_pipeline_is_built(tmp_path):
   spec = EmbeddingTableSpec(hidden_size=H)
   kwargs = dict(run_id=RUN_ID, model_fingerprint=FINGERPRINT)
@@ -348,6 +351,10 @@ def test_bad_arguments_fail_when_the_pipeline_is_built(tmp_path):
     write.WriteEmbeddings(str(tmp_path), spec, num_shards=-1, **kwargs)
   with pytest.raises(ValueError, match="batch_size"):
     write.WriteEmbeddings(str(tmp_path), spec, batch_size=0, **kwargs)
+  with pytest.raises(ValueError, match="rows_per_shard"):
+    write.WriteEmbeddings(str(tmp_path), spec, rows_per_shard=0, **kwargs)
+  with pytest.raises(ValueError, match="rows_per_shard"):
+    write.WriteDeadLetters(str(tmp_path), run_id=RUN_ID, rows_per_shard=-1)
 
 
 def test_relative_to_run_dir():
@@ -358,3 +365,282 @@ def test_relative_to_run_dir():
       "errors/e.jsonl")
   with pytest.raises(ValueError, match="not inside"):
     write.relative_to_run_dir("/out", "/out2/errors/e.jsonl")
+
+
+# --- Deterministic, sorted shards ---------------------------------------------
+
+FULL_SPEC = EmbeddingTableSpec(
+    hidden_size=H, sequence_output=True, sequence_dtype="float16",
+    encoder_layers=(0, 2))
+
+
+def expected_shard(key: str, num_shards: int) -> int:
+  """The documented shard function, computed independently of the code."""
+  digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+  return int.from_bytes(digest, "big") % num_shards
+
+
+def error_key(row: dict) -> tuple:
+  return (row["source"], row["position"], row["stage"], row["reason"],
+          row["id"] or "")
+
+
+def all_files(directory: str) -> dict:
+  """{relative path: bytes} of every file under directory, hidden ones too."""
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        files[os.path.relpath(path, directory)] = f.read()
+  return files
+
+
+def read_shard(path: str) -> list[dict]:
+  """The rows of one shard file, in file order."""
+  if path.endswith(".avro"):
+    with open(path, "rb") as f:
+      return list(fastavro.reader(f))
+  if path.endswith(".parquet"):
+    return pq.read_table(path).to_pylist()
+  if path.endswith(".jsonl"):
+    with open(path, encoding="utf-8") as f:
+      return [json.loads(line) for line in f]
+  # tf.Example features are lists: unwrap the sort key's scalars.
+  rows = read_outputs._read_tfrecord([path], None).to_pylist()
+  for row in rows:
+    row["id"] = row["id"][0].decode()
+    if "rank" in row:
+      (row["rank"],) = row["rank"]
+  return rows
+
+
+def shard_rows(run_dir: str, table: str, fmt: str) -> list[list[dict]]:
+  """Each listed shard's rows, by shard index; checks the names."""
+  paths = read_outputs.load_manifest(run_dir)["outputs"][table][fmt]
+  num_shards = len(paths)
+  for shard, path in enumerate(paths):
+    assert path.endswith(f"-{shard:05d}-of-{num_shards:05d}" +
+                         write.FILE_SUFFIXES[fmt])
+  return [read_shard(os.path.join(run_dir, path)) for path in paths]
+
+
+def write_all_tables(run_dir, bigquery_format, seed):
+  """Embeddings, neighbours and errors, each in several shards, in an order
+  given by seed."""
+  with TestPipeline(runner=LocalRunner()) as p:
+    ids = dict(run_id=RUN_ID, model_fingerprint=FINGERPRINT)
+    embeddings = (
+        p
+        | "CreateEmbeddings" >> beam.Create(
+            shuffled(make_embeddings(12, FULL_SPEC), seed))
+        | write.WriteEmbeddings(
+            run_dir, FULL_SPEC, bigquery_format=bigquery_format,
+            batch_size=2, rows_per_shard=4, **ids))
+    neighbours = (
+        p
+        | "CreateNeighbours" >> beam.Create(shuffled(make_neighbours(12), seed))
+        | write.WriteNeighbours(
+            run_dir, bigquery_format=bigquery_format, batch_size=5,
+            rows_per_shard=8, **ids))
+    errors = (
+        p
+        | "CreateDeadLetters" >> beam.Create(
+            shuffled(make_dead_letters(9), seed))
+        | write.WriteDeadLetters(run_dir, run_id=RUN_ID, num_shards=2))
+    publish_manifest(
+        p, run_dir, H, {
+            "embeddings": embeddings, "neighbours": neighbours,
+            "errors": {"jsonl": errors}
+        })
+
+
+@pytest.mark.parametrize("bigquery_format", write.BIGQUERY_FORMATS)
+def test_same_input_in_another_order_gives_byte_identical_files(
+    tmp_path, bigquery_format):
+  first, second = str(tmp_path / "first"), str(tmp_path / "second")
+  write_all_tables(first, bigquery_format, seed=1)
+  write_all_tables(second, bigquery_format, seed=2)
+  files = all_files(first)
+  assert files == all_files(second)
+  # Several shards of every table and format, none left out.
+  manifest = read_outputs.load_manifest(first)
+  counts = {(table, fmt): len(paths)
+            for table, entry in manifest["outputs"].items()
+            for fmt, paths in entry.items() if fmt != write.BIGQUERY_SCHEMA}
+  assert counts == {
+      ("embeddings", "tfrecord"): 3, ("embeddings", bigquery_format): 3,
+      ("neighbours", "tfrecord"): 3, ("neighbours", bigquery_format): 3,
+      ("errors", "jsonl"): 2,
+  }
+  listed = {path for entry in manifest["outputs"].values()
+            for value in entry.values()
+            for path in ([value] if isinstance(value, str) else value)}
+  assert set(files) == listed | {"manifest.json"}
+
+
+@pytest.mark.parametrize("bigquery_format", write.BIGQUERY_FORMATS)
+def test_rows_are_sorted_within_shards_and_sharded_by_stable_hash(
+    tmp_path, bigquery_format):
+  run_dir = str(tmp_path / "run")
+  write_all_tables(run_dir, bigquery_format, seed=3)
+
+  for fmt in (write.TFRECORD, bigquery_format):
+    shards = shard_rows(run_dir, "embeddings", fmt)
+    ids = [[row["id"] for row in rows] for rows in shards]
+    assert [sorted(shard) for shard in ids] == ids
+    assert sorted(i for shard in ids for i in shard) == [
+        f"doc-{i:03d}" for i in range(12)]
+    for shard, shard_ids in enumerate(ids):
+      assert {expected_shard(i, len(ids)) for i in shard_ids} <= {shard}
+
+    shards = shard_rows(run_dir, "neighbours", fmt)
+    keys = [[(row["id"], row["rank"]) for row in rows] for rows in shards]
+    assert [sorted(shard) for shard in keys] == keys
+    assert sorted(k for shard in keys for k in shard) == sorted(
+        (n["id"], int(n["rank"])) for n in make_neighbours(12))
+    for shard, shard_keys in enumerate(keys):
+      assert {expected_shard(i, len(keys)) for i, _ in shard_keys} <= {shard}
+
+  shards = shard_rows(run_dir, "errors", "jsonl")
+  keys = [[error_key(row) for row in rows] for rows in shards]
+  assert [sorted(shard) for shard in keys] == keys
+  assert sum(len(shard) for shard in keys) == 9
+  for shard, rows in enumerate(shards):
+    assert {expected_shard(r["source"], 2) for r in rows} <= {shard}
+    # JSON lines with sorted keys.
+    assert all(list(row) == sorted(row) for row in rows)
+  if bigquery_format == write.JSONL:
+    for rows in shard_rows(run_dir, "embeddings", write.JSONL):
+      assert all(list(row) == sorted(row) for row in rows)
+
+
+@pytest.mark.parametrize(
+    "num_rows, num_shards, rows_per_shard, expected",
+    [
+        pytest.param(10, 0, 3, 4, id="computed-rounds-up"),
+        pytest.param(9, 0, 3, 3, id="computed-exact"),
+        pytest.param(10, 2, 3, 2, id="given-wins"),
+        pytest.param(2, 6, 3, 6, id="given-with-empty-shards"),
+    ])
+def test_shard_count_given_or_computed_from_the_row_count(
+    tmp_path, num_rows, num_shards, rows_per_shard, expected):
+  run_dir = str(tmp_path / "run")
+  spec = EmbeddingTableSpec(hidden_size=H)
+  embeddings = make_embeddings(num_rows, spec)
+  # The matcher checks the paths name every file on disk, all -of-expected.
+  write_embeddings_run(
+      run_dir, embeddings, spec, "parquet", num_shards=num_shards,
+      rows_per_shard=rows_per_shard, expected_shards=expected)
+  for fmt in ("tfrecord", "parquet"):
+    shards = shard_rows(run_dir, "embeddings", fmt)
+    assert len(shards) == expected
+    assert sum(len(rows) for rows in shards) == num_rows
+    if num_rows < expected:
+      assert any(not rows for rows in shards)  # empty, listed and readable
+  ids, _ = read_outputs.load_embeddings(run_dir)
+  assert sorted(ids) == [e.id for e in embeddings]
+
+
+def test_default_rows_per_shard_bounds_a_shard_in_memory():
+  small = EmbeddingTableSpec(hidden_size=384)
+  assert write.default_embedding_rows_per_shard(small) == 20_000
+  sequence = EmbeddingTableSpec(hidden_size=384, sequence_output=True)
+  rows = write.default_embedding_rows_per_shard(sequence)
+  # 128 tokens x 384 float32 values is ~200 KiB a row.
+  assert 1_000 <= rows <= write.SHARD_BYTES // (128 * 384 * 4)
+  half = EmbeddingTableSpec(
+      hidden_size=384, sequence_output=True, sequence_dtype="float16")
+  assert write.default_embedding_rows_per_shard(half) > rows
+
+
+def _all_format_writer(output_dir: str, batch_size: int = 2):
+  return write.ShardWriter(
+      write.EMBEDDINGS,
+      write.embedding_encoding(FULL_SPEC, RUN_ID, FINGERPRINT),
+      {fmt: write.shard_prefix(output_dir, write.EMBEDDINGS, fmt)
+       for fmt in write.FILE_SUFFIXES}, batch_size)
+
+
+def test_a_retried_shard_write_leaves_the_same_files_and_no_temporaries(
+    tmp_path):
+  out = str(tmp_path / "out")
+  writer = _all_format_writer(out)
+  embeddings = make_embeddings(5, FULL_SPEC)
+  paths = writer.write(1, 3, embeddings)
+  assert sorted(paths) == sorted(write.FILE_SUFFIXES)
+  first = all_files(out)
+  assert sorted(first) == sorted(
+      os.path.relpath(path, out) for path in paths.values())
+  assert all(first.values())
+
+  # A crashed attempt left a half-written temporary file; the retry gets the
+  # rows in another order.
+  stale = paths[write.AVRO] + write.TEMP_SUFFIX
+  with open(stale, "wb") as f:
+    f.write(b"half a file")
+  assert writer.write(1, 3, embeddings[::-1]) == paths
+  assert all_files(out) == first
+
+  # The rows in file order: sorted by id.
+  assert [r["id"] for r in read_shard(paths[write.AVRO])] == sorted(
+      e.id for e in embeddings)
+
+
+def test_a_shard_write_failing_half_way_leaves_no_file(tmp_path):
+  out = str(tmp_path / "out")
+  good = make_embeddings(4, FULL_SPEC)
+  # Sorted last, so it fails after the first two batches were written.
+  bad = dataclasses.replace(
+      good[0], id="doc-999", embedding=np.zeros(H + 1, np.float32))
+  with pytest.raises(ValueError, match="doc-999.*has shape"):
+    _all_format_writer(out, batch_size=2).write(0, 1, [bad] + good)
+  assert all_files(out) == {}
+
+
+def test_canonical_example_is_protobufs_deterministic_serialization():
+  tf = pytest.importorskip("tensorflow")
+  encoding = write.embedding_encoding(FULL_SPEC, RUN_ID, FINGERPRINT)
+  batch = encoding.to_examples(make_embeddings(4, FULL_SPEC))
+  encoded = example_coder.RecordBatchToExamplesEncoder().encode(batch)
+  for serialized in encoded:
+    example = tf.train.Example.FromString(serialized)
+    canonical = write.canonical_example(serialized)
+    assert canonical == example.SerializeToString(deterministic=True)
+    assert tf.train.Example.FromString(canonical) == example
+  assert write.canonical_example(b"") == b""
+  with pytest.raises(ValueError, match="tf.Example"):
+    write.canonical_example(b"\x12\x00")
+
+
+_WRITE_SHARD_SCRIPT = """
+import sys
+from tests.test_write import make_embeddings, make_neighbours, shuffled
+from tests.test_write import _all_format_writer, FULL_SPEC, RUN_ID, FINGERPRINT
+from transforms import write
+out, seed = sys.argv[1], int(sys.argv[2])
+_all_format_writer(out, batch_size=3).write(
+    0, 2, shuffled(make_embeddings(7, FULL_SPEC), seed))
+write.ShardWriter(
+    write.NEIGHBOURS, write.neighbour_encoding(RUN_ID, FINGERPRINT),
+    {fmt: write.shard_prefix(out, write.NEIGHBOURS, fmt)
+     for fmt in write.FILE_SUFFIXES}).write(
+         1, 2, shuffled(make_neighbours(7), seed))
+"""
+
+
+def test_files_are_byte_identical_across_processes(tmp_path):
+  # tfx-bsl orders a tf.Example's features by a per-process hash, and a
+  # parsed Avro schema's keys follow Python's per-process string hashing:
+  # only separate processes show either.
+  outputs = []
+  for seed in (1, 2):
+    out = str(tmp_path / f"process-{seed}")
+    env = dict(os.environ, PYTHONHASHSEED=str(seed))
+    subprocess.run(
+        [sys.executable, "-c", _WRITE_SHARD_SCRIPT, out, str(seed)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=env, check=True, capture_output=True, timeout=300)
+    outputs.append(all_files(out))
+  assert len(outputs[0]) == 8
+  assert outputs[0] == outputs[1]
