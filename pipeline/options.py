@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import model_resolution
 from transforms import incremental
 from transforms.model_handler import POOLING_MODES
+from transforms.model_handler import PRECISIONS
 from transforms.model_handler import SEQUENCE_DTYPES
 from transforms.read import INPUT_FORMATS
 from transforms.read import infer_input_format
@@ -102,6 +103,15 @@ class EmbeddingPipelineOptions(PipelineOptions):
         "--max_batch_duration_secs", type=int,
         help="Longest time a batch may wait to fill (streaming only).")
     group.add_argument(
+        "--precision", choices=PRECISIONS, default="float32",
+        help="Encoder arithmetic: bfloat16 uses TensorFlow's automatic mixed "
+        "precision on CPUs with AMX/AVX-512 BF16, mixed_float16 on GPUs "
+        "(default: %(default)s).")
+    group.add_argument(
+        "--jit_compile", action="store_true",
+        help="Compile the encoder with XLA (lengths rounded up to a multiple "
+        "of 16 to limit recompilation).")
+    group.add_argument(
         "--large_model", action="store_true",
         help="Load one model per worker machine and share it across its SDK "
         "processes.")
@@ -181,6 +191,8 @@ class PipelineConfig:
   max_batch_duration_secs: Optional[int]
   large_model: bool
   model_copies: Optional[int]
+  precision: str
+  jit_compile: bool
   neighbours_k: int
   neighbours_mode: str
   neighbours_block_size: int
@@ -200,11 +212,11 @@ class PipelineConfig:
     """The settings that change what a vector is (see incremental.py)."""
     return vector_settings(self.max_seq_length, self.pooling, self.normalize,
                            self.sequence_output, self.sequence_dtype,
-                           self.encoder_layers)
+                           self.encoder_layers, self.precision)
 
 
 def vector_settings(max_seq_length, pooling, normalize, sequence_output,
-                    sequence_dtype, encoder_layers) -> dict:
+                    sequence_dtype, encoder_layers, precision) -> dict:
   return {
       "max_seq_length": max_seq_length,
       "pooling": pooling,
@@ -212,6 +224,7 @@ def vector_settings(max_seq_length, pooling, normalize, sequence_output,
       "sequence_output": sequence_output,
       "sequence_dtype": sequence_dtype,
       "encoder_layers": list(encoder_layers),
+      "precision": precision,
   }
 
 
@@ -332,7 +345,7 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
           previous_path, model.fingerprint,
           vector_settings(max_seq_length, pooling, normalize,
                           flags.sequence_output, flags.sequence_dtype,
-                          encoder_layers))
+                          encoder_layers, flags.precision))
     except (incremental.PreviousRunError, KeyError, ValueError) as e:
       raise ConfigError(f"--previous_run: {e}") from None
 
@@ -360,6 +373,8 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
       max_batch_duration_secs=flags.max_batch_duration_secs,
       large_model=flags.large_model,
       model_copies=flags.model_copies,
+      precision=flags.precision,
+      jit_compile=flags.jit_compile,
       neighbours_k=flags.neighbours_k,
       neighbours_mode=flags.neighbours_mode,
       neighbours_block_size=flags.neighbours_block_size,

@@ -468,3 +468,35 @@ def test_encoder_layers_pool_their_own_layer(two_layer_model_dir, pooling):
     assert not np.allclose(enc.layers[0], enc.layers[1], atol=1e-3)
     np.testing.assert_allclose(
         enc.embedding, reference.embedding(text, pooling=pooling), atol=1e-5)
+
+
+@pytest.mark.parametrize("precision, min_cosine", [
+    ("bfloat16", 0.99), ("mixed_float16", 0.99999)])
+def test_precision_paths_run_on_cpu(tiny_model_dir, precision, min_cosine):
+  # bfloat16 really computes in bfloat16 here (oneDNN); mixed_float16 only
+  # rewrites GPU kernels, so on a CPU it must give the float32 result.
+  from transforms.model_handler import EmbeddingSettings, LoadedBertModel
+  texts = ["the quick brown fox", "hello world", "a cat sat on the mat"] * 4
+  paths = dict(preprocess_path=f"{tiny_model_dir}/preprocess",
+               encoder_path=f"{tiny_model_dir}/encoder", max_seq_length=32)
+  reduced = LoadedBertModel(EmbeddingSettings(
+      **paths, precision=precision)).embed(texts)["embedding"]
+  full = LoadedBertModel(EmbeddingSettings(**paths)).embed(texts)["embedding"]
+  cosine = (reduced * full).sum(1)
+  assert cosine.min() >= min_cosine
+  assert reduced.dtype == np.float32
+
+
+def test_xla_path_gives_the_same_vectors(tiny_model_dir):
+  from transforms.model_handler import EmbeddingSettings, LoadedBertModel
+  texts = ["the quick brown fox jumps", "hello", "a cat sat on the mat"]
+  paths = dict(preprocess_path=f"{tiny_model_dir}/preprocess",
+               encoder_path=f"{tiny_model_dir}/encoder", max_seq_length=32)
+  jit = LoadedBertModel(EmbeddingSettings(**paths, jit_compile=True,
+                                          sequence_output=True)).embed(texts)
+  plain = LoadedBertModel(EmbeddingSettings(**paths,
+                                            sequence_output=True)).embed(texts)
+  np.testing.assert_allclose(jit["embedding"], plain["embedding"], atol=1e-5)
+  # Lengths are rounded up to 16 under XLA; the real tokens are the same.
+  assert jit["token_ids"].shape[1] % 16 == 0
+  np.testing.assert_array_equal(jit["num_tokens"], plain["num_tokens"])

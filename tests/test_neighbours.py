@@ -403,7 +403,7 @@ def test_approximate_neighbours_hnsw_recall(tmp_path):
       to_embeddings(ids, vectors), tmp_path)
   assert stats["mode"] == "ann" and stats["k"] == k
   assert stats["index"].startswith("IndexHNSWFlat")
-  assert "M=32" in stats["index"] and "efSearch=128" in stats["index"]
+  assert "M=32" in stats["index"] and "efSearch=256" in stats["index"]
   assert stats["recall_sample_size"] == 500
   assert stats["recall_at_k"] >= 0.95
   assert stats["recall_at_k"] == pytest.approx(

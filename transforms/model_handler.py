@@ -34,6 +34,18 @@ from transforms.records import METRICS_NAMESPACE
 _LOG = logging.getLogger(__name__)
 
 POOLING_MODES = ("mean", "cls", "pooler", "max")
+# float32: as exported. bfloat16: TensorFlow's automatic mixed precision for
+# oneDNN rewrites the encoder's matmuls to bfloat16 (AMX / AVX-512 BF16 CPUs).
+# mixed_float16: automatic mixed precision to float16 (GPUs with tensor cores).
+# Both keep softmax, LayerNorm and the outputs in float32.
+PRECISIONS = ("float32", "bfloat16", "mixed_float16")
+_MIXED_PRECISION_OPTIONS = {
+    "bfloat16": "auto_mixed_precision_onednn_bfloat16",
+    "mixed_float16": "auto_mixed_precision",
+}
+# With XLA every new (batch, length) shape compiles anew; lengths are rounded
+# up to a multiple of this (padding is masked) to keep the shapes few.
+_JIT_LENGTH_MULTIPLE = 16
 SEQUENCE_DTYPES = ("float32", "float16")
 
 # Texts are cut to this many characters per allowed token before tokenizing,
@@ -63,6 +75,8 @@ class EmbeddingSettings:
   sequence_output: bool = False
   sequence_dtype: str = "float32"
   encoder_layers: Tuple[int, ...] = ()  # non-negative layer indices
+  precision: str = "float32"  # one of PRECISIONS
+  jit_compile: bool = False  # XLA for the encoder and pooling
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -109,52 +123,69 @@ class LoadedBertModel:
     import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
     import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
     self._settings = settings
+    _configure_devices(settings.precision)
     self._preprocess = hub.load(settings.preprocess_path)
     self._encoder = hub.load(settings.encoder_path)
     special = self._preprocess.tokenize.get_special_tokens_dict()
     self._cls_id = int(special["start_of_sequence_id"])
     self._sep_id = int(special["end_of_segment_id"])
-    self._embed = tf.function(
-        self._embed_graph,
+    self._tokenize = tf.function(
+        self._tokenize_graph,
         input_signature=[tf.TensorSpec([None], tf.string)])
+    self._encode = tf.function(
+        self._encode_graph,
+        input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2,
+        jit_compile=settings.jit_compile)
     _record_model_load()
 
-  def _embed_graph(self, texts):
+  def _tokenize_graph(self, texts):
+    """Strings -> padded word ids, mask, token counts, truncation flags."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     s = self._settings
-    texts = tf.strings.substr(texts, 0, s.max_seq_length * _MAX_CHARS_PER_TOKEN,
-                              unit="UTF8_CHAR")
-    tokens = self._preprocess.tokenize(texts)
-    tokens = tf.cast(tokens.merge_dims(1, -1), tf.int32)  # [batch, (tokens)]
-    budget = s.max_seq_length - 2  # room for [CLS] and [SEP]
-    truncated = tokens.row_lengths() > budget
-    tokens = tokens[:, :budget]
-    batch = tokens.nrows()
-    word_ids = tf.concat([
-        tf.RaggedTensor.from_tensor(tf.fill([batch, 1], self._cls_id)),
-        tokens,
-        tf.RaggedTensor.from_tensor(tf.fill([batch, 1], self._sep_id)),
-    ], axis=1)
-    # Padded to this batch's longest row only.
-    inputs = {
-        "input_word_ids": word_ids.to_tensor(0),
-        "input_mask": tf.ones_like(word_ids).to_tensor(0),
-    }
-    inputs["input_type_ids"] = tf.zeros_like(inputs["input_word_ids"])
-    outputs = self._encoder(inputs)
+    # tensorflow_text has no GPU kernels: tokenization stays on the CPU
+    # while the encoder runs wherever TensorFlow places it.
+    with tf.device("/CPU:0"):
+      texts = tf.strings.substr(
+          texts, 0, s.max_seq_length * _MAX_CHARS_PER_TOKEN, unit="UTF8_CHAR")
+      tokens = self._preprocess.tokenize(texts)
+      tokens = tf.cast(tokens.merge_dims(1, -1), tf.int32)  # [batch, (tokens)]
+      budget = s.max_seq_length - 2  # room for [CLS] and [SEP]
+      truncated = tokens.row_lengths() > budget
+      tokens = tokens[:, :budget]
+      batch = tokens.nrows()
+      word_ids = tf.concat([
+          tf.RaggedTensor.from_tensor(tf.fill([batch, 1], self._cls_id)),
+          tokens,
+          tf.RaggedTensor.from_tensor(tf.fill([batch, 1], self._sep_id)),
+      ], axis=1)
+      # Padded to this batch's longest row only.
+      length = tf.reduce_max(word_ids.row_lengths())
+      if s.jit_compile:
+        length = -(-length // _JIT_LENGTH_MULTIPLE) * _JIT_LENGTH_MULTIPLE
+      shape = tf.stack([batch, length])
+      return {
+          "input_word_ids": word_ids.to_tensor(0, shape=shape),
+          "input_mask": tf.ones_like(word_ids).to_tensor(0, shape=shape),
+          "num_tokens": word_ids.row_lengths(),
+          "truncated": truncated,
+      }
+
+  def _encode_graph(self, word_ids, mask):
+    """Padded inputs -> pooled (and optional per-token / layer) outputs."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    s = self._settings
+    outputs = self._encoder({
+        "input_word_ids": word_ids,
+        "input_mask": mask,
+        "input_type_ids": tf.zeros_like(word_ids),
+    })
     sequence = outputs["sequence_output"]
-    mask = inputs["input_mask"]
     embedding = _pool(sequence, mask, outputs.get("pooled_output"),
                       s.pooling)
     if s.normalize:
       embedding = tf.math.l2_normalize(embedding, axis=-1)
-    result = {
-        "embedding": embedding,
-        "num_tokens": word_ids.row_lengths(),
-        "truncated": truncated,
-    }
+    result = {"embedding": embedding}
     if s.sequence_output:
-      result["token_ids"] = inputs["input_word_ids"]
       result["sequence_output"] = sequence
     for layer in s.encoder_layers:
       layer_vector = _pool(outputs["encoder_outputs"][layer], mask,
@@ -166,7 +197,32 @@ class LoadedBertModel:
     return result
 
   def embed(self, texts: Sequence[str]) -> Dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in self._embed(list(texts)).items()}
+    inputs = self._tokenize(list(texts))
+    outputs = self._encode(inputs["input_word_ids"], inputs["input_mask"])
+    result = {k: v.numpy() for k, v in outputs.items()}
+    result["num_tokens"] = inputs["num_tokens"].numpy()
+    result["truncated"] = inputs["truncated"].numpy()
+    if self._settings.sequence_output:
+      result["token_ids"] = inputs["input_word_ids"].numpy()
+    return result
+
+
+def _configure_devices(precision: str):
+  """Process-wide TensorFlow settings, before the model is loaded."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for gpu in tf.config.list_physical_devices("GPU"):
+    # Grow GPU memory as needed instead of taking it all up front, so that
+    # several model copies (or other processes) can share one GPU.
+    try:
+      tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+      pass  # the GPU is initialised already; its setting stands
+  # Process-wide and read when a function is first run: set every option, so
+  # a float32 model loaded after a bfloat16 one is float32 again.
+  tf.config.optimizer.set_experimental_options({
+      option: name == precision
+      for name, option in _MIXED_PRECISION_OPTIONS.items()
+  })
 
 
 def _record_model_load():

@@ -1,0 +1,460 @@
+"""Dataflow helpers: the job description offline, and the Flex Template spec.
+
+  # What `run_dataflow.sh --dry_run` runs: writes the Dataflow job (JSON)
+  # that `python -m pipeline.main PIPELINE_ARGS` would submit, offline.
+  python -m pipeline.dataflow_job describe --job_file dataflow_job.json \\
+      [--model_metadata_dir LOCAL_MODEL_DIR] PIPELINE_ARGS...
+
+  # The Flex Template metadata, made from the pipeline's own flags.
+  python -m pipeline.dataflow_job flex-metadata --output dataflow/flex_template_metadata.json
+
+The offline job description
+---------------------------
+DataflowRunner writes a job description instead of submitting it when
+`--template_location` is set (a classic template). Building it still touches
+the cloud in four places, which `offline_dataflow()` replaces, and nothing else:
+
+  * the credential lookup (`auth.get_service_credentials`): no credentials, so
+    the API clients are created anonymous and never used;
+  * the soft-delete check of the temp/staging buckets (a GCS bucket read made
+    while the options are validated): skipped;
+  * GCS staging (`DataflowApplicationClient.stage_file` for gs:// targets, and
+    `_gcs_file_copy`, the upload of each artifact): recorded, not uploaded.
+    Beam's own `_stage_resources` still runs, so the description names every
+    artifact at the gs:// URL it would have;
+  * the pipeline's model check (`model_resolution.resolve_model`) for a model
+    that is not on this machine (gs://): its existence cannot be checked
+    offline, and the metadata the graph needs (hidden size, layers, pooling,
+    fingerprint, ...) is read from a local copy of the model instead
+    (`--model_metadata_dir`, default: the default model, exported locally on
+    first use). A local model directory is checked for real.
+
+`NO_GCE_CHECK=true` keeps google-auth from probing the GCE metadata server.
+Also left out, as they read or delete on GCS at submission: the check that
+--output holds no published run and the clean-up of stale staging files
+(`pipeline.main.run`), and --previous_run (refused in a dry run). The job file
+is written by Beam's own code (`create_job` -> `stage_file` to a local path).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+_LOG = logging.getLogger(__name__)
+
+# Flags that `config_from_options` requires (it raises ConfigError without
+# them); everything else has a default.
+REQUIRED_FLAGS = ("input", "output")
+
+# Flags this module sets itself when it writes the job description.
+_OWN_FLAGS = ("--template_location", "--dataflow_job_file")
+
+
+# ---------------------------------------------------------------------------
+# The job description, offline.
+
+
+@dataclasses.dataclass
+class OfflineRecord:
+  """What the stubs saw: uploads that were not made, models not checked."""
+  staged: List[str] = dataclasses.field(default_factory=list)
+  unchecked_models: List[str] = dataclasses.field(default_factory=list)
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def _offline_resolve_model(real_resolve, metadata_dir: Optional[str],
+                           record: OfflineRecord):
+  """resolve_model for the dry run: remote models are not checked."""
+  from pipeline import model_resolution  # pylint: disable=g-import-not-at-top
+  from pipeline.bert import default_model  # pylint: disable=g-import-not-at-top
+  from pipeline.bert import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
+
+  def resolve(model):
+    if model is None or not _is_remote(model) or model.startswith(
+        ("http://", "https://")):
+      return real_resolve(model)  # local: checked for real; hub URL: refused
+    source = metadata_dir or default_model.ensure_default_model()
+    metadata = metadata_lib.read_metadata(source)
+    if metadata is None:
+      raise FileNotFoundError(
+          f"--model={model} cannot be read offline, and {source} has no "
+          f"{metadata_lib.METADATA_FILE} to describe it with; pass a local "
+          "copy of the model with --model_metadata_dir (DRY_RUN_MODEL_DIR "
+          "for run_dataflow.sh).")
+    _LOG.warning(
+        "Dry run: --model=%s is not checked (that needs GCS); the job is "
+        "described with the metadata of %s (%s, hidden size %d, fingerprint "
+        "%s). Pass --model_metadata_dir (DRY_RUN_MODEL_DIR) when the model is "
+        "not that one.", model, source, metadata.name, metadata.hidden_size,
+        metadata.fingerprint[:12])
+    record.unchecked_models.append(model)
+    base = model.rstrip("/")
+    return model_resolution.ResolvedModel(
+        path=model,
+        preprocess_path=f"{base}/{metadata_lib.PREPROCESS_DIR}",
+        encoder_path=f"{base}/{metadata_lib.ENCODER_DIR}",
+        metadata=metadata)
+
+  return resolve
+
+
+@contextlib.contextmanager
+def offline_dataflow(model_metadata_dir: Optional[str] = None):
+  """Replaces DataflowRunner's cloud calls for the length of the block.
+
+  Yields an OfflineRecord of what was not uploaded or checked. See the module
+  docstring for the list; everything is restored afterwards.
+  """
+  from apache_beam.internal.gcp import auth  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import GoogleCloudOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.runners.dataflow.internal import apiclient  # pylint: disable=g-import-not-at-top
+  from pipeline import model_resolution  # pylint: disable=g-import-not-at-top
+
+  record = OfflineRecord()
+  client = apiclient.DataflowApplicationClient
+  real_stage_file = client.stage_file
+
+  def no_credentials(unused_options=None):
+    return None
+
+  def skip_soft_delete_check(self, arg_name):
+    _LOG.info("Dry run: soft-delete policy of --%s=%s not checked.", arg_name,
+              getattr(self, arg_name, None))
+
+  def stage_file(self, gcs_or_local_path, file_name, stream, *args, **kwargs):
+    if gcs_or_local_path.startswith("gs://"):
+      record.staged.append(f"{gcs_or_local_path.rstrip('/')}/{file_name}")
+      return None
+    # A local target: the job file itself (--template_location).
+    return real_stage_file(self, gcs_or_local_path, file_name, stream, *args,
+                           **kwargs)
+
+  def gcs_file_copy(self, from_path, to_path, sha256):
+    del self, from_path, sha256
+    record.staged.append(to_path)
+
+  patches = [
+      (auth, "get_service_credentials", no_credentials),
+      (apiclient, "get_service_credentials", no_credentials),
+      (GoogleCloudOptions, "_warn_if_soft_delete_policy_enabled",
+       skip_soft_delete_check),
+      (client, "stage_file", stage_file),
+      (client, "_gcs_file_copy", gcs_file_copy),
+      (model_resolution, "resolve_model",
+       _offline_resolve_model(model_resolution.resolve_model,
+                              model_metadata_dir, record)),
+  ]
+  saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
+  saved_gce_check = os.environ.get("NO_GCE_CHECK")
+  os.environ["NO_GCE_CHECK"] = "true"
+  try:
+    for owner, name, replacement in patches:
+      setattr(owner, name, replacement)
+    yield record
+  finally:
+    for owner, name, original in reversed(saved):
+      setattr(owner, name, original)
+    if saved_gce_check is None:
+      os.environ.pop("NO_GCE_CHECK", None)
+    else:
+      os.environ["NO_GCE_CHECK"] = saved_gce_check
+
+
+def _flag_names(argv: Sequence[str]) -> List[str]:
+  return [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
+
+
+def write_job_description(argv: Sequence[str], job_file: str,
+                          model_metadata_dir: Optional[str] = None) -> dict:
+  """Writes the Dataflow job `pipeline.main` would submit; returns it.
+
+  Args:
+    argv: the pipeline's arguments, as `python -m pipeline.main` takes them,
+      with --runner=DataflowRunner and Dataflow's options (--project,
+      --region, --temp_location, ...).
+    job_file: where to write the job description (JSON); a local path.
+    model_metadata_dir: a local model directory whose metadata describes a
+      --model that is not on this machine (default: the default model).
+
+  Raises:
+    ConfigError: a flag is wrong (as `pipeline.main` would say), or the
+      arguments do not ask for Dataflow.
+  """
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import SetupOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
+  from pipeline import main  # pylint: disable=g-import-not-at-top
+  from pipeline.options import ConfigError  # pylint: disable=g-import-not-at-top
+  from pipeline.options import config_from_options  # pylint: disable=g-import-not-at-top
+  from pipeline.options import reject_unknown_flags  # pylint: disable=g-import-not-at-top
+
+  argv = list(argv)
+  own = [flag for flag in _flag_names(argv) if flag in _OWN_FLAGS]
+  if own:
+    raise ConfigError(
+        f"{', '.join(own)}: the dry run sets this itself; use --job_file to "
+        "choose where the job description goes.")
+  # The pipeline's config check reads the previous run (and the pointer to
+  # it) at submission: from GCS, which a dry run cannot do.
+  for i, arg in enumerate(argv):
+    name, eq, value = arg.partition("=")
+    if name == "--previous_run":
+      value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+      if _is_remote(value) or value == "latest":
+        raise ConfigError(
+            f"--previous_run={value}: the pipeline reads the previous run at "
+            "submission (from GCS), which a dry run cannot do; leave it out "
+            "of the dry run (the job is the same apart from the documents "
+            "carried over).")
+  if _is_remote(job_file):
+    raise ConfigError(f"--job_file={job_file}: the dry run writes a local "
+                      "file; copy it to GCS afterwards if you need it there.")
+  job_file = os.path.abspath(job_file)
+  os.makedirs(os.path.dirname(job_file), exist_ok=True)
+  argv.append(f"--template_location={job_file}")
+
+  reject_unknown_flags(argv)
+  with offline_dataflow(model_metadata_dir) as record:
+    options = PipelineOptions(argv)
+    runner = options.view_as(StandardOptions).runner
+    if runner not in ("DataflowRunner", "dataflow"):
+      raise ConfigError(
+          f"--runner={runner}: the job description is DataflowRunner's; pass "
+          "--runner=DataflowRunner.")
+    # As pipeline.main.run does, so the description is the one it submits.
+    options.view_as(SetupOptions).save_main_session = True
+    config = config_from_options(options)
+    pipeline = beam.Pipeline(options=options)
+    main.build_pipeline(pipeline, config, time.time())
+    pipeline.run()
+  for path in record.staged:
+    _LOG.info("Dry run: not uploaded: %s", path)
+  with open(job_file) as f:
+    return json.load(f)
+
+
+# ---------------------------------------------------------------------------
+# Reading a job description.
+
+
+def pipeline_options_of(job: dict) -> dict:
+  """The pipeline options recorded in a job description (name -> value)."""
+  return job["environment"]["sdkPipelineOptions"]["options"]
+
+
+def summarize(job: dict) -> Dict[str, object]:
+  """The settings of a job description worth checking before a launch."""
+  environment = job["environment"]
+  pool = environment["workerPools"][0]
+  options = pipeline_options_of(job)
+  return {
+      "name": job.get("name"),
+      "machine_type": pool.get("machineType"),
+      "container_image": pool.get("workerHarnessContainerImage"),
+      "disk_size_gb": pool.get("diskSizeGb"),
+      "max_workers": pool.get("autoscalingSettings", {}).get("maxNumWorkers"),
+      "service_options": environment.get("serviceOptions", []),
+      "experiments": environment.get("experiments", []),
+      "input": options.get("input"),
+      "output": options.get("output"),
+      "model": options.get("model"),
+      "model_copies": _whole(options.get("model_copies")),
+  }
+
+
+def _whole(value):
+  # Numbers come back from the job's protobuf Struct as floats.
+  return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# ---------------------------------------------------------------------------
+# Flex Template metadata, from the pipeline's own flags.
+
+
+def _pipeline_flag_actions():
+  """The argparse actions of EmbeddingPipelineOptions, in declaration order."""
+  from apache_beam.options.pipeline_options import _BeamArgumentParser  # pylint: disable=g-import-not-at-top
+  from pipeline.options import EmbeddingPipelineOptions  # pylint: disable=g-import-not-at-top
+  parser = _BeamArgumentParser(add_help=False, allow_abbrev=False)
+  EmbeddingPipelineOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  return [action for action in parser._actions if action.option_strings]  # pylint: disable=protected-access
+
+
+def pipeline_flags() -> List[str]:
+  """Every flag of the pipeline, without its dashes."""
+  return [action.dest for action in _pipeline_flag_actions()]
+
+
+def boolean_flags() -> List[str]:
+  """Flags that take no value (argparse store_true)."""
+  return [action.dest for action in _pipeline_flag_actions()
+          if action.nargs == 0 and action.const is True]
+
+
+def _expand_help(action) -> str:
+  # As argparse's HelpFormatter._expand_help does.
+  params = dict(vars(action))
+  for name, value in list(params.items()):
+    if hasattr(value, "__name__"):
+      params[name] = value.__name__
+  if params.get("choices") is not None:
+    params["choices"] = ", ".join(str(c) for c in params["choices"])
+  return (action.help or "") % params
+
+
+def _label(dest: str) -> str:
+  return dest.replace("_", " ").capitalize()
+
+
+def _parameter(action) -> dict:
+  name = action.dest
+  help_text = " ".join(_expand_help(action).split())
+  parameter = {
+      "name": name,
+      "label": _label(name),
+      "helpText": help_text,
+      "isOptional": name not in REQUIRED_FLAGS,
+  }
+  default = action.default
+  if action.nargs == 0 and action.const is True:  # store_true
+    parameter.update(paramType="BOOLEAN", regexes=["^(true|false)$"])
+    default = "false"
+  elif action.choices:
+    parameter.update(
+        paramType="ENUM",
+        regexes=["^(" + "|".join(str(c) for c in action.choices) + ")$"],
+        enumOptions=[{"value": str(c)} for c in action.choices])
+  elif action.type is int:
+    parameter.update(paramType="NUMBER", regexes=["^-?[0-9]+$"])
+  else:
+    parameter["paramType"] = "TEXT"
+  if default not in (None, ""):
+    parameter["defaultValue"] = str(default)
+  if not help_text:
+    parameter["helpText"] = (
+        f"--{name}" + (f" (default: {default})." if default not in (None, "")
+                       else "."))
+  return parameter
+
+
+def flex_template_metadata() -> dict:
+  """The Flex Template metadata: one parameter per pipeline flag."""
+  return {
+      "name": "BERT batch embeddings",
+      "description": (
+          "Embeds a text corpus with a BERT model in TF Hub format and writes "
+          "one run directory: embeddings (TFRecord and a BigQuery-loadable "
+          "copy), neighbour tables, every rejected record, and "
+          "manifest.json, written last. Without --model, the default model "
+          "baked into the image (all-MiniLM-L6-v2) is used. Flags that take "
+          "no value are passed as true/false."),
+      "parameters": [_parameter(action) for action in _pipeline_flag_actions()],
+  }
+
+
+def flex_template_args(argv: Sequence[str]) -> List[str]:
+  """Flex Template launcher arguments -> `pipeline.main` arguments.
+
+  The launcher passes every parameter as --name=value: flags that take no
+  value arrive as --flag=true / --flag=false and become --flag / nothing.
+  Without --model_copies or --large_model, one model copy per worker machine
+  is loaded (--model_copies=1): on a GPU worker, one model per SDK process
+  would exhaust the GPU's memory.
+  """
+  booleans = set(boolean_flags())
+  args = []
+  for arg in argv:
+    name, eq, value = arg.partition("=")
+    if eq and name.startswith("--") and name[2:] in booleans:
+      if value.lower() not in ("true", "false"):
+        raise ValueError(f"{arg}: use {name}=true or {name}=false.")
+      if value.lower() == "true":
+        args.append(name)
+      continue
+    args.append(arg)
+  names = _flag_names(args)
+  if "--model_copies" not in names and "--large_model" not in names:
+    args.append("--model_copies=1")
+  return args
+
+
+def launch_flex_template(argv: Sequence[str]) -> int:
+  """The Flex Template's program: `pipeline.main` with translated flags."""
+  from pipeline import main  # pylint: disable=g-import-not-at-top
+  try:
+    args = flex_template_args(argv)
+  except ValueError as e:
+    print(f"flex template: error: {e}", file=sys.stderr)
+    return 2
+  if "--sdk_container_image" not in _flag_names(args):
+    _LOG.warning(
+        "No sdk_container_image parameter: the workers will run Beam's stock "
+        "image, which has neither this project nor its model. Launch with "
+        "--parameters=sdk_container_image=IMAGE (this template's image).")
+  return main.main(args)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+
+def _parse(argv):
+  parser = argparse.ArgumentParser(
+      prog="python -m pipeline.dataflow_job", allow_abbrev=False,
+      description=__doc__.split("\n\n", 1)[0])
+  commands = parser.add_subparsers(dest="command", required=True)
+  describe = commands.add_parser(
+      "describe", allow_abbrev=False,
+      help="Write the Dataflow job description offline (the dry run).")
+  describe.add_argument("--job_file", default="dataflow_job.json",
+                        help="Where to write it (default: %(default)s).")
+  describe.add_argument(
+      "--model_metadata_dir",
+      help="A local model directory whose metadata stands in for a gs:// "
+      "--model (default: the default model, exported on first use).")
+  flex = commands.add_parser(
+      "flex-metadata", allow_abbrev=False,
+      help="Write the Flex Template metadata (every pipeline flag).")
+  flex.add_argument("--output", help="File to write; default: stdout.")
+  return parser.parse_known_args(argv)
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.INFO,
+                      format="%(asctime)s %(levelname)s %(message)s")
+  from pipeline.options import ConfigError  # pylint: disable=g-import-not-at-top
+  args, rest = _parse(sys.argv[1:] if argv is None else argv)
+  if args.command == "flex-metadata":
+    if rest:
+      print(f"unexpected arguments: {' '.join(rest)}", file=sys.stderr)
+      return 2
+    text = json.dumps(flex_template_metadata(), indent=2) + "\n"
+    if args.output:
+      with open(args.output, "w") as f:
+        f.write(text)
+    else:
+      sys.stdout.write(text)
+    return 0
+  try:
+    job = write_job_description(rest, args.job_file, args.model_metadata_dir)
+  except (ConfigError, FileNotFoundError) as e:
+    print(f"pipeline.dataflow_job: error: {e}", file=sys.stderr)
+    return 2
+  print(f"Dataflow job description written to {args.job_file} (nothing was "
+        "submitted or uploaded):")
+  print(json.dumps(summarize(job), indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

