@@ -8,15 +8,17 @@ Two modes, one output contract (the neighbours table of the design brief):
 
 * exact (ExactNeighbours, the default): blocked matrix products spread over the
   Beam graph. The corpus is cut into S = ceil(N / block_size) shards by a
-  stable hash of the id; every (query shard, corpus shard) block is scored on
-  its own and reduced to a top K per query, and the per-block lists are merged
-  per query. A worker holds two shards and one block of scores at a time,
-  whatever N is. The result is exactly that of a brute-force computation.
+  stable hash of the id. Each query shard is one unit of work: it streams the
+  corpus shards past itself (a side input read as an iterable), scores one
+  (query shard, corpus shard) block at a time and keeps a running top K per
+  query. A worker holds one query shard, one corpus shard and one block of
+  scores at a time, whatever N is, and the corpus crosses the shuffle once
+  (replicating every shard to the S blocks it takes part in would shuffle
+  S x N vectors, and ran a 2-core machine out of memory at 100k documents).
+  The result is exactly that of a brute-force computation.
 
-              ┌─ShardQueries──> SendQueryShardToBlocks ──┐
-   Embedding ─┤                                          ├─GroupByBlock─┐
-              └─ShardCorpus───> SendCorpusShardToBlocks ─┘              │
-   rows <──ToRows── TopKPerQuery (merges a query's S lists) <──ScoreBlocks
+   Embedding ─┬─ShardQueries──> ScoreAgainstCorpus ──> ToRows ──> rows
+              └─ShardCorpus ───────────┘ (side input, streamed)
 
 * approximate (ApproximateNeighbours, `ann`): one worker builds a FAISS index
   of the whole corpus (HNSW; an exact flat index below `flat_index_below`
@@ -430,53 +432,16 @@ class _ShardEmbeddings(beam.PTransform):
             lambda shard, documents: (shard, stack_documents(documents))))
 
 
-_QUERY = "query"
-_CORPUS = "corpus"
-
-
-def _send_query_shard_to_blocks(indexed_shard, num_corpus_documents,
-                                block_size):
-  """Query shard q goes to the blocks (q, c) of every corpus shard c."""
-  q, shard = indexed_shard
-  for c in range(shard_count(num_corpus_documents, block_size)):
-    yield (q, c), (_QUERY, shard)
-
-
-def _send_corpus_shard_to_blocks(indexed_shard, num_queries, block_size):
-  """Corpus shard c goes to the blocks (q, c) of every query shard q."""
-  c, shard = indexed_shard
-  for q in range(shard_count(num_queries, block_size)):
-    yield (q, c), (_CORPUS, shard)
-
-
-def _score_block(block, k: int) -> Iterator[QueryNeighbours]:
-  _, parts = block
-  shards = dict(parts)
-  # A block misses a side when a shard drew no id at all (small corpora).
-  if _QUERY in shards and _CORPUS in shards:
-    queries, corpus = shards[_QUERY], shards[_CORPUS]
-    yield from block_top_k(
-        queries.ids, queries.vectors, corpus.ids, corpus.vectors, k)
-
-
-class TopKCombineFn(beam.CombineFn):
-  """Merges a query's neighbour lists from every block into its top K."""
-
-  def __init__(self, k: int):
-    super().__init__()
-    self._k = k
-
-  def create_accumulator(self):
-    return []
-
-  def add_input(self, accumulator, neighbours):
-    return merge_top_k([accumulator, neighbours], self._k)
-
-  def merge_accumulators(self, accumulators):
-    return merge_top_k(accumulators, self._k)
-
-  def extract_output(self, accumulator):
-    return accumulator
+def _score_against_corpus(indexed_query_shard, corpus_shards,
+                          k: int) -> Iterator[QueryNeighbours]:
+  """One query shard against every corpus shard, a block at a time."""
+  _, queries = indexed_query_shard
+  best = {query_id: [] for query_id in queries.ids}
+  for _, corpus in corpus_shards:  # streamed: one corpus shard in memory
+    for query_id, neighbours in block_top_k(
+        queries.ids, queries.vectors, corpus.ids, corpus.vectors, k):
+      best[query_id] = merge_top_k([best[query_id], neighbours], k)
+  yield from best.items()
 
 
 def _check_k(k: int) -> None:
@@ -491,8 +456,9 @@ class ExactNeighbours(beam.PTransform):
   Args:
     k: neighbours per query (fewer when the corpus has fewer other documents).
     block_size: documents per shard (on average: shards are drawn by hash).
-      A worker holds two shards and block_size x min(block_size, 1024)
-      float32 scores; the corpus is shuffled 2 S times in all.
+      A worker holds a query shard, a corpus shard and block_size x
+      min(block_size, 1024) float32 scores; the corpus crosses the shuffle
+      once, plus the side input it is streamed from.
     queries: optional query set; the input PCollection is then the corpus.
       Without it, every corpus document is a query.
 
@@ -528,20 +494,10 @@ class ExactNeighbours(beam.PTransform):
       query_shards = self._queries | "ShardQueries" >> _ShardEmbeddings(
           block_size, num_queries)
 
-    blocks = ((
-        query_shards | "SendQueryShardToBlocks" >> beam.FlatMap(
-            _send_query_shard_to_blocks,
-            beam.pvalue.AsSingleton(corpus_size), block_size),
-        corpus_shards | "SendCorpusShardToBlocks" >> beam.FlatMap(
-            _send_corpus_shard_to_blocks,
-            beam.pvalue.AsSingleton(num_queries), block_size),
-    )
-              | "FlattenBlocks" >> beam.Flatten()
-              | "GroupByBlock" >> beam.GroupByKey())
     rows = (
-        blocks
-        | "ScoreBlocks" >> beam.FlatMap(_score_block, k)
-        | "TopKPerQuery" >> beam.CombinePerKey(TopKCombineFn(k))
+        query_shards
+        | "ScoreAgainstCorpus" >> beam.FlatMap(
+            _score_against_corpus, beam.pvalue.AsIter(corpus_shards), k)
         | "ToRows" >> beam.FlatMapTuple(neighbour_rows))
 
     def stats(num_corpus_documents, num_queries):
