@@ -78,10 +78,11 @@ def _offline_resolve_model(real_resolve, metadata_dir: Optional[str],
   from pipeline.bert import default_model  # pylint: disable=g-import-not-at-top
   from pipeline.bert import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
 
-  def resolve(model):
+  def resolve(model, **kwargs):
+    # --preprocessor / --model_root, when given, pass through unchanged.
     if model is None or not _is_remote(model) or model.startswith(
         ("http://", "https://")):
-      return real_resolve(model)  # local: checked for real; hub URL: refused
+      return real_resolve(model, **kwargs)  # local, catalogue or hub: real
     source = metadata_dir or default_model.ensure_default_model()
     metadata = metadata_lib.read_metadata(source)
     if metadata is None:
@@ -100,7 +101,8 @@ def _offline_resolve_model(real_resolve, metadata_dir: Optional[str],
     base = model.rstrip("/")
     return model_resolution.ResolvedModel(
         path=model,
-        preprocess_path=f"{base}/{metadata_lib.PREPROCESS_DIR}",
+        preprocess_path=(kwargs.get("preprocessor") or
+                         f"{base}/{metadata_lib.PREPROCESS_DIR}"),
         encoder_path=f"{base}/{metadata_lib.ENCODER_DIR}",
         metadata=metadata)
 

@@ -58,7 +58,9 @@ def make_model_handler(config: PipelineConfig) -> BertEmbeddingModelHandler:
           sequence_dtype=config.sequence_dtype,
           encoder_layers=config.encoder_layers,
           precision=config.precision,
-          jit_compile=config.jit_compile),
+          jit_compile=config.jit_compile,
+          encoder_format=config.model.encoder_format,
+          text_pairs=config.text_pair_field is not None),
       min_batch_size=config.min_batch_size,
       max_batch_size=config.max_batch_size,
       max_batch_duration_secs=config.max_batch_duration_secs,
@@ -72,6 +74,7 @@ def manifest_model_entry(config: PipelineConfig) -> dict:
   return {
       "path": config.model.path,
       "name": meta.name,
+      "encoder_format": config.model.encoder_format,
       "fingerprint": meta.fingerprint,
       "hidden_size": meta.hidden_size,
       "num_layers": meta.num_layers,
@@ -89,6 +92,7 @@ def manifest_settings(config: PipelineConfig) -> dict:
       "input_format": config.input_format,
       "id_field": config.id_field,
       "text_field": config.text_field,
+      "text_pair_field": config.text_pair_field,
       "sequence_output": config.sequence_output,
       "sequence_dtype": config.sequence_dtype,
       "encoder_layers": list(config.encoder_layers),
@@ -131,7 +135,8 @@ class EmbedCorpus(beam.PTransform):
     config = self._config
     read = pbegin | "Read" >> ReadCorpus(
         self._file_pattern, input_format=config.input_format,
-        id_field=config.id_field, text_field=config.text_field)
+        id_field=config.id_field, text_field=config.text_field,
+        text_pair_field=config.text_pair_field)
     valid = read[DOCUMENTS] | "Validate" >> ValidateDocuments()
     to_embed = valid[DOCUMENTS]
     if self._previous:

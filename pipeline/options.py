@@ -54,11 +54,31 @@ class EmbeddingPipelineOptions(PipelineOptions):
                        help="Text field/column/feature (default: "
                        "%(default)s).")
     group.add_argument(
+        "--text_pair_field",
+        help="For pair tasks: the field/column/feature of the second text. "
+        "Each record is packed as [CLS] text [SEP] pair [SEP] (type ids 0 "
+        "then 1, trimmed round-robin to --max_seq_length); a record without "
+        "it goes to the errors (missing_field). Not for plain text input.")
+    group.add_argument(
         "--output", help="Run directory to write, local or gs:// (required).")
     group.add_argument(
         "--model", help="Model directory (encoder/ + preprocess/), local or "
-        "gs://. Default: the converted all-MiniLM-L6-v2, exported on first "
-        "use.")
+        "gs://; or a TF Hub BERT encoder: a catalogue name (e.g. "
+        "experts/pubmed, bert_en_cased_L-24_H-1024_A-16; list them with "
+        "`python -m pipeline.catalog`), a handle (https://tfhub.dev/...) or "
+        "a SavedModel directory. Default: the converted all-MiniLM-L6-v2, "
+        "exported on first use.")
+    group.add_argument(
+        "--preprocessor",
+        help="Preprocess model for a TF Hub encoder (catalogue name, handle "
+        "or directory). Default: the one the catalogue pairs with --model; a "
+        "v1 encoder's own vocabulary.")
+    group.add_argument(
+        "--model_root",
+        help="Local or gs:// mirror of TF Hub models laid out by handle path "
+        "(MODEL_ROOT/tensorflow/bert_en_uncased_L-12_H-768_A-12/4/): handles "
+        "and catalogue names are loaded from it instead of the TF Hub cache, "
+        "never downloaded.")
     group.add_argument(
         "--max_seq_length", type=int,
         help="Wordpieces per text, [CLS] and [SEP] included; longer texts are "
@@ -202,6 +222,7 @@ class PipelineConfig:
   projector_max_points: int
   previous_run: Optional[incremental.PreviousRun]
   latest_pointer: Optional[str]
+  text_pair_field: Optional[str] = None
 
   @property
   def staging_dir(self) -> str:
@@ -277,6 +298,28 @@ def _read_latest_pointer(pointer: Optional[str]) -> Optional[str]:
     return f.read().decode("utf-8").strip() or None
 
 
+def _check_text_pair_field(flags):
+  pair = flags.text_pair_field
+  if pair is None:
+    return
+  if not pair or pair == flags.text_field:
+    raise ConfigError(
+        f"--text_pair_field={pair!r}: name the field of the second text, "
+        f"other than --text_field ({flags.text_field!r}).")
+  for flag, pattern in (("--input", flags.input),
+                        ("--neighbours_of", flags.neighbours_of)):
+    if pattern and (flags.input_format or infer_input_format(pattern)) == "text":
+      raise ConfigError(
+          f"--text_pair_field: {flag} is plain text (one text per line), "
+          "which has no second field; use jsonl, csv, tsv, parquet or "
+          "tfrecord input.")
+  if flags.previous_run:
+    raise ConfigError(
+        "--text_pair_field cannot be combined with --previous_run yet: "
+        "carrying embeddings over compares the first text only, so a "
+        "changed second text would be missed. Embed the whole corpus.")
+
+
 def config_from_options(options: PipelineOptions) -> PipelineConfig:
   """Checks every flag and returns the frozen config; raises ConfigError."""
   flags = options.view_as(EmbeddingPipelineOptions)
@@ -318,8 +361,15 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
     raise ConfigError(
         f"--run_id={run_id!r}: use letters, digits, '.', '_' and '-' only.")
 
+  _check_text_pair_field(flags)
+  model_kwargs = {}
+  if flags.preprocessor:
+    model_kwargs["preprocessor"] = flags.preprocessor
+  if flags.model_root:
+    model_kwargs["model_root"] = flags.model_root
   try:
-    model = model_resolution.resolve_model(flags.model)
+    # Keyword arguments only when given: the dry run's stand-in takes --model.
+    model = model_resolution.resolve_model(flags.model, **model_kwargs)
   except (FileNotFoundError, ValueError) as e:
     raise ConfigError(str(e)) from None
   max_seq_length = flags.max_seq_length or model.max_seq_length
@@ -334,6 +384,13 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
         "--pooling=cls or --pooling=mean.")
   normalize = (model.normalize if flags.normalize is None else
                flags.normalize == "true")
+  if flags.encoder_layers and model.encoder_format == "v1":
+    raise ConfigError(
+        f"--encoder_layers={flags.encoder_layers!r}: --model={flags.model} is "
+        "a v1 TF Hub encoder (list inputs, tuple outputs), which has no "
+        "encoder_outputs. Leave --encoder_layers out, or use a version of "
+        "the model with the dict interface (e.g. version 4 of the bert_en_* "
+        "encoders).")
   encoder_layers = parse_encoder_layers(flags.encoder_layers, model.num_layers)
   previous_run = None
   previous_path = flags.previous_run
@@ -383,7 +440,8 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
       projector_export=flags.projector_export,
       projector_max_points=flags.projector_max_points,
       previous_run=previous_run,
-      latest_pointer=flags.latest_pointer)
+      latest_pointer=flags.latest_pointer,
+      text_pair_field=flags.text_pair_field)
 
 
 def reject_unknown_flags(argv):

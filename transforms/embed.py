@@ -18,6 +18,7 @@ from transforms.records import Embedding
 from transforms.records import METRICS_NAMESPACE
 from transforms.records import Reason
 from transforms.records import make_snippet
+from transforms.records import model_input
 
 _LOG = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class EmbedDocuments(beam.PTransform):
   def expand(self, documents):
     results = (
         documents
-        | "KeyByDocument" >> beam.Map(lambda doc: (doc, doc.text))
+        | "KeyByDocument" >> beam.Map(lambda doc: (doc, model_input(doc)))
         | "RunInference" >> RunInference(KeyedModelHandler(
             self._model_handler))
         | "SplitResults" >> beam.ParDo(_SplitInferenceResults()).with_outputs(

@@ -10,6 +10,26 @@ vectors in a single TensorFlow call:
     -> encoder
     -> pooling over real tokens (mean / cls / pooler / max), L2 normalisation
 
+Two encoder interfaces are served (`EmbeddingSettings.encoder_format`):
+
+  "v2"  today's TF Hub BERT encoders and this project's exports: a dict of
+        input_word_ids / input_mask / input_type_ids in, a dict with
+        pooled_output, sequence_output and encoder_outputs out; tokenized by
+        the preprocess SavedModel at `preprocess_path`.
+  "v1"  the first TF2 TF Hub BERT encoders (e.g. bert_en_*/1 and /2): a LIST
+        [input_word_ids, input_mask, segment_ids] in, a TUPLE
+        (pooled_output, sequence_output) out, no encoder_outputs, and no
+        preprocess model: the vocabulary is a SavedModel asset
+        (`encoder.vocab_file`) and the lower-case flag a variable
+        (`encoder.do_lower_case`). With `preprocess_path=None` the worker
+        builds the project's own BertPreprocessor from those two, once, when
+        it loads the model.
+
+With `text_pairs`, each element is a (text_a, text_b) pair: both are
+tokenized and packed by the preprocess model's `bert_pack_inputs` into
+[CLS] a [SEP] b [SEP] with input_type_ids 0 then 1, trimmed round-robin to
+max_seq_length.
+
 Beam's stock TFModelHandlerTensor cannot load TF Hub SavedModels under Keras 3,
 stacks inputs with tf.stack and splits dict outputs by zipping them, which
 breaks on `encoder_outputs` (a list); hence this handler. It returns one
@@ -47,6 +67,11 @@ _MIXED_PRECISION_OPTIONS = {
 # up to a multiple of this (padding is masked) to keep the shapes few.
 _JIT_LENGTH_MULTIPLE = 16
 SEQUENCE_DTYPES = ("float32", "float16")
+ENCODER_FORMATS = ("v2", "v1")  # dict interface / list-in, tuple-out (above)
+
+# Tokens the reference tokenizer (Hugging Face BertTokenizerFast with its
+# defaults) matches verbatim in raw text, when they are in the vocabulary.
+V1_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 # Texts are cut to this many characters per allowed token before tokenizing,
 # so a multi-megabyte line costs no more than a long sentence. Every kept
@@ -66,8 +91,12 @@ _CHARS_PER_TOKEN_ESTIMATE = 4
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingSettings:
-  """What to compute; fixed for a run."""
-  preprocess_path: str
+  """What to compute; fixed for a run.
+
+  preprocess_path None: a v1 encoder's own vocabulary and lower-case flag
+  make the tokenizer (see module doc).
+  """
+  preprocess_path: Optional[str]
   encoder_path: str
   max_seq_length: int
   pooling: str = "mean"
@@ -77,6 +106,8 @@ class EmbeddingSettings:
   encoder_layers: Tuple[int, ...] = ()  # non-negative layer indices
   precision: str = "float32"  # one of PRECISIONS
   jit_compile: bool = False  # XLA for the encoder and pooling
+  encoder_format: str = "v2"  # one of ENCODER_FORMATS
+  text_pairs: bool = False  # elements are (text_a, text_b) pairs
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -122,21 +153,42 @@ class LoadedBertModel:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
     import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
+    if settings.encoder_format not in ENCODER_FORMATS:
+      raise ValueError(f"encoder_format {settings.encoder_format!r} is not one "
+                       f"of {ENCODER_FORMATS}")
+    if settings.encoder_format == "v1" and settings.encoder_layers:
+      raise ValueError("a v1 encoder has no encoder_outputs; encoder_layers "
+                       "cannot be computed")
     self._settings = settings
     _configure_devices(settings.precision)
-    self._preprocess = hub.load(settings.preprocess_path)
     self._encoder = hub.load(settings.encoder_path)
+    if settings.preprocess_path:
+      self._preprocess = hub.load(settings.preprocess_path)
+    elif settings.encoder_format == "v1":
+      self._preprocess = build_v1_preprocessor(self._encoder,
+                                               settings.max_seq_length)
+    else:
+      raise ValueError("preprocess_path is required for a v2 encoder")
     special = self._preprocess.tokenize.get_special_tokens_dict()
     self._cls_id = int(special["start_of_sequence_id"])
     self._sep_id = int(special["end_of_segment_id"])
     self._tokenize = tf.function(
         self._tokenize_graph,
         input_signature=[tf.TensorSpec([None], tf.string)])
+    self._tokenize_pairs = tf.function(
+        self._tokenize_pairs_graph,
+        input_signature=[tf.TensorSpec([None], tf.string)] * 2)
     self._encode = tf.function(
         self._encode_graph,
-        input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2,
+        input_signature=[tf.TensorSpec([None, None], tf.int32)] * 3,
         jit_compile=settings.jit_compile)
     _record_model_load()
+
+  def _cut(self, texts):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.strings.substr(
+        texts, 0, self._settings.max_seq_length * _MAX_CHARS_PER_TOKEN,
+        unit="UTF8_CHAR")
 
   def _tokenize_graph(self, texts):
     """Strings -> padded word ids, mask, token counts, truncation flags."""
@@ -145,9 +197,7 @@ class LoadedBertModel:
     # tensorflow_text has no GPU kernels: tokenization stays on the CPU
     # while the encoder runs wherever TensorFlow places it.
     with tf.device("/CPU:0"):
-      texts = tf.strings.substr(
-          texts, 0, s.max_seq_length * _MAX_CHARS_PER_TOKEN, unit="UTF8_CHAR")
-      tokens = self._preprocess.tokenize(texts)
+      tokens = self._preprocess.tokenize(self._cut(texts))
       tokens = tf.cast(tokens.merge_dims(1, -1), tf.int32)  # [batch, (tokens)]
       budget = s.max_seq_length - 2  # room for [CLS] and [SEP]
       truncated = tokens.row_lengths() > budget
@@ -163,22 +213,54 @@ class LoadedBertModel:
       if s.jit_compile:
         length = -(-length // _JIT_LENGTH_MULTIPLE) * _JIT_LENGTH_MULTIPLE
       shape = tf.stack([batch, length])
+      padded = word_ids.to_tensor(0, shape=shape)
       return {
-          "input_word_ids": word_ids.to_tensor(0, shape=shape),
+          "input_word_ids": padded,
           "input_mask": tf.ones_like(word_ids).to_tensor(0, shape=shape),
+          "input_type_ids": tf.zeros_like(padded),
           "num_tokens": word_ids.row_lengths(),
           "truncated": truncated,
       }
 
-  def _encode_graph(self, word_ids, mask):
+  def _tokenize_pairs_graph(self, texts_a, texts_b):
+    """Pairs -> [CLS] a [SEP] b [SEP], type ids 0/1, padded to the longest.
+
+    Packed by the preprocess model's own bert_pack_inputs (round-robin
+    trimming to max_seq_length), then cut from max_seq_length to the batch's
+    longest row.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    s = self._settings
+    with tf.device("/CPU:0"):
+      tokens_a = self._preprocess.tokenize(self._cut(texts_a))
+      tokens_b = self._preprocess.tokenize(self._cut(texts_b))
+      wanted = (tokens_a.merge_dims(1, -1).row_lengths() +
+                tokens_b.merge_dims(1, -1).row_lengths() + 3)
+      packed = _pack_inputs(self._preprocess, [tokens_a, tokens_b],
+                            s.max_seq_length)
+      num_tokens = tf.reduce_sum(
+          tf.cast(packed["input_mask"], tf.int64), axis=1)
+      length = tf.reduce_max(num_tokens)
+      if s.jit_compile:
+        length = tf.minimum(
+            -(-length // _JIT_LENGTH_MULTIPLE) * _JIT_LENGTH_MULTIPLE,
+            s.max_seq_length)
+      return {
+          "input_word_ids": tf.cast(packed["input_word_ids"][:, :length],
+                                    tf.int32),
+          "input_mask": tf.cast(packed["input_mask"][:, :length], tf.int32),
+          "input_type_ids": tf.cast(packed["input_type_ids"][:, :length],
+                                    tf.int32),
+          "num_tokens": num_tokens,
+          "truncated": wanted > s.max_seq_length,
+      }
+
+  def _encode_graph(self, word_ids, mask, type_ids):
     """Padded inputs -> pooled (and optional per-token / layer) outputs."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     s = self._settings
-    outputs = self._encoder({
-        "input_word_ids": word_ids,
-        "input_mask": mask,
-        "input_type_ids": tf.zeros_like(word_ids),
-    })
+    outputs = call_encoder(self._encoder, s.encoder_format, word_ids, mask,
+                           type_ids)
     sequence = outputs["sequence_output"]
     embedding = _pool(sequence, mask, outputs.get("pooled_output"),
                       s.pooling)
@@ -196,15 +278,109 @@ class LoadedBertModel:
       result[f"layer_{layer}"] = layer_vector
     return result
 
-  def embed(self, texts: Sequence[str]) -> Dict[str, np.ndarray]:
-    inputs = self._tokenize(list(texts))
-    outputs = self._encode(inputs["input_word_ids"], inputs["input_mask"])
+  def embed(self, texts: Sequence) -> Dict[str, np.ndarray]:
+    """Strings (or (a, b) pairs with text_pairs) to batch outputs."""
+    if self._settings.text_pairs:
+      inputs = self._tokenize_pairs([pair[0] for pair in texts],
+                                    [pair[1] for pair in texts])
+    else:
+      inputs = self._tokenize(list(texts))
+    outputs = self._encode(inputs["input_word_ids"], inputs["input_mask"],
+                           inputs["input_type_ids"])
     result = {k: v.numpy() for k, v in outputs.items()}
     result["num_tokens"] = inputs["num_tokens"].numpy()
     result["truncated"] = inputs["truncated"].numpy()
     if self._settings.sequence_output:
       result["token_ids"] = inputs["input_word_ids"].numpy()
     return result
+
+
+def _pack_inputs(preprocess, segments, seq_length: int):
+  """preprocess.bert_pack_inputs(segments, seq_length): the restored function
+  may have been traced for a tensor or for a Python int seq_length."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    return preprocess.bert_pack_inputs(
+        segments, seq_length=tf.constant(seq_length, tf.int32))
+  except (TypeError, ValueError):
+    return preprocess.bert_pack_inputs(segments, seq_length=seq_length)
+
+
+def _has_training_argument(encoder) -> bool:
+  """Whether a restored encoder's __call__ takes `training` (Keras-saved
+  models do), checked as tensorflow_hub's KerasLayer checks it."""
+  from tensorflow.python.util import tf_inspect  # pylint: disable=g-import-not-at-top
+  try:
+    spec = tf_inspect.getfullargspec(encoder.__call__)
+  except TypeError:
+    return False
+  return "training" in spec.args or "training" in spec.kwonlyargs
+
+
+def call_encoder(encoder, encoder_format: str, word_ids, mask, type_ids):
+  """Calls a v2 or v1 encoder; returns the v2 output dict.
+
+  A v1 encoder gives only pooled_output and sequence_output.
+  """
+  if encoder_format == "v2":
+    return encoder({
+        "input_word_ids": word_ids,
+        "input_mask": mask,
+        "input_type_ids": type_ids,
+    })
+  inputs = [word_ids, mask, type_ids]  # [input_word_ids, input_mask, segment_ids]
+  if _has_training_argument(encoder):
+    outputs = encoder(inputs, training=False)
+  else:
+    outputs = encoder(inputs)
+  if isinstance(outputs, dict):
+    return outputs
+  pooled_output, sequence_output = outputs[0], outputs[1]
+  return {"pooled_output": pooled_output, "sequence_output": sequence_output}
+
+
+def read_vocab_lines(path: str) -> list:
+  """A vocab.txt as a list of tokens (index = id), trailing blanks dropped."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path, "r") as f:
+    vocab = [line.rstrip("\r\n") for line in f]
+  while vocab and not vocab[-1]:
+    vocab.pop()
+  return vocab
+
+
+def v1_tokenizer_settings(encoder) -> Tuple[str, list, bool]:
+  """(vocab path, vocab, lower_case) of a loaded v1 TF Hub BERT encoder.
+
+  Raises ValueError when the SavedModel lacks `vocab_file` (an asset) or
+  `do_lower_case` (a bool variable), as the v1 TF Hub BERTs have them.
+  """
+  vocab_file = getattr(encoder, "vocab_file", None)
+  do_lower_case = getattr(encoder, "do_lower_case", None)
+  if vocab_file is None or do_lower_case is None:
+    raise ValueError(
+        "a v1 BERT encoder (list inputs) must carry its tokenizer settings as "
+        "`vocab_file` (a SavedModel asset) and `do_lower_case` (a variable), "
+        "as the TF Hub v1 BERT encoders do; this one has "
+        f"{'no vocab_file' if vocab_file is None else 'a vocab_file'} and "
+        f"{'no do_lower_case' if do_lower_case is None else 'do_lower_case'}."
+        " Pass a matching --preprocessor instead.")
+  path = vocab_file.asset_path.numpy()
+  path = path.decode("utf-8") if isinstance(path, bytes) else str(path)
+  return path, read_vocab_lines(path), bool(do_lower_case.numpy())
+
+
+def build_v1_preprocessor(encoder, max_seq_length: int):
+  """The project's BertPreprocessor from a v1 encoder's vocab and flag.
+
+  The same tokenizer as the project's exports (a cased model keeps case and
+  accents); the special tokens matched in raw text are those the reference
+  tokenizer matches by default.
+  """
+  from pipeline.bert.preprocess import BertPreprocessor  # pylint: disable=g-import-not-at-top
+  _, vocab, lower_case = v1_tokenizer_settings(encoder)
+  special = tuple(sorted(t for t in V1_SPECIAL_TOKENS if t in set(vocab)))
+  return BertPreprocessor(vocab, lower_case, special, max_seq_length)
 
 
 def _configure_devices(precision: str):
@@ -264,9 +440,17 @@ def _is_out_of_memory(error: Exception) -> bool:
       type(error).__name__ == "ResourceExhaustedError")
 
 
-def estimate_tokens(text: str, max_seq_length: int) -> int:
-  """Rough wordpiece count of a text, [CLS] and [SEP] included."""
-  return min(len(text) // _CHARS_PER_TOKEN_ESTIMATE + 2, max_seq_length)
+def _num_chars(text) -> int:
+  """Characters of a text, or of both texts of an (a, b) pair."""
+  if isinstance(text, str):
+    return len(text)
+  return sum(len(part) for part in text)
+
+
+def estimate_tokens(text, max_seq_length: int) -> int:
+  """Rough wordpiece count of a text (or pair), [CLS] and [SEP] included."""
+  return min(_num_chars(text) // _CHARS_PER_TOKEN_ESTIMATE + 2,
+             max_seq_length)
 
 
 def plan_model_calls(texts: Sequence[str], max_seq_length: int,
@@ -294,8 +478,9 @@ def plan_model_calls(texts: Sequence[str], max_seq_length: int,
 
 class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
                                              LoadedBertModel]):
-  """Strings in; per string a PredictionResult whose inference is an
-  EncodedText, or an InferenceFailure."""
+  """Strings (or (a, b) pairs with settings.text_pairs) in; per element a
+  PredictionResult whose inference is an EncodedText, or an
+  InferenceFailure."""
 
   def __init__(self,
                settings: EmbeddingSettings,
@@ -371,8 +556,10 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
       self._max_batch_tokens = smaller
       Metrics.counter(METRICS_NAMESPACE, "token_budget_halved").inc()
 
-  def get_num_bytes(self, batch: Sequence[str]) -> int:
-    return sum(len(text.encode("utf-8")) for text in batch)
+  def get_num_bytes(self, batch: Sequence) -> int:
+    return sum(
+        len(text.encode("utf-8")) if isinstance(text, str) else
+        sum(len(part.encode("utf-8")) for part in text) for text in batch)
 
   def get_metrics_namespace(self) -> str:
     return "BertEmbedding"

@@ -158,11 +158,15 @@ class _Rejected(Exception):
 
 
 def _document(source: str, position: int, doc_id: Optional[str],
-              text: str) -> Document:
-  """A Document; an input without an id gets the derived, stable one."""
+              text: str, text_pair: Optional[str] = None) -> Document:
+  """A Document; an input without an id gets the derived, stable one.
+
+  text_pair: the second text of a pair input (--text_pair_field), else None.
+  """
   if doc_id is None:
-    doc_id = derive_document_id(source, text)
-  return Document(id=doc_id, text=text, source=source, position=position)
+    doc_id = derive_document_id(source, text, text_pair)
+  return Document(id=doc_id, text=text, source=source, position=position,
+                  text_pair=text_pair)
 
 
 def _check_unicode(value: str, field: str,
@@ -231,7 +235,8 @@ def read_text_records(stream: BinaryIO, source: str, **unused_fields
 
 
 def _jsonl_document(line: bytes, source: str, position: int, id_field: str,
-                    text_field: str) -> Document:
+                    text_field: str,
+                    text_pair_field: Optional[str] = None) -> Document:
   try:
     record = json.loads(_decode_utf8(line, "line"))
   except json.JSONDecodeError as error:
@@ -240,19 +245,28 @@ def _jsonl_document(line: bytes, source: str, position: int, id_field: str,
     raise _Rejected(Reason.MALFORMED_RECORD,
                     f"expected a JSON object, got {type(record).__name__}")
   doc_id = _id_from_json(record.get(id_field), id_field)
-  text = record.get(text_field)
+  text = _json_text(record, text_field, "--text_field", doc_id)
+  text_pair = None
+  if text_pair_field is not None:
+    text_pair = _json_text(record, text_pair_field, "--text_pair_field",
+                           doc_id)
+  return _document(source, position, doc_id, text, text_pair)
+
+
+def _json_text(record: dict, field: str, flag: str,
+               doc_id: Optional[str]) -> str:
+  text = record.get(field)
   if text is None:
     raise _Rejected(
         Reason.MISSING_FIELD,
-        f"no {text_field!r} field (fields: {', '.join(sorted(record))}); "
-        f"set --text_field", doc_id)
+        f"no {field!r} field (fields: {', '.join(sorted(record))}); "
+        f"set {flag}", doc_id)
   if not isinstance(text, str):
     raise _Rejected(
         Reason.NON_STRING_FIELD,
-        f"field {text_field!r} is a {type(text).__name__}, not a string",
+        f"field {field!r} is a {type(text).__name__}, not a string",
         doc_id)
-  return _document(source, position, doc_id,
-                   _check_unicode(text, text_field, doc_id))
+  return _check_unicode(text, field, doc_id)
 
 
 def _id_from_json(value, id_field: str) -> Optional[str]:
@@ -271,12 +285,14 @@ def _id_from_json(value, id_field: str) -> Optional[str]:
 
 
 def read_jsonl_records(stream: BinaryIO, source: str, id_field: str,
-                       text_field: str) -> Iterator[Record]:
+                       text_field: str, text_pair_field: Optional[str] = None
+                      ) -> Iterator[Record]:
   """One record per line; every line (blank ones too) must be a JSON object."""
   for position, raw_line in enumerate(_iter_raw_lines(stream)):
     line = _strip_terminator(raw_line)
     try:
-      document = _jsonl_document(line, source, position, id_field, text_field)
+      document = _jsonl_document(line, source, position, id_field, text_field,
+                                 text_pair_field)
     except _Rejected as rejected:
       yield rejected.dead_letter(source, position, line)
     else:
@@ -313,7 +329,9 @@ def _allow_large_csv_fields():
 
 def read_delimited_records(stream: BinaryIO, source: str, id_field: str,
                            text_field: str,
-                           delimiter: str = ",") -> Iterator[Record]:
+                           delimiter: str = ",",
+                           text_pair_field: Optional[str] = None
+                          ) -> Iterator[Record]:
   """CSV (or TSV) with a header row; positions count data rows from 0.
 
   Quoting follows the csv module's default dialect in strict mode, for TSV as
@@ -333,6 +351,8 @@ def read_delimited_records(stream: BinaryIO, source: str, id_field: str,
     return
   text_column = _column_index(header, text_field)
   id_column = _column_index(header, id_field)
+  pair_column = (None if text_pair_field is None else
+                 _column_index(header, text_pair_field))
   position = 0
   while True:
     try:
@@ -351,7 +371,8 @@ def read_delimited_records(stream: BinaryIO, source: str, id_field: str,
       continue
     try:
       document = _delimited_document(row, header, text_column, id_column,
-                                     source, position, text_field)
+                                     source, position, text_field,
+                                     text_pair_field, pair_column)
     except _Rejected as rejected:
       raw = delimiter.join(row).encode("utf-8", errors="surrogateescape")
       yield rejected.dead_letter(source, position, raw)
@@ -367,7 +388,9 @@ def _column_index(header: List[str], name: str) -> Optional[int]:
 def _delimited_document(row: List[str], header: List[str],
                         text_column: Optional[int], id_column: Optional[int],
                         source: str, position: int,
-                        text_field: str) -> Document:
+                        text_field: str,
+                        text_pair_field: Optional[str] = None,
+                        pair_column: Optional[int] = None) -> Document:
   if len(row) != len(header):
     raise _Rejected(
         Reason.MALFORMED_RECORD,
@@ -381,7 +404,15 @@ def _delimited_document(row: List[str], header: List[str],
         f"no {text_field!r} column in the header ({', '.join(header)}); set "
         f"--text_field", doc_id)
   text = _check_unicode(row[text_column], text_field, doc_id)
-  return _document(source, position, doc_id, text)
+  text_pair = None
+  if text_pair_field is not None:
+    if pair_column is None:
+      raise _Rejected(
+          Reason.MISSING_FIELD,
+          f"no {text_pair_field!r} column in the header ({', '.join(header)});"
+          f" set --text_pair_field", doc_id)
+    text_pair = _check_unicode(row[pair_column], text_pair_field, doc_id)
+  return _document(source, position, doc_id, text, text_pair)
 
 
 # -- Parquet ---------------------------------------------------------------------
@@ -394,36 +425,56 @@ def _is_string_type(arrow_type: pa.DataType) -> bool:
 
 
 def read_parquet_records(stream: BinaryIO, source: str, id_field: str,
-                         text_field: str) -> Iterator[Record]:
+                         text_field: str, text_pair_field: Optional[str] = None
+                        ) -> Iterator[Record]:
   """One record per row, read column-wise: only the id and text columns.
 
   The text column must be a string column: a missing column or a null cell is
   MISSING_FIELD, any other type NON_STRING_FIELD, row by row. The id column is
-  optional, string or integer; a null or empty id means a derived one.
+  optional, string or integer; a null or empty id means a derived one. A
+  --text_pair_field column follows the text column's rules.
   """
   parquet_file = pq.ParquetFile(stream)
   schema = parquet_file.schema_arrow
   text_type = _field_type(schema, text_field)
   id_type = _field_type(schema, id_field)
-  columns = [name for name, arrow_type in ((id_field, id_type),
-                                           (text_field, text_type))
-             if arrow_type is not None]
+  fields = [(id_field, id_type), (text_field, text_type)]
+  pair_type = None
+  if text_pair_field is not None:
+    pair_type = _field_type(schema, text_pair_field)
+    fields.append((text_pair_field, pair_type))
+  columns = [name for name, arrow_type in fields if arrow_type is not None]
   position = 0
   for batch in _iter_parquet_batches(parquet_file, columns):
     texts = _column_values(batch, text_field, text_type)
     ids = _column_values(batch, id_field, id_type)
-    for id_value, text_value in zip(ids, texts):
+    pairs = (_column_values(batch, text_pair_field, pair_type)
+             if text_pair_field is not None else [None] * batch.num_rows)
+    for id_value, text_value, pair_value in zip(ids, texts, pairs):
       try:
         document = _parquet_document(source, position, id_value, text_value,
                                      id_field, text_field, id_type, text_type)
+        if text_pair_field is not None:
+          own_id = _id_from_cell(id_value, id_field, id_type)
+          document = _with_pair(document, own_id, _text_from_cell(
+              pair_value, text_pair_field, pair_type, own_id,
+              "--text_pair_field"))
       except _Rejected as rejected:
-        yield rejected.dead_letter(source, position, {
-            id_field: id_value,
-            text_field: text_value
-        })
+        raw = {id_field: id_value, text_field: text_value}
+        if text_pair_field is not None:
+          raw[text_pair_field] = pair_value
+        yield rejected.dead_letter(source, position, raw)
       else:
         yield document
       position += 1
+
+
+def _with_pair(document: Document, own_id: Optional[str],
+               text_pair: str) -> Document:
+  """`document` with its second text; without an id of its own (`own_id`
+  None) the id is derived from both texts."""
+  return _document(document.source, document.position, own_id, document.text,
+                   text_pair)
 
 
 def _iter_parquet_batches(parquet_file: pq.ParquetFile,
@@ -462,10 +513,10 @@ def _column_values(batch: pa.RecordBatch, name: str,
 
 
 def _text_from_cell(value, text_field: str, arrow_type: Optional[pa.DataType],
-                    doc_id: Optional[str]) -> str:
+                    doc_id: Optional[str], flag: str = "--text_field") -> str:
   if arrow_type is None:
     raise _Rejected(Reason.MISSING_FIELD,
-                    f"no {text_field!r} column; set --text_field", doc_id)
+                    f"no {text_field!r} column; set {flag}", doc_id)
   if value is None:
     raise _Rejected(Reason.MISSING_FIELD, f"{text_field!r} is null", doc_id)
   if not _is_string_type(arrow_type):
@@ -572,7 +623,9 @@ def _batches_then_error(frames: Iterator[bytes]) -> Iterator[List[bytes]]:
 
 
 def read_tfrecord_records(stream: BinaryIO, source: str, id_field: str,
-                          text_field: str) -> Iterator[Record]:
+                          text_field: str,
+                          text_pair_field: Optional[str] = None
+                         ) -> Iterator[Record]:
   """One record per serialized tf.train.Example; positions are record indexes.
 
   The text feature must hold exactly one bytes value (UTF-8): absent or empty
@@ -584,13 +637,15 @@ def read_tfrecord_records(stream: BinaryIO, source: str, id_field: str,
   position = 0
   for batch in _batches_then_error(iter_tfrecord_frames(stream)):
     yield from _decode_examples(decoder, batch, source, position, id_field,
-                                text_field)
+                                text_field, text_pair_field)
     position += len(batch)
 
 
 def _decode_examples(decoder, serialized: List[bytes], source: str,
                      first_position: int, id_field: str,
-                     text_field: str) -> Iterator[Record]:
+                     text_field: str,
+                     text_pair_field: Optional[str] = None
+                    ) -> Iterator[Record]:
   try:
     record_batch = decoder.DecodeBatch(serialized)
   except RuntimeError:
@@ -598,14 +653,18 @@ def _decode_examples(decoder, serialized: List[bytes], source: str,
     # fails the whole batch: decode one by one so that only bad ones are lost.
     for offset, example in enumerate(serialized):
       yield from _decode_example(decoder, example, source,
-                                 first_position + offset, id_field, text_field)
+                                 first_position + offset, id_field, text_field,
+                                 text_pair_field)
     return
   yield from _examples_from_batch(record_batch, serialized, source,
-                                  first_position, id_field, text_field)
+                                  first_position, id_field, text_field,
+                                  text_pair_field)
 
 
 def _decode_example(decoder, example: bytes, source: str, position: int,
-                    id_field: str, text_field: str) -> Iterator[Record]:
+                    id_field: str, text_field: str,
+                    text_pair_field: Optional[str] = None
+                   ) -> Iterator[Record]:
   try:
     record_batch = decoder.DecodeBatch([example])
   except RuntimeError as error:
@@ -614,23 +673,34 @@ def _decode_example(decoder, example: bytes, source: str, position: int,
                         source, position, example)
     return
   yield from _examples_from_batch(record_batch, [example], source, position,
-                                  id_field, text_field)
+                                  id_field, text_field, text_pair_field)
 
 
 def _examples_from_batch(record_batch: pa.RecordBatch,
                          serialized: List[bytes], source: str,
                          first_position: int, id_field: str,
-                         text_field: str) -> Iterator[Record]:
+                         text_field: str,
+                         text_pair_field: Optional[str] = None
+                        ) -> Iterator[Record]:
   schema = record_batch.schema
   text_type = _feature_value_type(schema, text_field)
   id_type = _feature_value_type(schema, id_field)
   texts = _column_values(record_batch, text_field, text_type)
   ids = _column_values(record_batch, id_field, id_type)
+  pair_type = pairs = None
+  if text_pair_field is not None:
+    pair_type = _feature_value_type(schema, text_pair_field)
+    pairs = _column_values(record_batch, text_pair_field, pair_type)
   for offset, (id_values, text_values) in enumerate(zip(ids, texts)):
     position = first_position + offset
     try:
       document = _example_document(source, position, id_values, text_values,
                                    id_field, text_field, id_type, text_type)
+      if text_pair_field is not None:
+        own_id = _id_from_feature(id_values, id_field, id_type)
+        document = _with_pair(document, own_id, _text_from_feature(
+            pairs[offset], text_pair_field, pair_type, own_id,
+            "--text_pair_field"))
     except _Rejected as rejected:
       yield rejected.dead_letter(source, position, serialized[offset])
     else:
@@ -664,10 +734,11 @@ def _is_bytes_type(value_type: pa.DataType) -> bool:
 
 def _text_from_feature(values: Optional[list], text_field: str,
                        value_type: Optional[pa.DataType],
-                       doc_id: Optional[str]) -> str:
+                       doc_id: Optional[str],
+                       flag: str = "--text_field") -> str:
   if not values:
     raise _Rejected(Reason.MISSING_FIELD,
-                    f"no {text_field!r} feature; set --text_field", doc_id)
+                    f"no {text_field!r} feature; set {flag}", doc_id)
   if not _is_bytes_type(value_type):
     raise _Rejected(
         Reason.NON_STRING_FIELD,
@@ -740,9 +811,12 @@ def read_file_records(open_file: Callable[[], BinaryIO], source: str,
 class _ReadFileFn(beam.DoFn):
   """Reads one matched file; bad records go to the DEAD_LETTER output."""
 
-  def __init__(self, input_format: str, id_field: str, text_field: str):
-    self._read_records = functools.partial(
-        _READERS[input_format], id_field=id_field, text_field=text_field)
+  def __init__(self, input_format: str, id_field: str, text_field: str,
+               text_pair_field: Optional[str] = None):
+    fields = dict(id_field=id_field, text_field=text_field)
+    if text_pair_field is not None:
+      fields["text_pair_field"] = text_pair_field
+    self._read_records = functools.partial(_READERS[input_format], **fields)
     # Parquet needs random access to its footer; its pages carry their own
     # compression.
     self._compression = (CompressionTypes.UNCOMPRESSED
@@ -793,13 +867,17 @@ class ReadCorpus(beam.PTransform):
       extension (ValueError if it cannot, raised here, at construction).
     id_field: the id field / column / feature; absent means derived ids.
     text_field: the text field / column / feature (not used for "text").
+    text_pair_field: for pair tasks, the field / column / feature of the
+      second text (segment B); a record without it is a MISSING_FIELD dead
+      letter. Not for "text" input (ValueError).
   """
 
   def __init__(self,
                file_pattern: Union[str, Sequence[str]],
                input_format: Optional[str] = None,
                id_field: str = "id",
-               text_field: str = "text"):
+               text_field: str = "text",
+               text_pair_field: Optional[str] = None):
     super().__init__()
     patterns = ([file_pattern]
                 if isinstance(file_pattern, str) else list(file_pattern))
@@ -809,6 +887,11 @@ class ReadCorpus(beam.PTransform):
     self._input_format = _resolve_input_format(patterns, input_format)
     self._id_field = id_field
     self._text_field = text_field
+    if text_pair_field is not None and self._input_format == "text":
+      raise ValueError(
+          "Text files hold one text per line; pair input (--text_pair_field) "
+          "needs jsonl, csv, tsv, parquet or tfrecord.")
+    self._text_pair_field = text_pair_field
 
   @property
   def input_format(self) -> str:
@@ -827,6 +910,7 @@ class ReadCorpus(beam.PTransform):
         | "OpenFiles" >> fileio.ReadMatches()
         | "ReadRecords" >> beam.ParDo(
             _ReadFileFn(self._input_format, self._id_field,
-                        self._text_field)).with_outputs(
+                        self._text_field,
+                        self._text_pair_field)).with_outputs(
                             DEAD_LETTER, main=DOCUMENTS))
     return {DOCUMENTS: read[DOCUMENTS], DEAD_LETTER: read[DEAD_LETTER]}

@@ -45,16 +45,26 @@ class Reason:
 
 
 class Document(NamedTuple):
-  """One text to embed.
+  """One text (or text pair) to embed.
 
   source: the file the record came from (as matched by the input glob).
   position: where in that file: 0-based line for text/JSONL/CSV, row index for
     Parquet, record index for TFRecord.
+  text_pair: the second segment of a pair-task input (--text_pair_field),
+    packed after `text` as segment B; None for single texts.
   """
   id: str
   text: str
   source: str
   position: int
+  text_pair: Optional[str] = None
+
+
+def model_input(document: Document):
+  """What the model handler embeds: the text, or the (text, text_pair) pair."""
+  if document.text_pair is None:
+    return document.text
+  return (document.text, document.text_pair)
 
 
 class DeadLetter(NamedTuple):
@@ -80,18 +90,30 @@ def make_snippet(raw) -> str:
   return raw[:SNIPPET_CHARS]
 
 
-def derive_document_id(source: str, text: str) -> str:
+def derive_document_id(source: str, text: str,
+                       text_pair: Optional[str] = None) -> str:
   """A stable id for a record whose input has none.
 
   Derived from the source file's base name and the text, so re-reading the same
   corpus (or a copy of it elsewhere) gives the same ids, and a line that moves
   within its file keeps its id. Two identical texts in one file get one id; the
   second is then reported as a duplicate.
+
+  A text pair's id covers both texts: (a, b) and (a, c) are different
+  documents. Each text is length-prefixed, so two different pairs never hash
+  the same bytes (("x y", "z") and ("x", "y z") get different ids).
   """
   digest = hashlib.sha256()
   digest.update(os.path.basename(source).encode("utf-8"))
   digest.update(b"\x00")
-  digest.update(text.encode("utf-8"))
+  if text_pair is None:
+    digest.update(text.encode("utf-8"))
+  else:
+    digest.update(b"\x00pair\x00")
+    for part in (text, text_pair):
+      data = part.encode("utf-8")
+      digest.update(len(data).to_bytes(8, "big"))
+      digest.update(data)
   return digest.hexdigest()[:32]
 
 
