@@ -229,15 +229,12 @@ class PipelineConfig:
     """Where every stage writes until the run is published."""
     return f"{self.output}/.staging-{self.run_id}"
 
-  def vector_settings(self) -> dict:
-    """The settings that change what a vector is (see incremental.py)."""
-    return vector_settings(self.max_seq_length, self.pooling, self.normalize,
-                           self.sequence_output, self.sequence_dtype,
-                           self.encoder_layers, self.precision)
-
 
 def vector_settings(max_seq_length, pooling, normalize, sequence_output,
                     sequence_dtype, encoder_layers, precision) -> dict:
+  """The settings that change what a vector is, named as the manifest names
+  them under "model" and "settings": a previous run's vectors are reused
+  only when all of them match (see transforms/incremental.py)."""
   return {
       "max_seq_length": max_seq_length,
       "pooling": pooling,
