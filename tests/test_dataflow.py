@@ -11,7 +11,6 @@ No test needs gcloud, docker, credentials or the network.
 """
 
 import ast
-import ipaddress
 import json
 import os
 import re
@@ -24,6 +23,7 @@ import pytest
 
 from pipeline import dataflow_job
 from pipeline.options import ConfigError
+from tests import network_guard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_DATAFLOW = os.path.join(REPO, "run_dataflow.sh")
@@ -39,66 +39,10 @@ T4_OPTION = "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driv
 # No network.
 
 
-def _is_local_host(host) -> bool:
-  if isinstance(host, bytes):
-    host = host.decode()
-  if host in (None, "", "localhost"):
-    return True
-  try:
-    ip = ipaddress.ip_address(str(host).split("%")[0])
-  except ValueError:
-    return False  # a name: looking it up already leaves the machine
-  if ip.version == 6 and ip.ipv4_mapped is not None:
-    ip = ip.ipv4_mapped
-  return ip.is_loopback
-
-
-def _is_local_address(family, address) -> bool:
-  if family == getattr(socket, "AF_UNIX", object()) or isinstance(
-      address, (str, bytes)):
-    return True
-  return _is_local_host(address[0])
-
-
 @pytest.fixture
 def no_network(monkeypatch):
   """Refuses and records connections and name lookups outside this machine."""
-  attempts = []
-  original_connect = socket.socket.connect
-  original_connect_ex = socket.socket.connect_ex
-  original_create_connection = socket.create_connection
-  original_getaddrinfo = socket.getaddrinfo
-
-  def refuse(what, address):
-    attempts.append((what, address))
-    raise ConnectionRefusedError(f"test guard: no network ({what} {address!r})")
-
-  def connect(self, address):
-    if not _is_local_address(self.family, address):
-      refuse("connect", address)
-    return original_connect(self, address)
-
-  def connect_ex(self, address):
-    if not _is_local_address(self.family, address):
-      refuse("connect_ex", address)
-    return original_connect_ex(self, address)
-
-  def create_connection(address, *args, **kwargs):
-    if not _is_local_host(address[0]):
-      refuse("create_connection", address)
-    return original_create_connection(address, *args, **kwargs)
-
-  def getaddrinfo(host, *args, **kwargs):
-    if not _is_local_host(host):
-      attempts.append(("getaddrinfo", host))
-      raise socket.gaierror(f"test guard: no name lookups ({host!r})")
-    return original_getaddrinfo(host, *args, **kwargs)
-
-  monkeypatch.setattr(socket.socket, "connect", connect)
-  monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-  monkeypatch.setattr(socket, "create_connection", create_connection)
-  monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-  return attempts
+  return network_guard.guard_network(monkeypatch, name_lookups=True)
 
 
 def test_network_guard_refuses_outside_and_allows_loopback(no_network):

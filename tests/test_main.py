@@ -12,7 +12,6 @@ connection to a non-loopback address: local runs must never use the network.
 """
 
 import collections
-import ipaddress
 import json
 import os
 import socket
@@ -27,6 +26,7 @@ from apache_beam.runners.runner import PipelineState
 from pipeline import main
 from pipeline import read_outputs
 from pipeline.options import ConfigError
+from tests import network_guard
 from tests import tiny_bert
 from transforms.records import derive_document_id
 
@@ -52,68 +52,20 @@ ANY_ID = object()
 # No network.
 
 
-def _is_loopback(family, address) -> bool:
-  """Whether a connect() address stays on this machine."""
-  if family == getattr(socket, "AF_UNIX", object()):
-    return True
-  if isinstance(address, (str, bytes)):  # a Unix socket path
-    return True
-  host = address[0]
-  if isinstance(host, bytes):
-    host = host.decode()
-  if host == "localhost":
-    return True
-  try:
-    ip = ipaddress.ip_address(host.split("%")[0])
-  except ValueError:
-    return False  # a name other than localhost: would need DNS, so outside
-  if ip.version == 6 and ip.ipv4_mapped is not None:
-    ip = ip.ipv4_mapped
-  return ip.is_loopback  # 127.0.0.0/8 or ::1
-
-
 @pytest.fixture
 def no_network(monkeypatch):
   """Refuses and records every connection to a non-loopback address."""
-  attempts = []
-  original_connect = socket.socket.connect
-  original_connect_ex = socket.socket.connect_ex
-  original_create_connection = socket.create_connection
-
-  def refuse(what, address):
-    attempts.append((what, address))
-    raise ConnectionRefusedError(
-        f"test guard: no network allowed ({what} {address!r})")
-
-  def connect(self, address):
-    if not _is_loopback(self.family, address):
-      refuse("connect", address)
-    return original_connect(self, address)
-
-  def connect_ex(self, address):
-    if not _is_loopback(self.family, address):
-      refuse("connect_ex", address)
-    return original_connect_ex(self, address)
-
-  def create_connection(address, *args, **kwargs):
-    if not _is_loopback(socket.AF_INET, address):
-      refuse("create_connection", address)
-    return original_create_connection(address, *args, **kwargs)
-
-  monkeypatch.setattr(socket.socket, "connect", connect)
-  monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-  monkeypatch.setattr(socket, "create_connection", create_connection)
-  return attempts
+  return network_guard.guard_network(monkeypatch)
 
 
 def test_network_guard_refuses_outside_and_allows_loopback(no_network):
-  assert _is_loopback(socket.AF_INET, ("127.0.0.1", 1))
-  assert _is_loopback(socket.AF_INET, ("127.8.9.10", 1))
-  assert _is_loopback(socket.AF_INET6, ("::1", 1, 0, 0))
-  assert _is_loopback(socket.AF_UNIX, "/tmp/some.sock")
-  assert not _is_loopback(socket.AF_INET, ("10.0.0.1", 1))
-  assert not _is_loopback(socket.AF_INET6, ("2001:db8::1", 1, 0, 0))
-  assert not _is_loopback(socket.AF_INET, ("github.com", 443))
+  assert network_guard.is_local_address(socket.AF_INET, ("127.0.0.1", 1))
+  assert network_guard.is_local_address(socket.AF_INET, ("127.8.9.10", 1))
+  assert network_guard.is_local_address(socket.AF_INET6, ("::1", 1, 0, 0))
+  assert network_guard.is_local_address(socket.AF_UNIX, "/tmp/some.sock")
+  assert not network_guard.is_local_address(socket.AF_INET, ("10.0.0.1", 1))
+  assert not network_guard.is_local_address(socket.AF_INET6, ("2001:db8::1", 1, 0, 0))
+  assert not network_guard.is_local_address(socket.AF_INET, ("github.com", 443))
 
   with pytest.raises(ConnectionRefusedError):
     socket.create_connection(("192.0.2.1", 80), timeout=0.1)
