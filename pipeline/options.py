@@ -31,6 +31,17 @@ _BIGQUERY_TABLE = re.compile(
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+# Flags of earlier versions, and what to use instead.
+REMOVED_FLAGS = {
+    "--min_batch_size": "batches are no longer sized by Beam's BatchElements "
+                        "but cut from length-sorted documents; drop the flag "
+                        "(see --max_batch_size, --max_batch_tokens and "
+                        "--sort_buffer_size).",
+    "--max_batch_duration_secs": "this is a batch pipeline and batches never "
+                                 "wait to fill; drop the flag.",
+}
+
+
 class ConfigError(ValueError):
   """A flag is wrong; the message says which and how to fix it."""
 
@@ -114,14 +125,20 @@ class EmbeddingPipelineOptions(PipelineOptions):
     group.add_argument("--num_shards", type=int, default=0,
                        help="Shards per output file set; 0 lets the runner "
                        "decide.")
-    group.add_argument("--min_batch_size", type=int, default=8)
-    group.add_argument("--max_batch_size", type=int, default=256)
+    group.add_argument(
+        "--max_batch_size", type=int, default=256,
+        help="Documents per RunInference batch (default: %(default)s).")
     group.add_argument(
         "--max_batch_tokens", type=int, default=16384,
-        help="Cap on a batch's estimated wordpieces (default: %(default)s).")
+        help="Padded wordpieces per batch and per encoder call (default: "
+        "%(default)s); raise it on a GPU, lower it if the model runs out of "
+        "memory.")
     group.add_argument(
-        "--max_batch_duration_secs", type=int,
-        help="Longest time a batch may wait to fill (streaming only).")
+        "--sort_buffer_size", type=int, default=4096,
+        help="Documents each worker holds and sorts by length before cutting "
+        "them into batches, so that a batch pads little (default: "
+        "%(default)s; at least --max_batch_size, which sorts each batch "
+        "only within itself).")
     group.add_argument(
         "--precision", choices=PRECISIONS, default="float32",
         help="Encoder arithmetic: bfloat16 uses TensorFlow's automatic mixed "
@@ -205,10 +222,9 @@ class PipelineConfig:
   bigquery_format: str
   bigquery_table: Optional[str]
   num_shards: int
-  min_batch_size: int
   max_batch_size: int
   max_batch_tokens: int
-  max_batch_duration_secs: Optional[int]
+  sort_buffer_size: int
   large_model: bool
   model_copies: Optional[int]
   precision: str
@@ -327,15 +343,14 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
     raise ConfigError("--output is required: the run directory to write, "
                       "e.g. --output runs/today.")
   _check_input_format("--input", flags.input, flags.input_format)
-  for name in ("min_batch_size", "max_batch_size", "max_batch_tokens"):
+  for name in ("max_batch_size", "max_batch_tokens", "sort_buffer_size"):
     _positive(name, getattr(flags, name))
   _positive("model_copies", flags.model_copies, allow_none=True)
-  _positive("max_batch_duration_secs", flags.max_batch_duration_secs,
-            allow_none=True)
-  if flags.min_batch_size > flags.max_batch_size:
+  if flags.sort_buffer_size < flags.max_batch_size:
     raise ConfigError(
-        f"--min_batch_size ({flags.min_batch_size}) is larger than "
-        f"--max_batch_size ({flags.max_batch_size}).")
+        f"--sort_buffer_size ({flags.sort_buffer_size}) is smaller than "
+        f"--max_batch_size ({flags.max_batch_size}), so no batch could fill; "
+        f"use at least {flags.max_batch_size}.")
   if flags.neighbours_k < 0:
     raise ConfigError("--neighbours_k must be 0 (no neighbour table) or "
                       "positive.")
@@ -421,10 +436,9 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
       bigquery_format=flags.bigquery_format,
       bigquery_table=flags.bigquery_table,
       num_shards=flags.num_shards,
-      min_batch_size=flags.min_batch_size,
       max_batch_size=flags.max_batch_size,
       max_batch_tokens=flags.max_batch_tokens,
-      max_batch_duration_secs=flags.max_batch_duration_secs,
+      sort_buffer_size=flags.sort_buffer_size,
       large_model=flags.large_model,
       model_copies=flags.model_copies,
       precision=flags.precision,
@@ -453,6 +467,9 @@ def reject_unknown_flags(argv):
     cls._add_argparse_args(parser)
   _, unknown = parser.parse_known_args(argv)
   flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")]
+  for flag in flags:
+    if flag in REMOVED_FLAGS:
+      raise ConfigError(f"{flag} was removed: {REMOVED_FLAGS[flag]}")
   if flags:
     known = [opt for action in parser._actions for opt in action.option_strings]
     hints = []

@@ -40,6 +40,8 @@ def test_speed_harness_runs_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert len(results[name]["load_before"]) == 3
   assert results["matmul"]["gflops_best"] > 0
   assert derived["pipeline_over_bare"] > 0
+  # "The same batching": the bare loop cuts the corpus as the pipeline does.
+  assert results["bare"]["batches"] == results["pipeline"]["batches"] == 3
   assert results["bare"]["useful_gflops"] > 0
   # The pipeline writes the same vectors as the bare model.
   assert derived["cosine_pipeline_vs_bare_f32"]["min"] > 0.9999

@@ -698,6 +698,13 @@ def corpus_file(tmp_path):
     (["--input", "{inp}"], r"--output is required"),
     (["--input", "{inp}", "--output", "{out}", "--poolng", "mean"],
      r"unknown flag.*--poolng.*did you mean --pooling\?"),
+    (["--input", "{inp}", "--output", "{out}", "--min_batch_size=8"],
+     r"--min_batch_size was removed.*--sort_buffer_size"),
+    (["--input", "{inp}", "--output", "{out}", "--sort_buffer_size=0"],
+     r"--sort_buffer_size must be a positive integer"),
+    (["--input", "{inp}", "--output", "{out}", "--sort_buffer_size=100"],
+     r"--sort_buffer_size \(100\) is smaller than --max_batch_size \(256\)"
+     r".*at least 256"),
     (["--input", "{inp}", "--output", "{out}", "--encoder_layers=5"],
      r"--encoder_layers='5'.*1 layers.*\[-1, 0\]"),
     (["--input", "{inp}", "--output", "{out}", "--encoder_layers=-1,x"],

@@ -6,6 +6,7 @@ model's own `bert_pack_inputs` to a fixed length (padding + mask), pooling and
 normalisation redone in numpy over the real tokens.
 """
 
+import itertools
 import pickle
 
 import cloudpickle
@@ -22,7 +23,7 @@ from transforms.model_handler import EmbeddingSettings
 from transforms.model_handler import EncodedText
 from transforms.model_handler import InferenceFailure
 from transforms.model_handler import LoadedBertModel
-from transforms.model_handler import estimate_tokens
+from transforms.model_handler import call_cost
 from transforms.model_handler import plan_model_calls
 
 HIDDEN = 16
@@ -188,131 +189,67 @@ def test_batch_equals_each_text_alone(tiny_model_dir, loaded,
     assert enc.num_tokens == alone.num_tokens
 
 
-def test_padded_batch_really_is_padded(loaded):
-  """The equality above is meaningful: the batch goes to the model as one
-  padded call (one call of rows of different lengths)."""
+def record_encoder_calls(model, monkeypatch) -> list:
+  """Records (word_ids, mask) of every encoder call the model makes."""
+  calls = []
+  encode = model.encode_padded
+
+  def recording(word_ids, mask, type_ids):
+    calls.append((word_ids.copy(), mask.copy()))
+    return encode(word_ids, mask, type_ids)
+
+  monkeypatch.setattr(model, "encode_padded", recording)
+  return calls
+
+
+def test_padded_batch_really_is_padded(loaded, monkeypatch):
+  """The equality above is meaningful: texts of different lengths share a
+  padded, masked encoder call."""
   handler, model = loaded(pooling="mean", normalize=True)
-  recorder = RecordingModel(model)
-  run(handler, recorder, TEXTS)
-  assert len(recorder.calls) == 1
-  assert sorted(recorder.calls[0]) == sorted(TEXTS)
-
-
-@pytest.mark.parametrize("pooling", ["mean", "cls", "pooler", "max"])
-@pytest.mark.parametrize("normalize", [True, False])
-def test_pooling_modes(loaded, reference, pooling, normalize):
-  handler, model = loaded(pooling=pooling, normalize=normalize)
+  calls = record_encoder_calls(model, monkeypatch)
   encoded = run(handler, model, TEXTS)
-  for text, enc in zip(TEXTS, encoded):
-    expected = reference.embedding(text, pooling=pooling, normalize=normalize)
-    np.testing.assert_allclose(enc.embedding, expected, atol=1e-5)
-    if normalize:
-      np.testing.assert_allclose(np.linalg.norm(enc.embedding), 1.0,
-                                 atol=1e-5)
-
-
-def test_pooling_modes_differ(loaded):
-  """Each mode computes something of its own (no silent fallback)."""
-  vectors = {
-      pooling: run(*loaded(pooling=pooling, normalize=True), [TEXTS[0]])[0]
-      .embedding for pooling in ("mean", "cls", "pooler", "max")
-  }
-  names = sorted(vectors)
-  for i, a in enumerate(names):
-    for b in names[i + 1:]:
-      assert not np.allclose(vectors[a], vectors[b], atol=1e-3), (a, b)
-
-
-def test_truncation(loaded, reference):
-  handler, model = loaded(max_seq_length=8, sequence_output=True)
-  assert len(reference.wordpieces(LONG_TEXT)) > 6
-  assert len(reference.wordpieces("hello world")) == 2
-  long_enc, short_enc, exact_enc = run(
-      handler, model, [LONG_TEXT, "hello world", "the quick brown fox jumps a"])
-
-  assert long_enc.truncated is True
-  assert long_enc.num_tokens == 8
-  expected_ids = [CLS_ID] + list(reference.wordpieces(LONG_TEXT)[:6]) + [
-      SEP_ID]
-  np.testing.assert_array_equal(long_enc.token_ids, expected_ids)
-  np.testing.assert_allclose(
-      long_enc.embedding, reference.embedding(LONG_TEXT, seq_length=8),
-      atol=1e-5)
-
-  assert short_enc.truncated is False
-  assert short_enc.num_tokens == 4
-
-  # Exactly max_seq_length tokens with [CLS] and [SEP]: not truncated.
-  assert len(reference.wordpieces("the quick brown fox jumps a")) == 6
-  assert exact_enc.truncated is False
-  assert exact_enc.num_tokens == 8
-
-
-def test_no_truncation_at_full_length(loaded):
-  handler, model = loaded()
-  [enc] = run(handler, model, [LONG_TEXT])
-  assert enc.truncated is False
-  assert enc.num_tokens > 8
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_sequence_output_real_tokens_only(loaded, reference, dtype):
-  handler, model = loaded(sequence_output=True, sequence_dtype=dtype,
-                          encoder_layers=(0,))
-  encoded = run(handler, model, TEXTS)
-  tolerance = 1e-5 if dtype == "float32" else 5e-3
-  for text, enc in zip(TEXTS, encoded):
-    ref = reference.encode(text)
-    n = 2 + len(reference.wordpieces(text))
-    assert enc.num_tokens == n
-    assert enc.token_ids.dtype == np.int32
-    assert enc.token_ids.shape == (n,)
-    np.testing.assert_array_equal(enc.token_ids, ref["word_ids"])
-    assert enc.token_ids[0] == CLS_ID and enc.token_ids[-1] == SEP_ID
-    assert 0 not in enc.token_ids  # no padding
-
-    assert enc.sequence_embedding.dtype == np.dtype(dtype)
-    assert enc.sequence_embedding.shape == (n, HIDDEN)
-    np.testing.assert_allclose(enc.sequence_embedding.astype(np.float32),
-                               ref["sequence"], atol=tolerance,
-                               rtol=tolerance)
-
-    assert sorted(enc.layers) == [0]
-    layer = enc.layers[0]
-    assert layer.shape == (HIDDEN,) and layer.dtype == np.float32
-    np.testing.assert_allclose(layer, unit(ref["layers"][0].mean(axis=0)),
-                               atol=1e-5)
-    # The sentence embedding is unaffected by asking for more.
-    np.testing.assert_allclose(enc.embedding, reference.embedding(text),
-                               atol=1e-5)
+  assert sum(len(word_ids) for word_ids, _ in calls) == len(TEXTS)
+  real = sorted(enc.num_tokens for enc in encoded)
+  assert sorted(n for _, mask in calls for n in mask.sum(axis=1)) == real
+  padded = [mask for _, mask in calls if len(set(mask.sum(axis=1))) > 1]
+  assert padded, [mask.sum(axis=1) for _, mask in calls]
+  for mask in padded:
+    assert mask.shape[1] == mask.sum(axis=1).max()  # to its own longest
 
 
 # ---------------------------------------------------------------------------
 # Planning model calls.
 
 
-def random_texts(rng, n):
-  words = ["a", "fox", "embedding", "the", "unbelievably", "x"]
-  return [
-      " ".join(rng.choice(words, size=int(rng.integers(0, 60))))
-      for _ in range(n)
-  ]
+def brute_force_cost(lengths, max_tokens) -> float:
+  """Least summed call_cost over every cut of the sorted lengths into
+  consecutive calls within the budget (exponential: small inputs only)."""
+  ordered = sorted(lengths)
+  n = len(ordered)
+  best = float("inf")
+  for cuts in itertools.product([False, True], repeat=n - 1):
+    bounds = [0] + [i + 1 for i, cut in enumerate(cuts) if cut] + [n]
+    cost = 0.0
+    for start, end in zip(bounds, bounds[1:]):
+      rows, longest = end - start, ordered[end - 1]
+      if rows > 1 and rows * longest > max_tokens:
+        cost = float("inf")
+        break
+      cost += call_cost(rows, longest)
+    best = min(best, cost)
+  return best
 
 
-def check_plan(texts, max_seq_length, max_tokens):
-  calls = plan_model_calls(texts, max_seq_length, max_tokens)
-  flat = [i for call in calls for i in call]
-  assert sorted(flat) == list(range(len(texts)))  # every index exactly once
-  assert all(calls)  # no empty call
-  estimates = [estimate_tokens(texts[i], max_seq_length) for i in flat]
-  assert estimates == sorted(estimates)  # sorted by length, across calls
+def check_plan(lengths, max_tokens):
+  calls = plan_model_calls(lengths, max_tokens)
+  flat = [int(i) for call in calls for i in call]
+  assert sorted(flat) == list(range(len(lengths)))  # every index exactly once
+  assert all(len(call) for call in calls)  # no empty call
+  in_order = [lengths[i] for i in flat]
+  assert in_order == sorted(in_order)  # sorted by length, across calls
   for call in calls:
-    longest = max(estimate_tokens(texts[i], max_seq_length) for i in call)
+    longest = max(lengths[i] for i in call)
     assert len(call) * longest <= max_tokens or len(call) == 1
-  # Greedy: the next call's first text would not have fit in this call.
-  for call, following in zip(calls, calls[1:]):
-    nxt = estimate_tokens(texts[following[0]], max_seq_length)
-    assert (len(call) + 1) * nxt > max_tokens
   return calls
 
 
@@ -320,34 +257,54 @@ def check_plan(texts, max_seq_length, max_tokens):
 @pytest.mark.parametrize("max_tokens", [1, 30, 100, 1000, 10**6])
 def test_plan_model_calls_properties(seed, max_tokens):
   rng = np.random.default_rng(seed)
-  check_plan(random_texts(rng, 50), 64, max_tokens)
+  check_plan([int(n) for n in rng.integers(3, 64, size=50)], max_tokens)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("max_tokens", [64, 400, 10**6])
+def test_plan_model_calls_is_the_cheapest_cut(seed, max_tokens):
+  rng = np.random.default_rng(seed)
+  # Lengths with a wide spread, so that the best cut is not trivial.
+  lengths = [int(n) for n in rng.choice([3, 5, 9, 20, 60, 200, 512], size=9)]
+  calls = check_plan(lengths, max_tokens)
+  cost = sum(call_cost(len(call), max(lengths[i] for i in call))
+             for call in calls)
+  assert cost == pytest.approx(brute_force_cost(lengths, max_tokens))
 
 
 def test_plan_model_calls_cases():
-  assert plan_model_calls([], 32, 100) == []
-  texts = ["x" * 400, "ab", "abcd" * 10, "abcd"]
-  # Estimates: 32 (capped at max_seq_length), 2, 12, 3.
-  assert [estimate_tokens(t, 32) for t in texts] == [32, 2, 12, 3]
-  assert plan_model_calls(texts, 32, 10**6) == [[1, 3, 2, 0]]
-  # A text longer than the budget alone gets a call of its own.
-  assert plan_model_calls(texts, 32, 20) == [[1, 3], [2], [0]]
-  assert plan_model_calls(texts, 32, 1) == [[1], [3], [2], [0]]
+  assert plan_model_calls([], 100) == []
+  # Similar short texts share one call: the fixed cost outweighs the pads.
+  [call] = plan_model_calls([10] * 50 + [11] * 50, 16384)
+  assert len(call) == 100
+  # A long text among short ones is not padded into their call.
+  calls = plan_model_calls([3, 200, 3, 3], 16384)
+  assert [sorted(call.tolist()) for call in calls] == [[0, 2, 3], [1]]
+  # The budget splits calls; a text longer than it gets a call of its own.
+  assert [call.tolist() for call in plan_model_calls([40, 50, 30], 20)] == [
+      [2], [0], [1]]
+  # The same lengths always give the same plan (deterministic output).
+  lengths = list(np.random.default_rng(7).integers(3, 128, size=300))
+  first = plan_model_calls(lengths, 4096)
+  again = plan_model_calls(lengths, 4096)
+  assert [c.tolist() for c in first] == [c.tolist() for c in again]
 
 
 def test_run_inference_keeps_calls_within_budget(tiny_model_dir, loaded,
-                                                 reference):
+                                                 reference, monkeypatch):
   _, model = loaded()
   budget = 40
   handler = BertEmbeddingModelHandler(settings_for(tiny_model_dir),
                                       max_batch_tokens=budget)
-  recorder = RecordingModel(model)
+  calls = record_encoder_calls(model, monkeypatch)
   texts = TEXTS * 3
-  encoded = run(handler, recorder, texts)
-  assert len(recorder.calls) > 1
-  assert sorted(t for call in recorder.calls for t in call) == sorted(texts)
-  for call in recorder.calls:
-    longest = max(estimate_tokens(t, MAX_SEQ_LENGTH) for t in call)
-    assert len(call) * longest <= budget or len(call) == 1
+  encoded = run(handler, model, texts)
+  assert len(calls) > 1
+  assert sum(len(word_ids) for word_ids, _ in calls) == len(texts)
+  for word_ids, mask in calls:
+    rows, length = word_ids.shape
+    assert rows * length <= budget or rows == 1
+    assert mask[:, -1].any()  # padded to the call's own longest text
   for text, enc in zip(texts, encoded):
     np.testing.assert_allclose(enc.embedding, reference.embedding(text),
                                atol=1e-5)
@@ -364,20 +321,20 @@ class RecordingModel:
     self._model = model
     self.calls = []
 
-  def embed(self, texts):
+  def embed(self, texts, **kwargs):
     self.calls.append(list(texts))
-    return self._model.embed(texts)
+    return self._model.embed(texts, **kwargs)
 
 
 class PoisonedModel(RecordingModel):
   """Fails any call whose batch holds a text containing POISON."""
 
-  def embed(self, texts):
+  def embed(self, texts, **kwargs):
     self.calls.append(list(texts))
     for text in texts:
       if POISON in text:
         raise ValueError(f"cannot embed {text!r}")
-    return self._model.embed(texts)
+    return self._model.embed(texts, **kwargs)
 
 
 POISON = "vector poison"
@@ -487,16 +444,24 @@ def test_precision_paths_run_on_cpu(tiny_model_dir, precision, min_cosine):
   assert reduced.dtype == np.float32
 
 
-def test_xla_path_gives_the_same_vectors(tiny_model_dir):
+def test_xla_path_gives_the_same_vectors(tiny_model_dir, monkeypatch):
   from transforms.model_handler import EmbeddingSettings, LoadedBertModel
   texts = ["the quick brown fox jumps", "hello", "a cat sat on the mat"]
   paths = dict(preprocess_path=f"{tiny_model_dir}/preprocess",
                encoder_path=f"{tiny_model_dir}/encoder", max_seq_length=32)
-  jit = LoadedBertModel(EmbeddingSettings(**paths, jit_compile=True,
-                                          sequence_output=True)).embed(texts)
+  jit_model = LoadedBertModel(EmbeddingSettings(**paths, jit_compile=True,
+                                                sequence_output=True))
+  calls = record_encoder_calls(jit_model, monkeypatch)
+  jit = jit_model.embed(texts)
   plain = LoadedBertModel(EmbeddingSettings(**paths,
                                             sequence_output=True)).embed(texts)
   np.testing.assert_allclose(jit["embedding"], plain["embedding"], atol=1e-5)
-  # Lengths are rounded up to 16 under XLA; the real tokens are the same.
-  assert jit["token_ids"].shape[1] % 16 == 0
+  # Encoder calls are rounded up to a multiple of 16 under XLA; the real
+  # tokens and their vectors are the same.
+  assert calls and all(ids.shape[1] % 16 == 0 for ids, _ in calls)
+  assert max(plain["num_tokens"]) % 16  # so the rounding really padded
   np.testing.assert_array_equal(jit["num_tokens"], plain["num_tokens"])
+  np.testing.assert_array_equal(jit["token_ids"], plain["token_ids"])
+  for i, n in enumerate(plain["num_tokens"]):
+    np.testing.assert_allclose(jit["sequence_output"][i, :n],
+                               plain["sequence_output"][i, :n], atol=1e-5)

@@ -1,5 +1,6 @@
 """The Embed stage: documents to embeddings through RunInference."""
 
+import functools
 import logging
 import time
 
@@ -8,6 +9,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler
 from apache_beam.ml.inference.base import RunInference
 
+from transforms.batching import LengthBatching
+from transforms.batching import SortAndBatchByLength
+from transforms.batching import estimate_tokens
 from transforms.model_handler import BertEmbeddingModelHandler
 from transforms.model_handler import EncodedText
 from transforms.records import DEAD_LETTER
@@ -80,22 +84,35 @@ class _SplitInferenceResults(beam.DoFn):
                 self._progress_count, self._progress_count / elapsed)
 
 
+def _estimated_tokens(max_seq_length: int, keyed) -> int:
+  return estimate_tokens(keyed[1], max_seq_length)
+
+
 class EmbedDocuments(beam.PTransform):
   """Documents to Embeddings; texts that fail in the model to the dead letter.
 
+  Documents are batched by length (transforms/batching.py) before
+  RunInference, which runs the handler on those batches as they are.
   Returns {DOCUMENTS: PCollection[Embedding], DEAD_LETTER: PCollection[...]}.
   """
 
-  def __init__(self, model_handler: BertEmbeddingModelHandler):
+  def __init__(self, model_handler: BertEmbeddingModelHandler,
+               batching: LengthBatching):
     super().__init__()
     self._model_handler = model_handler
+    self._batching = batching
 
   def expand(self, documents):
+    b = self._batching
     results = (
         documents
         | "KeyByDocument" >> beam.Map(lambda doc: (doc, model_input(doc)))
+        | "SortAndBatchByLength" >> SortAndBatchByLength(
+            functools.partial(_estimated_tokens, b.max_seq_length),
+            buffer_size=b.buffer_size, max_batch_size=b.max_batch_size,
+            max_batch_tokens=b.max_batch_tokens)
         | "RunInference" >> RunInference(KeyedModelHandler(
-            self._model_handler))
+            self._model_handler).with_no_batching())
         | "SplitResults" >> beam.ParDo(_SplitInferenceResults()).with_outputs(
             DEAD_LETTER, main=DOCUMENTS))
     return {DOCUMENTS: results[DOCUMENTS], DEAD_LETTER: results[DEAD_LETTER]}

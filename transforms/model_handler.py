@@ -84,9 +84,19 @@ _MAX_CHARS_PER_TOKEN = 128
 # many copies of the model a run really loaded (tests and capacity planning).
 MODEL_LOAD_LOG_ENV = "BERT_EMBEDDINGS_MODEL_LOAD_LOG"
 
-# A rough wordpiece count from characters, for planning model calls before the
-# text is tokenized (English averages ~4 characters per wordpiece).
-_CHARS_PER_TOKEN_ESTIMATE = 4
+# Padded-token budget of one encoder call unless the caller gives one.
+DEFAULT_MAX_CALL_TOKENS = 16384
+
+# The cost model of one encoder call that plan_model_calls minimises, in units
+# of one padded token's time: FIXED + rows * length * (1 + length / ATTENTION).
+# FIXED is TensorFlow's per-call dispatch plus the inefficiency of small
+# matrices; ATTENTION the length at which attention's quadratic work equals
+# the linear part. Fitted to encoder timings of the default model on a 2-core
+# AVX-512 CPU by `python -m benchmarks.call_cost` (4.7 ms fixed = 66 tokens,
+# 2227; 13,800 tokens/s at best; see benchmarks/README.md). Only the ratio
+# matters, and it moves slowly with the model's size.
+_CALL_COST_FIXED_TOKENS = 64.0
+_CALL_COST_ATTENTION_LENGTH = 2048.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,11 +218,9 @@ class LoadedBertModel:
           tokens,
           tf.RaggedTensor.from_tensor(tf.fill([batch, 1], self._sep_id)),
       ], axis=1)
-      # Padded to this batch's longest row only.
-      length = tf.reduce_max(word_ids.row_lengths())
-      if s.jit_compile:
-        length = -(-length // _JIT_LENGTH_MULTIPLE) * _JIT_LENGTH_MULTIPLE
-      shape = tf.stack([batch, length])
+      # Padded to this batch's longest row; embed() cuts each encoder call
+      # to its own longest.
+      shape = tf.stack([batch, tf.reduce_max(word_ids.row_lengths())])
       padded = word_ids.to_tensor(0, shape=shape)
       return {
           "input_word_ids": padded,
@@ -227,7 +235,7 @@ class LoadedBertModel:
 
     Packed by the preprocess model's own bert_pack_inputs (round-robin
     trimming to max_seq_length), then cut from max_seq_length to the batch's
-    longest row.
+    longest row (embed() cuts each encoder call to its own longest).
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     s = self._settings
@@ -241,10 +249,6 @@ class LoadedBertModel:
       num_tokens = tf.reduce_sum(
           tf.cast(packed["input_mask"], tf.int64), axis=1)
       length = tf.reduce_max(num_tokens)
-      if s.jit_compile:
-        length = tf.minimum(
-            -(-length // _JIT_LENGTH_MULTIPLE) * _JIT_LENGTH_MULTIPLE,
-            s.max_seq_length)
       return {
           "input_word_ids": tf.cast(packed["input_word_ids"][:, :length],
                                     tf.int32),
@@ -278,21 +282,62 @@ class LoadedBertModel:
       result[f"layer_{layer}"] = layer_vector
     return result
 
-  def embed(self, texts: Sequence) -> Dict[str, np.ndarray]:
-    """Strings (or (a, b) pairs with text_pairs) to batch outputs."""
+  def embed(self, texts: Sequence,
+            max_tokens: int = DEFAULT_MAX_CALL_TOKENS) -> Dict[str, np.ndarray]:
+    """Strings (or (a, b) pairs with text_pairs) to batch outputs, in order.
+
+    All texts are tokenized in one call; the encoder then runs once per
+    call of `plan_model_calls` (similar real lengths, at most max_tokens
+    padded tokens each).
+    """
     if self._settings.text_pairs:
       inputs = self._tokenize_pairs([pair[0] for pair in texts],
                                     [pair[1] for pair in texts])
     else:
       inputs = self._tokenize(list(texts))
-    outputs = self._encode(inputs["input_word_ids"], inputs["input_mask"],
-                           inputs["input_type_ids"])
-    result = {k: v.numpy() for k, v in outputs.items()}
-    result["num_tokens"] = inputs["num_tokens"].numpy()
-    result["truncated"] = inputs["truncated"].numpy()
+    inputs = {k: v.numpy() for k, v in inputs.items()}
+    lengths = inputs["num_tokens"]
+    width = inputs["input_word_ids"].shape[1]
+    result = {}
+    for call in plan_model_calls(lengths, max_tokens):
+      length = int(lengths[call].max())
+      if self._settings.jit_compile:
+        # Few distinct shapes, so that XLA compiles few programs.
+        length = min(-(-length // _JIT_LENGTH_MULTIPLE) * _JIT_LENGTH_MULTIPLE,
+                     max(self._settings.max_seq_length, length))
+      outputs = self.encode_padded(
+          *(_rows(inputs[name], call, length)
+            for name in ("input_word_ids", "input_mask", "input_type_ids")))
+      for name, value in outputs.items():
+        if name not in result:
+          shape = (len(lengths),) + (
+              (width,) + value.shape[2:] if name == "sequence_output" else
+              value.shape[1:])
+          result[name] = np.zeros(shape, value.dtype)
+        if name == "sequence_output":
+          keep = min(length, width)
+          result[name][call, :keep] = value[:, :keep]
+        else:
+          result[name][call] = value
+    result["num_tokens"] = lengths
+    result["truncated"] = inputs["truncated"]
     if self._settings.sequence_output:
-      result["token_ids"] = inputs["input_word_ids"].numpy()
+      result["token_ids"] = inputs["input_word_ids"]
     return result
+
+  def encode_padded(self, word_ids: np.ndarray, mask: np.ndarray,
+                    type_ids: np.ndarray) -> Dict[str, np.ndarray]:
+    """One encoder call on padded [rows, length] inputs (numpy)."""
+    outputs = self._encode(word_ids, mask, type_ids)
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+def _rows(padded: np.ndarray, rows: np.ndarray, length: int) -> np.ndarray:
+  """padded[rows, :length], zero-padded on the right if length is wider."""
+  taken = padded[rows, :length]
+  if taken.shape[1] < length:
+    taken = np.pad(taken, ((0, 0), (0, length - taken.shape[1])))
+  return np.ascontiguousarray(taken, dtype=np.int32)
 
 
 def _pack_inputs(preprocess, segments, seq_length: int):
@@ -440,40 +485,45 @@ def _is_out_of_memory(error: Exception) -> bool:
       type(error).__name__ == "ResourceExhaustedError")
 
 
-def _num_chars(text) -> int:
-  """Characters of a text, or of both texts of an (a, b) pair."""
-  if isinstance(text, str):
-    return len(text)
-  return sum(len(part) for part in text)
+def call_cost(rows, length):
+  """Estimated cost of one encoder call on [rows, length] padded inputs, in
+  units of the time one padded token takes (see _CALL_COST_* above)."""
+  return _CALL_COST_FIXED_TOKENS + rows * length * (
+      1.0 + length / _CALL_COST_ATTENTION_LENGTH)
 
 
-def estimate_tokens(text, max_seq_length: int) -> int:
-  """Rough wordpiece count of a text (or pair), [CLS] and [SEP] included."""
-  return min(_num_chars(text) // _CHARS_PER_TOKEN_ESTIMATE + 2,
-             max_seq_length)
+def plan_model_calls(lengths: Sequence[int], max_tokens: int) -> list:
+  """Cuts texts with these real token counts into encoder calls.
 
-
-def plan_model_calls(texts: Sequence[str], max_seq_length: int,
-                     max_tokens: int) -> list:
-  """Splits a batch into length-sorted calls within a padded-token budget.
-
-  A call is padded to its longest text, so it costs (texts x longest) tokens.
-  Sorting by length first keeps the padding small; the budget keeps a call of
-  long texts from holding as many of them as a call of short ones. Returns
-  lists of indices into `texts`.
+  A call is padded to its longest text: it costs about `call_cost(rows,
+  longest)`. The texts are sorted by length and cut into consecutive runs
+  that minimise the summed cost (a dynamic programme: fewer calls save the
+  fixed cost, shorter calls save pads), each call holding at most
+  max_tokens padded tokens (a text longer than that gets a call of its
+  own). Deterministic for given lengths. Returns arrays of indices into
+  `lengths`, in ascending length order.
   """
-  order = sorted(range(len(texts)),
-                 key=lambda i: estimate_tokens(texts[i], max_seq_length))
-  calls, current = [], []
-  for i in order:
-    longest = estimate_tokens(texts[i], max_seq_length)
-    if current and (len(current) + 1) * longest > max_tokens:
-      calls.append(current)
-      current = []
-    current.append(i)
-  if current:
-    calls.append(current)
-  return calls
+  lengths = np.asarray(lengths, dtype=np.int64)
+  n = len(lengths)
+  if not n:
+    return []
+  order = np.argsort(lengths, kind="stable")
+  ordered = lengths[order]
+  best = np.zeros(n + 1)  # best[j]: least cost of the first j sorted texts
+  start_of = np.zeros(n + 1, dtype=np.int64)
+  for j in range(1, n + 1):
+    longest = int(ordered[j - 1])
+    most_rows = max(1, max_tokens // max(longest, 1))
+    starts = np.arange(max(0, j - most_rows), j)
+    costs = best[starts] + call_cost(j - starts, longest)
+    k = int(np.argmin(costs))  # the first of equal costs: deterministic
+    best[j], start_of[j] = costs[k], starts[k]
+  calls, end = [], n
+  while end:
+    start = int(start_of[end])
+    calls.append(order[start:end])
+    end = start
+  return calls[::-1]
 
 
 class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
@@ -495,10 +545,12 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
     Args:
       settings: what to load and compute.
       min_batch_size / max_batch_size / max_batch_duration_secs: as Beam's
-        BatchElements takes them.
-      max_batch_tokens: padded-token budget of one model call: a Beam batch
-        is sorted by length and cut into calls of at most this many
-        (texts x longest) estimated wordpieces.
+        BatchElements takes them, when RunInference batches; the pipeline
+        batches by length itself (transforms/batching.py) and runs this
+        handler `with_no_batching()`.
+      max_batch_tokens: padded-token budget of one encoder call: a batch is
+        tokenized, sorted by real length and cut into calls of at most this
+        many (texts x longest) wordpieces (`plan_model_calls`).
       large_model: load one model per machine and share it across the SDK
         worker processes (Beam's multi-process shared model).
       model_copies: exactly this many models per machine (implies sharing).
@@ -510,8 +562,7 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
         large_model=large_model,
         model_copies=model_copies)
     self._settings = settings
-    self._max_batch_tokens = max_batch_tokens or (
-        settings.max_seq_length * (max_batch_size or 32))
+    self._max_batch_tokens = max_batch_tokens or DEFAULT_MAX_CALL_TOKENS
 
   def load_model(self) -> LoadedBertModel:
     _LOG.info("Loading %s and %s", self._settings.preprocess_path,
@@ -521,13 +572,7 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
   def run_inference(self, batch: Sequence[str], model: LoadedBertModel,
                     inference_args=None) -> Iterable:
     batch = list(batch)
-    results = [None] * len(batch)
-    for call in plan_model_calls(batch, self._settings.max_seq_length,
-                                 self._max_batch_tokens):
-      call_results = self._embed_isolating_failures([batch[i] for i in call],
-                                                    model)
-      for i, result in zip(call, call_results):
-        results[i] = result
+    results = self._embed_isolating_failures(batch, model)
     Metrics.counter(METRICS_NAMESPACE, "batches").inc()
     Metrics.counter(METRICS_NAMESPACE, "tokens").inc(
         sum(r.num_tokens for r in results if isinstance(r, EncodedText)))
@@ -536,7 +581,9 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
 
   def _embed_isolating_failures(self, texts, model) -> list:
     try:
-      return split_outputs(model.embed(texts), self._settings)
+      return split_outputs(
+          model.embed(texts, max_tokens=self._max_batch_tokens),
+          self._settings)
     except Exception as e:  # pylint: disable=broad-except
       if _is_out_of_memory(e):
         self._shrink_token_budget()
