@@ -545,7 +545,37 @@ def analyse(report: dict, work_dir: str):
       if len(net) > 1:
         derived["size_spread_net_of_startup"] = (
             (max(net.values()) - min(net.values())) / max(net.values()))
+    largest = max(sizes)
+    derived["largest_size"] = largest
+    derived["pipeline_largest_over_bare"] = ratio(f"size_{largest}", "bare")
+    derived["pipeline_largest_over_st"] = ratio(f"size_{largest}", "st")
+    if len(sizes) > 1:
+      derived.update(fit_linear_cost(
+          {n: sizes[n]["seconds"] for n in sizes}))
+      if derived.get("marginal_docs_per_s") and rate("bare"):
+        derived["marginal_over_bare"] = (derived["marginal_docs_per_s"] /
+                                         rate("bare"))
   report["derived"] = derived
+
+
+def fit_linear_cost(seconds_by_size: Dict[int, float]) -> dict:
+  """Least squares of seconds = fixed + n / marginal rate over the size runs;
+  docs/s net of that fixed cost at each size, and their spread (flat docs/s
+  means cost linear in the corpus)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  n = np.array(sorted(seconds_by_size), np.float64)
+  t = np.array([seconds_by_size[int(k)] for k in n])
+  slope, fixed = np.polyfit(n, t, 1)
+  net = {str(int(k)): float(k / (s - fixed))
+         for k, s in zip(n, t) if s > fixed}
+  values = list(net.values())
+  return {
+      "fitted_fixed_seconds": float(fixed),
+      "marginal_docs_per_s": float(1.0 / slope) if slope > 0 else None,
+      "sizes_net_of_fitted_fixed_docs_per_s": net,
+      "size_spread_net_of_fitted_fixed": (
+          (max(values) - min(values)) / max(values) if values else None),
+  }
 
 
 def format_table(report: dict) -> str:
@@ -603,8 +633,14 @@ def format_table(report: dict) -> str:
       ("bf16_over_f32_bare", None, "high"),
       ("bf16_over_f32_pipeline", None, "high"),
       ("jit_over_f32_bare", None, "high"),
+      ("pipeline_largest_over_bare", TARGETS["pipeline_over_bare"], "high"),
+      ("pipeline_largest_over_st", TARGETS["pipeline_over_st"], "high"),
+      ("fitted_fixed_seconds", None, "low"),
+      ("marginal_docs_per_s", None, "high"),
+      ("marginal_over_bare", TARGETS["pipeline_over_bare"], "high"),
       ("size_spread", TARGETS["size_spread"], "low"),
-      ("size_spread_net_of_startup", TARGETS["size_spread"], "low")):
+      ("size_spread_net_of_startup", TARGETS["size_spread"], "low"),
+      ("size_spread_net_of_fitted_fixed", TARGETS["size_spread"], "low")):
     text = fmt(key, target, better)
     if text:
       lines.append(text)
@@ -632,6 +668,10 @@ def format_table(report: dict) -> str:
     lines.append("sizes (neighbours off): " + ", ".join(
         f"{n}: {v['docs_per_s']:.1f} docs/s {v['peak_rss_mb']:.0f} MB"
         for n, v in d["sizes"].items()))
+  if "sizes_net_of_fitted_fixed_docs_per_s" in d:
+    lines.append("sizes net of the fitted fixed cost: " + ", ".join(
+        f"{n}: {v:.1f} docs/s"
+        for n, v in d["sizes_net_of_fitted_fixed_docs_per_s"].items()))
   if "sizes_net_of_startup_docs_per_s" in d:
     lines.append("sizes net of startup: " + ", ".join(
         f"{n}: {v:.1f} docs/s"

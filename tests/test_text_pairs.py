@@ -9,7 +9,6 @@ texts, and a run of pipeline.main end to end.
 import io
 import json
 import os
-import socket
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +21,7 @@ from pipeline import main
 from pipeline import read_outputs
 from pipeline.bert import metadata as metadata_lib
 from pipeline.options import ConfigError
+from tests import network_guard
 from tests import tiny_v1
 from transforms import read
 from transforms.model_handler import EmbeddingSettings
@@ -44,9 +44,10 @@ PAIRS = [
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-  def refuse(*args, **kwargs):
-    raise ConnectionRefusedError(f"test guard: no network {args[:1]}")
-  monkeypatch.setattr(socket, "create_connection", refuse)
+  """Refuses, and records, outside connections: no test may try one."""
+  attempts = network_guard.guard_network(monkeypatch)
+  yield attempts
+  assert not attempts, f"network use attempted: {attempts}"
 
 
 def _records(reader, data: bytes, source, **fields):

@@ -10,7 +10,6 @@ inputs padded to a fixed length.
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from pipeline.bert import export
 from pipeline.bert import metadata as metadata_lib
 from pipeline.options import ConfigError
 from tests import tiny_bert
+from tests import network_guard
 from tests import tiny_v1
 from transforms.model_handler import EmbeddingSettings
 from transforms.model_handler import LoadedBertModel
@@ -47,9 +47,10 @@ SENTENCES = [
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-  def refuse(*args, **kwargs):
-    raise ConnectionRefusedError(f"test guard: no network {args[:1]}")
-  monkeypatch.setattr(socket, "create_connection", refuse)
+  """Refuses, and records, outside connections: no test may try one."""
+  attempts = network_guard.guard_network(monkeypatch)
+  yield attempts
+  assert not attempts, f"network use attempted: {attempts}"
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,8 @@ _MIXED_PRECISION_OPTIONS = {
     "mixed_float16": "auto_mixed_precision",
 }
 # With XLA every new (batch, length) shape compiles anew; lengths are rounded
-# up to a multiple of this (padding is masked) to keep the shapes few.
+# up to a multiple of this (padding is masked), and rows to a power of two, to
+# keep the shapes few.
 _JIT_LENGTH_MULTIPLE = 16
 SEQUENCE_DTYPES = ("float32", "float16")
 ENCODER_FORMATS = ("v2", "v1")  # dict interface / list-in, tuple-out (above)
@@ -182,16 +183,19 @@ class LoadedBertModel:
     special = self._preprocess.tokenize.get_special_tokens_dict()
     self._cls_id = int(special["start_of_sequence_id"])
     self._sep_id = int(special["end_of_segment_id"])
+    # autograph=False: the graphs branch only on the fixed settings, never on
+    # tensors, and converting them would add ~0.4 s to every worker's start.
     self._tokenize = tf.function(
         self._tokenize_graph,
-        input_signature=[tf.TensorSpec([None], tf.string)])
+        input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     self._tokenize_pairs = tf.function(
         self._tokenize_pairs_graph,
-        input_signature=[tf.TensorSpec([None], tf.string)] * 2)
+        input_signature=[tf.TensorSpec([None], tf.string)] * 2,
+        autograph=False)
     self._encode = tf.function(
         self._encode_graph,
         input_signature=[tf.TensorSpec([None, None], tf.int32)] * 3,
-        jit_compile=settings.jit_compile)
+        jit_compile=settings.jit_compile, autograph=False)
     _record_model_load()
 
   def _cut(self, texts):
@@ -301,13 +305,18 @@ class LoadedBertModel:
     result = {}
     for call in plan_model_calls(lengths, max_tokens):
       length = int(lengths[call].max())
+      rows = call
       if self._settings.jit_compile:
-        # Few distinct shapes, so that XLA compiles few programs.
+        # Few distinct shapes, so that XLA compiles few programs: lengths
+        # rounded up to a multiple of 16, rows to a power of two (the extra
+        # rows repeat the call's texts; their outputs are dropped).
         length = min(-(-length // _JIT_LENGTH_MULTIPLE) * _JIT_LENGTH_MULTIPLE,
                      max(self._settings.max_seq_length, length))
+        rows = np.resize(call, 1 << (len(call) - 1).bit_length())
       outputs = self.encode_padded(
-          *(_rows(inputs[name], call, length)
+          *(_rows(inputs[name], rows, length)
             for name in ("input_word_ids", "input_mask", "input_type_ids")))
+      outputs = {name: value[:len(call)] for name, value in outputs.items()}
       for name, value in outputs.items():
         if name not in result:
           shape = (len(lengths),) + (
