@@ -147,7 +147,8 @@ class EmbeddingPipelineOptions(PipelineOptions):
     group.add_argument(
         "--jit_compile", action="store_true",
         help="Compile the encoder with XLA (lengths rounded up to a multiple "
-        "of 16 to limit recompilation).")
+        "of 16 and rows to a power of two, to limit recompilation; slower "
+        "on CPU, for GPUs).")
     group.add_argument(
         "--large_model", action="store_true",
         help="Load one model per worker machine and share it across its SDK "

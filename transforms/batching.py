@@ -6,7 +6,8 @@ SortAndBatchElements sorts but holds a whole bundle (on the local runner that
 is the whole corpus). `SortAndBatchByLength` holds at most `buffer_size`
 elements: it sorts each full buffer by estimated wordpieces and cuts it into
 batches of at most `max_batch_size` elements and `max_batch_tokens` padded
-estimated wordpieces, so memory stays flat however large the corpus.
+estimated wordpieces, so the stage holds at most buffer_size documents however
+large the corpus (or the bundle).
 
 Estimates come from characters (no tokenizer outside the model); the model
 handler plans its encoder calls inside a batch from the real token counts.
@@ -27,9 +28,9 @@ CHARS_PER_TOKEN_ESTIMATE = 4
 class LengthBatching:
   """How documents are grouped for the model (see module doc)."""
   max_seq_length: int  # estimates are capped here
-  max_batch_size: int = 256  # documents per batch
-  max_batch_tokens: int = 16384  # padded estimated wordpieces per batch
-  buffer_size: int = 4096  # documents held and sorted at a time
+  max_batch_size: int  # documents per batch
+  max_batch_tokens: int  # padded estimated wordpieces per batch
+  buffer_size: int  # documents held and sorted at a time
 
 
 def _num_chars(text) -> int:
