@@ -179,18 +179,14 @@ def _child_matmul(spec: dict) -> dict:
 
 def pipeline_batches(texts: List[str], spec: dict, max_seq_length: int):
   """Index lists of the batches SortAndBatchByLength makes of `texts` (one
-  bundle): buffers of sort_buffer_size, sorted by estimate, then cut."""
+  bundle): buffers of sort_buffer_size, each sorted by estimate and cut."""
   from transforms import batching  # pylint: disable=g-import-not-at-top
   buffer_size = spec["sort_buffer_size"]
   for start in range(0, len(texts), buffer_size):
-    index = range(start, min(start + buffer_size, len(texts)))
-    sizes = {i: batching.estimate_tokens(texts[i], max_seq_length)
-             for i in index}
-    order = sorted(index, key=sizes.__getitem__)
-    for part in batching.cut_sorted([sizes[i] for i in order],
-                                    spec["max_batch_size"],
-                                    spec["max_batch_tokens"]):
-      yield order[part]
+    yield from batching.length_sorted_batches(
+        range(start, min(start + buffer_size, len(texts))),
+        lambda i: batching.estimate_tokens(texts[i], max_seq_length),
+        spec["max_batch_size"], spec["max_batch_tokens"])
 
 
 def _child_bare(spec: dict) -> dict:

@@ -14,7 +14,7 @@ handler plans its encoder calls inside a batch from the real token counts.
 """
 
 import dataclasses
-from typing import Callable, List, Sequence
+from typing import Callable, Iterator, List, Sequence
 
 import apache_beam as beam
 from apache_beam.transforms import window
@@ -63,6 +63,20 @@ def cut_sorted(sizes: Sequence[int], max_batch_size: int,
   return batches
 
 
+def length_sorted_batches(elements: Sequence, size_fn: Callable,
+                          max_batch_size: int,
+                          max_batch_tokens: int) -> Iterator[list]:
+  """The elements sorted by size_fn and cut by `cut_sorted` into batches.
+
+  Stable: equal sizes keep their order (deterministic runs).
+  """
+  sizes = [size_fn(element) for element in elements]
+  order = sorted(range(len(elements)), key=sizes.__getitem__)
+  for part in cut_sorted([sizes[i] for i in order], max_batch_size,
+                         max_batch_tokens):
+    yield [elements[i] for i in order[part]]
+
+
 class _SortAndBatchByLengthFn(beam.DoFn):
   """Buffers up to buffer_size elements, then emits them sorted, batched."""
 
@@ -88,13 +102,8 @@ class _SortAndBatchByLengthFn(beam.DoFn):
 
   def _flush(self):
     buffer, self._buffer = self._buffer, []
-    sizes = [self._size_fn(element) for element in buffer]
-    # Stable: equal estimates keep their arrival order (deterministic runs).
-    order = sorted(range(len(buffer)), key=sizes.__getitem__)
-    sorted_sizes = [sizes[i] for i in order]
-    for part in cut_sorted(sorted_sizes, self._max_batch_size,
-                           self._max_batch_tokens):
-      yield [buffer[i] for i in order[part]]
+    return length_sorted_batches(buffer, self._size_fn, self._max_batch_size,
+                                 self._max_batch_tokens)
 
 
 class SortAndBatchByLength(beam.PTransform):
