@@ -398,21 +398,24 @@ def _delimited_document(row: List[str], header: List[str],
   doc_id = None
   if id_column is not None:
     doc_id = _check_unicode(row[id_column], header[id_column]) or None
-  if text_column is None:
-    raise _Rejected(
-        Reason.MISSING_FIELD,
-        f"no {text_field!r} column in the header ({', '.join(header)}); set "
-        f"--text_field", doc_id)
-  text = _check_unicode(row[text_column], text_field, doc_id)
+  text = _required_cell(row, header, text_column, text_field, "--text_field",
+                        doc_id)
   text_pair = None
   if text_pair_field is not None:
-    if pair_column is None:
-      raise _Rejected(
-          Reason.MISSING_FIELD,
-          f"no {text_pair_field!r} column in the header ({', '.join(header)});"
-          f" set --text_pair_field", doc_id)
-    text_pair = _check_unicode(row[pair_column], text_pair_field, doc_id)
+    text_pair = _required_cell(row, header, pair_column, text_pair_field,
+                               "--text_pair_field", doc_id)
   return _document(source, position, doc_id, text, text_pair)
+
+
+def _required_cell(row: List[str], header: List[str], column: Optional[int],
+                   field: str, flag: str, doc_id: Optional[str]) -> str:
+  """The row's value of a column the record must have, checked as text."""
+  if column is None:
+    raise _Rejected(
+        Reason.MISSING_FIELD,
+        f"no {field!r} column in the header ({', '.join(header)}); set {flag}",
+        doc_id)
+  return _check_unicode(row[column], field, doc_id)
 
 
 # -- Parquet ---------------------------------------------------------------------
