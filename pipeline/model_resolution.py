@@ -493,6 +493,12 @@ def _resolve_model_directory(model: str, path: str,
         "a TF Hub SavedModel directory (saved_model.pb at its top).")
   for part in (metadata_lib.ENCODER_DIR, metadata_lib.PREPROCESS_DIR):
     _check_saved_model(model, _join(path, part))
+  if metadata.is_outdated_export:
+    _LOG.warning(
+        "--model=%s was exported before exporter revision %d; re-export it "
+        "(python -m pipeline.export_model --checkpoint HF_DIR --output_dir "
+        "DIR --overwrite) for a faster graph of the same model: the "
+        "fingerprint stays the same.", model, metadata_lib.EXPORTER_REVISION)
   preprocess_path = _join(path, metadata_lib.PREPROCESS_DIR)
   if preprocessor:
     preprocess = _resolve_preprocess(preprocessor, model_root)

@@ -1,8 +1,10 @@
 """Export of tiny random BERTs: reload with tensorflow_hub, compare with PyTorch."""
 
 import json
+import logging
 import os
 import pickle
+import shutil
 import zipfile
 
 import numpy as np
@@ -12,7 +14,9 @@ import tensorflow_text  # noqa: F401  (registers the preprocess model's ops)
 import tensorflow_hub as hub
 
 from pipeline import export_model
+from pipeline import model_resolution
 from pipeline.bert import checkpoint
+from pipeline.bert import default_model
 from pipeline.bert import export
 from pipeline.bert import metadata as metadata_lib
 from tests import tiny_bert
@@ -66,6 +70,76 @@ def test_model_directory_layout_and_metadata(tiny_model_dir):
   assert len(meta.fingerprint) == 64
   assert set(meta.checksums) == {"config.json", "vocab.txt",
                                  "model.safetensors"}
+  assert meta.exporter_revision == metadata_lib.EXPORTER_REVISION
+  assert not meta.is_outdated_export
+
+
+def test_every_dense_layer_is_a_fusable_matmul_bias_add(tiny_checkpoint):
+  # Grappler fuses MatMul+BiasAdd into one oneDNN kernel, not MatMul+AddV2.
+  from pipeline.bert import encoder as encoder_lib
+  ckpt = checkpoint.read_checkpoint(tiny_checkpoint)
+  encoder = encoder_lib.BertEncoder(ckpt.config, ckpt.weights)
+  graph = tf.function(encoder.encode).get_concrete_function(
+      encoder_lib.INPUT_SIGNATURE).graph
+  matmuls = [op for op in graph.get_operations() if op.type == "MatMul"]
+  # qkv, attention output, intermediate, output (one layer) and the pooler.
+  assert len(matmuls) == 5
+  for op in matmuls:
+    assert [c.type for c in op.outputs[0].consumers()] == ["BiasAdd"], op.name
+
+
+def _rewrite_metadata(model_dir, **changes):
+  path = metadata_lib.metadata_path(model_dir)
+  with open(path) as f:
+    values = json.load(f)
+  values.update(changes)
+  for name in [k for k, v in changes.items() if v is None]:
+    del values[name]
+  with open(path, "w") as f:
+    json.dump(values, f)
+
+
+def test_exports_without_a_revision_are_outdated(tiny_model_dir, tmp_path):
+  model_dir = str(tmp_path / "old")
+  shutil.copytree(tiny_model_dir, model_dir)
+  _rewrite_metadata(model_dir, exporter_revision=None)
+  meta = metadata_lib.read_metadata(model_dir)
+  assert meta.exporter_revision == 1 and meta.is_outdated_export
+  # Same model: the fingerprint does not depend on the exporter revision.
+  assert meta.fingerprint == metadata_lib.read_metadata(
+      tiny_model_dir).fingerprint
+
+
+def test_outdated_default_model_is_exported_again(tiny_model_dir, tmp_path,
+                                                  monkeypatch):
+  exported = []
+  monkeypatch.setattr(default_model, "export_default_model",
+                      lambda model_dir, overwrite: exported.append(model_dir))
+  current = str(tmp_path / "current")
+  shutil.copytree(tiny_model_dir, current)
+  assert default_model.ensure_default_model(current) == current
+  assert exported == []
+  outdated = str(tmp_path / "outdated")
+  shutil.copytree(tiny_model_dir, outdated)
+  _rewrite_metadata(outdated, exporter_revision=None)
+  default_model.ensure_default_model(outdated)
+  missing = str(tmp_path / "missing")
+  default_model.ensure_default_model(missing)
+  assert exported == [outdated, missing]
+
+
+def test_an_outdated_model_directory_warns_how_to_re_export(
+    tiny_model_dir, tmp_path, caplog):
+  model_dir = str(tmp_path / "old")
+  shutil.copytree(tiny_model_dir, model_dir)
+  _rewrite_metadata(model_dir, exporter_revision=1)
+  with caplog.at_level(logging.WARNING):
+    model_resolution.resolve_model(model_dir)
+  assert "pipeline.export_model" in caplog.text and "--overwrite" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    model_resolution.resolve_model(tiny_model_dir)
+  assert "export_model" not in caplog.text
 
 
 def test_encoder_interface_and_dynamic_shapes(tiny_model_dir):

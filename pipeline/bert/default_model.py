@@ -54,9 +54,17 @@ def export_default_model(output_dir: str = DEFAULT_MODEL_DIR,
 
 
 def ensure_default_model(model_dir: str = DEFAULT_MODEL_DIR) -> str:
-  """The default model's directory, exported first if it is not there."""
-  if not os.path.exists(metadata_lib.metadata_path(model_dir)):
+  """The default model's directory, exported first if it is not there or
+  was exported by an older, slower exporter."""
+  metadata = metadata_lib.read_metadata(model_dir)
+  if metadata is None:
     _LOG.info("Exporting the default model %s to %s", DEFAULT_MODEL_NAME,
               model_dir)
+    export_default_model(model_dir, overwrite=True)
+  elif metadata.is_outdated_export:
+    # Same weights and fingerprint; the new graph only runs faster.
+    _LOG.info("Re-exporting the default model %s in %s (exporter revision %d "
+              "-> %d)", DEFAULT_MODEL_NAME, model_dir,
+              metadata.exporter_revision, metadata_lib.EXPORTER_REVISION)
     export_default_model(model_dir, overwrite=True)
   return model_dir

@@ -103,7 +103,8 @@ def build_metadata(ckpt: checkpoint_lib.Checkpoint, name: str,
       num_layers=ckpt.config.num_hidden_layers,
       num_attention_heads=ckpt.config.num_attention_heads,
       vocab_size=ckpt.config.vocab_size,
-      has_pooler=ckpt.has_pooler)
+      has_pooler=ckpt.has_pooler,
+      exporter_revision=metadata_lib.EXPORTER_REVISION)
 
 
 def _self_check(preprocess, encoder, model_dir: str):

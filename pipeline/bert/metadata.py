@@ -26,6 +26,11 @@ PREPROCESS_DIR = "preprocess"
 VOCAB_FILE = "vocab.txt"
 # Bumped when the exported graph computes anything differently.
 FORMAT_VERSION = 1
+# Bumped when the exported graph computes the same thing faster (same
+# fingerprint, so earlier vectors stay reusable). Exports from before this
+# field was written are revision 1.
+# 2: dense layers use BiasAdd, which TensorFlow fuses with their MatMul.
+EXPORTER_REVISION = 2
 
 POOLING_MODES = ("mean", "cls", "pooler", "max")
 
@@ -48,6 +53,13 @@ class ModelMetadata:
   vocab_size: int
   has_pooler: bool
   format_version: int = FORMAT_VERSION
+  # Missing from exports older than the field: those are revision 1.
+  exporter_revision: int = 1
+
+  @property
+  def is_outdated_export(self) -> bool:
+    """True when re-exporting would give a faster graph of the same model."""
+    return self.exporter_revision < EXPORTER_REVISION
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
