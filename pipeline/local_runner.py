@@ -8,6 +8,9 @@ DirectRunner falls back to, with the same pipeline options handed to its
 workers. `--direct_num_workers` and `--direct_running_mode` work as usual.
 """
 
+import contextlib
+import gc
+
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineRunner
@@ -30,8 +33,35 @@ class LocalRunner(PipelineRunner):
         options.get_all_options())
     provision_info = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded_options))
-    return fn_runner.FnApiRunner(
-        provision_info=provision_info).run_pipeline(pipeline, options)
+    with batch_garbage_collection():
+      return fn_runner.FnApiRunner(
+          provision_info=provision_info).run_pipeline(pipeline, options)
+
+
+# Allocations between young-generation collections while a run lasts (Python's
+# default is 700).
+_RUN_GC_THRESHOLD = (50_000, 20, 100)
+
+
+@contextlib.contextmanager
+def batch_garbage_collection():
+  """Cheaper garbage collection for one in-process batch run.
+
+  TensorFlow and Beam leave millions of long-lived objects
+  that every full collection walks again, while a run allocates a few records
+  per document: on 10,000 documents collection cost ~5% of the wall time.
+  Freezing the objects that exist at the start takes them out of every
+  collection for the run; a higher young-generation threshold collects less
+  often. Both are undone afterwards, for callers that go on (tests, notebooks).
+  """
+  threshold = gc.get_threshold()
+  gc.freeze()
+  gc.set_threshold(*_RUN_GC_THRESHOLD)
+  try:
+    yield
+  finally:
+    gc.set_threshold(*threshold)
+    gc.unfreeze()
 
 
 def is_local_runner(options: PipelineOptions) -> bool:
