@@ -155,9 +155,13 @@ class EmbedCorpus(beam.PTransform):
       removed = pbegin | "NoneRemoved" >> beam.Create([])
     embedded = to_embed | "Embed" >> EmbedDocuments(
         make_model_handler(config), length_batching(config))
+    embeddings = embedded[DOCUMENTS]
+    if self._previous:
+      # Only then: a Flatten costs the local runner one more pass over every
+      # embedding, and without a previous run nothing is reused.
+      embeddings = (embeddings, reused) | "NewAndReused" >> beam.Flatten()
     return {
-        "embeddings": (embedded[DOCUMENTS], reused)
-                      | "NewAndReused" >> beam.Flatten(),
+        "embeddings": embeddings,
         "dead_letters": (read[DEAD_LETTER], valid[DEAD_LETTER],
                          embedded[DEAD_LETTER])
                         | "AllDeadLetters" >> beam.Flatten(),

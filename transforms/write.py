@@ -21,8 +21,9 @@ order, the runner or the retries.
   (source, position, stage, reason, id)). A row goes to shard
   blake2b(first key component) % N, so an id always lands in the same shard.
 * N is `num_shards`, or else ceil(rows / rows_per_shard), at least 1.
-* Rows are grouped by shard; every shard 0..N-1 is written, empty or not, by
-  one call of `ShardWriter.write`, which sorts the shard's rows by the sort
+* Rows are grouped by shard; every shard 0..N-1 is written, empty or not
+  (shards without rows once the others are written), by one call of
+  `ShardWriter.write`, which sorts the shard's rows by the sort
   key and writes each format with fixed settings: TFRecord with its features
   in key order, Avro with a sync marker derived from the file name, Parquet
   with fixed compression and row groups cut by the rows alone, JSON lines
@@ -360,16 +361,23 @@ def _write_row_group(writer: pq.ParquetWriter, batches: list, schema):
 
 
 class _WriteShardFn(beam.DoFn):
-  """(shard, its rows and None markers) -> (format, path) per written file."""
+  """(shard, its rows) -> (shard, (format, path)) per written file."""
 
   def __init__(self, writer: ShardWriter):
     self._writer = writer
 
   def process(self, shard_and_rows, num_shards: int):
     shard, rows = shard_and_rows
-    paths = self._writer.write(
-        shard, num_shards, (row for row in rows if row is not None))
-    yield from paths.items()
+    for written in self._writer.write(shard, num_shards, rows).items():
+      yield shard, written
+
+
+def _write_empty_shards(num_shards: int, written: list, writer: ShardWriter):
+  """(format, path) of the files of every shard no row went to."""
+  with_rows = {shard for shard, _ in written}
+  for shard in range(num_shards):
+    if shard not in with_rows:
+      yield from writer.write(shard, num_shards, []).items()
 
 
 def _paths_of_format(format_and_path, file_format: str):
@@ -379,11 +387,6 @@ def _paths_of_format(format_and_path, file_format: str):
 
 def _assign_shard(element, sort_key, num_shards: int):
   return shard_of(sort_key(element)[0], num_shards), element
-
-
-def _every_shard(num_shards: int):
-  # None marks a shard without a row: every shard gets a group, and files.
-  return [(shard, None) for shard in range(num_shards)]
 
 
 class WriteShards(beam.PTransform):
@@ -412,20 +415,25 @@ class WriteShards(beam.PTransform):
           | "NumShards" >> beam.Map(
               num_shards_for, self._rows_per_shard))
     num_shards_side = beam.pvalue.AsSingleton(num_shards)
-    by_shard = elements | "AssignShard" >> beam.Map(
-        _assign_shard, self._writer.encoding.sort_key, num_shards_side)
-    every_shard = num_shards | "EveryShard" >> beam.FlatMap(_every_shard)
     written = (
-        (by_shard, every_shard)
-        | "WithEveryShard" >> beam.Flatten()
+        elements
+        | "AssignShard" >> beam.Map(
+            _assign_shard, self._writer.encoding.sort_key, num_shards_side)
         | "GroupByShard" >> beam.GroupByKey()
         | "WriteShard" >> beam.ParDo(
             _WriteShardFn(self._writer), num_shards_side))
+    # Shards no row went to get their (empty) files afterwards, from the
+    # list of written ones: joining "every shard" markers into the rows
+    # before the grouping would cost the runner one more pass over all rows.
+    empty = num_shards | "WriteEmptyShards" >> beam.FlatMap(
+        _write_empty_shards, beam.pvalue.AsList(written), self._writer)
+    files = ((written | "DropShard" >> beam.Values(), empty)
+             | "AllShards" >> beam.Flatten())
     # One PCollection per format, each from its own transform rather than
     # tagged outputs of one ParDo: Beam's bundle-based DirectRunner mixes up
     # side inputs that come from the tagged outputs of a single transform.
     return {
-        file_format: written | f"Paths[{file_format}]" >> beam.FlatMap(
+        file_format: files | f"Paths[{file_format}]" >> beam.FlatMap(
             _paths_of_format, file_format).with_output_types(str)
         for file_format in self._writer.formats
     }
