@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "tf-keras==2.21.0",
     "pyarrow>=25,<26",
     "numpy>=1.26",
+    # Snappy for the Avro files (fastavro's codec library).
+    "cramjam>=2.7",
     # Neighbour tables in approximate mode, and the similarity heatmap.
     "faiss-cpu>=1.8",
     "matplotlib>=3.8",

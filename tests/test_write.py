@@ -400,7 +400,10 @@ def read_shard(path: str) -> list[dict]:
   """The rows of one shard file, in file order."""
   if path.endswith(".avro"):
     with open(path, "rb") as f:
-      return list(fastavro.reader(f))
+      reader = fastavro.reader(f)
+      # One of the two block codecs BigQuery loads (deflate, snappy).
+      assert reader.codec == "snappy"
+      return list(reader)
   if path.endswith(".parquet"):
     return pq.read_table(path).to_pylist()
   if path.endswith(".jsonl"):

@@ -90,6 +90,11 @@ TEMP_SUFFIX = ".tmp"
 DEFAULT_BATCH_SIZE = 128
 # Parquet row groups end at the first batch boundary past this many bytes:
 # a function of the (sorted) rows alone, so the same rows give the same file.
+# Avro data blocks are Snappy-compressed, one of the two codecs BigQuery loads
+# (with deflate). Float vectors barely compress: on all-MiniLM-L6-v2 rows
+# deflate made the files 11% smaller for 29 us of CPU per row, half of all
+# Avro writing; Snappy (cramjam) costs under 1 us and still shrinks long texts.
+AVRO_CODEC = "snappy"
 PARQUET_ROW_GROUP_BYTES = 64 * 1024 * 1024
 
 # Memory: one worker holds all rows of a shard while it sorts and writes them
@@ -325,7 +330,7 @@ class ShardWriter:
     marker = hashlib.blake2b(
         FileSystems.split(path)[1].encode("utf-8"), digest_size=16).digest()
     fastavro.writer(
-        f, schema, (self.encoding.to_row(e) for e in rows), codec="deflate",
+        f, schema, (self.encoding.to_row(e) for e in rows), codec=AVRO_CODEC,
         sync_marker=marker)
 
   def _write_parquet(self, f: BinaryIO, rows: Sequence, path: str):
