@@ -124,9 +124,10 @@ def embedding_table_spec(config: PipelineConfig) -> EmbeddingTableSpec:
 class EmbedCorpus(beam.PTransform):
   """Read + validate (+ carry over) + embed one corpus.
 
-  Returns {"embeddings", "dead_letters", "read", "reused", "removed"}
-  PCollections: "read" holds every record read (documents and read errors)
-  and "reused" the embeddings carried over from `previous`, for counting.
+  Returns {"embeddings", "dead_letters", "read", "documents_read", "reused",
+  "removed"} PCollections: "read" holds every record read (documents and read
+  errors), "documents_read" the documents among them (at least one per
+  embedding) and "reused" the embeddings carried over from `previous`.
   """
 
   def __init__(self, file_pattern: str, config: PipelineConfig,
@@ -167,6 +168,7 @@ class EmbedCorpus(beam.PTransform):
                         | "AllDeadLetters" >> beam.Flatten(),
         "read": (read[DOCUMENTS], read[DEAD_LETTER])
                 | "AllRecordsRead" >> beam.Flatten(),
+        "documents_read": read[DOCUMENTS],
         "reused": reused,
         "removed": removed,
     }
@@ -206,7 +208,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig,
   embedding_files = embeddings | "WriteEmbeddings" >> WriteEmbeddings(
       staging, spec, run_id=config.run_id,
       model_fingerprint=config.model.fingerprint,
-      bigquery_format=config.bigquery_format, num_shards=config.num_shards)
+      bigquery_format=config.bigquery_format, num_shards=config.num_shards,
+      # Known before embedding ends, unlike the number of embeddings: the
+      # shard of each embedding is then chosen as it is made, not in another
+      # pass over all of them.
+      count=corpus["documents_read"])
   error_files = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
       staging, run_id=config.run_id, num_shards=config.num_shards)
   if config.bigquery_table:

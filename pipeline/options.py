@@ -123,8 +123,8 @@ class EmbeddingPipelineOptions(PipelineOptions):
         "--bigquery_table",
         help="Also load embeddings straight into PROJECT:DATASET.TABLE.")
     group.add_argument("--num_shards", type=int, default=0,
-                       help="Shards per output file set; 0 lets the runner "
-                       "decide.")
+                       help="Shards per output file set; 0 (default) picks "
+                       "enough that no shard overflows a worker's memory.")
     group.add_argument(
         "--max_batch_size", type=int, default=256,
         help="Documents per RunInference batch (default: %(default)s).")
@@ -363,7 +363,7 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
     _check_input_format("--neighbours_of", flags.neighbours_of,
                         flags.input_format)
   if flags.num_shards < 0:
-    raise ConfigError("--num_shards must be 0 (runner decides) or positive.")
+    raise ConfigError("--num_shards must be 0 (sized to fit memory) or positive.")
   if flags.bigquery_table and not _BIGQUERY_TABLE.match(flags.bigquery_table):
     raise ConfigError(
         f"--bigquery_table={flags.bigquery_table!r} is not a table reference; "

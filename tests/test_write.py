@@ -130,15 +130,19 @@ def names_every_shard(directory: str, suffix: str, num_shards: int = 0):
 
 def write_embeddings_run(
     run_dir, embeddings, spec, bigquery_format, num_shards=0,
-    dead_letters=(), batch_size=3, rows_per_shard=None, expected_shards=0):
+    dead_letters=(), batch_size=3, rows_per_shard=None, expected_shards=0,
+    count=None):
   with TestPipeline(runner=LocalRunner()) as p:
+    counted = None if count is None else (
+        p | "CreateCounted" >> beam.Create(range(count)))
     outputs = (
         p
         | "CreateEmbeddings" >> beam.Create(embeddings)
         | write.WriteEmbeddings(
             run_dir, spec, run_id=RUN_ID, model_fingerprint=FINGERPRINT,
             bigquery_format=bigquery_format, num_shards=num_shards,
-            batch_size=batch_size, rows_per_shard=rows_per_shard))
+            batch_size=batch_size, rows_per_shard=rows_per_shard,
+            count=counted))
     errors = (
         p
         | "CreateDeadLetters" >> beam.Create(list(dead_letters))
@@ -543,6 +547,19 @@ def test_shard_count_given_or_computed_from_the_row_count(
       assert any(not rows for rows in shards)  # empty, listed and readable
   ids, _ = read_outputs.load_embeddings(run_dir)
   assert sorted(ids) == [e.id for e in embeddings]
+
+
+def test_shards_sized_by_a_count_of_another_collection(tmp_path):
+  # e.g. the documents read, for the embeddings of those that succeed.
+  run_dir = str(tmp_path / "run")
+  spec = EmbeddingTableSpec(hidden_size=H)
+  embeddings = make_embeddings(4, spec)
+  write_embeddings_run(run_dir, embeddings, spec, "avro", rows_per_shard=3,
+                       count=10, expected_shards=4)
+  shards = shard_rows(run_dir, "embeddings", "avro")
+  assert len(shards) == 4  # ceil(10 / 3), not ceil(4 / 3)
+  assert sorted(row["id"] for rows in shards for row in rows) == [
+      e.id for e in embeddings]
 
 
 def test_default_rows_per_shard_bounds_a_shard_in_memory():

@@ -398,16 +398,23 @@ class WriteShards(beam.PTransform):
   """PCollection[element] -> {format: PCollection[path]}, one path per shard.
 
   num_shards: fixed, or 0 for ceil(count / rows_per_shard), at least 1.
+  count: what is counted for that, the elements themselves by default; any
+    PCollection at least as large (and the same in every run of the same
+    input) will do. One complete before the elements are lets the shard
+    assignment run in the stage that makes them, instead of in another pass
+    over all of them.
   """
 
   def __init__(
-      self, writer: ShardWriter, num_shards: int, rows_per_shard: int):
+      self, writer: ShardWriter, num_shards: int, rows_per_shard: int,
+      count: Optional[beam.PCollection] = None):
     super().__init__()
     _check_num_shards(num_shards)
     _check_positive("rows_per_shard", rows_per_shard)
     self._writer = writer
     self._num_shards = num_shards
     self._rows_per_shard = rows_per_shard
+    self._count = count
 
   def expand(self, elements):
     if self._num_shards:
@@ -415,7 +422,7 @@ class WriteShards(beam.PTransform):
           [self._num_shards])
     else:
       num_shards = (
-          elements
+          (elements if self._count is None else self._count)
           | "Count" >> beam.combiners.Count.Globally()
           | "NumShards" >> beam.Map(
               num_shards_for, self._rows_per_shard))
@@ -480,8 +487,9 @@ class WriteTable(beam.PTransform):
   the schema file's path}: PCollections of full paths, with the keys of the
   manifest's entry for the table.
 
-  num_shards: 0 for one shard per rows_per_shard rows. batch_size: rows per
-  Arrow batch when converting.
+  num_shards: 0 for one shard per rows_per_shard rows (rows as `count`
+  counts them, see WriteShards). batch_size: rows per Arrow batch when
+  converting.
   """
 
   def __init__(
@@ -492,7 +500,8 @@ class WriteTable(beam.PTransform):
       bigquery_format: str = AVRO,
       num_shards: int = 0,
       batch_size: int = DEFAULT_BATCH_SIZE,
-      rows_per_shard: int = EMBEDDING_ROWS_PER_SHARD):
+      rows_per_shard: int = EMBEDDING_ROWS_PER_SHARD,
+      count: Optional[beam.PCollection] = None):
     super().__init__()
     if bigquery_format not in BIGQUERY_FORMATS:
       raise ValueError(
@@ -509,7 +518,7 @@ class WriteTable(beam.PTransform):
             for file_format in (TFRECORD, bigquery_format)
         }, batch_size)
     # Built (and so checked) now, not when the pipeline runs.
-    self._shards = WriteShards(writer, num_shards, rows_per_shard)
+    self._shards = WriteShards(writer, num_shards, rows_per_shard, count)
     self._schema_writer = WriteBigQuerySchema(
         FileSystems.join(output_dir, table, SCHEMA_FILE_NAME),
         encoding.columns)
@@ -601,6 +610,8 @@ class WriteEmbeddings(WriteTable):
 
   num_shards: 0 for one shard per rows_per_shard rows (default:
   `default_embedding_rows_per_shard(spec)`). batch_size: rows per Arrow batch.
+  count: counted instead of the rows to size the shards (see WriteShards),
+  e.g. the documents read.
   """
 
   def __init__(
@@ -613,7 +624,8 @@ class WriteEmbeddings(WriteTable):
       bigquery_format: str = AVRO,
       num_shards: int = 0,
       batch_size: int = DEFAULT_BATCH_SIZE,
-      rows_per_shard: Optional[int] = None):
+      rows_per_shard: Optional[int] = None,
+      count: Optional[beam.PCollection] = None):
     super().__init__(
         output_dir,
         EMBEDDINGS,
@@ -623,7 +635,8 @@ class WriteEmbeddings(WriteTable):
         batch_size=batch_size,
         rows_per_shard=(
             default_embedding_rows_per_shard(spec)
-            if rows_per_shard is None else rows_per_shard))
+            if rows_per_shard is None else rows_per_shard),
+        count=count)
 
 
 class WriteNeighbours(WriteTable):
