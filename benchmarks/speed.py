@@ -722,7 +722,7 @@ def parse_args(argv):
                       help="seconds of such waiting in all (default 300; "
                       "20 with --quick)")
   parser.add_argument("--repeats", type=int, default=1,
-                      help="rounds of the measurements (sizes: once); each "
+                      help="rounds of the measurements (the sizes too); each "
                       "keeps its fastest run")
   parser.add_argument("--work-dir", default=None,
                       help="keep corpus files, run dirs and logs here")
@@ -846,12 +846,11 @@ def main(argv=None) -> int:
 
   # Rounds: every measurement once per round, so that a noisy minute on a
   # shared machine hits one run of each rather than all runs of one; each
-  # keeps its fastest run (its other times in "runs_seconds"). The size
-  # runs, long, run in the first round only.
-  for round_index in range(args.repeats):
+  # keeps its fastest run (its other times in "runs_seconds"). The size runs
+  # too: the ratios at the largest size compare them with the fastest bare
+  # run.
+  for _ in range(args.repeats):
     for name, spec in plan:
-      if round_index and name.startswith("size_"):
-        continue
       previous = harness.results.get(name)
       result = harness.run_child(name, spec)
       if previous and "error" not in previous:
