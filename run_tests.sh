@@ -9,8 +9,4 @@ ensure_venv ".[test]"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 # Tests must never reach a metadata server or a model hub.
 export NO_GCE_CHECK=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# Two worker processes (PYTEST_WORKERS to change), one test file each at a
-# time: most of a test's time is single-threaded Python (Beam, graph
-# loading), so two run side by side on two cores in ~60% of the time.
-exec .venv/bin/python -m pytest -q -p no:cacheprovider \
-    -n "${PYTEST_WORKERS:-2}" --dist loadfile tests "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"

@@ -39,8 +39,6 @@ REFERENCE_REQUIRES = [
 TEST_REQUIRES = REFERENCE_REQUIRES + [
     "pytest>=8",
     "pytest-timeout>=2",
-    # run_tests.sh runs the suite in two processes.
-    "pytest-xdist>=3.5",
 ]
 
 setuptools.setup(

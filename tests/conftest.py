@@ -35,30 +35,22 @@ def tiny_model_dir(tiny_checkpoint, tmp_path_factory):
   return model_dir
 
 
-_FIGURE_PREFIX = "figure: "
+_FIGURES_KEY = pytest.StashKey[list]()
 
 
 @pytest.fixture
 def report_figure(request):
   """Records a measured figure; all of them are printed after the run."""
+  figures = request.config.stash.setdefault(_FIGURES_KEY, [])
 
   def report(name, value):
-    # user_properties travel with the test's report, also from the worker
-    # processes of pytest-xdist.
-    request.node.user_properties.append((_FIGURE_PREFIX + name, str(value)))
+    figures.append((request.node.nodeid, name, value))
 
   return report
 
 
 def pytest_terminal_summary(terminalreporter, config):
-  del config  # unused
-  figures = [
-      (report.nodeid, name[len(_FIGURE_PREFIX):], value)
-      for reports in terminalreporter.stats.values() for report in reports
-      if getattr(report, "when", None) == "call"
-      for name, value in getattr(report, "user_properties", ())
-      if name.startswith(_FIGURE_PREFIX)
-  ]
+  figures = config.stash.get(_FIGURES_KEY, [])
   if figures:
     terminalreporter.section("measured figures")
     for nodeid, name, value in figures:
