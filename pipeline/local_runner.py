@@ -47,12 +47,12 @@ _RUN_GC_THRESHOLD = (50_000, 20, 100)
 def batch_garbage_collection():
   """Cheaper garbage collection for one in-process batch run.
 
-  TensorFlow and Beam leave millions of long-lived objects
-  that every full collection walks again, while a run allocates a few records
-  per document: on 10,000 documents collection cost ~5% of the wall time.
-  Freezing the objects that exist at the start takes them out of every
-  collection for the run; a higher young-generation threshold collects less
-  often. Both are undone afterwards, for callers that go on (tests, notebooks).
+  TensorFlow and Beam leave millions of long-lived objects that every full
+  collection walks again, while a run allocates a few records per document:
+  on 10,000 documents collection cost ~5% of the wall time. Freezing the
+  objects that exist at the start takes them out of every collection for the
+  run; a higher young-generation threshold collects less often. Both are
+  undone afterwards, for callers that go on (tests, notebooks).
   """
   threshold = gc.get_threshold()
   gc.freeze()

@@ -363,7 +363,8 @@ def config_from_options(options: PipelineOptions) -> PipelineConfig:
     _check_input_format("--neighbours_of", flags.neighbours_of,
                         flags.input_format)
   if flags.num_shards < 0:
-    raise ConfigError("--num_shards must be 0 (sized to fit memory) or positive.")
+    raise ConfigError(
+        "--num_shards must be 0 (sized to fit memory) or positive.")
   if flags.bigquery_table and not _BIGQUERY_TABLE.match(flags.bigquery_table):
     raise ConfigError(
         f"--bigquery_table={flags.bigquery_table!r} is not a table reference; "

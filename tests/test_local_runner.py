@@ -23,8 +23,8 @@ def test_batch_garbage_collection_is_undone_afterwards():
 def test_a_local_run_collects_with_the_batch_settings():
   before = gc.get_threshold()
   with beam.Pipeline(runner=local_runner.LocalRunner()) as p:
-    seen = (p | beam.Create([0])
-            | beam.Map(lambda _: (gc.get_threshold(), gc.get_freeze_count() > 0)))
+    seen = p | beam.Create([0]) | beam.Map(
+        lambda _: (gc.get_threshold(), gc.get_freeze_count() > 0))
     assert_that(seen, equal_to([(local_runner._RUN_GC_THRESHOLD, True)]))
   assert gc.get_threshold() == before
   assert gc.get_freeze_count() == 0

@@ -88,13 +88,13 @@ TEMP_SUFFIX = ".tmp"
 # the per-batch overhead vanishes, small enough for sequence output
 # (128 rows x 512 tokens x 1024 floats is 256 MiB).
 DEFAULT_BATCH_SIZE = 128
-# Parquet row groups end at the first batch boundary past this many bytes:
-# a function of the (sorted) rows alone, so the same rows give the same file.
 # Avro data blocks are Snappy-compressed, one of the two codecs BigQuery loads
 # (with deflate). Float vectors barely compress: on all-MiniLM-L6-v2 rows
 # deflate made the files 11% smaller for 29 us of CPU per row, half of all
 # Avro writing; Snappy (cramjam) costs under 1 us and still shrinks long texts.
 AVRO_CODEC = "snappy"
+# Parquet row groups end at the first batch boundary past this many bytes:
+# a function of the (sorted) rows alone, so the same rows give the same file.
 PARQUET_ROW_GROUP_BYTES = 64 * 1024 * 1024
 
 # Memory: one worker holds all rows of a shard while it sorts and writes them
