@@ -52,16 +52,21 @@ def batch_garbage_collection():
   on 10,000 documents collection cost ~5% of the wall time. Freezing the
   objects that exist at the start takes them out of every collection for the
   run; a higher young-generation threshold collects less often. Both are
-  undone afterwards, for callers that go on (tests, notebooks).
+  undone afterwards, for callers that go on (tests, notebooks). A process
+  that froze objects itself keeps its own freeze (unfreezing is all or
+  nothing).
   """
   threshold = gc.get_threshold()
-  gc.freeze()
+  freeze = gc.get_freeze_count() == 0
+  if freeze:
+    gc.freeze()
   gc.set_threshold(*_RUN_GC_THRESHOLD)
   try:
     yield
   finally:
     gc.set_threshold(*threshold)
-    gc.unfreeze()
+    if freeze:
+      gc.unfreeze()
 
 
 def is_local_runner(options: PipelineOptions) -> bool:

@@ -20,6 +20,17 @@ def test_batch_garbage_collection_is_undone_afterwards():
   assert gc.get_freeze_count() == 0
 
 
+def test_a_freeze_of_the_caller_is_left_alone():
+  gc.freeze()
+  try:
+    with local_runner.batch_garbage_collection():
+      assert gc.get_threshold() == local_runner._RUN_GC_THRESHOLD
+    # Still frozen: the run did not unfreeze what it had not frozen.
+    assert gc.get_freeze_count() > 0
+  finally:
+    gc.unfreeze()
+
+
 def test_a_local_run_collects_with_the_batch_settings():
   before = gc.get_threshold()
   with beam.Pipeline(runner=local_runner.LocalRunner()) as p:
