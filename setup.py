@@ -39,6 +39,8 @@ REFERENCE_REQUIRES = [
 TEST_REQUIRES = REFERENCE_REQUIRES + [
     "pytest>=8",
     "pytest-timeout>=2",
+    # Property-based fuzzing of the input readers.
+    "hypothesis>=6.100",
 ]
 
 setuptools.setup(

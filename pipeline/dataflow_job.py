@@ -12,7 +12,7 @@ The offline job description
 ---------------------------
 DataflowRunner writes a job description instead of submitting it when
 `--template_location` is set (a classic template). Building it still touches
-the cloud in four places, which `offline_dataflow()` replaces, and nothing else:
+the cloud in five places, which `offline_dataflow()` replaces, and nothing else:
 
   * the credential lookup (`auth.get_service_credentials`): no credentials, so
     the API clients are created anonymous and never used;
@@ -22,6 +22,9 @@ the cloud in four places, which `offline_dataflow()` replaces, and nothing else:
     `_gcs_file_copy`, the upload of each artifact): recorded, not uploaded.
     Beam's own `_stage_resources` still runs, so the description names every
     artifact at the gs:// URL it would have;
+  * the pipeline's checks of gs:// paths before it starts (`preflight`: the
+    input matches files, the output holds no published run): skipped, and
+    recorded; local paths are checked for real;
   * the pipeline's model check (`model_resolution.resolve_model`) for a model
     that is not on this machine (gs://): its existence cannot be checked
     offline, and the metadata the graph needs (hidden size, layers, pooling,
@@ -65,6 +68,7 @@ class OfflineRecord:
   """What the stubs saw: uploads that were not made, models not checked."""
   staged: List[str] = dataclasses.field(default_factory=list)
   unchecked_models: List[str] = dataclasses.field(default_factory=list)
+  unchecked_paths: List[str] = dataclasses.field(default_factory=list)
 
 
 def _is_remote(path: str) -> bool:
@@ -109,6 +113,20 @@ def _offline_resolve_model(real_resolve, metadata_dir: Optional[str],
   return resolve
 
 
+def _offline_path_check(real_check, record: OfflineRecord):
+  """A preflight check for the dry run: remote paths are not checked."""
+
+  def check(*args):
+    path = args[-1]
+    if _is_remote(path):
+      _LOG.warning("Dry run: %s is not checked (that needs GCS).", path)
+      record.unchecked_paths.append(path)
+      return None
+    return real_check(*args)
+
+  return check
+
+
 @contextlib.contextmanager
 def offline_dataflow(model_metadata_dir: Optional[str] = None):
   """Replaces DataflowRunner's cloud calls for the length of the block.
@@ -120,6 +138,7 @@ def offline_dataflow(model_metadata_dir: Optional[str] = None):
   from apache_beam.options.pipeline_options import GoogleCloudOptions  # pylint: disable=g-import-not-at-top
   from apache_beam.runners.dataflow.internal import apiclient  # pylint: disable=g-import-not-at-top
   from pipeline import model_resolution  # pylint: disable=g-import-not-at-top
+  from pipeline import preflight  # pylint: disable=g-import-not-at-top
 
   record = OfflineRecord()
   client = apiclient.DataflowApplicationClient
@@ -154,7 +173,8 @@ def offline_dataflow(model_metadata_dir: Optional[str] = None):
       (model_resolution, "resolve_model",
        _offline_resolve_model(model_resolution.resolve_model,
                               model_metadata_dir, record)),
-  ]
+  ] + [(preflight, name, _offline_path_check(getattr(preflight, name), record))
+       for name in ("check_input", "check_output", "check_latest_pointer")]
   saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
   saved_gce_check = os.environ.get("NO_GCE_CHECK")
   os.environ["NO_GCE_CHECK"] = "true"

@@ -8,6 +8,8 @@ every rejected record -> errors; manifest.json last. See README.md for the
 flags and the output schemas.
 """
 
+import glob
+import json
 import logging
 import sys
 import time
@@ -19,13 +21,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import SetupOptions
 
 from pipeline import local_runner
-from pipeline.options import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.options import PipelineConfig
 from pipeline.options import config_from_options
+from pipeline.options import format_help
 from pipeline.options import reject_unknown_flags
+from pipeline.output_lock import OutputLock
+from pipeline.output_lock import OutputLockedError
 from transforms import incremental
 from transforms.batching import LengthBatching
 from transforms.embed import EmbedDocuments
+from transforms.guardrails import REFUSAL_FILE
+from transforms.guardrails import RunRefusedError
+from transforms.guardrails import describe_refusal
 from transforms.manifest import MANIFEST_FILE
 from transforms.manifest import WriteManifest
 from transforms.model_handler import BertEmbeddingModelHandler
@@ -252,7 +260,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig,
       config.output, staging, config.run_id, manifest_model_entry(config),
       counts=counts, outputs=outputs, settings=manifest_settings(config),
       started_at=started_at, details=details, static_details=static_details,
-      latest_pointer=config.latest_pointer)
+      latest_pointer=config.latest_pointer, limits=config.publish_limits,
+      dead_letters=dead_letters)
   return {"embeddings": embeddings, "dead_letters": dead_letters}
 
 
@@ -274,63 +283,95 @@ def _write_to_bigquery(embeddings, spec, config: PipelineConfig):
            write_disposition=BigQueryDisposition.WRITE_APPEND))
 
 
-def _check_output_is_new(output: str):
-  manifest = FileSystems.join(output, MANIFEST_FILE)
-  if FileSystems.exists(manifest):
-    raise ConfigError(
-        f"--output={output} already holds a published run ({manifest}); "
-        "choose a new run directory, e.g. one per date.")
-
-
 def _remove_stale_staging(output: str):
-  """Staged files of an earlier run into this directory that never published."""
-  stale = FileSystems.match([FileSystems.join(output, ".staging-*")])[0]
-  paths = [m.path for m in stale.metadata_list]
-  if not paths and FileSystems.exists(output):
-    # Local directories do not match a glob; list them.
-    import glob  # pylint: disable=g-import-not-at-top
-    paths = glob.glob(FileSystems.join(output, ".staging-*"))
+  """Staged files of earlier runs into this directory that never published.
+
+  Called with the directory's lock held, so no live run owns them. --output
+  holds no glob characters (checked), so the pattern matches only here.
+  """
+  pattern = FileSystems.join(output, ".staging-*")
+  paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+  if FileSystems.get_scheme(output) is None:
+    # Local directories themselves do not match a glob; list them.
+    paths = glob.glob(pattern)
   if paths:
     _LOG.info("Removing staged files of an unpublished earlier run: %s", paths)
     FileSystems.delete(paths)
 
 
+def _raise_if_refused(staging_dir: str):
+  path = FileSystems.join(staging_dir, REFUSAL_FILE)
+  if FileSystems.exists(path):
+    with FileSystems.open(path) as f:
+      refusal = json.loads(f.read().decode("utf-8"))
+    raise RunRefusedError(
+        f"{describe_refusal(refusal)}\nThe staged outputs stay in "
+        f"{staging_dir} for inspection; details: {path}") from None
+
+
 def run(argv=None, save_main_session=True):
   """Runs the job to completion; returns the PipelineResult.
 
-  Raises ConfigError, before anything runs, when a flag is wrong.
+  Raises ConfigError, before anything runs, when a flag is wrong or another
+  run holds --output; RunRefusedError when a guardrail kept the run from
+  being published.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
   reject_unknown_flags(argv)
   options = PipelineOptions(argv)
   options.view_as(SetupOptions).save_main_session = save_main_session
   config = config_from_options(options)
-  _check_output_is_new(config.output)
-  _remove_stale_staging(config.output)
-
-  runner = None
-  if local_runner.is_local_runner(options):
-    # DirectRunner would first try to download the Prism runner.
-    runner = local_runner.LocalRunner()
-  started_at = time.time()
-  pipeline = beam.Pipeline(runner=runner, options=options)
-  build_pipeline(pipeline, config, started_at)
-  result = pipeline.run()
-  result.wait_until_finish()
+  lock = OutputLock(config.output, config.run_id)
+  try:
+    lock.acquire()
+  except OutputLockedError as error:
+    raise ConfigError(str(error)) from None
+  try:
+    _remove_stale_staging(config.output)
+    runner = None
+    if local_runner.is_local_runner(options):
+      # DirectRunner would first try to download the Prism runner.
+      runner = local_runner.LocalRunner()
+    started_at = time.time()
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_pipeline(pipeline, config, started_at)
+    try:
+      result = pipeline.run()
+      result.wait_until_finish()
+    except Exception:  # pylint: disable=broad-except
+      # The runner wraps the publish stage's RunRefusedError in its own
+      # error; refused.json tells the two apart.
+      _raise_if_refused(config.staging_dir)
+      raise
+  finally:
+    lock.release()
   _LOG.info("Run %s written to %s (manifest: %s)", config.run_id,
             config.output, FileSystems.join(config.output, MANIFEST_FILE))
   return result
 
 
+# Exit statuses a scheduler (cron, Cloud Scheduler, Airflow) can alert on.
+EXIT_PUBLISHED = 0
+EXIT_WRONG_FLAG = 2
+EXIT_REFUSED = 3
+
+
 def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if "-h" in argv or "--help" in argv or "--help_beam" in argv:
+    print(format_help(with_beam_options="--help_beam" in argv))
+    return EXIT_PUBLISHED
   logging.basicConfig(level=logging.INFO,
                       format="%(asctime)s %(levelname)s %(message)s")
   try:
     run(argv)
   except ConfigError as e:
     print(f"pipeline.main: error: {e}", file=sys.stderr)
-    return 2
-  return 0
+    return EXIT_WRONG_FLAG
+  except RunRefusedError as e:
+    print(f"pipeline.main: refused to publish: {e}", file=sys.stderr)
+    return EXIT_REFUSED
+  return EXIT_PUBLISHED
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Python API:
   read_table(run_dir, table="embeddings", format=None) -> pyarrow.Table
   load_embeddings(run_dir, format=None) -> (ids, float32 matrix [N, H])
   read_errors(run_dir) -> list of dicts
+  load_refusal(run_dir) -> dict    (a run a guardrail kept from publishing)
 
 Command line:
 
@@ -29,12 +30,10 @@ take the place of the `tokens` record.
 import argparse
 import io
 import json
-import struct
 import sys
 from typing import Iterator, Optional, Sequence
 
 import fastavro
-import google_crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,6 +43,8 @@ from apache_beam.io.filesystems import FileSystems
 from tfx_bsl.coders import example_coder
 
 from transforms import schemas
+from transforms.formats.tfrecord_frames import iter_frames
+from transforms.guardrails import REFUSAL_FILE
 from transforms.write import AVRO
 from transforms.write import BIGQUERY_FORMATS
 from transforms.write import BIGQUERY_SCHEMA
@@ -65,9 +66,34 @@ class RunNotPublishedError(FileNotFoundError):
   """The run directory has no manifest.json: it is incomplete or unpublished."""
 
 
+def _refusal_paths(run_dir: str) -> list[str]:
+  pattern = FileSystems.join(run_dir, ".staging-*", REFUSAL_FILE)
+  return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def load_refusal(run_dir: str) -> dict:
+  """Why a guardrail kept the run in `run_dir` from being published.
+
+  The refused.json the publish stage left in the run's staging directory
+  (the latest one, if several runs were refused there).
+
+  Raises:
+    FileNotFoundError: if no run was refused there.
+  """
+  paths = _refusal_paths(run_dir)
+  if not paths:
+    raise FileNotFoundError(f"{run_dir} holds no refused run ({REFUSAL_FILE})")
+  return json.loads(_read_bytes(paths[-1]))
+
+
 def load_manifest(run_dir: str) -> dict:
   path = FileSystems.join(run_dir, MANIFEST_FILE)
   if not FileSystems.exists(path):
+    refused = _refusal_paths(run_dir)
+    if refused:
+      raise RunNotPublishedError(
+          f"{run_dir} has no {MANIFEST_FILE}: a guardrail refused to publish "
+          f"the run; {refused[-1]} says why.")
     raise RunNotPublishedError(
         f"{run_dir} has no {MANIFEST_FILE}: the run is incomplete or was "
         "never published (the manifest is written last). Wait for the run to "
@@ -220,31 +246,6 @@ def _read_parquet(paths: Sequence[str], columns) -> pa.Table:
   return pa.concat_tables(tables)
 
 
-def _iter_tfrecords(f) -> Iterator[bytes]:
-  """The records of a TFRecord file, their checksums verified."""
-  while True:
-    header = f.read(12)
-    if not header:
-      return
-    if len(header) != 12:
-      raise ValueError("Truncated TFRecord file: incomplete record header")
-    length, length_crc = struct.unpack("<QI", header)
-    if _masked_crc32c(header[:8]) != length_crc:
-      raise ValueError("Corrupt TFRecord file: bad length checksum")
-    body = f.read(length + 4)
-    if len(body) != length + 4:
-      raise ValueError("Truncated TFRecord file: incomplete record")
-    data = body[:length]
-    if _masked_crc32c(data) != struct.unpack("<I", body[length:])[0]:
-      raise ValueError("Corrupt TFRecord file: bad data checksum")
-    yield data
-
-
-def _masked_crc32c(data: bytes) -> int:
-  crc = google_crc32c.value(data)
-  return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
-
-
 def _read_tfrecord(paths: Sequence[str], columns) -> pa.Table:
   # tfx-bsl decodes whole batches of tf.Examples in C++.
   decoder = example_coder.ExamplesToRecordBatchDecoder()
@@ -253,7 +254,7 @@ def _read_tfrecord(paths: Sequence[str], columns) -> pa.Table:
   batches = []
   for path in paths:
     with _open(path) as f:
-      records = list(_iter_tfrecords(f))
+      records = list(iter_frames(f))
     for start in range(0, len(records), _DECODE_BATCH_SIZE):
       decoded = decoder.DecodeBatch(records[start:start + _DECODE_BATCH_SIZE])
       batches.append(

@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # pylint: disable=g-import-not-at-top
+from hypothesis import settings  # pylint: disable=g-import-not-at-top
 
 from pipeline.bert import export  # pylint: disable=g-import-not-at-top
 from tests import tiny_bert  # pylint: disable=g-import-not-at-top
@@ -35,6 +36,14 @@ def tiny_model_dir(tiny_checkpoint, tmp_path_factory):
   return model_dir
 
 
+@pytest.fixture
+def corpus_file(tmp_path):
+  """A JSONL corpus of one good document."""
+  path = tmp_path / "corpus.jsonl"
+  path.write_text('{"id": "a", "text": "hello world"}\n')
+  return str(path)
+
+
 _FIGURES_KEY = pytest.StashKey[list]()
 
 
@@ -55,3 +64,12 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.section("measured figures")
     for nodeid, name, value in figures:
       terminalreporter.write_line(f"{nodeid}: {name} = {value}")
+
+
+# Hypothesis: bounded for CI by default; `HYPOTHESIS_PROFILE=soak` (see
+# scripts/fuzz_soak.sh) runs the same properties far longer.
+settings.register_profile("ci", max_examples=60, deadline=None)
+settings.register_profile(
+    "soak", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20000")),
+    deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

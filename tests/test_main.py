@@ -231,13 +231,13 @@ def tsv_corpus(directory):
       b"another text\tt1\n",  # 4 duplicate id
       b"\xff\xfe\tt6\n",  # 5 invalid UTF-8
       b"lazy dog\tt7\n",  # 6
-      b'"quoted\ttab"\tt8\n',  # 7 quoted delimiter
+      b'"quotes are text"\tt8\n',  # 7 TSV has no quoting
   ]))
   good = {
       "t1": "the quick brown fox",
       "t2": "hello world",
       "t7": "lazy dog",
-      "t8": "quoted\ttab",
+      "t8": '"quotes are text"',
   }
   bad = {
       ("corpus.tsv", 2): (EMPTY, "t3"),
@@ -354,9 +354,11 @@ def tfrecord_corpus(directory):
 
 
 def run_pipeline(input_pattern, output, model_dir, *extra):
+  # The corpora are bad on purpose; the guardrails have tests of their own
+  # (test_guardrails.py).
   result = main.run([
       "--input", input_pattern, "--output", output, "--model", model_dir,
-      "--runner=DirectRunner", *extra
+      "--runner=DirectRunner", "--max_bad_fraction=1", *extra
   ])
   assert result.state == PipelineState.DONE
   return result
@@ -654,13 +656,6 @@ def test_truncation_and_float16_sequences(tiny_model_dir, reference, tmp_path,
 
 # ---------------------------------------------------------------------------
 # Wrong flags fail before anything runs.
-
-
-@pytest.fixture
-def corpus_file(tmp_path):
-  path = tmp_path / "corpus.jsonl"
-  path.write_text('{"id": "a", "text": "hello world"}\n')
-  return str(path)
 
 
 @pytest.mark.parametrize("flags,message", [

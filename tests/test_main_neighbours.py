@@ -77,8 +77,11 @@ def test_ann_mode_reports_measured_recall(tmp_path, tiny_model_dir):
 
 def test_neighbours_of_a_query_corpus(tmp_path, tiny_model_dir):
   queries = _write_lines(tmp_path / "queries.txt", QUERIES)
+  # One query of four is empty on purpose: over the default
+  # --max_bad_fraction, which the query corpus is held to as well.
   run_dir, manifest = _run(tmp_path, tiny_model_dir, "--neighbours_k=2",
-                           f"--neighbours_of={queries}")
+                           f"--neighbours_of={queries}",
+                           "--max_bad_fraction=0.25")
   counts = manifest["counts"]
   assert counts["queries"] == {"read": 4, "embedded": 3, "dead_lettered": 1}
   assert counts["read"] == counts["embedded"] == len(CORPUS)

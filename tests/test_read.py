@@ -19,8 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.local_runner import LocalRunner
-from transforms import read
-from transforms.read import INPUT_FORMATS, ReadCorpus, infer_input_format
+from transforms import formats
+from transforms.formats import INPUT_FORMATS, infer_input_format
+from transforms.formats import parquet as parquet_format
+from transforms.formats import tfrecord as tfrecord_format
+from transforms.formats.fields import RecordSpec
+from transforms.formats.files import read_file_records
+from transforms.read import ReadCorpus
 from transforms.records import (DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE,
                                 Document, Reason, derive_document_id)
 
@@ -55,6 +60,12 @@ def _expect(outputs, documents, dead_letters, label):
 
 def _test_pipeline():
   return test_pipeline.TestPipeline(runner=LocalRunner())
+
+
+def _reader(input_format, **spec):
+  """A format's reader as read_file_records calls it: (stream, source)."""
+  return lambda stream, source: formats.READERS[input_format](
+      stream, source, RecordSpec(**spec))
 
 
 # -- Formats: inference and construction-time errors ---------------------------
@@ -238,7 +249,7 @@ def test_read_csv(tmp_path):
   no_text = tmp_path / "no_text.csv"
   no_text.write_text("id,body\n1,first\n2,second\n")
   unterminated = tmp_path / "unterminated.csv"
-  unterminated.write_text('text\nfine\n"never closed\nswallowed\n')
+  unterminated.write_text('text\nfine\n"never closed\nnot swallowed\n')
   (tmp_path / "empty.csv").write_bytes(b"")
   (tmp_path / "header_only.csv").write_text("id,text\n")
 
@@ -250,6 +261,8 @@ def test_read_csv(tmp_path):
             _doc(rows, 1, 'multi\nline "quoted"'),
             _doc(rows, 5, "last", "e"),
             _doc(unterminated, 0, "fine"),
+            # The unterminated quote costs its own line only.
+            _doc(unterminated, 2, "not swallowed"),
         ], [
             _dead(rows, 2, Reason.MALFORMED_RECORD),
             _dead(rows, 3, Reason.INVALID_UTF8, "c"),
@@ -262,21 +275,28 @@ def test_read_csv(tmp_path):
 
 
 def test_read_tsv(tmp_path):
+  # TSV has no quoting: a quote is text, and a tab always splits.
   rows = tmp_path / "rows.tsv"
   rows.write_bytes(b"text\tid\r\n"
                    b"first row\tt1\r\n"
                    b'"tab\tinside"\tt2\r\n'
                    b"commas, are, text\t\r\n"
-                   b"one cell only\r\n")
+                   b"one cell only\r\n"
+                   b'"a quote opens\tt5\n'
+                   b"the next row\tt6\n")
 
   with _test_pipeline() as p:
     outputs = p | ReadCorpus(str(rows))
     _expect(
         outputs, [
             _doc(rows, 0, "first row", "t1"),
-            _doc(rows, 1, "tab\tinside", "t2"),
             _doc(rows, 2, "commas, are, text"),
-        ], [_dead(rows, 3, Reason.MALFORMED_RECORD)],
+            _doc(rows, 4, '"a quote opens', "t5"),
+            _doc(rows, 5, "the next row", "t6"),
+        ], [
+            _dead(rows, 1, Reason.MALFORMED_RECORD),
+            _dead(rows, 3, Reason.MALFORMED_RECORD),
+        ],
         label="Tsv")
 
 
@@ -285,8 +305,7 @@ def test_csv_fields_may_exceed_the_csv_module_default_limit():
   data = f'id,text\nlong,"{long_text}"\nnext,short\n'.encode()
 
   records = list(
-      read.read_delimited_records(
-          io.BytesIO(data), "big.csv", id_field="id", text_field="text"))
+      formats.READERS["csv"](io.BytesIO(data), "big.csv", RecordSpec()))
 
   assert [(r.id, r.text, r.position) for r in records] == [
       ("long", long_text, 0), ("next", "short", 1)
@@ -350,11 +369,10 @@ def _parquet_bytes(table, **write_options):
 
 
 def test_parquet_positions_run_on_across_batches(monkeypatch):
-  monkeypatch.setattr(read, "_PARQUET_BATCH_ROWS", 2)
+  monkeypatch.setattr(parquet_format, "_BATCH_ROWS", 2)
   data = _parquet_bytes(pa.table({"text": [f"t{i}" for i in range(5)]}))
   records = list(
-      read.read_parquet_records(
-          io.BytesIO(data), "s.parquet", id_field="id", text_field="text"))
+      formats.READERS["parquet"](io.BytesIO(data), "s.parquet", RecordSpec()))
   assert [(r.position, r.text) for r in records] == [(i, f"t{i}")
                                                       for i in range(5)]
 
@@ -368,10 +386,8 @@ def test_corrupt_parquet_keeps_the_rows_before_the_damage():
   data[damaged_page:damaged_page + 8] = b"\xff" * 8
 
   records = list(
-      read.read_file_records(
-          lambda: io.BytesIO(bytes(data)), "s.parquet",
-          lambda stream, source: read.read_parquet_records(
-              stream, source, id_field="id", text_field="text")))
+      read_file_records(lambda: io.BytesIO(bytes(data)), "s.parquet",
+                        _reader("parquet")))
 
   assert [r.text for r in records[:-1]] == [f"row {i}" for i in range(4)]
   assert records[-1].reason == Reason.UNREADABLE_FILE
@@ -477,16 +493,14 @@ def test_read_tfrecord(tmp_path):
 
 def test_truncated_tfrecord_keeps_the_records_of_earlier_batches(
     tmp_path, monkeypatch):
-  monkeypatch.setattr(read, "_TFRECORD_BATCH_RECORDS", 2)
+  monkeypatch.setattr(tfrecord_format, "_BATCH_RECORDS", 2)
   path = tmp_path / "cut.tfrecord"
   _write_tfrecord(path, [_example(text=[f"r{i}".encode()]) for i in range(5)])
   data = path.read_bytes()[:-3]  # the last frame loses its CRC
 
   records = list(
-      read.read_file_records(
-          lambda: io.BytesIO(data), "cut.tfrecord",
-          lambda stream, source: read.read_tfrecord_records(
-              stream, source, id_field="id", text_field="text")))
+      read_file_records(lambda: io.BytesIO(data), "cut.tfrecord",
+                        _reader("tfrecord")))
 
   assert [(r.position, r.text) for r in records[:-1]] == [
       (i, f"r{i}") for i in range(4)
@@ -507,8 +521,8 @@ class _FlakyStream(io.BytesIO):
 def test_transient_storage_errors_fail_the_bundle_for_a_retry():
   with pytest.raises(ConnectionResetError):
     list(
-        read.read_file_records(lambda: _FlakyStream(b"x\n"), "gs://b/a.txt",
-                               read.read_text_records))
+        read_file_records(lambda: _FlakyStream(b"x\n"), "gs://b/a.txt",
+                          _reader("text")))
 
 
 def test_a_missing_file_is_one_unreadable_file_dead_letter():
@@ -517,8 +531,7 @@ def test_a_missing_file_is_one_unreadable_file_dead_letter():
     raise FileNotFoundError("gs://b/gone.txt")
 
   records = list(
-      read.read_file_records(open_gone_file, "gs://b/gone.txt",
-                             read.read_text_records))
+      read_file_records(open_gone_file, "gs://b/gone.txt", _reader("text")))
 
   assert [(r.source, r.position, r.reason) for r in records
          ] == [("gs://b/gone.txt", -1, Reason.UNREADABLE_FILE)]

@@ -21,6 +21,7 @@ from tests.test_write import make_dead_letters
 from tests.test_write import make_embeddings
 from tests.test_write import publish_manifest
 from transforms import write
+from transforms.formats.tfrecord_frames import iter_frames
 from transforms.schemas import EmbeddingTableSpec
 
 H = 5
@@ -152,7 +153,7 @@ def test_tfrecord_reader_agrees_with_tensorflow(run_dir, tmp_path):
   (relative,) = manifest["outputs"]["embeddings"]["tfrecord"]
   path = os.path.join(run_dir, relative)
   with open(path, "rb") as f:
-    ours = list(read_outputs._iter_tfrecords(f))
+    ours = list(iter_frames(f))
   theirs = [r.numpy() for r in tf.data.TFRecordDataset(path)]
   assert len(ours) == 4 and ours == theirs
 
@@ -160,9 +161,9 @@ def test_tfrecord_reader_agrees_with_tensorflow(run_dir, tmp_path):
   data = bytearray(open(path, "rb").read())
   data[20] ^= 0xFF  # inside the first record's payload
   open(corrupt, "wb").write(bytes(data))
-  with pytest.raises(ValueError, match="Corrupt TFRecord"):
+  with pytest.raises(ValueError, match="TFRecord data fails its CRC"):
     with open(corrupt, "rb") as f:
-      list(read_outputs._iter_tfrecords(f))
+      list(iter_frames(f))
 
 
 # --- Command line -----------------------------------------------------------

@@ -23,7 +23,9 @@ from pipeline.bert import metadata as metadata_lib
 from pipeline.options import ConfigError
 from tests import network_guard
 from tests import tiny_v1
-from transforms import read
+from transforms import formats
+from transforms.formats.fields import RecordSpec
+from transforms.read import ReadCorpus
 from transforms.model_handler import EmbeddingSettings
 from transforms.model_handler import LoadedBertModel
 from transforms.records import DeadLetter
@@ -50,9 +52,12 @@ def no_network(monkeypatch):
   assert not attempts, f"network use attempted: {attempts}"
 
 
-def _records(reader, data: bytes, source, **fields):
-  return list(reader(io.BytesIO(data), source, id_field="id",
-                     text_field="a", text_pair_field="b", **fields))
+_PAIR_SPEC = RecordSpec(id_field="id", text_field="a", text_pair_field="b")
+
+
+def _records(input_format, data: bytes, source):
+  return list(formats.READERS[input_format](io.BytesIO(data), source,
+                                            _PAIR_SPEC))
 
 
 def _check_pair_records(records, source):
@@ -78,7 +83,7 @@ def test_jsonl_pairs():
            {"a": "the", "b": "fox"},
            {"id": "p2", "a": "no pair"},
            {"id": "p3", "a": "number", "b": 7}]
-  records = _records(read.read_jsonl_records,
+  records = _records("jsonl",
                      "".join(json.dumps(l) + "\n" for l in lines).encode(),
                      "pairs.jsonl")
   _check_pair_records(records, "pairs.jsonl")
@@ -87,15 +92,11 @@ def test_jsonl_pairs():
 
 def test_csv_pairs():
   data = b"id,a,b\np0,hello,world\n,the,fox\n"
-  records = list(read.read_delimited_records(
-      io.BytesIO(data), "pairs.csv", id_field="id", text_field="a",
-      text_pair_field="b"))
+  records = _records("csv", data, "pairs.csv")
   assert records[0] == Document("p0", "hello", "pairs.csv", 0, "world")
   assert records[1].id == derive_document_id("pairs.csv", "the", "fox")
   # A header without the pair column: every row is accounted for.
-  records = list(read.read_delimited_records(
-      io.BytesIO(b"id\ta\np0\thello\np1\tworld\n"), "pairs.tsv",
-      id_field="id", text_field="a", text_pair_field="b", delimiter="\t"))
+  records = _records("tsv", b"id\ta\np0\thello\np1\tworld\n", "pairs.tsv")
   assert [(r.reason, r.id) for r in records] == [(MISSING, "p0"),
                                                  (MISSING, "p1")]
 
@@ -106,13 +107,13 @@ def test_parquet_pairs():
                     "b": ["world", "fox", None, "y"]})
   sink = io.BytesIO()
   pq.write_table(table, sink)
-  records = _records(read.read_parquet_records, sink.getvalue(), "p.parquet")
+  records = _records("parquet", sink.getvalue(), "p.parquet")
   _check_pair_records(records, "p.parquet")
   assert records[3] == Document("p3", "x", "p.parquet", 3, "y")
   # Without the pair column at all.
   sink = io.BytesIO()
   pq.write_table(table.drop(["b"]), sink)
-  records = _records(read.read_parquet_records, sink.getvalue(), "p.parquet")
+  records = _records("parquet", sink.getvalue(), "p.parquet")
   assert {r.reason for r in records} == {MISSING}
 
 
@@ -136,14 +137,14 @@ def test_tfrecord_pairs(tmp_path):
     writer.write(example(id="p2", a="no pair"))
     writer.write(example(id="p3", a="number", b=7))
   with open(path, "rb") as f:
-    records = _records(read.read_tfrecord_records, f.read(), "pairs.tfrecord")
+    records = _records("tfrecord", f.read(), "pairs.tfrecord")
   _check_pair_records(records, "pairs.tfrecord")
   assert records[3].reason == NON_STRING
 
 
 def test_plain_text_cannot_hold_pairs(tmp_path):
   with pytest.raises(ValueError, match="pair input"):
-    read.ReadCorpus(str(tmp_path / "x.txt"), text_pair_field="b")
+    ReadCorpus(str(tmp_path / "x.txt"), text_pair_field="b")
 
 
 def test_pair_ids_cover_both_texts():
@@ -275,7 +276,8 @@ def test_pairs_end_to_end(tiny_model_dir, tmp_path):
   result = main.run([
       "--input", str(corpus), "--output", run_dir, "--model", tiny_model_dir,
       "--text_field", "question", "--text_pair_field", "answer",
-      "--neighbours_k", "2", "--runner=DirectRunner"])
+      "--neighbours_k", "2", "--runner=DirectRunner",
+      "--max_bad_fraction=0.2"])  # 1 of 6 is bad on purpose
   assert result.state == PipelineState.DONE
 
   manifest = read_outputs.load_manifest(run_dir)

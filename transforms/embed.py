@@ -28,6 +28,18 @@ _LOG = logging.getLogger(__name__)
 
 # A progress line at most this often per worker process.
 _PROGRESS_INTERVAL_SECS = 10.0
+STAGE = "embed"
+
+
+def has_no_wordpieces(document: Document, encoded: EncodedText) -> bool:
+  """Whether the model saw nothing of the text but [CLS] and [SEP].
+
+  Texts of only characters the tokenizer drops (zero-width spaces, a BOM,
+  NUL and other control characters, soft hyphens) would otherwise all get
+  one and the same vector, neighbours of each other at score 1.0.
+  """
+  special_tokens = 2 if document.text_pair is None else 3
+  return encoded.num_tokens <= special_tokens
 
 
 def to_embedding(document: Document, encoded: EncodedText) -> Embedding:
@@ -57,20 +69,27 @@ class _SplitInferenceResults(beam.DoFn):
   def process(self, keyed_result):
     document, result = keyed_result
     encoded = result.inference
-    if isinstance(encoded, EncodedText):
+    if not isinstance(encoded, EncodedText):
+      yield self._dead_letter(document, Reason.MODEL_ERROR, encoded.error)
+    elif has_no_wordpieces(document, encoded):
+      yield self._dead_letter(
+          document, Reason.EMPTY_TEXT,
+          "the text has no wordpieces: only characters the tokenizer drops "
+          "(control, zero-width or format characters)")
+    else:
       self._embedded.inc()
       if encoded.truncated:
         self._truncated.inc()
       self._log_progress()
       yield to_embedding(document, encoded)
-    else:
-      self._dead_lettered.inc()
-      yield beam.pvalue.TaggedOutput(
-          DEAD_LETTER,
-          DeadLetter(source=document.source, position=document.position,
-                     stage="embed", reason=Reason.MODEL_ERROR,
-                     detail=encoded.error, snippet=make_snippet(document.text),
-                     id=document.id))
+
+  def _dead_letter(self, document: Document, reason: str, detail: str):
+    self._dead_lettered.inc()
+    return beam.pvalue.TaggedOutput(
+        DEAD_LETTER,
+        DeadLetter(source=document.source, position=document.position,
+                   stage=STAGE, reason=reason, detail=detail,
+                   snippet=make_snippet(document.text), id=document.id))
 
   def _log_progress(self):
     now = time.monotonic()

@@ -54,6 +54,7 @@ class PreviousRun:
   tfrecord_files: Tuple[str, ...]
   reusable: bool
   reason: str = ""
+  documents: int = 0  # in its embeddings table
 
   def manifest_entry(self) -> dict:
     return {"path": self.path, "run_id": self.run_id,
@@ -83,6 +84,13 @@ def plan_previous_run(path: str, model_fingerprint: str,
   embeddings = manifest["outputs"]["embeddings"]
   files = tuple(
       FileSystems.join(path, name) for name in embeddings["tfrecord"])
+  missing = [name for name in files if not FileSystems.exists(name)]
+  if missing:
+    raise PreviousRunError(
+        f"--previous_run={path} lists {len(missing)} embedding shard(s) that "
+        f"are gone, e.g. {missing[0]}: its files were moved or deleted. Point "
+        "--previous_run at a complete run, or leave it out to embed "
+        "everything.")
   previous_settings = dict(manifest.get("settings", {}))
   previous_settings.update(manifest["model"])
 
@@ -103,7 +111,8 @@ def plan_previous_run(path: str, model_fingerprint: str,
     _LOG.warning("Not reusing embeddings of %s: %s", path, reason)
   return PreviousRun(path=path, run_id=manifest["run_id"],
                      tfrecord_files=files, reusable=not reason,
-                     reason=reason)
+                     reason=reason,
+                     documents=int(manifest["counts"]["embedded"]))
 
 
 class PreviousEmbedding(NamedTuple):

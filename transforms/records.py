@@ -15,6 +15,7 @@ the text), never random: a retried bundle must produce the same rows.
 import dataclasses
 import hashlib
 import os
+import re
 from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
@@ -30,6 +31,14 @@ METRICS_NAMESPACE = "embedding_pipeline"
 # How much of a rejected record the dead letter keeps: enough to find it, never
 # a whole document (documents may be large or sensitive).
 SNIPPET_CHARS = 200
+# How long a dead letter's reason text may be: a message can quote the input
+# (a record's field names, a header), and the input can be anything.
+DETAIL_CHARS = 500
+
+# Lone surrogates: what Python makes of bytes that are not UTF-8 (file names,
+# surrogateescape-decoded CSV) or of JSON "\ud800" escapes. No UTF-8 writer
+# can encode them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Reason:
@@ -41,6 +50,7 @@ class Reason:
   NON_STRING_FIELD = "non_string_field"
   DUPLICATE_ID = "duplicate_id"
   UNREADABLE_FILE = "unreadable_file"  # a file that is not the format it claims
+  RECORD_TOO_LARGE = "record_too_large"  # over --max_record_bytes
   MODEL_ERROR = "model_error"
 
 
@@ -67,8 +77,27 @@ def model_input(document: Document):
   return (document.text, document.text_pair)
 
 
-class DeadLetter(NamedTuple):
-  """A rejected record: where it came from, why, and a short snippet of it."""
+def printable(text: str, limit: Optional[int] = None) -> str:
+  """`text` as valid Unicode, cut to `limit` characters.
+
+  A lone surrogate becomes a visible escape: "\\xff" for a byte that was not
+  UTF-8 (surrogateescape), "\\ud800" otherwise. So every dead letter can be
+  written as UTF-8 JSON, whatever input it quotes.
+  """
+  text = _SURROGATE.sub(_escape_surrogate, text)
+  if limit is not None and len(text) > limit:
+    text = text[:limit - 1] + "\u2026"
+  return text
+
+
+def _escape_surrogate(match: re.Match) -> str:
+  code = ord(match.group())
+  if 0xdc80 <= code <= 0xdcff:
+    return f"\\x{code - 0xdc00:02x}"
+  return f"\\u{code:04x}"
+
+
+class _DeadLetterFields(NamedTuple):
   source: str
   position: int
   stage: str  # "read", "validate" or "embed"
@@ -76,6 +105,22 @@ class DeadLetter(NamedTuple):
   detail: str  # human readable, e.g. the exception text
   snippet: str  # at most SNIPPET_CHARS characters of the raw record
   id: Optional[str] = None
+
+
+class DeadLetter(_DeadLetterFields):
+  """A rejected record: where it came from, why, and a short snippet of it.
+
+  Every text field is made printable and bounded when the dead letter is
+  made (see `printable`), so no input can make an error row unwritable.
+  """
+  __slots__ = ()
+
+  def __new__(cls, source: str, position: int, stage: str, reason: str,
+              detail: str, snippet: str, id: Optional[str] = None):  # pylint: disable=redefined-builtin
+    return super().__new__(
+        cls, printable(source), position, stage, reason,
+        printable(detail, DETAIL_CHARS), printable(snippet, SNIPPET_CHARS),
+        None if id is None else printable(id))
 
   def to_json_dict(self) -> dict:
     return self._asdict()
@@ -87,7 +132,7 @@ def make_snippet(raw) -> str:
     raw = raw[:SNIPPET_CHARS * 4].decode("utf-8", errors="backslashreplace")
   elif not isinstance(raw, str):
     raw = repr(raw)
-  return raw[:SNIPPET_CHARS]
+  return printable(raw[:SNIPPET_CHARS])
 
 
 def derive_document_id(source: str, text: str,

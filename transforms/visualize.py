@@ -26,6 +26,8 @@ _LABEL_CHARS = 40
 
 
 def _label(text: str) -> str:
+  # Control and format characters have no glyph: shown as spaces.
+  text = "".join(c if c.isprintable() else " " for c in text)
   text = " ".join(text.split())
   return text if len(text) <= _LABEL_CHARS else text[:_LABEL_CHARS - 1] + "…"
 
@@ -48,9 +50,12 @@ def similarity_heatmap_png(labels: Sequence[str], vectors: np.ndarray,
   image = axes.imshow(similarity, cmap="YlOrRd", vmin=0.0, vmax=1.0)
   ticks = list(range(len(labels)))
   short = [_label(t) for t in labels]
-  axes.set_xticks(ticks, short, rotation=90, fontsize=7)
-  axes.set_yticks(ticks, short, fontsize=7)
-  axes.set_title(title)
+  # Labels are documents' texts: plain text, never mathtext ("$x$") or TeX,
+  # which would fail on, or render, whatever the corpus holds.
+  axes.set_xticks(ticks, short, rotation=90, fontsize=7, parse_math=False,
+                  usetex=False)
+  axes.set_yticks(ticks, short, fontsize=7, parse_math=False, usetex=False)
+  axes.set_title(title, parse_math=False, usetex=False)
   figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04,
                   label="cosine similarity")
   figure.tight_layout()

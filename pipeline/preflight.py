@@ -1,0 +1,95 @@
+"""Checks of the paths a run reads and writes, made before anything runs.
+
+A wrong path must fail in the first second, with exit 2 and a message that
+names the fix, not an hour into a run or, worse, after its manifest is
+written. Each check raises ConfigError.
+"""
+
+import os
+import re
+
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.errors import ConfigError
+
+MANIFEST_FILE = "manifest.json"
+# Characters Beam's file systems read as a glob.
+_GLOB = re.compile(r"[*?\[\]]")
+
+
+def has_glob(path: str) -> bool:
+  return bool(_GLOB.search(path))
+
+
+def _is_local(path: str) -> bool:
+  return FileSystems.get_scheme(path) is None
+
+
+def _check_creatable(flag: str, value: str, directory: str):
+  """A local `directory` exists, or could be made, and is writable.
+
+  Nothing is made here: a run that fails its checks leaves no trace.
+  """
+  existing = os.path.abspath(directory)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(
+        f"{flag}={value}: {existing} is a file, not a directory.")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f"{flag}={value}: {existing} is not writable.")
+
+
+def check_input(flag: str, pattern: str):
+  """The pattern names at least one file."""
+  if _is_local(pattern) and os.path.isdir(pattern):
+    raise ConfigError(
+        f"{flag}={pattern} is a directory; name its files with a glob, e.g. "
+        f"{flag}='{os.path.join(pattern, '*.jsonl')}'.")
+  try:
+    files = FileSystems.match([pattern])[0].metadata_list
+  except BeamIOError as error:
+    raise ConfigError(f"{flag}={pattern} cannot be listed: {error}") from None
+  if not files:
+    if has_glob(pattern):
+      raise ConfigError(
+          f"{flag}={pattern} matches no file. Check the path; quote a glob so "
+          "that the shell does not expand it.")
+    raise ConfigError(f"{flag}={pattern} does not exist.")
+
+
+def check_output(output: str):
+  """The run directory can be made, and holds no published run."""
+  if has_glob(output):
+    raise ConfigError(
+        f"--output={output} holds glob characters (* ? [ ]), which Beam's "
+        "file systems would read as a pattern; choose a plain directory name.")
+  if _is_local(output):
+    if os.path.exists(output) and not os.path.isdir(output):
+      raise ConfigError(
+          f"--output={output} is a file; name a run directory (new, or one "
+          "without a manifest.json).")
+    _check_creatable("--output", output, output)
+  manifest = FileSystems.join(output, MANIFEST_FILE)
+  if FileSystems.exists(manifest):
+    raise ConfigError(
+        f"--output={output} already holds a published run ({manifest}); "
+        "choose a new run directory, e.g. one per date.")
+
+
+def check_latest_pointer(pointer: str):
+  """The pointer is a file this run can write."""
+  if has_glob(pointer):
+    raise ConfigError(
+        f"--latest_pointer={pointer} holds glob characters; name a plain "
+        "file.")
+  if not _is_local(pointer):
+    return  # object stores: any name is a file
+  if os.path.isdir(pointer):
+    raise ConfigError(
+        f"--latest_pointer={pointer} is a directory; name a file inside it, "
+        f"e.g. {os.path.join(pointer, 'LATEST')}.")
+  # The pointer is replaced by a rename in its directory.
+  _check_creatable("--latest_pointer", pointer,
+                   os.path.dirname(os.path.abspath(pointer)))

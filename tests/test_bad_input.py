@@ -1,0 +1,416 @@
+"""Regression tests of inputs that once crashed a run or lost records.
+
+Each case is an input found by trying the pipeline as a new user would (the
+exact inputs of issue 14). The promise they check: bad input never stops a
+run and is never lost. Every record ends in exactly one of the embeddings or
+the errors, the counts add up, and error rows are valid UTF-8 JSON of bounded
+size, whatever they quote.
+"""
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import os
+import re
+import socket
+import struct
+import tracemalloc
+import zlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from pipeline import main
+from pipeline import read_outputs
+from transforms import formats
+from transforms.formats.fields import RecordSpec
+from transforms.formats.files import open_for_reading
+from transforms.formats.files import read_file_records
+from transforms.formats.tfrecord_frames import encode_frame
+from transforms.formats.tfrecord_frames import masked_crc32c
+from transforms.records import DETAIL_CHARS
+from transforms.records import DeadLetter
+from transforms.records import Document
+from transforms.records import SNIPPET_CHARS
+
+# Reasons, spelled out here (the errors table's contract), not imported.
+EMPTY = "empty_text"
+UTF8 = "invalid_utf8"
+MALFORMED = "malformed_record"
+MISSING = "missing_field"
+UNREADABLE = "unreadable_file"
+TOO_LARGE = "record_too_large"
+
+# An error row's JSON, at most: bounded detail and snippet, plus the rest.
+MAX_ERROR_ROW_BYTES = 4 * (DETAIL_CHARS + SNIPPET_CHARS) + 2048
+
+
+def _read(input_format, data: bytes, source="f", **spec):
+  """Every record of one file, as the read stage sees it."""
+  random_access = input_format in formats.RANDOM_ACCESS_FORMATS
+  return list(read_file_records(
+      lambda: open_for_reading(lambda: io.BytesIO(data), source,
+                               random_access), source,
+      lambda stream, src: formats.READERS[input_format](
+          stream, src, RecordSpec(**spec))))
+
+
+def _kinds(records):
+  return [(r.position, r.reason if isinstance(r, DeadLetter) else "doc")
+          for r in records]
+
+
+def _run(tmp_path, model_dir, pattern, *flags, output="run"):
+  run_dir = str(tmp_path / output)
+  code = main.main([f"--input={pattern}", f"--output={run_dir}",
+                    f"--model={model_dir}", "--runner=DirectRunner",
+                    "--neighbours_k=2", *flags])
+  return code, run_dir
+
+
+def _check_error_rows(run_dir):
+  """Error rows as written: valid UTF-8 JSON, bounded in size."""
+  manifest = read_outputs.load_manifest(run_dir)
+  rows = []
+  for relative in manifest["outputs"]["errors"]["jsonl"]:
+    with open(os.path.join(run_dir, relative), "rb") as f:
+      for line in f:
+        assert len(line) <= MAX_ERROR_ROW_BYTES
+        rows.append(json.loads(line.decode("utf-8")))
+  counts = manifest["counts"]
+  assert counts["read"] == counts["embedded"] + counts["dead_lettered"]
+  assert counts["dead_lettered"] == len(rows)
+  return manifest, rows
+
+
+# ---------------------------------------------------------------------------
+# JSON lines: one bad line costs only itself, and its error row is writable.
+
+
+def test_hostile_json_lines_cost_only_themselves(tmp_path, tiny_model_dir):
+  lines = [
+      b'{"id": "ok-0", "text": "the quick brown fox"}',
+      b"[" * 1000 + b"]" * 1000,  # nested 1,000 deep
+      b'{"id":"s1","\\ud800k":"x"}',  # a key with a lone surrogate escape
+      b'{"id": "big", "text": "a big number", "n": ' + b"9" * 5000 + b"}",
+      b'{"id": "ok-4", "text": "after the big number"}',
+      json.dumps({f"k{i}": i for i in range(20000)}).encode(),  # no text
+      json.dumps({"id": "zw", "text": "\u200b\u200b\ufeff"}).encode(),
+      json.dumps({"id": "nul", "text": "\x00\x01\x1b\x7f"}).encode(),
+      json.dumps({"id": "shy", "text": "\u00ad"}).encode(),
+      json.dumps({"id": "tex", "text": "set path $HOME\\bin$ here"}).encode(),
+      json.dumps({"id": "ok-10", "text": "the lazy dog"}).encode(),
+  ]
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "hostile.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+  code, run_dir = _run(tmp_path, tiny_model_dir, str(corpus / "*.jsonl"),
+                       "--similarity_plot", "--max_bad_fraction=1")
+
+  assert code == 0
+  manifest, errors = _check_error_rows(run_dir)
+  by_position = {e["position"]: e for e in errors}
+  assert {p: e["reason"] for p, e in by_position.items()} == {
+      1: MALFORMED, 2: MISSING, 5: MISSING, 6: EMPTY, 7: EMPTY, 8: EMPTY}
+  assert "nested too deeply" in by_position[1]["detail"]
+  assert "\\ud800k" in by_position[2]["detail"]  # escaped, still findable
+  assert len(by_position[5]["detail"]) <= DETAIL_CHARS
+  assert "20000 in all" in by_position[5]["detail"]
+  embedded = {row["id"] for row in read_outputs.read_table(run_dir).to_pylist()}
+  assert embedded == {"ok-0", "big", "ok-4", "tex", "ok-10"}
+  assert manifest["outputs"]["similarity_plot"]["png"] == ["similarity.png"]
+
+
+def test_json_integers_too_long_for_python_are_still_numbers():
+  records = _read("jsonl", b"\n".join([
+      b'{"id": ' + b"1" * 5000 + b', "text": "a long integer id"}',
+      b'{"id": "t", "text": ' + b"7" * 5000 + b"}",
+      b'{"id": "after", "text": "read as usual"}',
+  ]), "n.jsonl")
+  assert records[0] == Document("1" * 5000, "a long integer id", "n.jsonl", 0)
+  assert (records[1].reason, records[1].id) == ("non_string_field", "t")
+  assert records[2].text == "read as usual"
+
+
+# ---------------------------------------------------------------------------
+# CSV and TSV.
+
+
+def test_an_unterminated_csv_quote_costs_only_its_row():
+  rows = [f"r{i},text number {i}" for i in range(50)]
+  rows[3] = 'r3,"an unterminated quote'
+  rows[49] = 'r49,"a quoted last row"'
+  records = _read("csv", ("id,text\n" + "\n".join(rows) + "\n").encode(),
+                  "q.csv")
+  assert _kinds(records) == [(i, MALFORMED if i == 3 else "doc")
+                             for i in range(50)]
+  assert records[49].text == "a quoted last row"
+
+
+def test_a_csv_header_that_is_not_utf8_makes_writable_errors(
+    tmp_path, tiny_model_dir):
+  corpus = tmp_path / "latin1.csv"
+  corpus.write_bytes(b"id,caf\xe9\n1,first\n2,second\n")
+  code, run_dir = _run(tmp_path, tiny_model_dir, str(corpus),
+                       "--max_bad_fraction=1")
+  # Nothing embedded: the run refuses to publish, but the errors it staged
+  # are written, and say what the header holds.
+  assert code == 3
+  refusal = read_outputs.load_refusal(run_dir)
+  assert refusal["counts"]["dead_lettered"] == 2
+  example = refusal["top_errors"][0]["examples"][0]
+  assert example["reason"] == MISSING and "caf\\xe9" in example["detail"]
+
+
+def test_tsv_has_no_quoting():
+  records = _read("tsv", b'id\ttext\na\t"starts with a quote\nb\tnext\n'
+                  b'c\tlast "one\n', "q.tsv")
+  assert [(r.id, r.text) for r in records] == [
+      ("a", '"starts with a quote'), ("b", "next"), ("c", 'last "one')]
+
+
+# ---------------------------------------------------------------------------
+# Parquet.
+
+
+def test_a_parquet_cell_that_is_not_utf8_rejects_its_row_alone():
+  texts = pa.array([b"good one", b"bad \xff cell", b"good three"],
+                   pa.binary()).view(pa.string())
+  sink = io.BytesIO()
+  pq.write_table(pa.table({"id": ["a", "b", "c"], "text": texts}), sink)
+  records = _read("parquet", sink.getvalue(), "u.parquet")
+  assert _kinds(records) == [(0, "doc"), (1, UTF8), (2, "doc")]
+  assert records[1].id == "b"
+
+
+def test_dictionary_encoded_parquet_text_is_text():
+  sink = io.BytesIO()
+  table = pa.table({
+      "id": ["a", "b", "c"],
+      "text": pa.array(["red", "blue", "red"]).dictionary_encode()})
+  pq.write_table(table, sink)
+  records = _read("parquet", sink.getvalue(), "d.parquet")
+  assert [(r.id, r.text) for r in records] == [("a", "red"), ("b", "blue"),
+                                               ("c", "red")]
+
+
+# ---------------------------------------------------------------------------
+# TFRecord framing.
+
+
+def _frame_header(length: int) -> bytes:
+  encoded = struct.pack("<Q", length)
+  return encoded + struct.pack("<I", masked_crc32c(encoded))
+
+
+@pytest.mark.parametrize("length", [2**40, 2**64 - 1])
+def test_a_tfrecord_length_past_the_end_of_the_file_is_not_allocated(length):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  good = tf.train.Example(features=tf.train.Features(feature={
+      "text": tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[b"kept"]))})).SerializeToString()
+  data = encode_frame(good) + _frame_header(length) + b"x" * 100
+  records = _read("tfrecord", data, "big.tfrecord")
+  assert _kinds(records) == [(0, "doc"), (1, UNREADABLE)]
+  assert "truncated TFRecord data" in records[1].detail
+
+
+def test_a_tfrecord_record_over_the_limit_is_skipped_not_held():
+  data = encode_frame(b"\x00" * 5000) + encode_frame(b"")
+  records = _read("tfrecord", data, "r.tfrecord", max_record_bytes=1000)
+  assert _kinds(records) == [(0, TOO_LARGE), (1, MISSING)]
+
+
+# ---------------------------------------------------------------------------
+# Compressed files: corrupt or cut short, never silent.
+
+_LINES = b"".join(b'{"id": "l%d", "text": "line %d"}\n' % (i, i)
+                  for i in range(20000))
+_CODECS = {
+    ".gz": gzip.compress,
+    ".bz2": lambda data: bz2.compress(data, 1),  # 100 KB blocks
+    ".xz": lzma.compress,
+    ".deflate": zlib.compress,
+    ".zst": lambda data: zstandard.ZstdCompressor().compress(data),
+}
+
+
+@pytest.mark.parametrize("suffix", sorted(_CODECS))
+def test_a_compressed_file_cut_in_half_keeps_its_head_and_says_so(suffix):
+  compressed = _CODECS[suffix](_LINES)
+  records = _read("jsonl", compressed[:len(compressed) // 2],
+                  "cut.jsonl" + suffix)
+  *documents, last = records
+  assert last.reason == UNREADABLE and "truncated" in last.detail
+  assert [r.position for r in documents] == list(range(len(documents)))
+  assert all(isinstance(r, Document) for r in documents)
+  assert last.position == len(documents)
+  # The whole file reads whole.
+  assert len(_read("jsonl", compressed, "whole.jsonl" + suffix)) == 20000
+
+
+def test_a_corrupt_zst_file_is_one_unreadable_file():
+  records = _read("jsonl", b"\x28\xb5\x2f\xfd" + b"\xff" * 64, "bad.jsonl.zst")
+  assert _kinds(records) == [(-1, UNREADABLE)]
+
+
+def test_a_huge_line_costs_memory_bounded_by_the_limit():
+  line = b'{"id": "huge", "text": "' + b"word " * (10 << 20) + b'"}\n'
+  data = gzip.compress(line + b'{"id": "next", "text": "after it"}\n',
+                       compresslevel=1)
+  tracemalloc.start()
+  records = _read("jsonl", data, "huge.jsonl.gz", max_record_bytes=1 << 20)
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  assert _kinds(records) == [(0, TOO_LARGE), (1, "doc")]
+  assert peak < 16 << 20  # the line is 50 MB
+  assert "--max_record_bytes" in records[0].detail
+
+
+# ---------------------------------------------------------------------------
+# File names.
+
+
+def test_a_file_name_that_is_not_utf8_is_read(tmp_path, tiny_model_dir):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  name = os.path.join(os.fsencode(corpus), b"caf\xe9.txt")
+  with open(name, "wb") as f:
+    f.write(b"hello world\nthe quick brown fox\n")
+  code, run_dir = _run(tmp_path, tiny_model_dir, str(corpus / "*.txt"))
+  assert code == 0
+  rows = read_outputs.read_table(run_dir).to_pylist()
+  assert len(rows) == 2
+  assert {row["text"] for row in rows} == {"hello world",
+                                           "the quick brown fox"}
+
+
+# ---------------------------------------------------------------------------
+# Flags: checked before anything runs, exit 2, a message naming the fix.
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--input={tmp}/nothing-*.jsonl"], r"matches no file"),
+    (["--input={tmp}/missing.jsonl"], r"missing.jsonl does not exist"),
+    (["--input={tmp}"], r"is a directory; name its files with a glob"),
+    (["--output={tmp}/corpus.jsonl"], r"is a file; name a run directory"),
+    (["--output={tmp}/run-*"], r"holds glob characters"),
+    (["--output={tmp}/run-[1]"], r"holds glob characters"),
+    (["--latest_pointer={tmp}"], r"is a directory; name a file inside it"),
+    (["--latest_pointer={tmp}/corpus.jsonl/LATEST"],
+     r"corpus.jsonl is a file, not a directory"),
+    (["--max_seq_length=0"], r"--max_seq_length must be a positive integer"),
+    (["--max_record_bytes=0"], r"--max_record_bytes must be a positive"),
+    (["--neighbours_block_size=0"], r"--neighbours_block_size must be a"),
+    (["--num_shards=-1"], r"--num_shards must be 0"),
+    (["--neighbours_of={tmp}/q-*.jsonl"], r"--neighbours_of=.* matches no"),
+])
+def test_wrong_paths_and_numbers_exit_2_before_anything_runs(
+    flags, message, corpus_file, tiny_model_dir, tmp_path, capsys):
+  defaults = {"--input": corpus_file, "--output": str(tmp_path / "run")}
+  argv = [flag.format(tmp=tmp_path) for flag in flags]
+  for flag, value in defaults.items():
+    if not any(arg.startswith(flag + "=") for arg in argv):
+      argv.append(f"{flag}={value}")
+  before = sorted(os.listdir(tmp_path))
+  code = main.main(argv + [f"--model={tiny_model_dir}",
+                           "--runner=DirectRunner"])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "pipeline.main: error:" in err
+  assert re.search(message, err), err
+  assert sorted(os.listdir(tmp_path)) == before  # nothing made
+
+
+def test_a_previous_run_with_missing_shards_is_refused(
+    tmp_path, corpus_file, tiny_model_dir, capsys):
+  code, previous = _run(tmp_path, tiny_model_dir, corpus_file,
+                        output="previous")
+  assert code == 0
+  shard = read_outputs.load_manifest(previous)["outputs"]["embeddings"][
+      "tfrecord"][0]
+  os.remove(os.path.join(previous, shard))
+  code, _ = _run(tmp_path, tiny_model_dir, corpus_file,
+                 f"--previous_run={previous}", output="next")
+  assert code == 2
+  assert "embedding shard(s) that are gone" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "next")
+
+
+# ---------------------------------------------------------------------------
+# Publishing: one run per directory, nothing fallible after the manifest,
+# table directories hold only what the manifest lists.
+
+
+def test_a_second_run_into_a_locked_output_refuses_and_names_the_holder(
+    tmp_path, corpus_file, tiny_model_dir, capsys):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  staged = run_dir / ".staging-live" / "embeddings"
+  staged.mkdir(parents=True)
+  holder = {"run_id": "live", "host": socket.gethostname(),
+            "pid": os.getpid(), "started_at": "2026-12-01T00:00:00+00:00"}
+  (run_dir / ".run.lock").write_text(json.dumps(holder))
+  code, _ = _run(tmp_path, tiny_model_dir, corpus_file)
+  assert code == 2
+  err = capsys.readouterr().err
+  assert f"being written by run live (pid {os.getpid()}" in err
+  assert staged.is_dir()  # the live run's staging is left alone
+  assert json.loads((run_dir / ".run.lock").read_text()) == holder
+
+
+def test_a_stale_lock_and_an_earlier_publish_leave_no_trace(
+    tmp_path, corpus_file, tiny_model_dir, caplog):
+  run_dir = tmp_path / "run"
+  (run_dir / "embeddings" / "avro").mkdir(parents=True)
+  # A killed publish left a shard of another shard count behind.
+  leftover = run_dir / "embeddings" / "avro" / "embeddings-00001-of-00002.avro"
+  leftover.write_bytes(b"old")
+  (run_dir / ".staging-killed").mkdir()
+  dead_pid = 2**22 + 12345  # above Linux's pid_max: never a live process
+  (run_dir / ".run.lock").write_text(json.dumps({
+      "run_id": "killed", "host": socket.gethostname(),
+      "pid": dead_pid}))
+  pointer = tmp_path / "pointers" / "LATEST"
+  code, _ = _run(tmp_path, tiny_model_dir, corpus_file,
+                 f"--latest_pointer={pointer}")
+  assert code == 0
+  assert "Taking over the lock" in caplog.text
+  manifest = read_outputs.load_manifest(str(run_dir))
+  listed = {os.path.join(str(run_dir), path)
+            for entry in manifest["outputs"].values()
+            for files in entry.values()
+            for path in ([files] if isinstance(files, str) else files)}
+  for table in ("embeddings", "errors", "neighbours"):
+    for directory, _, names in os.walk(run_dir / table):
+      assert {os.path.join(directory, n) for n in names} <= listed
+  assert sorted(os.listdir(run_dir)) == [
+      "embeddings", "errors", "manifest.json", "neighbours"]
+  assert pointer.read_text() == f"{run_dir}\n"
+  assert os.listdir(pointer.parent) == ["LATEST"]
+
+
+def test_nothing_after_the_manifest_can_fail_a_published_run(
+    tmp_path, corpus_file, tiny_model_dir, monkeypatch, caplog):
+  from transforms import manifest as manifest_stage  # pylint: disable=import-outside-toplevel
+  rename = manifest_stage.FileSystems.rename
+
+  def rename_but_not_the_pointer(sources, destinations):
+    if destinations[0].endswith("LATEST"):
+      raise OSError("the pointer's file system is gone")
+    return rename(sources, destinations)
+
+  monkeypatch.setattr(manifest_stage.FileSystems, "rename",
+                      rename_but_not_the_pointer)
+  pointer = tmp_path / "LATEST"
+  code, run_dir = _run(tmp_path, tiny_model_dir, corpus_file,
+                       f"--latest_pointer={pointer}")
+  assert code == 0  # published: the manifest is there
+  assert read_outputs.load_manifest(run_dir)["counts"]["embedded"] == 1
+  assert not pointer.exists()
+  assert "The run is published, but rename" in caplog.text

@@ -1,0 +1,239 @@
+"""Guardrails: a mostly-bad or mostly-missing corpus is never published.
+
+Each refusal must happen before manifest.json and the latest pointer: no
+manifest, the pointer unmoved, exit status 3, the reason named, and
+refused.json left in the staging directory with the counts behind it. Each
+override flag lets the run through.
+"""
+
+import json
+import os
+
+import pytest
+
+from pipeline import main
+from pipeline import read_outputs
+from pipeline.options import format_help
+from transforms.guardrails import PublishLimits
+from transforms.guardrails import SummarizeErrors
+from transforms.guardrails import refusal_reasons
+from transforms.records import DeadLetter
+
+EXIT_REFUSED = 3
+
+
+def _corpus(path, good: int, bad: int = 0, field: str = "text"):
+  """good records, then bad ones (no text field), as JSON lines."""
+  lines = [json.dumps({"id": f"d{i}", field: f"the quick brown fox {i}"})
+           for i in range(good)]
+  lines += [json.dumps({"id": f"bad{i}", "body": "not the text field"})
+            for i in range(bad)]
+  path.write_text("\n".join(lines) + "\n")
+  return str(path)
+
+
+class _Workdir:
+  """A test's directory, and the model its runs use."""
+
+  def __init__(self, path, model_dir):
+    self.path = path
+    self.model_dir = model_dir
+
+  def __truediv__(self, name):
+    return self.path / name
+
+
+@pytest.fixture
+def workdir(tmp_path, tiny_model_dir):
+  return _Workdir(tmp_path, tiny_model_dir)
+
+
+def _run(workdir, corpus, name, *flags):
+  run_dir = str(workdir / name)
+  code = main.main([f"--input={corpus}", f"--output={run_dir}",
+                    f"--model={workdir.model_dir}", "--runner=DirectRunner",
+                    "--neighbours_k=0", f"--latest_pointer={workdir / 'LATEST'}",
+                    *flags])
+  return code, run_dir
+
+
+def _assert_refused(code, run_dir, pointer, pointer_before, capsys, *reasons):
+  assert code == EXIT_REFUSED
+  err = capsys.readouterr().err
+  assert "refused to publish" in err
+  assert not os.path.exists(os.path.join(run_dir, "manifest.json"))
+  assert (pointer.read_text() if pointer.exists() else None) == pointer_before
+  refusal = read_outputs.load_refusal(run_dir)
+  for reason in reasons:
+    assert any(reason in text for text in refusal["reasons"]), refusal
+    assert reason in err
+  # The staged outputs stay for inspection, next to refused.json.
+  staging = os.path.dirname(read_outputs._refusal_paths(run_dir)[-1])  # pylint: disable=protected-access
+  assert os.path.isdir(os.path.join(staging, "embeddings"))
+  with pytest.raises(read_outputs.RunNotPublishedError, match="refused"):
+    read_outputs.load_manifest(run_dir)
+  return refusal
+
+
+def test_a_wrong_text_field_is_refused_whatever_the_limits(workdir, capsys):
+  corpus = _corpus(workdir / "corpus.jsonl", good=50)
+  pointer = workdir / "LATEST"
+  pointer.write_text("runs/yesterday\n")
+  for flags in ([], ["--max_bad_fraction=1"], ["--max_bad_records=1000"]):
+    code, run_dir = _run(workdir, corpus, "run", "--text_field=body", *flags)
+    refusal = _assert_refused(code, run_dir, pointer, "runs/yesterday\n",
+                              capsys, "nothing was embedded",
+                              "check --input and --text_field")
+    assert refusal["counts"]["read"] == 50
+    assert refusal["counts"]["dead_lettered"] == 50
+    top = refusal["top_errors"][0]
+    assert (top["reason"], top["count"]) == ("missing_field", 50)
+    assert "no 'body' field" in top["examples"][0]["detail"]
+
+
+def test_a_corpus_with_30_percent_bad_records(workdir, capsys):
+  corpus = _corpus(workdir / "corpus.jsonl", good=70, bad=30)
+  pointer = workdir / "LATEST"
+  code, run_dir = _run(workdir, corpus, "default")
+  _assert_refused(code, run_dir, pointer, None, capsys,
+                  "30 of 100 records (30.0%) were dead-lettered",
+                  "--max_bad_fraction=0.1")
+  code, run_dir = _run(workdir, corpus, "few", "--max_bad_records=10")
+  _assert_refused(code, run_dir, pointer, None, capsys,
+                  "more than --max_bad_records=10")
+
+  code, run_dir = _run(workdir, corpus, "fraction", "--max_bad_fraction=0.3")
+  assert code == 0
+  assert read_outputs.load_manifest(run_dir)["counts"]["embedded"] == 70
+  assert pointer.read_text() == run_dir + "\n"
+  # --max_bad_records alone lifts the default fraction.
+  code, run_dir = _run(workdir, corpus, "records", "--max_bad_records=30")
+  assert code == 0
+  manifest = read_outputs.load_manifest(run_dir)
+  assert manifest["dead_letters"]["by_reason"] == {"missing_field": 30}
+
+
+def test_a_previous_run_of_1000_against_a_corpus_of_500(workdir, capsys):
+  previous_corpus = _corpus(workdir / "all.jsonl", good=1000)
+  code, previous = _run(workdir, previous_corpus, "previous")
+  assert code == 0
+  pointer = workdir / "LATEST"
+  assert pointer.read_text() == previous + "\n"
+  half = _corpus(workdir / "half.jsonl", good=500)
+
+  code, run_dir = _run(workdir, half, "next", "--previous_run=latest")
+  _assert_refused(code, run_dir, pointer, previous + "\n", capsys,
+                  "500 of the previous run's 1000 documents (50.0%) are gone",
+                  "--allow_large_removal")
+
+  code, run_dir = _run(workdir, half, "intended", "--previous_run=latest",
+                       "--allow_large_removal")
+  assert code == 0
+  counts = read_outputs.load_manifest(run_dir)["counts"]
+  assert (counts["embedded"], counts["reused"], counts["removed"]) == (
+      500, 500, 500)
+  assert pointer.read_text() == run_dir + "\n"
+
+
+# ---------------------------------------------------------------------------
+# The rules and the error summary, without a pipeline.
+
+
+def _counts(read, embedded, dead_lettered, removed=0, queries=None):
+  counts = {"read": read, "embedded": embedded,
+            "dead_lettered": dead_lettered, "removed": removed}
+  if queries:
+    counts["queries"] = queries
+  return counts
+
+
+def test_refusal_reasons():
+  limits = PublishLimits()
+  assert refusal_reasons(_counts(100, 90, 10), limits) == []
+  assert len(refusal_reasons(_counts(100, 89, 11), limits)) == 1
+  assert refusal_reasons(_counts(100, 89, 11), PublishLimits(
+      max_bad_fraction=None)) == []
+  assert refusal_reasons(_counts(100, 95, 5), PublishLimits(
+      max_bad_records=4, max_bad_fraction=None))
+  # An empty corpus embeds nothing: never published.
+  assert "nothing was embedded" in refusal_reasons(_counts(0, 0, 0),
+                                                   limits)[0]
+  # Removals count against the previous run's documents.
+  with_previous = PublishLimits(previous_documents=100)
+  assert refusal_reasons(_counts(90, 90, 0, removed=20), with_previous) == []
+  assert refusal_reasons(_counts(90, 90, 0, removed=21), with_previous)
+  assert refusal_reasons(_counts(90, 90, 0, removed=21), PublishLimits(
+      previous_documents=100, allow_large_removal=True)) == []
+  # The query corpus of --neighbours_of has the same limits.
+  reasons = refusal_reasons(_counts(10, 10, 0, queries=_counts(10, 0, 10)),
+                            limits)
+  assert reasons and all("queries" in r for r in reasons)
+
+
+def _dead(source, position, reason):
+  return DeadLetter(source=source, position=position, stage="read",
+                    reason=reason, detail=f"{reason} at {position}",
+                    snippet="", id=None)
+
+
+def test_the_error_summary_is_the_same_however_records_are_bundled():
+  dead = [_dead(f"f{i % 3}", i, "missing_field") for i in range(20)]
+  dead += [_dead("g", i, "malformed_record") for i in range(5)]
+  combine = SummarizeErrors()
+
+  def summarize(parts):
+    accumulators = []
+    for part in parts:
+      accumulator = combine.create_accumulator()
+      for d in part:
+        accumulator = combine.add_input(accumulator, d)
+      accumulators.append(accumulator)
+    return combine.extract_output(combine.merge_accumulators(accumulators))
+
+  whole = summarize([dead])
+  assert whole == summarize([dead[::2], dead[1::2]])
+  assert whole == summarize([reversed(dead)])
+  assert [(e["reason"], e["count"]) for e in whole] == [
+      ("missing_field", 20), ("malformed_record", 5)]
+  assert [(x["source"], x["position"]) for x in whole[0]["examples"]] == [
+      ("f0", 0), ("f0", 3), ("f0", 6)]
+
+
+# ---------------------------------------------------------------------------
+# --help.
+
+
+def test_help_lists_the_pipeline_flags_first_in_groups_with_defaults(capsys):
+  assert main.main(["--help"]) == 0
+  text = capsys.readouterr().out
+  titles = ["input:", "model:", "outputs:", "neighbours:", "nightly runs:",
+            "performance:"]
+  positions = [text.index("\n" + title) for title in titles]
+  assert positions == sorted(positions)
+  assert "\n  --runner" not in text and "--help_beam" in text
+  flat = " ".join(text.split())
+  assert "--max_bad_fraction" in flat and "Default: 0.1" in flat
+  assert "Exit status: 0 published" in flat
+  # Every flag of ours says its default.
+  for block in text.split("\n  --")[1:]:
+    assert "default" in block.lower() or "(required" in block, block
+  assert main.main(["--help_beam"]) == 0
+  full = capsys.readouterr().out
+  assert full.startswith(text.rstrip("\n")[:200])
+  assert "\n  --runner" in full and "\n  --temp_location" in full
+  assert format_help() in full
+
+
+def test_docs_flags_lists_every_flag_in_its_group():
+  text = open(os.path.join(os.path.dirname(__file__), "..", "docs",
+                           "flags.md")).read()
+  sections = text.split("\n## ")[1:]
+  help_text = format_help()
+  for section in sections:
+    title = section.split("\n", 1)[0].lower()
+    block = help_text.split(f"\n{title}:\n", 1)[1].split("\n\n", 2)[1]
+    flags = [line.split()[0] for line in block.splitlines()
+             if line.startswith("  --")]
+    assert flags, title
+    for flag in flags:
+      assert f"`{flag}`" in section, (flag, title)

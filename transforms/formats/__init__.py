@@ -1,0 +1,95 @@
+"""The input formats: one reader module per format, behind one record spec.
+
+Each reader is a plain generator over a binary stream,
+`read(stream, source, spec) -> Document | DeadLetter`, testable without Beam:
+
+  text      text.py        one document per line
+  jsonl     jsonl.py       one JSON object per line
+  csv, tsv  delimited.py   a header row, then one record per row
+  parquet   parquet.py     one record per row
+  tfrecord  tfrecord.py    one tf.train.Example per record
+
+What a record must hold, and how it becomes a Document or a dead letter, is
+shared (fields.py). Adding a format means one module here and one entry in
+READERS and _FORMAT_BY_EXTENSION.
+"""
+
+import os
+import re
+from typing import Callable, Dict, Iterator, Optional, Sequence
+
+from transforms.formats.compression import SUFFIXES as COMPRESSION_SUFFIXES
+from transforms.formats.delimited import read_csv_records
+from transforms.formats.delimited import read_tsv_records
+from transforms.formats.fields import Record
+from transforms.formats.jsonl import read_jsonl_records
+from transforms.formats.parquet import read_parquet_records
+from transforms.formats.text import read_text_records
+from transforms.formats.tfrecord import read_tfrecord_records
+
+READERS: Dict[str, Callable[..., Iterator[Record]]] = {
+    "text": read_text_records,
+    "jsonl": read_jsonl_records,
+    "csv": read_csv_records,
+    "tsv": read_tsv_records,
+    "parquet": read_parquet_records,
+    "tfrecord": read_tfrecord_records,
+}
+INPUT_FORMATS = tuple(READERS)
+# Formats read with random access (a footer first): never decompressed as a
+# whole, their pages carry their own compression.
+RANDOM_ACCESS_FORMATS = ("parquet",)
+
+_FORMAT_BY_EXTENSION = {
+    ".txt": "text",
+    ".text": "text",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".tfrecord": "tfrecord",
+    ".tfrecords": "tfrecord",
+    ".tfr": "tfrecord",
+}
+
+
+def infer_input_format(pattern: str) -> str:
+  """The input format named by a file pattern's extension.
+
+  A compression suffix is looked through ("part-*.jsonl.gz" is JSONL).
+
+  Raises:
+    ValueError: if the extension names no known format (e.g. "data/*").
+  """
+  name = re.split(r"[/\\]", pattern)[-1].lower()
+  for suffix in COMPRESSION_SUFFIXES:
+    if name.endswith(suffix):
+      name = name[:-len(suffix)]
+      break
+  extension = os.path.splitext(name)[1]
+  input_format = _FORMAT_BY_EXTENSION.get(extension)
+  if input_format is None:
+    raise ValueError(
+        f"Cannot infer the input format of {pattern!r} from its extension "
+        f"(known: {', '.join(sorted(_FORMAT_BY_EXTENSION))}). Pass "
+        f"--input_format, one of: {', '.join(INPUT_FORMATS)}.")
+  return input_format
+
+
+def resolve_input_format(patterns: Sequence[str],
+                         input_format: Optional[str]) -> str:
+  """The one format of all patterns: the given one, or the inferred one."""
+  if input_format is not None:
+    if input_format not in INPUT_FORMATS:
+      raise ValueError(
+          f"Unknown input format {input_format!r}: --input_format must be one "
+          f"of {', '.join(INPUT_FORMATS)}.")
+    return input_format
+  inferred = {pattern: infer_input_format(pattern) for pattern in patterns}
+  if len(set(inferred.values())) > 1:
+    raise ValueError(
+        f"The input patterns have different formats {inferred}; one run reads "
+        f"one format. Pass --input_format to read them all as one format.")
+  return next(iter(inferred.values()))

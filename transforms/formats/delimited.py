@@ -1,0 +1,247 @@
+"""CSV and TSV with a header row; positions count data rows from 0.
+
+CSV follows RFC 4180 as Python's csv module reads it in strict mode: quoted
+fields may hold commas, newlines and doubled quotes. A damaged row costs only
+itself: when a row fails to parse (bad quoting, an unterminated quote, the
+wrong number of cells) after running over several lines, its first line is
+rejected and reading starts again at the next line, so one stray quote never
+swallows the rows after it.
+
+TSV is IANA's text/tab-separated-values: fields split on tabs, and no quoting
+at all; a quote is an ordinary character.
+
+Both: blank lines hold no record and are skipped. A header without the text
+column makes every row a MISSING_FIELD dead letter, so that each row is still
+accounted for; a header without the id column means derived ids. Lines are
+decoded with surrogateescape, so a bad byte lands in its row's cells, and the
+row is rejected as INVALID_UTF8 only if it is in a cell the record needs.
+"""
+
+import collections
+import csv
+import sys
+from typing import BinaryIO, Iterator, List, Optional
+
+from transforms.formats.fields import Record
+from transforms.formats.fields import RecordSpec
+from transforms.formats.fields import Rejected
+from transforms.formats.fields import check_unicode
+from transforms.formats.fields import document
+from transforms.formats.fields import missing
+from transforms.formats.fields import too_large
+from transforms.formats.lines import Line
+from transforms.formats.lines import OversizedLine
+from transforms.formats.lines import iter_lines
+from transforms.formats.lines import strip_terminator
+from transforms.records import Document
+from transforms.records import Reason
+
+
+def _allow_large_csv_fields():
+  # The csv module refuses fields over 128 KiB, and after that error it would
+  # resume parsing in the middle of the field. Records are bounded by
+  # --max_record_bytes instead. The limit is process-wide; raising it only
+  # allows more.
+  csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+class _Columns:
+  """Where the record's fields are in a header row."""
+
+  def __init__(self, header: List[str], spec: RecordSpec):
+    self.header = header
+    self.text = _index(header, spec.text_field)
+    self.id = _index(header, spec.id_field)
+    self.pair = (None if spec.text_pair_field is None else
+                 _index(header, spec.text_pair_field))
+    self.spec = spec
+
+
+def _index(header: List[str], name: str) -> Optional[int]:
+  return header.index(name) if name in header else None
+
+
+def _required_cell(row: List[str], columns: _Columns, column: Optional[int],
+                   field: str, flag: str, doc_id: Optional[str]) -> str:
+  """The row's value of a column the record must have, checked as text."""
+  if column is None:
+    raise missing(field, flag, columns.header, kind="column", doc_id=doc_id)
+  return check_unicode(row[column], field, doc_id)
+
+
+def _row_document(row: List[str], columns: _Columns, source: str,
+                  position: int) -> Document:
+  header, spec = columns.header, columns.spec
+  if len(row) != len(header):
+    raise Rejected(
+        Reason.MALFORMED_RECORD,
+        f"expected {len(header)} columns (as in the header), found {len(row)}")
+  doc_id = None
+  if columns.id is not None:
+    doc_id = check_unicode(row[columns.id], header[columns.id]) or None
+  text = _required_cell(row, columns, columns.text, spec.text_field,
+                        "--text_field", doc_id)
+  text_pair = None
+  if spec.text_pair_field is not None:
+    text_pair = _required_cell(row, columns, columns.pair,
+                               spec.text_pair_field, "--text_pair_field",
+                               doc_id)
+  return document(source, position, doc_id, text, text_pair)
+
+
+def _row_record(row: List[str], columns: _Columns, source: str, position: int,
+                raw: bytes) -> Record:
+  try:
+    return _row_document(row, columns, source, position)
+  except Rejected as rejected:
+    return rejected.dead_letter(source, position, raw)
+
+
+def _decode(line: bytes) -> str:
+  return line.decode("utf-8", errors="surrogateescape")
+
+
+# -- CSV -----------------------------------------------------------------------
+
+
+class _RecordTooLarge(Exception):
+  """The record being parsed has run past --max_record_bytes."""
+
+
+class _RecordLines:
+  """Physical lines for the csv module, a record at a time, with push-back.
+
+  csv.reader asks for the next line when a quoted field runs past a newline.
+  This keeps the lines the current record took, so that a damaged record can
+  be taken apart again: its first line is rejected, the others are pushed
+  back and read anew.
+  """
+
+  def __init__(self, lines: Iterator[Line], max_bytes: int):
+    self._lines = lines
+    self._max_bytes = max_bytes
+    self._pending = collections.deque()
+    self.taken: List[Line] = []
+    self._taken_bytes = 0
+
+  def start_record(self):
+    self.taken, self._taken_bytes = [], 0
+
+  def push_back_all_but_first(self):
+    self._pending.extendleft(reversed(self.taken[1:]))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> str:
+    line = self._pending.popleft() if self._pending else next(self._lines)
+    self.taken.append(line)
+    if isinstance(line, OversizedLine):
+      raise _RecordTooLarge()
+    self._taken_bytes += len(line)
+    if self._taken_bytes > self._max_bytes:
+      raise _RecordTooLarge()
+    return _decode(line)
+
+
+def _first_line_bytes(taken: List[Line]) -> bytes:
+  first = taken[0]
+  return first.head if isinstance(first, OversizedLine) else first
+
+
+def _first_line_rejected(taken: List[Line], why: str,
+                         spec: RecordSpec) -> Rejected:
+  if isinstance(taken[0], OversizedLine):
+    return too_large(taken[0].size, spec.max_record_bytes, "line")
+  if len(taken) == 1:
+    return Rejected(Reason.MALFORMED_RECORD, f"bad CSV row: {why}")
+  return Rejected(
+      Reason.MALFORMED_RECORD,
+      f"bad CSV row: {why}, after running over {len(taken)} lines; only its "
+      "first line is rejected, and reading goes on at the next one")
+
+
+def read_csv_records(stream: BinaryIO, source: str,
+                     spec: RecordSpec) -> Iterator[Record]:
+  """One record per CSV row after the header (see the module docstring)."""
+  _allow_large_csv_fields()
+  lines = _RecordLines(iter_lines(stream, spec.max_record_bytes),
+                       spec.max_record_bytes)
+  rows = csv.reader(lines, strict=True)
+  header = _csv_header(rows, lines)
+  if header is None:
+    return
+  columns = _Columns(header, spec)
+  position = 0
+  while True:
+    lines.start_record()
+    why = None
+    try:
+      row = next(rows)
+    except StopIteration:
+      return
+    except _RecordTooLarge:
+      why = (f"longer than --max_record_bytes ({spec.max_record_bytes:,} "
+             "bytes), an unterminated quote?")
+    except csv.Error as error:
+      why = str(error)
+    else:
+      if not row:
+        continue  # a blank line
+      if len(row) != len(header) and len(lines.taken) > 1:
+        why = (f"expected {len(header)} columns (as in the header), found "
+               f"{len(row)}")
+    taken = lines.taken
+    if why is None:
+      yield _row_record(row, columns, source, position, b"".join(taken))
+    else:
+      rejected = _first_line_rejected(taken, why, spec)
+      yield rejected.dead_letter(source, position,
+                                 strip_terminator(_first_line_bytes(taken)))
+      lines.push_back_all_but_first()
+    position += 1
+
+
+def _csv_header(rows, lines: _RecordLines) -> Optional[List[str]]:
+  """The first non-blank row; None for a file of blank lines."""
+  while True:
+    lines.start_record()
+    try:
+      header = next(rows)
+    except StopIteration:
+      return None
+    except _RecordTooLarge:
+      raise ValueError("the CSV header is longer than --max_record_bytes: "
+                       "not a CSV file?") from None
+    except csv.Error as error:
+      raise ValueError(f"bad CSV header: {error}") from None
+    if header:
+      return header
+
+
+# -- TSV -----------------------------------------------------------------------
+
+
+def read_tsv_records(stream: BinaryIO, source: str,
+                     spec: RecordSpec) -> Iterator[Record]:
+  """One record per line after the header; cells split on tabs, unquoted."""
+  columns = None
+  position = 0
+  for line in iter_lines(stream, spec.max_record_bytes):
+    if isinstance(line, OversizedLine):
+      if columns is None:
+        raise ValueError("the TSV header is longer than --max_record_bytes: "
+                         "not a TSV file?")
+      yield too_large(line.size, spec.max_record_bytes, "line").dead_letter(
+          source, position, line.head)
+      position += 1
+      continue
+    line = strip_terminator(line)
+    if not line:
+      continue  # a blank line
+    row = _decode(line).split("\t")
+    if columns is None:
+      columns = _Columns(row, spec)
+      continue
+    yield _row_record(row, columns, source, position, line)
+    position += 1

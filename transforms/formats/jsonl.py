@@ -1,0 +1,117 @@
+"""JSON lines: one JSON object per line.
+
+Every line, blank ones too, is a record: positions are 0-based line numbers.
+A line that is not a JSON object is MALFORMED_RECORD, and only that line:
+whatever it holds (nesting a thousand deep, a number of 5,000 digits, lone
+surrogate escapes) the lines after it are read as usual.
+"""
+
+import json
+from typing import BinaryIO, Iterator, Optional
+
+from transforms.formats.fields import Record
+from transforms.formats.fields import RecordSpec
+from transforms.formats.fields import Rejected
+from transforms.formats.fields import check_unicode
+from transforms.formats.fields import decode_utf8
+from transforms.formats.fields import document
+from transforms.formats.fields import id_from_int
+from transforms.formats.fields import missing
+from transforms.formats.fields import too_large
+from transforms.formats.lines import OversizedLine
+from transforms.formats.lines import iter_lines
+from transforms.formats.lines import strip_terminator
+from transforms.records import Document
+from transforms.records import Reason
+
+# Python refuses to turn more digits than this into an int (a guard against
+# quadratic-time conversion, sys.get_int_max_str_digits).
+_MAX_INT_DIGITS = 4000
+
+
+class _LongInteger(str):
+  """A JSON integer too long for int(), kept as its digits.
+
+  It is a number all the same: an id of digits, a text it is not.
+  """
+
+
+def _parse_int(digits: str):
+  if len(digits) > _MAX_INT_DIGITS:
+    return _LongInteger(digits)
+  return int(digits)
+
+
+def _type_name(value) -> str:
+  return "int" if isinstance(value, _LongInteger) else type(value).__name__
+
+
+def parse_json_object(line: bytes) -> dict:
+  """The JSON object on a line; Rejected if it is not one."""
+  try:
+    record = json.loads(decode_utf8(line, "line"), parse_int=_parse_int)
+  except ValueError as error:  # json.JSONDecodeError is one
+    raise Rejected(Reason.MALFORMED_RECORD, f"invalid JSON: {error}") from None
+  except RecursionError:
+    raise Rejected(Reason.MALFORMED_RECORD,
+                   "invalid JSON: nested too deeply to parse") from None
+  if not isinstance(record, dict):
+    raise Rejected(Reason.MALFORMED_RECORD,
+                   f"expected a JSON object, got {_type_name(record)}")
+  return record
+
+
+def _json_text(record: dict, field: str, flag: str,
+               doc_id: Optional[str]) -> str:
+  text = record.get(field)
+  if text is None:
+    raise missing(field, flag, record, doc_id=doc_id)
+  if not isinstance(text, str) or isinstance(text, _LongInteger):
+    raise Rejected(
+        Reason.NON_STRING_FIELD,
+        f"field {field!r} is a {_type_name(text)}, not a string", doc_id)
+  return check_unicode(text, field, doc_id)
+
+
+def _id_from_json(value, id_field: str) -> Optional[str]:
+  """The record's own id, or None (absent, null or "") for a derived one."""
+  if value is None or value == "":
+    return None
+  if isinstance(value, _LongInteger):
+    return str(value)
+  if isinstance(value, str):
+    return check_unicode(value, id_field)
+  # bool is an int subclass, but `true` is no id.
+  if isinstance(value, int) and not isinstance(value, bool):
+    return id_from_int(value)
+  raise Rejected(
+      Reason.NON_STRING_FIELD,
+      f"field {id_field!r} is a {type(value).__name__}, not a string or "
+      f"integer")
+
+
+def _jsonl_document(line: bytes, source: str, position: int,
+                    spec: RecordSpec) -> Document:
+  record = parse_json_object(line)
+  doc_id = _id_from_json(record.get(spec.id_field), spec.id_field)
+  text = _json_text(record, spec.text_field, "--text_field", doc_id)
+  text_pair = None
+  if spec.text_pair_field is not None:
+    text_pair = _json_text(record, spec.text_pair_field, "--text_pair_field",
+                           doc_id)
+  return document(source, position, doc_id, text, text_pair)
+
+
+def read_jsonl_records(stream: BinaryIO, source: str,
+                       spec: RecordSpec) -> Iterator[Record]:
+  """One record per line; every line (blank ones too) must be a JSON object."""
+  for position, line in enumerate(iter_lines(stream, spec.max_record_bytes)):
+    if isinstance(line, OversizedLine):
+      yield too_large(line.size, spec.max_record_bytes, "line").dead_letter(
+          source, position, line.head)
+      continue
+    line = strip_terminator(line)
+    try:
+      yield _jsonl_document(line, source, position, spec)
+    except Rejected as rejected:
+      yield rejected.dead_letter(source, position, line)
