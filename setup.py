@@ -1,7 +1,7 @@
 """Packaging for the BERT batch embedding pipeline.
 
 The same file serves `pip install -e .` locally and Dataflow's `--setup_file`:
-it installs the two packages `pipeline` and `transforms` with the stack pinned
+it installs the packages of PACKAGES with the stack pinned
 to versions that resolve and import together on Python 3.11.
 """
 import setuptools
@@ -43,6 +43,10 @@ TEST_REQUIRES = REFERENCE_REQUIRES + [
     "hypothesis>=6.100",
 ]
 
+# The layers, top to bottom (docs/architecture.md): the application, the
+# stages, and the two libraries beneath them.
+PACKAGES = ("pipeline", "transforms", "bert_model", "run_directory")
+
 setuptools.setup(
     name="bert-batch-embeddings",
     version="0.1.0",
@@ -51,7 +55,9 @@ setuptools.setup(
         "format BERT models and writes embeddings and neighbour tables."
     ),
     python_requires=">=3.10,<3.12",
-    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
+    packages=setuptools.find_packages(
+        include=[f"{package}{suffix}" for package in PACKAGES
+                 for suffix in ("", ".*")]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "reference": REFERENCE_REQUIRES,

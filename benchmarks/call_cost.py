@@ -3,7 +3,7 @@
     python -m benchmarks.call_cost [--model DIR] [--rows 1,2,...] \\
         [--lengths 8,16,...] [--repeats 5] [--precision float32] [--json OUT]
 
-`transforms.model_handler.plan_model_calls` cuts a length-sorted batch into
+`bert_model.call_plan.plan_model_calls` cuts a length-sorted batch into
 encoder calls by an estimated cost per call,
 
     seconds ~ fixed + per_token * rows * length * (1 + length / attention)
@@ -35,10 +35,10 @@ def time_shapes(model_dir: str, rows, lengths, repeats: int,
                 precision: str) -> list:
   """[(rows, length, best seconds)] for each shape within 16384 tokens."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pipeline.bert import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
-  from transforms import model_handler as mh  # pylint: disable=g-import-not-at-top
+  from bert_model import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
+  from bert_model import loaded_model as mh  # pylint: disable=g-import-not-at-top
   meta = metadata_lib.read_metadata(model_dir)
-  model = mh.LoadedBertModel(mh.EmbeddingSettings(
+  model = mh.LoadedBertModel(mh.ModelSettings(
       preprocess_path=os.path.join(model_dir, "preprocess"),
       encoder_path=os.path.join(model_dir, "encoder"),
       max_seq_length=meta.max_seq_length, pooling=meta.pooling,
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   model_dir = args.model
   if not model_dir:
-    from pipeline.bert import default_model  # pylint: disable=g-import-not-at-top
+    from bert_model import default_model  # pylint: disable=g-import-not-at-top
     model_dir = default_model.ensure_default_model()
   timings = time_shapes(model_dir, args.rows, args.lengths, args.repeats,
                         args.precision)

@@ -37,7 +37,7 @@ def model_fingerprint(model_dir: str) -> str:
 
 
 def _default_model_dir() -> str:
-  from pipeline.bert import default_model  # pylint: disable=g-import-not-at-top
+  from bert_model import default_model  # pylint: disable=g-import-not-at-top
   return default_model.ensure_default_model()
 
 
@@ -52,9 +52,9 @@ def embed_texts(texts: List[str], model_dir: str,
                 batch_size: int = BATCH_SIZE, log_every_secs: float = 30.0
                 ) -> np.ndarray:
   """float32 [len(texts), H] normalised mean-pooled vectors, input order."""
-  from transforms.model_handler import EmbeddingSettings  # pylint: disable=g-import-not-at-top
-  from transforms.model_handler import LoadedBertModel  # pylint: disable=g-import-not-at-top
-  model = LoadedBertModel(EmbeddingSettings(
+  from bert_model.loaded_model import ModelSettings  # pylint: disable=g-import-not-at-top
+  from bert_model.loaded_model import LoadedBertModel  # pylint: disable=g-import-not-at-top
+  model = LoadedBertModel(ModelSettings(
       preprocess_path=os.path.join(model_dir, "preprocess"),
       encoder_path=os.path.join(model_dir, "encoder"),
       max_seq_length=MAX_SEQ_LENGTH, pooling="mean", normalize=True))

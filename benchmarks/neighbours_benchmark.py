@@ -65,11 +65,12 @@ def document_ids(n: int) -> List[str]:
 
 
 def make_records(ids, vectors) -> list:
-  from transforms.records import Embedding  # pylint: disable=g-import-not-at-top
+  from run_directory.records import Embedding  # pylint: disable=g-import-not-at-top
+  from run_directory.records import Vectors  # pylint: disable=g-import-not-at-top
   return [
       Embedding(id=doc_id, text="", source="benchmark",
-                embedding=np.array(vector, dtype=np.float32), num_tokens=0,
-                truncated=False)
+                vectors=Vectors(embedding=np.array(vector, dtype=np.float32),
+                                num_tokens=0, truncated=False))
       for doc_id, vector in zip(ids, vectors)
   ]
 
@@ -128,7 +129,7 @@ def run_pipeline(ids, vectors, transform_factory, label: str,
           | "ToEmbeddings" >> beam.FlatMap(this._records_of_chunk, label))  # pylint: disable=protected-access
     outputs = embeddings | "Transform" >> transform_factory()
     if isinstance(outputs, dict):
-      _ = outputs[neighbours.NEIGHBOURS] | "SinkRows" >> beam.Map(
+      _ = outputs[neighbours.NEIGHBOUR_ROWS] | "SinkRows" >> beam.Map(
           this._sink, rows_key)  # pylint: disable=protected-access
       _ = outputs[neighbours.STATS] | "SinkStats" >> beam.Map(
           this._sink, stats_key)  # pylint: disable=protected-access
@@ -202,9 +203,9 @@ def _in_child(function, timeout: float, *args):
 
 def _exact_beam_child(ids, vectors, block_size, sample, sample_lists, feed):
   """Runs in the child: the pipeline and its checks; returns a small dict."""
-  from transforms import neighbours  # pylint: disable=g-import-not-at-top
+  from transforms.neighbours import exact as exact_mode  # pylint: disable=g-import-not-at-top
   run = run_pipeline(
-      ids, vectors, lambda: neighbours.ExactNeighbours(K, block_size),
+      ids, vectors, lambda: exact_mode.ExactNeighbours(K, block_size),
       "exact", feed)
   lists = rows_to_lists(run["rows"])
   mismatches = sum(lists.get(q) != sample_lists[q] for q in sample)
@@ -225,14 +226,15 @@ def _create_only_child(ids, vectors, feed):
 
 
 def _ann_child(ids, vectors, settings, exact_sample, feed):
-  from transforms import neighbours  # pylint: disable=g-import-not-at-top
+  from transforms.neighbours import approximate  # pylint: disable=g-import-not-at-top
+  from transforms.neighbours import maths  # pylint: disable=g-import-not-at-top
   run = run_pipeline(
       ids, vectors,
-      lambda: neighbours.ApproximateNeighbours(K, settings=settings), "ann",
+      lambda: approximate.ApproximateNeighbours(K, settings=settings), "ann",
       feed)
   lists = rows_to_lists(run["rows"])
   stats = run["stats"][0] if run["stats"] else {}
-  recall = neighbours.recall_at_k(
+  recall = maths.recall_at_k(
       {q: lists.get(q, []) for q in exact_sample}, exact_sample)
   return {
       "seconds": run["seconds"],
@@ -269,7 +271,9 @@ def benchmark_size(n: int, texts_vectors, block_size: int,
                    skip_create_only: bool, feed: str = "chunks",
                    skip_numpy_exact: bool = False,
                    parts=("matmul", "ann")) -> dict:
-  from transforms import neighbours  # pylint: disable=g-import-not-at-top
+  from transforms.neighbours import approximate  # pylint: disable=g-import-not-at-top
+  from transforms.neighbours import maths  # pylint: disable=g-import-not-at-top
+  from transforms.neighbours import names  # pylint: disable=g-import-not-at-top
   _, all_vectors = texts_vectors
   vectors = np.ascontiguousarray(all_vectors[:n])
   ids = document_ids(n)
@@ -279,10 +283,10 @@ def benchmark_size(n: int, texts_vectors, block_size: int,
   log = lambda msg: print(f"[n={n} load {_load()}] {msg}", flush=True)
 
   # The recall sample, and its exact neighbours (numpy).
-  sample = neighbours.recall_sample(ids, SAMPLE_SIZE)
+  sample = maths.recall_sample(ids, SAMPLE_SIZE)
   position = {doc_id: i for i, doc_id in enumerate(ids)}
   sample_rows = [position[q] for q in sample]
-  exact_sample = dict(neighbours.exact_top_k(
+  exact_sample = dict(maths.exact_top_k(
       sample, vectors[sample_rows], ids, vectors, K, block_size))
 
   # (b) the pure matrix product.
@@ -295,8 +299,8 @@ def benchmark_size(n: int, texts_vectors, block_size: int,
     result["exact_numpy"] = {"skipped": True}
   else:
     started = time.perf_counter()
-    exact_all = neighbours.exact_top_k(ids, vectors, ids, vectors, K,
-                                       block_size)
+    exact_all = maths.exact_top_k(ids, vectors, ids, vectors, K,
+                                  block_size)
     result["exact_numpy"] = {"seconds": time.perf_counter() - started,
                              "queries": len(exact_all)}
     del exact_all
@@ -320,12 +324,12 @@ def benchmark_size(n: int, texts_vectors, block_size: int,
     log(f"exact_beam {exact and round(exact['seconds'], 1)} {error or ''}")
 
   # (d) ANN: default settings, and HNSW forced when the default is flat.
-  variants = [("ann_default", neighbours.AnnIndexSettings())]
+  variants = [("ann_default", approximate.AnnIndexSettings())]
   if "ann" not in parts:
     variants = []
     result["ann_default"] = {"skipped": True}
-  if n < neighbours.DEFAULT_FLAT_INDEX_BELOW and "ann" in parts:
-    variants.append(("ann_hnsw", neighbours.AnnIndexSettings(
+  if n < names.DEFAULT_FLAT_INDEX_BELOW and "ann" in parts:
+    variants.append(("ann_hnsw", approximate.AnnIndexSettings(
         flat_index_below=0)))
   for name, settings in variants:
     ann, error = _in_child(_ann_child, beam_timeout, ids, vectors, settings,
@@ -448,7 +452,7 @@ def main(argv=None) -> int:
   parser.add_argument("--sizes", default="10000,50000,100000")
   parser.add_argument("--json", help="write the figures to this file")
   parser.add_argument("--block-size", type=int, default=None,
-                      help="default: neighbours.DEFAULT_BLOCK_SIZE")
+                      help="default: names.DEFAULT_BLOCK_SIZE")
   parser.add_argument("--beam-timeout", type=float, default=900.0,
                       help="seconds after which a Beam run is abandoned "
                       "(its time is then extrapolated)")
@@ -470,8 +474,8 @@ def main(argv=None) -> int:
     return merge_reports(args.merge, args.json)
 
   from benchmarks import embedding_cache  # pylint: disable=g-import-not-at-top
-  from transforms import neighbours  # pylint: disable=g-import-not-at-top
-  block_size = args.block_size or neighbours.DEFAULT_BLOCK_SIZE
+  from transforms.neighbours import names  # pylint: disable=g-import-not-at-top
+  block_size = args.block_size or names.DEFAULT_BLOCK_SIZE
   sizes = sorted(int(s) for s in args.sizes.split(","))
   texts, vectors = embedding_cache.load_or_embed(max(sizes))
   if len(texts) < max(sizes):

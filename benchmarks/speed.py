@@ -54,7 +54,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -109,7 +108,7 @@ def _vm_hwm_mb() -> Optional[float]:
 
 def model_shape(model_dir: str) -> dict:
   """Layers, hidden and intermediate size of a model directory."""
-  from pipeline.bert import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
+  from bert_model import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
   meta = metadata_lib.read_metadata(model_dir)
   hidden, layers = meta.hidden_size, meta.num_layers
   intermediate = getattr(meta, "intermediate_size", None)
@@ -117,7 +116,7 @@ def model_shape(model_dir: str) -> dict:
   if not intermediate:
     intermediate, source = 4 * hidden, "4 x hidden (BERT convention)"
     try:
-      from pipeline.bert import default_model  # pylint: disable=g-import-not-at-top
+      from bert_model import default_model  # pylint: disable=g-import-not-at-top
       if meta.name == default_model.DEFAULT_MODEL_NAME:
         with open(os.path.join(default_model.packaged_checkpoint_dir(),
                                "config.json")) as f:
@@ -191,14 +190,14 @@ def pipeline_batches(texts: List[str], spec: dict, max_seq_length: int):
 
 def _child_bare(spec: dict) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from pipeline.bert import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
-  from transforms import model_handler as mh  # pylint: disable=g-import-not-at-top
+  from bert_model import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
+  from bert_model import loaded_model as mh  # pylint: disable=g-import-not-at-top
   model_dir = spec["model_dir"]
   meta = metadata_lib.read_metadata(model_dir)
   max_seq_length = meta.max_seq_length
   texts = _read_texts(spec["corpus"], spec["n"])
   started = time.perf_counter()
-  model = mh.LoadedBertModel(mh.EmbeddingSettings(
+  model = mh.LoadedBertModel(mh.ModelSettings(
       preprocess_path=os.path.join(model_dir, "preprocess"),
       encoder_path=os.path.join(model_dir, "encoder"),
       max_seq_length=max_seq_length,
@@ -421,22 +420,18 @@ def write_corpus(work_dir: str, texts: List[str], n: int) -> str:
 
 def corpus_texts(n: int):
   """The first n real sentences, and a note on where they came from."""
-  try:
-    from benchmarks import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
-    texts = corpus_lib.real_sentences(n)
-    note = ("benchmarks.corpus.real_sentences: distinct prose sentences of "
-            "the docstrings / READMEs installed here, in blake2b order")
-    digest = corpus_lib.corpus_digest(texts)
-  except Exception as e:  # pylint: disable=broad-except
-    texts, note, digest = [], f"benchmarks.corpus failed: {e}", None
+  from benchmarks import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  texts = corpus_lib.real_sentences(n)
+  note = ("benchmarks.corpus.real_sentences: distinct prose sentences of "
+          "the docstrings / READMEs installed here, in blake2b order")
+  digest = corpus_lib.corpus_digest(texts)
   if len(texts) < n:
-    from tests.real_text import real_sentences  # pylint: disable=g-import-not-at-top
-    base = real_sentences()
+    base = texts
     texts = [base[i % len(base)] + ("" if i < len(base) else
                                      f" (copy {i // len(base)})")
              for i in range(n)]
-    note += ("; FELL BACK to tests/real_text.py sentences repeated with a "
-             "deterministic ' (copy k)' suffix")
+    note += (f"; only {len(base)} here, repeated with a deterministic "
+             "' (copy k)' suffix")
     digest = None
   return texts, note, digest
 
@@ -745,7 +740,7 @@ def main(argv=None) -> int:
   if args.model:
     model_dir = args.model
   else:
-    from pipeline.bert import default_model  # pylint: disable=g-import-not-at-top
+    from bert_model import default_model  # pylint: disable=g-import-not-at-top
     model_dir = default_model.ensure_default_model()
   sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
   names = _selected(args)

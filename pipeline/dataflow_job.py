@@ -11,32 +11,36 @@
 The offline job description
 ---------------------------
 DataflowRunner writes a job description instead of submitting it when
-`--template_location` is set (a classic template). Building it still touches
-the cloud in five places, which `offline_dataflow()` replaces, and nothing else:
+`--template_location` is set (a classic template). The pipeline's own reads
+of the world are injected (`offline_environment`, a PlanEnvironment for
+`plan_run`):
 
-  * the credential lookup (`auth.get_service_credentials`): no credentials, so
-    the API clients are created anonymous and never used;
+  * a model that is not on this machine (gs://) is not checked: the metadata
+    the graph needs (hidden size, layers, pooling, fingerprint, ...) is read
+    from a local copy of the model instead (`--model_metadata_dir`, default:
+    the default model, exported locally on first use). A local model
+    directory is checked for real;
+  * gs:// paths (the input matches files, the output holds no published run)
+    are not checked, and recorded; local paths are checked for real;
+  * no lock is taken on the output directory, and no stale staging files are
+    removed there;
+  * --previous_run is refused (it is read at submission, from GCS).
+
+Beam's `--no_auth` keeps the Dataflow and storage clients anonymous (no
+credential lookup), and `NO_GCE_CHECK=true` keeps google-auth from probing
+the GCE metadata server. Where Beam has no such switch, `offline_dataflow()`
+replaces its cloud calls, and nothing else:
+
   * the soft-delete check of the temp/staging buckets (a GCS bucket read made
     while the options are validated): skipped;
   * GCS staging (`DataflowApplicationClient.stage_file` for gs:// targets, and
     `_gcs_file_copy`, the upload of each artifact): recorded, not uploaded.
     Beam's own `_stage_resources` still runs, so the description names every
-    artifact at the gs:// URL it would have;
-  * the pipeline's checks of gs:// paths before it starts (`preflight`: the
-    input matches files, the output holds no published run): skipped, and
-    recorded; local paths are checked for real;
-  * the pipeline's model check (`model_resolution.resolve_model`) for a model
-    that is not on this machine (gs://): its existence cannot be checked
-    offline, and the metadata the graph needs (hidden size, layers, pooling,
-    fingerprint, ...) is read from a local copy of the model instead
-    (`--model_metadata_dir`, default: the default model, exported locally on
-    first use). A local model directory is checked for real.
+    artifact at the gs:// URL it would have.
 
-`NO_GCE_CHECK=true` keeps google-auth from probing the GCE metadata server.
-Also left out, as they read or delete on GCS at submission: the check that
---output holds no published run and the clean-up of stale staging files
-(`pipeline.main.run`), and --previous_run (refused in a dry run). The job file
-is written by Beam's own code (`create_job` -> `stage_file` to a local path).
+The job file is written by Beam's own code (`create_job` -> `stage_file` to a
+local path); its options show `no_auth` set, which the real submission does
+not set.
 """
 
 import argparse
@@ -49,6 +53,26 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+import apache_beam as beam
+from apache_beam.options.pipeline_options import GoogleCloudOptions
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import SetupOptions
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.runners.dataflow.internal import apiclient
+
+from bert_model import default_model
+from bert_model import metadata as metadata_lib
+from bert_model import resolution
+from pipeline import main as pipeline_main
+from pipeline import preflight
+from pipeline.build import build_pipeline
+from pipeline.config import config_from_options
+from pipeline.errors import ConfigError
+from pipeline.flags import flag_actions
+from pipeline.flags import reject_unknown_flags
+from pipeline.plan import plan_run
+from pipeline.plan import PlanEnvironment
+
 _LOG = logging.getLogger(__name__)
 
 # Flags that `config_from_options` requires (it raises ConfigError without
@@ -56,7 +80,7 @@ _LOG = logging.getLogger(__name__)
 REQUIRED_FLAGS = ("input", "output")
 
 # Flags this module sets itself when it writes the job description.
-_OWN_FLAGS = ("--template_location", "--dataflow_job_file")
+_OWN_FLAGS = ("--template_location", "--dataflow_job_file", "--no_auth")
 
 
 # ---------------------------------------------------------------------------
@@ -65,7 +89,7 @@ _OWN_FLAGS = ("--template_location", "--dataflow_job_file")
 
 @dataclasses.dataclass
 class OfflineRecord:
-  """What the stubs saw: uploads that were not made, models not checked."""
+  """What the dry run left undone: uploads, models and paths not checked."""
   staged: List[str] = dataclasses.field(default_factory=list)
   unchecked_models: List[str] = dataclasses.field(default_factory=list)
   unchecked_paths: List[str] = dataclasses.field(default_factory=list)
@@ -75,18 +99,14 @@ def _is_remote(path: str) -> bool:
   return "://" in path
 
 
-def _offline_resolve_model(real_resolve, metadata_dir: Optional[str],
-                           record: OfflineRecord):
+def _offline_resolve_model(metadata_dir: Optional[str], record: OfflineRecord):
   """resolve_model for the dry run: remote models are not checked."""
-  from pipeline import model_resolution  # pylint: disable=g-import-not-at-top
-  from pipeline.bert import default_model  # pylint: disable=g-import-not-at-top
-  from pipeline.bert import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
 
   def resolve(model, **kwargs):
     # --preprocessor / --model_root, when given, pass through unchanged.
     if model is None or not _is_remote(model) or model.startswith(
         ("http://", "https://")):
-      return real_resolve(model, **kwargs)  # local, catalogue or hub: real
+      return resolution.resolve_model(model, **kwargs)  # local, hub: real
     source = metadata_dir or default_model.ensure_default_model()
     metadata = metadata_lib.read_metadata(source)
     if metadata is None:
@@ -103,7 +123,7 @@ def _offline_resolve_model(real_resolve, metadata_dir: Optional[str],
         metadata.fingerprint[:12])
     record.unchecked_models.append(model)
     base = model.rstrip("/")
-    return model_resolution.ResolvedModel(
+    return resolution.ResolvedModel(
         path=model,
         preprocess_path=(kwargs.get("preprocessor") or
                          f"{base}/{metadata_lib.PREPROCESS_DIR}"),
@@ -127,25 +147,28 @@ def _offline_path_check(real_check, record: OfflineRecord):
   return check
 
 
+def offline_environment(model_metadata_dir: Optional[str],
+                        record: OfflineRecord) -> PlanEnvironment:
+  """How the dry run plans: nothing on GCS is read, no lock is taken."""
+  return PlanEnvironment(
+      resolve_model=_offline_resolve_model(model_metadata_dir, record),
+      check_input=_offline_path_check(preflight.check_input, record),
+      check_output=_offline_path_check(preflight.check_output, record),
+      check_latest_pointer=_offline_path_check(preflight.check_latest_pointer,
+                                               record),
+      take_lock=False)
+
+
 @contextlib.contextmanager
-def offline_dataflow(model_metadata_dir: Optional[str] = None):
-  """Replaces DataflowRunner's cloud calls for the length of the block.
+def offline_dataflow():
+  """Replaces DataflowRunner's cloud calls that Beam has no switch for.
 
-  Yields an OfflineRecord of what was not uploaded or checked. See the module
-  docstring for the list; everything is restored afterwards.
+  Yields an OfflineRecord of what was not uploaded. See the module docstring
+  for the list; everything is restored afterwards.
   """
-  from apache_beam.internal.gcp import auth  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import GoogleCloudOptions  # pylint: disable=g-import-not-at-top
-  from apache_beam.runners.dataflow.internal import apiclient  # pylint: disable=g-import-not-at-top
-  from pipeline import model_resolution  # pylint: disable=g-import-not-at-top
-  from pipeline import preflight  # pylint: disable=g-import-not-at-top
-
   record = OfflineRecord()
   client = apiclient.DataflowApplicationClient
   real_stage_file = client.stage_file
-
-  def no_credentials(unused_options=None):
-    return None
 
   def skip_soft_delete_check(self, arg_name):
     _LOG.info("Dry run: soft-delete policy of --%s=%s not checked.", arg_name,
@@ -164,17 +187,11 @@ def offline_dataflow(model_metadata_dir: Optional[str] = None):
     record.staged.append(to_path)
 
   patches = [
-      (auth, "get_service_credentials", no_credentials),
-      (apiclient, "get_service_credentials", no_credentials),
       (GoogleCloudOptions, "_warn_if_soft_delete_policy_enabled",
        skip_soft_delete_check),
       (client, "stage_file", stage_file),
       (client, "_gcs_file_copy", gcs_file_copy),
-      (model_resolution, "resolve_model",
-       _offline_resolve_model(model_resolution.resolve_model,
-                              model_metadata_dir, record)),
-  ] + [(preflight, name, _offline_path_check(getattr(preflight, name), record))
-       for name in ("check_input", "check_output", "check_latest_pointer")]
+  ]
   saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
   saved_gce_check = os.environ.get("NO_GCE_CHECK")
   os.environ["NO_GCE_CHECK"] = "true"
@@ -211,15 +228,6 @@ def write_job_description(argv: Sequence[str], job_file: str,
     ConfigError: a flag is wrong (as `pipeline.main` would say), or the
       arguments do not ask for Dataflow.
   """
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import SetupOptions  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
-  from pipeline import main  # pylint: disable=g-import-not-at-top
-  from pipeline.options import ConfigError  # pylint: disable=g-import-not-at-top
-  from pipeline.options import config_from_options  # pylint: disable=g-import-not-at-top
-  from pipeline.options import reject_unknown_flags  # pylint: disable=g-import-not-at-top
-
   argv = list(argv)
   own = [flag for flag in _flag_names(argv) if flag in _OWN_FLAGS]
   if own:
@@ -243,21 +251,22 @@ def write_job_description(argv: Sequence[str], job_file: str,
                       "file; copy it to GCS afterwards if you need it there.")
   job_file = os.path.abspath(job_file)
   os.makedirs(os.path.dirname(job_file), exist_ok=True)
-  argv.append(f"--template_location={job_file}")
+  argv += [f"--template_location={job_file}", "--no_auth"]
 
   reject_unknown_flags(argv)
-  with offline_dataflow(model_metadata_dir) as record:
-    options = PipelineOptions(argv)
-    runner = options.view_as(StandardOptions).runner
-    if runner not in ("DataflowRunner", "dataflow"):
-      raise ConfigError(
-          f"--runner={runner}: the job description is DataflowRunner's; pass "
-          "--runner=DataflowRunner.")
-    # As pipeline.main.run does, so the description is the one it submits.
-    options.view_as(SetupOptions).save_main_session = True
-    config = config_from_options(options)
+  options = PipelineOptions(argv)
+  runner = options.view_as(StandardOptions).runner
+  if runner not in ("DataflowRunner", "dataflow"):
+    raise ConfigError(
+        f"--runner={runner}: the job description is DataflowRunner's; pass "
+        "--runner=DataflowRunner.")
+  # As pipeline.main.run does, so the description is the one it submits.
+  options.view_as(SetupOptions).save_main_session = True
+  with offline_dataflow() as record:
+    plan = plan_run(config_from_options(options),
+                    offline_environment(model_metadata_dir, record))
     pipeline = beam.Pipeline(options=options)
-    main.build_pipeline(pipeline, config, time.time())
+    build_pipeline(pipeline, plan, time.time())
     pipeline.run()
   for path in record.staged:
     _LOG.info("Dry run: not uploaded: %s", path)
@@ -304,12 +313,8 @@ def _whole(value):
 
 
 def _pipeline_flag_actions():
-  """The argparse actions of EmbeddingPipelineOptions, in declaration order."""
-  from apache_beam.options.pipeline_options import _BeamArgumentParser  # pylint: disable=g-import-not-at-top
-  from pipeline.options import EmbeddingPipelineOptions  # pylint: disable=g-import-not-at-top
-  parser = _BeamArgumentParser(add_help=False, allow_abbrev=False)
-  EmbeddingPipelineOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-  return [action for action in parser._actions if action.option_strings]  # pylint: disable=protected-access
+  """The argparse actions of the pipeline's flags, in declaration order."""
+  return [action for actions in flag_actions().values() for action in actions]
 
 
 def pipeline_flags() -> List[str]:
@@ -412,7 +417,6 @@ def flex_template_args(argv: Sequence[str]) -> List[str]:
 
 def launch_flex_template(argv: Sequence[str]) -> int:
   """The Flex Template's program: `pipeline.main` with translated flags."""
-  from pipeline import main  # pylint: disable=g-import-not-at-top
   try:
     args = flex_template_args(argv)
   except ValueError as e:
@@ -423,7 +427,7 @@ def launch_flex_template(argv: Sequence[str]) -> int:
         "No sdk_container_image parameter: the workers will run Beam's stock "
         "image, which has neither this project nor its model. Launch with "
         "--parameters=sdk_container_image=IMAGE (this template's image).")
-  return main.main(args)
+  return pipeline_main.main(args)
 
 
 # ---------------------------------------------------------------------------
@@ -454,7 +458,6 @@ def _parse(argv):
 def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO,
                       format="%(asctime)s %(levelname)s %(message)s")
-  from pipeline.options import ConfigError  # pylint: disable=g-import-not-at-top
   args, rest = _parse(sys.argv[1:] if argv is None else argv)
   if args.command == "flex-metadata":
     if rest:

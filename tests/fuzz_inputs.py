@@ -26,19 +26,19 @@ import zstandard
 from hypothesis import strategies as st
 from tfx_bsl.coders import example_coder
 
+from run_directory.records import DeadLetter
+from run_directory.records import DETAIL_CHARS
+from run_directory.records import Document
+from run_directory.records import SNIPPET_CHARS
+from run_directory.tables import dead_letter_to_row
+from run_directory.tfrecord import canonical_example
+from run_directory.tfrecord import encode_frame
 from tests import real_files
 from tests.real_text import real_sentences
 from transforms import formats
 from transforms.formats.fields import RecordSpec
 from transforms.formats.files import open_for_reading
 from transforms.formats.files import read_file_records
-from transforms.formats.tfrecord_frames import encode_frame
-from transforms.records import DETAIL_CHARS
-from transforms.records import DeadLetter
-from transforms.records import Document
-from transforms.records import SNIPPET_CHARS
-from transforms.schemas import dead_letter_to_row
-from transforms.write import canonical_example
 
 MAX_RECORD_BYTES = 2048
 MAX_ERROR_ROW_BYTES = 4 * (DETAIL_CHARS + SNIPPET_CHARS) + 2048

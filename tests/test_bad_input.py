@@ -26,16 +26,17 @@ import zstandard
 
 from pipeline import main
 from pipeline import read_outputs
+from run_directory.records import DeadLetter
+from run_directory.records import DETAIL_CHARS
+from run_directory.records import Document
+from run_directory.records import SNIPPET_CHARS
+from run_directory.tfrecord import encode_frame
+from run_directory.tfrecord import masked_crc32c
 from transforms import formats
+from transforms import publish as publish_stage
 from transforms.formats.fields import RecordSpec
 from transforms.formats.files import open_for_reading
 from transforms.formats.files import read_file_records
-from transforms.formats.tfrecord_frames import encode_frame
-from transforms.formats.tfrecord_frames import masked_crc32c
-from transforms.records import DETAIL_CHARS
-from transforms.records import DeadLetter
-from transforms.records import Document
-from transforms.records import SNIPPET_CHARS
 
 # Reasons, spelled out here (the errors table's contract), not imported.
 EMPTY = "empty_text"
@@ -397,15 +398,14 @@ def test_a_stale_lock_and_an_earlier_publish_leave_no_trace(
 
 def test_nothing_after_the_manifest_can_fail_a_published_run(
     tmp_path, corpus_file, tiny_model_dir, monkeypatch, caplog):
-  from transforms import manifest as manifest_stage  # pylint: disable=import-outside-toplevel
-  rename = manifest_stage.FileSystems.rename
+  rename = publish_stage.FileSystems.rename
 
   def rename_but_not_the_pointer(sources, destinations):
     if destinations[0].endswith("LATEST"):
       raise OSError("the pointer's file system is gone")
     return rename(sources, destinations)
 
-  monkeypatch.setattr(manifest_stage.FileSystems, "rename",
+  monkeypatch.setattr(publish_stage.FileSystems, "rename",
                       rename_but_not_the_pointer)
   pointer = tmp_path / "LATEST"
   code, run_dir = _run(tmp_path, tiny_model_dir, corpus_file,

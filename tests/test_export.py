@@ -13,12 +13,12 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the preprocess model's ops)
 import tensorflow_hub as hub
 
+from bert_model import checkpoint
+from bert_model import default_model
+from bert_model import export
+from bert_model import metadata as metadata_lib
+from bert_model import resolution
 from pipeline import export_model
-from pipeline import model_resolution
-from pipeline.bert import checkpoint
-from pipeline.bert import default_model
-from pipeline.bert import export
-from pipeline.bert import metadata as metadata_lib
 from tests import tiny_bert
 
 SENTENCES = [
@@ -76,7 +76,7 @@ def test_model_directory_layout_and_metadata(tiny_model_dir):
 
 def test_every_dense_layer_is_a_fusable_matmul_bias_add(tiny_checkpoint):
   # Grappler fuses MatMul+BiasAdd into one oneDNN kernel, not MatMul+AddV2.
-  from pipeline.bert import encoder as encoder_lib
+  from bert_model import encoder as encoder_lib
   ckpt = checkpoint.read_checkpoint(tiny_checkpoint)
   encoder = encoder_lib.BertEncoder(ckpt.config, ckpt.weights)
   graph = tf.function(encoder.encode).get_concrete_function(
@@ -134,11 +134,11 @@ def test_an_outdated_model_directory_warns_how_to_re_export(
   shutil.copytree(tiny_model_dir, model_dir)
   _rewrite_metadata(model_dir, exporter_revision=1)
   with caplog.at_level(logging.WARNING):
-    model_resolution.resolve_model(model_dir)
+    resolution.resolve_model(model_dir)
   assert "pipeline.export_model" in caplog.text and "--overwrite" in caplog.text
   caplog.clear()
   with caplog.at_level(logging.WARNING):
-    model_resolution.resolve_model(tiny_model_dir)
+    resolution.resolve_model(tiny_model_dir)
   assert "export_model" not in caplog.text
 
 

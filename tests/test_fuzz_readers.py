@@ -21,17 +21,17 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from tests.fuzz_inputs import COMPRESSORS
-from tests.fuzz_inputs import EXTENSIONS
-from tests.fuzz_inputs import SENTENCES
-from tests.fuzz_inputs import WRITERS
+from run_directory.records import Document
 from tests.fuzz_inputs import check_records
+from tests.fuzz_inputs import COMPRESSORS
 from tests.fuzz_inputs import damaged_files
+from tests.fuzz_inputs import EXTENSIONS
 from tests.fuzz_inputs import line_text
 from tests.fuzz_inputs import read_all
 from tests.fuzz_inputs import records_of
+from tests.fuzz_inputs import SENTENCES
+from tests.fuzz_inputs import WRITERS
 from transforms import formats
-from transforms.records import Document
 
 
 def _fuzz(input_format):

@@ -13,11 +13,11 @@ import pytest
 
 from pipeline import main
 from pipeline import read_outputs
-from pipeline.options import format_help
+from pipeline.flags import format_help
+from run_directory.records import DeadLetter
 from transforms.guardrails import PublishLimits
-from transforms.guardrails import SummarizeErrors
 from transforms.guardrails import refusal_reasons
-from transforms.records import DeadLetter
+from transforms.guardrails import SummarizeErrors
 
 EXIT_REFUSED = 3
 
@@ -52,7 +52,8 @@ def _run(workdir, corpus, name, *flags):
   run_dir = str(workdir / name)
   code = main.main([f"--input={corpus}", f"--output={run_dir}",
                     f"--model={workdir.model_dir}", "--runner=DirectRunner",
-                    "--neighbours_k=0", f"--latest_pointer={workdir / 'LATEST'}",
+                    "--neighbours_k=0",
+                    f"--latest_pointer={workdir / 'LATEST'}",
                     *flags])
   return code, run_dir
 
@@ -68,7 +69,7 @@ def _assert_refused(code, run_dir, pointer, pointer_before, capsys, *reasons):
     assert any(reason in text for text in refusal["reasons"]), refusal
     assert reason in err
   # The staged outputs stay for inspection, next to refused.json.
-  staging = os.path.dirname(read_outputs._refusal_paths(run_dir)[-1])  # pylint: disable=protected-access
+  staging = os.path.dirname(read_outputs.refusal_paths(run_dir)[-1])
   assert os.path.isdir(os.path.join(staging, "embeddings"))
   with pytest.raises(read_outputs.RunNotPublishedError, match="refused"):
     read_outputs.load_manifest(run_dir)

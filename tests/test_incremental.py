@@ -10,8 +10,8 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline import main
 from pipeline import read_outputs
-from pipeline.options import ConfigError
-from transforms import manifest as manifest_lib
+from pipeline.errors import ConfigError
+from transforms import publish as publish_stage
 
 WORDS = ["the", "quick", "brown", "fox", "lazy", "dog", "hello", "world",
          "cat", "sat", "on", "mat", "text", "vector", "search", "embed"]
@@ -75,19 +75,20 @@ def test_second_run_embeds_only_changed_and_added(tmp_path, tiny_model_dir):
 
   run1 = str(tmp_path / "run1")
   first = _run(tiny_model_dir, corpus1, run1)
-  assert _counter(first, "embedded") == 200
+  assert _counter(first, "inferred") == 200
 
   run2 = str(tmp_path / "run2")
   pointer = str(tmp_path / "LATEST")
   second = _run(tiny_model_dir, corpus2, run2, f"--previous_run={run1}",
                 f"--latest_pointer={pointer}")
   # The model ran on the changed and the added documents only.
-  assert _counter(second, "embedded") == len(changed) + 2
+  assert _counter(second, "inferred") == len(changed) + 2
   assert _counter(second, "reused") == 200 - len(changed) - len(removed)
   manifest = read_outputs.load_manifest(run2)
   assert manifest["counts"]["reused"] == 200 - len(changed) - len(removed)
   assert manifest["counts"]["removed"] == len(removed)
   assert manifest["counts"]["embedded"] == len(day2)
+  assert manifest["counts"]["inferred"] == len(changed) + 2
   assert manifest["previous_run"]["reused"] is True
   with open(pointer) as f:
     assert f.read().strip() == run2
@@ -118,7 +119,7 @@ def test_other_model_settings_reuse_nothing(tmp_path, tiny_model_dir):
   run2 = str(tmp_path / "run2")
   second = _run(tiny_model_dir, corpus, run2, f"--previous_run={run1}",
                 "--max_seq_length=16")
-  assert _counter(second, "embedded") == 20
+  assert _counter(second, "inferred") == 20
   manifest = read_outputs.load_manifest(run2)
   assert manifest["counts"]["reused"] == 0
   assert manifest["previous_run"] == {
@@ -138,7 +139,7 @@ def test_a_run_killed_while_publishing_leaves_no_manifest(
     tmp_path, tiny_model_dir, monkeypatch):
   corpus = _write_jsonl(tmp_path / "corpus.jsonl", _corpus(30))
   run_dir = str(tmp_path / "run")
-  move_into_place = manifest_lib.move_into_place
+  move_into_place = publish_stage.move_into_place
 
   def dies_half_way(staging_dir, final_dir, relative_paths):
     relative_paths = list(relative_paths)
@@ -146,14 +147,14 @@ def test_a_run_killed_while_publishing_leaves_no_manifest(
                     relative_paths[:len(relative_paths) // 2])
     raise RuntimeError("worker killed")
 
-  monkeypatch.setattr(manifest_lib, "move_into_place", dies_half_way)
+  monkeypatch.setattr(publish_stage, "move_into_place", dies_half_way)
   with pytest.raises(Exception, match="worker killed"):
     _run(tiny_model_dir, corpus, run_dir, run_id="attempt-1")
   assert not os.path.exists(os.path.join(run_dir, "manifest.json"))
   with pytest.raises(read_outputs.RunNotPublishedError):
     read_outputs.load_manifest(run_dir)
 
-  monkeypatch.setattr(manifest_lib, "move_into_place", move_into_place)
+  monkeypatch.setattr(publish_stage, "move_into_place", move_into_place)
   _run(tiny_model_dir, corpus, run_dir, run_id="attempt-2")
   manifest, files = _data_files(run_dir)
   assert manifest["run_id"] == "attempt-2"
@@ -176,6 +177,7 @@ def test_same_input_twice_gives_identical_files(tmp_path, tiny_model_dir):
                        shallow=False), name
   for manifest in (manifest_a, manifest_b):
     manifest.pop("metrics")  # wall time
+    manifest["settings"]["outputs"].pop("output")  # the two run directories
   assert manifest_a == manifest_b
 
 
@@ -185,9 +187,9 @@ def test_scheduled_runs_follow_the_latest_pointer(tmp_path, tiny_model_dir):
   flags = ["--previous_run=latest", f"--latest_pointer={pointer}"]
   output = str(tmp_path / "runs" / "{run_id}")
   first = _run(tiny_model_dir, corpus, output, *flags, run_id="night-1")
-  assert _counter(first, "embedded") == 20  # no pointer yet: a full run
+  assert _counter(first, "inferred") == 20  # no pointer yet: a full run
   second = _run(tiny_model_dir, corpus, output, *flags, run_id="night-2")
-  assert _counter(second, "embedded") == 0  # nothing changed
+  assert _counter(second, "inferred") == 0  # nothing changed
   manifest = read_outputs.load_manifest(str(tmp_path / "runs" / "night-2"))
   assert manifest["counts"]["reused"] == 20
   assert manifest["previous_run"]["path"] == str(tmp_path / "runs" / "night-1")

@@ -20,9 +20,10 @@ import os
 import numpy as np
 import pytest
 
+from bert_model.loaded_model import MODEL_LOAD_LOG_ENV
+from pipeline import build
 from pipeline import main
 from pipeline import read_outputs
-from transforms.model_handler import MODEL_LOAD_LOG_ENV
 from transforms.model_handler import BertEmbeddingModelHandler
 
 _INFERENCE_LOG_ENV = "BERT_EMBEDDINGS_TEST_INFERENCE_LOG"
@@ -62,8 +63,8 @@ def corpus(tmp_path_factory):
   return write_corpus(str(tmp_path_factory.mktemp("corpus") / "corpus.txt"))
 
 
-def make_spy_handler_factory(real_factory):
-  """make_model_handler, returning a handler that logs its pid per batch.
+def make_spy_handler_class():
+  """BertEmbeddingModelHandler, logging its pid per batch.
 
   The class is defined in this function, so Beam's pickler (cloudpickle)
   ships it by value: the workers need not import this test module.
@@ -78,14 +79,7 @@ def make_spy_handler_factory(real_factory):
           f.write(f"{os.getpid()}\n")
       return super().run_inference(batch, model, inference_args)
 
-  def factory(config):
-    real = real_factory(config)
-    # The real handler, state and all, with the spy's run_inference.
-    spy = PidRecordingHandler.__new__(PidRecordingHandler)
-    spy.__dict__.update(real.__dict__)
-    return spy
-
-  return factory
+  return PidRecordingHandler
 
 
 def read_pids(path):
@@ -103,8 +97,8 @@ def run_logged(monkeypatch, tmp_path, corpus, model_dir, *flags):
   # Set before the run: the worker subprocesses inherit the environment.
   monkeypatch.setenv(MODEL_LOAD_LOG_ENV, load_log)
   monkeypatch.setenv(_INFERENCE_LOG_ENV, inference_log)
-  monkeypatch.setattr(main, "make_model_handler",
-                      make_spy_handler_factory(main.make_model_handler))
+  monkeypatch.setattr(build, "BertEmbeddingModelHandler",
+                      make_spy_handler_class())
   main.run(["--input", corpus, "--output", output, "--model", model_dir,
             "--run_id", "local-runs-test", *flags])
   return output, read_pids(load_log), read_pids(inference_log)

@@ -24,10 +24,10 @@ from apache_beam.runners.runner import PipelineState
 
 from pipeline import main
 from pipeline import read_outputs
-from pipeline.options import ConfigError
+from pipeline.errors import ConfigError
+from run_directory.records import derive_document_id
 from tests import network_guard
 from tests import tiny_bert
-from transforms.records import derive_document_id
 
 H = 16
 MODEL_MAX_SEQ_LENGTH = 32
@@ -491,6 +491,7 @@ def test_every_input_format_end_to_end(input_format, bigquery_format,
   assert counts == {
       "read": len(good) + len(bad),
       "embedded": len(good),
+      "inferred": len(good),
       "dead_lettered": len(bad),
       "truncated": 0,
       "reused": 0,  # no --previous_run
@@ -572,9 +573,10 @@ def test_sequence_output_and_encoder_layers(tiny_model_dir, reference,
   manifest = read_outputs.load_manifest(run_dir)
   assert manifest["run_id"] == "seq-run"
   assert manifest["counts"] == {
-      "read": 5, "embedded": 5, "dead_lettered": 0, "truncated": 0,
-      "reused": 0, "removed": 0}
-  assert manifest["settings"]["encoder_layers"] == [0]
+      "read": 5, "embedded": 5, "inferred": 5, "dead_lettered": 0,
+      "truncated": 0, "reused": 0, "removed": 0}
+  assert manifest["model"]["encoder_layers"] == [0]
+  assert manifest["settings"]["outputs"]["encoder_layers"] == "-1"
   schema = check_manifest_files(run_dir, manifest, "parquet")
   assert schema["tokens"]["mode"] == "REPEATED"
   assert schema["encoder_layer_0"]["mode"] == "REPEATED"
@@ -623,10 +625,11 @@ def test_truncation_and_float16_sequences(tiny_model_dir, reference, tmp_path,
 
   manifest = read_outputs.load_manifest(run_dir)
   assert manifest["counts"] == {
-      "read": 5, "embedded": 5, "dead_lettered": 0, "truncated": 2,
-      "reused": 0, "removed": 0}
+      "read": 5, "embedded": 5, "inferred": 5, "dead_lettered": 0,
+      "truncated": 2, "reused": 0, "removed": 0}
   assert manifest["model"]["max_seq_length"] == 8
-  assert manifest["settings"]["sequence_dtype"] == "float16"
+  assert manifest["model"]["sequence_dtype"] == "float16"
+  assert manifest["settings"]["outputs"]["sequence_dtype"] == "float16"
   check_manifest_files(run_dir, manifest, "jsonl")
 
   values_by_format = {}

@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline import main
 from pipeline import read_outputs
-from transforms import neighbours as neighbours_lib
+from transforms.neighbours import maths as neighbours_lib
 
 CORPUS = [
     "the quick brown fox", "the lazy dog", "hello world", "the cat sat",
@@ -83,7 +83,9 @@ def test_neighbours_of_a_query_corpus(tmp_path, tiny_model_dir):
                            f"--neighbours_of={queries}",
                            "--max_bad_fraction=0.25")
   counts = manifest["counts"]
-  assert counts["queries"] == {"read": 4, "embedded": 3, "dead_lettered": 1}
+  assert counts["queries"] == {
+      "read": 4, "embedded": 3, "inferred": 3, "dead_lettered": 1,
+      "truncated": 0, "reused": 0, "removed": 0}
   assert counts["read"] == counts["embedded"] == len(CORPUS)
   errors = read_outputs.read_errors(run_dir)
   assert [e["reason"] for e in errors] == ["empty_text"]

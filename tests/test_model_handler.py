@@ -15,16 +15,17 @@ import pytest
 from apache_beam.internal import pickler as beam_pickler
 from apache_beam.ml.inference.base import PredictionResult
 
-from pipeline.bert import export
-from pipeline.bert import metadata as metadata_lib
+from bert_model import export
+from bert_model import metadata as metadata_lib
+from bert_model.call_plan import call_cost
+from bert_model.call_plan import plan_model_calls
+from bert_model.loaded_model import LoadedBertModel
+from bert_model.loaded_model import ModelSettings
+from run_directory.records import Vectors
 from tests import tiny_bert
 from transforms.model_handler import BertEmbeddingModelHandler
-from transforms.model_handler import EmbeddingSettings
-from transforms.model_handler import EncodedText
+from transforms.model_handler import HandlerSettings
 from transforms.model_handler import InferenceFailure
-from transforms.model_handler import LoadedBertModel
-from transforms.model_handler import call_cost
-from transforms.model_handler import plan_model_calls
 
 HIDDEN = 16
 MAX_SEQ_LENGTH = 32  # the tiny model's own
@@ -52,9 +53,9 @@ LONG_TEXT = ("the quick brown fox jumps over the lazy dog and the cat sat on "
 # Fixtures and the independent reference.
 
 
-def settings_for(model_dir, **kwargs) -> EmbeddingSettings:
+def settings_for(model_dir, **kwargs) -> ModelSettings:
   kwargs.setdefault("max_seq_length", MAX_SEQ_LENGTH)
-  return EmbeddingSettings(
+  return ModelSettings(
       preprocess_path=f"{model_dir}/{metadata_lib.PREPROCESS_DIR}",
       encoder_path=f"{model_dir}/{metadata_lib.ENCODER_DIR}",
       **kwargs)
@@ -68,7 +69,7 @@ def loaded(tiny_model_dir):
   def get(**kwargs):
     settings = settings_for(tiny_model_dir, **kwargs)
     if settings not in cache:
-      handler = BertEmbeddingModelHandler(settings)
+      handler = BertEmbeddingModelHandler(HandlerSettings(settings))
       cache[settings] = (handler, handler.load_model())
     return cache[settings]
 
@@ -154,7 +155,7 @@ def test_batch_results_in_input_order_and_match_reference(loaded, reference):
   encoded = run(handler, model, TEXTS)
 
   for text, enc in zip(TEXTS, encoded):
-    assert isinstance(enc, EncodedText)
+    assert isinstance(enc, Vectors)
     assert enc.embedding.shape == (HIDDEN,)
     assert enc.embedding.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(enc.embedding), 1.0, atol=1e-5)
@@ -179,9 +180,9 @@ def test_batch_equals_each_text_alone(tiny_model_dir, loaded,
                                       max_batch_tokens):
   """Padding to the batch's longest row (masked) changes nothing."""
   _, model = loaded(pooling="mean", normalize=True)
-  handler = BertEmbeddingModelHandler(
+  handler = BertEmbeddingModelHandler(HandlerSettings(
       settings_for(tiny_model_dir, pooling="mean", normalize=True),
-      max_batch_tokens=max_batch_tokens)
+      **({"max_batch_tokens": max_batch_tokens} if max_batch_tokens else {})))
   batch = run(handler, model, TEXTS)
   for text, enc in zip(TEXTS, batch):
     [alone] = run(handler, model, [text])
@@ -294,8 +295,8 @@ def test_run_inference_keeps_calls_within_budget(tiny_model_dir, loaded,
                                                  reference, monkeypatch):
   _, model = loaded()
   budget = 40
-  handler = BertEmbeddingModelHandler(settings_for(tiny_model_dir),
-                                      max_batch_tokens=budget)
+  handler = BertEmbeddingModelHandler(HandlerSettings(
+      settings_for(tiny_model_dir), max_batch_tokens=budget))
   calls = record_encoder_calls(model, monkeypatch)
   texts = TEXTS * 3
   encoded = run(handler, model, texts)
@@ -361,7 +362,7 @@ def test_failure_isolation(loaded, poisoned):
     assert f"cannot embed {texts[i]!r}" in results[i].error
   good = [r for r in results if not isinstance(r, InferenceFailure)]
   assert len(good) == len(texts) - len(poisoned)
-  assert all(isinstance(r, EncodedText) for r in good)
+  assert all(isinstance(r, Vectors) for r in good)
   for got, want in zip(good, normal):
     np.testing.assert_allclose(got.embedding, want.embedding, atol=1e-5)
     assert got.num_tokens == want.num_tokens
@@ -388,8 +389,8 @@ def test_every_text_failing(loaded):
 ], ids=["pickle", "cloudpickle", "beam_pickler"])
 def test_handler_pickles_before_load(tiny_model_dir, loaded, dumps, loads):
   settings = settings_for(tiny_model_dir, pooling="cls", sequence_output=True)
-  handler = BertEmbeddingModelHandler(settings, large_model=True,
-                                      max_batch_size=16, max_batch_tokens=99)
+  handler = BertEmbeddingModelHandler(HandlerSettings(
+      settings, large_model=True, max_batch_tokens=99))
   restored = loads(dumps(handler))
   assert restored.share_model_across_processes() is True
   assert restored.batch_elements_kwargs() == handler.batch_elements_kwargs()
@@ -405,8 +406,8 @@ def test_handler_pickles_before_load(tiny_model_dir, loaded, dumps, loads):
 @pytest.mark.parametrize("pooling", ["mean", "cls", "max", "pooler"])
 def test_encoder_layers_pool_their_own_layer(two_layer_model_dir, pooling):
   reference = Reference(two_layer_model_dir)
-  handler = BertEmbeddingModelHandler(
-      settings_for(two_layer_model_dir, pooling=pooling, encoder_layers=(0, 1)))
+  handler = BertEmbeddingModelHandler(HandlerSettings(settings_for(
+      two_layer_model_dir, pooling=pooling, encoder_layers=(0, 1))))
   encoded = run(handler, handler.load_model(), TEXTS[:4])
   # Layers pool like the sentence vector, but "pooler" (no pooler per
   # layer) falls back to the mean.
@@ -432,28 +433,28 @@ def test_encoder_layers_pool_their_own_layer(two_layer_model_dir, pooling):
 def test_precision_paths_run_on_cpu(tiny_model_dir, precision, min_cosine):
   # bfloat16 really computes in bfloat16 here (oneDNN); mixed_float16 only
   # rewrites GPU kernels, so on a CPU it must give the float32 result.
-  from transforms.model_handler import EmbeddingSettings, LoadedBertModel
+  from bert_model.loaded_model import ModelSettings, LoadedBertModel
   texts = ["the quick brown fox", "hello world", "a cat sat on the mat"] * 4
   paths = dict(preprocess_path=f"{tiny_model_dir}/preprocess",
                encoder_path=f"{tiny_model_dir}/encoder", max_seq_length=32)
-  reduced = LoadedBertModel(EmbeddingSettings(
+  reduced = LoadedBertModel(ModelSettings(
       **paths, precision=precision)).embed(texts)["embedding"]
-  full = LoadedBertModel(EmbeddingSettings(**paths)).embed(texts)["embedding"]
+  full = LoadedBertModel(ModelSettings(**paths)).embed(texts)["embedding"]
   cosine = (reduced * full).sum(1)
   assert cosine.min() >= min_cosine
   assert reduced.dtype == np.float32
 
 
 def test_xla_path_gives_the_same_vectors(tiny_model_dir, monkeypatch):
-  from transforms.model_handler import EmbeddingSettings, LoadedBertModel
+  from bert_model.loaded_model import ModelSettings, LoadedBertModel
   texts = ["the quick brown fox jumps", "hello", "a cat sat on the mat"]
   paths = dict(preprocess_path=f"{tiny_model_dir}/preprocess",
                encoder_path=f"{tiny_model_dir}/encoder", max_seq_length=32)
-  jit_model = LoadedBertModel(EmbeddingSettings(**paths, jit_compile=True,
+  jit_model = LoadedBertModel(ModelSettings(**paths, jit_compile=True,
                                                 sequence_output=True))
   calls = record_encoder_calls(jit_model, monkeypatch)
   jit = jit_model.embed(texts)
-  plain = LoadedBertModel(EmbeddingSettings(**paths,
+  plain = LoadedBertModel(ModelSettings(**paths,
                                             sequence_output=True)).embed(texts)
   np.testing.assert_allclose(jit["embedding"], plain["embedding"], atol=1e-5)
   # Encoder calls are rounded up to a multiple of 16 under XLA; the real

@@ -9,10 +9,14 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipeline.local_runner import LocalRunner
+from run_directory.records import Embedding
+from run_directory.records import Vectors
 from transforms import neighbours
-from transforms.neighbours import NEIGHBOURS
+from transforms.neighbours import approximate
+from transforms.neighbours import exact
+from transforms.neighbours import maths
+from transforms.neighbours import NEIGHBOUR_ROWS
 from transforms.neighbours import STATS
-from transforms.records import Embedding
 
 # ---------------------------------------------------------------------------
 # Data.
@@ -49,7 +53,7 @@ def clustered_vectors(n: int, h: int, clusters: int, seed: int = 0):
 def to_embeddings(ids, vectors):
   return [
       Embedding(id=i, text=f"text of {i}", source="corpus.jsonl",
-                embedding=v, num_tokens=3, truncated=False)
+                vectors=Vectors(embedding=v, num_tokens=3, truncated=False))
       for i, v in zip(ids, vectors)
   ]
 
@@ -57,7 +61,7 @@ def to_embeddings(ids, vectors):
 def to_rows(query_neighbours):
   return [
       row for query_id, top in query_neighbours
-      for row in neighbours.neighbour_rows(query_id, top)
+      for row in maths.neighbour_rows(query_id, top)
   ]
 
 
@@ -103,7 +107,7 @@ def run_neighbours(make_transform, corpus, tmp_path, queries=None):
     if queries is not None:
       queries_pcoll = p | "Queries" >> beam.Create(queries)
     outputs = corpus_pcoll | make_transform(queries_pcoll)
-    for name in (NEIGHBOURS, STATS):
+    for name in (NEIGHBOUR_ROWS, STATS):
       _ = (
           outputs[name]
           | f"Json{name}" >> beam.Map(json.dumps)
@@ -118,7 +122,7 @@ def run_neighbours(make_transform, corpus, tmp_path, queries=None):
 
   stats = read(STATS)
   assert len(stats) == 1
-  return read(NEIGHBOURS), stats[0]
+  return read(NEIGHBOUR_ROWS), stats[0]
 
 
 # ---------------------------------------------------------------------------
@@ -127,7 +131,7 @@ def run_neighbours(make_transform, corpus, tmp_path, queries=None):
 
 def test_normalize_rows_unit_norm_and_zero_rows_stay_zero():
   vectors = with_duplicates(random_vectors(40, 8))
-  normalized = neighbours.normalize_rows(vectors)
+  normalized = maths.normalize_rows(vectors)
   assert normalized.dtype == np.float32
   norms = np.linalg.norm(normalized, axis=1)
   np.testing.assert_allclose(np.delete(norms, 30), 1.0, atol=1e-6)
@@ -137,13 +141,13 @@ def test_normalize_rows_unit_norm_and_zero_rows_stay_zero():
 
 
 def test_pair_scores_are_symmetric_and_position_independent():
-  vectors = neighbours.normalize_rows(random_vectors(50, 384))
+  vectors = maths.normalize_rows(random_vectors(50, 384))
   left, right = vectors[:25], vectors[25:]
-  scores = neighbours.pair_scores(left, right)
-  np.testing.assert_array_equal(scores, neighbours.pair_scores(right, left))
+  scores = maths.pair_scores(left, right)
+  np.testing.assert_array_equal(scores, maths.pair_scores(right, left))
   # The same pair at another position of another batch: the same bits.
   np.testing.assert_array_equal(
-      neighbours.pair_scores(left[7:8], right[7:8]), scores[7:8])
+      maths.pair_scores(left[7:8], right[7:8]), scores[7:8])
   np.testing.assert_allclose(
       scores, np.sum(left.astype(np.float64) * right, axis=1), atol=1e-7)
 
@@ -151,22 +155,22 @@ def test_pair_scores_are_symmetric_and_position_independent():
 def test_block_top_k_one_block_equals_brute_force():
   ids = make_ids(60)
   vectors = with_duplicates(random_vectors(60, 16))
-  normalized = neighbours.normalize_rows(vectors)
-  actual = neighbours.block_top_k(ids, normalized, ids, normalized, k=5)
+  normalized = maths.normalize_rows(vectors)
+  actual = maths.block_top_k(ids, normalized, ids, normalized, k=5)
   assert_same_rows(to_rows(actual),
-                   to_rows(neighbours.brute_force_neighbours(ids, vectors, 5)))
+                   to_rows(maths.brute_force_neighbours(ids, vectors, 5)))
 
 
 def test_block_top_k_without_exclude_self_finds_itself_first():
   ids = make_ids(20)
-  normalized = neighbours.normalize_rows(random_vectors(20, 8))
-  top = neighbours.block_top_k(ids, normalized, ids, normalized, k=3,
+  normalized = maths.normalize_rows(random_vectors(20, 8))
+  top = maths.block_top_k(ids, normalized, ids, normalized, k=3,
                                exclude_self=False)
   assert all(neighbours_[0][1] == query_id for query_id, neighbours_ in top)
 
 
 def test_merge_top_k_orders_by_score_then_smaller_id():
-  merged = neighbours.merge_top_k(
+  merged = maths.merge_top_k(
       [[(0.9, "b"), (0.5, "z")], [(0.9, "a"), (0.7, "c")], []], k=3)
   assert merged == [(0.9, "a"), (0.9, "b"), (0.7, "c")]
 
@@ -178,8 +182,8 @@ def test_merge_top_k_orders_by_score_then_smaller_id():
 def test_exact_top_k_equals_brute_force(block_size, k):
   ids = make_ids(200)
   vectors = with_duplicates(random_vectors(200, 16))
-  actual = neighbours.exact_top_k(ids, vectors, ids, vectors, k, block_size)
-  expected = neighbours.brute_force_neighbours(ids, vectors, k)
+  actual = maths.exact_top_k(ids, vectors, ids, vectors, k, block_size)
+  expected = maths.brute_force_neighbours(ids, vectors, k)
   assert_same_rows(to_rows(actual), to_rows(expected))
   assert_well_formed(to_rows(actual), k, 199)
 
@@ -193,64 +197,64 @@ def test_candidate_margin_keeps_every_neighbour_of_near_identical_vectors():
   base = rng.standard_normal(384)
   vectors = (base + 1e-3 * rng.standard_normal((300, 384))).astype(np.float32)
   ids = make_ids(300)
-  normalized = neighbours.normalize_rows(vectors)
+  normalized = maths.normalize_rows(vectors)
   expected = []
   for i, query_id in enumerate(ids):
-    scores = neighbours.pair_scores(
+    scores = maths.pair_scores(
         np.repeat(normalized[i:i + 1], len(ids), axis=0), normalized)
     pairs = sorted((s, c) for s, c in zip(scores.tolist(), ids)
                    if c != query_id)
     expected.append(
         (query_id, sorted(pairs, key=lambda p: (-p[0], p[1]))[:10]))
   for block_size in (37, 300):
-    assert neighbours.exact_top_k(ids, vectors, ids, vectors, 10,
+    assert maths.exact_top_k(ids, vectors, ids, vectors, 10,
                                   block_size) == expected
 
 
 def test_brute_force_never_itself_even_with_duplicates_and_zero_vector():
   ids = make_ids(40)
   vectors = with_duplicates(random_vectors(40, 8))
-  rows = to_rows(neighbours.brute_force_neighbours(ids, vectors, 39))
+  rows = to_rows(maths.brute_force_neighbours(ids, vectors, 39))
   assert_well_formed(rows, 39, 39)
 
 
 def test_recall_at_k_counts_tied_duplicates_as_found():
   exact = {"q": [(0.9, "a"), (0.8, "b"), (0.8, "c")]}
   # "d" ties with the exact third (a duplicate of "c"): found.
-  assert neighbours.recall_at_k({"q": [(0.9, "a"), (0.8, "b"), (0.8, "d")]},
+  assert maths.recall_at_k({"q": [(0.9, "a"), (0.8, "b"), (0.8, "d")]},
                                 exact) == 1.0
-  assert neighbours.recall_at_k({"q": [(0.9, "a"), (0.7, "e")]}, exact) == (
+  assert maths.recall_at_k({"q": [(0.9, "a"), (0.7, "e")]}, exact) == (
       pytest.approx(1 / 3))
-  assert neighbours.recall_at_k({}, {"q": []}) is None
+  assert maths.recall_at_k({}, {"q": []}) is None
 
 
 def test_recall_sample_is_deterministic_and_independent_of_order():
   ids = make_ids(100)
-  sample = neighbours.recall_sample(ids, 10)
+  sample = maths.recall_sample(ids, 10)
   assert len(sample) == 10
-  assert neighbours.recall_sample(list(reversed(ids)), 10) == sample
-  assert neighbours.recall_sample(ids, 1000) == neighbours.recall_sample(
+  assert maths.recall_sample(list(reversed(ids)), 10) == sample
+  assert maths.recall_sample(ids, 1000) == maths.recall_sample(
       sorted(ids), 1000)
 
 
 def test_stable_hash_is_fixed():
   # Shards (and the recall sample) must not change between processes or runs.
   # Pinned: blake2b-64 of the UTF-8 id, not Python's per-process hash().
-  assert neighbours.stable_hash("doc-1") == 0x56f47a285f34f541
-  assert neighbours.shard_count(0, 10) == 1
-  assert neighbours.shard_count(10, 10) == 1
-  assert neighbours.shard_count(11, 10) == 2
+  assert maths.stable_hash("doc-1") == 0x56f47a285f34f541
+  assert maths.shard_count(0, 10) == 1
+  assert maths.shard_count(10, 10) == 1
+  assert maths.shard_count(11, 10) == 2
 
 
 def test_invalid_arguments_fail_when_the_graph_is_built():
   with pytest.raises(ValueError, match="k must be"):
-    neighbours.ExactNeighbours(0)
+    exact.ExactNeighbours(0)
   with pytest.raises(ValueError, match="block_size"):
-    neighbours.ExactNeighbours(5, block_size=0)
+    exact.ExactNeighbours(5, block_size=0)
   with pytest.raises(ValueError, match="Unknown neighbours mode 'hnsw'"):
-    neighbours.NearestNeighbours(5, mode="hnsw")
+    neighbours.NearestNeighbours(neighbours.NeighbourSettings(5, mode="hnsw"))
   with pytest.raises(ValueError, match="recall_sample_size"):
-    neighbours.ApproximateNeighbours(5, recall_sample_size=-1)
+    approximate.ApproximateNeighbours(5, recall_sample_size=-1)
 
 
 # ---------------------------------------------------------------------------
@@ -272,16 +276,16 @@ def test_exact_neighbours_equals_brute_force(tmp_path, block_size, k):
   ids = make_ids(n)
   vectors = with_duplicates(random_vectors(n, 16))
   rows, stats = run_neighbours(
-      lambda queries: neighbours.ExactNeighbours(k, block_size=block_size),
+      lambda queries: exact.ExactNeighbours(k, block_size=block_size),
       to_embeddings(ids, vectors), tmp_path)
-  expected = to_rows(neighbours.brute_force_neighbours(ids, vectors, k))
+  expected = to_rows(maths.brute_force_neighbours(ids, vectors, k))
   assert_same_rows(rows, expected)
   assert_well_formed(rows, k, n - 1)
   # And bitwise the same as the one-process blocked computation.
   assert sorted_rows(rows) == sorted_rows(
-      to_rows(neighbours.exact_top_k(ids, vectors, ids, vectors, k,
+      to_rows(maths.exact_top_k(ids, vectors, ids, vectors, k,
                                      block_size)))
-  shards = neighbours.shard_count(n, block_size)
+  shards = maths.shard_count(n, block_size)
   assert stats == {
       "mode": "exact", "k": k, "block_size": block_size, "shards": shards,
       "query_shards": shards, "corpus_size": n, "queries": n
@@ -294,10 +298,11 @@ def test_exact_neighbours_clustered_embeddings(tmp_path):
   ids = make_ids(n, seed=5)
   vectors = with_duplicates(clustered_vectors(n, 384, clusters=12, seed=5))
   rows, _ = run_neighbours(
-      lambda queries: neighbours.NearestNeighbours(8, block_size=64),
+      lambda queries: neighbours.NearestNeighbours(
+          neighbours.NeighbourSettings(8, block_size=64)),
       to_embeddings(ids, vectors), tmp_path)
   assert_same_rows(rows,
-                   to_rows(neighbours.brute_force_neighbours(ids, vectors, 8)))
+                   to_rows(maths.brute_force_neighbours(ids, vectors, 8)))
   assert_well_formed(rows, 8, n - 1)
 
 
@@ -311,7 +316,7 @@ def test_exact_neighbours_breaks_ties_by_id(tmp_path):
       np.array([-1.0, 0.0, 0.0, 0.0], np.float32)
   ])
   rows, _ = run_neighbours(
-      lambda queries: neighbours.ExactNeighbours(3, block_size=2),
+      lambda queries: exact.ExactNeighbours(3, block_size=2),
       to_embeddings(ids, vectors), tmp_path)
   top = {}
   for row in sorted_rows(rows):
@@ -328,7 +333,7 @@ def test_exact_neighbours_breaks_ties_by_id(tmp_path):
 @pytest.mark.parametrize("n", [0, 1])
 def test_exact_neighbours_of_tiny_corpora_is_empty(tmp_path, n):
   rows, stats = run_neighbours(
-      lambda queries: neighbours.ExactNeighbours(5, block_size=4),
+      lambda queries: exact.ExactNeighbours(5, block_size=4),
       to_embeddings(make_ids(n), random_vectors(n, 4)), tmp_path)
   assert rows == []
   assert stats["shards"] == 1 and stats["corpus_size"] == n
@@ -338,7 +343,7 @@ def test_exact_neighbours_two_documents(tmp_path):
   ids = ["a", "b"]
   vectors = random_vectors(2, 4)
   rows, _ = run_neighbours(
-      lambda queries: neighbours.ExactNeighbours(5, block_size=1),
+      lambda queries: exact.ExactNeighbours(5, block_size=1),
       to_embeddings(ids, vectors), tmp_path)
   assert [(r["id"], r["rank"], r["neighbour_id"]) for r in sorted_rows(rows)
          ] == [("a", 1, "b"), ("b", 1, "a")]
@@ -355,11 +360,11 @@ def test_exact_neighbours_of_a_query_set(tmp_path):
   query_vectors[5] = corpus_vectors[100]
   k = 7
   rows, stats = run_neighbours(
-      lambda queries: neighbours.ExactNeighbours(
+      lambda queries: exact.ExactNeighbours(
           k, block_size=32, queries=queries),
       to_embeddings(corpus_ids, corpus_vectors), tmp_path,
       queries=to_embeddings(query_ids, query_vectors))
-  expected = neighbours.brute_force_neighbours(
+  expected = maths.brute_force_neighbours(
       corpus_ids, corpus_vectors, k, query_ids=query_ids,
       query_vectors=query_vectors)
   assert_same_rows(rows, to_rows(expected))
@@ -376,11 +381,11 @@ def test_exact_neighbours_of_a_query_set(tmp_path):
 
 def independent_recall(rows, ids, vectors, k, sample_size):
   """recall@K of rows on the recall sample, recomputed with brute force."""
-  sample = neighbours.recall_sample(ids, sample_size)
+  sample = maths.recall_sample(ids, sample_size)
   position = {doc_id: i for i, doc_id in enumerate(ids)}
   sample_vectors = vectors[[position[q] for q in sample]]
   exact = dict(
-      neighbours.brute_force_neighbours(
+      maths.brute_force_neighbours(
           ids, vectors, k, query_ids=sample, query_vectors=sample_vectors))
   returned = {}
   for row in rows:
@@ -396,10 +401,11 @@ def test_approximate_neighbours_hnsw_recall(tmp_path):
   vectors = clustered_vectors(n, 32, clusters=50, seed=7)
   # Default HNSW settings; the threshold lowered so that 5000 documents get
   # HNSW rather than the exact flat index.
-  settings = neighbours.AnnIndexSettings(flat_index_below=1000)
+  settings = approximate.AnnIndexSettings(flat_index_below=1000)
   rows, stats = run_neighbours(
       lambda queries: neighbours.NearestNeighbours(
-          k, mode="ann", recall_sample_size=500, ann_settings=settings),
+          neighbours.NeighbourSettings(k, mode="ann"), recall_sample_size=500,
+          ann_settings=settings),
       to_embeddings(ids, vectors), tmp_path)
   assert stats["mode"] == "ann" and stats["k"] == k
   assert stats["index"].startswith("IndexHNSWFlat")
@@ -418,10 +424,10 @@ def test_approximate_neighbours_reports_poor_recall_honestly(tmp_path):
   n, k = 2000, 10
   ids = make_ids(n, seed=8)
   vectors = random_vectors(n, 32, seed=8)
-  settings = neighbours.AnnIndexSettings(
+  settings = approximate.AnnIndexSettings(
       hnsw_m=2, ef_construction=4, ef_search=1, flat_index_below=0)
   rows, stats = run_neighbours(
-      lambda queries: neighbours.ApproximateNeighbours(
+      lambda queries: approximate.ApproximateNeighbours(
           k, recall_sample_size=200, settings=settings),
       to_embeddings(ids, vectors), tmp_path)
   assert stats["recall_at_k"] < 0.9
@@ -436,7 +442,7 @@ def test_approximate_neighbours_default_settings_small_corpus_is_exact(
   ids = make_ids(n, seed=9)
   vectors = with_duplicates(clustered_vectors(n, 32, clusters=20, seed=9))
   rows, stats = run_neighbours(
-      lambda queries: neighbours.ApproximateNeighbours(k),
+      lambda queries: approximate.ApproximateNeighbours(k),
       to_embeddings(ids, vectors), tmp_path)
   assert stats["index"].startswith("IndexFlatIP")
   assert stats["recall_at_k"] == 1.0
@@ -444,7 +450,7 @@ def test_approximate_neighbours_default_settings_small_corpus_is_exact(
   assert_well_formed(rows, k, n - 1)
   # Scores are canonical, as in exact mode.
   exact = {(r["id"], r["neighbour_id"]): r["score"] for r in to_rows(
-      neighbours.exact_top_k(ids, vectors, ids, vectors, k))}
+      maths.exact_top_k(ids, vectors, ids, vectors, k))}
   for row in rows:
     key = (row["id"], row["neighbour_id"])
     if key in exact:
@@ -459,15 +465,15 @@ def test_approximate_neighbours_of_a_query_set(tmp_path):
       clustered_vectors(20, 16, clusters=10, seed=11), corpus_vectors[:5]])
   rows, stats = run_neighbours(
       lambda queries: neighbours.NearestNeighbours(
-          5, mode="ann", queries=queries,
-          ann_settings=neighbours.AnnIndexSettings(flat_index_below=0)),
+          neighbours.NeighbourSettings(5, mode="ann"), queries=queries,
+          ann_settings=approximate.AnnIndexSettings(flat_index_below=0)),
       to_embeddings(corpus_ids, corpus_vectors), tmp_path,
       queries=to_embeddings(query_ids, query_vectors))
   assert stats["queries"] == 25 and stats["corpus_size"] == 300
   assert stats["recall_sample_size"] == 25
   assert {r["id"] for r in rows} == set(query_ids)
   assert all(r["id"] != r["neighbour_id"] for r in rows)
-  assert_same_rows(rows, to_rows(neighbours.brute_force_neighbours(
+  assert_same_rows(rows, to_rows(maths.brute_force_neighbours(
       corpus_ids, corpus_vectors, 5, query_ids=query_ids,
       query_vectors=query_vectors)))
 
@@ -475,7 +481,7 @@ def test_approximate_neighbours_of_a_query_set(tmp_path):
 @pytest.mark.parametrize("n", [0, 1])
 def test_approximate_neighbours_of_tiny_corpora_is_empty(tmp_path, n):
   rows, stats = run_neighbours(
-      lambda queries: neighbours.ApproximateNeighbours(5),
+      lambda queries: approximate.ApproximateNeighbours(5),
       to_embeddings(make_ids(n), random_vectors(n, 4)), tmp_path)
   assert rows == []
   assert stats["recall_at_k"] is None

@@ -19,15 +19,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.local_runner import LocalRunner
+from run_directory.records import derive_document_id
+from run_directory.records import Document
+from run_directory.records import Reason
 from transforms import formats
 from transforms.formats import INPUT_FORMATS, infer_input_format
 from transforms.formats import parquet as parquet_format
 from transforms.formats import tfrecord as tfrecord_format
 from transforms.formats.fields import RecordSpec
 from transforms.formats.files import read_file_records
+from transforms.names import DEAD_LETTERS
+from transforms.names import DOCUMENTS
+from transforms.names import METRICS_NAMESPACE
 from transforms.read import ReadCorpus
-from transforms.records import (DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE,
-                                Document, Reason, derive_document_id)
 
 
 def _doc(source, position, text, doc_id=None):
@@ -53,7 +57,7 @@ def _expect(outputs, documents, dead_letters, label):
   """Asserts a ReadCorpus output holds exactly these records."""
   assert_that(outputs[DOCUMENTS], equal_to(documents), label=f"{label}Docs")
   assert_that(
-      outputs[DEAD_LETTER] | f"{label}Keys" >> beam.Map(_dead_letter_key),
+      outputs[DEAD_LETTERS] | f"{label}Keys" >> beam.Map(_dead_letter_key),
       equal_to(dead_letters),
       label=f"{label}Dead")
 
@@ -150,7 +154,7 @@ def test_read_text(tmp_path):
         ], [_dead(lines, 3, Reason.INVALID_UTF8)],
         label="Text")
     assert_that(
-        outputs[DEAD_LETTER] | beam.Map(lambda dead: dead.snippet),
+        outputs[DEAD_LETTERS] | beam.Map(lambda dead: dead.snippet),
         equal_to(["bad \\xff byte"]),
         label="SnippetShowsTheBadByte")
 
@@ -167,7 +171,7 @@ def test_read_counts_documents_and_dead_letters(tmp_path):
         MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name))
     return sum(c.committed for c in query["counters"])
 
-  assert counter("documents_read") == 2
+  assert counter("read") == 3  # every record, good or bad
   assert counter("dead_lettered") == 1
 
 
@@ -226,7 +230,7 @@ def test_read_jsonl(tmp_path):
         ],
         label="Jsonl")
     custom = p | "Custom" >> ReadCorpus(
-        str(renamed), id_field="key", text_field="body")
+        str(renamed), record=RecordSpec(id_field="key", text_field="body"))
     _expect(
         custom, [_doc(renamed, 0, "custom fields", "k1")],
         [_dead(renamed, 1, Reason.MISSING_FIELD)],

@@ -15,14 +15,16 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipeline import read_outputs
 from pipeline.local_runner import LocalRunner
-from tests.test_write import FINGERPRINT
-from tests.test_write import RUN_ID
-from tests.test_write import make_dead_letters
-from tests.test_write import make_embeddings
-from tests.test_write import publish_manifest
-from transforms import write
-from transforms.formats.tfrecord_frames import iter_frames
-from transforms.schemas import EmbeddingTableSpec
+from run_directory.embeddings import EmbeddingTableSpec
+from run_directory.tfrecord import iter_frames
+from tests.run_fixtures import FINGERPRINT
+from tests.run_fixtures import make_dead_letters
+from tests.run_fixtures import make_embeddings
+from tests.run_fixtures import publish_manifest
+from tests.run_fixtures import RUN_ID
+from tests.run_fixtures import write_dead_letters
+from tests.run_fixtures import write_embeddings
+from tests.run_fixtures import write_neighbours
 
 H = 5
 SPEC = EmbeddingTableSpec(
@@ -45,16 +47,16 @@ def run_dir(tmp_path_factory):
     embeddings = (
         p
         | "CreateEmbeddings" >> beam.Create(EMBEDDINGS)
-        | write.WriteEmbeddings(
+        | write_embeddings(
             run_dir, SPEC, bigquery_format="parquet", **ids))
     neighbours = (
         p
         | "CreateNeighbours" >> beam.Create(NEIGHBOURS)
-        | write.WriteNeighbours(run_dir, bigquery_format="jsonl", **ids))
+        | write_neighbours(run_dir, bigquery_format="jsonl", **ids))
     errors = (
         p
         | "CreateDeadLetters" >> beam.Create(DEAD_LETTERS)
-        | write.WriteDeadLetters(run_dir, run_id=RUN_ID))
+        | write_dead_letters(run_dir, run_id=RUN_ID))
     publish_manifest(
         p, run_dir, H, {
             "embeddings": embeddings, "neighbours": neighbours,

@@ -1,7 +1,6 @@
 """Hostile input, failing bundles and killed workers lose nothing."""
 
 import collections
-import json
 import os
 import signal
 import threading
@@ -9,14 +8,14 @@ import time
 
 import pytest
 
+from bert_model.loaded_model import MODEL_LOAD_LOG_ENV
 from pipeline import main
 from pipeline import read_outputs
-from pipeline.options import ConfigError
+from pipeline.errors import ConfigError
+from run_directory.records import SNIPPET_CHARS
 from tests.hostile_corpus import CODE_LIKE
 from tests.hostile_corpus import write_hostile_corpus
 from transforms import embed
-from transforms.model_handler import MODEL_LOAD_LOG_ENV
-from transforms.records import SNIPPET_CHARS
 
 
 def _run(model_dir, pattern, run_dir, *flags):

@@ -1,4 +1,5 @@
-"""Tests for transforms.schemas: schemas as data, and the row converters."""
+"""Tests of the run-directory contract: schemas as data, and the row
+converters (run_directory/columns, arrow, avro, embeddings, tables)."""
 
 import copy
 import dataclasses
@@ -13,10 +14,16 @@ import tensorflow as tf
 from google.cloud.bigquery import SchemaField
 from tfx_bsl.coders import example_coder
 
-from transforms import schemas
-from transforms.records import DeadLetter
-from transforms.records import Embedding
-from transforms.schemas import EmbeddingTableSpec
+from run_directory import arrow as arrow_lib
+from run_directory import avro as avro_lib
+from run_directory import columns as columns_lib
+from run_directory import embeddings as embeddings_lib
+from run_directory import tables
+from run_directory.embeddings import embedding_columns
+from run_directory.embeddings import EmbeddingTableSpec
+from run_directory.records import DeadLetter
+from run_directory.records import Embedding
+from run_directory.records import Vectors
 
 H = 8
 FULL_SPEC = EmbeddingTableSpec(
@@ -31,15 +38,16 @@ def make_embedding(rng, id_="doc-1", num_tokens=5, layers=(0, 5), h=H):
       id=id_,
       text=f"text of {id_}",
       source="corpus.txt",
-      embedding=rng.standard_normal(h).astype(np.float32),
-      num_tokens=num_tokens,
-      truncated=num_tokens % 2 == 1,
-      token_ids=rng.integers(0, 30000, num_tokens).astype(np.int32),
-      sequence_embedding=rng.standard_normal((num_tokens, h)).astype(
-          np.float32),
-      layers={
-          i: rng.standard_normal(h).astype(np.float32) for i in layers
-      })
+      vectors=Vectors(
+          embedding=rng.standard_normal(h).astype(np.float32),
+          num_tokens=num_tokens,
+          truncated=num_tokens % 2 == 1,
+          token_ids=rng.integers(0, 30000, num_tokens).astype(np.int32),
+          sequence_embedding=rng.standard_normal((num_tokens, h)).astype(
+              np.float32),
+          layers={
+              i: rng.standard_normal(h).astype(np.float32) for i in layers
+          }))
 
 
 def names_types_modes(fields):
@@ -51,7 +59,7 @@ def names_types_modes(fields):
 
 def test_bigquery_schema_of_minimal_spec():
   spec = EmbeddingTableSpec(hidden_size=H, include_text=False)
-  fields = schemas.to_bigquery_schema(schemas.embedding_columns(spec))
+  fields = columns_lib.to_bigquery_schema(embedding_columns(spec))
   assert names_types_modes(fields) == [
       ("id", "STRING", "REQUIRED"),
       ("embedding", "FLOAT", "REPEATED"),
@@ -62,11 +70,11 @@ def test_bigquery_schema_of_minimal_spec():
       ("content_hash", "STRING", "REQUIRED"),
   ]
   assert all("fields" not in f for f in fields)
-  schemas.validate_bigquery_schema(fields)
+  columns_lib.validate_bigquery_schema(fields)
 
 
 def test_bigquery_schema_of_full_spec():
-  fields = schemas.to_bigquery_schema(schemas.embedding_columns(FULL_SPEC))
+  fields = columns_lib.to_bigquery_schema(embedding_columns(FULL_SPEC))
   assert names_types_modes(fields) == [
       ("id", "STRING", "REQUIRED"),
       ("text", "STRING", "NULLABLE"),
@@ -85,7 +93,7 @@ def test_bigquery_schema_of_full_spec():
       ("token_id", "INTEGER", "REQUIRED"),
       ("embedding", "FLOAT", "REPEATED"),
   ]
-  schemas.validate_bigquery_schema(fields)
+  columns_lib.validate_bigquery_schema(fields)
   # BigQuery's own client reads it back the same (no network involved).
   parsed = [SchemaField.from_api_repr(f) for f in fields]
   assert [(f.name, f.field_type, f.mode) for f in parsed] == [
@@ -98,13 +106,13 @@ def test_sequence_dtype_does_not_change_bigquery_schema():
   float32 = EmbeddingTableSpec(hidden_size=H, sequence_output=True)
   float16 = EmbeddingTableSpec(
       hidden_size=H, sequence_output=True, sequence_dtype="float16")
-  assert schemas.to_bigquery_schema(
-      schemas.embedding_columns(float32)) == schemas.to_bigquery_schema(
-          schemas.embedding_columns(float16))
+  assert columns_lib.to_bigquery_schema(
+      embedding_columns(float32)) == columns_lib.to_bigquery_schema(
+          embedding_columns(float16))
 
 
 def test_neighbour_and_error_schemas():
-  neighbours = schemas.to_bigquery_schema(schemas.NEIGHBOUR_COLUMNS)
+  neighbours = columns_lib.to_bigquery_schema(tables.NEIGHBOUR_COLUMNS)
   assert names_types_modes(neighbours) == [
       ("id", "STRING", "REQUIRED"),
       ("rank", "INTEGER", "REQUIRED"),
@@ -113,26 +121,27 @@ def test_neighbour_and_error_schemas():
       ("run_id", "STRING", "REQUIRED"),
       ("model_fingerprint", "STRING", "REQUIRED"),
   ]
-  errors = schemas.to_bigquery_schema(schemas.ERROR_COLUMNS)
+  errors = columns_lib.to_bigquery_schema(tables.ERROR_COLUMNS)
   assert [f["name"] for f in errors] == list(DeadLetter._fields) + ["run_id"]
   assert dict((f["name"], f["mode"]) for f in errors)["id"] == "NULLABLE"
-  schemas.validate_bigquery_schema(neighbours)
-  schemas.validate_bigquery_schema(errors)
+  columns_lib.validate_bigquery_schema(neighbours)
+  columns_lib.validate_bigquery_schema(errors)
 
 
 def test_columns_round_trip_through_bigquery_json():
-  for columns in (schemas.embedding_columns(FULL_SPEC),
-                  schemas.NEIGHBOUR_COLUMNS, schemas.ERROR_COLUMNS):
-    fields = schemas.to_bigquery_schema(columns)
-    assert schemas.columns_from_bigquery_schema(fields) == columns
+  for columns in (embedding_columns(FULL_SPEC),
+                  tables.NEIGHBOUR_COLUMNS, tables.ERROR_COLUMNS):
+    fields = columns_lib.to_bigquery_schema(columns)
+    assert columns_lib.columns_from_bigquery_schema(fields) == columns
 
 
 def test_validate_accepts_every_bigquery_type():
   fields = [{"name": f"c_{t.lower()}", "type": t, "mode": "NULLABLE"}
-            for t in schemas.BIGQUERY_TYPES if t not in schemas.RECORD_TYPES]
+            for t in columns_lib.BIGQUERY_TYPES
+            if t not in columns_lib.RECORD_TYPES]
   fields.append({"name": "r", "type": "STRUCT", "fields": [
       {"name": "x", "type": "INT64"}]})
-  schemas.validate_bigquery_schema(fields)
+  columns_lib.validate_bigquery_schema(fields)
 
 
 VALID = [{"name": "id", "type": "STRING", "mode": "REQUIRED"},
@@ -167,12 +176,12 @@ def _broken(change):
 ])
 def test_validate_rejects(fields, message):
   with pytest.raises(ValueError, match="Invalid BigQuery schema") as raised:
-    schemas.validate_bigquery_schema(fields)
+    columns_lib.validate_bigquery_schema(fields)
   assert message in str(raised.value)
 
 
 def test_validate_accepts_the_unbroken_schema():
-  schemas.validate_bigquery_schema(VALID)
+  columns_lib.validate_bigquery_schema(VALID)
 
 
 def test_spec_rejects_bad_values():
@@ -192,7 +201,7 @@ def test_spec_rejects_bad_values():
 
 
 def test_arrow_schema():
-  schema = schemas.to_arrow_schema(schemas.embedding_columns(FULL_SPEC))
+  schema = arrow_lib.to_arrow_schema(embedding_columns(FULL_SPEC))
   assert schema.field("id").type == pa.string()
   assert not schema.field("id").nullable
   assert schema.field("text").nullable
@@ -205,8 +214,8 @@ def test_arrow_schema():
 
 
 def test_avro_schema_parses_and_holds_rows():
-  columns = schemas.embedding_columns(FULL_SPEC)
-  avro_schema = schemas.to_avro_schema(columns, name="embeddings")
+  columns = embedding_columns(FULL_SPEC)
+  avro_schema = avro_lib.to_avro_schema(columns, name="embeddings")
   parsed = fastavro.parse_schema(avro_schema)
   by_name = {f["name"]: f["type"] for f in avro_schema["fields"]}
   assert by_name["id"] == "string"
@@ -217,7 +226,7 @@ def test_avro_schema_parses_and_holds_rows():
 
   rng = np.random.default_rng(0)
   rows = [
-      schemas.embedding_to_row(
+      embeddings_lib.embedding_to_row(
           make_embedding(rng, f"d{i}"), FULL_SPEC, "run", "fp")
       for i in range(3)
   ]
@@ -230,9 +239,9 @@ def test_avro_schema_parses_and_holds_rows():
 
 
 def test_error_and_neighbour_avro_schemas_parse():
-  fastavro.parse_schema(schemas.to_avro_schema(schemas.ERROR_COLUMNS, "errors"))
+  fastavro.parse_schema(avro_lib.to_avro_schema(tables.ERROR_COLUMNS, "errors"))
   fastavro.parse_schema(
-      schemas.to_avro_schema(schemas.NEIGHBOUR_COLUMNS, "neighbours"))
+      avro_lib.to_avro_schema(tables.NEIGHBOUR_COLUMNS, "neighbours"))
 
 
 # --- Row converters ---------------------------------------------------------
@@ -241,9 +250,9 @@ def test_error_and_neighbour_avro_schemas_parse():
 def test_embedding_to_row_values():
   rng = np.random.default_rng(1)
   e = make_embedding(rng, num_tokens=4)
-  row = schemas.embedding_to_row(e, FULL_SPEC, "run-7", "fp-9")
+  row = embeddings_lib.embedding_to_row(e, FULL_SPEC, "run-7", "fp-9")
   assert [k for k in row] == [
-      c.name for c in schemas.embedding_columns(FULL_SPEC)]
+      c.name for c in embedding_columns(FULL_SPEC)]
   assert row["id"] == "doc-1"
   assert row["text"] == "text of doc-1"
   assert row["num_tokens"] == 4 and type(row["num_tokens"]) is int
@@ -268,7 +277,7 @@ def test_embedding_to_row_values():
 def test_embedding_to_row_without_text_or_sequence():
   rng = np.random.default_rng(2)
   spec = EmbeddingTableSpec(hidden_size=H, include_text=False)
-  row = schemas.embedding_to_row(make_embedding(rng), spec, "r", "f")
+  row = embeddings_lib.embedding_to_row(make_embedding(rng), spec, "r", "f")
   assert set(row) == {
       "id", "embedding", "num_tokens", "truncated", "run_id",
       "model_fingerprint", "content_hash"}
@@ -277,7 +286,7 @@ def test_embedding_to_row_without_text_or_sequence():
 def test_embedding_to_row_rounds_float16_sequence():
   rng = np.random.default_rng(3)
   e = make_embedding(rng, layers=(2,))
-  row = schemas.embedding_to_row(e, FLOAT16_SPEC, "r", "f")
+  row = embeddings_lib.embedding_to_row(e, FLOAT16_SPEC, "r", "f")
   written = np.array([t["embedding"] for t in row["tokens"]])
   assert all(type(v) is float for v in row["tokens"][0]["embedding"])
   expected = e.sequence_embedding.astype(np.float16).astype(np.float64)
@@ -294,22 +303,23 @@ def test_embedding_to_row_rounds_float16_sequence():
      "sequence_embedding"),
 ])
 def test_embedding_to_row_rejects_inconsistent_embeddings(change, message):
-  e = dataclasses.replace(make_embedding(np.random.default_rng(4)), **change)
+  e = make_embedding(np.random.default_rng(4))
+  e = dataclasses.replace(e, vectors=dataclasses.replace(e.vectors, **change))
   with pytest.raises(ValueError, match=message):
-    schemas.embedding_to_row(e, FULL_SPEC, "r", "f")
+    embeddings_lib.embedding_to_row(e, FULL_SPEC, "r", "f")
   with pytest.raises(ValueError, match=message):
-    schemas.embeddings_to_record_batch([e], FULL_SPEC, "r", "f")
+    embeddings_lib.embeddings_to_record_batch([e], FULL_SPEC, "r", "f")
 
 
 def test_dead_letter_and_neighbour_rows():
   d = DeadLetter(
       source="a.jsonl", position=3, stage="validate", reason="empty_text",
       detail="no text", snippet="{}", id="x")
-  assert schemas.dead_letter_to_row(d, "run") == {
+  assert tables.dead_letter_to_row(d, "run") == {
       "source": "a.jsonl", "position": 3, "stage": "validate",
       "reason": "empty_text", "detail": "no text", "snippet": "{}",
       "id": "x", "run_id": "run"}
-  row = schemas.neighbour_to_row(
+  row = tables.neighbour_to_row(
       {"id": "a", "rank": np.int64(1), "neighbour_id": "b", "score": 0.1},
       "run", "fp")
   assert row == {
@@ -330,7 +340,7 @@ def _decode(serialized):
 def test_record_batch_encodes_to_tf_examples():
   rng = np.random.default_rng(5)
   batch = [make_embedding(rng, f"d{i}", num_tokens=3 + i) for i in range(3)]
-  record_batch = schemas.embeddings_to_record_batch(
+  record_batch = embeddings_lib.embeddings_to_record_batch(
       batch, FULL_SPEC, "run-1", "fp-1")
   examples = example_coder.RecordBatchToExamplesEncoder().encode(record_batch)
   assert len(examples) == 3
@@ -362,7 +372,7 @@ def test_record_batch_float16_sequence_is_one_bytes_value():
   batch = [make_embedding(rng, f"d{i}", num_tokens=2 + i, layers=(2,))
            for i in range(3)]
   examples = example_coder.RecordBatchToExamplesEncoder().encode(
-      schemas.embeddings_to_record_batch(batch, FLOAT16_SPEC, "r", "f"))
+      embeddings_lib.embeddings_to_record_batch(batch, FLOAT16_SPEC, "r", "f"))
   for e, serialized in zip(batch, examples):
     f = _decode(serialized)
     (data,) = f["sequence_embedding"].bytes_list.value
@@ -378,7 +388,7 @@ def test_record_batch_float16_sequence_is_one_bytes_value():
 def test_record_batch_without_optional_columns():
   rng = np.random.default_rng(7)
   spec = EmbeddingTableSpec(hidden_size=H, include_text=False)
-  record_batch = schemas.embeddings_to_record_batch(
+  record_batch = embeddings_lib.embeddings_to_record_batch(
       [make_embedding(rng)], spec, "r", "f")
   assert record_batch.schema.names == [
       "id", "embedding", "num_tokens", "truncated", "run_id",
@@ -392,27 +402,27 @@ def test_arrow_batch_matches_row_converter(spec):
       make_embedding(rng, f"d{i}", num_tokens=1 + i, layers=(0, 2, 5))
       for i in range(4)
   ]
-  arrow = schemas.embeddings_to_arrow(batch, spec, "r", "f")
-  assert arrow.schema == schemas.to_arrow_schema(
-      schemas.embedding_columns(spec))
+  arrow = embeddings_lib.embeddings_to_arrow(batch, spec, "r", "f")
+  assert arrow.schema == arrow_lib.to_arrow_schema(
+      embedding_columns(spec))
   assert arrow.to_pylist() == [
-      schemas.embedding_to_row(e, spec, "r", "f") for e in batch]
+      embeddings_lib.embedding_to_row(e, spec, "r", "f") for e in batch]
 
 
 def test_empty_batches():
-  for to_batch in (schemas.embeddings_to_record_batch,
-                   schemas.embeddings_to_arrow):
+  for to_batch in (embeddings_lib.embeddings_to_record_batch,
+                   embeddings_lib.embeddings_to_arrow):
     assert to_batch([], FULL_SPEC, "r", "f").num_rows == 0
 
 
 def test_neighbour_rows_to_tf_examples():
   rows = [
-      schemas.neighbour_to_row(
+      tables.neighbour_to_row(
           {"id": "a", "rank": r, "neighbour_id": f"n{r}", "score": 1 / r},
           "run", "fp") for r in (1, 2)
   ]
   examples = example_coder.RecordBatchToExamplesEncoder().encode(
-      schemas.rows_to_record_batch(rows, schemas.NEIGHBOUR_COLUMNS))
+      arrow_lib.rows_to_record_batch(rows, tables.NEIGHBOUR_COLUMNS))
   f = _decode(examples[1])
   assert f["id"].bytes_list.value == [b"a"]
   assert f["rank"].int64_list.value == [2]
@@ -422,8 +432,8 @@ def test_neighbour_rows_to_tf_examples():
 
 
 def test_example_layout_schema():
-  schema = schemas.example_layout_arrow_schema(
-      schemas.embedding_columns(FULL_SPEC))
+  schema = arrow_lib.example_layout_arrow_schema(
+      embedding_columns(FULL_SPEC))
   assert schema.names == [
       "id", "text", "embedding", "num_tokens", "truncated", "run_id",
       "model_fingerprint", "content_hash", "encoder_layer_0",

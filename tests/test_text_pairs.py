@@ -17,21 +17,21 @@ import pytest
 import tensorflow as tf
 from apache_beam.runners.runner import PipelineState
 
+from bert_model import metadata as metadata_lib
+from bert_model.loaded_model import LoadedBertModel
+from bert_model.loaded_model import ModelSettings
 from pipeline import main
 from pipeline import read_outputs
-from pipeline.bert import metadata as metadata_lib
-from pipeline.options import ConfigError
+from pipeline.errors import ConfigError
+from run_directory.records import DeadLetter
+from run_directory.records import derive_document_id
+from run_directory.records import Document
 from tests import network_guard
 from tests import tiny_v1
 from transforms import formats
+from transforms.embed import model_input
 from transforms.formats.fields import RecordSpec
 from transforms.read import ReadCorpus
-from transforms.model_handler import EmbeddingSettings
-from transforms.model_handler import LoadedBertModel
-from transforms.records import DeadLetter
-from transforms.records import Document
-from transforms.records import derive_document_id
-from transforms.records import model_input
 
 MISSING = "missing_field"
 NON_STRING = "non_string_field"
@@ -144,7 +144,7 @@ def test_tfrecord_pairs(tmp_path):
 
 def test_plain_text_cannot_hold_pairs(tmp_path):
   with pytest.raises(ValueError, match="pair input"):
-    ReadCorpus(str(tmp_path / "x.txt"), text_pair_field="b")
+    ReadCorpus(str(tmp_path / "x.txt"), record=RecordSpec(text_pair_field="b"))
 
 
 def test_pair_ids_cover_both_texts():
@@ -173,7 +173,7 @@ def _hf_tokenizer(model_dir):
 
 def _settings(model_dir, **kwargs):
   kwargs.setdefault("max_seq_length", MAX_SEQ_LENGTH)
-  return EmbeddingSettings(
+  return ModelSettings(
       preprocess_path=os.path.join(model_dir, metadata_lib.PREPROCESS_DIR),
       encoder_path=os.path.join(model_dir, metadata_lib.ENCODER_DIR),
       text_pairs=True, **kwargs)
@@ -239,7 +239,7 @@ def test_pair_truncation_is_round_robin(tiny_model_dir):
 
 def test_pairs_with_a_v1_encoder(tmp_path):
   path = tiny_v1.write_tiny_v1_encoder(str(tmp_path / "v1"))
-  model = LoadedBertModel(EmbeddingSettings(
+  model = LoadedBertModel(ModelSettings(
       preprocess_path=None, encoder_path=path, max_seq_length=MAX_SEQ_LENGTH,
       pooling="pooler", normalize=False, encoder_format="v1",
       text_pairs=True))
@@ -284,7 +284,7 @@ def test_pairs_end_to_end(tiny_model_dir, tmp_path):
   assert manifest["counts"]["read"] == 6
   assert manifest["counts"]["embedded"] == 5
   assert manifest["counts"]["dead_lettered"] == 1
-  assert manifest["settings"]["text_pair_field"] == "answer"
+  assert manifest["settings"]["input"]["text_pair_field"] == "answer"
   errors = read_outputs.read_errors(run_dir)
   assert [(e["reason"], e["id"]) for e in errors] == [(MISSING, "lonely")]
   assert "'answer'" in errors[0]["detail"]

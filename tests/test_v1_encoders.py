@@ -16,18 +16,18 @@ import pytest
 import tensorflow as tf
 from apache_beam.runners.runner import PipelineState
 
-from pipeline import catalog
+from bert_model import catalog
+from bert_model import export
+from bert_model import metadata as metadata_lib
+from bert_model import resolution
+from bert_model.loaded_model import LoadedBertModel
+from bert_model.loaded_model import ModelSettings
 from pipeline import main
-from pipeline import model_resolution
 from pipeline import read_outputs
-from pipeline.bert import export
-from pipeline.bert import metadata as metadata_lib
-from pipeline.options import ConfigError
-from tests import tiny_bert
+from pipeline.errors import ConfigError
 from tests import network_guard
+from tests import tiny_bert
 from tests import tiny_v1
-from transforms.model_handler import EmbeddingSettings
-from transforms.model_handler import LoadedBertModel
 
 H = 16
 SEQ = 64
@@ -94,7 +94,7 @@ def _direct_v1(model_dir, token_ids, keras_style):
 
 def _settings(model_dir, **kwargs):
   kwargs.setdefault("max_seq_length", SEQ)
-  return EmbeddingSettings(preprocess_path=None, encoder_path=model_dir,
+  return ModelSettings(preprocess_path=None, encoder_path=model_dir,
                            encoder_format="v1", **kwargs)
 
 
@@ -104,8 +104,8 @@ def _settings(model_dir, **kwargs):
 
 def test_format_detection(v1_models, tiny_model_dir):
   for path in v1_models.values():
-    assert model_resolution.encoder_format_of(path) == "v1"
-  assert model_resolution.encoder_format_of(
+    assert resolution.encoder_format_of(path) == "v1"
+  assert resolution.encoder_format_of(
       os.path.join(tiny_model_dir, metadata_lib.ENCODER_DIR)) == "v2"
 
 
@@ -116,7 +116,7 @@ def test_format_detection(v1_models, tiny_model_dir):
 ])
 def test_v1_directory_resolves_with_its_own_tokenizer(v1_models, kind,
                                                       lower_case, vocab_size):
-  resolved = model_resolution.resolve_model(v1_models[kind])
+  resolved = resolution.resolve_model(v1_models[kind])
   assert resolved.encoder_format == "v1"
   assert resolved.preprocess_path is None  # built in the worker
   assert resolved.encoder_path == v1_models[kind]
@@ -126,10 +126,10 @@ def test_v1_directory_resolves_with_its_own_tokenizer(v1_models, kind,
       H, 1, vocab_size)
   assert (meta.pooling, meta.normalize, meta.max_seq_length) == (
       "pooler", False, 64)
-  assert meta.source["preprocess"] == model_resolution.BUILTIN_V1_PREPROCESS
+  assert meta.source["preprocess"] == resolution.BUILTIN_V1_PREPROCESS
   assert "assets/vocab.txt" in meta.checksums
   # Deterministic: the same model gives the same fingerprint.
-  assert model_resolution.resolve_model(
+  assert resolution.resolve_model(
       v1_models[kind]).fingerprint == resolved.fingerprint
 
 
@@ -137,7 +137,7 @@ def test_v1_catalogue_version_in_the_cache(v1_models, tmp_path, monkeypatch):
   monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
   handle = "https://tfhub.dev/tensorflow/bert_en_cased_L-24_H-1024_A-16/2"
   tiny_v1.install_in_cache(str(tmp_path), handle, v1_models["cased"])
-  resolved = model_resolution.resolve_model("bert_en_cased_L-24_H-1024_A-16/2")
+  resolved = resolution.resolve_model("bert_en_cased_L-24_H-1024_A-16/2")
   assert resolved.encoder_format == "v1"
   assert resolved.encoder_path == handle
   # The catalogue's preprocess model is for the dict interface: a v1 encoder
@@ -152,11 +152,11 @@ def test_v1_catalogue_version_in_the_cache(v1_models, tmp_path, monkeypatch):
 
 def test_v1_preprocessor_override_and_mismatch(v1_models, tiny_model_dir):
   preprocess = os.path.join(tiny_model_dir, metadata_lib.PREPROCESS_DIR)
-  resolved = model_resolution.resolve_model(v1_models["uncased"],
+  resolved = resolution.resolve_model(v1_models["uncased"],
                                             preprocessor=preprocess)
   assert resolved.preprocess_path == preprocess
   with pytest.raises(ValueError, match=r"does not match.*98 tokens.*113 rows"):
-    model_resolution.resolve_model(v1_models["cased"], preprocessor=preprocess)
+    resolution.resolve_model(v1_models["cased"], preprocessor=preprocess)
 
 
 # ---------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def test_v2_catalogue_encoder_layer_selection(two_layer_model_dir, tmp_path,
             entry.name, "--encoder_layers", "all", "--neighbours_k", "0",
             "--runner=DirectRunner"])
   manifest = read_outputs.load_manifest(run_dir)
-  assert manifest["settings"]["encoder_layers"] == [0, 1]
+  assert manifest["model"]["encoder_layers"] == [0, 1]
   assert manifest["model"]["num_layers"] == 2
 
   preprocess, encoder = hub.load(preprocess_dir), hub.load(encoder_dir)

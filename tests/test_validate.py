@@ -7,8 +7,12 @@ from apache_beam.testing.util import assert_that, equal_to
 import pytest
 
 from pipeline.local_runner import LocalRunner
-from transforms.records import (DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE,
-                                DeadLetter, Document, Reason)
+from run_directory.records import DeadLetter
+from run_directory.records import Document
+from run_directory.records import Reason
+from transforms.names import DEAD_LETTERS
+from transforms.names import DOCUMENTS
+from transforms.names import METRICS_NAMESPACE
 from transforms.validate import (ValidateDocuments, choose_kept,
                                  duplicates_of, is_empty_text)
 
@@ -95,7 +99,7 @@ def test_validate_documents():
         equal_to(_EXPECTED_DOCUMENTS),
         label=f"{label}Documents")
     assert_that(
-        outputs[DEAD_LETTER],
+        outputs[DEAD_LETTERS],
         equal_to(_EXPECTED_DEAD_LETTERS),
         label=f"{label}DeadLetters")
     # equal_to sees a Document as a plain tuple: check the types as well.
@@ -105,7 +109,7 @@ def test_validate_documents():
         equal_to(["Document"] * 3),
         label=f"{label}DocumentsAreDocuments")
     assert_that(
-        outputs[DEAD_LETTER] | f"{label}DeadLetterTypes" >> beam.Map(
+        outputs[DEAD_LETTERS] | f"{label}DeadLetterTypes" >> beam.Map(
             lambda dead_letter: type(dead_letter).__name__),
         equal_to(["DeadLetter"] * 5),
         label=f"{label}DeadLettersAreDeadLetters")

@@ -9,16 +9,18 @@ from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
 from pipeline.local_runner import LocalRunner
+from run_directory.records import Embedding
+from run_directory.records import Vectors
 from transforms import visualize
-from transforms.records import Embedding
 
 
 def _embeddings(n, h=8, seed=0):
   rng = np.random.default_rng(seed)
   return [
       Embedding(id=f"doc{i:03d}", text=f"text\tnumber {i}\nsecond line",
-                source="s", embedding=rng.normal(size=h).astype(np.float32),
-                num_tokens=3, truncated=False) for i in range(n)
+                source="s", vectors=Vectors(
+                    embedding=rng.normal(size=h).astype(np.float32),
+                    num_tokens=3, truncated=False)) for i in range(n)
   ]
 
 

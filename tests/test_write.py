@@ -1,11 +1,11 @@
-"""Tests for transforms.write: write with Beam, read back with read_outputs."""
+"""Tests for the write stage and the run directory's files: write with Beam,
+read back with read_outputs."""
 
 import dataclasses
 import glob
 import hashlib
 import json
 import os
-import random
 import re
 import subprocess
 import sys
@@ -21,98 +21,28 @@ from tfx_bsl.coders import example_coder
 
 from pipeline import read_outputs
 from pipeline.local_runner import LocalRunner
-from transforms import schemas
-from transforms import write
-from transforms.records import DeadLetter
-from transforms.records import Embedding
-from transforms.schemas import EmbeddingTableSpec
-
-H = 6
-RUN_ID = "run-2024-01-01"
-FINGERPRINT = "sha256:abc"
-
-# Helpers, also used by test_read_outputs.
-
-
-def make_embeddings(n: int, spec: EmbeddingTableSpec, seed: int = 0):
-  rng = np.random.default_rng(seed)
-  embeddings = []
-  for i in range(n):
-    num_tokens = 2 + i % 4
-    embeddings.append(
-        Embedding(
-            id=f"doc-{i:03d}",
-            text=f"text number {i} ✓",
-            source="corpus.jsonl",
-            embedding=rng.standard_normal(spec.hidden_size).astype(np.float32),
-            num_tokens=num_tokens,
-            truncated=i % 3 == 0,
-            token_ids=rng.integers(0, 30522, num_tokens).astype(np.int32),
-            sequence_embedding=rng.standard_normal(
-                (num_tokens, spec.hidden_size)).astype(np.float32),
-            layers={
-                layer: rng.standard_normal(spec.hidden_size).astype(np.float32)
-                for layer in spec.encoder_layers
-            }))
-  return embeddings
-
-
-def make_dead_letters(n: int):
-  return [
-      DeadLetter(
-          source=f"part-{i % 2}.jsonl", position=i, stage="validate",
-          reason="empty_text", detail="the text is empty", snippet='{"t": ""}',
-          id=None if i % 2 else f"doc-{i}") for i in range(n)
-  ]
-
-
-def make_neighbours(n: int, k: int = 2):
-  return [{
-      "id": f"doc-{i:03d}", "rank": np.int64(rank),
-      "neighbour_id": f"doc-{(i + rank) % n:03d}",
-      "score": np.float32(1.0 / (1 + rank + i))
-  } for i in range(n) for rank in range(1, k + 1)]
-
-
-def shuffled(items, seed: int) -> list:
-  items = list(items)
-  random.Random(seed).shuffle(items)
-  return items
-
-
-def _write_manifest(unused, run_dir, hidden_size, **files):
-  outputs = {}
-  for name, paths in files.items():
-    table, key = name.split("__")
-    relative = sorted(write.relative_to_run_dir(run_dir, p) for p in paths)
-    if key == write.BIGQUERY_SCHEMA:
-      (relative,) = relative
-    outputs.setdefault(table, {})[key] = relative
-  manifest = {
-      "run_id": RUN_ID,
-      "model": {"fingerprint": FINGERPRINT, "hidden_size": hidden_size},
-      "counts": {},
-      "outputs": outputs,
-  }
-  with open(os.path.join(run_dir, read_outputs.MANIFEST_FILE), "w") as f:
-    json.dump(manifest, f)
-
-
-def publish_manifest(p, run_dir: str, hidden_size: int, outputs: dict):
-  """Writes manifest.json from the writers' outputs, after all of them.
-
-  outputs: {table: {key: PCollection of paths}}, as the manifest stage gets.
-  """
-  side_inputs = {
-      f"{table}__{key}": beam.pvalue.AsList(paths)
-      for table, entry in outputs.items() for key, paths in entry.items()
-  }
-  _ = (
-      p
-      | "ManifestOnce" >> beam.Create([None])
-      | "WriteManifest" >> beam.Map(
-          _write_manifest, run_dir, hidden_size, **side_inputs))
-
+from run_directory import arrow
+from run_directory import atomic
+from run_directory import columns
+from run_directory import embeddings as embeddings_lib
+from run_directory import layout
+from run_directory import readers
+from run_directory import shards
+from run_directory import tables
+from run_directory import tfrecord
+from run_directory.embeddings import embedding_columns
+from run_directory.embeddings import EmbeddingTableSpec
+from tests.run_fixtures import FINGERPRINT
+from tests.run_fixtures import H
+from tests.run_fixtures import make_dead_letters
+from tests.run_fixtures import make_embeddings
+from tests.run_fixtures import make_neighbours
+from tests.run_fixtures import publish_manifest
+from tests.run_fixtures import RUN_ID
+from tests.run_fixtures import shuffled
+from tests.run_fixtures import write_dead_letters
+from tests.run_fixtures import write_embeddings
+from tests.run_fixtures import write_neighbours
 
 def names_every_shard(directory: str, suffix: str, num_shards: int = 0):
   """A matcher: the paths are every file in directory, all -of-N, N of them."""
@@ -138,7 +68,7 @@ def write_embeddings_run(
     outputs = (
         p
         | "CreateEmbeddings" >> beam.Create(embeddings)
-        | write.WriteEmbeddings(
+        | write_embeddings(
             run_dir, spec, run_id=RUN_ID, model_fingerprint=FINGERPRINT,
             bigquery_format=bigquery_format, num_shards=num_shards,
             batch_size=batch_size, rows_per_shard=rows_per_shard,
@@ -146,17 +76,17 @@ def write_embeddings_run(
     errors = (
         p
         | "CreateDeadLetters" >> beam.Create(list(dead_letters))
-        | write.WriteDeadLetters(run_dir, run_id=RUN_ID))
-    for fmt in (write.TFRECORD, bigquery_format):
+        | write_dead_letters(run_dir, run_id=RUN_ID))
+    for fmt in (layout.TFRECORD, bigquery_format):
       assert_that(
           outputs[fmt],
           names_every_shard(
               os.path.join(run_dir, "embeddings", fmt),
-              write.FILE_SUFFIXES[fmt], expected_shards or num_shards),
+              layout.FILE_SUFFIXES[fmt], expected_shards or num_shards),
           label=f"Check{fmt}Shards")
     publish_manifest(
         p, run_dir, spec.hidden_size, {
-            write.EMBEDDINGS: outputs, write.ERRORS: {write.JSONL: errors}
+            layout.EMBEDDINGS: outputs, layout.ERRORS: {layout.JSONL: errors}
         })
   return outputs
 
@@ -197,7 +127,7 @@ def test_write_embeddings_round_trip(
   expected = {e.id: e for e in embeddings}
 
   # The vectors, from both copies.
-  for fmt in (None, write.TFRECORD):
+  for fmt in (None, layout.TFRECORD):
     ids, matrix = read_outputs.load_embeddings(run_dir, format=fmt)
     assert sorted(ids) == sorted(expected)
     assert matrix.dtype == np.float32 and matrix.shape == (7, H)
@@ -207,7 +137,8 @@ def test_write_embeddings_round_trip(
   # Every column of the BigQuery-loadable copy.
   rows = _by_id(read_outputs.read_table(run_dir))
   for id_, e in expected.items():
-    assert rows[id_] == schemas.embedding_to_row(e, spec, RUN_ID, FINGERPRINT)
+    assert rows[id_] == embeddings_lib.embedding_to_row(e, spec, RUN_ID,
+                                                        FINGERPRINT)
     if spec.include_text:
       assert rows[id_]["text"] == e.text
     for layer in spec.encoder_layers:
@@ -215,7 +146,7 @@ def test_write_embeddings_round_trip(
           rows[id_][f"encoder_layer_{layer}"], e.layers[layer])
 
   # Every column of the TFRecord copy.
-  examples = _by_id(read_outputs.read_table(run_dir, format=write.TFRECORD))
+  examples = _by_id(read_outputs.read_table(run_dir, format=layout.TFRECORD))
   for id_, e in expected.items():
     row = examples[id_]
     assert row["num_tokens"] == e.num_tokens
@@ -236,8 +167,8 @@ def test_write_embeddings_round_trip(
   # The schema file, as `bq load --schema` takes it.
   schema_path = os.path.join(run_dir, "embeddings", "bigquery_schema.json")
   with open(schema_path) as f:
-    assert json.load(f) == schemas.to_bigquery_schema(
-        schemas.embedding_columns(spec))
+    assert json.load(f) == columns.to_bigquery_schema(
+        embedding_columns(spec))
 
 
 def test_run_directory_layout(tmp_path):
@@ -276,13 +207,13 @@ def test_run_directory_layout(tmp_path):
   }
 
 
-@pytest.mark.parametrize("bigquery_format", write.BIGQUERY_FORMATS)
+@pytest.mark.parametrize("bigquery_format", layout.BIGQUERY_FORMATS)
 def test_empty_input_writes_readable_empty_files(tmp_path, bigquery_format):
   run_dir = str(tmp_path / "run")
   spec = EmbeddingTableSpec(hidden_size=H, sequence_output=True)
   write_embeddings_run(run_dir, [], spec, bigquery_format)
   manifest = read_outputs.load_manifest(run_dir)
-  suffix = write.FILE_SUFFIXES[bigquery_format]
+  suffix = layout.FILE_SUFFIXES[bigquery_format]
   assert manifest["outputs"]["embeddings"][bigquery_format] == [
       f"embeddings/{bigquery_format}/embeddings-00000-of-00001{suffix}"]
   assert manifest["outputs"]["embeddings"]["tfrecord"] == [
@@ -290,9 +221,9 @@ def test_empty_input_writes_readable_empty_files(tmp_path, bigquery_format):
   assert manifest["outputs"]["errors"]["jsonl"] == [
       "errors/errors-00000-of-00001.jsonl"]
   for fmt, schema in (
-      (None, schemas.to_arrow_schema(schemas.embedding_columns(spec))),
+      (None, arrow.to_arrow_schema(embedding_columns(spec))),
       ("tfrecord",
-       schemas.example_layout_arrow_schema(schemas.embedding_columns(spec)))):
+       arrow.example_layout_arrow_schema(embedding_columns(spec)))):
     table = read_outputs.read_table(run_dir, format=fmt)
     assert table.num_rows == 0
     assert table.schema.names == schema.names
@@ -308,20 +239,20 @@ def test_write_dead_letters_round_trip(tmp_path):
     paths = (
         p
         | beam.Create(dead_letters)
-        | write.WriteDeadLetters(run_dir, run_id=RUN_ID, num_shards=2))
+        | write_dead_letters(run_dir, run_id=RUN_ID, num_shards=2))
     assert_that(
         paths, names_every_shard(os.path.join(run_dir, "errors"), ".jsonl", 2))
     publish_manifest(p, run_dir, H, {"errors": {"jsonl": paths}})
   errors = read_outputs.read_errors(run_dir)
   key = lambda row: (row["source"], row["position"])
   assert sorted(errors, key=key) == sorted(
-      (schemas.dead_letter_to_row(d, RUN_ID) for d in dead_letters), key=key)
+      (tables.dead_letter_to_row(d, RUN_ID) for d in dead_letters), key=key)
   assert {row["run_id"] for row in errors} == {RUN_ID}
   assert [row["id"] for row in sorted(errors, key=lambda r: r["position"])
          ] == ["doc-0", None, "doc-2", None, "doc-4"]
   table = read_outputs.read_table(run_dir, "errors")
   assert table.num_rows == 5
-  assert table.schema.names == [c.name for c in schemas.ERROR_COLUMNS]
+  assert table.schema.names == [c.name for c in tables.ERROR_COLUMNS]
 
 
 @pytest.mark.parametrize("bigquery_format", ["avro", "parquet"])
@@ -332,12 +263,12 @@ def test_write_neighbours_round_trip(tmp_path, bigquery_format):
     outputs = (
         p
         | beam.Create(neighbours)
-        | write.WriteNeighbours(
+        | write_neighbours(
             run_dir, run_id=RUN_ID, model_fingerprint=FINGERPRINT,
             bigquery_format=bigquery_format))
     publish_manifest(p, run_dir, H, {"neighbours": outputs})
   expected = sorted(
-      (schemas.neighbour_to_row(n, RUN_ID, FINGERPRINT) for n in neighbours),
+      (tables.neighbour_to_row(n, RUN_ID, FINGERPRINT) for n in neighbours),
       key=lambda r: (r["id"], r["rank"]))
   for fmt in (None, "tfrecord"):
     rows = read_outputs.read_table(run_dir, "neighbours", fmt).to_pylist()
@@ -350,25 +281,25 @@ def test_bad_arguments_fail_when_the_pipeline_is_built(tmp_path):
   spec = EmbeddingTableSpec(hidden_size=H)
   kwargs = dict(run_id=RUN_ID, model_fingerprint=FINGERPRINT)
   with pytest.raises(ValueError, match="bigquery_format"):
-    write.WriteEmbeddings(str(tmp_path), spec, bigquery_format="csv", **kwargs)
+    write_embeddings(str(tmp_path), spec, bigquery_format="csv", **kwargs)
   with pytest.raises(ValueError, match="num_shards"):
-    write.WriteEmbeddings(str(tmp_path), spec, num_shards=-1, **kwargs)
+    write_embeddings(str(tmp_path), spec, num_shards=-1, **kwargs)
   with pytest.raises(ValueError, match="batch_size"):
-    write.WriteEmbeddings(str(tmp_path), spec, batch_size=0, **kwargs)
+    write_embeddings(str(tmp_path), spec, batch_size=0, **kwargs)
   with pytest.raises(ValueError, match="rows_per_shard"):
-    write.WriteEmbeddings(str(tmp_path), spec, rows_per_shard=0, **kwargs)
+    write_embeddings(str(tmp_path), spec, rows_per_shard=0, **kwargs)
   with pytest.raises(ValueError, match="rows_per_shard"):
-    write.WriteDeadLetters(str(tmp_path), run_id=RUN_ID, rows_per_shard=-1)
+    write_dead_letters(str(tmp_path), run_id=RUN_ID, rows_per_shard=-1)
 
 
 def test_relative_to_run_dir():
-  assert write.relative_to_run_dir(
+  assert layout.relative_to_run_dir(
       "gs://b/runs/r1/", "gs://b/runs/r1/embeddings/x.avro") == (
           "embeddings/x.avro")
-  assert write.relative_to_run_dir("/out", "/out/errors/e.jsonl") == (
+  assert layout.relative_to_run_dir("/out", "/out/errors/e.jsonl") == (
       "errors/e.jsonl")
   with pytest.raises(ValueError, match="not inside"):
-    write.relative_to_run_dir("/out", "/out2/errors/e.jsonl")
+    layout.relative_to_run_dir("/out", "/out2/errors/e.jsonl")
 
 
 # --- Deterministic, sorted shards ---------------------------------------------
@@ -414,7 +345,7 @@ def read_shard(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
       return [json.loads(line) for line in f]
   # tf.Example features are lists: unwrap the sort key's scalars.
-  rows = read_outputs._read_tfrecord([path], None).to_pylist()
+  rows = readers.read_tfrecord([path], None).to_pylist()
   for row in rows:
     row["id"] = row["id"][0].decode()
     if "rank" in row:
@@ -428,7 +359,7 @@ def shard_rows(run_dir: str, table: str, fmt: str) -> list[list[dict]]:
   num_shards = len(paths)
   for shard, path in enumerate(paths):
     assert path.endswith(f"-{shard:05d}-of-{num_shards:05d}" +
-                         write.FILE_SUFFIXES[fmt])
+                         layout.FILE_SUFFIXES[fmt])
   return [read_shard(os.path.join(run_dir, path)) for path in paths]
 
 
@@ -441,20 +372,20 @@ def write_all_tables(run_dir, bigquery_format, seed):
         p
         | "CreateEmbeddings" >> beam.Create(
             shuffled(make_embeddings(12, FULL_SPEC), seed))
-        | write.WriteEmbeddings(
+        | write_embeddings(
             run_dir, FULL_SPEC, bigquery_format=bigquery_format,
             batch_size=2, rows_per_shard=4, **ids))
     neighbours = (
         p
         | "CreateNeighbours" >> beam.Create(shuffled(make_neighbours(12), seed))
-        | write.WriteNeighbours(
+        | write_neighbours(
             run_dir, bigquery_format=bigquery_format, batch_size=5,
             rows_per_shard=8, **ids))
     errors = (
         p
         | "CreateDeadLetters" >> beam.Create(
             shuffled(make_dead_letters(9), seed))
-        | write.WriteDeadLetters(run_dir, run_id=RUN_ID, num_shards=2))
+        | write_dead_letters(run_dir, run_id=RUN_ID, num_shards=2))
     publish_manifest(
         p, run_dir, H, {
             "embeddings": embeddings, "neighbours": neighbours,
@@ -462,7 +393,7 @@ def write_all_tables(run_dir, bigquery_format, seed):
         })
 
 
-@pytest.mark.parametrize("bigquery_format", write.BIGQUERY_FORMATS)
+@pytest.mark.parametrize("bigquery_format", layout.BIGQUERY_FORMATS)
 def test_same_input_in_another_order_gives_byte_identical_files(
     tmp_path, bigquery_format):
   first, second = str(tmp_path / "first"), str(tmp_path / "second")
@@ -474,7 +405,7 @@ def test_same_input_in_another_order_gives_byte_identical_files(
   manifest = read_outputs.load_manifest(first)
   counts = {(table, fmt): len(paths)
             for table, entry in manifest["outputs"].items()
-            for fmt, paths in entry.items() if fmt != write.BIGQUERY_SCHEMA}
+            for fmt, paths in entry.items() if fmt != layout.BIGQUERY_SCHEMA}
   assert counts == {
       ("embeddings", "tfrecord"): 3, ("embeddings", bigquery_format): 3,
       ("neighbours", "tfrecord"): 3, ("neighbours", bigquery_format): 3,
@@ -486,13 +417,13 @@ def test_same_input_in_another_order_gives_byte_identical_files(
   assert set(files) == listed | {"manifest.json"}
 
 
-@pytest.mark.parametrize("bigquery_format", write.BIGQUERY_FORMATS)
+@pytest.mark.parametrize("bigquery_format", layout.BIGQUERY_FORMATS)
 def test_rows_are_sorted_within_shards_and_sharded_by_stable_hash(
     tmp_path, bigquery_format):
   run_dir = str(tmp_path / "run")
   write_all_tables(run_dir, bigquery_format, seed=3)
 
-  for fmt in (write.TFRECORD, bigquery_format):
+  for fmt in (layout.TFRECORD, bigquery_format):
     shards = shard_rows(run_dir, "embeddings", fmt)
     ids = [[row["id"] for row in rows] for rows in shards]
     assert [sorted(shard) for shard in ids] == ids
@@ -517,8 +448,8 @@ def test_rows_are_sorted_within_shards_and_sharded_by_stable_hash(
     assert {expected_shard(r["source"], 2) for r in rows} <= {shard}
     # JSON lines with sorted keys.
     assert all(list(row) == sorted(row) for row in rows)
-  if bigquery_format == write.JSONL:
-    for rows in shard_rows(run_dir, "embeddings", write.JSONL):
+  if bigquery_format == layout.JSONL:
+    for rows in shard_rows(run_dir, "embeddings", layout.JSONL):
       assert all(list(row) == sorted(row) for row in rows)
 
 
@@ -564,22 +495,21 @@ def test_shards_sized_by_a_count_of_another_collection(tmp_path):
 
 def test_default_rows_per_shard_bounds_a_shard_in_memory():
   small = EmbeddingTableSpec(hidden_size=384)
-  assert write.default_embedding_rows_per_shard(small) == 20_000
+  assert tables.default_embedding_rows_per_shard(small) == 20_000
   sequence = EmbeddingTableSpec(hidden_size=384, sequence_output=True)
-  rows = write.default_embedding_rows_per_shard(sequence)
+  rows = tables.default_embedding_rows_per_shard(sequence)
   # 128 tokens x 384 float32 values is ~200 KiB a row.
-  assert 1_000 <= rows <= write.SHARD_BYTES // (128 * 384 * 4)
+  assert 1_000 <= rows <= tables.SHARD_BYTES // (128 * 384 * 4)
   half = EmbeddingTableSpec(
       hidden_size=384, sequence_output=True, sequence_dtype="float16")
-  assert write.default_embedding_rows_per_shard(half) > rows
+  assert tables.default_embedding_rows_per_shard(half) > rows
 
 
 def _all_format_writer(output_dir: str, batch_size: int = 2):
-  return write.ShardWriter(
-      write.EMBEDDINGS,
-      write.embedding_encoding(FULL_SPEC, RUN_ID, FINGERPRINT),
-      {fmt: write.shard_prefix(output_dir, write.EMBEDDINGS, fmt)
-       for fmt in write.FILE_SUFFIXES}, batch_size)
+  return shards.ShardWriter(
+      tables.embedding_table(FULL_SPEC, RUN_ID, FINGERPRINT),
+      {fmt: layout.shard_prefix(output_dir, layout.EMBEDDINGS, fmt)
+       for fmt in layout.FILE_SUFFIXES}, batch_size)
 
 
 def test_a_retried_shard_write_leaves_the_same_files_and_no_temporaries(
@@ -588,7 +518,7 @@ def test_a_retried_shard_write_leaves_the_same_files_and_no_temporaries(
   writer = _all_format_writer(out)
   embeddings = make_embeddings(5, FULL_SPEC)
   paths = writer.write(1, 3, embeddings)
-  assert sorted(paths) == sorted(write.FILE_SUFFIXES)
+  assert sorted(paths) == sorted(layout.FILE_SUFFIXES)
   first = all_files(out)
   assert sorted(first) == sorted(
       os.path.relpath(path, out) for path in paths.values())
@@ -596,14 +526,14 @@ def test_a_retried_shard_write_leaves_the_same_files_and_no_temporaries(
 
   # A crashed attempt left a half-written temporary file; the retry gets the
   # rows in another order.
-  stale = paths[write.AVRO] + write.TEMP_SUFFIX
+  stale = paths[layout.AVRO] + atomic.TEMP_SUFFIX
   with open(stale, "wb") as f:
     f.write(b"half a file")
   assert writer.write(1, 3, embeddings[::-1]) == paths
   assert all_files(out) == first
 
   # The rows in file order: sorted by id.
-  assert [r["id"] for r in read_shard(paths[write.AVRO])] == sorted(
+  assert [r["id"] for r in read_shard(paths[layout.AVRO])] == sorted(
       e.id for e in embeddings)
 
 
@@ -612,7 +542,8 @@ def test_a_shard_write_failing_half_way_leaves_no_file(tmp_path):
   good = make_embeddings(4, FULL_SPEC)
   # Sorted last, so it fails after the first two batches were written.
   bad = dataclasses.replace(
-      good[0], id="doc-999", embedding=np.zeros(H + 1, np.float32))
+      good[0], id="doc-999", vectors=dataclasses.replace(
+          good[0].vectors, embedding=np.zeros(H + 1, np.float32)))
   with pytest.raises(ValueError, match="doc-999.*has shape"):
     _all_format_writer(out, batch_size=2).write(0, 1, [bad] + good)
   assert all_files(out) == {}
@@ -620,31 +551,32 @@ def test_a_shard_write_failing_half_way_leaves_no_file(tmp_path):
 
 def test_canonical_example_is_protobufs_deterministic_serialization():
   tf = pytest.importorskip("tensorflow")
-  encoding = write.embedding_encoding(FULL_SPEC, RUN_ID, FINGERPRINT)
-  batch = encoding.to_examples(make_embeddings(4, FULL_SPEC))
+  table = tables.embedding_table(FULL_SPEC, RUN_ID, FINGERPRINT)
+  batch = table.to_examples(make_embeddings(4, FULL_SPEC))
   encoded = example_coder.RecordBatchToExamplesEncoder().encode(batch)
   for serialized in encoded:
     example = tf.train.Example.FromString(serialized)
-    canonical = write.canonical_example(serialized)
+    canonical = tfrecord.canonical_example(serialized)
     assert canonical == example.SerializeToString(deterministic=True)
     assert tf.train.Example.FromString(canonical) == example
-  assert write.canonical_example(b"") == b""
+  assert tfrecord.canonical_example(b"") == b""
   with pytest.raises(ValueError, match="tf.Example"):
-    write.canonical_example(b"\x12\x00")
+    tfrecord.canonical_example(b"\x12\x00")
 
 
 _WRITE_SHARD_SCRIPT = """
 import sys
-from tests.test_write import make_embeddings, make_neighbours, shuffled
-from tests.test_write import _all_format_writer, FULL_SPEC, RUN_ID, FINGERPRINT
-from transforms import write
+from run_directory import layout, shards, tables
+from tests.run_fixtures import FINGERPRINT, RUN_ID
+from tests.run_fixtures import make_embeddings, make_neighbours, shuffled
+from tests.test_write import _all_format_writer, FULL_SPEC
 out, seed = sys.argv[1], int(sys.argv[2])
 _all_format_writer(out, batch_size=3).write(
     0, 2, shuffled(make_embeddings(7, FULL_SPEC), seed))
-write.ShardWriter(
-    write.NEIGHBOURS, write.neighbour_encoding(RUN_ID, FINGERPRINT),
-    {fmt: write.shard_prefix(out, write.NEIGHBOURS, fmt)
-     for fmt in write.FILE_SUFFIXES}).write(
+shards.ShardWriter(
+    tables.neighbour_table(RUN_ID, FINGERPRINT),
+    {fmt: layout.shard_prefix(out, layout.NEIGHBOURS, fmt)
+     for fmt in layout.FILE_SUFFIXES}).write(
          1, 2, shuffled(make_neighbours(7), seed))
 """
 

@@ -24,8 +24,8 @@ import tempfile
 
 import tensorflow as tf
 
-from pipeline.bert import checkpoint as checkpoint_lib
-from pipeline.bert.encoder import BertEncoder
+from bert_model import checkpoint as checkpoint_lib
+from bert_model.encoder import BertEncoder
 from tests import tiny_bert
 
 _INPUTS = [

@@ -9,20 +9,20 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler
 from apache_beam.ml.inference.base import RunInference
 
+from run_directory.records import DeadLetter
+from run_directory.records import Document
+from run_directory.records import Embedding
+from run_directory.records import make_snippet
+from run_directory.records import Reason
+from run_directory.records import Vectors
+from transforms.batching import estimate_tokens
 from transforms.batching import LengthBatching
 from transforms.batching import SortAndBatchByLength
-from transforms.batching import estimate_tokens
 from transforms.model_handler import BertEmbeddingModelHandler
-from transforms.model_handler import EncodedText
-from transforms.records import DEAD_LETTER
-from transforms.records import DOCUMENTS
-from transforms.records import DeadLetter
-from transforms.records import Document
-from transforms.records import Embedding
-from transforms.records import METRICS_NAMESPACE
-from transforms.records import Reason
-from transforms.records import make_snippet
-from transforms.records import model_input
+from transforms.names import COUNTERS
+from transforms.names import DEAD_LETTERS
+from transforms.names import DOCUMENTS
+from transforms.names import METRICS_NAMESPACE
 
 _LOG = logging.getLogger(__name__)
 
@@ -31,7 +31,14 @@ _PROGRESS_INTERVAL_SECS = 10.0
 STAGE = "embed"
 
 
-def has_no_wordpieces(document: Document, encoded: EncodedText) -> bool:
+def model_input(document: Document):
+  """What the model handler embeds: the text, or the (text, text_pair) pair."""
+  if document.text_pair is None:
+    return document.text
+  return (document.text, document.text_pair)
+
+
+def has_no_wordpieces(document: Document, vectors: Vectors) -> bool:
   """Whether the model saw nothing of the text but [CLS] and [SEP].
 
   Texts of only characters the tokenizer drops (zero-width spaces, a BOM,
@@ -39,54 +46,47 @@ def has_no_wordpieces(document: Document, encoded: EncodedText) -> bool:
   one and the same vector, neighbours of each other at score 1.0.
   """
   special_tokens = 2 if document.text_pair is None else 3
-  return encoded.num_tokens <= special_tokens
+  return vectors.num_tokens <= special_tokens
 
 
-def to_embedding(document: Document, encoded: EncodedText) -> Embedding:
-  return Embedding(
-      id=document.id,
-      text=document.text,
-      source=document.source,
-      embedding=encoded.embedding,
-      num_tokens=encoded.num_tokens,
-      truncated=encoded.truncated,
-      token_ids=encoded.token_ids,
-      sequence_embedding=encoded.sequence_embedding,
-      layers=encoded.layers)
+def to_embedding(document: Document, vectors: Vectors) -> Embedding:
+  return Embedding(id=document.id, text=document.text, source=document.source,
+                   vectors=vectors)
 
 
-class _SplitInferenceResults(beam.DoFn):
+class _SplitInferenceResultsFn(beam.DoFn):
   """(Document, PredictionResult) to an Embedding, or a dead letter."""
 
   def __init__(self):
-    self._embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
-    self._truncated = Metrics.counter(METRICS_NAMESPACE, "truncated")
-    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE, "dead_lettered")
+    self._inferred = Metrics.counter(METRICS_NAMESPACE, COUNTERS.inferred)
+    self._truncated = Metrics.counter(METRICS_NAMESPACE, COUNTERS.truncated)
+    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE,
+                                          COUNTERS.dead_lettered)
     self._progress_count = 0
     self._progress_start = None
     self._progress_last = 0.0
 
   def process(self, keyed_result):
     document, result = keyed_result
-    encoded = result.inference
-    if not isinstance(encoded, EncodedText):
-      yield self._dead_letter(document, Reason.MODEL_ERROR, encoded.error)
-    elif has_no_wordpieces(document, encoded):
+    vectors = result.inference
+    if not isinstance(vectors, Vectors):  # an InferenceFailure
+      yield self._dead_letter(document, Reason.MODEL_ERROR, vectors.error)
+    elif has_no_wordpieces(document, vectors):
       yield self._dead_letter(
           document, Reason.EMPTY_TEXT,
           "the text has no wordpieces: only characters the tokenizer drops "
           "(control, zero-width or format characters)")
     else:
-      self._embedded.inc()
-      if encoded.truncated:
+      self._inferred.inc()
+      if vectors.truncated:
         self._truncated.inc()
       self._log_progress()
-      yield to_embedding(document, encoded)
+      yield to_embedding(document, vectors)
 
   def _dead_letter(self, document: Document, reason: str, detail: str):
     self._dead_lettered.inc()
     return beam.pvalue.TaggedOutput(
-        DEAD_LETTER,
+        DEAD_LETTERS,
         DeadLetter(source=document.source, position=document.position,
                    stage=STAGE, reason=reason, detail=detail,
                    snippet=make_snippet(document.text), id=document.id))
@@ -112,7 +112,7 @@ class EmbedDocuments(beam.PTransform):
 
   Documents are batched by length (transforms/batching.py) before
   RunInference, which runs the handler on those batches as they are.
-  Returns {DOCUMENTS: PCollection[Embedding], DEAD_LETTER: PCollection[...]}.
+  Returns {DOCUMENTS: PCollection[Embedding], DEAD_LETTERS: PCollection[...]}.
   """
 
   def __init__(self, model_handler: BertEmbeddingModelHandler,
@@ -132,6 +132,6 @@ class EmbedDocuments(beam.PTransform):
             max_batch_tokens=b.max_batch_tokens)
         | "RunInference" >> RunInference(KeyedModelHandler(
             self._model_handler).with_no_batching())
-        | "SplitResults" >> beam.ParDo(_SplitInferenceResults()).with_outputs(
-            DEAD_LETTER, main=DOCUMENTS))
-    return {DOCUMENTS: results[DOCUMENTS], DEAD_LETTER: results[DEAD_LETTER]}
+        | "SplitResults" >> beam.ParDo(_SplitInferenceResultsFn()).with_outputs(
+            DEAD_LETTERS, main=DOCUMENTS))
+    return {DOCUMENTS: results[DOCUMENTS], DEAD_LETTERS: results[DEAD_LETTERS]}

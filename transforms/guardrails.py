@@ -27,9 +27,8 @@ from typing import Iterable, List, Mapping, Optional
 
 import apache_beam as beam
 
-from transforms.records import DeadLetter
+from run_directory.records import DeadLetter
 
-REFUSAL_FILE = "refused.json"
 DEFAULT_MAX_BAD_FRACTION = 0.1
 DEFAULT_MAX_REMOVED_FRACTION = 0.2
 

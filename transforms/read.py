@@ -19,6 +19,7 @@ decompressed by their suffix (.gz, .bz2, .zst, ...) by
 `transforms.formats.compression`, which notices a file cut short.
 """
 
+import dataclasses
 import functools
 from typing import Optional, Sequence, Union
 
@@ -27,18 +28,26 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from run_directory.records import DeadLetter
 from transforms.formats import RANDOM_ACCESS_FORMATS
 from transforms.formats import READERS
 from transforms.formats import resolve_input_format
-from transforms.formats.fields import DEFAULT_MAX_RECORD_BYTES
 from transforms.formats.fields import RecordSpec
 from transforms.formats.files import display_path
 from transforms.formats.files import open_for_reading
 from transforms.formats.files import read_file_records
-from transforms.records import DEAD_LETTER
-from transforms.records import DOCUMENTS
-from transforms.records import METRICS_NAMESPACE
-from transforms.records import DeadLetter
+from transforms.names import COUNTERS
+from transforms.names import DEAD_LETTERS
+from transforms.names import DOCUMENTS
+from transforms.names import METRICS_NAMESPACE
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSettings:
+  """What the read stage reads: files, their format, and the record spec."""
+  pattern: str
+  input_format: str
+  record: RecordSpec = RecordSpec()
 
 
 def _path_key(path: str) -> bytes:
@@ -60,13 +69,14 @@ def _match_files(pattern: str):
 
 
 class _ReadFileFn(beam.DoFn):
-  """Reads one matched file; bad records go to the DEAD_LETTER output."""
+  """Reads one matched file; bad records go to the DEAD_LETTERS output."""
 
-  def __init__(self, input_format: str, spec: RecordSpec):
-    self._read_records = functools.partial(READERS[input_format], spec=spec)
+  def __init__(self, input_format: str, record: RecordSpec):
+    self._read_records = functools.partial(READERS[input_format], spec=record)
     self._random_access = input_format in RANDOM_ACCESS_FORMATS
-    self._documents_read = Metrics.counter(METRICS_NAMESPACE, "documents_read")
-    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE, "dead_lettered")
+    self._read = Metrics.counter(METRICS_NAMESPACE, COUNTERS.read)
+    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE,
+                                          COUNTERS.dead_lettered)
 
   def process(self, path_key: bytes):
     path = path_key.decode("utf-8", errors="surrogateescape")
@@ -77,11 +87,11 @@ class _ReadFileFn(beam.DoFn):
                                   self._random_access)
     for record in read_file_records(open_file, display_path(path),
                                     self._read_records):
+      self._read.inc()
       if isinstance(record, DeadLetter):
         self._dead_lettered.inc()
-        yield beam.pvalue.TaggedOutput(DEAD_LETTER, record)
+        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
       else:
-        self._documents_read.inc()
         yield record
 
 
@@ -101,7 +111,7 @@ class _DistinctFiles(beam.PTransform):
 
 
 class ReadCorpus(beam.PTransform):
-  """Reads a corpus into {DOCUMENTS: Document, DEAD_LETTER: DeadLetter}.
+  """Reads a corpus into {DOCUMENTS: Document, DEAD_LETTERS: DeadLetter}.
 
   Args:
     file_pattern: a local path or glob, a gs:// glob, or a list of them. A
@@ -109,22 +119,14 @@ class ReadCorpus(beam.PTransform):
       before the run starts).
     input_format: one of INPUT_FORMATS; None infers it from the patterns'
       extension (ValueError if it cannot, raised here, at construction).
-    id_field: the id field / column / feature; absent means derived ids.
-    text_field: the text field / column / feature (not used for "text").
-    text_pair_field: for pair tasks, the field / column / feature of the
-      second text (segment B); a record without it is a MISSING_FIELD dead
-      letter. Not for "text" input (ValueError).
-    max_record_bytes: a longer record is a RECORD_TOO_LARGE dead letter, and
-      never held in memory whole.
+    record: where a record's id and text are (and its pair text, for pair
+      tasks: not for "text" input, ValueError), and how large it may be.
   """
 
   def __init__(self,
                file_pattern: Union[str, Sequence[str]],
                input_format: Optional[str] = None,
-               id_field: str = "id",
-               text_field: str = "text",
-               text_pair_field: Optional[str] = None,
-               max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+               record: RecordSpec = RecordSpec()):
     super().__init__()
     patterns = ([file_pattern]
                 if isinstance(file_pattern, str) else list(file_pattern))
@@ -132,13 +134,15 @@ class ReadCorpus(beam.PTransform):
       raise ValueError("No input file pattern given.")
     self._patterns = patterns
     self._input_format = resolve_input_format(patterns, input_format)
-    if text_pair_field is not None and self._input_format == "text":
+    if record.text_pair_field is not None and self._input_format == "text":
       raise ValueError(
           "Text files hold one text per line; pair input (--text_pair_field) "
           "needs jsonl, csv, tsv, parquet or tfrecord.")
-    self._spec = RecordSpec(id_field=id_field, text_field=text_field,
-                            text_pair_field=text_pair_field,
-                            max_record_bytes=max_record_bytes)
+    self._record = record
+
+  @classmethod
+  def of(cls, settings: CorpusSettings) -> "ReadCorpus":
+    return cls(settings.pattern, settings.input_format, settings.record)
 
   @property
   def input_format(self) -> str:
@@ -151,6 +155,6 @@ class ReadCorpus(beam.PTransform):
         | "MatchFiles" >> beam.FlatMap(_match_files)
         | "DropRepeatedFiles" >> _DistinctFiles()
         | "ReadRecords" >> beam.ParDo(
-            _ReadFileFn(self._input_format, self._spec)).with_outputs(
-                DEAD_LETTER, main=DOCUMENTS))
-    return {DOCUMENTS: read[DOCUMENTS], DEAD_LETTER: read[DEAD_LETTER]}
+            _ReadFileFn(self._input_format, self._record)).with_outputs(
+                DEAD_LETTERS, main=DOCUMENTS))
+    return {DOCUMENTS: read[DOCUMENTS], DEAD_LETTERS: read[DEAD_LETTERS]}

@@ -15,8 +15,14 @@ from typing import Iterable, Iterator, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.records import (DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE,
-                                DeadLetter, Document, Reason, make_snippet)
+from run_directory.records import DeadLetter
+from run_directory.records import Document
+from run_directory.records import make_snippet
+from run_directory.records import Reason
+from transforms.names import COUNTERS
+from transforms.names import DEAD_LETTERS
+from transforms.names import DOCUMENTS
+from transforms.names import METRICS_NAMESPACE
 
 STAGE = "validate"
 
@@ -77,12 +83,13 @@ def duplicate_dead_letter(document: Document, kept_source: str,
 class _RejectEmptyTextFn(beam.DoFn):
 
   def __init__(self):
-    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE, "dead_lettered")
+    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE,
+                                          COUNTERS.dead_lettered)
 
   def process(self, document: Document):
     if is_empty_text(document.text):
       self._dead_lettered.inc()
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER,
+      yield beam.pvalue.TaggedOutput(DEAD_LETTERS,
                                      empty_text_dead_letter(document))
     else:
       yield document
@@ -91,7 +98,8 @@ class _RejectEmptyTextFn(beam.DoFn):
 class _KeepOnePerIdFn(beam.DoFn):
 
   def __init__(self):
-    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE, "dead_lettered")
+    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE,
+                                          COUNTERS.dead_lettered)
 
   def process(self, id_and_documents):
     # Two passes over the group, never a copy of it: Beam's grouped values are
@@ -102,24 +110,24 @@ class _KeepOnePerIdFn(beam.DoFn):
     for duplicate in duplicates_of(kept, documents):
       self._dead_lettered.inc()
       yield beam.pvalue.TaggedOutput(
-          DEAD_LETTER,
+          DEAD_LETTERS,
           duplicate_dead_letter(duplicate, kept.source, kept.position))
 
 
 class ValidateDocuments(beam.PTransform):
-  """Documents -> {DOCUMENTS: valid, unique ids; DEAD_LETTER: the rest}."""
+  """Documents -> {DOCUMENTS: valid, unique ids; DEAD_LETTERS: the rest}."""
 
   def expand(self, documents):
     non_empty = (
         documents
         | "RejectEmptyText" >> beam.ParDo(_RejectEmptyTextFn()).with_outputs(
-            DEAD_LETTER, main=DOCUMENTS))
+            DEAD_LETTERS, main=DOCUMENTS))
     unique = (
         non_empty[DOCUMENTS]
         | "KeyById" >> beam.Map(lambda document: (document.id, document))
         | "GroupById" >> beam.GroupByKey()
         | "KeepOnePerId" >> beam.ParDo(_KeepOnePerIdFn()).with_outputs(
-            DEAD_LETTER, main=DOCUMENTS))
-    dead_letters = ((non_empty[DEAD_LETTER], unique[DEAD_LETTER])
+            DEAD_LETTERS, main=DOCUMENTS))
+    dead_letters = ((non_empty[DEAD_LETTERS], unique[DEAD_LETTERS])
                     | "MergeDeadLetters" >> beam.Flatten())
-    return {DOCUMENTS: unique[DOCUMENTS], DEAD_LETTER: dead_letters}
+    return {DOCUMENTS: unique[DOCUMENTS], DEAD_LETTERS: dead_letters}

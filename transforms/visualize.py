@@ -18,10 +18,11 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records import Embedding
+from run_directory.atomic import write_atomically
+from run_directory.layout import PROJECTOR
+from run_directory.layout import SIMILARITY_PLOT_FILE
+from run_directory.records import Embedding
 
-SIMILARITY_PLOT_FILE = "similarity.png"
-PROJECTOR_DIR = "projector"
 _LABEL_CHARS = 40
 
 
@@ -41,12 +42,16 @@ def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
 def similarity_heatmap_png(labels: Sequence[str], vectors: np.ndarray,
                            title: str) -> bytes:
   """A PNG heatmap of pairwise cosine similarity, both axes labelled."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")  # no display on workers
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  # Imported here, not at the top: matplotlib costs a second of start-up,
+  # and only runs with --similarity_plot draw.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   similarity = cosine_matrix(vectors)
   size = max(6.0, 0.28 * len(labels) + 3.0)
-  figure, axes = pyplot.subplots(figsize=(size + 2, size))
+  # The object API, not pyplot: no global figure state, no display backend.
+  figure = Figure(figsize=(size + 2, size))
+  FigureCanvasAgg(figure)
+  axes = figure.subplots()
   image = axes.imshow(similarity, cmap="YlOrRd", vmin=0.0, vmax=1.0)
   ticks = list(range(len(labels)))
   short = [_label(t) for t in labels]
@@ -65,7 +70,6 @@ def similarity_heatmap_png(labels: Sequence[str], vectors: np.ndarray,
     # in the README rather than once per glyph in the logs.
     warnings.simplefilter("ignore", UserWarning)
     figure.savefig(buffer, format="png", dpi=110)
-  pyplot.close(figure)
   return buffer.getvalue()
 
 
@@ -84,9 +88,7 @@ def projector_tsv(embeddings: Sequence[Embedding]):
 
 
 def _write_file(path: str, content: bytes) -> str:
-  with FileSystems.create(path) as f:
-    f.write(content)
-  return path
+  return write_atomically(path, lambda f: f.write(content))
 
 
 def _smallest_ids(embeddings: List[Embedding], limit: int) -> List[Embedding]:
@@ -144,7 +146,7 @@ class WriteProjectorFiles(beam.PTransform):
 
   def __init__(self, run_dir: str, max_points: int = 10000):
     super().__init__()
-    self._dir = FileSystems.join(run_dir, PROJECTOR_DIR)
+    self._dir = FileSystems.join(run_dir, PROJECTOR)
     self._max_points = max_points
 
   def expand(self, embeddings):

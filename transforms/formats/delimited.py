@@ -22,19 +22,19 @@ import csv
 import sys
 from typing import BinaryIO, Iterator, List, Optional
 
-from transforms.formats.fields import Record
-from transforms.formats.fields import RecordSpec
-from transforms.formats.fields import Rejected
+from run_directory.records import Document
+from run_directory.records import Reason
 from transforms.formats.fields import check_unicode
 from transforms.formats.fields import document
 from transforms.formats.fields import missing
+from transforms.formats.fields import Record
+from transforms.formats.fields import RecordSpec
+from transforms.formats.fields import Rejected
 from transforms.formats.fields import too_large
+from transforms.formats.lines import iter_lines
 from transforms.formats.lines import Line
 from transforms.formats.lines import OversizedLine
-from transforms.formats.lines import iter_lines
 from transforms.formats.lines import strip_terminator
-from transforms.records import Document
-from transforms.records import Reason
 
 
 def _allow_large_csv_fields():

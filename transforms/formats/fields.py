@@ -15,11 +15,11 @@ own way; the rules for what makes a good record are here, once:
 import dataclasses
 from typing import Iterable, Optional, Union
 
-from transforms.records import DeadLetter
-from transforms.records import Document
-from transforms.records import Reason
-from transforms.records import derive_document_id
-from transforms.records import make_snippet
+from run_directory.records import DeadLetter
+from run_directory.records import derive_document_id
+from run_directory.records import Document
+from run_directory.records import make_snippet
+from run_directory.records import Reason
 
 STAGE = "read"
 

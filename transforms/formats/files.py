@@ -11,12 +11,12 @@ UNREADABLE_FILE dead letter, after the records read before the damage.
 import logging
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from run_directory.records import DeadLetter
+from run_directory.records import Reason
 from transforms.formats.compression import compression_of
 from transforms.formats.compression import open_stream
 from transforms.formats.fields import Record
 from transforms.formats.fields import STAGE
-from transforms.records import DeadLetter
-from transforms.records import Reason
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -9,20 +9,20 @@ surrogate escapes) the lines after it are read as usual.
 import json
 from typing import BinaryIO, Iterator, Optional
 
-from transforms.formats.fields import Record
-from transforms.formats.fields import RecordSpec
-from transforms.formats.fields import Rejected
+from run_directory.records import Document
+from run_directory.records import Reason
 from transforms.formats.fields import check_unicode
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
 from transforms.formats.fields import id_from_int
 from transforms.formats.fields import missing
+from transforms.formats.fields import Record
+from transforms.formats.fields import RecordSpec
+from transforms.formats.fields import Rejected
 from transforms.formats.fields import too_large
-from transforms.formats.lines import OversizedLine
 from transforms.formats.lines import iter_lines
+from transforms.formats.lines import OversizedLine
 from transforms.formats.lines import strip_terminator
-from transforms.records import Document
-from transforms.records import Reason
 
 # Python refuses to turn more digits than this into an int (a guard against
 # quadratic-time conversion, sys.get_int_max_str_digits).

@@ -18,15 +18,15 @@ from typing import BinaryIO, Iterator, List, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms.formats.fields import Record
-from transforms.formats.fields import RecordSpec
-from transforms.formats.fields import Rejected
+from run_directory.records import Reason
 from transforms.formats.fields import check_size
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
 from transforms.formats.fields import id_from_int
 from transforms.formats.fields import names
-from transforms.records import Reason
+from transforms.formats.fields import Record
+from transforms.formats.fields import RecordSpec
+from transforms.formats.fields import Rejected
 
 _BATCH_ROWS = 1024
 

@@ -7,14 +7,14 @@ them as empty_text). A line's text is its UTF-8 bytes without the "\\n" or
 
 from typing import BinaryIO, Iterator
 
+from transforms.formats.fields import decode_utf8
+from transforms.formats.fields import document
 from transforms.formats.fields import Record
 from transforms.formats.fields import RecordSpec
 from transforms.formats.fields import Rejected
-from transforms.formats.fields import decode_utf8
-from transforms.formats.fields import document
 from transforms.formats.fields import too_large
-from transforms.formats.lines import OversizedLine
 from transforms.formats.lines import iter_lines
+from transforms.formats.lines import OversizedLine
 from transforms.formats.lines import strip_terminator
 
 

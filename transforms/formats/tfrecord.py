@@ -18,16 +18,16 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple
 import pyarrow as pa
 from tfx_bsl.coders import example_coder
 
-from transforms.formats.fields import Record
-from transforms.formats.fields import RecordSpec
-from transforms.formats.fields import Rejected
+from run_directory.records import Reason
+from run_directory.tfrecord import iter_frames
+from run_directory.tfrecord import OversizedFrame
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
 from transforms.formats.fields import id_from_int
+from transforms.formats.fields import Record
+from transforms.formats.fields import RecordSpec
+from transforms.formats.fields import Rejected
 from transforms.formats.fields import too_large
-from transforms.formats.tfrecord_frames import OversizedFrame
-from transforms.formats.tfrecord_frames import iter_frames
-from transforms.records import Reason
 
 # Serialized Examples per decode batch: large enough that the C++ decoding
 # dominates, small enough to bound memory (a batch is also capped by its size

@@ -9,8 +9,8 @@ import importlib.util
 import logging
 import os
 
-from pipeline.bert import export
-from pipeline.bert import metadata as metadata_lib
+from bert_model import export
+from bert_model import metadata as metadata_lib
 
 _LOG = logging.getLogger(__name__)
 

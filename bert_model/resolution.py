@@ -4,7 +4,7 @@ the pipeline needs, before it runs.
 `--model` is one of:
 
 - a model directory written by this project (local or gs://): `encoder/` and
-  `preprocess/` SavedModels and `model_metadata.json` (pipeline/bert/
+  `preprocess/` SavedModels and `model_metadata.json` (bert_model/
   metadata.py). Without --model the default model is used, exported first if
   it is missing.
 - a TF Hub BERT encoder: a short name of the catalogue (`experts/pubmed`,
@@ -12,7 +12,7 @@ the pipeline needs, before it runs.
   (`https://tfhub.dev/google/experts/bert/pubmed/2`), or a directory holding
   the extracted SavedModel (`saved_model.pb` at its top). Handles are found in
   a `--model_root` mirror or the TF Hub cache, else downloaded by
-  tensorflow_hub (pipeline/catalog.py says where exactly).
+  tensorflow_hub (bert_model/catalog.py says where exactly).
 
 A TF Hub encoder comes with the interface it was published with, detected
 from its SavedModel: "v2" (dict in, dict out, with encoder_outputs) needs a
@@ -53,10 +53,16 @@ import re
 from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
+import tensorflow_hub as hub
+# Registers the ops of preprocess SavedModels, which are loaded here.
+import tensorflow_text  # pylint: disable=unused-import
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.saved_model import nested_structure_coder  # pylint: disable=g-direct-tensorflow-import
 
-from pipeline import catalog
-from pipeline.bert import default_model
-from pipeline.bert import metadata as metadata_lib
+from bert_model import catalog
+from bert_model import default_model
+from bert_model import metadata as metadata_lib
+from bert_model import v1
 
 _LOG = logging.getLogger(__name__)
 
@@ -76,7 +82,7 @@ class ResolvedModel:
   preprocess_path / encoder_path: what the workers pass to hub.load (a local
     or gs:// directory, or a handle found in the TF Hub cache).
     preprocess_path is None for a v1 encoder's built-in tokenizer.
-  encoder_format: "v2" or "v1" (see transforms/model_handler.py).
+  encoder_format: "v2" or "v1" (see bert_model/v1.py).
   """
   path: str
   preprocess_path: Optional[str]
@@ -118,7 +124,6 @@ def _check_saved_model(model: str, path: str, flag: str = "--model"):
 
 
 def _read_saved_model(model: str, path: str, flag: str = "--model"):
-  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
   saved_model = saved_model_pb2.SavedModel()
   try:
     with tf.io.gfile.GFile(_join(path, "saved_model.pb"), "rb") as f:
@@ -207,7 +212,6 @@ def _fetch(value: str, handle: str, model_root: Optional[str],
     # one, for local runs) or downloads it once per worker.
     return cached, handle
   try:
-    import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
     _LOG.info("Downloading %s into the TF Hub cache", handle)
     path = hub.resolve(handle)
   except Exception as e:  # pylint: disable=broad-except
@@ -228,7 +232,6 @@ def encoder_format_of(path: str, model: str = "", flag: str = "--model"
                      ) -> str:
   """"v2" or "v1", from the SavedModel's `__call__` signature (reads only
   saved_model.pb). Raises ValueError for a SavedModel that is no encoder."""
-  from tensorflow.python.saved_model import nested_structure_coder  # pylint: disable=g-import-not-at-top
   saved_model = _read_saved_model(model or path, path, flag)
   graph = saved_model.meta_graphs[0].object_graph_def
   calls = [child.node_id for child in graph.nodes[0].children
@@ -314,11 +317,10 @@ def encoder_facts(path: str, encoder_format: str,
         max_position_embeddings=entry.max_position_embeddings,
         has_pooler=True,
         lower_case=entry.lower_case if encoder_format == "v1" else None)
-  from transforms import model_handler  # pylint: disable=g-import-not-at-top
   try:
     encoder = tf.saved_model.load(path)
     ids = tf.zeros([1, 2], tf.int32)
-    outputs = model_handler.call_encoder(encoder, encoder_format, ids,
+    outputs = v1.call_encoder(encoder, encoder_format, ids,
                                          tf.ones_like(ids), tf.zeros_like(ids))
     hidden = int(outputs["sequence_output"].shape[-1])
   except Exception as e:  # pylint: disable=broad-except
@@ -339,7 +341,7 @@ def encoder_facts(path: str, encoder_format: str,
   lower_case = vocab_path = None
   if encoder_format == "v1":
     try:
-      vocab_path, vocab, lower_case = model_handler.v1_tokenizer_settings(
+      vocab_path, vocab, lower_case = v1.v1_tokenizer_settings(
           encoder)
     except ValueError as e:
       raise ValueError(f"--model={model or path}: {e}") from None
@@ -365,7 +367,6 @@ class PreprocessFacts:
 def preprocess_facts(path: str, value: str = "") -> PreprocessFacts:
   """Vocabulary size (and lower-case flag, when it has one) of a TF Hub
   preprocess SavedModel; loads it (small: the vocabulary and the graph)."""
-  import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
   try:
     preprocess = tf.saved_model.load(path)
     special = preprocess.tokenize.get_special_tokens_dict()

@@ -32,11 +32,12 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_hub as hub
 
-from pipeline.bert import checkpoint as checkpoint_lib
-from pipeline.bert import metadata as metadata_lib
-from pipeline.bert.encoder import BertEncoder
-from pipeline.bert.preprocess import BertPreprocessor
+from bert_model import checkpoint as checkpoint_lib
+from bert_model import metadata as metadata_lib
+from bert_model.encoder import BertEncoder
+from bert_model.preprocess import BertPreprocessor
 
 _LOG = logging.getLogger(__name__)
 
@@ -109,7 +110,6 @@ def build_metadata(ckpt: checkpoint_lib.Checkpoint, name: str,
 
 def _self_check(preprocess, encoder, model_dir: str):
   """The saved models must compute what the in-memory ones do."""
-  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
   texts = tf.constant(_SELF_CHECK_TEXTS)
   expected = encoder(preprocess(texts))["sequence_output"].numpy()
   reloaded_preprocess = hub.load(

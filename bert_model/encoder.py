@@ -27,7 +27,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from pipeline.bert.checkpoint import BertConfig
+from bert_model.checkpoint import BertConfig
 
 INPUT_SIGNATURE = {
     "input_word_ids": tf.TensorSpec([None, None], tf.int32, "input_word_ids"),

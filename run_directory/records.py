@@ -1,4 +1,4 @@
-"""Element types that flow between the pipeline's stages.
+"""The records a run reads and writes: documents, vectors, rows, rejects.
 
 Every stage speaks in these few immutable records, so a stage can be tested on
 its own with plain Python values:
@@ -6,7 +6,10 @@ its own with plain Python values:
   ReadCorpus ──Document──> ValidateDocuments ──Document──> EmbedDocuments
       │                          │                              │
       └──────── DeadLetter ──────┴──────────── DeadLetter ──────┘
-                                                 Embedding ──> WriteEmbeddings
+                                                 Embedding ──> WriteTable
+
+A DeadLetter is a row of the errors table, an Embedding a row of the
+embeddings table (a document's identity and its `Vectors`).
 
 Ids are deterministic (taken from the input, or derived from the source name and
 the text), never random: a retried bundle must produce the same rows.
@@ -19,14 +22,6 @@ import re
 from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
-
-# Output tags of the stages that split records into good ones and rejects:
-# their `expand` returns {DOCUMENTS: ..., DEAD_LETTER: ...}.
-DOCUMENTS = "documents"
-DEAD_LETTER = "dead_letter"
-
-# Beam metrics namespace for the pipeline's counters.
-METRICS_NAMESPACE = "embedding_pipeline"
 
 # How much of a rejected record the dead letter keeps: enough to find it, never
 # a whole document (documents may be large or sensitive).
@@ -68,13 +63,6 @@ class Document(NamedTuple):
   source: str
   position: int
   text_pair: Optional[str] = None
-
-
-def model_input(document: Document):
-  """What the model handler embeds: the text, or the (text, text_pair) pair."""
-  if document.text_pair is None:
-    return document.text
-  return (document.text, document.text_pair)
 
 
 def printable(text: str, limit: Optional[int] = None) -> str:
@@ -168,8 +156,8 @@ def content_hash(text: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Embedding:
-  """The model's output for one document.
+class Vectors:
+  """What the model computed for one text: the vectors a row stores.
 
   embedding: the pooled sentence vector, float32 [H].
   num_tokens: wordpieces fed to the encoder, [CLS] and [SEP] included, after
@@ -179,12 +167,47 @@ class Embedding:
     real tokens only (no padding): int32 [T] and float32 or float16 [T, H].
   layers: chosen encoder layers (non-negative index) -> pooled vector [H].
   """
-  id: str
-  text: str
-  source: str
   embedding: np.ndarray
   num_tokens: int
   truncated: bool
   token_ids: Optional[np.ndarray] = None
   sequence_embedding: Optional[np.ndarray] = None
   layers: Mapping[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Embedding:
+  """A row of the embeddings table: a document and its vectors.
+
+  The vectors are computed by the model in this run, or carried over from a
+  previous run (--previous_run); either way one `Vectors`.
+  """
+  id: str
+  text: str
+  source: str
+  vectors: Vectors
+
+  # The vectors' fields, read through: what the row converters take.
+  @property
+  def embedding(self) -> np.ndarray:
+    return self.vectors.embedding
+
+  @property
+  def num_tokens(self) -> int:
+    return self.vectors.num_tokens
+
+  @property
+  def truncated(self) -> bool:
+    return self.vectors.truncated
+
+  @property
+  def token_ids(self) -> Optional[np.ndarray]:
+    return self.vectors.token_ids
+
+  @property
+  def sequence_embedding(self) -> Optional[np.ndarray]:
+    return self.vectors.sequence_embedding
+
+  @property
+  def layers(self) -> Mapping[int, np.ndarray]:
+    return self.vectors.layers

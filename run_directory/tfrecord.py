@@ -1,5 +1,5 @@
-"""TFRecord framing: the one codec for every TFRecord file the project reads
-or writes.
+"""The one TFRecord codec: framing for every TFRecord file the project reads
+or writes, and the canonical bytes of the tf.Examples it writes.
 
 A TFRecord file is a sequence of frames:
 
@@ -86,3 +86,49 @@ def iter_frames(stream: BinaryIO,
     if masked_crc32c(data) != data_crc:
       raise ValueError("TFRecord data fails its CRC")
     yield data
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+  value = shift = 0
+  while True:
+    byte = data[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    if byte < 0x80:
+      return value, pos
+    shift += 7
+
+
+_FIELD_1_BYTES = 0x0A  # protobuf tag: field 1, length-delimited
+
+
+def canonical_example(serialized: bytes) -> bytes:
+  """A serialized tf.Example with its features in key order.
+
+  tfx-bsl's C++ encoder writes the feature map in hash-table order, which
+  changes from process to process. This reorders the map entries (nothing
+  else changes, so every length stays valid), giving the bytes of protobuf's
+  deterministic serialization.
+
+  Wire layout: Example{1: Features{1: repeated MapEntry{1: key, 2: Feature}}}.
+  """
+  if not serialized:
+    return serialized
+  if serialized[0] != _FIELD_1_BYTES:
+    raise ValueError("Not a serialized tf.Example with features")
+  length, start = _read_varint(serialized, 1)
+  if start + length != len(serialized):
+    raise ValueError("Not a serialized tf.Example: bad features length")
+  entries = []
+  pos = start
+  while pos < len(serialized):
+    entry_length, body = _read_varint(serialized, pos + 1)
+    end = body + entry_length
+    if serialized[pos] != _FIELD_1_BYTES or serialized[body] != _FIELD_1_BYTES:
+      raise ValueError("Not a serialized tf.Example: unexpected field")
+    key_length, key_start = _read_varint(serialized, body + 1)
+    entries.append(
+        (serialized[key_start:key_start + key_length], serialized[pos:end]))
+    pos = end
+  entries.sort(key=lambda entry: entry[0])
+  return serialized[:start] + b"".join(entry for _, entry in entries)

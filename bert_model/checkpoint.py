@@ -11,6 +11,7 @@ The pickle is read with an unpickler that admits nothing but tensor rebuilding,
 so a checkpoint cannot run code on the machine that converts it.
 """
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -204,7 +205,6 @@ class _TorchUnpickler(pickle.Unpickler):
 
   def find_class(self, module, name):
     if module == "collections" and name == "OrderedDict":
-      import collections
       return collections.OrderedDict
     if module == "torch._utils" and name in ("_rebuild_tensor_v2",
                                              "_rebuild_tensor"):

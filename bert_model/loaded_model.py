@@ -1,0 +1,335 @@
+"""The loaded model: preprocess + encoder joined into one `embed(texts)` call.
+
+`LoadedBertModel` loads the preprocess and encoder SavedModels once
+(`tensorflow_text` imported first, as the preprocess ops need) and turns a
+batch of strings into batch outputs (numpy):
+
+  tokenize (tensorflow_text, in the graph, on the CPU)
+    -> trim to max_seq_length, add [CLS]/[SEP], pad to the batch's longest row
+    -> encoder calls planned on the real token counts (call_plan.py)
+    -> pooling over real tokens (mean / cls / pooler / max), L2 normalisation
+
+Two encoder interfaces are served (`ModelSettings.encoder_format`): "v2",
+today's TF Hub BERT encoders and this project's exports (dict in, dict out);
+"v1", the first TF2 TF Hub BERT encoders (v1.py), tokenized by the project's
+own BertPreprocessor built from the encoder's vocabulary when no preprocess
+model is given.
+
+With `text_pairs`, each element is a (text_a, text_b) pair: both are
+tokenized and packed by the preprocess model's `bert_pack_inputs` into
+[CLS] a [SEP] b [SEP] with input_type_ids 0 then 1, trimmed round-robin to
+max_seq_length.
+
+`embed` takes and returns plain Python/numpy values, so the object also works
+behind Beam's multi-process model sharing proxy. Beam's RunInference side of
+it is transforms/model_handler.py.
+"""
+
+import dataclasses
+import os
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_hub as hub
+# Registers the ops the preprocess SavedModels use: it must be imported before
+# one is loaded.
+import tensorflow_text  # pylint: disable=unused-import
+
+from bert_model.call_plan import plan_model_calls
+from bert_model.v1 import build_v1_preprocessor
+from bert_model.v1 import call_encoder
+
+POOLING_MODES = ("mean", "cls", "pooler", "max")
+# float32: as exported. bfloat16: TensorFlow's automatic mixed precision for
+# oneDNN rewrites the encoder's matmuls to bfloat16 (AMX / AVX-512 BF16 CPUs).
+# mixed_float16: automatic mixed precision to float16 (GPUs with tensor cores).
+# Both keep softmax, LayerNorm and the outputs in float32.
+PRECISIONS = ("float32", "bfloat16", "mixed_float16")
+_MIXED_PRECISION_OPTIONS = {
+    "bfloat16": "auto_mixed_precision_onednn_bfloat16",
+    "mixed_float16": "auto_mixed_precision",
+}
+# With XLA every new (batch, length) shape compiles anew; lengths are rounded
+# up to a multiple of this (padding is masked), and rows to a power of two, to
+# keep the shapes few.
+_JIT_LENGTH_MULTIPLE = 16
+SEQUENCE_DTYPES = ("float32", "float16")
+ENCODER_FORMATS = ("v2", "v1")  # dict interface / list-in, tuple-out (above)
+
+# Texts are cut to this many characters per allowed token before tokenizing,
+# so a multi-megabyte line costs no more than a long sentence. Every kept
+# wordpiece spans at least one character and a word over 100 characters is one
+# [UNK], so only texts whose first max_seq_length tokens span more than this
+# (runs of deleted control characters, say) can lose a token at the cut.
+_MAX_CHARS_PER_TOKEN = 128
+
+# When set, every model load appends "<pid>\n" to this file: the way to see how
+# many copies of the model a run really loaded (tests and capacity planning).
+MODEL_LOAD_LOG_ENV = "BERT_EMBEDDINGS_MODEL_LOAD_LOG"
+
+# Padded-token budget of one encoder call unless the caller gives one.
+DEFAULT_MAX_CALL_TOKENS = 16384
+
+# When set, every model load appends "<pid>\n" to this file: the way to see how
+# many copies of the model a run really loaded (tests and capacity planning).
+MODEL_LOAD_LOG_ENV = "BERT_EMBEDDINGS_MODEL_LOAD_LOG"
+
+# Padded-token budget of one encoder call unless the caller gives one.
+DEFAULT_MAX_CALL_TOKENS = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  """What to compute; fixed for a run.
+
+  preprocess_path None: a v1 encoder's own vocabulary and lower-case flag
+  make the tokenizer (see module doc).
+  """
+  preprocess_path: Optional[str]
+  encoder_path: str
+  max_seq_length: int
+  pooling: str = "mean"
+  normalize: bool = True
+  sequence_output: bool = False
+  sequence_dtype: str = "float32"
+  encoder_layers: Tuple[int, ...] = ()  # non-negative layer indices
+  precision: str = "float32"  # one of PRECISIONS
+  jit_compile: bool = False  # XLA for the encoder and pooling
+  encoder_format: str = "v2"  # one of ENCODER_FORMATS
+  text_pairs: bool = False  # elements are (text_a, text_b) pairs
+
+
+def _pool(sequence, mask, pooled_output, mode):
+  if mode == "cls":
+    return sequence[:, 0, :]
+  if mode == "pooler":
+    return pooled_output
+  weights = tf.cast(mask, sequence.dtype)[:, :, tf.newaxis]
+  if mode == "max":
+    return tf.reduce_max(sequence + (weights - 1.0) * 1e9, axis=1)
+  return tf.reduce_sum(sequence * weights, axis=1) / tf.maximum(
+      tf.reduce_sum(weights, axis=1), 1.0)
+
+
+class LoadedBertModel:
+  """Preprocess + encoder joined into one `embed(texts)` graph call.
+
+  `embed` takes and returns plain Python/numpy values, so the object also
+  works behind Beam's multi-process model sharing proxy.
+  """
+
+  def __init__(self, settings: ModelSettings):
+    if settings.encoder_format not in ENCODER_FORMATS:
+      raise ValueError(f"encoder_format {settings.encoder_format!r} is not one "
+                       f"of {ENCODER_FORMATS}")
+    if settings.encoder_format == "v1" and settings.encoder_layers:
+      raise ValueError("a v1 encoder has no encoder_outputs; encoder_layers "
+                       "cannot be computed")
+    self._settings = settings
+    _configure_devices(settings.precision)
+    self._encoder = hub.load(settings.encoder_path)
+    if settings.preprocess_path:
+      self._preprocess = hub.load(settings.preprocess_path)
+    elif settings.encoder_format == "v1":
+      self._preprocess = build_v1_preprocessor(self._encoder,
+                                               settings.max_seq_length)
+    else:
+      raise ValueError("preprocess_path is required for a v2 encoder")
+    special = self._preprocess.tokenize.get_special_tokens_dict()
+    self._cls_id = int(special["start_of_sequence_id"])
+    self._sep_id = int(special["end_of_segment_id"])
+    # autograph=False: the graphs branch only on the fixed settings, never on
+    # tensors, and converting them would add ~0.4 s to every worker's start.
+    self._tokenize = tf.function(
+        self._tokenize_graph,
+        input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+    self._tokenize_pairs = tf.function(
+        self._tokenize_pairs_graph,
+        input_signature=[tf.TensorSpec([None], tf.string)] * 2,
+        autograph=False)
+    self._encode = tf.function(
+        self._encode_graph,
+        input_signature=[tf.TensorSpec([None, None], tf.int32)] * 3,
+        jit_compile=settings.jit_compile, autograph=False)
+    _record_model_load()
+
+  def _cut(self, texts):
+    return tf.strings.substr(
+        texts, 0, self._settings.max_seq_length * _MAX_CHARS_PER_TOKEN,
+        unit="UTF8_CHAR")
+
+  def _tokenize_graph(self, texts):
+    """Strings -> padded word ids, mask, token counts, truncation flags."""
+    s = self._settings
+    # tensorflow_text has no GPU kernels: tokenization stays on the CPU
+    # while the encoder runs wherever TensorFlow places it.
+    with tf.device("/CPU:0"):
+      tokens = self._preprocess.tokenize(self._cut(texts))
+      tokens = tf.cast(tokens.merge_dims(1, -1), tf.int32)  # [batch, (tokens)]
+      budget = s.max_seq_length - 2  # room for [CLS] and [SEP]
+      truncated = tokens.row_lengths() > budget
+      tokens = tokens[:, :budget]
+      batch = tokens.nrows()
+      word_ids = tf.concat([
+          tf.RaggedTensor.from_tensor(tf.fill([batch, 1], self._cls_id)),
+          tokens,
+          tf.RaggedTensor.from_tensor(tf.fill([batch, 1], self._sep_id)),
+      ], axis=1)
+      # Padded to this batch's longest row; embed() cuts each encoder call
+      # to its own longest.
+      shape = tf.stack([batch, tf.reduce_max(word_ids.row_lengths())])
+      padded = word_ids.to_tensor(0, shape=shape)
+      return {
+          "input_word_ids": padded,
+          "input_mask": tf.ones_like(word_ids).to_tensor(0, shape=shape),
+          "input_type_ids": tf.zeros_like(padded),
+          "num_tokens": word_ids.row_lengths(),
+          "truncated": truncated,
+      }
+
+  def _tokenize_pairs_graph(self, texts_a, texts_b):
+    """Pairs -> [CLS] a [SEP] b [SEP], type ids 0/1, padded to the longest.
+
+    Packed by the preprocess model's own bert_pack_inputs (round-robin
+    trimming to max_seq_length), then cut from max_seq_length to the batch's
+    longest row (embed() cuts each encoder call to its own longest).
+    """
+    s = self._settings
+    with tf.device("/CPU:0"):
+      tokens_a = self._preprocess.tokenize(self._cut(texts_a))
+      tokens_b = self._preprocess.tokenize(self._cut(texts_b))
+      wanted = (tokens_a.merge_dims(1, -1).row_lengths() +
+                tokens_b.merge_dims(1, -1).row_lengths() + 3)
+      packed = _pack_inputs(self._preprocess, [tokens_a, tokens_b],
+                            s.max_seq_length)
+      num_tokens = tf.reduce_sum(
+          tf.cast(packed["input_mask"], tf.int64), axis=1)
+      length = tf.reduce_max(num_tokens)
+      return {
+          "input_word_ids": tf.cast(packed["input_word_ids"][:, :length],
+                                    tf.int32),
+          "input_mask": tf.cast(packed["input_mask"][:, :length], tf.int32),
+          "input_type_ids": tf.cast(packed["input_type_ids"][:, :length],
+                                    tf.int32),
+          "num_tokens": num_tokens,
+          "truncated": wanted > s.max_seq_length,
+      }
+
+  def _encode_graph(self, word_ids, mask, type_ids):
+    """Padded inputs -> pooled (and optional per-token / layer) outputs."""
+    s = self._settings
+    outputs = call_encoder(self._encoder, s.encoder_format, word_ids, mask,
+                           type_ids)
+    sequence = outputs["sequence_output"]
+    embedding = _pool(sequence, mask, outputs.get("pooled_output"),
+                      s.pooling)
+    if s.normalize:
+      embedding = tf.math.l2_normalize(embedding, axis=-1)
+    result = {"embedding": embedding}
+    if s.sequence_output:
+      result["sequence_output"] = sequence
+    for layer in s.encoder_layers:
+      layer_vector = _pool(outputs["encoder_outputs"][layer], mask,
+                           outputs.get("pooled_output"),
+                           "mean" if s.pooling == "pooler" else s.pooling)
+      if s.normalize:
+        layer_vector = tf.math.l2_normalize(layer_vector, axis=-1)
+      result[f"layer_{layer}"] = layer_vector
+    return result
+
+  def embed(self, texts: Sequence,
+            max_tokens: int = DEFAULT_MAX_CALL_TOKENS) -> Dict[str, np.ndarray]:
+    """Strings (or (a, b) pairs with text_pairs) to batch outputs, in order.
+
+    All texts are tokenized in one call; the encoder then runs once per
+    call of `plan_model_calls` (similar real lengths, at most max_tokens
+    padded tokens each).
+    """
+    if self._settings.text_pairs:
+      inputs = self._tokenize_pairs([pair[0] for pair in texts],
+                                    [pair[1] for pair in texts])
+    else:
+      inputs = self._tokenize(list(texts))
+    inputs = {k: v.numpy() for k, v in inputs.items()}
+    lengths = inputs["num_tokens"]
+    width = inputs["input_word_ids"].shape[1]
+    result = {}
+    for call in plan_model_calls(lengths, max_tokens):
+      length = int(lengths[call].max())
+      rows = call
+      if self._settings.jit_compile:
+        # Few distinct shapes, so that XLA compiles few programs: lengths
+        # rounded up to a multiple of 16, rows to a power of two (the extra
+        # rows repeat the call's texts; their outputs are dropped).
+        length = min(-(-length // _JIT_LENGTH_MULTIPLE) * _JIT_LENGTH_MULTIPLE,
+                     max(self._settings.max_seq_length, length))
+        rows = np.resize(call, 1 << (len(call) - 1).bit_length())
+      outputs = self.encode_padded(
+          *(_rows(inputs[name], rows, length)
+            for name in ("input_word_ids", "input_mask", "input_type_ids")))
+      outputs = {name: value[:len(call)] for name, value in outputs.items()}
+      for name, value in outputs.items():
+        if name not in result:
+          shape = (len(lengths),) + (
+              (width,) + value.shape[2:] if name == "sequence_output" else
+              value.shape[1:])
+          result[name] = np.zeros(shape, value.dtype)
+        if name == "sequence_output":
+          keep = min(length, width)
+          result[name][call, :keep] = value[:, :keep]
+        else:
+          result[name][call] = value
+    result["num_tokens"] = lengths
+    result["truncated"] = inputs["truncated"]
+    if self._settings.sequence_output:
+      result["token_ids"] = inputs["input_word_ids"]
+    return result
+
+  def encode_padded(self, word_ids: np.ndarray, mask: np.ndarray,
+                    type_ids: np.ndarray) -> Dict[str, np.ndarray]:
+    """One encoder call on padded [rows, length] inputs (numpy)."""
+    outputs = self._encode(word_ids, mask, type_ids)
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+def _rows(padded: np.ndarray, rows: np.ndarray, length: int) -> np.ndarray:
+  """padded[rows, :length], zero-padded on the right if length is wider."""
+  taken = padded[rows, :length]
+  if taken.shape[1] < length:
+    taken = np.pad(taken, ((0, 0), (0, length - taken.shape[1])))
+  return np.ascontiguousarray(taken, dtype=np.int32)
+
+
+def _pack_inputs(preprocess, segments, seq_length: int):
+  """preprocess.bert_pack_inputs(segments, seq_length): the restored function
+  may have been traced for a tensor or for a Python int seq_length."""
+  try:
+    return preprocess.bert_pack_inputs(
+        segments, seq_length=tf.constant(seq_length, tf.int32))
+  except (TypeError, ValueError):
+    return preprocess.bert_pack_inputs(segments, seq_length=seq_length)
+
+
+def _configure_devices(precision: str):
+  """Process-wide TensorFlow settings, before the model is loaded."""
+  for gpu in tf.config.list_physical_devices("GPU"):
+    # Grow GPU memory as needed instead of taking it all up front, so that
+    # several model copies (or other processes) can share one GPU.
+    try:
+      tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+      pass  # the GPU is initialised already; its setting stands
+  # Process-wide and read when a function is first run: set every option, so
+  # a float32 model loaded after a bfloat16 one is float32 again.
+  tf.config.optimizer.set_experimental_options({
+      option: name == precision
+      for name, option in _MIXED_PRECISION_OPTIONS.items()
+  })
+
+
+def _record_model_load():
+  log_path = os.environ.get(MODEL_LOAD_LOG_ENV)
+  if log_path:
+    with open(log_path, "a") as f:
+      f.write(f"{os.getpid()}\n")

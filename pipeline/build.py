@@ -1,0 +1,188 @@
+"""Building the pipeline from a plan: the stages, wired, each given its own
+settings.
+
+  EmbedCorpus = ReadCorpus -> ValidateDocuments [-> ReuseEmbeddings]
+                -> EmbedDocuments
+  embeddings -> WriteTable(embeddings) [-> sinks]
+             [-> NearestNeighbours -> WriteTable(neighbours)]
+             [-> WriteSimilarityPlot] [-> WriteProjectorFiles]
+  dead letters of every stage -> WriteTable(errors)
+  every count, file list and figure -> PublishRun (manifest.json last)
+
+`build_pipeline(pipeline, plan)` takes no flags and does no IO: everything it
+needs is in the RunPlan (pipeline/plan.py), so a test can build the graph on
+a TestPipeline from a plan it made itself.
+"""
+
+from typing import Dict, Optional
+
+import apache_beam as beam
+
+from pipeline.plan import RunPlan
+from run_directory.layout import EMBEDDINGS
+from run_directory.layout import ERRORS
+from run_directory.layout import NEIGHBOURS
+from run_directory.layout import PROJECTOR
+from run_directory.layout import SIMILARITY_PLOT
+from run_directory.tables import embedding_table
+from run_directory.tables import error_table
+from run_directory.tables import neighbour_table
+from transforms.embed import EmbedDocuments
+from transforms.model_handler import BertEmbeddingModelHandler
+from transforms.names import DEAD_LETTERS
+from transforms.names import DOCUMENTS
+from transforms.neighbours import NearestNeighbours
+from transforms.neighbours import NEIGHBOUR_ROWS
+from transforms.neighbours import STATS
+from transforms.publish import PublishRun
+from transforms.read import CorpusSettings
+from transforms.read import ReadCorpus
+from transforms.reuse import PreviousRun
+from transforms.reuse import REMOVED
+from transforms.reuse import REUSED
+from transforms.reuse import ReuseEmbeddings
+from transforms.reuse import TO_EMBED
+from transforms.validate import ValidateDocuments
+from transforms.visualize import WriteProjectorFiles
+from transforms.visualize import WriteSimilarityPlot
+from transforms.write import WriteTable
+
+
+class EmbedCorpus(beam.PTransform):
+  """Read + validate (+ carry over) + embed one corpus.
+
+  Returns a dict of PCollections: "embeddings" (computed and carried over),
+  "dead_letters" (of every stage), "documents" (every document read: at
+  least one per embedding, known before embedding ends), and the records
+  `COUNTED` names, counted for the manifest.
+  """
+
+  # Output key -> the manifest count it holds the elements of.
+  COUNTED = {
+      "read": "read",
+      EMBEDDINGS: "embedded",
+      "inferred": "inferred",
+      "reused": "reused",
+      "removed": "removed",
+      DEAD_LETTERS: "dead_lettered",
+      "truncated": "truncated",
+  }
+
+  def __init__(self, plan: RunPlan, corpus: CorpusSettings,
+               previous_run: Optional[PreviousRun] = None):
+    super().__init__()
+    self._corpus = corpus
+    self._previous_run = previous_run
+    self._handler = plan.handler
+    self._batching = plan.batching
+    self._table = plan.table
+
+  def expand(self, pbegin):
+    read = pbegin | "Read" >> ReadCorpus.of(self._corpus)
+    valid = read[DOCUMENTS] | "Validate" >> ValidateDocuments()
+    to_embed = valid[DOCUMENTS]
+    if self._previous_run:
+      reuse = to_embed | "Reuse" >> ReuseEmbeddings(self._previous_run,
+                                                     self._table)
+      to_embed, reused, removed = (reuse[TO_EMBED], reuse[REUSED],
+                                   reuse[REMOVED])
+    else:
+      reused = pbegin | "NoneReused" >> beam.Create([])
+      removed = pbegin | "NoneRemoved" >> beam.Create([])
+    embedded = to_embed | "Embed" >> EmbedDocuments(
+        BertEmbeddingModelHandler(self._handler), self._batching)
+    inferred = embedded[DOCUMENTS]
+    embeddings = inferred
+    if self._previous_run:
+      # Only then: a Flatten costs the local runner one more pass over every
+      # embedding, and without a previous run nothing is reused.
+      embeddings = (inferred, reused) | "InferredAndReused" >> beam.Flatten()
+    return {
+        EMBEDDINGS: embeddings,
+        DEAD_LETTERS: (read[DEAD_LETTERS], valid[DEAD_LETTERS],
+                       embedded[DEAD_LETTERS])
+                      | "AllDeadLetters" >> beam.Flatten(),
+        "read": (read[DOCUMENTS], read[DEAD_LETTERS])
+                | "AllRecordsRead" >> beam.Flatten(),
+        DOCUMENTS: read[DOCUMENTS],
+        "inferred": inferred,
+        "reused": reused,
+        "removed": removed,
+        "truncated": embeddings | "Truncated" >> beam.Filter(
+            lambda embedding: embedding.truncated),
+    }
+
+  @classmethod
+  def counts(cls, outputs: Dict[str, beam.PCollection],
+             prefix: str = "") -> Dict[str, beam.PCollection]:
+    """The manifest's counts among `outputs` (named "prefix.count")."""
+    return {f"{prefix}{count}": outputs[key]
+            for key, count in cls.COUNTED.items()}
+
+
+def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
+                   started_at: float) -> dict:
+  """Adds the whole job to `pipeline`; returns its main PCollections."""
+  staging = plan.staging_dir
+  corpus = pipeline | "EmbedCorpus" >> EmbedCorpus(plan, plan.corpus,
+                                                   plan.previous_run)
+  embeddings = corpus[EMBEDDINGS]
+  counts = EmbedCorpus.counts(corpus)
+  all_dead_letters = [corpus[DEAD_LETTERS]]
+  queries = None
+  if plan.queries:
+    query_corpus = pipeline | "EmbedQueries" >> EmbedCorpus(plan,
+                                                            plan.queries)
+    queries = query_corpus[EMBEDDINGS]
+    counts.update(EmbedCorpus.counts(query_corpus, prefix="queries."))
+    all_dead_letters.append(query_corpus[DEAD_LETTERS])
+  dead_letters = all_dead_letters | "AllDeadLetters" >> beam.Flatten()
+
+  fingerprint = plan.model.fingerprint
+  writing = plan.writing
+  outputs = {
+      EMBEDDINGS: embeddings | "WriteEmbeddings" >> WriteTable(
+          staging, embedding_table(plan.table, plan.run_id, fingerprint),
+          bigquery_format=writing.bigquery_format,
+          num_shards=writing.num_shards,
+          # Known before embedding ends, unlike the number of embeddings:
+          # the shard of each embedding is then chosen as it is made, not
+          # in another pass over all of them.
+          count=corpus[DOCUMENTS]),
+      ERRORS: dead_letters | "WriteDeadLetters" >> WriteTable(
+          staging, error_table(plan.run_id), bigquery_format=None,
+          num_shards=writing.num_shards),
+  }
+  for sink in plan.sinks:
+    _ = embeddings | f"WriteTo{sink.name}" >> sink.create_write_transform()
+  details = {}
+  if plan.neighbours:
+    neighbours = embeddings | "NearestNeighbours" >> NearestNeighbours(
+        plan.neighbours, queries=queries)
+    outputs[NEIGHBOURS] = neighbours[NEIGHBOUR_ROWS] | (
+        "WriteNeighbours" >> WriteTable(
+            staging, neighbour_table(plan.run_id, fingerprint),
+            bigquery_format=writing.bigquery_format,
+            num_shards=writing.num_shards))
+    details[NEIGHBOURS] = neighbours[STATS]
+  if plan.similarity_plot:
+    outputs[SIMILARITY_PLOT] = {
+        "png": embeddings | "WriteSimilarityPlot" >> WriteSimilarityPlot(
+            staging)
+    }
+  if plan.projector_max_points:
+    outputs[PROJECTOR] = {
+        "tsv": embeddings | "WriteProjectorFiles" >> WriteProjectorFiles(
+            staging, plan.projector_max_points)
+    }
+
+  static_details = {}
+  if plan.previous_run:
+    static_details["previous_run"] = plan.previous_run.manifest_entry()
+  _ = pipeline | "PublishRun" >> PublishRun(
+      plan.run_dir, staging, plan.run_id, plan.manifest_model,
+      counts=counts, outputs=outputs, settings=plan.manifest_settings,
+      started_at=started_at, details=details, static_details=static_details,
+      latest_pointer=plan.latest_pointer, limits=plan.limits,
+      dead_letters=dead_letters)
+  return {EMBEDDINGS: embeddings, DEAD_LETTERS: dead_letters}

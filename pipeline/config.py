@@ -1,0 +1,235 @@
+"""The flags, turned into a frozen config: one section per flag group.
+
+`config_from_options` is pure: it reads the parsed flags and the clock (for
+the default run id), checks every value that can be checked without touching
+a file, a model or the network, and returns a `RunConfig`. What needs IO
+(do the paths exist, which model is it, what did the previous run write) is
+planning's (pipeline/plan.py).
+
+Each section's fields are the flags of one --help group (pipeline/flags.py),
+named as the flags are: the flags are declared once, and a section is built
+from them by name. A test keeps the two in step.
+"""
+
+import dataclasses
+import datetime
+import re
+from typing import Optional
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.errors import ConfigError
+from pipeline.flags import EmbeddingPipelineOptions
+from transforms.guardrails import DEFAULT_MAX_BAD_FRACTION
+
+LATEST = "latest"  # --previous_run value: the run --latest_pointer names
+_BIGQUERY_TABLE = re.compile(
+    r"^(?:[a-z][a-z0-9-]{4,61}[a-z0-9][:.])?[A-Za-z0-9_]{1,1024}\.[\w$-]{1,1024}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+  """The "input" flags."""
+  input: str
+  input_format: Optional[str]
+  id_field: str
+  text_field: str
+  text_pair_field: Optional[str]
+  max_record_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The "model" flags; None: the model's own default."""
+  model: Optional[str]
+  preprocessor: Optional[str]
+  model_root: Optional[str]
+  max_seq_length: Optional[int]
+  pooling: Optional[str]
+  normalize: Optional[bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+  """The "outputs" flags; output with {run_id} replaced, run_id chosen."""
+  output: str
+  run_id: str
+  sequence_output: bool
+  sequence_dtype: str
+  encoder_layers: str
+  no_text: bool
+  bigquery_format: str
+  bigquery_table: Optional[str]
+  num_shards: int
+  similarity_plot: bool
+  projector_export: bool
+  projector_max_points: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighbourConfig:
+  """The "neighbours" flags."""
+  neighbours_k: int
+  neighbours_mode: str
+  neighbours_block_size: int
+  neighbours_of: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class NightlyConfig:
+  """The "nightly runs" flags; max_bad_fraction with its default applied."""
+  previous_run: Optional[str]
+  latest_pointer: Optional[str]
+  max_bad_records: Optional[int]
+  max_bad_fraction: Optional[float]
+  max_removed_fraction: Optional[float]
+  allow_large_removal: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class PerformanceConfig:
+  """The "performance" flags."""
+  max_batch_size: int
+  max_batch_tokens: int
+  sort_buffer_size: int
+  precision: str
+  jit_compile: bool
+  large_model: bool
+  model_copies: Optional[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Every flag of the pipeline, checked, by group."""
+  input: InputConfig
+  model: ModelConfig
+  outputs: OutputConfig
+  neighbours: NeighbourConfig
+  nightly: NightlyConfig
+  performance: PerformanceConfig
+
+
+# Each --help group (pipeline/flags.py FLAG_GROUPS) and its section.
+SECTIONS = {
+    "input": ("input", InputConfig),
+    "model": ("model", ModelConfig),
+    "outputs": ("outputs", OutputConfig),
+    "neighbours": ("neighbours", NeighbourConfig),
+    "nightly runs": ("nightly", NightlyConfig),
+    "performance": ("performance", PerformanceConfig),
+}
+
+# Flags whose parsed value is not yet the section's (a string to convert).
+_CONVERT = {
+    "normalize": lambda value: None if value is None else value == "true",
+}
+
+
+def _section(cls, flags):
+  values = {}
+  for field in dataclasses.fields(cls):
+    value = getattr(flags, field.name)
+    values[field.name] = _CONVERT.get(field.name, lambda v: v)(value)
+  return cls(**values)
+
+
+def _positive(name, value, allow_none=False):
+  if value is None and allow_none:
+    return
+  if value is None or value < 1:
+    raise ConfigError(f"--{name} must be a positive integer, got {value}.")
+
+
+def _check_numbers(config: RunConfig):
+  perf, out = config.performance, config.outputs
+  for name in ("max_batch_size", "max_batch_tokens", "sort_buffer_size"):
+    _positive(name, getattr(perf, name))
+  _positive("max_record_bytes", config.input.max_record_bytes)
+  _positive("max_seq_length", config.model.max_seq_length, allow_none=True)
+  _positive("model_copies", perf.model_copies, allow_none=True)
+  if perf.sort_buffer_size < perf.max_batch_size:
+    raise ConfigError(
+        f"--sort_buffer_size ({perf.sort_buffer_size}) is smaller than "
+        f"--max_batch_size ({perf.max_batch_size}), so no batch could fill; "
+        f"use at least {perf.max_batch_size}.")
+  nightly = config.nightly
+  if nightly.max_bad_records is not None and nightly.max_bad_records < 0:
+    raise ConfigError("--max_bad_records must be 0 or more.")
+  for name in ("max_bad_fraction", "max_removed_fraction"):
+    value = getattr(nightly, name)
+    if value is not None and not 0 <= value <= 1:
+      raise ConfigError(
+          f"--{name}={value:g}: a fraction of the records, between 0 and 1 "
+          "(e.g. 0.1 for 10%).")
+  neighbours = config.neighbours
+  if neighbours.neighbours_k < 0:
+    raise ConfigError("--neighbours_k must be 0 (no neighbour table) or "
+                      "positive.")
+  _positive("neighbours_block_size", neighbours.neighbours_block_size)
+  _positive("projector_max_points", out.projector_max_points)
+  if neighbours.neighbours_of and not neighbours.neighbours_k:
+    raise ConfigError("--neighbours_of needs --neighbours_k above 0.")
+  if out.num_shards < 0:
+    raise ConfigError(
+        "--num_shards must be 0 (sized to fit memory) or positive.")
+
+
+def _check_names(config: RunConfig):
+  out = config.outputs
+  if out.bigquery_table and not _BIGQUERY_TABLE.match(out.bigquery_table):
+    raise ConfigError(
+        f"--bigquery_table={out.bigquery_table!r} is not a table reference; "
+        "use PROJECT:DATASET.TABLE or DATASET.TABLE.")
+  if not _RUN_ID.match(out.run_id):
+    raise ConfigError(
+        f"--run_id={out.run_id!r}: use letters, digits, '.', '_' and '-' "
+        "only.")
+  pair, text = config.input.text_pair_field, config.input.text_field
+  if pair is not None and (not pair or pair == text):
+    raise ConfigError(
+        f"--text_pair_field={pair!r}: name the field of the second text, "
+        f"other than --text_field ({text!r}).")
+  if pair is not None and config.nightly.previous_run:
+    raise ConfigError(
+        "--text_pair_field cannot be combined with --previous_run yet: "
+        "carrying embeddings over compares the first text only, so a "
+        "changed second text would be missed. Embed the whole corpus.")
+
+
+def config_from_options(options: PipelineOptions,
+                        now: Optional[datetime.datetime] = None) -> RunConfig:
+  """Checks every flag that needs no IO; returns the frozen config.
+
+  now: the time the default run id is made of (default: the UTC time now).
+
+  Raises:
+    ConfigError: a flag is wrong; the message names the fix.
+  """
+  flags = options.view_as(EmbeddingPipelineOptions)
+  if not flags.input:
+    raise ConfigError("--input is required: a file or glob of the corpus, "
+                      "e.g. --input 'data/*.jsonl'.")
+  if not flags.output:
+    raise ConfigError("--output is required: the run directory to write, "
+                      "e.g. --output runs/today.")
+  sections = {attribute: _section(cls, flags)
+              for attribute, cls in SECTIONS.values()}
+  run_id = flags.run_id or (now or datetime.datetime.now(
+      datetime.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+  sections["outputs"] = dataclasses.replace(
+      sections["outputs"], run_id=run_id,
+      output=flags.output.replace("{run_id}", run_id).rstrip("/"))
+  nightly = sections["nightly"]
+  if nightly.max_bad_fraction is None and nightly.max_bad_records is None:
+    sections["nightly"] = dataclasses.replace(
+        nightly, max_bad_fraction=DEFAULT_MAX_BAD_FRACTION)
+  config = RunConfig(**sections)
+  _check_numbers(config)
+  _check_names(config)
+  return config
+
+
+def settings_of(config: RunConfig) -> dict:
+  """The config as the manifest records it: {section: {flag: value}}."""
+  return dataclasses.asdict(config)

@@ -1,0 +1,421 @@
+"""Planning a run: every read of the world before the pipeline is built.
+
+`plan_run(config)` does all the IO a run needs before it starts, in the
+order that fails fastest:
+
+1. the paths: the input globs match files, the output is a directory without
+   a published run, the latest pointer can be written (pipeline/preflight.py);
+2. the input formats, from the flags or the file extensions;
+3. the model: resolved (a local directory, a catalogue name, a TF Hub
+   handle; the default model exported on first use), and what depends on it
+   (max length, pooling, normalisation, encoder layers);
+4. the previous run: its manifest read and its shards checked, to know what
+   can be carried over;
+5. the lock on the output directory (pipeline/output_lock.py), and the
+   clean-up of an earlier unpublished run's staging files.
+
+It returns a `RunPlan`: plain frozen settings, one per stage, which
+`pipeline.build.build_pipeline` hands to the stages. Every check raises
+ConfigError (exit status 2) with a message that names the fix.
+
+What is read from outside comes through a `PlanEnvironment`, so that the
+Dataflow dry run (pipeline/dataflow_job.py) can plan offline: it describes a
+gs:// model from a local copy, leaves gs:// paths unchecked, and takes no lock.
+"""
+
+import dataclasses
+import glob
+import json
+import logging
+from typing import Callable, Optional, Tuple
+
+from apache_beam.io.filesystems import FileSystems
+
+from bert_model import resolution
+from bert_model.loaded_model import ModelSettings
+from pipeline import preflight
+from pipeline.config import LATEST
+from pipeline.config import RunConfig
+from pipeline.config import settings_of
+from pipeline.errors import ConfigError
+from pipeline.output_lock import OutputLock
+from pipeline.output_lock import OutputLockedError
+from run_directory.columns import CONTENT_HASH
+from run_directory.embeddings import EmbeddingTableSpec
+from run_directory.layout import staging_dir
+from run_directory.layout import STAGING_PREFIX
+from run_directory.manifest import load_manifest
+from run_directory.manifest import read_bytes
+from run_directory.manifest import RunNotPublishedError
+from run_directory.tables import embedding_table
+from transforms.batching import LengthBatching
+from transforms.formats import infer_input_format
+from transforms.formats.fields import RecordSpec
+from transforms.guardrails import PublishLimits
+from transforms.model_handler import HandlerSettings
+from transforms.neighbours import NeighbourSettings
+from transforms.read import CorpusSettings
+from transforms.reuse import PreviousRun
+from transforms.sinks import BigQuerySink
+from transforms.sinks import EmbeddingSink
+from transforms.write import WriteSettings
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanEnvironment:
+  """How planning reads and checks the world; replaced in the dry run."""
+  resolve_model: Callable[..., resolution.ResolvedModel] = (
+      resolution.resolve_model)
+  check_input: Callable[[str, str], None] = preflight.check_input
+  check_output: Callable[[str], None] = preflight.check_output
+  check_latest_pointer: Callable[[str], None] = preflight.check_latest_pointer
+  take_lock: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """Everything a run needs, settled: each stage's own settings.
+
+  corpus / queries: what ReadCorpus reads (queries: --neighbours_of).
+  handler: the model handler's settings (model paths, what to compute,
+    sharing, token budget); batching: how documents are batched for it.
+  previous_run: what ReuseEmbeddings carries over, if anything.
+  table: the embeddings table's columns; writing: its files; sinks: where
+    else the embeddings go (--bigquery_table).
+  neighbours: the neighbours stage's settings, or None for no table.
+  limits: the publish stage's guardrails.
+  manifest_model / manifest_settings: what the manifest records.
+  lock: the output directory's lock, held until the run ends.
+  """
+  run_id: str
+  run_dir: str
+  staging_dir: str
+  corpus: CorpusSettings
+  queries: Optional[CorpusSettings]
+  model: resolution.ResolvedModel
+  handler: HandlerSettings
+  batching: LengthBatching
+  previous_run: Optional[PreviousRun]
+  table: EmbeddingTableSpec
+  writing: WriteSettings
+  sinks: Tuple[EmbeddingSink, ...]
+  neighbours: Optional[NeighbourSettings]
+  similarity_plot: bool
+  projector_max_points: Optional[int]
+  limits: PublishLimits
+  latest_pointer: Optional[str]
+  manifest_model: dict
+  manifest_settings: dict
+  lock: Optional[OutputLock] = dataclasses.field(default=None, compare=False)
+
+  def release(self):
+    """Ends the run's hold on its output directory (never raises)."""
+    if self.lock is not None:
+      self.lock.release()
+
+
+def _corpus(flag: str, pattern: str, config: RunConfig) -> CorpusSettings:
+  input_config = config.input
+  input_format = input_config.input_format
+  if input_format is None:
+    try:
+      input_format = infer_input_format(pattern)
+    except ValueError as e:
+      raise ConfigError(f"{flag}: {e}") from None
+  if input_config.text_pair_field is not None and input_format == "text":
+    raise ConfigError(
+        f"--text_pair_field: {flag} is plain text (one text per line), which "
+        "has no second field; use jsonl, csv, tsv, parquet or tfrecord "
+        "input.")
+  return CorpusSettings(
+      pattern=pattern, input_format=input_format,
+      record=RecordSpec(id_field=input_config.id_field,
+                        text_field=input_config.text_field,
+                        text_pair_field=input_config.text_pair_field,
+                        max_record_bytes=input_config.max_record_bytes))
+
+
+def parse_encoder_layers(value: str, num_layers: int) -> Tuple[int, ...]:
+  """'-1,-4' or 'all' to sorted non-negative layer indices."""
+  if not value:
+    return ()
+  if value == "all":
+    return tuple(range(num_layers))
+  layers = set()
+  for part in value.split(","):
+    try:
+      index = int(part)
+    except ValueError:
+      raise ConfigError(
+          f"--encoder_layers={value!r}: {part!r} is not a layer index; use "
+          "comma-separated integers such as '-1,-4', or 'all'.") from None
+    if not -num_layers <= index < num_layers:
+      raise ConfigError(
+          f"--encoder_layers={value!r}: the model has {num_layers} layers, so "
+          f"indices must be in [{-num_layers}, {num_layers - 1}].")
+    layers.add(index % num_layers)
+  return tuple(sorted(layers))
+
+
+def _resolve_model(config: RunConfig, environment: PlanEnvironment):
+  choice = config.model
+  kwargs = {}
+  if choice.preprocessor:
+    kwargs["preprocessor"] = choice.preprocessor
+  if choice.model_root:
+    kwargs["model_root"] = choice.model_root
+  try:
+    # Keyword arguments only when given: the dry run's stand-in takes --model.
+    return environment.resolve_model(choice.model, **kwargs)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(str(e)) from None
+
+
+def _model_settings(config: RunConfig,
+                    model: resolution.ResolvedModel) -> ModelSettings:
+  """What the model computes: the flags, or the model's own defaults."""
+  choice, out, perf = config.model, config.outputs, config.performance
+  max_seq_length = (model.max_seq_length if choice.max_seq_length is None
+                    else choice.max_seq_length)
+  if not 3 <= max_seq_length <= model.max_position_embeddings:
+    raise ConfigError(
+        f"--max_seq_length={max_seq_length}: must be between 3 and the "
+        f"model's max_position_embeddings ({model.max_position_embeddings}).")
+  pooling = choice.pooling or model.pooling
+  if pooling == "pooler" and not model.has_pooler:
+    raise ConfigError(
+        "--pooling=pooler: this model has no pooler weights; use "
+        "--pooling=cls or --pooling=mean.")
+  if out.encoder_layers and model.encoder_format == "v1":
+    raise ConfigError(
+        f"--encoder_layers={out.encoder_layers!r}: --model={choice.model} is "
+        "a v1 TF Hub encoder (list inputs, tuple outputs), which has no "
+        "encoder_outputs. Leave --encoder_layers out, or use a version of "
+        "the model with the dict interface (e.g. version 4 of the bert_en_* "
+        "encoders).")
+  return ModelSettings(
+      preprocess_path=model.preprocess_path,
+      encoder_path=model.encoder_path,
+      max_seq_length=max_seq_length,
+      pooling=pooling,
+      normalize=(model.normalize if choice.normalize is None else
+                 choice.normalize),
+      sequence_output=out.sequence_output,
+      sequence_dtype=out.sequence_dtype,
+      encoder_layers=parse_encoder_layers(out.encoder_layers,
+                                          model.num_layers),
+      precision=perf.precision,
+      jit_compile=perf.jit_compile,
+      encoder_format=model.encoder_format,
+      text_pairs=config.input.text_pair_field is not None)
+
+
+def vector_settings(settings: ModelSettings) -> dict:
+  """The settings that change what a vector is, as the manifest's "model"
+  entry records them: a previous run's vectors are reused only when all of
+  them match."""
+  return {
+      "max_seq_length": settings.max_seq_length,
+      "pooling": settings.pooling,
+      "normalize": settings.normalize,
+      "sequence_output": settings.sequence_output,
+      "sequence_dtype": settings.sequence_dtype,
+      "encoder_layers": list(settings.encoder_layers),
+      "precision": settings.precision,
+  }
+
+
+def _manifest_model(model: resolution.ResolvedModel,
+                    settings: ModelSettings) -> dict:
+  meta = model.metadata
+  return {
+      "path": model.path,
+      "name": meta.name,
+      "encoder_format": model.encoder_format,
+      "fingerprint": meta.fingerprint,
+      "hidden_size": meta.hidden_size,
+      "num_layers": meta.num_layers,
+      "license": meta.license,
+      "source": dict(meta.source),
+      **vector_settings(settings),
+  }
+
+
+def _read_latest_pointer(pointer: Optional[str]) -> Optional[str]:
+  """The run directory a --latest_pointer file names; None before the first."""
+  if not pointer:
+    raise ConfigError("--previous_run=latest needs --latest_pointer, the file "
+                      "each published run writes its directory into.")
+  if not FileSystems.exists(pointer):
+    return None  # the first scheduled run: nothing to carry over
+  return read_bytes(pointer).decode("utf-8").strip() or None
+
+
+def _previous_run(path: str, model_fingerprint: str,
+                  vectors: dict) -> PreviousRun:
+  """What the previous run's manifest says can be carried over."""
+  path = path.rstrip("/")
+  try:
+    manifest = load_manifest(path)
+  except RunNotPublishedError:
+    raise ConfigError(
+        f"--previous_run={path} has no manifest.json: it is not a published "
+        "run. Point --previous_run at the last complete run directory."
+    ) from None
+  except ValueError as e:
+    raise ConfigError(f"--previous_run: {e}") from None
+  try:
+    embeddings = manifest["outputs"]["embeddings"]
+    files = tuple(FileSystems.join(path, name)
+                  for name in embeddings["tfrecord"])
+    documents = int(manifest["counts"]["embedded"])
+    fingerprint = manifest["model"]["fingerprint"]
+  except (KeyError, TypeError, ValueError) as e:
+    raise ConfigError(
+        f"--previous_run={path}: its manifest lacks {e}") from None
+  missing = [name for name in files if not FileSystems.exists(name)]
+  if missing:
+    raise ConfigError(
+        f"--previous_run: {path} lists {len(missing)} embedding shard(s) "
+        f"that are gone, e.g. {missing[0]}: its files were moved or deleted. "
+        "Point --previous_run at a complete run, or leave it out to embed "
+        "everything.")
+  # Older runs recorded some vector settings under "settings", flat.
+  previous = dict(manifest.get("settings", {}))
+  previous.update(manifest["model"])
+  reason = ""
+  if fingerprint != model_fingerprint:
+    reason = "the model changed (fingerprint differs)"
+  else:
+    changed = sorted(name for name, value in vectors.items()
+                     if previous.get(name) != value)
+    if changed:
+      reason = f"settings changed: {', '.join(changed)}"
+  if not reason:
+    schema = json.loads(read_bytes(
+        FileSystems.join(path, embeddings["bigquery_schema"])))
+    if CONTENT_HASH not in {field["name"] for field in schema}:
+      reason = "the previous run has no content hashes (older layout)"
+  if reason:
+    _LOG.warning("Not reusing embeddings of %s: %s", path, reason)
+  return PreviousRun(path=path, run_id=manifest["run_id"],
+                     tfrecord_files=files, reusable=not reason,
+                     reason=reason, documents=documents)
+
+
+def _remove_stale_staging(run_dir: str):
+  """Staged files of earlier runs into this directory that never published.
+
+  Called with the directory's lock held, so no live run owns them. The run
+  directory holds no glob characters (checked), so the pattern matches only
+  there.
+  """
+  pattern = FileSystems.join(run_dir, STAGING_PREFIX + "*")
+  paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+  if FileSystems.get_scheme(run_dir) is None:
+    # Local directories themselves do not match a glob; list them.
+    paths = glob.glob(pattern)
+  if paths:
+    _LOG.info("Removing staged files of an unpublished earlier run: %s", paths)
+    FileSystems.delete(paths)
+
+
+def _take_lock(run_dir: str, run_id: str) -> OutputLock:
+  lock = OutputLock(run_dir, run_id)
+  try:
+    lock.acquire()
+  except OutputLockedError as error:
+    raise ConfigError(str(error)) from None
+  try:
+    _remove_stale_staging(run_dir)
+  except BaseException:
+    lock.release()
+    raise
+  return lock
+
+
+def plan_run(config: RunConfig,
+             environment: PlanEnvironment = PlanEnvironment()) -> RunPlan:
+  """Reads and checks everything the run needs (see the module docstring).
+
+  The returned plan holds the output directory's lock (unless the
+  environment takes none): call `plan.release()` when the run ends.
+
+  Raises:
+    ConfigError: a path, the model or the previous run is wrong, or another
+      run holds the output directory.
+  """
+  out, nightly, neighbours = config.outputs, config.nightly, config.neighbours
+  # The paths first: a typo there should fail in a second, before the model
+  # is resolved (which can mean exporting or downloading it).
+  environment.check_input("--input", config.input.input)
+  if neighbours.neighbours_of:
+    environment.check_input("--neighbours_of", neighbours.neighbours_of)
+  corpus = _corpus("--input", config.input.input, config)
+  queries = (_corpus("--neighbours_of", neighbours.neighbours_of, config)
+             if neighbours.neighbours_of else None)
+  environment.check_output(out.output)
+  if nightly.latest_pointer:
+    environment.check_latest_pointer(nightly.latest_pointer)
+
+  model = _resolve_model(config, environment)
+  settings = _model_settings(config, model)
+  previous_run = None
+  previous_path = nightly.previous_run
+  if previous_path == LATEST:
+    previous_path = _read_latest_pointer(nightly.latest_pointer)
+  if previous_path:
+    previous_run = _previous_run(previous_path, model.fingerprint,
+                                 vector_settings(settings))
+
+  perf = config.performance
+  table = EmbeddingTableSpec(
+      hidden_size=model.hidden_size, include_text=not out.no_text,
+      sequence_output=settings.sequence_output,
+      sequence_dtype=settings.sequence_dtype,
+      encoder_layers=settings.encoder_layers)
+  sinks = ()
+  if out.bigquery_table:
+    sinks = (BigQuerySink(out.bigquery_table, embedding_table(
+        table, out.run_id, model.fingerprint)),)
+  lock = _take_lock(out.output, out.run_id) if environment.take_lock else None
+  return RunPlan(
+      run_id=out.run_id,
+      run_dir=out.output,
+      staging_dir=staging_dir(out.output, out.run_id),
+      corpus=corpus,
+      queries=queries,
+      model=model,
+      handler=HandlerSettings(
+          model=settings, max_batch_tokens=perf.max_batch_tokens,
+          large_model=perf.large_model, model_copies=perf.model_copies),
+      batching=LengthBatching(
+          max_seq_length=settings.max_seq_length,
+          max_batch_size=perf.max_batch_size,
+          max_batch_tokens=perf.max_batch_tokens,
+          buffer_size=perf.sort_buffer_size),
+      previous_run=previous_run,
+      table=table,
+      writing=WriteSettings(bigquery_format=out.bigquery_format,
+                            num_shards=out.num_shards),
+      sinks=sinks,
+      neighbours=(NeighbourSettings(k=neighbours.neighbours_k,
+                                    mode=neighbours.neighbours_mode,
+                                    block_size=neighbours.neighbours_block_size)
+                  if neighbours.neighbours_k else None),
+      similarity_plot=out.similarity_plot,
+      projector_max_points=(out.projector_max_points
+                            if out.projector_export else None),
+      limits=PublishLimits(
+          max_bad_records=nightly.max_bad_records,
+          max_bad_fraction=nightly.max_bad_fraction,
+          max_removed_fraction=nightly.max_removed_fraction,
+          allow_large_removal=nightly.allow_large_removal,
+          previous_documents=(previous_run.documents if previous_run else
+                              None)),
+      latest_pointer=nightly.latest_pointer,
+      manifest_model=_manifest_model(model, settings),
+      manifest_settings=settings_of(config),
+      lock=lock)

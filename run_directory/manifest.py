@@ -1,0 +1,197 @@
+"""manifest.json: what a published run holds, written last.
+
+`build_manifest` makes it (pure: the publish stage writes it, as the last
+step); `load_manifest` reads it back, and refuses a run directory without
+one: such a run is incomplete or was never published, and nothing may read
+its files. Every file of a run is found through the manifest, never by
+listing directories, so shards of an interrupted attempt are never read.
+
+The contract outside tools rely on (../shared/design.md, docs/outputs.md):
+
+  {"run_id", "model": {"path", "fingerprint", "hidden_size", "pooling", ...},
+   "counts": {"read", "embedded", "dead_lettered", "truncated", ...},
+   "outputs": {table: {format: [relative paths], "bigquery_schema": path}},
+   ...}
+
+with read == embedded + dead_lettered in every run.
+"""
+
+import json
+from typing import Mapping, Optional
+
+from apache_beam.io.filesystems import FileSystems
+
+from run_directory.columns import columns_from_bigquery_schema
+from run_directory.layout import BIGQUERY_SCHEMA
+from run_directory.layout import ERRORS
+from run_directory.layout import FORMATS
+from run_directory.layout import MANIFEST_FILE
+from run_directory.layout import REFUSAL_FILE
+from run_directory.layout import relative_to_run_dir
+from run_directory.layout import resolve
+from run_directory.layout import STAGING_PREFIX
+from run_directory.tables import ERROR_COLUMNS
+
+COUNT_NAMES = ("read", "embedded", "dead_lettered", "truncated")
+
+
+def _nest(flat: Mapping[str, int]) -> dict:
+  """{"read": 3, "queries.read": 2} -> {"read": 3, "queries": {"read": 2}}."""
+  nested = {}
+  for name, value in flat.items():
+    *groups, leaf = name.split(".")
+    node = nested
+    for group in groups:
+      node = node.setdefault(group, {})
+    node[leaf] = value
+  return nested
+
+
+def _check_counts_add_up(counts: Mapping, what: str):
+  if counts["read"] != counts["embedded"] + counts["dead_lettered"]:
+    # Never publish numbers that do not add up: something lost records.
+    raise RuntimeError(
+        f"{what} counts do not add up: read {counts['read']} != embedded "
+        f"{counts['embedded']} + dead_lettered {counts['dead_lettered']}.")
+
+
+def build_manifest(run_id: str, run_dir: str, model: Mapping,
+                   counts: Mapping[str, int],
+                   outputs: Mapping[str, Mapping[str, list]],
+                   settings: Mapping,
+                   wall_time_secs: float,
+                   details: Mapping[str, dict] = None) -> dict:
+  """The manifest as a dict (pure; see the output contract in the README).
+
+  counts: flat names; "group.name" nests, e.g. "queries.read".
+  details: extra top-level sections, e.g. {"neighbours": {...}}.
+  """
+  counts = _nest(counts)
+  _check_counts_add_up(counts, "Record")
+  if "queries" in counts:
+    _check_counts_add_up(counts["queries"], "Query")
+  tables = {}
+  for table, formats in outputs.items():
+    tables[table] = {}
+    for fmt, paths in formats.items():
+      relative = sorted(relative_to_run_dir(run_dir, p) for p in paths)
+      # A table has one schema file; the contract names it, not a list.
+      tables[table][fmt] = (relative[0] if fmt == BIGQUERY_SCHEMA else
+                            relative)
+  manifest = {
+      "run_id": run_id,
+      "model": dict(model),
+      "counts": counts,
+      "outputs": tables,
+      "settings": dict(settings),
+      "metrics": {
+          "wall_time_secs": round(wall_time_secs, 3),
+          "docs_per_sec": round(counts["embedded"] / wall_time_secs, 2)
+                          if wall_time_secs > 0 else None,
+      },
+  }
+  for section, value in (details or {}).items():
+    manifest[section] = dict(value)
+  return manifest
+
+
+def listed_files(outputs: Mapping) -> list:
+  files = []
+  for formats in outputs.values():
+    for value in formats.values():
+      files.extend([value] if isinstance(value, str) else value)
+  return files
+
+
+# ---------------------------------------------------------------------------
+# Reading a published run.
+
+
+def read_bytes(path: str) -> bytes:
+  with FileSystems.open(path) as f:
+    return f.read()
+
+
+class RunNotPublishedError(FileNotFoundError):
+  """The run directory has no manifest.json: it is incomplete or unpublished."""
+
+
+def refusal_paths(run_dir: str) -> list[str]:
+  pattern = FileSystems.join(run_dir, STAGING_PREFIX + "*", REFUSAL_FILE)
+  return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def load_refusal(run_dir: str) -> dict:
+  """Why a guardrail kept the run in `run_dir` from being published.
+
+  The refused.json the publish stage left in the run's staging directory
+  (the latest one, if several runs were refused there).
+
+  Raises:
+    FileNotFoundError: if no run was refused there.
+  """
+  paths = refusal_paths(run_dir)
+  if not paths:
+    raise FileNotFoundError(f"{run_dir} holds no refused run ({REFUSAL_FILE})")
+  return json.loads(read_bytes(paths[-1]))
+
+
+def load_manifest(run_dir: str) -> dict:
+  path = FileSystems.join(run_dir, MANIFEST_FILE)
+  if not FileSystems.exists(path):
+    refused = refusal_paths(run_dir)
+    if refused:
+      raise RunNotPublishedError(
+          f"{run_dir} has no {MANIFEST_FILE}: a guardrail refused to publish "
+          f"the run; {refused[-1]} says why.")
+    raise RunNotPublishedError(
+        f"{run_dir} has no {MANIFEST_FILE}: the run is incomplete or was "
+        "never published (the manifest is written last). Wait for the run to "
+        "finish, or rerun it; do not read its files directly.")
+  try:
+    manifest = json.loads(read_bytes(path))
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
+  if not isinstance(manifest, dict) or not isinstance(
+      manifest.get("outputs"), dict):
+    raise ValueError(f"{path} has no \"outputs\" object")
+  return manifest
+
+
+def table_entry(manifest: dict, table: str) -> dict:
+  entry = manifest["outputs"].get(table)
+  if not isinstance(entry, dict):
+    raise ValueError(
+        f"The run has no {table!r} table; it has "
+        f"{sorted(manifest['outputs'])}")
+  return entry
+
+
+def choose_format(entry: dict, table: str, format_: Optional[str]) -> str:
+  available = [f for f in FORMATS if f in entry]
+  if format_ is None:
+    if not available:
+      raise ValueError(f"The {table} table lists no files")
+    return available[0]  # a BigQuery-loadable one when there is one
+  if format_ not in available:
+    raise ValueError(
+        f"The {table} table has no {format_!r} files; it has {available}")
+  return format_
+
+
+def table_paths(run_dir: str, entry: dict, table: str,
+                format_: str) -> list[str]:
+  files = entry.get(format_)
+  if not isinstance(files, list):
+    raise ValueError(f"manifest: outputs.{table}.{format_} is not a list")
+  return [resolve(run_dir, f) for f in files]
+
+
+def table_columns(run_dir: str, entry: dict, table: str):
+  """The table's columns: from its schema file, else known, else inferred."""
+  if BIGQUERY_SCHEMA in entry:
+    path = resolve(run_dir, entry[BIGQUERY_SCHEMA])
+    return columns_from_bigquery_schema(json.loads(read_bytes(path)))
+  if table == ERRORS:
+    return ERROR_COLUMNS
+  return None

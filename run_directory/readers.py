@@ -1,0 +1,152 @@
+"""Reading a published run's tables back, through its manifest.
+
+  read_table(run_dir, table="embeddings", format=None) -> pyarrow.Table
+  load_embeddings(run_dir, format=None) -> (ids, float32 matrix [N, H])
+  read_errors(run_dir) -> list of dicts
+
+RUN_DIR may be local or gs:// (Beam's FileSystems). Tables read from the
+BigQuery-loadable formats have the BigQuery shape (typed by the run's
+bigquery_schema.json). Read from TFRecord they have the flat tf.Example
+layout instead, scalars unwrapped: `token_ids` and `sequence_embedding`
+([T*H] float32, float16 files decoded) take the place of the `tokens` record.
+"""
+
+import io
+import json
+from typing import Iterator, Optional, Sequence
+
+import fastavro
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from tfx_bsl.coders import example_coder
+
+from run_directory.arrow import example_layout_arrow_schema
+from run_directory.arrow import from_example_layout
+from run_directory.arrow import to_arrow_schema
+from run_directory.layout import AVRO
+from run_directory.layout import EMBEDDINGS
+from run_directory.layout import ERRORS
+from run_directory.layout import JSONL
+from run_directory.layout import PARQUET
+from run_directory.layout import TFRECORD
+from run_directory.manifest import choose_format
+from run_directory.manifest import load_manifest
+from run_directory.manifest import table_columns
+from run_directory.manifest import table_entry
+from run_directory.manifest import table_paths
+from run_directory.tfrecord import iter_frames
+
+# Examples decoded per Arrow batch when reading TFRecord.
+_DECODE_BATCH_SIZE = 1024
+
+
+def read_table(
+    run_dir: str,
+    table: str = EMBEDDINGS,
+    format: Optional[str] = None,  # pylint: disable=redefined-builtin
+) -> pa.Table:
+  """All rows of one table of the run, from every shard the manifest lists.
+
+  format: None reads the BigQuery-loadable copy (avro, parquet or jsonl,
+  whichever the run wrote); "tfrecord" reads the tf.Example copy.
+  """
+  return _read_table(run_dir, load_manifest(run_dir), table, format)
+
+
+def load_embeddings(
+    run_dir: str,
+    format: Optional[str] = None  # pylint: disable=redefined-builtin
+) -> tuple[list[str], np.ndarray]:
+  """The run's document ids and their vectors, float32 [N, H], in file order."""
+  manifest = load_manifest(run_dir)
+  table = _read_table(run_dir, manifest, EMBEDDINGS, format)
+  return ids_and_matrix(table, manifest)
+
+
+def read_errors(run_dir: str) -> list[dict]:
+  """One dict per rejected record (DeadLetter fields and run_id)."""
+  manifest = load_manifest(run_dir)
+  paths = table_paths(run_dir, table_entry(manifest, ERRORS), ERRORS, JSONL)
+  return [row for path in paths for row in _json_lines(path)]
+
+
+def _read_table(run_dir, manifest, table, format_) -> pa.Table:
+  entry = table_entry(manifest, table)
+  format_ = choose_format(entry, table, format_)
+  paths = table_paths(run_dir, entry, table, format_)
+  columns = table_columns(run_dir, entry, table)
+  if format_ == TFRECORD:
+    return read_tfrecord(paths, columns)
+  if format_ == PARQUET:
+    return _read_parquet(paths, columns)
+  if format_ == AVRO:
+    rows = [row for path in paths for row in _avro_records(path)]
+  else:
+    rows = [row for path in paths for row in _json_lines(path)]
+  if columns is None:
+    return pa.Table.from_pylist(rows)
+  return pa.Table.from_pylist(rows, schema=to_arrow_schema(columns))
+
+
+def _open(path: str):
+  return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
+
+
+def _json_lines(path: str) -> Iterator[dict]:
+  with _open(path) as f:
+    for line in io.TextIOWrapper(f, encoding="utf-8"):
+      if line.strip():
+        yield json.loads(line)
+
+
+def _avro_records(path: str) -> Iterator[dict]:
+  with _open(path) as f:
+    yield from fastavro.reader(f)
+
+
+def _read_parquet(paths: Sequence[str], columns) -> pa.Table:
+  schema = None if columns is None else to_arrow_schema(columns)
+  tables = []
+  for path in paths:
+    with _open(path) as f:
+      table = pq.read_table(f)
+    tables.append(table if schema is None else table.cast(schema))
+  if not tables:
+    return (schema or pa.schema([])).empty_table()
+  return pa.concat_tables(tables)
+
+
+def read_tfrecord(paths: Sequence[str], columns) -> pa.Table:
+  # tfx-bsl decodes whole batches of tf.Examples in C++.
+  decoder = example_coder.ExamplesToRecordBatchDecoder()
+  schema = (
+      None if columns is None else example_layout_arrow_schema(columns))
+  batches = []
+  for path in paths:
+    with _open(path) as f:
+      records = list(iter_frames(f))
+    for start in range(0, len(records), _DECODE_BATCH_SIZE):
+      decoded = decoder.DecodeBatch(records[start:start + _DECODE_BATCH_SIZE])
+      batches.append(
+          decoded if schema is None else from_example_layout(decoded, schema))
+  if not batches:
+    return (schema or pa.schema([])).empty_table()
+  return pa.Table.from_batches(batches)
+
+
+def ids_and_matrix(table: pa.Table, manifest: dict):
+  ids = table.column("id").to_pylist()
+  vectors = table.column("embedding").combine_chunks()
+  lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False)
+  if len(ids):
+    hidden_size = int(lengths[0])
+    if np.any(lengths != hidden_size):
+      raise ValueError("The embeddings have different lengths")
+  else:
+    hidden_size = int(manifest.get("model", {}).get("hidden_size") or 0)
+  values = vectors.flatten().to_numpy(zero_copy_only=False)
+  return ids, values.astype(np.float32).reshape(len(ids), hidden_size)

@@ -1,0 +1,64 @@
+"""Staged files into the run directory: how a run is moved into place.
+
+Every stage writes under the run's staging directory; the publish stage moves
+the files the manifest lists into the run directory with the same relative
+paths (`move_into_place`, safe to repeat after a retry), after removing any
+file of the table directories that the new manifest does not list
+(`remove_unlisted_files`): a directory holds only what its manifest names.
+"""
+
+import logging
+import os
+
+from apache_beam.io.filesystems import FileSystems
+
+_LOG = logging.getLogger(__name__)
+
+
+def _ensure_parent(path: str):
+  parent = FileSystems.split(path)[0]
+  if not FileSystems.exists(parent):
+    try:
+      FileSystems.mkdirs(parent)
+    except IOError:
+      pass  # made meanwhile, or an object store without directories
+
+
+def move_into_place(staging_dir: str, run_dir: str, relative_paths):
+  """Moves staged files to the run directory; safe to repeat after a retry."""
+  for relative in relative_paths:
+    source = FileSystems.join(staging_dir, relative)
+    destination = FileSystems.join(run_dir, relative)
+    if not FileSystems.exists(source) and FileSystems.exists(destination):
+      continue  # moved by an earlier attempt of this step
+    _ensure_parent(destination)
+    FileSystems.rename([source], [destination])
+
+
+def _files_in(directory: str) -> list:
+  """The files directly inside `directory` (none if it does not exist)."""
+  if FileSystems.get_scheme(directory) is None:
+    if not os.path.isdir(directory):
+      return []
+    return [entry.path for entry in os.scandir(directory) if entry.is_file()]
+  pattern = FileSystems.join(directory, "*")
+  return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def remove_unlisted_files(run_dir: str, relative_paths):
+  """Deletes files in the run's table directories that it does not list.
+
+  A publish that was killed half-way leaves shards in place; a later run
+  into the same directory may have other shard counts, and `bq load
+  .../avro/*` would load both. The run directory's own top level is left
+  alone: it holds the lock and the staging directory, and may hold files of
+  the user's.
+  """
+  listed = {FileSystems.join(run_dir, relative) for relative in relative_paths}
+  directories = {FileSystems.split(path)[0] for path in listed}
+  directories.discard(run_dir)
+  stale = [path for directory in sorted(directories)
+           for path in _files_in(directory) if path not in listed]
+  if stale:
+    _LOG.warning("Removing files of an earlier, unfinished publish: %s", stale)
+    FileSystems.delete(stale)

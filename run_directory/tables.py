@@ -1,0 +1,212 @@
+"""The run directory's tables, each declared once: its columns, its order,
+and how its elements become rows.
+
+A `Table` is what every writer and reader of a table goes by: the columns
+(from which the BigQuery, Arrow, Avro and tf.Example schemas are rendered),
+the sort key that orders and shards its rows, the row converters, and how
+many rows a shard holds. Adding a table means one factory here (or beside
+it, as embeddings.py): its columns, its sort key and its converter.
+
+  embedding_table(spec, run_id, model_fingerprint)  Embedding -> row
+  neighbour_table(run_id, model_fingerprint)        {id, rank, ...} -> row
+  error_table(run_id)                               DeadLetter -> row
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from run_directory import embeddings as embeddings_lib
+from run_directory.arrow import rows_to_arrow
+from run_directory.arrow import rows_to_record_batch
+from run_directory.columns import Column
+from run_directory.columns import NULLABLE
+from run_directory.columns import REQUIRED
+from run_directory.embeddings import EmbeddingTableSpec
+from run_directory.layout import EMBEDDINGS
+from run_directory.layout import ERRORS
+from run_directory.layout import NEIGHBOURS
+from run_directory.records import DeadLetter
+
+# Rows per shard. Memory: one worker holds all rows of a shard while it sorts
+# and writes them (plus one converted batch), so rows_per_shard bounds a
+# worker's memory:
+# with N = ceil(rows / rows_per_shard) shards, hashing gives each about
+# rows / N <= rows_per_shard rows (give or take a few times its square root).
+# A fixed num_shards gives rows / num_shards instead. Shards aim at about
+# SHARD_BYTES of rows in memory.
+SHARD_BYTES = 256 * 1024 * 1024
+# An embedding row in memory: its float32 vectors (1.5 KiB at H=384), its text
+# and the Python objects around them (~3 KiB together): ~4.5 KiB, so 20_000
+# rows is ~90 MiB; more rows per shard would only make fewer, bigger files.
+EMBEDDING_ROWS_PER_SHARD = 20_000
+_EMBEDDING_ROW_OVERHEAD_BYTES = 3 * 1024
+# With sequence output a row also holds its per-token vectors; assume this
+# many tokens per row (the real count is only known when the rows exist).
+_TOKENS_PER_ROW_ESTIMATE = 128
+# Neighbour rows are small dicts (two ids, a rank, a score: ~0.5 KiB) and
+# error rows short records (~1 KiB of source, detail and snippet), so more of
+# them fit in the same memory: ~100 MiB per shard either way.
+NEIGHBOUR_ROWS_PER_SHARD = 200_000
+ERROR_ROWS_PER_SHARD = 100_000
+
+
+def default_embedding_rows_per_shard(spec: EmbeddingTableSpec) -> int:
+  """EMBEDDING_ROWS_PER_SHARD, fewer when rows are big (see SHARD_BYTES)."""
+  vectors = 1 + len(spec.encoder_layers)
+  row_bytes = 4 * spec.hidden_size * vectors + _EMBEDDING_ROW_OVERHEAD_BYTES
+  if spec.sequence_output:
+    value_bytes = 2 if spec.sequence_dtype == "float16" else 4
+    row_bytes += _TOKENS_PER_ROW_ESTIMATE * (
+        value_bytes * spec.hidden_size + 8)
+  return max(1, min(EMBEDDING_ROWS_PER_SHARD, SHARD_BYTES // row_bytes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """A table of the run directory: everything its writers and readers need.
+
+  name: the table's name: its directory, its manifest key, its Avro record.
+  columns: its columns, from which every schema is rendered (columns.py).
+  sort_key: element -> tuple; rows are sorted by it within a shard and
+    sharded by a hash of its first component (a str).
+  to_row: element -> dict in the BigQuery shape (Avro, JSON lines).
+  to_arrow: list of elements -> pa.RecordBatch typed by
+    `arrow.to_arrow_schema(columns)` (Parquet); None if never needed.
+  to_examples: list of elements -> pa.RecordBatch in the tf.Example layout
+    (TFRecord); None if never needed.
+  rows_per_shard: rows one shard holds when the shard count is not fixed:
+    a worker holds a whole shard in memory while it sorts and writes it.
+  """
+  name: str
+  columns: tuple[Column, ...]
+  sort_key: Callable[[Any], tuple]
+  to_row: Callable[[Any], dict]
+  to_arrow: Optional[Callable[[list], pa.RecordBatch]] = None
+  to_examples: Optional[Callable[[list], pa.RecordBatch]] = None
+  rows_per_shard: int = EMBEDDING_ROWS_PER_SHARD
+
+
+def _convert_rows(elements: list, to_row, convert, columns) -> pa.RecordBatch:
+  return convert([to_row(element) for element in elements], columns)
+
+
+def table_of_rows(name: str, columns: Sequence[Column],
+                  sort_key: Callable[[Any], tuple],
+                  to_row: Callable[[Any], dict],
+                  rows_per_shard: int) -> Table:
+  """A table whose rows are flat dicts: every file format from `to_row`."""
+  columns = tuple(columns)
+  return Table(
+      name=name,
+      columns=columns,
+      sort_key=sort_key,
+      to_row=to_row,
+      to_arrow=functools.partial(
+          _convert_rows, to_row=to_row, convert=rows_to_arrow,
+          columns=columns),
+      to_examples=functools.partial(
+          _convert_rows, to_row=to_row, convert=rows_to_record_batch,
+          columns=columns),
+      rows_per_shard=rows_per_shard)
+
+
+NEIGHBOUR_COLUMNS = (
+    Column("id", "STRING", REQUIRED, "The query document."),
+    Column("rank", "INTEGER", REQUIRED, "1 for the nearest neighbour."),
+    Column("neighbour_id", "STRING", REQUIRED, "The neighbouring document."),
+    Column("score", "FLOAT", REQUIRED, "Cosine similarity."),
+    Column("run_id", "STRING", REQUIRED, "The run that wrote this row."),
+    Column(
+        "model_fingerprint", "STRING", REQUIRED,
+        "Fingerprint of the model that computed the vectors."),
+)
+
+# DeadLetter's fields, plus the run. A test keeps the two in step.
+ERROR_COLUMNS = (
+    Column("source", "STRING", REQUIRED, "The file the record came from."),
+    Column("position", "INTEGER", REQUIRED, "Line, row or record in source."),
+    Column("stage", "STRING", REQUIRED, "read, validate or embed."),
+    Column("reason", "STRING", REQUIRED, "Machine-readable reason."),
+    Column("detail", "STRING", NULLABLE, "Human-readable explanation."),
+    Column("snippet", "STRING", NULLABLE, "The start of the raw record."),
+    Column("id", "STRING", NULLABLE, "Document id, when known."),
+    Column("run_id", "STRING", REQUIRED, "The run that wrote this row."),
+)
+
+
+def neighbour_to_row(
+    neighbour: Mapping, run_id: str, model_fingerprint: str) -> dict:
+  """A neighbours table row from {id, rank, neighbour_id, score}."""
+  return {
+      "id": neighbour["id"],
+      "rank": int(neighbour["rank"]),
+      "neighbour_id": neighbour["neighbour_id"],
+      # Rounded as the files store it, so every format holds the same value.
+      "score": float(np.float32(neighbour["score"])),
+      "run_id": run_id,
+      "model_fingerprint": model_fingerprint,
+  }
+
+
+def dead_letter_to_row(d: DeadLetter, run_id: str) -> dict:
+  """An errors table row: the DeadLetter's fields and the run."""
+  row = d.to_json_dict()
+  row["run_id"] = run_id
+  return row
+
+
+def embedding_sort_key(e) -> tuple:
+  return (e.id,)
+
+
+def neighbour_sort_key(neighbour: Mapping) -> tuple:
+  return (neighbour["id"], int(neighbour["rank"]))
+
+
+def error_sort_key(d) -> tuple:
+  return (d.source, d.position, d.stage, d.reason, d.id or "")
+
+
+def embedding_table(spec: EmbeddingTableSpec, run_id: str,
+                    model_fingerprint: str,
+                    rows_per_shard: Optional[int] = None) -> Table:
+  """The embeddings table (Embedding elements), sorted by id."""
+  ids = dict(spec=spec, run_id=run_id, model_fingerprint=model_fingerprint)
+  return Table(
+      name=EMBEDDINGS,
+      columns=embeddings_lib.embedding_columns(spec),
+      sort_key=embedding_sort_key,
+      to_row=functools.partial(embeddings_lib.embedding_to_row, **ids),
+      to_arrow=functools.partial(embeddings_lib.embeddings_to_arrow, **ids),
+      to_examples=functools.partial(
+          embeddings_lib.embeddings_to_record_batch, **ids),
+      rows_per_shard=(default_embedding_rows_per_shard(spec)
+                      if rows_per_shard is None else rows_per_shard))
+
+
+def neighbour_table(run_id: str, model_fingerprint: str,
+                    rows_per_shard: int = NEIGHBOUR_ROWS_PER_SHARD) -> Table:
+  """The neighbours table ({id, rank, neighbour_id, score} dicts), sorted by
+  (id, rank): all of an id's neighbours are in one shard."""
+  return table_of_rows(
+      NEIGHBOURS, NEIGHBOUR_COLUMNS, neighbour_sort_key,
+      functools.partial(neighbour_to_row, run_id=run_id,
+                        model_fingerprint=model_fingerprint),
+      rows_per_shard)
+
+
+def error_table(run_id: str,
+                rows_per_shard: int = ERROR_ROWS_PER_SHARD) -> Table:
+  """The errors table (DeadLetter elements), sorted by (source, position,
+  stage, reason, id): all of a source's errors are in one shard. Written as
+  JSON lines only."""
+  return Table(
+      name=ERRORS,
+      columns=ERROR_COLUMNS,
+      sort_key=error_sort_key,
+      to_row=functools.partial(dead_letter_to_row, run_id=run_id),
+      rows_per_shard=rows_per_shard)

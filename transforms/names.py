@@ -1,0 +1,44 @@
+"""Names the stages share: their output tags, the metrics namespace, and the
+counters' names.
+
+A stage that splits records into good ones and rejects returns
+{DOCUMENTS: ..., DEAD_LETTERS: ...}. Every counter of the pipeline is in
+METRICS_NAMESPACE, under the word the manifest uses for the same count:
+
+  read           every record read, good or bad (the read stage)
+  dead_lettered  records rejected, at any stage
+  inferred       documents the model ran on (the embed stage)
+  reused         documents whose vectors were carried over (--previous_run)
+  removed        documents of the previous run gone from the corpus
+  truncated      documents cut to --max_seq_length
+  tokens, batches, token_budget_halved   the model handler's work
+
+The manifest's `embedded` (documents with a vector in this run) is
+inferred + reused: no stage sees both, so it has no counter of its own.
+"""
+
+import dataclasses
+
+# Output tags of the stages that split records into good ones and rejects.
+DOCUMENTS = "documents"
+DEAD_LETTERS = "dead_letters"
+
+# Beam metrics namespace for every counter of the pipeline, Beam's own
+# RunInference counters included.
+METRICS_NAMESPACE = "embedding_pipeline"
+
+
+@dataclasses.dataclass(frozen=True)
+class _CounterNames:
+  read: str = "read"
+  dead_lettered: str = "dead_lettered"
+  inferred: str = "inferred"
+  reused: str = "reused"
+  removed: str = "removed"
+  truncated: str = "truncated"
+  tokens: str = "tokens"
+  batches: str = "batches"
+  token_budget_halved: str = "token_budget_halved"
+
+
+COUNTERS = _CounterNames()

@@ -1,0 +1,81 @@
+"""Nearest neighbours stage: the K most similar other documents by cosine.
+
+    Embedding ──NearestNeighbours──> {NEIGHBOUR_ROWS: rows {id, rank,
+                                                      neighbour_id, score},
+                                      STATS: one dict for manifest.json}
+
+Two modes, one output contract (the neighbours table of the design brief):
+
+* exact (ExactNeighbours, exact.py, the default): blocked matrix products
+  spread over the Beam graph, exactly a brute-force computation, a worker
+  holding two shards of documents and one block of scores at a time.
+* approximate (ApproximateNeighbours, approximate.py, `ann`): one worker
+  builds a FAISS index of the whole corpus, queries it, and measures recall@K
+  against the exact answer on a sample of queries, for the stats.
+
+Both find the neighbours of `queries` within the corpus when a query set is
+given (e.g. new documents against yesterday's corpus), of every corpus
+document otherwise. A document is never its own neighbour: a query is never
+matched with a corpus document of the same id.
+
+Scores are canonical cosines, the same for a pair in every block and mode
+(maths.py says how).
+"""
+
+import dataclasses
+from typing import Optional
+
+import apache_beam as beam
+
+from transforms.neighbours.approximate import AnnIndexSettings
+from transforms.neighbours.approximate import ApproximateNeighbours
+from transforms.neighbours.exact import ExactNeighbours
+from transforms.neighbours.names import ANN
+from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
+from transforms.neighbours.names import DEFAULT_RECALL_SAMPLE_SIZE
+from transforms.neighbours.names import EXACT
+from transforms.neighbours.names import MODES
+from transforms.neighbours.names import NEIGHBOUR_ROWS
+from transforms.neighbours.names import STATS
+
+__all__ = ["ANN", "EXACT", "MODES", "NEIGHBOUR_ROWS", "STATS",
+           "NearestNeighbours", "NeighbourSettings"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighbourSettings:
+  """What the neighbours stage computes: k neighbours per document, by mode
+  (exact or ann), exact mode's block size."""
+  k: int
+  mode: str = EXACT
+  block_size: int = DEFAULT_BLOCK_SIZE
+
+
+class NearestNeighbours(beam.PTransform):
+  """The neighbours stage: ExactNeighbours or ApproximateNeighbours by mode.
+
+  Embedding (the corpus) -> {NEIGHBOUR_ROWS: rows, STATS: one dict for the
+  manifest}. `queries`: find the neighbours of these within the corpus
+  instead of all against all.
+  """
+
+  def __init__(
+      self,
+      settings: NeighbourSettings,
+      recall_sample_size: int = DEFAULT_RECALL_SAMPLE_SIZE,
+      ann_settings: AnnIndexSettings = AnnIndexSettings(),
+      queries: Optional[beam.PCollection] = None):
+    super().__init__()
+    k, mode, block_size = settings.k, settings.mode, settings.block_size
+    if mode == EXACT:
+      self._transform = ExactNeighbours(k, block_size, queries=queries)
+    elif mode == ANN:
+      self._transform = ApproximateNeighbours(
+          k, recall_sample_size, ann_settings, queries=queries,
+          block_size=block_size)
+    else:
+      raise ValueError(
+          f"Unknown neighbours mode {mode!r}: use one of {', '.join(MODES)}")
+
+  def expand(self, corpus):
+    return corpus | self._transform

@@ -1,0 +1,222 @@
+"""Approximate neighbours: one FAISS index of the whole corpus.
+
+One worker builds a FAISS index of the corpus (HNSW; an exact flat index
+below `flat_index_below` documents), queries it, and measures recall@K
+against the exact answer on a deterministic sample of queries; the figure
+goes into the stats.
+"""
+
+import dataclasses
+from typing import List, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+
+from transforms.neighbours.maths import blocked_top_k
+from transforms.neighbours.maths import check_k
+from transforms.neighbours.maths import id_ranks
+from transforms.neighbours.maths import neighbour_rows
+from transforms.neighbours.maths import QueryNeighbours
+from transforms.neighbours.maths import rank_candidates
+from transforms.neighbours.maths import recall_at_k
+from transforms.neighbours.maths import recall_sample
+from transforms.neighbours.maths import Shard
+from transforms.neighbours.maths import stack_documents
+from transforms.neighbours.maths import vector_of
+from transforms.neighbours.names import ANN
+from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
+from transforms.neighbours.names import DEFAULT_EF_CONSTRUCTION
+from transforms.neighbours.names import DEFAULT_EF_SEARCH
+from transforms.neighbours.names import DEFAULT_FLAT_INDEX_BELOW
+from transforms.neighbours.names import DEFAULT_HNSW_M
+from transforms.neighbours.names import DEFAULT_RECALL_SAMPLE_SIZE
+from transforms.neighbours.names import NEIGHBOUR_ROWS
+from transforms.neighbours.names import STATS
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnIndexSettings:
+  """How ApproximateNeighbours builds and searches its FAISS index."""
+  hnsw_m: int = DEFAULT_HNSW_M
+  ef_construction: int = DEFAULT_EF_CONSTRUCTION
+  ef_search: int = DEFAULT_EF_SEARCH
+  # Corpora smaller than this get an exact flat index instead of HNSW.
+  flat_index_below: int = DEFAULT_FLAT_INDEX_BELOW
+
+
+def build_index(corpus_vectors: np.ndarray, k: int,
+                settings: AnnIndexSettings):
+  """A FAISS inner-product index of normalised vectors, and its description."""
+  # Imported here, not at the top: FAISS costs seconds of start-up, and only
+  # runs with --neighbours_mode=ann build an index.
+  import faiss  # pylint: disable=g-import-not-at-top
+  n, dimensions = corpus_vectors.shape
+  if n < settings.flat_index_below:
+    index = faiss.IndexFlatIP(dimensions)
+    description = "IndexFlatIP (exact inner product)"
+  else:
+    index = faiss.IndexHNSWFlat(dimensions, settings.hnsw_m,
+                                faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = settings.ef_construction
+    # The search keeps efSearch candidates: it must cover the K+1 asked for.
+    ef_search = max(settings.ef_search, k + 1)
+    index.hnsw.efSearch = ef_search
+    description = (
+        f"IndexHNSWFlat inner product, M={settings.hnsw_m}, "
+        f"efConstruction={settings.ef_construction}, efSearch={ef_search}")
+  index.add(np.ascontiguousarray(corpus_vectors, dtype=np.float32))
+  return index, description
+
+
+def ann_top_k(
+    index,
+    query_ids: Sequence[str],
+    query_vectors: np.ndarray,
+    corpus_ids: Sequence[str],
+    corpus_vectors: np.ndarray,
+    k: int,
+    corpus_id_ranks: Optional[np.ndarray] = None) -> List[QueryNeighbours]:
+  """The index's top K of every query, scored canonically like exact mode.
+
+  Vectors normalised. Asks for K+1 so that dropping the query's own id
+  still leaves K.
+  """
+  if not len(query_ids) or not len(corpus_ids):
+    return []
+  if corpus_id_ranks is None:
+    corpus_id_ranks = id_ranks(corpus_ids)
+  _, labels = index.search(
+      np.ascontiguousarray(query_vectors, dtype=np.float32),
+      min(k + 1, len(corpus_ids)))
+  corpus_id_array = np.asarray(corpus_ids, dtype=object)
+  query_id_array = np.asarray(query_ids, dtype=object)
+  # -1: the index found fewer than asked.
+  found = labels >= 0
+  found[found] = (
+      corpus_id_array[labels[found]] !=
+      np.broadcast_to(query_id_array[:, None], labels.shape)[found])
+  rows, positions = np.nonzero(found)
+  return [(query_ids[row], neighbours)
+          for row, neighbours in rank_candidates(
+              query_vectors, corpus_vectors, corpus_ids, corpus_id_ranks,
+              rows, labels[rows, positions], k)]
+
+
+class _SearchIndexFn(beam.DoFn):
+  """One corpus Shard in: its index, every query's top K, and the stats."""
+
+  def __init__(self, k: int, recall_sample_size: int,
+               settings: AnnIndexSettings, block_size: int):
+    super().__init__()
+    self._k = k
+    self._recall_sample_size = recall_sample_size
+    self._settings = settings
+    self._block_size = block_size
+
+  def process(self, corpus: Shard, queries: Optional[Shard] = None):
+    k = self._k
+    if queries is None:
+      queries = corpus
+    stats = {
+        "mode": ANN,
+        "k": k,
+        "recall_at_k": None,
+        "recall_sample_size": 0,
+        "index": None,
+        "corpus_size": len(corpus.ids),
+        "queries": len(queries.ids),
+    }
+    if corpus.ids and queries.ids:
+      index, stats["index"] = build_index(corpus.vectors, k, self._settings)
+      corpus_id_ranks = id_ranks(corpus.ids)
+      found = ann_top_k(index, queries.ids, queries.vectors, corpus.ids,
+                        corpus.vectors, k, corpus_id_ranks)
+      del index
+      yield from found
+
+      sample = recall_sample(queries.ids, self._recall_sample_size)
+      position = {query_id: i for i, query_id in enumerate(queries.ids)}
+      rows = [position[query_id] for query_id in sample]
+      exact = dict(
+          blocked_top_k(sample, queries.vectors[rows], corpus.ids,
+                         corpus.vectors, k, self._block_size))
+      approximate = dict(found)
+      stats["recall_at_k"] = recall_at_k(
+          approximate,
+          {query_id: exact.get(query_id, []) for query_id in sample})
+      stats["recall_sample_size"] = len(sample)
+    yield beam.pvalue.TaggedOutput(STATS, stats)
+
+
+class _GatherShard(beam.PTransform):
+  """Embedding -> one Shard holding every document (in one worker)."""
+
+  def expand(self, embeddings):
+    return (
+        embeddings
+        # Only what the index needs: no text, no per-token vectors.
+        | "ToIdAndVector" >> beam.Map(
+            lambda embedding: (embedding.id, vector_of(embedding)))
+        | "ToList" >> beam.combiners.ToList()
+        | "Stack" >> beam.Map(stack_documents))
+
+
+class ApproximateNeighbours(beam.PTransform):
+  """Embedding -> {NEIGHBOUR_ROWS: rows, STATS: one dict}, with a FAISS index.
+
+  The whole corpus (ids and vectors, 4 H bytes a document) and the index are
+  held by one worker, which also searches it for every query (FAISS uses the
+  worker's cores). For corpora where exact mode's N^2 H is too much.
+
+  Args:
+    k: neighbours per query.
+    recall_sample_size: queries whose exact top K is computed (numpy, against
+      the whole corpus) to measure recall@K; the sample is the first ids by
+      stable hash.
+    settings: the FAISS index settings.
+    queries: optional query set; the input PCollection is then the corpus.
+    block_size: corpus rows per block of the exact recall computation.
+
+  Rows as ExactNeighbours (canonical scores; among more tied duplicates than
+  the index returned, which ones are listed is up to the index). Stats:
+  {"mode": "ann", "k", "recall_at_k" (None if nothing to find),
+  "recall_sample_size", "index" (description), "corpus_size", "queries"}.
+  """
+
+  def __init__(
+      self,
+      k: int,
+      recall_sample_size: int = DEFAULT_RECALL_SAMPLE_SIZE,
+      settings: AnnIndexSettings = AnnIndexSettings(),
+      queries: Optional[beam.PCollection] = None,
+      block_size: int = DEFAULT_BLOCK_SIZE):
+    super().__init__()
+    check_k(k)
+    if recall_sample_size < 0:
+      raise ValueError(
+          f"recall_sample_size must be >= 0, got {recall_sample_size}")
+    if settings.hnsw_m < 2 or settings.ef_search < 1 or (
+        settings.ef_construction < 1):
+      raise ValueError(f"Invalid HNSW settings {settings}")
+    self._k = k
+    self._recall_sample_size = recall_sample_size
+    self._settings = settings
+    self._queries = queries
+    self._block_size = block_size
+
+  def expand(self, corpus):
+    corpus_shard = corpus | "GatherCorpus" >> _GatherShard()
+    side_inputs = []
+    if self._queries is not None:
+      query_shard = self._queries | "GatherQueries" >> _GatherShard()
+      side_inputs.append(beam.pvalue.AsSingleton(query_shard))
+    results = corpus_shard | "SearchIndex" >> beam.ParDo(
+        _SearchIndexFn(self._k, self._recall_sample_size, self._settings,
+                       self._block_size), *side_inputs).with_outputs(
+                           STATS, main=NEIGHBOUR_ROWS)
+    rows = (
+        results[NEIGHBOUR_ROWS]
+        # One worker found them all: spread the rows out for the writers.
+        | "SpreadQueries" >> beam.Reshuffle()
+        | "ToRows" >> beam.FlatMapTuple(neighbour_rows))
+    return {NEIGHBOUR_ROWS: rows, STATS: results[STATS]}

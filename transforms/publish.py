@@ -1,0 +1,176 @@
+"""The publish stage: the run moves into place, manifest.json last.
+
+Every stage writes under a staging directory inside the run directory. This
+stage takes the counts and the written file lists as side inputs, so Beam runs
+it only after every write has finished. It then:
+
+1. builds the manifest, which checks that the counts add up;
+2. checks the guardrails (transforms/guardrails.py): a run that breaks one
+   writes refused.json into its staging directory and fails with
+   RunRefusedError, unpublished;
+3. removes files of the table directories the manifest does not list, moves
+   the staged files into place (run_directory/staging.py), and writes the new
+   latest pointer under a temporary name;
+4. writes manifest.json (atomically): the run is published;
+5. renames the pointer into place and removes the staging directory: steps
+   that only tidy up, and log an error if they fail instead of failing a
+   published run.
+
+A run directory either has a complete manifest.json or none, and one without
+it is not published: a crashed or killed run never looks complete.
+"""
+
+import logging
+import time
+from typing import Dict, Mapping, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import AsList
+from apache_beam.pvalue import AsSingleton
+
+from run_directory.atomic import write_json_atomically
+from run_directory.atomic import write_text_atomically
+from run_directory.layout import MANIFEST_FILE
+from run_directory.layout import REFUSAL_FILE
+from run_directory.manifest import build_manifest
+from run_directory.manifest import listed_files
+from run_directory.staging import move_into_place
+from run_directory.staging import remove_unlisted_files
+from transforms.guardrails import describe_refusal
+from transforms.guardrails import PublishLimits
+from transforms.guardrails import refusal_reasons
+from transforms.guardrails import RunRefusedError
+from transforms.guardrails import SummarizeErrors
+
+_LOG = logging.getLogger(__name__)
+
+
+class PublishRun(beam.PTransform):
+  """Publishes the run after all outputs; applied to the pipeline.
+
+  Files listed in `outputs` are under staging_dir; they move to run_dir with
+  the same relative paths, then manifest.json is written, then the
+  latest_pointer file (if any) is set to the run directory's path.
+
+  Before anything moves, the counts are checked against `limits`
+  (transforms/guardrails.py): a run that breaks one writes refused.json into
+  its staging directory and fails with RunRefusedError, unpublished.
+
+  counts: name -> PCollection whose elements are counted (COUNT_NAMES).
+  outputs: table -> format -> PCollection of written file paths, as the write
+    transforms return them ("bigquery_schema" -> the one schema file).
+  details: section name -> PCollection of one dict, e.g. neighbour stats.
+  dead_letters: every rejected record, summarised by reason in the manifest
+    and in a refusal.
+  """
+
+  def __init__(self, run_dir: str, staging_dir: str, run_id: str,
+               model: Mapping,
+               counts: Dict[str, beam.PCollection],
+               outputs: Dict[str, Dict[str, beam.PCollection]],
+               settings: Mapping,
+               started_at: float,
+               details: Dict[str, beam.PCollection] = None,
+               static_details: Mapping[str, dict] = None,
+               latest_pointer: str = None,
+               limits: PublishLimits = PublishLimits(),
+               dead_letters: Optional[beam.PCollection] = None):
+    super().__init__()
+    self._limits = limits
+    self._dead_letters = dead_letters
+    self._run_dir = run_dir
+    self._staging_dir = staging_dir
+    self._static_details = dict(static_details or {})
+    self._latest_pointer = latest_pointer
+    self._run_id = run_id
+    self._model = dict(model)
+    self._counts = counts
+    self._outputs = outputs
+    self._settings = dict(settings)
+    self._started_at = started_at
+    self._details = dict(details or {})
+
+  def expand(self, pbegin):
+    side_inputs = {}
+    for name, pcoll in self._counts.items():
+      side_inputs[f"count__{name}"] = AsSingleton(
+          pcoll | f"Count[{name}]" >> beam.combiners.Count.Globally())
+    for table, formats in self._outputs.items():
+      for fmt, paths in formats.items():
+        side_inputs[f"files__{table}__{fmt}"] = AsList(paths)
+    for section, pcoll in self._details.items():
+      side_inputs[f"details__{section}"] = AsSingleton(pcoll)
+    if self._dead_letters is not None:
+      side_inputs["errors__summary"] = AsSingleton(
+          self._dead_letters
+          | "SummarizeErrors" >> beam.CombineGlobally(SummarizeErrors()))
+    return (pbegin
+            | "Once" >> beam.Create([None])
+            | "Write" >> beam.Map(self._write, **side_inputs))
+
+  def _write(self, unused_element, **side_inputs):
+    counts, outputs, details = {}, {}, {}
+    for key, value in side_inputs.items():
+      kind, *names = key.split("__")
+      if kind == "count":
+        counts[names[0]] = value
+      elif kind == "details":
+        details[names[0]] = value
+      elif kind == "files":
+        outputs.setdefault(names[0], {})[names[1]] = value
+    top_errors = side_inputs.get("errors__summary", [])
+    details.update(self._static_details)
+    details["dead_letters"] = {
+        "by_reason": {entry["reason"]: entry["count"] for entry in top_errors}
+    }
+    # Everything that can fail comes before manifest.json: once it exists
+    # the run is published, and a published run never ends in an error.
+    manifest = build_manifest(
+        self._run_id, self._staging_dir, self._model, counts, outputs,
+        self._settings, time.time() - self._started_at, details)
+    reasons = refusal_reasons(manifest["counts"], self._limits)
+    if reasons:
+      self._refuse(manifest, reasons, top_errors)
+    listed = listed_files(manifest["outputs"])
+    remove_unlisted_files(self._run_dir, listed)
+    move_into_place(self._staging_dir, self._run_dir, listed)
+    staged_pointer = None
+    if self._latest_pointer:
+      staged_pointer = f"{self._latest_pointer}.{self._run_id}.tmp"
+      write_text_atomically(staged_pointer, self._run_dir + "\n")
+    write_json_atomically(
+        FileSystems.join(self._run_dir, MANIFEST_FILE), manifest)
+    # Published. What is left only tidies up, and may not fail the run.
+    if staged_pointer:
+      _without_failing(FileSystems.rename, [staged_pointer],
+                       [self._latest_pointer])
+    if FileSystems.exists(self._staging_dir):
+      _without_failing(FileSystems.delete, [self._staging_dir])
+    return manifest
+
+
+  def _refuse(self, manifest: dict, reasons: list, top_errors: list):
+    """Leaves refused.json in the staging directory, and fails the run."""
+    refusal = {
+        "run_id": self._run_id,
+        "run_dir": self._run_dir,
+        "staging_dir": self._staging_dir,
+        "reasons": reasons,
+        "counts": manifest["counts"],
+        "limits": self._limits.to_json_dict(),
+        "top_errors": top_errors,
+    }
+    path = FileSystems.join(self._staging_dir, REFUSAL_FILE)
+    write_json_atomically(path, refusal)
+    message = f"{describe_refusal(refusal)}\nDetails: {path}"
+    _LOG.error("%s", message)
+    raise RunRefusedError(message)
+
+
+def _without_failing(step, *args):
+  try:
+    step(*args)
+  except Exception as error:  # pylint: disable=broad-except
+    _LOG.error("The run is published, but %s%s failed: %s", step.__name__,
+               args, error)
