@@ -53,13 +53,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Dict, List, Optional
+
+from benchmarks.machine import machine
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPO = os.path.dirname(_HERE)
@@ -754,9 +755,7 @@ def main(argv=None) -> int:
           timespec="seconds"),
       "command": " ".join(["python -m benchmarks.speed"] +
                           list(sys.argv[1:] if argv is None else argv)),
-      "machine": {"cpu": platform.processor() or platform.machine(),
-                  "cpus": os.cpu_count(), "python": platform.python_version(),
-                  "load_at_start": _load()},
+      "machine": {**machine(), "load_at_start": _load()},
       "corpus": {"docs": args.docs, "source": note, "digest": digest,
                  "mean_chars": (sum(map(len, texts[:args.docs])) /
                                 max(1, min(args.docs, len(texts))))},
@@ -769,14 +768,6 @@ def main(argv=None) -> int:
       "work_dir": work_dir,
       "results": {},
   }
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          report["machine"]["cpu"] = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
   harness = Harness(args, work_dir)
   harness.results = report["results"]
   corpus = write_corpus(work_dir, texts, args.docs)

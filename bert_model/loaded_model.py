@@ -20,6 +20,11 @@ tokenized and packed by the preprocess model's `bert_pack_inputs` into
 [CLS] a [SEP] b [SEP] with input_type_ids 0 then 1, trimmed round-robin to
 max_seq_length.
 
+With `chunking`, a text longer than one chunk is not truncated but cut into
+chunks on word boundaries (chunking.py); every chunk is encoded as
+[CLS] + its wordpieces + [SEP], and a document's vectors are the
+num_tokens-weighted mean of its chunks' (one chunk: its vector exactly).
+
 `embed` takes and returns plain Python/numpy values, so the object also works
 behind Beam's multi-process model sharing proxy. Beam's RunInference side of
 it is transforms/model_handler.py.
@@ -37,6 +42,11 @@ import tensorflow_hub as hub
 import tensorflow_text  # pylint: disable=unused-import
 
 from bert_model.call_plan import plan_model_calls
+from bert_model.chunking import ChunkSettings
+from bert_model.chunking import DocumentChunker
+from bert_model.chunking import MAX_CHARS_PER_TOKEN
+from bert_model.chunking import pack_chunks
+from bert_model.chunking import pool_chunks
 from bert_model.v1 import build_v1_preprocessor
 from bert_model.v1 import call_encoder
 
@@ -56,20 +66,6 @@ _MIXED_PRECISION_OPTIONS = {
 _JIT_LENGTH_MULTIPLE = 16
 SEQUENCE_DTYPES = ("float32", "float16")
 ENCODER_FORMATS = ("v2", "v1")  # dict interface / list-in, tuple-out (above)
-
-# Texts are cut to this many characters per allowed token before tokenizing,
-# so a multi-megabyte line costs no more than a long sentence. Every kept
-# wordpiece spans at least one character and a word over 100 characters is one
-# [UNK], so only texts whose first max_seq_length tokens span more than this
-# (runs of deleted control characters, say) can lose a token at the cut.
-_MAX_CHARS_PER_TOKEN = 128
-
-# When set, every model load appends "<pid>\n" to this file: the way to see how
-# many copies of the model a run really loaded (tests and capacity planning).
-MODEL_LOAD_LOG_ENV = "BERT_EMBEDDINGS_MODEL_LOAD_LOG"
-
-# Padded-token budget of one encoder call unless the caller gives one.
-DEFAULT_MAX_CALL_TOKENS = 16384
 
 # When set, every model load appends "<pid>\n" to this file: the way to see how
 # many copies of the model a run really loaded (tests and capacity planning).
@@ -98,6 +94,8 @@ class ModelSettings:
   jit_compile: bool = False  # XLA for the encoder and pooling
   encoder_format: str = "v2"  # one of ENCODER_FORMATS
   text_pairs: bool = False  # elements are (text_a, text_b) pairs
+  # Long documents cut into chunks instead of truncated (chunking.py).
+  chunking: Optional[ChunkSettings] = None
 
 
 def _pool(sequence, mask, pooled_output, mode):
@@ -126,6 +124,12 @@ class LoadedBertModel:
     if settings.encoder_format == "v1" and settings.encoder_layers:
       raise ValueError("a v1 encoder has no encoder_outputs; encoder_layers "
                        "cannot be computed")
+    if settings.chunking is not None and (
+        settings.text_pairs or
+        settings.chunking.chunk_size > settings.max_seq_length):
+      raise ValueError(
+          "chunking needs single texts and chunk_size <= max_seq_length "
+          f"({settings.max_seq_length}), not {settings.chunking}")
     self._settings = settings
     _configure_devices(settings.precision)
     self._encoder = hub.load(settings.encoder_path)
@@ -152,11 +156,15 @@ class LoadedBertModel:
         self._encode_graph,
         input_signature=[tf.TensorSpec([None, None], tf.int32)] * 3,
         jit_compile=settings.jit_compile, autograph=False)
+    self._chunker = None
+    if settings.chunking is not None:
+      self._chunker = DocumentChunker(self._preprocess.tokenize,
+                                      settings.chunking)
     _record_model_load()
 
   def _cut(self, texts):
     return tf.strings.substr(
-        texts, 0, self._settings.max_seq_length * _MAX_CHARS_PER_TOKEN,
+        texts, 0, self._settings.max_seq_length * MAX_CHARS_PER_TOKEN,
         unit="UTF8_CHAR")
 
   def _tokenize_graph(self, texts):
@@ -244,14 +252,62 @@ class LoadedBertModel:
 
     All texts are tokenized in one call; the encoder then runs once per
     call of `plan_model_calls` (similar real lengths, at most max_tokens
-    padded tokens each).
+    padded tokens each). With chunking, see `_embed_chunks`.
     """
+    if self._chunker is not None:
+      return self._embed_chunks(texts, max_tokens)
     if self._settings.text_pairs:
       inputs = self._tokenize_pairs([pair[0] for pair in texts],
                                     [pair[1] for pair in texts])
     else:
       inputs = self._tokenize(list(texts))
     inputs = {k: v.numpy() for k, v in inputs.items()}
+    result = self._encode_inputs(inputs, max_tokens)
+    result["num_tokens"] = inputs["num_tokens"]
+    result["truncated"] = inputs["truncated"]
+    if self._settings.sequence_output:
+      result["token_ids"] = inputs["input_word_ids"]
+    return result
+
+  def _embed_chunks(self, texts: Sequence[str],
+                    max_tokens: int) -> Dict[str, np.ndarray]:
+    """Texts cut into chunks (chunking.py), every chunk encoded, and each
+    document's vectors pooled from its chunks'.
+
+    Per document: "embedding", "layer_<k>", "num_tokens" (over its
+    chunks), "truncated", "num_chunks". Per chunk, all documents' in order:
+    "chunk_embedding", "chunk_num_tokens", "chunk_start", "chunk_end" (code
+    point offsets), and with sequence output "chunk_token_ids" and
+    "chunk_sequence_output" (padded to the longest chunk).
+    """
+    chunked = self._chunker.chunk(texts)
+    inputs = pack_chunks(chunked.pieces, self._cls_id, self._sep_id)
+    outputs = self._encode_inputs(inputs, max_tokens)
+    normalize = self._settings.normalize
+    result = {
+        "chunk_embedding": outputs["embedding"],
+        "chunk_num_tokens": inputs["num_tokens"],
+        "chunk_start": chunked.starts,
+        "chunk_end": chunked.ends,
+        "num_chunks": chunked.num_chunks,
+        "truncated": chunked.truncated,
+        "num_tokens": np.add.reduceat(
+            inputs["num_tokens"],
+            np.concatenate([[0], np.cumsum(chunked.num_chunks)[:-1]])),
+    }
+    for name, value in outputs.items():
+      if name == "sequence_output":
+        result["chunk_sequence_output"] = value
+        result["chunk_token_ids"] = inputs["input_word_ids"]
+      else:
+        result[name] = pool_chunks(value, inputs["num_tokens"],
+                                   chunked.num_chunks, normalize)
+    return result
+
+  def _encode_inputs(self, inputs: Dict[str, np.ndarray],
+                     max_tokens: int) -> Dict[str, np.ndarray]:
+    """The encoder's outputs for padded inputs, in the inputs' row order:
+    one call per `plan_model_calls` call (similar real lengths)."""
     lengths = inputs["num_tokens"]
     width = inputs["input_word_ids"].shape[1]
     result = {}
@@ -280,11 +336,38 @@ class LoadedBertModel:
           result[name][call, :keep] = value[:, :keep]
         else:
           result[name][call] = value
-    result["num_tokens"] = lengths
-    result["truncated"] = inputs["truncated"]
-    if self._settings.sequence_output:
-      result["token_ids"] = inputs["input_word_ids"]
     return result
+
+  def save_serving_model(self, output_dir: str):
+    """Writes one SavedModel that serves this model's vectors from strings.
+
+    Its `serving_default` signature takes `text` (tf.string [batch]) and
+    returns {"embedding": float32 [batch, H], "num_tokens": int64 [batch],
+    "truncated": bool [batch]}: tokenization, the encoder, pooling and
+    normalisation all in the graph, as `embed` computes them (one encoder
+    call per request, padded to its longest text; texts are truncated at
+    max_seq_length, never chunked). Loading it needs the tensorflow_text
+    ops (`import tensorflow_text`; TF Serving links them in).
+    """
+    module = tf.Module()
+    # Tracked, so that the saved graph holds their variables and tables.
+    module.preprocess = self._preprocess
+    module.encoder = self._encoder
+
+    def serve(text):
+      inputs = self._tokenize_graph(text)
+      outputs = self._encode_graph(inputs["input_word_ids"],
+                                   inputs["input_mask"],
+                                   inputs["input_type_ids"])
+      return {"embedding": outputs["embedding"],
+              "num_tokens": inputs["num_tokens"],
+              "truncated": inputs["truncated"]}
+
+    module.serve = tf.function(
+        serve, input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+        autograph=False)
+    tf.saved_model.save(module, output_dir,
+                        signatures={"serving_default": module.serve})
 
   def encode_padded(self, word_ids: np.ndarray, mask: np.ndarray,
                     type_ids: np.ndarray) -> Dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ settings.
                 -> EmbedDocuments
   embeddings -> WriteTable(embeddings) [-> sinks]
              [-> NearestNeighbours -> WriteTable(neighbours)]
+  [chunks -> WriteTable(chunks)] [-> NearestNeighbours at chunk level]
              [-> WriteSimilarityPlot] [-> WriteProjectorFiles]
   dead letters of every stage -> WriteTable(errors)
   every count, file list and figure -> PublishRun (manifest.json last)
@@ -19,18 +20,22 @@ from typing import Dict, Optional
 import apache_beam as beam
 
 from pipeline.plan import RunPlan
+from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import ERRORS
 from run_directory.layout import NEIGHBOURS
 from run_directory.layout import PROJECTOR
 from run_directory.layout import SIMILARITY_PLOT
+from run_directory.tables import chunk_table
 from run_directory.tables import embedding_table
 from run_directory.tables import error_table
 from run_directory.tables import neighbour_table
 from transforms.embed import EmbedDocuments
 from transforms.model_handler import BertEmbeddingModelHandler
+from transforms.names import CHUNKS as CHUNK_RECORDS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
+from transforms.neighbours import CHUNK as CHUNK_LEVEL
 from transforms.neighbours import NearestNeighbours
 from transforms.neighbours import NEIGHBOUR_ROWS
 from transforms.neighbours import STATS
@@ -40,6 +45,7 @@ from transforms.read import ReadCorpus
 from transforms.reuse import PreviousRun
 from transforms.reuse import REMOVED
 from transforms.reuse import REUSED
+from transforms.reuse import REUSED_CHUNKS
 from transforms.reuse import ReuseEmbeddings
 from transforms.reuse import TO_EMBED
 from transforms.validate import ValidateDocuments
@@ -52,9 +58,10 @@ class EmbedCorpus(beam.PTransform):
   """Read + validate (+ carry over) + embed one corpus.
 
   Returns a dict of PCollections: "embeddings" (computed and carried over),
-  "dead_letters" (of every stage), "documents" (every document read: at
-  least one per embedding, known before embedding ends), and the records
-  `COUNTED` names, counted for the manifest.
+  "chunks" (likewise; empty without chunking), "dead_letters" (of every
+  stage), "documents" (every document read: at least one per embedding,
+  known before embedding ends), and the records `COUNTED` names, counted
+  for the manifest ("chunks" only when chunking).
   """
 
   # Output key -> the manifest count it holds the elements of.
@@ -67,6 +74,7 @@ class EmbedCorpus(beam.PTransform):
       DEAD_LETTERS: "dead_lettered",
       "truncated": "truncated",
   }
+  CHUNKS_COUNTED = {CHUNKS: "chunks"}
 
   def __init__(self, plan: RunPlan, corpus: CorpusSettings,
                previous_run: Optional[PreviousRun] = None):
@@ -76,6 +84,7 @@ class EmbedCorpus(beam.PTransform):
     self._handler = plan.handler
     self._batching = plan.batching
     self._table = plan.table
+    self._chunked = plan.table.chunked
 
   def expand(self, pbegin):
     read = pbegin | "Read" >> ReadCorpus.of(self._corpus)
@@ -92,13 +101,17 @@ class EmbedCorpus(beam.PTransform):
     embedded = to_embed | "Embed" >> EmbedDocuments(
         BertEmbeddingModelHandler(self._handler), self._batching)
     inferred = embedded[DOCUMENTS]
-    embeddings = inferred
+    embeddings, chunks = inferred, embedded[CHUNK_RECORDS]
     if self._previous_run:
       # Only then: a Flatten costs the local runner one more pass over every
       # embedding, and without a previous run nothing is reused.
       embeddings = (inferred, reused) | "InferredAndReused" >> beam.Flatten()
+      if self._chunked:
+        chunks = ((chunks, reuse[REUSED_CHUNKS])
+                  | "InferredAndReusedChunks" >> beam.Flatten())
     return {
         EMBEDDINGS: embeddings,
+        CHUNKS: chunks,
         DEAD_LETTERS: (read[DEAD_LETTERS], valid[DEAD_LETTERS],
                        embedded[DEAD_LETTERS])
                       | "AllDeadLetters" >> beam.Flatten(),
@@ -113,11 +126,12 @@ class EmbedCorpus(beam.PTransform):
     }
 
   @classmethod
-  def counts(cls, outputs: Dict[str, beam.PCollection],
-             prefix: str = "") -> Dict[str, beam.PCollection]:
+  def counts(cls, outputs: Dict[str, beam.PCollection], prefix: str = "",
+             chunked: bool = False) -> Dict[str, beam.PCollection]:
     """The manifest's counts among `outputs` (named "prefix.count")."""
+    counted = {**cls.COUNTED, **(cls.CHUNKS_COUNTED if chunked else {})}
     return {f"{prefix}{count}": outputs[key]
-            for key, count in cls.COUNTED.items()}
+            for key, count in counted.items()}
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
@@ -127,14 +141,15 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
   corpus = pipeline | "EmbedCorpus" >> EmbedCorpus(plan, plan.corpus,
                                                    plan.previous_run)
   embeddings = corpus[EMBEDDINGS]
-  counts = EmbedCorpus.counts(corpus)
+  chunked = plan.table.chunked
+  counts = EmbedCorpus.counts(corpus, chunked=chunked)
   all_dead_letters = [corpus[DEAD_LETTERS]]
-  queries = None
+  query_corpus = None
   if plan.queries:
     query_corpus = pipeline | "EmbedQueries" >> EmbedCorpus(plan,
                                                             plan.queries)
-    queries = query_corpus[EMBEDDINGS]
-    counts.update(EmbedCorpus.counts(query_corpus, prefix="queries."))
+    counts.update(EmbedCorpus.counts(query_corpus, prefix="queries.",
+                                     chunked=chunked))
     all_dead_letters.append(query_corpus[DEAD_LETTERS])
   dead_letters = all_dead_letters | "AllDeadLetters" >> beam.Flatten()
 
@@ -149,6 +164,10 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
           # the shard of each embedding is then chosen as it is made, not
           # in another pass over all of them.
           count=corpus[DOCUMENTS]),
+      **({CHUNKS: corpus[CHUNKS] | "WriteChunks" >> WriteTable(
+          staging, chunk_table(plan.table, plan.run_id, fingerprint),
+          bigquery_format=writing.bigquery_format,
+          num_shards=writing.num_shards)} if chunked else {}),
       ERRORS: dead_letters | "WriteDeadLetters" >> WriteTable(
           staging, error_table(plan.run_id), bigquery_format=None,
           num_shards=writing.num_shards),
@@ -157,11 +176,15 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
     _ = embeddings | f"WriteTo{sink.name}" >> sink.create_write_transform()
   details = {}
   if plan.neighbours:
-    neighbours = embeddings | "NearestNeighbours" >> NearestNeighbours(
-        plan.neighbours, queries=queries)
+    # Documents, or at chunk level chunks, of the corpus and the queries.
+    items = CHUNKS if plan.neighbours.level == CHUNK_LEVEL else EMBEDDINGS
+    neighbours = corpus[items] | "NearestNeighbours" >> NearestNeighbours(
+        plan.neighbours,
+        queries=query_corpus[items] if query_corpus else None)
     outputs[NEIGHBOURS] = neighbours[NEIGHBOUR_ROWS] | (
         "WriteNeighbours" >> WriteTable(
-            staging, neighbour_table(plan.run_id, fingerprint),
+            staging, neighbour_table(plan.run_id, fingerprint,
+                                     chunks=items == CHUNKS),
             bigquery_format=writing.bigquery_format,
             num_shards=writing.num_shards))
     details[NEIGHBOURS] = neighbours[STATS]

@@ -18,9 +18,11 @@ from typing import Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from bert_model.chunking import default_overlap
 from pipeline.errors import ConfigError
 from pipeline.flags import EmbeddingPipelineOptions
 from transforms.guardrails import DEFAULT_MAX_BAD_FRACTION
+from transforms.neighbours import CHUNK as CHUNK_LEVEL
 
 LATEST = "latest"  # --previous_run value: the run --latest_pointer names
 _BIGQUERY_TABLE = re.compile(
@@ -48,6 +50,9 @@ class ModelConfig:
   max_seq_length: Optional[int]
   pooling: Optional[str]
   normalize: Optional[bool]
+  chunk_size: Optional[int]  # None: no chunking
+  chunk_overlap: Optional[int]  # None: chunk_size // 8
+  max_chunks: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +78,7 @@ class NeighbourConfig:
   neighbours_k: int
   neighbours_mode: str
   neighbours_block_size: int
+  neighbours_level: str
   neighbours_of: Optional[str]
 
 
@@ -173,6 +179,43 @@ def _check_numbers(config: RunConfig):
   if out.num_shards < 0:
     raise ConfigError(
         "--num_shards must be 0 (sized to fit memory) or positive.")
+  _check_chunking(config)
+
+
+def _check_chunking(config: RunConfig):
+  model = config.model
+  _positive("max_chunks", model.max_chunks)
+  if model.chunk_size is None:
+    if model.chunk_overlap is not None:
+      raise ConfigError("--chunk_overlap needs --chunk_size: set both, e.g. "
+                        "--chunk_size 256 --chunk_overlap 32.")
+    if config.neighbours.neighbours_level == CHUNK_LEVEL:
+      raise ConfigError("--neighbours_level chunk needs --chunk_size: "
+                        "documents are only cut into chunks when it is set "
+                        "(e.g. --chunk_size 256).")
+    return
+  if model.chunk_size < 3:
+    raise ConfigError(
+        f"--chunk_size={model.chunk_size}: a chunk needs room for [CLS], "
+        "[SEP] and at least one wordpiece; use 3 or more (e.g. 256).")
+  overlap = chunk_overlap(model)
+  if not 0 <= overlap < model.chunk_size / 2:
+    raise ConfigError(
+        f"--chunk_overlap={overlap}: must be 0 or more and less than half "
+        f"of --chunk_size ({model.chunk_size}); the default is "
+        f"{default_overlap(model.chunk_size)}.")
+  if config.input.text_pair_field is not None:
+    raise ConfigError(
+        "--text_pair_field cannot be combined with --chunk_size: a pair is "
+        "one [CLS] a [SEP] b [SEP] sequence and cannot be cut into chunks. "
+        "Leave one of them out.")
+
+
+def chunk_overlap(model: ModelConfig) -> int:
+  """--chunk_overlap, or its default for --chunk_size."""
+  if model.chunk_overlap is not None:
+    return model.chunk_overlap
+  return default_overlap(model.chunk_size)
 
 
 def _check_names(config: RunConfig):

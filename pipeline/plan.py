@@ -32,8 +32,10 @@ from typing import Callable, Optional, Tuple
 from apache_beam.io.filesystems import FileSystems
 
 from bert_model import resolution
+from bert_model.chunking import ChunkSettings
 from bert_model.loaded_model import ModelSettings
 from pipeline import preflight
+from pipeline.config import chunk_overlap
 from pipeline.config import LATEST
 from pipeline.config import RunConfig
 from pipeline.config import settings_of
@@ -42,6 +44,7 @@ from pipeline.output_lock import OutputLock
 from pipeline.output_lock import OutputLockedError
 from run_directory.columns import CONTENT_HASH
 from run_directory.embeddings import EmbeddingTableSpec
+from run_directory.layout import CHUNKS
 from run_directory.layout import staging_dir
 from run_directory.layout import STAGING_PREFIX
 from run_directory.manifest import load_manifest
@@ -188,6 +191,11 @@ def _model_settings(config: RunConfig,
     raise ConfigError(
         "--pooling=pooler: this model has no pooler weights; use "
         "--pooling=cls or --pooling=mean.")
+  if choice.chunk_size is not None and choice.chunk_size > max_seq_length:
+    raise ConfigError(
+        f"--chunk_size={choice.chunk_size} is longer than the model's "
+        f"sequences (--max_seq_length {max_seq_length}); use at most "
+        f"{max_seq_length}.")
   if out.encoder_layers and model.encoder_format == "v1":
     raise ConfigError(
         f"--encoder_layers={out.encoder_layers!r}: --model={choice.model} is "
@@ -209,13 +217,21 @@ def _model_settings(config: RunConfig,
       precision=perf.precision,
       jit_compile=perf.jit_compile,
       encoder_format=model.encoder_format,
-      text_pairs=config.input.text_pair_field is not None)
+      text_pairs=config.input.text_pair_field is not None,
+      chunking=(ChunkSettings(chunk_size=choice.chunk_size,
+                              chunk_overlap=chunk_overlap(choice),
+                              max_chunks=choice.max_chunks)
+                if choice.chunk_size is not None else None))
 
 
 def vector_settings(settings: ModelSettings) -> dict:
   """The settings that change what a vector is, as the manifest's "model"
   entry records them: a previous run's vectors are reused only when all of
-  them match."""
+  them match. "chunking" only when documents are chunked, so that runs
+  before chunking existed still compare equal."""
+  chunking = {}
+  if settings.chunking is not None:
+    chunking["chunking"] = dataclasses.asdict(settings.chunking)
   return {
       "max_seq_length": settings.max_seq_length,
       "pooling": settings.pooling,
@@ -224,6 +240,7 @@ def vector_settings(settings: ModelSettings) -> dict:
       "sequence_dtype": settings.sequence_dtype,
       "encoder_layers": list(settings.encoder_layers),
       "precision": settings.precision,
+      **chunking,
   }
 
 
@@ -241,6 +258,14 @@ def _manifest_model(model: resolution.ResolvedModel,
       "source": dict(meta.source),
       **vector_settings(settings),
   }
+
+
+def _longest_input(settings: ModelSettings) -> int:
+  """Most wordpieces the model gets of one document: batching caps its
+  estimates here."""
+  if settings.chunking is None:
+    return settings.max_seq_length
+  return settings.chunking.chunk_size * settings.chunking.max_chunks
 
 
 def _read_latest_pointer(pointer: Optional[str]) -> Optional[str]:
@@ -272,13 +297,17 @@ def _previous_run(path: str, model_fingerprint: str,
                   for name in embeddings["tfrecord"])
     documents = int(manifest["counts"]["embedded"])
     fingerprint = manifest["model"]["fingerprint"]
-  except (KeyError, TypeError, ValueError) as e:
+    chunk_files = tuple(
+        FileSystems.join(path, name)
+        for name in manifest["outputs"].get(CHUNKS, {}).get("tfrecord", ()))
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ConfigError(
         f"--previous_run={path}: its manifest lacks {e}") from None
-  missing = [name for name in files if not FileSystems.exists(name)]
+  missing = [name for name in files + chunk_files
+             if not FileSystems.exists(name)]
   if missing:
     raise ConfigError(
-        f"--previous_run: {path} lists {len(missing)} embedding shard(s) "
+        f"--previous_run: {path} lists {len(missing)} shard(s) "
         f"that are gone, e.g. {missing[0]}: its files were moved or deleted. "
         "Point --previous_run at a complete run, or leave it out to embed "
         "everything.")
@@ -289,8 +318,9 @@ def _previous_run(path: str, model_fingerprint: str,
   if fingerprint != model_fingerprint:
     reason = "the model changed (fingerprint differs)"
   else:
-    changed = sorted(name for name, value in vectors.items()
-                     if previous.get(name) != value)
+    # "chunking" is recorded only when on: either side may lack it.
+    changed = sorted(name for name in set(vectors) | {"chunking"}
+                     if previous.get(name) != vectors.get(name))
     if changed:
       reason = f"settings changed: {', '.join(changed)}"
   if not reason:
@@ -302,7 +332,8 @@ def _previous_run(path: str, model_fingerprint: str,
     _LOG.warning("Not reusing embeddings of %s: %s", path, reason)
   return PreviousRun(path=path, run_id=manifest["run_id"],
                      tfrecord_files=files, reusable=not reason,
-                     reason=reason, documents=documents)
+                     reason=reason, documents=documents,
+                     chunk_tfrecord_files=chunk_files)
 
 
 def _remove_stale_staging(run_dir: str):
@@ -375,7 +406,8 @@ def plan_run(config: RunConfig,
       hidden_size=model.hidden_size, include_text=not out.no_text,
       sequence_output=settings.sequence_output,
       sequence_dtype=settings.sequence_dtype,
-      encoder_layers=settings.encoder_layers)
+      encoder_layers=settings.encoder_layers,
+      chunked=settings.chunking is not None)
   sinks = ()
   if out.bigquery_table:
     sinks = (BigQuerySink(out.bigquery_table, embedding_table(
@@ -392,7 +424,7 @@ def plan_run(config: RunConfig,
           model=settings, max_batch_tokens=perf.max_batch_tokens,
           large_model=perf.large_model, model_copies=perf.model_copies),
       batching=LengthBatching(
-          max_seq_length=settings.max_seq_length,
+          max_seq_length=_longest_input(settings),
           max_batch_size=perf.max_batch_size,
           max_batch_tokens=perf.max_batch_tokens,
           buffer_size=perf.sort_buffer_size),
@@ -403,7 +435,8 @@ def plan_run(config: RunConfig,
       sinks=sinks,
       neighbours=(NeighbourSettings(k=neighbours.neighbours_k,
                                     mode=neighbours.neighbours_mode,
-                                    block_size=neighbours.neighbours_block_size)
+                                    block_size=neighbours.neighbours_block_size,
+                                    level=neighbours.neighbours_level)
                   if neighbours.neighbours_k else None),
       similarity_plot=out.similarity_plot,
       projector_max_points=(out.projector_max_points

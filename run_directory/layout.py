@@ -25,9 +25,10 @@ STAGING_PREFIX = ".staging-"
 # Tables: sub-directories of the run directory and keys of the manifest's
 # "outputs".
 EMBEDDINGS = "embeddings"
+CHUNKS = "chunks"  # with --chunk_size
 NEIGHBOURS = "neighbours"
 ERRORS = "errors"
-TABLES = (EMBEDDINGS, NEIGHBOURS, ERRORS)
+TABLES = (EMBEDDINGS, CHUNKS, NEIGHBOURS, ERRORS)
 
 # File formats: sub-directories of a table and keys of its manifest entry.
 TFRECORD = "tfrecord"

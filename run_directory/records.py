@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import os
 import re
-from typing import Mapping, NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -175,19 +175,25 @@ class Vectors:
   layers: Mapping[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Embedding:
-  """A row of the embeddings table: a document and its vectors.
-
-  The vectors are computed by the model in this run, or carried over from a
-  previous run (--previous_run); either way one `Vectors`.
-  """
-  id: str
-  text: str
-  source: str
+class ChunkVectors(NamedTuple):
+  """What the model computed for one chunk of a document: its span (code
+  point offsets into the document's text, end exclusive) and its vectors."""
+  start: int
+  end: int
   vectors: Vectors
 
-  # The vectors' fields, read through: what the row converters take.
+
+class ChunkedVectors(NamedTuple):
+  """What the model computed for one document cut into chunks: the document's
+  vectors (pooled from its chunks') and each chunk's, in order."""
+  vectors: Vectors
+  chunks: Tuple[ChunkVectors, ...]
+
+
+class _VectorsOfARow:
+  """The fields of a row's Vectors, read through: what the converters take."""
+  vectors: Vectors
+
   @property
   def embedding(self) -> np.ndarray:
     return self.vectors.embedding
@@ -211,3 +217,50 @@ class Embedding:
   @property
   def layers(self) -> Mapping[int, np.ndarray]:
     return self.vectors.layers
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Embedding(_VectorsOfARow):
+  """A row of the embeddings table: a document and its vectors.
+
+  The vectors are computed by the model in this run, or carried over from a
+  previous run (--previous_run); either way one `Vectors`. With chunking
+  (--chunk_size), they are the num_tokens-weighted mean of its `num_chunks`
+  chunks' vectors.
+  """
+  id: str
+  text: str
+  source: str
+  vectors: Vectors
+  num_chunks: int = 0
+
+
+def chunk_id(document_id: str, chunk_index: int) -> str:
+  """A chunk's id: deterministic, from its document's id and its index."""
+  return f"{document_id}#{chunk_index}"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Chunk(_VectorsOfARow):
+  """A row of the chunks table: a span of a long document, and its vectors.
+
+  start, end: Unicode code point offsets into the document's text, end
+    exclusive: the chunk's text is `document_text[start:end]`, and it starts
+    and ends on word boundaries.
+  """
+  id: str
+  document_id: str
+  chunk_index: int
+  start: int
+  end: int
+  text: str
+  vectors: Vectors
+
+
+def chunk_of(document_id: str, document_text: str, index: int,
+             chunk: ChunkVectors) -> Chunk:
+  """The chunks table's row of a document's chunk number `index`."""
+  return Chunk(id=chunk_id(document_id, index), document_id=document_id,
+               chunk_index=index, start=chunk.start, end=chunk.end,
+               text=document_text[chunk.start:chunk.end],
+               vectors=chunk.vectors)

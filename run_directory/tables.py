@@ -8,6 +8,7 @@ many rows a shard holds. Adding a table means one factory here (or beside
 it, as embeddings.py): its columns, its sort key and its converter.
 
   embedding_table(spec, run_id, model_fingerprint)  Embedding -> row
+  chunk_table(spec, run_id, model_fingerprint)      Chunk -> row
   neighbour_table(run_id, model_fingerprint)        {id, rank, ...} -> row
   error_table(run_id)                               DeadLetter -> row
 """
@@ -26,6 +27,7 @@ from run_directory.columns import Column
 from run_directory.columns import NULLABLE
 from run_directory.columns import REQUIRED
 from run_directory.embeddings import EmbeddingTableSpec
+from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import ERRORS
 from run_directory.layout import NEIGHBOURS
@@ -125,6 +127,17 @@ NEIGHBOUR_COLUMNS = (
         "Fingerprint of the model that computed the vectors."),
 )
 
+# --neighbours_level chunk: the rows are chunks, and name their documents.
+CHUNK_NEIGHBOUR_COLUMNS = (
+    Column("id", "STRING", REQUIRED, "The query chunk."),
+    Column("document_id", "STRING", REQUIRED, "The query chunk's document."),
+    Column("rank", "INTEGER", REQUIRED, "1 for the nearest neighbour."),
+    Column("neighbour_id", "STRING", REQUIRED,
+           "The neighbouring chunk, of another document."),
+    Column("neighbour_document_id", "STRING", REQUIRED,
+           "The neighbouring chunk's document."),
+) + NEIGHBOUR_COLUMNS[3:]
+
 # DeadLetter's fields, plus the run. A test keeps the two in step.
 ERROR_COLUMNS = (
     Column("source", "STRING", REQUIRED, "The file the record came from."),
@@ -138,18 +151,22 @@ ERROR_COLUMNS = (
 )
 
 
-def neighbour_to_row(
-    neighbour: Mapping, run_id: str, model_fingerprint: str) -> dict:
-  """A neighbours table row from {id, rank, neighbour_id, score}."""
-  return {
-      "id": neighbour["id"],
-      "rank": int(neighbour["rank"]),
-      "neighbour_id": neighbour["neighbour_id"],
-      # Rounded as the files store it, so every format holds the same value.
-      "score": float(np.float32(neighbour["score"])),
-      "run_id": run_id,
-      "model_fingerprint": model_fingerprint,
-  }
+def neighbour_to_row(neighbour: Mapping, run_id: str, model_fingerprint: str,
+                     chunks: bool = False) -> dict:
+  """A neighbours table row from {id, rank, neighbour_id, score} (chunks:
+  and document_id, neighbour_document_id)."""
+  row = {"id": neighbour["id"]}
+  if chunks:
+    row["document_id"] = neighbour["document_id"]
+  row["rank"] = int(neighbour["rank"])
+  row["neighbour_id"] = neighbour["neighbour_id"]
+  if chunks:
+    row["neighbour_document_id"] = neighbour["neighbour_document_id"]
+  # Rounded as the files store it, so every format holds the same value.
+  row["score"] = float(np.float32(neighbour["score"]))
+  row["run_id"] = run_id
+  row["model_fingerprint"] = model_fingerprint
+  return row
 
 
 def dead_letter_to_row(d: DeadLetter, run_id: str) -> dict:
@@ -161,6 +178,11 @@ def dead_letter_to_row(d: DeadLetter, run_id: str) -> dict:
 
 def embedding_sort_key(e) -> tuple:
   return (e.id,)
+
+
+def chunk_sort_key(c) -> tuple:
+  """By document, then place: a document's chunks share a shard, in order."""
+  return (c.document_id, c.chunk_index)
 
 
 def neighbour_sort_key(neighbour: Mapping) -> tuple:
@@ -175,27 +197,50 @@ def embedding_table(spec: EmbeddingTableSpec, run_id: str,
                     model_fingerprint: str,
                     rows_per_shard: Optional[int] = None) -> Table:
   """The embeddings table (Embedding elements), sorted by id."""
+  return _vectors_table(
+      EMBEDDINGS, embeddings_lib.embedding_columns(spec), embedding_sort_key,
+      (embeddings_lib.embedding_to_row, embeddings_lib.embeddings_to_arrow,
+       embeddings_lib.embeddings_to_record_batch),
+      spec, run_id, model_fingerprint, rows_per_shard)
+
+
+def chunk_table(spec: EmbeddingTableSpec, run_id: str,
+                model_fingerprint: str,
+                rows_per_shard: Optional[int] = None) -> Table:
+  """The chunks table (Chunk elements, --chunk_size), sorted by (document
+  id, chunk index)."""
+  return _vectors_table(
+      CHUNKS, embeddings_lib.chunk_columns(spec), chunk_sort_key,
+      (embeddings_lib.chunk_to_row, embeddings_lib.chunks_to_arrow,
+       embeddings_lib.chunks_to_record_batch),
+      spec, run_id, model_fingerprint, rows_per_shard)
+
+
+def _vectors_table(name, columns, sort_key, converters, spec, run_id,
+                   model_fingerprint, rows_per_shard) -> Table:
+  """A table of vectors rows: converters (to_row, to_arrow, to_examples)
+  take the spec and the run's ids."""
   ids = dict(spec=spec, run_id=run_id, model_fingerprint=model_fingerprint)
+  to_row, to_arrow, to_examples = (functools.partial(convert, **ids)
+                                   for convert in converters)
   return Table(
-      name=EMBEDDINGS,
-      columns=embeddings_lib.embedding_columns(spec),
-      sort_key=embedding_sort_key,
-      to_row=functools.partial(embeddings_lib.embedding_to_row, **ids),
-      to_arrow=functools.partial(embeddings_lib.embeddings_to_arrow, **ids),
-      to_examples=functools.partial(
-          embeddings_lib.embeddings_to_record_batch, **ids),
+      name=name, columns=columns, sort_key=sort_key, to_row=to_row,
+      to_arrow=to_arrow, to_examples=to_examples,
       rows_per_shard=(default_embedding_rows_per_shard(spec)
                       if rows_per_shard is None else rows_per_shard))
 
 
 def neighbour_table(run_id: str, model_fingerprint: str,
-                    rows_per_shard: int = NEIGHBOUR_ROWS_PER_SHARD) -> Table:
+                    rows_per_shard: int = NEIGHBOUR_ROWS_PER_SHARD,
+                    chunks: bool = False) -> Table:
   """The neighbours table ({id, rank, neighbour_id, score} dicts), sorted by
-  (id, rank): all of an id's neighbours are in one shard."""
+  (id, rank): all of an id's neighbours are in one shard. chunks: of
+  --neighbours_level chunk, whose rows also name both documents."""
   return table_of_rows(
-      NEIGHBOURS, NEIGHBOUR_COLUMNS, neighbour_sort_key,
+      NEIGHBOURS, CHUNK_NEIGHBOUR_COLUMNS if chunks else NEIGHBOUR_COLUMNS,
+      neighbour_sort_key,
       functools.partial(neighbour_to_row, run_id=run_id,
-                        model_fingerprint=model_fingerprint),
+                        model_fingerprint=model_fingerprint, chunks=chunks),
       rows_per_shard)
 
 

@@ -339,7 +339,7 @@ def test_a_previous_run_with_missing_shards_is_refused(
   code, _ = _run(tmp_path, tiny_model_dir, corpus_file,
                  f"--previous_run={previous}", output="next")
   assert code == 2
-  assert "embedding shard(s) that are gone" in capsys.readouterr().err
+  assert "shard(s) that are gone" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "next")
 
 

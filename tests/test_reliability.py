@@ -82,11 +82,11 @@ def test_a_bundle_that_fails_once_is_retried_without_duplicates(
   attempts = []
   to_embedding = embed.to_embedding
 
-  def fails_on_first_attempt(document, encoded):
+  def fails_on_first_attempt(document, encoded, **kwargs):
     attempts.append(document.id)
     if len(attempts) == 3:
       raise RuntimeError("transient worker failure")
-    return to_embedding(document, encoded)
+    return to_embedding(document, encoded, **kwargs)
 
   monkeypatch.setattr(embed, "to_embedding", fails_on_first_attempt)
   run_dir = str(tmp_path / "run")

@@ -19,8 +19,10 @@ from run_directory import avro as avro_lib
 from run_directory import columns as columns_lib
 from run_directory import embeddings as embeddings_lib
 from run_directory import tables
+from run_directory.embeddings import chunk_columns
 from run_directory.embeddings import embedding_columns
 from run_directory.embeddings import EmbeddingTableSpec
+from run_directory.records import Chunk
 from run_directory.records import DeadLetter
 from run_directory.records import Embedding
 from run_directory.records import Vectors
@@ -440,3 +442,58 @@ def test_example_layout_schema():
       "encoder_layer_5", "token_ids", "sequence_embedding"]
   assert schema.field("truncated").type == pa.bool_()
   assert schema.field("sequence_embedding").type.value_type == pa.float32()
+
+
+# --- The chunks table (--chunk_size) ----------------------------------------
+
+CHUNKED_SPEC = dataclasses.replace(FULL_SPEC, chunked=True)
+
+
+def make_chunk(rng, document_id="doc-1", index=0, num_tokens=4):
+  e = make_embedding(rng, document_id, num_tokens=num_tokens, layers=())
+  return Chunk(id=f"{document_id}#{index}", document_id=document_id,
+               chunk_index=index, start=3 * index, end=3 * index + 7,
+               text=f"chunk {index} ✓", vectors=e.vectors)
+
+
+def test_chunk_table_columns():
+  columns = [c.name for c in chunk_columns(CHUNKED_SPEC)]
+  assert columns == ["id", "document_id", "chunk_index", "start", "end",
+                     "text", "embedding", "num_tokens", "run_id",
+                     "model_fingerprint", "tokens"]
+  # The documents' table: num_chunks, and the tokens go to the chunks.
+  document_columns = [c.name for c in embedding_columns(CHUNKED_SPEC)]
+  assert "num_chunks" in document_columns and "tokens" not in (
+      document_columns)
+  for spec in (CHUNKED_SPEC, dataclasses.replace(CHUNKED_SPEC,
+                                                 include_text=False)):
+    columns_lib.validate_bigquery_schema(
+        columns_lib.to_bigquery_schema(chunk_columns(spec)))
+  neighbour_columns = [c.name for c in tables.CHUNK_NEIGHBOUR_COLUMNS]
+  assert neighbour_columns == ["id", "document_id", "rank", "neighbour_id",
+                               "neighbour_document_id", "score", "run_id",
+                               "model_fingerprint"]
+
+
+def test_chunk_converters_agree_and_round_trip():
+  rng = np.random.default_rng(3)
+  batch = [make_chunk(rng, f"d{i // 2}", i % 2, num_tokens=2 + i)
+           for i in range(5)]
+  arrow = embeddings_lib.chunks_to_arrow(batch, CHUNKED_SPEC, "r", "f")
+  assert arrow.schema == arrow_lib.to_arrow_schema(
+      chunk_columns(CHUNKED_SPEC))
+  assert arrow.to_pylist() == [
+      embeddings_lib.chunk_to_row(c, CHUNKED_SPEC, "r", "f") for c in batch]
+  examples = example_coder.RecordBatchToExamplesEncoder().encode(
+      embeddings_lib.chunks_to_record_batch(batch, CHUNKED_SPEC, "r", "f"))
+  decoded = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(
+      examples)
+  back = list(embeddings_lib.chunks_from_examples(decoded, CHUNKED_SPEC))
+  assert [(d, i, c.start, c.end) for d, i, c in back] == [
+      (c.document_id, c.chunk_index, c.start, c.end) for c in batch]
+  for (_, _, chunk), original in zip(back, batch):
+    np.testing.assert_array_equal(chunk.vectors.embedding, original.embedding)
+    np.testing.assert_array_equal(chunk.vectors.token_ids,
+                                  original.token_ids)
+    np.testing.assert_array_equal(chunk.vectors.sequence_embedding,
+                                  original.sequence_embedding)

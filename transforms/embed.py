@@ -9,6 +9,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler
 from apache_beam.ml.inference.base import RunInference
 
+from run_directory.records import chunk_of
+from run_directory.records import ChunkedVectors
 from run_directory.records import DeadLetter
 from run_directory.records import Document
 from run_directory.records import Embedding
@@ -19,6 +21,7 @@ from transforms.batching import estimate_tokens
 from transforms.batching import LengthBatching
 from transforms.batching import SortAndBatchByLength
 from transforms.model_handler import BertEmbeddingModelHandler
+from transforms.names import CHUNKS
 from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
@@ -49,13 +52,15 @@ def has_no_wordpieces(document: Document, vectors: Vectors) -> bool:
   return vectors.num_tokens <= special_tokens
 
 
-def to_embedding(document: Document, vectors: Vectors) -> Embedding:
+def to_embedding(document: Document, vectors: Vectors,
+                 num_chunks: int = 0) -> Embedding:
   return Embedding(id=document.id, text=document.text, source=document.source,
-                   vectors=vectors)
+                   vectors=vectors, num_chunks=num_chunks)
 
 
 class _SplitInferenceResultsFn(beam.DoFn):
-  """(Document, PredictionResult) to an Embedding, or a dead letter."""
+  """(Document, PredictionResult) to an Embedding (and its Chunks, tagged
+  CHUNKS), or a dead letter."""
 
   def __init__(self):
     self._inferred = Metrics.counter(METRICS_NAMESPACE, COUNTERS.inferred)
@@ -68,7 +73,9 @@ class _SplitInferenceResultsFn(beam.DoFn):
 
   def process(self, keyed_result):
     document, result = keyed_result
-    vectors = result.inference
+    vectors, chunks = result.inference, ()
+    if isinstance(vectors, ChunkedVectors):
+      vectors, chunks = vectors
     if not isinstance(vectors, Vectors):  # an InferenceFailure
       yield self._dead_letter(document, Reason.MODEL_ERROR, vectors.error)
     elif has_no_wordpieces(document, vectors):
@@ -81,7 +88,10 @@ class _SplitInferenceResultsFn(beam.DoFn):
       if vectors.truncated:
         self._truncated.inc()
       self._log_progress()
-      yield to_embedding(document, vectors)
+      yield to_embedding(document, vectors, num_chunks=len(chunks))
+      for index, chunk in enumerate(chunks):
+        yield beam.pvalue.TaggedOutput(
+            CHUNKS, chunk_of(document.id, document.text, index, chunk))
 
   def _dead_letter(self, document: Document, reason: str, detail: str):
     self._dead_lettered.inc()
@@ -112,7 +122,8 @@ class EmbedDocuments(beam.PTransform):
 
   Documents are batched by length (transforms/batching.py) before
   RunInference, which runs the handler on those batches as they are.
-  Returns {DOCUMENTS: PCollection[Embedding], DEAD_LETTERS: PCollection[...]}.
+  Returns {DOCUMENTS: PCollection[Embedding], CHUNKS: PCollection[Chunk]
+  (empty without chunking), DEAD_LETTERS: PCollection[DeadLetter]}.
   """
 
   def __init__(self, model_handler: BertEmbeddingModelHandler,
@@ -133,5 +144,6 @@ class EmbedDocuments(beam.PTransform):
         | "RunInference" >> RunInference(KeyedModelHandler(
             self._model_handler).with_no_batching())
         | "SplitResults" >> beam.ParDo(_SplitInferenceResultsFn()).with_outputs(
-            DEAD_LETTERS, main=DOCUMENTS))
-    return {DOCUMENTS: results[DOCUMENTS], DEAD_LETTERS: results[DEAD_LETTERS]}
+            DEAD_LETTERS, CHUNKS, main=DOCUMENTS))
+    return {DOCUMENTS: results[DOCUMENTS], CHUNKS: results[CHUNKS],
+            DEAD_LETTERS: results[DEAD_LETTERS]}

@@ -4,7 +4,8 @@ The handler loads the model (bert_model.LoadedBertModel: preprocess and
 encoder SavedModels together) once per process, or once per machine when
 `large_model` / `model_copies` ask Beam to share it across processes, and
 returns one `Vectors` per input (run_directory/records.py: what a row of the
-embeddings table stores), with its token count and truncation flag.
+embeddings table stores), with its token count and truncation flag; with
+chunking (--chunk_size) one `ChunkedVectors`, the document's and its chunks'.
 
 Beam's stock TFModelHandlerTensor cannot load TF Hub SavedModels under Keras
 3, stacks inputs with tf.stack and splits dict outputs by zipping them, which
@@ -28,6 +29,8 @@ from apache_beam.ml.inference.base import PredictionResult
 from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
+from run_directory.records import ChunkedVectors
+from run_directory.records import ChunkVectors
 from run_directory.records import Vectors
 from transforms.names import COUNTERS
 from transforms.names import METRICS_NAMESPACE
@@ -43,27 +46,54 @@ class InferenceFailure:
 
 def split_outputs(outputs: Dict[str, np.ndarray],
                   settings: ModelSettings) -> list:
-  """Batch outputs to one Vectors per text, real tokens only."""
+  """Batch outputs to one Vectors per text, real tokens only; with chunking
+  one ChunkedVectors per text (its chunks' Vectors beside its own)."""
+  if settings.chunking is not None:
+    return _split_chunked_outputs(outputs, settings)
+  return [_vectors(outputs, i, settings) for i in range(len(
+      outputs["num_tokens"]))]
+
+
+def _vectors(outputs: Dict[str, np.ndarray], i: int, settings: ModelSettings,
+             prefix: str = "") -> Vectors:
+  """Row i of the outputs named `prefix` + name as one Vectors."""
+  n = int(outputs[prefix + "num_tokens"][i])
+  token_ids = sequence = None
+  if settings.sequence_output and prefix + "token_ids" in outputs:
+    token_ids = outputs[prefix + "token_ids"][i, :n].astype(np.int32)
+    sequence = outputs[prefix + "sequence_output"][i, :n].astype(
+        settings.sequence_dtype)
+  return Vectors(
+      embedding=outputs[prefix + "embedding"][i].astype(np.float32),
+      num_tokens=n,
+      truncated=bool(outputs["truncated"][i]) if not prefix else False,
+      token_ids=token_ids,
+      sequence_embedding=sequence,
+      layers={} if prefix else {
+          layer: outputs[f"layer_{layer}"][i].astype(np.float32)
+          for layer in settings.encoder_layers
+      })
+
+
+def _split_chunked_outputs(outputs: Dict[str, np.ndarray],
+                           settings: ModelSettings) -> list:
+  first_chunks = np.concatenate([[0], np.cumsum(outputs["num_chunks"])])
+  starts, ends = outputs["chunk_start"], outputs["chunk_end"]
   results = []
-  for i, num_tokens in enumerate(outputs["num_tokens"]):
-    n = int(num_tokens)
-    token_ids = sequence = None
-    if settings.sequence_output:
-      token_ids = outputs["token_ids"][i, :n].astype(np.int32)
-      sequence = outputs["sequence_output"][i, :n].astype(
-          settings.sequence_dtype)
-    results.append(
-        Vectors(
-            embedding=outputs["embedding"][i].astype(np.float32),
-            num_tokens=n,
-            truncated=bool(outputs["truncated"][i]),
-            token_ids=token_ids,
-            sequence_embedding=sequence,
-            layers={
-                layer: outputs[f"layer_{layer}"][i].astype(np.float32)
-                for layer in settings.encoder_layers
-            }))
+  for i in range(len(outputs["num_chunks"])):
+    chunks = tuple(
+        ChunkVectors(start=int(starts[c]), end=int(ends[c]),
+                     vectors=_vectors(outputs, c, settings, prefix="chunk_"))
+        for c in range(first_chunks[i], first_chunks[i + 1]))
+    results.append(ChunkedVectors(_vectors(outputs, i, settings), chunks))
   return results
+
+
+def _tokens_of(result) -> int:
+  """Wordpieces the model ran on for one result (0 for a failure)."""
+  if isinstance(result, ChunkedVectors):
+    return result.vectors.num_tokens
+  return result.num_tokens if isinstance(result, Vectors) else 0
 
 
 def _is_out_of_memory(error: Exception) -> bool:
@@ -117,7 +147,7 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
     results = self._embed_isolating_failures(batch, model)
     Metrics.counter(METRICS_NAMESPACE, COUNTERS.batches).inc()
     Metrics.counter(METRICS_NAMESPACE, COUNTERS.tokens).inc(
-        sum(r.num_tokens for r in results if isinstance(r, Vectors)))
+        sum(_tokens_of(result) for result in results))
     return [PredictionResult(text, result)
             for text, result in zip(batch, results)]
 

@@ -10,7 +10,7 @@ METRICS_NAMESPACE, under the word the manifest uses for the same count:
   inferred       documents the model ran on (the embed stage)
   reused         documents whose vectors were carried over (--previous_run)
   removed        documents of the previous run gone from the corpus
-  truncated      documents cut to --max_seq_length
+  truncated      documents cut to --max_seq_length (or --max_chunks)
   tokens, batches, token_budget_halved   the model handler's work
 
 The manifest's `embedded` (documents with a vector in this run) is
@@ -22,6 +22,8 @@ import dataclasses
 # Output tags of the stages that split records into good ones and rejects.
 DOCUMENTS = "documents"
 DEAD_LETTERS = "dead_letters"
+# The embed stage's chunks of long documents (--chunk_size).
+CHUNKS = "chunks"
 
 # Beam metrics namespace for every counter of the pipeline, Beam's own
 # RunInference counters included.

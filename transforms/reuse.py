@@ -5,13 +5,16 @@ changed. A document is carried over when its id, its text (content hash) and
 the model fingerprint are the same as in the previous run, and the previous run
 computed vectors the same way (max length, pooling, normalisation, sequence
 and layer outputs). Changed and new documents are embedded; documents gone
-from the corpus are dropped and counted as removed.
+from the corpus are dropped and counted as removed. With chunking
+(--chunk_size, the same chunk settings: planning checks), a document's chunks
+are carried over with it, read from the previous run's chunks table.
 
 The previous run is read from its TFRecord shards, listed by its manifest, with
 tfx-bsl's TFXIO reader (tf.Example to Arrow RecordBatches in C++).
 """
 
 import dataclasses
+import functools
 import logging
 from typing import Tuple
 
@@ -19,9 +22,11 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from tfx_bsl.public import tfxio
 
+from run_directory.embeddings import chunks_from_examples
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.embeddings import ids_from_examples
 from run_directory.embeddings import vectors_from_examples
+from run_directory.records import chunk_of
 from run_directory.records import content_hash
 from run_directory.records import Document
 from run_directory.records import Embedding
@@ -31,6 +36,7 @@ from transforms.names import METRICS_NAMESPACE
 _LOG = logging.getLogger(__name__)
 
 REUSED = "reused"
+REUSED_CHUNKS = "reused_chunks"
 TO_EMBED = "to_embed"
 REMOVED = "removed"
 _READ_BATCH_SIZE = 1024
@@ -51,39 +57,59 @@ class PreviousRun:
   reusable: bool
   reason: str = ""
   documents: int = 0  # in its embeddings table
+  chunk_tfrecord_files: Tuple[str, ...] = ()  # its chunks table, if chunked
 
   def manifest_entry(self) -> dict:
     return {"path": self.path, "run_id": self.run_id,
             "reused": self.reusable, "reason": self.reason}
 
 
-class ReadPreviousEmbeddings(beam.PTransform):
-  """The previous run's embeddings as (id, (content hash, Vectors)).
+class _ReadPreviousTable(beam.PTransform):
+  """A table of the previous run read from its TFRecord shards with TFXIO
+  (decoded tf.Examples as Arrow RecordBatches), each batch parsed by
+  `parse` into elements."""
 
-  When the previous run is not reusable only its ids are read, as
-  (id, None): they still tell which documents were removed.
-  """
-
-  def __init__(self, previous: PreviousRun, spec: EmbeddingTableSpec):
+  def __init__(self, files, parse):
     super().__init__()
-    self._previous = previous
-    self._spec = spec
+    self._files = list(files)
+    self._parse = parse
 
   def expand(self, pbegin):
     source = tfxio.TFExampleRecord(
-        file_pattern=list(self._previous.tfrecord_files),
+        file_pattern=self._files,
         telemetry_descriptors=["bert-batch-embeddings", "previous_run"])
     return (pbegin
             | "ReadTFRecord" >> source.BeamSource(batch_size=_READ_BATCH_SIZE)
-            | "ToPrevious" >> (
-                beam.FlatMap(_previous_vectors, spec=self._spec)
-                if self._previous.reusable else
-                beam.FlatMap(_previous_ids)))
+            | "Parse" >> beam.FlatMap(self._parse))
+
+
+def read_previous_embeddings(previous: PreviousRun,
+                             spec: EmbeddingTableSpec) -> beam.PTransform:
+  """The previous run's embeddings as (id, (content hash, Vectors,
+  num_chunks)); when it is not reusable only its ids, as (id, None): they
+  still tell which documents were removed."""
+  parse = (functools.partial(_previous_vectors, spec=spec)
+           if previous.reusable else _previous_ids)
+  return _ReadPreviousTable(previous.tfrecord_files, parse)
+
+
+def read_previous_chunks(previous: PreviousRun,
+                         spec: EmbeddingTableSpec) -> beam.PTransform:
+  """The previous run's chunks as (document id, (chunk index,
+  ChunkVectors))."""
+  return _ReadPreviousTable(previous.chunk_tfrecord_files,
+                            functools.partial(_previous_chunks, spec=spec))
 
 
 def _previous_vectors(batch, spec: EmbeddingTableSpec):
-  for document_id, text_hash, vectors in vectors_from_examples(batch, spec):
-    yield document_id, (text_hash, vectors)
+  for document_id, text_hash, vectors, num_chunks in vectors_from_examples(
+      batch, spec):
+    yield document_id, (text_hash, vectors, num_chunks)
+
+
+def _previous_chunks(batch, spec: EmbeddingTableSpec):
+  for document_id, index, chunk in chunks_from_examples(batch, spec):
+    yield document_id, (index, chunk)
 
 
 def _previous_ids(batch):
@@ -93,7 +119,8 @@ def _previous_ids(batch):
 
 
 class _SplitByReuseFn(beam.DoFn):
-  """(id, {docs, previous}) -> a carried-over Embedding, a Document, or gone."""
+  """(id, {documents, previous[, previous_chunks]}) -> a carried-over
+  Embedding (and its Chunks, tagged REUSED_CHUNKS), a Document, or gone."""
 
   def __init__(self):
     self._reused = Metrics.counter(METRICS_NAMESPACE, COUNTERS.reused)
@@ -107,20 +134,29 @@ class _SplitByReuseFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput(REMOVED, document_id)
       return
     document: Document = documents[0]  # ids are unique after validation
-    if previous and previous[0] is not None and (
-        previous[0][0] == content_hash(document.text)):
-      self._reused.inc()
-      _, vectors = previous[0]
-      yield beam.pvalue.TaggedOutput(
-          REUSED,
-          Embedding(id=document.id, text=document.text, source=document.source,
-                    vectors=vectors))
-    else:
+    if not previous or previous[0] is None:
       yield document
+      return
+    text_hash, vectors, num_chunks = previous[0]
+    chunks = sorted(group.get("previous_chunks", ()), key=lambda c: c[0])
+    if text_hash != content_hash(document.text) or (
+        [index for index, _ in chunks] != list(range(num_chunks))):
+      # Changed, or its chunks are not all there: embedded again.
+      yield document
+      return
+    self._reused.inc()
+    yield beam.pvalue.TaggedOutput(
+        REUSED,
+        Embedding(id=document.id, text=document.text, source=document.source,
+                  vectors=vectors, num_chunks=num_chunks))
+    for index, chunk in chunks:
+      yield beam.pvalue.TaggedOutput(
+          REUSED_CHUNKS, chunk_of(document.id, document.text, index, chunk))
 
 
 class ReuseEmbeddings(beam.PTransform):
-  """Documents -> {REUSED: Embedding, TO_EMBED: Document, REMOVED: id}."""
+  """Documents -> {REUSED: Embedding, REUSED_CHUNKS: Chunk, TO_EMBED:
+  Document, REMOVED: id}."""
 
   def __init__(self, previous: PreviousRun, spec: EmbeddingTableSpec):
     super().__init__()
@@ -128,12 +164,18 @@ class ReuseEmbeddings(beam.PTransform):
     self._spec = spec
 
   def expand(self, documents):
-    previous = documents.pipeline | "ReadPrevious" >> ReadPreviousEmbeddings(
-        self._previous, self._spec)
+    previous = documents.pipeline | "ReadPrevious" >> (
+        read_previous_embeddings(self._previous, self._spec))
     keyed = documents | "KeyById" >> beam.Map(lambda d: (d.id, d))
-    split = ({"documents": keyed, "previous": previous}
+    joined = {"documents": keyed, "previous": previous}
+    if self._previous.reusable and self._spec.chunked:
+      joined["previous_chunks"] = (
+          documents.pipeline
+          | "ReadPreviousChunks" >> read_previous_chunks(self._previous,
+                                                         self._spec))
+    split = (joined
              | "JoinOnId" >> beam.CoGroupByKey()
              | "Split" >> beam.ParDo(_SplitByReuseFn()).with_outputs(
-                 REUSED, REMOVED, main=TO_EMBED))
-    return {REUSED: split[REUSED], TO_EMBED: split[TO_EMBED],
-            REMOVED: split[REMOVED]}
+                 REUSED, REUSED_CHUNKS, REMOVED, main=TO_EMBED))
+    return {REUSED: split[REUSED], REUSED_CHUNKS: split[REUSED_CHUNKS],
+            TO_EMBED: split[TO_EMBED], REMOVED: split[REMOVED]}

@@ -16,7 +16,9 @@ Two modes, one output contract (the neighbours table of the design brief):
 Both find the neighbours of `queries` within the corpus when a query set is
 given (e.g. new documents against yesterday's corpus), of every corpus
 document otherwise. A document is never its own neighbour: a query is never
-matched with a corpus document of the same id.
+matched with a corpus document of the same id. At chunk level
+(--neighbours_level chunk) the items are chunks (Chunk records), and a chunk's
+neighbours are other documents' chunks.
 
 Scores are canonical cosines, the same for a pair in every block and mode
 (maths.py says how).
@@ -31,24 +33,30 @@ from transforms.neighbours.approximate import AnnIndexSettings
 from transforms.neighbours.approximate import ApproximateNeighbours
 from transforms.neighbours.exact import ExactNeighbours
 from transforms.neighbours.names import ANN
+from transforms.neighbours.names import CHUNK
 from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
 from transforms.neighbours.names import DEFAULT_RECALL_SAMPLE_SIZE
+from transforms.neighbours.names import DOCUMENT
 from transforms.neighbours.names import EXACT
+from transforms.neighbours.names import LEVELS
 from transforms.neighbours.names import MODES
 from transforms.neighbours.names import NEIGHBOUR_ROWS
 from transforms.neighbours.names import STATS
 
-__all__ = ["ANN", "EXACT", "MODES", "NEIGHBOUR_ROWS", "STATS",
+__all__ = ["ANN", "CHUNK", "DOCUMENT", "EXACT", "LEVELS", "MODES",
+           "NEIGHBOUR_ROWS", "STATS",
            "NearestNeighbours", "NeighbourSettings"]
 
 
 @dataclasses.dataclass(frozen=True)
 class NeighbourSettings:
-  """What the neighbours stage computes: k neighbours per document, by mode
-  (exact or ann), exact mode's block size."""
+  """What the neighbours stage computes: k neighbours per document (or per
+  chunk, at level "chunk"), by mode (exact or ann), exact mode's block
+  size."""
   k: int
   mode: str = EXACT
   block_size: int = DEFAULT_BLOCK_SIZE
+  level: str = DOCUMENT
 
 
 class NearestNeighbours(beam.PTransform):
@@ -67,12 +75,16 @@ class NearestNeighbours(beam.PTransform):
       queries: Optional[beam.PCollection] = None):
     super().__init__()
     k, mode, block_size = settings.k, settings.mode, settings.block_size
+    if settings.level not in LEVELS:
+      raise ValueError(f"Unknown neighbours level {settings.level!r}: use one "
+                       f"of {', '.join(LEVELS)}")
     if mode == EXACT:
-      self._transform = ExactNeighbours(k, block_size, queries=queries)
+      self._transform = ExactNeighbours(k, block_size, queries=queries,
+                                        level=settings.level)
     elif mode == ANN:
       self._transform = ApproximateNeighbours(
           k, recall_sample_size, ann_settings, queries=queries,
-          block_size=block_size)
+          block_size=block_size, level=settings.level)
     else:
       raise ValueError(
           f"Unknown neighbours mode {mode!r}: use one of {', '.join(MODES)}")

@@ -16,6 +16,7 @@ from transforms.neighbours.maths import blocked_top_k
 from transforms.neighbours.maths import check_k
 from transforms.neighbours.maths import id_ranks
 from transforms.neighbours.maths import neighbour_rows
+from transforms.neighbours.maths import OWNERS
 from transforms.neighbours.maths import QueryNeighbours
 from transforms.neighbours.maths import rank_candidates
 from transforms.neighbours.maths import recall_at_k
@@ -24,12 +25,15 @@ from transforms.neighbours.maths import Shard
 from transforms.neighbours.maths import stack_documents
 from transforms.neighbours.maths import vector_of
 from transforms.neighbours.names import ANN
+from transforms.neighbours.names import CHUNK
+from transforms.neighbours.names import CHUNK_LEVEL_EXTRA_CANDIDATES
 from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
 from transforms.neighbours.names import DEFAULT_EF_CONSTRUCTION
 from transforms.neighbours.names import DEFAULT_EF_SEARCH
 from transforms.neighbours.names import DEFAULT_FLAT_INDEX_BELOW
 from transforms.neighbours.names import DEFAULT_HNSW_M
 from transforms.neighbours.names import DEFAULT_RECALL_SAMPLE_SIZE
+from transforms.neighbours.names import DOCUMENT
 from transforms.neighbours.names import NEIGHBOUR_ROWS
 from transforms.neighbours.names import STATS
 
@@ -44,7 +48,7 @@ class AnnIndexSettings:
   flat_index_below: int = DEFAULT_FLAT_INDEX_BELOW
 
 
-def build_index(corpus_vectors: np.ndarray, k: int,
+def build_index(corpus_vectors: np.ndarray, candidates: int,
                 settings: AnnIndexSettings):
   """A FAISS inner-product index of normalised vectors, and its description."""
   # Imported here, not at the top: FAISS costs seconds of start-up, and only
@@ -58,8 +62,8 @@ def build_index(corpus_vectors: np.ndarray, k: int,
     index = faiss.IndexHNSWFlat(dimensions, settings.hnsw_m,
                                 faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = settings.ef_construction
-    # The search keeps efSearch candidates: it must cover the K+1 asked for.
-    ef_search = max(settings.ef_search, k + 1)
+    # The search keeps efSearch candidates: it must cover those asked for.
+    ef_search = max(settings.ef_search, candidates)
     index.hnsw.efSearch = ef_search
     description = (
         f"IndexHNSWFlat inner product, M={settings.hnsw_m}, "
@@ -75,11 +79,13 @@ def ann_top_k(
     corpus_ids: Sequence[str],
     corpus_vectors: np.ndarray,
     k: int,
-    corpus_id_ranks: Optional[np.ndarray] = None) -> List[QueryNeighbours]:
+    corpus_id_ranks: Optional[np.ndarray] = None,
+    level: str = DOCUMENT) -> List[QueryNeighbours]:
   """The index's top K of every query, scored canonically like exact mode.
 
-  Vectors normalised. Asks for K+1 so that dropping the query's own id
-  still leaves K.
+  Vectors normalised. Asks for `candidates(k, level)` so that dropping the
+  query's own id (or at chunk level its own document's chunks) still leaves
+  K (for chunks: unless its document has more chunks among them).
   """
   if not len(query_ids) or not len(corpus_ids):
     return []
@@ -87,14 +93,15 @@ def ann_top_k(
     corpus_id_ranks = id_ranks(corpus_ids)
   _, labels = index.search(
       np.ascontiguousarray(query_vectors, dtype=np.float32),
-      min(k + 1, len(corpus_ids)))
-  corpus_id_array = np.asarray(corpus_ids, dtype=object)
-  query_id_array = np.asarray(query_ids, dtype=object)
+      min(candidates(k, level), len(corpus_ids)))
+  owner = OWNERS[level]
+  corpus_owners = np.asarray([owner(i) for i in corpus_ids], dtype=object)
+  query_owners = np.asarray([owner(i) for i in query_ids], dtype=object)
   # -1: the index found fewer than asked.
   found = labels >= 0
   found[found] = (
-      corpus_id_array[labels[found]] !=
-      np.broadcast_to(query_id_array[:, None], labels.shape)[found])
+      corpus_owners[labels[found]] !=
+      np.broadcast_to(query_owners[:, None], labels.shape)[found])
   rows, positions = np.nonzero(found)
   return [(query_ids[row], neighbours)
           for row, neighbours in rank_candidates(
@@ -102,13 +109,19 @@ def ann_top_k(
               rows, labels[rows, positions], k)]
 
 
+def candidates(k: int, level: str) -> int:
+  """Results asked of the index per query: K and room for the query's own."""
+  return k + (CHUNK_LEVEL_EXTRA_CANDIDATES if level == CHUNK else 1)
+
+
 class _SearchIndexFn(beam.DoFn):
   """One corpus Shard in: its index, every query's top K, and the stats."""
 
   def __init__(self, k: int, recall_sample_size: int,
-               settings: AnnIndexSettings, block_size: int):
+               settings: AnnIndexSettings, block_size: int, level: str):
     super().__init__()
     self._k = k
+    self._level = level
     self._recall_sample_size = recall_sample_size
     self._settings = settings
     self._block_size = block_size
@@ -127,10 +140,11 @@ class _SearchIndexFn(beam.DoFn):
         "queries": len(queries.ids),
     }
     if corpus.ids and queries.ids:
-      index, stats["index"] = build_index(corpus.vectors, k, self._settings)
+      index, stats["index"] = build_index(
+          corpus.vectors, candidates(k, self._level), self._settings)
       corpus_id_ranks = id_ranks(corpus.ids)
       found = ann_top_k(index, queries.ids, queries.vectors, corpus.ids,
-                        corpus.vectors, k, corpus_id_ranks)
+                        corpus.vectors, k, corpus_id_ranks, self._level)
       del index
       yield from found
 
@@ -139,7 +153,8 @@ class _SearchIndexFn(beam.DoFn):
       rows = [position[query_id] for query_id in sample]
       exact = dict(
           blocked_top_k(sample, queries.vectors[rows], corpus.ids,
-                         corpus.vectors, k, self._block_size))
+                        corpus.vectors, k, self._block_size,
+                        owner=OWNERS[self._level]))
       approximate = dict(found)
       stats["recall_at_k"] = recall_at_k(
           approximate,
@@ -176,6 +191,7 @@ class ApproximateNeighbours(beam.PTransform):
     settings: the FAISS index settings.
     queries: optional query set; the input PCollection is then the corpus.
     block_size: corpus rows per block of the exact recall computation.
+    level: "document" or "chunk", as ExactNeighbours.
 
   Rows as ExactNeighbours (canonical scores; among more tied duplicates than
   the index returned, which ones are listed is up to the index). Stats:
@@ -189,7 +205,8 @@ class ApproximateNeighbours(beam.PTransform):
       recall_sample_size: int = DEFAULT_RECALL_SAMPLE_SIZE,
       settings: AnnIndexSettings = AnnIndexSettings(),
       queries: Optional[beam.PCollection] = None,
-      block_size: int = DEFAULT_BLOCK_SIZE):
+      block_size: int = DEFAULT_BLOCK_SIZE,
+      level: str = DOCUMENT):
     super().__init__()
     check_k(k)
     if recall_sample_size < 0:
@@ -203,6 +220,7 @@ class ApproximateNeighbours(beam.PTransform):
     self._settings = settings
     self._queries = queries
     self._block_size = block_size
+    self._level = level
 
   def expand(self, corpus):
     corpus_shard = corpus | "GatherCorpus" >> _GatherShard()
@@ -212,11 +230,12 @@ class ApproximateNeighbours(beam.PTransform):
       side_inputs.append(beam.pvalue.AsSingleton(query_shard))
     results = corpus_shard | "SearchIndex" >> beam.ParDo(
         _SearchIndexFn(self._k, self._recall_sample_size, self._settings,
-                       self._block_size), *side_inputs).with_outputs(
+                       self._block_size, self._level),
+        *side_inputs).with_outputs(
                            STATS, main=NEIGHBOUR_ROWS)
     rows = (
         results[NEIGHBOUR_ROWS]
         # One worker found them all: spread the rows out for the writers.
         | "SpreadQueries" >> beam.Reshuffle()
-        | "ToRows" >> beam.FlatMapTuple(neighbour_rows))
+        | "ToRows" >> beam.FlatMapTuple(neighbour_rows, level=self._level))
     return {NEIGHBOUR_ROWS: rows, STATS: results[STATS]}

@@ -21,12 +21,14 @@ from transforms.neighbours.maths import block_top_k
 from transforms.neighbours.maths import check_k
 from transforms.neighbours.maths import merge_top_k
 from transforms.neighbours.maths import neighbour_rows
+from transforms.neighbours.maths import OWNERS
 from transforms.neighbours.maths import QueryNeighbours
 from transforms.neighbours.maths import shard_count
 from transforms.neighbours.maths import stable_hash
 from transforms.neighbours.maths import stack_documents
 from transforms.neighbours.maths import vector_of
 from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
+from transforms.neighbours.names import DOCUMENT
 from transforms.neighbours.names import EXACT
 from transforms.neighbours.names import NEIGHBOUR_ROWS
 from transforms.neighbours.names import STATS
@@ -56,14 +58,15 @@ class _ShardEmbeddings(beam.PTransform):
             lambda shard, documents: (shard, stack_documents(documents))))
 
 
-def _score_against_corpus(indexed_query_shard, corpus_shards,
-                          k: int) -> Iterator[QueryNeighbours]:
+def _score_against_corpus(indexed_query_shard, corpus_shards, k: int,
+                          owner) -> Iterator[QueryNeighbours]:
   """One query shard against every corpus shard, a block at a time."""
   _, queries = indexed_query_shard
   best = {query_id: [] for query_id in queries.ids}
   for _, corpus in corpus_shards:  # streamed: one corpus shard in memory
     for query_id, neighbours in block_top_k(
-        queries.ids, queries.vectors, corpus.ids, corpus.vectors, k):
+        queries.ids, queries.vectors, corpus.ids, corpus.vectors, k,
+        owner=owner):
       best[query_id] = merge_top_k([best[query_id], neighbours], k)
   yield from best.items()
 
@@ -79,8 +82,11 @@ class ExactNeighbours(beam.PTransform):
       once, plus the side input it is streamed from.
     queries: optional query set; the input PCollection is then the corpus.
       Without it, every corpus document is a query.
+    level: "document" (Embedding elements) or "chunk" (Chunk elements: a
+      chunk's neighbours are other documents' chunks).
 
-  Rows: {"id", "rank", "neighbour_id", "score"}, rank 1 the best, ties broken
+  Rows: {"id", "rank", "neighbour_id", "score"} (at chunk level also
+  "document_id", "neighbour_document_id"), rank 1 the best, ties broken
   by the smaller neighbour_id; the same as `brute_force_neighbours`.
   Stats: {"mode": "exact", "k", "block_size", "shards", "query_shards",
   "corpus_size", "queries"}.
@@ -90,7 +96,8 @@ class ExactNeighbours(beam.PTransform):
       self,
       k: int,
       block_size: int = DEFAULT_BLOCK_SIZE,
-      queries: Optional[beam.PCollection] = None):
+      queries: Optional[beam.PCollection] = None,
+      level: str = DOCUMENT):
     super().__init__()
     check_k(k)
     if block_size < 1:
@@ -98,6 +105,7 @@ class ExactNeighbours(beam.PTransform):
     self._k = k
     self._block_size = block_size
     self._queries = queries
+    self._level = level
 
   def expand(self, corpus):
     k, block_size = self._k, self._block_size
@@ -115,8 +123,9 @@ class ExactNeighbours(beam.PTransform):
     rows = (
         query_shards
         | "ScoreAgainstCorpus" >> beam.FlatMap(
-            _score_against_corpus, beam.pvalue.AsIter(corpus_shards), k)
-        | "ToRows" >> beam.FlatMapTuple(neighbour_rows))
+            _score_against_corpus, beam.pvalue.AsIter(corpus_shards), k,
+            OWNERS[self._level])
+        | "ToRows" >> beam.FlatMapTuple(neighbour_rows, level=self._level))
 
     def stats(num_corpus_documents, num_queries):
       return {

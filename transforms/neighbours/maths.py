@@ -23,7 +23,9 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from run_directory.records import Embedding
+from transforms.neighbours.names import CHUNK
 from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
+from transforms.neighbours.names import DOCUMENT
 
 # Query rows scored at once inside a block: bounds the score matrix (and its
 # partitioned copy) to QUERY_ROWS_PER_CHUNK x corpus shard rows float32.
@@ -35,6 +37,21 @@ PAIRS_PER_CHUNK = 256
 Neighbour = Tuple[float, str]
 # A query's neighbours, best first.
 QueryNeighbours = Tuple[str, List[Neighbour]]
+
+
+def same_id(item_id: str) -> str:
+  """A document's owner: the document itself."""
+  return item_id
+
+
+def document_of_chunk(item_id: str) -> str:
+  """A chunk's owner: its document (ids are "<document id>#<index>")."""
+  return item_id.rpartition("#")[0]
+
+
+# Level -> the owner of an id. A query is never matched with an item of the
+# same owner: a document with itself, a chunk with its own document's chunks.
+OWNERS = {DOCUMENT: same_id, CHUNK: document_of_chunk}
 
 
 def normalize_rows(matrix) -> np.ndarray:
@@ -137,14 +154,16 @@ def block_top_k(
     corpus_ids: Sequence[str],
     corpus_vectors: np.ndarray,
     k: int,
-    exclude_self: bool = True) -> List[QueryNeighbours]:
+    exclude_self: bool = True,
+    owner=same_id) -> List[QueryNeighbours]:
   """The top K corpus documents of every query, within one block.
 
   Vectors: float32 [n, H] rows of `normalize_rows`. Returns
   [(query_id, [(score, neighbour_id), ...])] in query order, each list best
   first (higher score, then smaller neighbour_id), at most K long; queries
   without any candidate are left out. With exclude_self, a query is never
-  matched with a corpus document of the same id.
+  matched with a corpus item of the same owner (`OWNERS`: the same id for
+  documents, the same document for chunks).
 
   Memory: QUERY_ROWS_PER_CHUNK x len(corpus_ids) float32 scores at a time.
   """
@@ -166,14 +185,14 @@ def block_top_k(
   corpus_positions = {}
   if exclude_self:
     for position, corpus_id in enumerate(corpus_ids):
-      corpus_positions.setdefault(corpus_id, []).append(position)
+      corpus_positions.setdefault(owner(corpus_id), []).append(position)
 
   results = []
   for start in range(0, len(query_ids), QUERY_ROWS_PER_CHUNK):
     chunk = query_vectors[start:start + QUERY_ROWS_PER_CHUNK]
     scores = chunk @ corpus_vectors.T
     for row in range(len(chunk)):
-      for col in corpus_positions.get(query_ids[start + row], ()):
+      for col in corpus_positions.get(owner(query_ids[start + row]), ()):
         scores[row, col] = -np.inf
     # The K-th best product score of each row; -inf when a row has fewer than
     # K candidates, and then all its finite scores are candidates.
@@ -205,7 +224,8 @@ def exact_top_k(
     corpus_vectors,
     k: int,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    exclude_self: bool = True) -> List[QueryNeighbours]:
+    exclude_self: bool = True,
+    owner=same_id) -> List[QueryNeighbours]:
   """ExactNeighbours in one process: blocks of `block_top_k`, merged.
 
   Raw (unnormalised) vectors in. Returns [(query_id, top K)] in query order,
@@ -213,11 +233,11 @@ def exact_top_k(
   """
   return blocked_top_k(query_ids, normalize_rows(query_vectors), corpus_ids,
                         normalize_rows(corpus_vectors), k, block_size,
-                        exclude_self)
+                        exclude_self, owner)
 
 
 def blocked_top_k(query_ids, queries, corpus_ids, corpus, k, block_size,
-                   exclude_self=True) -> List[QueryNeighbours]:
+                  exclude_self=True, owner=same_id) -> List[QueryNeighbours]:
   """exact_top_k of vectors already normalised (re-normalising could move
   their last bits, and with them the canonical scores)."""
   corpus_ids = list(corpus_ids)
@@ -226,7 +246,7 @@ def blocked_top_k(query_ids, queries, corpus_ids, corpus, k, block_size,
     end = start + block_size
     for query_id, neighbours in block_top_k(
         query_ids, queries, corpus_ids[start:end], corpus[start:end], k,
-        exclude_self):
+        exclude_self, owner):
       previous = best.get(query_id)
       best[query_id] = (
           neighbours if previous is None else
@@ -240,12 +260,14 @@ def brute_force_neighbours(
     vectors,
     k: int,
     query_ids: Optional[Sequence[str]] = None,
-    query_vectors=None) -> List[QueryNeighbours]:
+    query_vectors=None,
+    owner=same_id) -> List[QueryNeighbours]:
   """The reference answer: every pair scored, then sorted. Small inputs only.
 
   Scores are a float64 matrix product rounded to float32; neighbours of
-  `query_ids` within `ids` (of `ids` themselves by default), never a document
-  of the query's own id. Same return shape as `exact_top_k`.
+  `query_ids` within `ids` (of `ids` themselves by default), never an item
+  of the query's own owner (its own id, or for chunks its own document).
+  Same return shape as `exact_top_k`.
   """
   if query_ids is None:
     query_ids, query_vectors = ids, vectors
@@ -257,23 +279,28 @@ def brute_force_neighbours(
     neighbours = sorted(
         ((score, corpus_id)
          for score, corpus_id in zip(row, ids)
-         if corpus_id != query_id),
+         if owner(corpus_id) != owner(query_id)),
         key=_neighbour_order)[:k]
     if neighbours:
       results.append((query_id, neighbours))
   return results
 
 
-def neighbour_rows(query_id: str,
-                   neighbours: Sequence[Neighbour]) -> Iterator[dict]:
-  """Rows of the neighbours table for one query: rank 1 is the best."""
+def neighbour_rows(query_id: str, neighbours: Sequence[Neighbour],
+                   level: str = DOCUMENT) -> Iterator[dict]:
+  """Rows of the neighbours table for one query: rank 1 is the best. At chunk
+  level they also name both chunks' documents."""
   for rank, (score, neighbour_id) in enumerate(neighbours, start=1):
-    yield {
+    row = {
         "id": query_id,
         "rank": rank,
         "neighbour_id": neighbour_id,
         "score": float(score),
     }
+    if level == CHUNK:
+      row["document_id"] = document_of_chunk(query_id)
+      row["neighbour_document_id"] = document_of_chunk(neighbour_id)
+    yield row
 
 
 def stable_hash(document_id: str) -> int:

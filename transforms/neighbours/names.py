@@ -9,6 +9,15 @@ EXACT = "exact"
 ANN = "ann"
 MODES = (EXACT, ANN)
 
+# What a neighbours row is about (--neighbours_level): a document, or a chunk
+# of one (--chunk_size), whose neighbours are other documents' chunks.
+DOCUMENT = "document"
+CHUNK = "chunk"
+LEVELS = (DOCUMENT, CHUNK)
+# At chunk level the ANN index is asked for this many more candidates than
+# K, so that dropping the query document's own chunks still leaves K.
+CHUNK_LEVEL_EXTRA_CANDIDATES = 32
+
 DEFAULT_BLOCK_SIZE = 4096
 DEFAULT_RECALL_SAMPLE_SIZE = 1000
 # HNSW settings, about (4 H + 8 M) bytes a document. Measured recall@10: 1.0

@@ -1,0 +1,142 @@
+"""Queries embedded exactly like an index: the Python API.
+
+  from pipeline.embedder import Embedder
+  embedder = Embedder.from_run("runs/2026-12-01")
+  vectors = embedder.embed(["how do I reset my password?"])  # float32 [n, H]
+  chunks = embedder.embed_chunks(long_text)  # with --chunk_size in the run
+
+`Embedder.from_run` takes everything that changes a vector from the run's
+manifest (the model, checked against its fingerprint, max length, pooling,
+normalisation, precision, chunk settings), so the vectors equal the
+pipeline's for the same texts, whatever the batch (up to float rounding of
+the encoder's matrix shapes). `Embedder(model_dir, ...)` takes a model
+directory or TF Hub encoder and the settings directly.
+
+This is the same `LoadedBertModel.embed` the pipeline's model handler calls:
+one tokenizer, one pooling, one normalisation.
+"""
+
+import dataclasses
+from typing import List, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from bert_model import resolution
+from bert_model.chunking import ChunkSettings
+from bert_model.loaded_model import LoadedBertModel
+from bert_model.loaded_model import ModelSettings
+from run_directory.manifest import load_manifest
+
+
+class EmbeddedChunk(NamedTuple):
+  """One chunk of a text, as the chunks table holds it: its place (code
+  point offsets, text[start:end]), its text and its vector."""
+  chunk_index: int
+  start: int
+  end: int
+  text: str
+  embedding: np.ndarray
+  num_tokens: int
+
+
+class Embedder:
+  """Texts to vectors exactly as a run (or a model with settings) makes them.
+
+  Args:
+    model: a model directory (local or gs://), a catalogue name or TF Hub
+      handle, as --model takes; None: the default model.
+    preprocessor, model_root: as --preprocessor and --model_root.
+    max_seq_length, pooling, normalize: None: the model's own.
+    precision: as --precision.
+    chunking: how long texts are cut (--chunk_size ...), or None.
+    fingerprint: when given, the model must have this fingerprint (a run's
+      manifest records it): a changed model would quietly embed otherwise.
+  """
+
+  def __init__(self, model: Optional[str] = None,
+               preprocessor: Optional[str] = None,
+               model_root: Optional[str] = None,
+               max_seq_length: Optional[int] = None,
+               pooling: Optional[str] = None,
+               normalize: Optional[bool] = None,
+               precision: str = "float32",
+               chunking: Optional[ChunkSettings] = None,
+               fingerprint: Optional[str] = None,
+               max_batch_tokens: Optional[int] = None):
+    resolved = resolution.resolve_model(model, preprocessor=preprocessor,
+                                        model_root=model_root)
+    if fingerprint and resolved.fingerprint != fingerprint:
+      raise ValueError(
+          f"The model at {resolved.path} has fingerprint "
+          f"{resolved.fingerprint}, not the run's {fingerprint}: it changed "
+          "since the run, so its vectors would not match the index. Point "
+          "at the model the run used, or embed the corpus again.")
+    self.settings = ModelSettings(
+        preprocess_path=resolved.preprocess_path,
+        encoder_path=resolved.encoder_path,
+        max_seq_length=max_seq_length or resolved.max_seq_length,
+        pooling=pooling or resolved.pooling,
+        normalize=resolved.normalize if normalize is None else normalize,
+        precision=precision,
+        encoder_format=resolved.encoder_format,
+        chunking=chunking)
+    self.fingerprint = resolved.fingerprint
+    self.hidden_size = resolved.hidden_size
+    self._max_batch_tokens = max_batch_tokens
+    self._model = LoadedBertModel(self.settings)
+
+  @classmethod
+  def from_run(cls, run_dir: str, **kwargs) -> "Embedder":
+    """The embedder of a published run: its model and vector settings."""
+    manifest = load_manifest(run_dir)
+    model, flags = manifest["model"], manifest["settings"]["model"]
+    chunking = model.get("chunking")
+    return cls(model=model["path"], preprocessor=flags.get("preprocessor"),
+               model_root=flags.get("model_root"),
+               max_seq_length=model["max_seq_length"],
+               pooling=model["pooling"], normalize=model["normalize"],
+               precision=model.get("precision", "float32"),
+               chunking=ChunkSettings(**chunking) if chunking else None,
+               fingerprint=model["fingerprint"], **kwargs)
+
+  def _embed(self, texts: Sequence[str]) -> dict:
+    kwargs = {}
+    if self._max_batch_tokens:
+      kwargs["max_tokens"] = self._max_batch_tokens
+    return self._model.embed(list(texts), **kwargs)
+
+  def embed(self, texts: Sequence[str]) -> np.ndarray:
+    """float32 [len(texts), H]: each text's vector, as the embeddings table
+    holds it (with chunking, the token-weighted mean of its chunks')."""
+    if isinstance(texts, str):
+      raise TypeError("embed takes a list of texts; for one text, "
+                      "embed([text])")
+    if not len(texts):
+      return np.zeros((0, self.hidden_size), np.float32)
+    return self._embed(texts)["embedding"].astype(np.float32)
+
+  def embed_chunks(self, text: str) -> List[EmbeddedChunk]:
+    """One text's chunks and their vectors, as the chunks table holds them
+    (needs chunk settings: a run with --chunk_size, or `chunking=`)."""
+    if self.settings.chunking is None:
+      raise ValueError("embed_chunks needs chunk settings: a run made with "
+                       "--chunk_size, or Embedder(..., chunking=...)")
+    outputs = self._embed([text])
+    return [
+        EmbeddedChunk(chunk_index=i, start=int(start), end=int(end),
+                      text=text[int(start):int(end)],
+                      embedding=vector.astype(np.float32),
+                      num_tokens=int(num_tokens))
+        for i, (start, end, vector, num_tokens) in enumerate(zip(
+            outputs["chunk_start"], outputs["chunk_end"],
+            outputs["chunk_embedding"], outputs["chunk_num_tokens"]))
+    ]
+
+  def save_serving_model(self, output_dir: str):
+    """A strings-to-vectors SavedModel of this embedder (see
+    LoadedBertModel.save_serving_model); without chunking."""
+    self._model.save_serving_model(output_dir)
+
+  def __repr__(self):
+    return (f"Embedder({dataclasses.asdict(self.settings)!r}, "
+            f"fingerprint={self.fingerprint!r})")

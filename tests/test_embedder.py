@@ -1,0 +1,130 @@
+"""Queries embedded exactly like the index: Embedder, the serving SavedModel,
+and the query CLI, against what the pipeline wrote."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (the serving model's ops)
+
+from pipeline import export_model
+from pipeline import main
+from pipeline import query
+from pipeline import read_outputs
+from pipeline.embedder import Embedder
+from tests.real_text import real_sentences
+
+
+def _run(directory, texts: dict, model_dir, *flags) -> str:
+  """Runs the pipeline on {id: text}; returns the run directory."""
+  corpus = str(directory / "c.jsonl")
+  with open(corpus, "w", encoding="utf-8") as f:
+    for doc_id, text in texts.items():
+      f.write(json.dumps({"id": doc_id, "text": text}) + "\n")
+  run_dir = str(directory / "run")
+  main.run([f"--input={corpus}", f"--output={run_dir}",
+            f"--model={model_dir}", "--neighbours_k=0",
+            "--runner=DirectRunner", *flags])
+  return run_dir
+
+
+def _cosines(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return (a * b).sum(1) / (np.linalg.norm(a, axis=1) *
+                           np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def real_run(default_model_dir, tmp_path_factory):
+  """300 real sentences, some longer than --max_seq_length 32."""
+  root = tmp_path_factory.mktemp("embedder")
+  texts = {f"s{i:03d}": t for i, t in enumerate(real_sentences(300))}
+  run_dir = _run(root, texts, default_model_dir, "--max_seq_length=32")
+  rows = {r["id"]: r for r in read_outputs.read_table(run_dir).to_pylist()}
+  return texts, rows, run_dir
+
+
+def test_embedder_vectors_equal_the_pipelines(real_run):
+  texts, rows, run_dir = real_run
+  embedder = Embedder.from_run(run_dir)
+  assert embedder.settings.max_seq_length == 32
+  ids = sorted(texts, reverse=True)  # other batches than the pipeline's
+  vectors = np.concatenate([embedder.embed([texts[i] for i in ids[s:s + 37]])
+                            for s in range(0, len(ids), 37)])
+  assert vectors.dtype == np.float32 and vectors.shape == (300, 384)
+  cosine = _cosines(vectors, [rows[i]["embedding"] for i in ids])
+  assert cosine.min() >= 0.999999
+  assert sum(rows[i]["truncated"] for i in ids) >= 20
+
+
+def test_serving_model_equals_the_embedder(real_run, tmp_path):
+  texts, rows, run_dir = real_run
+  serving_dir = str(tmp_path / "serving")
+  assert export_model.main(["--serving", run_dir,
+                            f"--output_dir={serving_dir}"]) == 0
+  served = tf.saved_model.load(serving_dir).signatures["serving_default"]
+  some = [texts[i] for i in sorted(texts)[:40]]
+  outputs = served(text=tf.constant(some))
+  embedder = Embedder.from_run(run_dir)
+  cosine = _cosines(outputs["embedding"].numpy(), embedder.embed(some))
+  assert cosine.min() >= 0.999999
+  expected = [rows[i] for i in sorted(texts)[:40]]
+  np.testing.assert_array_equal(outputs["num_tokens"].numpy(),
+                                [r["num_tokens"] for r in expected])
+  np.testing.assert_array_equal(outputs["truncated"].numpy(),
+                                [r["truncated"] for r in expected])
+  # Refuses to write over a directory, and needs --output_dir.
+  assert export_model.main(["--serving", run_dir,
+                            f"--output_dir={serving_dir}"]) == 2
+  with pytest.raises(SystemExit):
+    export_model.main(["--serving", run_dir])
+
+
+def test_query_finds_a_documents_own_text(real_run, capsys):
+  texts, _, run_dir = real_run
+  for doc_id in ("s007", "s123", "s299"):
+    assert query.main([run_dir, texts[doc_id], "--k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert lines[0].split()[2] == doc_id
+    assert float(lines[0].split()[1]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):
+  texts = {"long": "hello world the cat sat on a mat . " * 9,
+           "short": "the quick brown fox"}
+  run_dir = _run(tmp_path, texts, tiny_model_dir, "--chunk_size=12")
+  embedder = Embedder.from_run(run_dir)
+  rows = sorted((r for r in read_outputs.read_table(run_dir, "chunks")
+                 .to_pylist() if r["document_id"] == "long"),
+                key=lambda r: r["chunk_index"])
+  chunks = embedder.embed_chunks(texts["long"])
+  assert [(c.start, c.end, c.text, c.num_tokens) for c in chunks] == [
+      (r["start"], r["end"], r["text"], r["num_tokens"]) for r in rows]
+  assert _cosines([c.embedding for c in chunks],
+                  [r["embedding"] for r in rows]).min() >= 0.999999
+  documents = {r["id"]: r for r in read_outputs.read_table(run_dir)
+               .to_pylist()}
+  assert _cosines(embedder.embed([texts["long"]]),
+                  [documents["long"]["embedding"]]).min() >= 0.999999
+  # The query CLI searches the chunks of a chunked run.
+  hits = query.search(run_dir, rows[1]["text"], k=1, embedder=embedder)
+  assert hits[0][1]["id"] in {r["id"] for r in rows}
+
+
+def test_a_changed_model_is_refused(real_run, tmp_path):
+  _, _, run_dir = real_run
+  manifest_path = os.path.join(run_dir, "manifest.json")
+  moved = str(tmp_path / "run")
+  os.makedirs(moved)
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  manifest["model"]["fingerprint"] = "sha256:other"
+  with open(os.path.join(moved, "manifest.json"), "w") as f:
+    json.dump(manifest, f)
+  with pytest.raises(ValueError, match="fingerprint"):
+    Embedder.from_run(moved)
+  with pytest.raises(TypeError):
+    Embedder.from_run(run_dir).embed("one text, not a list")
