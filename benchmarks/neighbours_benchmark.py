@@ -101,9 +101,11 @@ def _records_of_chunk(chunk, key):
 
 
 def run_pipeline(ids, vectors, transform_factory, label: str,
-                 feed: str = "chunks") -> dict:
+                 feed: str = "chunks", rows_output: Optional[str] = None
+                 ) -> dict:
   """Runs Embedding records | transform on LocalRunner; returns wall time,
-  the collected rows (NEIGHBOURS) and stats (STATS) or the count."""
+  the collected rows (the transform's `rows_output`, by default
+  NEIGHBOUR_ROWS) and stats (STATS) or the count."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   from pipeline.local_runner import LocalRunner  # pylint: disable=g-import-not-at-top
@@ -129,8 +131,8 @@ def run_pipeline(ids, vectors, transform_factory, label: str,
           | "ToEmbeddings" >> beam.FlatMap(this._records_of_chunk, label))  # pylint: disable=protected-access
     outputs = embeddings | "Transform" >> transform_factory()
     if isinstance(outputs, dict):
-      _ = outputs[neighbours.NEIGHBOUR_ROWS] | "SinkRows" >> beam.Map(
-          this._sink, rows_key)  # pylint: disable=protected-access
+      rows = outputs[rows_output or neighbours.NEIGHBOUR_ROWS]
+      _ = rows | "SinkRows" >> beam.Map(this._sink, rows_key)  # pylint: disable=protected-access
       _ = outputs[neighbours.STATS] | "SinkStats" >> beam.Map(
           this._sink, stats_key)  # pylint: disable=protected-access
     else:

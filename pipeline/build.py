@@ -6,6 +6,7 @@ settings.
   embeddings -> WriteTable(embeddings) [-> sinks]
              [-> NearestNeighbours -> WriteTable(neighbours)]
   [chunks -> WriteTable(chunks)] [-> NearestNeighbours at chunk level]
+             [-> NearDuplicates -> WriteTable(duplicates)]
              [-> WriteSimilarityPlot] [-> WriteProjectorFiles]
   dead letters of every stage -> WriteTable(errors)
   every count, file list and figure -> PublishRun (manifest.json last)
@@ -21,15 +22,19 @@ import apache_beam as beam
 
 from pipeline.plan import RunPlan
 from run_directory.layout import CHUNKS
+from run_directory.layout import DUPLICATES
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import ERRORS
 from run_directory.layout import NEIGHBOURS
 from run_directory.layout import PROJECTOR
 from run_directory.layout import SIMILARITY_PLOT
 from run_directory.tables import chunk_table
+from run_directory.tables import duplicate_table
 from run_directory.tables import embedding_table
 from run_directory.tables import error_table
 from run_directory.tables import neighbour_table
+from transforms.duplicates import DUPLICATE_ROWS
+from transforms.duplicates import NearDuplicates
 from transforms.embed import EmbedDocuments
 from transforms.model_handler import BertEmbeddingModelHandler
 from transforms.names import CHUNKS as CHUNK_RECORDS
@@ -188,6 +193,15 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
             bigquery_format=writing.bigquery_format,
             num_shards=writing.num_shards))
     details[NEIGHBOURS] = neighbours[STATS]
+  if plan.duplicates:
+    duplicates = embeddings | "NearDuplicates" >> NearDuplicates(
+        plan.duplicates)
+    outputs[DUPLICATES] = duplicates[DUPLICATE_ROWS] | (
+        "WriteDuplicates" >> WriteTable(
+            staging, duplicate_table(plan.run_id, fingerprint),
+            bigquery_format=writing.bigquery_format,
+            num_shards=writing.num_shards))
+    details[DUPLICATES] = duplicates[STATS]
   if plan.similarity_plot:
     outputs[SIMILARITY_PLOT] = {
         "png": embeddings | "WriteSimilarityPlot" >> WriteSimilarityPlot(

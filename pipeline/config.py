@@ -79,6 +79,7 @@ class NeighbourConfig:
   neighbours_mode: str
   neighbours_block_size: int
   neighbours_level: str
+  duplicate_threshold: Optional[float]
   neighbours_of: Optional[str]
 
 
@@ -176,6 +177,17 @@ def _check_numbers(config: RunConfig):
   _positive("projector_max_points", out.projector_max_points)
   if neighbours.neighbours_of and not neighbours.neighbours_k:
     raise ConfigError("--neighbours_of needs --neighbours_k above 0.")
+  threshold = neighbours.duplicate_threshold
+  if threshold is not None:
+    if not 0 < threshold <= 1:
+      raise ConfigError(
+          f"--duplicate_threshold={threshold:g}: a cosine in (0, 1], e.g. "
+          "0.95 for near-duplicates or 1 for exact copies.")
+    if neighbours.neighbours_of:
+      raise ConfigError(
+          "--duplicate_threshold groups the --input corpus with itself; it "
+          "does not apply to --neighbours_of queries. Run the duplicates "
+          "without --neighbours_of.")
   if out.num_shards < 0:
     raise ConfigError(
         "--num_shards must be 0 (sized to fit memory) or positive.")

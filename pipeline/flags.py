@@ -244,6 +244,12 @@ def _add_neighbour_flags(group):
       "neighbours of chunks among other documents' chunks, for retrieval "
       "of passages (default: %(default)s).")
   group.add_argument(
+      "--duplicate_threshold", type=float,
+      help="Also write near-duplicate groups: the connected components of "
+      "all document pairs with cosine >= this, in (0, 1] (e.g. 0.95), "
+      "exactly or, with --neighbours_mode ann, by FAISS range search. "
+      "Works with --neighbours_k 0. Default: off.")
+  group.add_argument(
       "--neighbours_of",
       help="Query corpus (file or glob, same formats as --input): write the "
       "neighbours of these documents within the --input corpus instead of "

@@ -52,6 +52,7 @@ from run_directory.manifest import read_bytes
 from run_directory.manifest import RunNotPublishedError
 from run_directory.tables import embedding_table
 from transforms.batching import LengthBatching
+from transforms.duplicates import DuplicateSettings
 from transforms.formats import infer_input_format
 from transforms.formats.fields import RecordSpec
 from transforms.guardrails import PublishLimits
@@ -88,6 +89,7 @@ class RunPlan:
   table: the embeddings table's columns; writing: its files; sinks: where
     else the embeddings go (--bigquery_table).
   neighbours: the neighbours stage's settings, or None for no table.
+  duplicates: the near-duplicates stage's, or None.
   limits: the publish stage's guardrails.
   manifest_model / manifest_settings: what the manifest records.
   lock: the output directory's lock, held until the run ends.
@@ -105,6 +107,7 @@ class RunPlan:
   writing: WriteSettings
   sinks: Tuple[EmbeddingSink, ...]
   neighbours: Optional[NeighbourSettings]
+  duplicates: Optional[DuplicateSettings]
   similarity_plot: bool
   projector_max_points: Optional[int]
   limits: PublishLimits
@@ -438,6 +441,11 @@ def plan_run(config: RunConfig,
                                     block_size=neighbours.neighbours_block_size,
                                     level=neighbours.neighbours_level)
                   if neighbours.neighbours_k else None),
+      duplicates=(DuplicateSettings(
+          threshold=neighbours.duplicate_threshold,
+          mode=neighbours.neighbours_mode,
+          block_size=neighbours.neighbours_block_size)
+                  if neighbours.duplicate_threshold is not None else None),
       similarity_plot=out.similarity_plot,
       projector_max_points=(out.projector_max_points
                             if out.projector_export else None),

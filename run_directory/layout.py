@@ -27,8 +27,9 @@ STAGING_PREFIX = ".staging-"
 EMBEDDINGS = "embeddings"
 CHUNKS = "chunks"  # with --chunk_size
 NEIGHBOURS = "neighbours"
+DUPLICATES = "duplicates"  # with --duplicate_threshold
 ERRORS = "errors"
-TABLES = (EMBEDDINGS, CHUNKS, NEIGHBOURS, ERRORS)
+TABLES = (EMBEDDINGS, CHUNKS, NEIGHBOURS, DUPLICATES, ERRORS)
 
 # File formats: sub-directories of a table and keys of its manifest entry.
 TFRECORD = "tfrecord"

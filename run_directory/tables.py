@@ -9,6 +9,7 @@ it, as embeddings.py): its columns, its sort key and its converter.
 
   embedding_table(spec, run_id, model_fingerprint)  Embedding -> row
   chunk_table(spec, run_id, model_fingerprint)      Chunk -> row
+  duplicate_table(run_id, model_fingerprint)        {id, group_id, ...} -> row
   neighbour_table(run_id, model_fingerprint)        {id, rank, ...} -> row
   error_table(run_id)                               DeadLetter -> row
 """
@@ -28,6 +29,7 @@ from run_directory.columns import NULLABLE
 from run_directory.columns import REQUIRED
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import CHUNKS
+from run_directory.layout import DUPLICATES
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import ERRORS
 from run_directory.layout import NEIGHBOURS
@@ -138,6 +140,22 @@ CHUNK_NEIGHBOUR_COLUMNS = (
            "The neighbouring chunk's document."),
 ) + NEIGHBOUR_COLUMNS[3:]
 
+# --duplicate_threshold: one row per document in a near-duplicate group.
+DUPLICATE_COLUMNS = (
+    Column("id", "STRING", REQUIRED, "A document in a group of two or more."),
+    Column("group_id", "STRING", REQUIRED,
+           "The group: its smallest document id."),
+    Column("group_size", "INTEGER", REQUIRED, "Documents in the group."),
+    Column("representative", "BOOLEAN", REQUIRED,
+           "Whether this document represents its group (id == group_id)."),
+    Column("max_score", "FLOAT", REQUIRED,
+           "Its highest cosine to another document of the group."),
+    Column("run_id", "STRING", REQUIRED, "The run that wrote this row."),
+    Column(
+        "model_fingerprint", "STRING", REQUIRED,
+        "Fingerprint of the model that computed the vectors."),
+)
+
 # DeadLetter's fields, plus the run. A test keeps the two in step.
 ERROR_COLUMNS = (
     Column("source", "STRING", REQUIRED, "The file the record came from."),
@@ -169,6 +187,21 @@ def neighbour_to_row(neighbour: Mapping, run_id: str, model_fingerprint: str,
   return row
 
 
+def duplicate_to_row(member: Mapping, run_id: str,
+                     model_fingerprint: str) -> dict:
+  """A duplicates table row from {id, group_id, group_size, representative,
+  max_score}."""
+  return {
+      "id": member["id"],
+      "group_id": member["group_id"],
+      "group_size": int(member["group_size"]),
+      "representative": bool(member["representative"]),
+      "max_score": float(np.float32(member["max_score"])),
+      "run_id": run_id,
+      "model_fingerprint": model_fingerprint,
+  }
+
+
 def dead_letter_to_row(d: DeadLetter, run_id: str) -> dict:
   """An errors table row: the DeadLetter's fields and the run."""
   row = d.to_json_dict()
@@ -187,6 +220,11 @@ def chunk_sort_key(c) -> tuple:
 
 def neighbour_sort_key(neighbour: Mapping) -> tuple:
   return (neighbour["id"], int(neighbour["rank"]))
+
+
+def duplicate_sort_key(member: Mapping) -> tuple:
+  """By group, then id: a group's rows share a shard."""
+  return (member["group_id"], member["id"])
 
 
 def error_sort_key(d) -> tuple:
@@ -241,6 +279,16 @@ def neighbour_table(run_id: str, model_fingerprint: str,
       neighbour_sort_key,
       functools.partial(neighbour_to_row, run_id=run_id,
                         model_fingerprint=model_fingerprint, chunks=chunks),
+      rows_per_shard)
+
+
+def duplicate_table(run_id: str, model_fingerprint: str,
+                    rows_per_shard: int = NEIGHBOUR_ROWS_PER_SHARD) -> Table:
+  """The duplicates table (--duplicate_threshold), sorted by (group_id, id)."""
+  return table_of_rows(
+      DUPLICATES, DUPLICATE_COLUMNS, duplicate_sort_key,
+      functools.partial(duplicate_to_row, run_id=run_id,
+                        model_fingerprint=model_fingerprint),
       rows_per_shard)
 
 

@@ -163,7 +163,7 @@ class _SearchIndexFn(beam.DoFn):
     yield beam.pvalue.TaggedOutput(STATS, stats)
 
 
-class _GatherShard(beam.PTransform):
+class GatherShard(beam.PTransform):
   """Embedding -> one Shard holding every document (in one worker)."""
 
   def expand(self, embeddings):
@@ -223,10 +223,10 @@ class ApproximateNeighbours(beam.PTransform):
     self._level = level
 
   def expand(self, corpus):
-    corpus_shard = corpus | "GatherCorpus" >> _GatherShard()
+    corpus_shard = corpus | "GatherCorpus" >> GatherShard()
     side_inputs = []
     if self._queries is not None:
-      query_shard = self._queries | "GatherQueries" >> _GatherShard()
+      query_shard = self._queries | "GatherQueries" >> GatherShard()
       side_inputs.append(beam.pvalue.AsSingleton(query_shard))
     results = corpus_shard | "SearchIndex" >> beam.ParDo(
         _SearchIndexFn(self._k, self._recall_sample_size, self._settings,

@@ -34,7 +34,7 @@ from transforms.neighbours.names import NEIGHBOUR_ROWS
 from transforms.neighbours.names import STATS
 
 
-class _ShardEmbeddings(beam.PTransform):
+class ShardEmbeddings(beam.PTransform):
   """Embedding -> (shard index, Shard); shard = stable_hash(id) % S."""
 
   def __init__(self, block_size: int, num_documents: beam.PCollection):
@@ -110,14 +110,14 @@ class ExactNeighbours(beam.PTransform):
   def expand(self, corpus):
     k, block_size = self._k, self._block_size
     corpus_size = corpus | "CountCorpus" >> beam.combiners.Count.Globally()
-    corpus_shards = corpus | "ShardCorpus" >> _ShardEmbeddings(
+    corpus_shards = corpus | "ShardCorpus" >> ShardEmbeddings(
         block_size, corpus_size)
     if self._queries is None:
       num_queries, query_shards = corpus_size, corpus_shards
     else:
       num_queries = (
           self._queries | "CountQueries" >> beam.combiners.Count.Globally())
-      query_shards = self._queries | "ShardQueries" >> _ShardEmbeddings(
+      query_shards = self._queries | "ShardQueries" >> ShardEmbeddings(
           block_size, num_queries)
 
     rows = (

@@ -76,11 +76,11 @@ def pair_scores(left: np.ndarray, right: np.ndarray) -> np.ndarray:
   exact in float64, and the sum runs in a fixed order, so the result depends
   on the two rows only (and is symmetric).
   """
-  return _indexed_pair_scores(left, np.arange(len(left)), right,
+  return indexed_pair_scores(left, np.arange(len(left)), right,
                               np.arange(len(right)))
 
 
-def _indexed_pair_scores(left: np.ndarray, left_rows: np.ndarray,
+def indexed_pair_scores(left: np.ndarray, left_rows: np.ndarray,
                          right: np.ndarray, right_rows: np.ndarray):
   """pair_scores(left[left_rows], right[right_rows]), gathered in small
   chunks: cache-sized temporaries instead of fresh [P, H] float64 arrays."""
@@ -93,7 +93,7 @@ def _indexed_pair_scores(left: np.ndarray, left_rows: np.ndarray,
   return scores
 
 
-def _gemm_tolerance(hidden_size: int) -> float:
+def gemm_tolerance(hidden_size: int) -> float:
   """Twice a bound on |float32 matrix product - canonical score|.
 
   A float32 dot product of length H has an error of at most H u |x||y|
@@ -130,7 +130,7 @@ def rank_candidates(
   """
   if not len(rows):
     return
-  scores = _indexed_pair_scores(query_vectors, rows, corpus_vectors, cols)
+  scores = indexed_pair_scores(query_vectors, rows, corpus_vectors, cols)
   order = np.lexsort((corpus_id_ranks[cols], -scores, rows))
   rows, cols, scores = rows[order], cols[order], scores[order]
   # Keep the first K of every row: position in the row's run < K.
@@ -180,7 +180,7 @@ def block_top_k(
         f"{corpus_vectors.shape[1]}; both must come from the same model")
   n_corpus = len(corpus_ids)
   kept = min(k, n_corpus)
-  tolerance = _gemm_tolerance(corpus_vectors.shape[1])
+  tolerance = gemm_tolerance(corpus_vectors.shape[1])
   corpus_id_ranks = id_ranks(corpus_ids)
   corpus_positions = {}
   if exclude_self:
