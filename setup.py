@@ -39,6 +39,8 @@ REFERENCE_REQUIRES = [
 TEST_REQUIRES = REFERENCE_REQUIRES + [
     "pytest>=8",
     "pytest-timeout>=2",
+    # Two test processes (one per core of the CI machines), a file each.
+    "pytest-xdist>=3.5",
     # Property-based fuzzing of the input readers.
     "hypothesis>=6.100",
 ]

@@ -1,4 +1,4 @@
-"""Reads a Hugging Face style BERT checkpoint directory into numpy.
+"""Reads a BERT checkpoint directory into numpy, under Hugging Face names.
 
 A checkpoint directory holds `config.json`, `vocab.txt` and the weights as
 `model.safetensors` or `pytorch_model.bin`; sentence-transformers directories add
@@ -9,10 +9,16 @@ Weights are read without torch: safetensors is a JSON header plus raw arrays,
 and a torch `.bin` is a zip of raw storages plus a pickle that only names them.
 The pickle is read with an unpickler that admits nothing but tensor rebuilding,
 so a checkpoint cannot run code on the machine that converts it.
+
+An original BERT directory (google-research/bert: `bert_config.json`,
+`vocab.txt`, `bert_model.ckpt.*`) is read by tf1_checkpoint.py, and a TF
+Model Garden one (`params.yaml`, `vocab.txt`, a TF2 BertEncoder checkpoint)
+by model_garden.py, into the same names; then all go the same way.
 """
 
 import collections
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -22,6 +28,9 @@ import zipfile
 from typing import Dict, Optional
 
 import numpy as np
+
+from bert_model import model_garden
+from bert_model import tf1_checkpoint
 
 
 class CheckpointError(ValueError):
@@ -349,29 +358,84 @@ def _check_shapes(weights: Dict[str, np.ndarray], config: BertConfig,
           "layers.")
 
 
-def read_checkpoint(path: str) -> Checkpoint:
-  """Reads and checks a checkpoint directory; raises CheckpointError."""
-  if not os.path.isdir(path):
-    raise CheckpointError(f"{path} is not a directory.")
-  config_path = os.path.join(path, "config.json")
-  vocab_path = os.path.join(path, "vocab.txt")
-  for required in (config_path, vocab_path):
-    if not os.path.exists(required):
-      raise CheckpointError(
-          f"{path}: missing {os.path.basename(required)}; a BERT checkpoint "
-          "directory needs config.json, vocab.txt and model.safetensors or "
-          "pytorch_model.bin.")
-  config = BertConfig.from_dict(_read_json(config_path), config_path)
+# Checkpoint layouts (`layout_of`), as the exported metadata records them.
+HUGGING_FACE = "huggingface"
+BERT_TF1 = "bert_tf1"
+MODEL_GARDEN = "model_garden"
+_LAYOUT_FILES = (
+    "config.json, vocab.txt and model.safetensors or pytorch_model.bin "
+    "(Hugging Face); bert_config.json, vocab.txt and bert_model.ckpt.* "
+    "(original BERT); or params.yaml (or encoder_config.json), vocab.txt "
+    "and a TF2 checkpoint (TF Model Garden)")
 
+
+def layout_of(path: str) -> str:
+  """Which layout a checkpoint directory is in, by its files."""
+  try:
+    if tf1_checkpoint.checkpoint_prefix(path):
+      return BERT_TF1
+  except tf1_checkpoint.Tf1CheckpointError as e:
+    raise CheckpointError(str(e)) from None
+  if model_garden.checkpoint_prefix(path):
+    return MODEL_GARDEN
+  return HUGGING_FACE
+
+
+def _config_and_weights(path: str, layout: str):
+  """(config file, BertConfig, weights under Hugging Face names, the file
+  the weights came from) of a checkpoint directory in `layout`."""
+  try:
+    if layout == BERT_TF1:
+      config_path = os.path.join(path, tf1_checkpoint.CONFIG_FILE)
+      prefix = tf1_checkpoint.checkpoint_prefix(path)
+      config = BertConfig.from_dict(_read_json(config_path), config_path)
+      weights = tf1_checkpoint.read_weights(prefix)
+    elif layout == MODEL_GARDEN:
+      prefix = model_garden.checkpoint_prefix(path)
+      config_path, config_dict = model_garden.read_config(path)
+      config = BertConfig.from_dict(config_dict, config_path)
+      weights = model_garden.read_weights(prefix, config_dict)
+  except (tf1_checkpoint.Tf1CheckpointError,
+          model_garden.ModelGardenError) as e:
+    raise CheckpointError(str(e)) from None
+  if layout != HUGGING_FACE:
+    return config_path, config, weights, sorted(glob.glob(
+        prefix + ".data-*"))[0]
+  config_path = os.path.join(path, "config.json")
+  if not os.path.exists(config_path):
+    raise CheckpointError(
+        f"{path}: missing config.json; a BERT checkpoint directory needs "
+        f"{_LAYOUT_FILES}.")
+  config = BertConfig.from_dict(_read_json(config_path), config_path)
   safetensors_path = os.path.join(path, "model.safetensors")
   bin_path = os.path.join(path, "pytorch_model.bin")
   if os.path.exists(safetensors_path):
-    weights_path, weights = safetensors_path, read_safetensors(safetensors_path)
-  elif os.path.exists(bin_path):
-    weights_path, weights = bin_path, read_torch_bin(bin_path)
-  else:
+    return (config_path, config, read_safetensors(safetensors_path),
+            safetensors_path)
+  if os.path.exists(bin_path):
+    return config_path, config, read_torch_bin(bin_path), bin_path
+  raise CheckpointError(
+      f"{path}: no model.safetensors or pytorch_model.bin found.")
+
+
+def read_checkpoint(path: str, lower_case: Optional[bool] = None
+                   ) -> Checkpoint:
+  """Reads and checks a checkpoint directory; raises CheckpointError.
+
+  Three layouts (`layout_of`): a Hugging Face directory, an original BERT
+  TF1 one (tf1_checkpoint.py), a TF Model Garden one (model_garden.py).
+  lower_case: whether the tokenizer lower-cases, when the checkpoint cannot
+  tell (None: from its tokenizer files, else its vocabulary).
+  """
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path} is not a directory.")
+  vocab_path = os.path.join(path, "vocab.txt")
+  if not os.path.exists(vocab_path):
     raise CheckpointError(
-        f"{path}: no model.safetensors or pytorch_model.bin found.")
+        f"{path}: missing vocab.txt; a BERT checkpoint directory needs "
+        f"{_LAYOUT_FILES}.")
+  config_path, config, weights, weights_path = _config_and_weights(
+      path, layout_of(path))
   weights = _strip_prefix(weights)
   vocab = _read_vocab(vocab_path)
   _check_shapes(weights, config, vocab, path)
@@ -390,7 +454,8 @@ def read_checkpoint(path: str) -> Checkpoint:
       config=config,
       weights={k: np.asarray(v, dtype=np.float32) for k, v in weights.items()},
       vocab=vocab,
-      lower_case=_lower_case(path, vocab),
+      lower_case=(_lower_case(path, vocab) if lower_case is None else
+                  lower_case),
       special_tokens=_special_tokens(path, vocab),
       pooling=pooling,
       normalize=normalize,

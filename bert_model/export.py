@@ -126,7 +126,8 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str,
                       pooling: Optional[str] = None,
                       normalize: Optional[bool] = None,
                       max_seq_length: Optional[int] = None,
-                      overwrite: bool = False
+                      overwrite: bool = False,
+                      lower_case: Optional[bool] = None
                      ) -> metadata_lib.ModelMetadata:
   """Converts `checkpoint_dir` into a model directory at `output_dir`.
 
@@ -137,10 +138,11 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str,
   if os.path.exists(output_dir) and not overwrite:
     raise FileExistsError(
         f"{output_dir} exists; pass --overwrite to replace it.")
-  ckpt = checkpoint_lib.read_checkpoint(checkpoint_dir)
+  ckpt = checkpoint_lib.read_checkpoint(checkpoint_dir, lower_case=lower_case)
+  kind = checkpoint_lib.layout_of(checkpoint_dir)
   metadata = build_metadata(
       ckpt, name=name or os.path.basename(os.path.normpath(checkpoint_dir)),
-      source=source or {"kind": "huggingface", "path": ckpt.path},
+      source=source or {"kind": kind, "path": ckpt.path},
       license_name=license_name, pooling=pooling, normalize=normalize,
       max_seq_length=max_seq_length)
 

@@ -40,9 +40,10 @@ def parse_args(argv):
       prog="python -m pipeline.export_model", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument(
-      "--checkpoint", help="Hugging Face BERT checkpoint directory (config.json, "
-      "vocab.txt, model.safetensors or pytorch_model.bin). Default: the "
-      f"packaged {default_model.DEFAULT_MODEL_NAME}.")
+      "--checkpoint", help="BERT checkpoint directory: Hugging Face "
+      "(config.json, vocab.txt, model.safetensors or pytorch_model.bin) or "
+      "original BERT (bert_config.json, vocab.txt, bert_model.ckpt.*). "
+      f"Default: the packaged {default_model.DEFAULT_MODEL_NAME}.")
   parser.add_argument(
       "--output_dir",
       help="Model directory to write (default: "
@@ -57,6 +58,11 @@ def parse_args(argv):
                       "vectors by default (true/false).")
   parser.add_argument("--max_seq_length", type=int,
                       help="Default input length (default: the model's own).")
+  parser.add_argument("--lower_case", type=_bool,
+                      help="Whether the tokenizer lower-cases (true for "
+                      "uncased models), when the checkpoint cannot tell. "
+                      "Default: its tokenizer files, else whether its "
+                      "vocabulary holds capitalised words.")
   parser.add_argument("--overwrite", action="store_true",
                       help="Replace --output_dir if it exists.")
   parser.add_argument(
@@ -111,7 +117,7 @@ def main(argv=None) -> int:
           args.checkpoint, args.output_dir, name=args.name,
           license_name=args.license, pooling=args.pooling,
           normalize=args.normalize, max_seq_length=args.max_seq_length,
-          overwrite=args.overwrite)
+          overwrite=args.overwrite, lower_case=args.lower_case)
   except (checkpoint.CheckpointError, FileExistsError, FileNotFoundError,
           ValueError) as e:
     print(f"export_model: error: {e}", file=sys.stderr)

@@ -100,7 +100,7 @@ def test_union_find_chains_and_roots():
   assert roots == {"a": "a", "b": "a", "c": "a", "d": "a", "x": "x", "y": "x"}
 
 
-@hypothesis_settings(max_examples=25, deadline=None)
+@hypothesis_settings(max_examples=10, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)),
                 max_size=60), st.integers(0, 3))
 def test_components_in_beam_equal_union_find(edges, rounds):

@@ -84,12 +84,17 @@ def test_serving_model_equals_the_embedder(real_run, tmp_path):
 
 def test_query_finds_a_documents_own_text(real_run, capsys):
   texts, _, run_dir = real_run
-  for doc_id in ("s007", "s123", "s299"):
-    assert query.main([run_dir, texts[doc_id], "--k", "3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3
-    assert lines[0].split()[2] == doc_id
-    assert float(lines[0].split()[1]) == pytest.approx(1.0, abs=1e-5)
+  assert query.main([run_dir, texts["s007"], "--k", "3"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 3
+  assert lines[0].split()[2] == "s007"
+  assert float(lines[0].split()[1]) == pytest.approx(1.0, abs=1e-5)
+  embedder = Embedder.from_run(run_dir)
+  for doc_id in ("s123", "s299"):
+    score, row = query.search(run_dir, texts[doc_id], k=1,
+                              embedder=embedder)[0]
+    assert row["id"] == doc_id and row["text"] == texts[doc_id]
+    assert score == pytest.approx(1.0, abs=1e-5)
 
 
 def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):

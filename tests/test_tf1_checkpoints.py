@@ -1,0 +1,154 @@
+"""Original BERT (TF1) checkpoints convert to the TF Hub format faithfully:
+sequence_output within 1e-4 of PyTorch on the same weights, sentence vectors
+of the default model within cosine 0.9999 of sentence-transformers."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+import tensorflow_text  # noqa: F401  (the preprocess model's ops)
+# Part of the test extras, like the other parity checks: never skipped.
+import torch
+
+from bert_model import checkpoint as checkpoint_lib
+from bert_model import default_model
+from bert_model import metadata as metadata_lib
+from pipeline import export_model
+from tests import tiny_bert
+from tests.parity_sentences import PARITY_SENTENCES
+from tests.tf1_bert import write_tf1_checkpoint
+
+
+def _export(checkpoint_dir, output_dir, *flags):
+  assert export_model.main([f"--checkpoint={checkpoint_dir}",
+                            f"--output_dir={output_dir}", *flags]) == 0
+  return (hub.load(os.path.join(output_dir, "preprocess")),
+          hub.load(os.path.join(output_dir, "encoder")))
+
+
+def _torch_sequence(hf_dir, inputs):
+  from transformers import BertModel
+  model = BertModel.from_pretrained(hf_dir).eval()
+  with torch.no_grad():
+    return model(
+        input_ids=torch.tensor(inputs["input_word_ids"].numpy()).long(),
+        attention_mask=torch.tensor(inputs["input_mask"].numpy()).long(),
+        token_type_ids=torch.tensor(inputs["input_type_ids"].numpy()).long(),
+    ).last_hidden_state.numpy()
+
+
+@pytest.mark.parametrize("cased", [False, True])
+def test_tiny_tf1_checkpoint_matches_pytorch(tmp_path, cased):
+  hf_dir = tiny_bert.write_tiny_checkpoint(str(tmp_path / "hf"), cased=cased)
+  tf1_dir = write_tf1_checkpoint(hf_dir, str(tmp_path / "tf1"))
+  preprocess, encoder = _export(tf1_dir, str(tmp_path / "model"))
+  texts = ["the quick brown fox", "Hello World, the lazy dog sat on a mat!"]
+  inputs = preprocess(tf.constant(texts))
+  ours = encoder(inputs)["sequence_output"].numpy()
+  theirs = _torch_sequence(hf_dir, inputs)
+  mask = inputs["input_mask"].numpy().astype(bool)
+  assert np.abs(ours[mask] - theirs[mask]).max() <= 1e-4
+  metadata = metadata_lib.read_metadata(str(tmp_path / "model"))
+  assert metadata.source["kind"] == "bert_tf1"
+  assert checkpoint_lib.read_checkpoint(tf1_dir).lower_case == (not cased)
+
+
+def test_default_model_as_tf1_matches_sentence_transformers(tmp_path,
+                                                            report_figure):
+  from sentence_transformers import SentenceTransformer
+  reference_dir = default_model.packaged_checkpoint_dir()
+  tf1_dir = write_tf1_checkpoint(reference_dir, str(tmp_path / "tf1"))
+  # An original BERT directory records none of the sentence-transformers
+  # settings: they come from the flags, as its users would give them.
+  preprocess, encoder = _export(tf1_dir, str(tmp_path / "model"),
+                                "--pooling=mean", "--normalize=true",
+                                "--lower_case=true", "--max_seq_length=256")
+  inputs = preprocess(tf.constant(PARITY_SENTENCES))
+  sequence = encoder(inputs)["sequence_output"].numpy()
+  mask = inputs["input_mask"].numpy()[..., None].astype(np.float32)
+  mean = (sequence * mask).sum(1) / mask.sum(1)
+  ours = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+  theirs = SentenceTransformer(reference_dir, device="cpu").encode(
+      PARITY_SENTENCES, normalize_embeddings=True)
+  cosine = (ours * theirs).sum(1) / np.linalg.norm(theirs, axis=1)
+  report_figure("TF1 default model vs sentence-transformers min cosine",
+                f"{cosine.min():.7f}")
+  assert cosine.min() >= 0.9999
+
+
+def test_a_checkpoint_without_pooler_converts(tmp_path):
+  hf_dir = tiny_bert.write_tiny_checkpoint(str(tmp_path / "hf"))
+  tf1_dir = write_tf1_checkpoint(hf_dir, str(tmp_path / "tf1"), pooler=False)
+  assert not checkpoint_lib.read_checkpoint(tf1_dir).has_pooler
+  _export(tf1_dir, str(tmp_path / "model"), "--pooling=mean")
+
+
+def test_bad_tf1_checkpoints_fail_with_the_reason(tmp_path, capsys):
+  hf_dir = tiny_bert.write_tiny_checkpoint(str(tmp_path / "hf"))
+  tf1_dir = write_tf1_checkpoint(
+      hf_dir, str(tmp_path / "odd"),
+      extra={"bert/encoder/layer_0/attention/self/rotary/kernel":
+             np.zeros((2, 2), np.float32)})
+  with pytest.raises(checkpoint_lib.CheckpointError, match="rotary"):
+    checkpoint_lib.read_checkpoint(tf1_dir)
+  # A config that does not match the variables.
+  good = write_tf1_checkpoint(hf_dir, str(tmp_path / "good"))
+  config_path = os.path.join(good, "bert_config.json")
+  with open(config_path) as f:
+    config = json.load(f)
+  config["hidden_size"] = 32
+  with open(config_path, "w") as f:
+    json.dump(config, f)
+  with pytest.raises(checkpoint_lib.CheckpointError, match="config says"):
+    checkpoint_lib.read_checkpoint(good)
+  # Not BERT at all: names what it expected and what it found.
+  other = tmp_path / "other"
+  other.mkdir()
+  with tf.Graph().as_default():
+    variable = tf.compat.v1.Variable(np.zeros(3, np.float32), name="w/x")
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      tf.compat.v1.train.Saver([variable]).save(
+          session, str(other / "bert_model.ckpt"), write_meta_graph=False)
+  with open(other / "bert_config.json", "w") as f:
+    json.dump(config, f)
+  os.link(os.path.join(hf_dir, "vocab.txt"), other / "vocab.txt")
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match="expected variables such as bert/embeddings"):
+    checkpoint_lib.read_checkpoint(str(other))
+  # Without bert_config.json it is no TF1 checkpoint: the message says what
+  # each layout needs.
+  os.remove(other / "bert_config.json")
+  assert export_model.main([f"--checkpoint={other}",
+                            f"--output_dir={tmp_path / 'x'}"]) == 2
+  assert "bert_config.json" in capsys.readouterr().err
+
+
+MODEL_GARDEN_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures",
+                                    "model_garden")
+
+
+def test_model_garden_checkpoint_matches_its_recorded_outputs(tmp_path):
+  """The fixture was written by tests/fixtures/make_model_garden_checkpoint.py
+  with tf-models-official in its own virtualenv; here only the files."""
+  ckpt = checkpoint_lib.read_checkpoint(MODEL_GARDEN_FIXTURE,
+                                        lower_case=True)
+  assert checkpoint_lib.layout_of(MODEL_GARDEN_FIXTURE) == "model_garden"
+  assert ckpt.config.hidden_act == "gelu_new"  # Model Garden's tanh GELU
+  assert ckpt.has_pooler
+  _, encoder = _export(MODEL_GARDEN_FIXTURE, str(tmp_path / "model"),
+                       "--lower_case=true", "--pooling=mean")
+  recorded = np.load(os.path.join(MODEL_GARDEN_FIXTURE, "outputs.npz"))
+  for batch in (0, 1):
+    inputs = {name: tf.constant(recorded[f"{name}_{batch}"]) for name in (
+        "input_word_ids", "input_mask", "input_type_ids")}
+    outputs = encoder(inputs)
+    mask = recorded[f"input_mask_{batch}"].astype(bool)
+    np.testing.assert_allclose(
+        outputs["sequence_output"].numpy()[mask],
+        recorded[f"sequence_output_{batch}"][mask], atol=1e-5)
+    np.testing.assert_allclose(outputs["pooled_output"].numpy(),
+                               recorded[f"pooled_output_{batch}"], atol=1e-5)
