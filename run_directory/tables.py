@@ -118,16 +118,21 @@ def table_of_rows(name: str, columns: Sequence[Column],
       rows_per_shard=rows_per_shard)
 
 
-NEIGHBOUR_COLUMNS = (
-    Column("id", "STRING", REQUIRED, "The query document."),
-    Column("rank", "INTEGER", REQUIRED, "1 for the nearest neighbour."),
-    Column("neighbour_id", "STRING", REQUIRED, "The neighbouring document."),
-    Column("score", "FLOAT", REQUIRED, "Cosine similarity."),
+# The run and model every row of a table names.
+_RUN_COLUMNS = (
     Column("run_id", "STRING", REQUIRED, "The run that wrote this row."),
     Column(
         "model_fingerprint", "STRING", REQUIRED,
         "Fingerprint of the model that computed the vectors."),
 )
+_SCORE_COLUMN = Column("score", "FLOAT", REQUIRED, "Cosine similarity.")
+
+NEIGHBOUR_COLUMNS = (
+    Column("id", "STRING", REQUIRED, "The query document."),
+    Column("rank", "INTEGER", REQUIRED, "1 for the nearest neighbour."),
+    Column("neighbour_id", "STRING", REQUIRED, "The neighbouring document."),
+    _SCORE_COLUMN,
+) + _RUN_COLUMNS
 
 # --neighbours_level chunk: the rows are chunks, and name their documents.
 CHUNK_NEIGHBOUR_COLUMNS = (
@@ -138,7 +143,8 @@ CHUNK_NEIGHBOUR_COLUMNS = (
            "The neighbouring chunk, of another document."),
     Column("neighbour_document_id", "STRING", REQUIRED,
            "The neighbouring chunk's document."),
-) + NEIGHBOUR_COLUMNS[3:]
+    _SCORE_COLUMN,
+) + _RUN_COLUMNS
 
 # --duplicate_threshold: one row per document in a near-duplicate group.
 DUPLICATE_COLUMNS = (
@@ -150,11 +156,7 @@ DUPLICATE_COLUMNS = (
            "Whether this document represents its group (id == group_id)."),
     Column("max_score", "FLOAT", REQUIRED,
            "Its highest cosine to another document of the group."),
-    Column("run_id", "STRING", REQUIRED, "The run that wrote this row."),
-    Column(
-        "model_fingerprint", "STRING", REQUIRED,
-        "Fingerprint of the model that computed the vectors."),
-)
+) + _RUN_COLUMNS
 
 # DeadLetter's fields, plus the run. A test keeps the two in step.
 ERROR_COLUMNS = (
