@@ -7,6 +7,7 @@ settings.
              [-> NearestNeighbours -> WriteTable(neighbours)]
   [chunks -> WriteTable(chunks)] [-> NearestNeighbours at chunk level]
              [-> NearDuplicates -> WriteTable(duplicates)]
+             [-> ExportToVertex (documents, or chunks)]
              [-> WriteSimilarityPlot] [-> WriteProjectorFiles]
   dead letters of every stage -> WriteTable(errors)
   every count, file list and figure -> PublishRun (manifest.json last)
@@ -28,6 +29,8 @@ from run_directory.layout import ERRORS
 from run_directory.layout import NEIGHBOURS
 from run_directory.layout import PROJECTOR
 from run_directory.layout import SIMILARITY_PLOT
+from run_directory.layout import VERTEX
+from run_directory.layout import VERTEX_STATE
 from run_directory.tables import chunk_table
 from run_directory.tables import duplicate_table
 from run_directory.tables import embedding_table
@@ -54,6 +57,8 @@ from transforms.reuse import REUSED_CHUNKS
 from transforms.reuse import ReuseEmbeddings
 from transforms.reuse import TO_EMBED
 from transforms.validate import ValidateDocuments
+from transforms.vertex import ExportToVertex
+from transforms.vertex import STATS as VERTEX_STATS
 from transforms.visualize import WriteProjectorFiles
 from transforms.visualize import WriteSimilarityPlot
 from transforms.write import WriteTable
@@ -90,10 +95,12 @@ class EmbedCorpus(beam.PTransform):
     self._batching = plan.batching
     self._table = plan.table
     self._chunked = plan.table.chunked
+    self._one_line_ids = plan.vertex is not None
 
   def expand(self, pbegin):
     read = pbegin | "Read" >> ReadCorpus.of(self._corpus)
-    valid = read[DOCUMENTS] | "Validate" >> ValidateDocuments()
+    valid = read[DOCUMENTS] | "Validate" >> ValidateDocuments(
+        one_line_ids=self._one_line_ids)
     to_embed = valid[DOCUMENTS]
     if self._previous_run:
       reuse = to_embed | "Reuse" >> ReuseEmbeddings(self._previous_run,
@@ -202,6 +209,14 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
             bigquery_format=writing.bigquery_format,
             num_shards=writing.num_shards))
     details[DUPLICATES] = duplicates[STATS]
+  if plan.vertex:
+    # With chunking the chunks are the datapoints: what a passage search
+    # retrieves.
+    items = corpus[CHUNKS] if chunked else embeddings
+    export = items | "ExportToVertex" >> ExportToVertex(staging, plan.vertex)
+    outputs[VERTEX] = export[VERTEX]
+    outputs[VERTEX_STATE] = export[VERTEX_STATE]
+    details[VERTEX] = export[VERTEX_STATS]
   if plan.similarity_plot:
     outputs[SIMILARITY_PLOT] = {
         "png": embeddings | "WriteSimilarityPlot" >> WriteSimilarityPlot(

@@ -14,13 +14,15 @@ from them by name. A test keeps the two in step.
 import dataclasses
 import datetime
 import re
-from typing import Optional
+from typing import Optional, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bert_model.chunking import default_overlap
 from pipeline.errors import ConfigError
 from pipeline.flags import EmbeddingPipelineOptions
+from run_directory.vertex import DELTA as VERTEX_DELTA
+from run_directory.vertex import MAX_FILES as VERTEX_MAX_FILES
 from transforms.guardrails import DEFAULT_MAX_BAD_FRACTION
 from transforms.neighbours import CHUNK as CHUNK_LEVEL
 
@@ -70,6 +72,10 @@ class OutputConfig:
   similarity_plot: bool
   projector_export: bool
   projector_max_points: int
+  vertex_export: Optional[str]
+  restrict_fields: Tuple[str, ...]
+  numeric_restrict_fields: Tuple[str, ...]
+  crowding_tag_field: Optional[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +134,16 @@ SECTIONS = {
 }
 
 # Flags whose parsed value is not yet the section's (a string to convert).
+def _field_names(value: str) -> Tuple[str, ...]:
+  """'a, b' -> ("a", "b")."""
+  return tuple(name.strip() for name in (value or "").split(",")
+               if name.strip())
+
+
 _CONVERT = {
     "normalize": lambda value: None if value is None else value == "true",
+    "restrict_fields": _field_names,
+    "numeric_restrict_fields": _field_names,
 }
 
 
@@ -192,6 +206,37 @@ def _check_numbers(config: RunConfig):
     raise ConfigError(
         "--num_shards must be 0 (sized to fit memory) or positive.")
   _check_chunking(config)
+  _check_vertex_export(config)
+
+
+def _check_vertex_export(config: RunConfig):
+  out = config.outputs
+  carried = {"--restrict_fields": out.restrict_fields,
+             "--numeric_restrict_fields": out.numeric_restrict_fields,
+             "--crowding_tag_field": (out.crowding_tag_field,)
+                                     if out.crowding_tag_field else ()}
+  if out.vertex_export is None:
+    for flag, names in carried.items():
+      if names:
+        raise ConfigError(
+            f"{flag} is written into the Vertex AI export only: add "
+            "--vertex_export full (or delta), or leave the flag out.")
+    return
+  both = set(out.restrict_fields) & set(out.numeric_restrict_fields)
+  if both:
+    raise ConfigError(
+        f"--restrict_fields and --numeric_restrict_fields both name "
+        f"{sorted(both)}: a field is either a token restrict or a numeric "
+        "one; name it in one flag.")
+  if out.vertex_export == VERTEX_DELTA and not config.nightly.previous_run:
+    raise ConfigError(
+        "--vertex_export delta writes what changed since --previous_run: "
+        "set --previous_run (e.g. latest with --latest_pointer), or use "
+        "--vertex_export full.")
+  if out.num_shards > VERTEX_MAX_FILES:
+    raise ConfigError(
+        f"--num_shards={out.num_shards}: Vertex AI reads at most "
+        f"{VERTEX_MAX_FILES} files of a batch; use at most that, or 0.")
 
 
 def _check_chunking(config: RunConfig):

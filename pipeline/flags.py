@@ -20,6 +20,7 @@ from bert_model.loaded_model import PRECISIONS
 from pipeline.errors import ConfigError
 from run_directory.embeddings import SEQUENCE_DTYPES
 from run_directory.layout import BIGQUERY_FORMATS
+from run_directory.vertex import EXPORT_MODES as VERTEX_EXPORT_MODES
 from transforms.formats import INPUT_FORMATS
 from transforms.formats.fields import DEFAULT_MAX_RECORD_BYTES
 from transforms.guardrails import DEFAULT_MAX_BAD_FRACTION
@@ -222,6 +223,27 @@ def _add_output_flags(group):
       "--projector_max_points", type=int, default=10000,
       help="Documents in the projector export, smallest ids first "
       "(default: %(default)s).")
+  group.add_argument(
+      "--vertex_export", choices=VERTEX_EXPORT_MODES,
+      help="Write vertex/, the batch layout of Vertex AI Vector Search "
+      "(JSON datapoints; with --chunk_size, the chunks): full, every "
+      "datapoint; delta (needs --previous_run), only new and changed ones, "
+      "with the removed ids in vertex/delete/. Default: off.")
+  group.add_argument(
+      "--restrict_fields", default="",
+      help="Input fields written as Vertex restricts, comma-separated, e.g. "
+      "'lang,category': a string (or a list of them) per record. A record "
+      "without one goes to the errors (missing_field). Default: none.")
+  group.add_argument(
+      "--numeric_restrict_fields", default="",
+      help="Input fields written as Vertex numeric restricts (an integer "
+      "becomes value_int, another number value_double). A record without "
+      "one goes to the errors (missing_field). Default: none.")
+  group.add_argument(
+      "--crowding_tag_field",
+      help="Input field written as each datapoint's Vertex crowding_tag. A "
+      "record without one goes to the errors (missing_field). Default: "
+      "none.")
 
 
 def _add_neighbour_flags(group):

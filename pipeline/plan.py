@@ -45,23 +45,34 @@ from pipeline.output_lock import OutputLockedError
 from run_directory.columns import CONTENT_HASH
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import CHUNKS
+from run_directory.layout import JSONL
+from run_directory.layout import VERTEX_STATE
 from run_directory.layout import staging_dir
 from run_directory.layout import STAGING_PREFIX
 from run_directory.manifest import load_manifest
 from run_directory.manifest import read_bytes
 from run_directory.manifest import RunNotPublishedError
 from run_directory.tables import embedding_table
+from run_directory.vertex import DELTA as VERTEX_DELTA
+from run_directory.vertex import VertexExportSpec
 from transforms.batching import LengthBatching
 from transforms.duplicates import DuplicateSettings
 from transforms.formats import infer_input_format
+from transforms.formats.carried import CarriedField
+from transforms.formats.carried import CROWDING_TAG
+from transforms.formats.carried import NUMERIC_RESTRICT
+from transforms.formats.carried import RESTRICT
 from transforms.formats.fields import RecordSpec
 from transforms.guardrails import PublishLimits
 from transforms.model_handler import HandlerSettings
+from transforms.neighbours import CHUNK as CHUNK_LEVEL
+from transforms.neighbours import DOCUMENT as DOCUMENT_LEVEL
 from transforms.neighbours import NeighbourSettings
 from transforms.read import CorpusSettings
 from transforms.reuse import PreviousRun
 from transforms.sinks import BigQuerySink
 from transforms.sinks import EmbeddingSink
+from transforms.vertex import VertexExport
 from transforms.write import WriteSettings
 
 _LOG = logging.getLogger(__name__)
@@ -91,6 +102,7 @@ class RunPlan:
   neighbours: the neighbours stage's settings, or None for no table.
   duplicates: the near-duplicates stage's, or None.
   limits: the publish stage's guardrails.
+  vertex: the Vertex AI export's settings, or None for no export.
   manifest_model / manifest_settings: what the manifest records.
   lock: the output directory's lock, held until the run ends.
   """
@@ -114,6 +126,7 @@ class RunPlan:
   latest_pointer: Optional[str]
   manifest_model: dict
   manifest_settings: dict
+  vertex: Optional[VertexExport] = None
   lock: Optional[OutputLock] = dataclasses.field(default=None, compare=False)
 
   def release(self):
@@ -122,7 +135,19 @@ class RunPlan:
       self.lock.release()
 
 
-def _corpus(flag: str, pattern: str, config: RunConfig) -> CorpusSettings:
+def _carried_fields(config: RunConfig) -> Tuple[CarriedField, ...]:
+  """The input fields the Vertex AI export writes with each datapoint."""
+  out = config.outputs
+  return (
+      tuple(CarriedField(name, RESTRICT) for name in out.restrict_fields) +
+      tuple(CarriedField(name, NUMERIC_RESTRICT)
+            for name in out.numeric_restrict_fields) +
+      ((CarriedField(out.crowding_tag_field, CROWDING_TAG),)
+       if out.crowding_tag_field else ()))
+
+
+def _corpus(flag: str, pattern: str, config: RunConfig,
+            carried: Tuple[CarriedField, ...] = ()) -> CorpusSettings:
   input_config = config.input
   input_format = input_config.input_format
   if input_format is None:
@@ -135,12 +160,18 @@ def _corpus(flag: str, pattern: str, config: RunConfig) -> CorpusSettings:
         f"--text_pair_field: {flag} is plain text (one text per line), which "
         "has no second field; use jsonl, csv, tsv, parquet or tfrecord "
         "input.")
+  if carried and input_format == "text":
+    raise ConfigError(
+        f"{carried[0].flag}: {flag} is plain text (one text per line), which "
+        "has no other fields; use jsonl, csv, tsv, parquet or tfrecord "
+        "input.")
   return CorpusSettings(
       pattern=pattern, input_format=input_format,
       record=RecordSpec(id_field=input_config.id_field,
                         text_field=input_config.text_field,
                         text_pair_field=input_config.text_pair_field,
-                        max_record_bytes=input_config.max_record_bytes))
+                        max_record_bytes=input_config.max_record_bytes,
+                        carried=carried))
 
 
 def parse_encoder_layers(value: str, num_layers: int) -> Tuple[int, ...]:
@@ -303,10 +334,13 @@ def _previous_run(path: str, model_fingerprint: str,
     chunk_files = tuple(
         FileSystems.join(path, name)
         for name in manifest["outputs"].get(CHUNKS, {}).get("tfrecord", ()))
+    vertex_state_files = tuple(
+        FileSystems.join(path, name)
+        for name in manifest["outputs"].get(VERTEX_STATE, {}).get(JSONL, ()))
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ConfigError(
         f"--previous_run={path}: its manifest lacks {e}") from None
-  missing = [name for name in files + chunk_files
+  missing = [name for name in files + chunk_files + vertex_state_files
              if not FileSystems.exists(name)]
   if missing:
     raise ConfigError(
@@ -336,7 +370,36 @@ def _previous_run(path: str, model_fingerprint: str,
   return PreviousRun(path=path, run_id=manifest["run_id"],
                      tfrecord_files=files, reusable=not reason,
                      reason=reason, documents=documents,
-                     chunk_tfrecord_files=chunk_files)
+                     chunk_tfrecord_files=chunk_files,
+                     vertex_state_files=vertex_state_files)
+
+
+def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
+                   chunked: bool) -> Optional[VertexExport]:
+  out = config.outputs
+  if out.vertex_export is None:
+    return None
+  previous_state = ()
+  if out.vertex_export == VERTEX_DELTA:
+    if previous_run is None:
+      _LOG.warning("--vertex_export delta: no run published yet (the latest "
+                   "pointer names none), so every datapoint is new.")
+    elif not previous_run.vertex_state_files:
+      raise ConfigError(
+          f"--vertex_export delta: the previous run {previous_run.path} "
+          "wrote no Vertex AI export (it has no vertex_state table), so what "
+          "changed since is unknown. Run once with --vertex_export full, "
+          "then delta.")
+    else:
+      previous_state = previous_run.vertex_state_files
+  return VertexExport(
+      spec=VertexExportSpec(
+          mode=out.vertex_export, restrict_fields=out.restrict_fields,
+          numeric_restrict_fields=out.numeric_restrict_fields,
+          crowding_tag_field=out.crowding_tag_field or ""),
+      level=CHUNK_LEVEL if chunked else DOCUMENT_LEVEL,
+      previous_state_files=previous_state,
+      num_shards=out.num_shards)
 
 
 def _remove_stale_staging(run_dir: str):
@@ -387,7 +450,8 @@ def plan_run(config: RunConfig,
   environment.check_input("--input", config.input.input)
   if neighbours.neighbours_of:
     environment.check_input("--neighbours_of", neighbours.neighbours_of)
-  corpus = _corpus("--input", config.input.input, config)
+  corpus = _corpus("--input", config.input.input, config,
+                   _carried_fields(config))
   queries = (_corpus("--neighbours_of", neighbours.neighbours_of, config)
              if neighbours.neighbours_of else None)
   environment.check_output(out.output)
@@ -459,4 +523,5 @@ def plan_run(config: RunConfig,
       latest_pointer=nightly.latest_pointer,
       manifest_model=_manifest_model(model, settings),
       manifest_settings=settings_of(config),
+      vertex=_vertex_export(config, previous_run, table.chunked),
       lock=lock)

@@ -38,11 +38,20 @@ PARQUET = "parquet"
 JSONL = "jsonl"
 BIGQUERY_FORMATS = (AVRO, PARQUET, JSONL)
 FORMATS = BIGQUERY_FORMATS + (TFRECORD,)
+# The Vertex AI Vector Search export (--vertex_export; run_directory/vertex.py):
+# vertex/<datapoints shards>.json and vertex/delete/<deleted shards>.txt,
+# listed as outputs.vertex.json and outputs.vertex.delete.
+VERTEX = "vertex"
+VERTEX_JSON = "json"
+VERTEX_DELETE = "delete"
+VERTEX_STATE = "vertex_state"  # table: id, datapoint_hash of each datapoint
 FILE_SUFFIXES = {
     TFRECORD: ".tfrecord",
     AVRO: ".avro",
     PARQUET: ".parquet",
     JSONL: ".jsonl",
+    VERTEX_JSON: ".json",  # the suffix Vertex AI reads as JSON lines
+    VERTEX_DELETE: ".txt",
 }
 # Key of a table's BigQuery schema file in its manifest entry, and the file.
 BIGQUERY_SCHEMA = "bigquery_schema"

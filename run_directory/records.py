@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import os
 import re
-from typing import Mapping, NamedTuple, Optional, Tuple
+from typing import Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -43,10 +43,19 @@ class Reason:
   MALFORMED_RECORD = "malformed_record"  # bad JSON line, bad CSV row, bad proto
   MISSING_FIELD = "missing_field"
   NON_STRING_FIELD = "non_string_field"
+  NON_NUMERIC_FIELD = "non_numeric_field"  # a --numeric_restrict_fields value
   DUPLICATE_ID = "duplicate_id"
   UNREADABLE_FILE = "unreadable_file"  # a file that is not the format it claims
   RECORD_TOO_LARGE = "record_too_large"  # over --max_record_bytes
   MODEL_ERROR = "model_error"
+
+
+# Input fields a record carries besides its id and text, for the Vertex AI
+# export (--restrict_fields and the like): ((kind, field name, its values),
+# ...) in flag order, kind as transforms/formats/carried.py names them; the
+# values a tuple of str, or of one int or float.
+CarriedValue = Union[str, int, float]
+CarriedFields = Tuple[Tuple[str, str, Tuple[CarriedValue, ...]], ...]
 
 
 class Document(NamedTuple):
@@ -57,12 +66,14 @@ class Document(NamedTuple):
     Parquet, record index for TFRecord.
   text_pair: the second segment of a pair-task input (--text_pair_field),
     packed after `text` as segment B; None for single texts.
+  fields: the input fields carried with the record (CarriedFields).
   """
   id: str
   text: str
   source: str
   position: int
   text_pair: Optional[str] = None
+  fields: CarriedFields = ()
 
 
 def printable(text: str, limit: Optional[int] = None) -> str:
@@ -226,13 +237,15 @@ class Embedding(_VectorsOfARow):
   The vectors are computed by the model in this run, or carried over from a
   previous run (--previous_run); either way one `Vectors`. With chunking
   (--chunk_size), they are the num_tokens-weighted mean of its `num_chunks`
-  chunks' vectors.
+  chunks' vectors. `fields`: its document's carried input fields (not a
+  column of the table; the Vertex AI export writes them).
   """
   id: str
   text: str
   source: str
   vectors: Vectors
   num_chunks: int = 0
+  fields: CarriedFields = ()
 
 
 def chunk_id(document_id: str, chunk_index: int) -> str:
@@ -247,6 +260,7 @@ class Chunk(_VectorsOfARow):
   start, end: Unicode code point offsets into the document's text, end
     exclusive: the chunk's text is `document_text[start:end]`, and it starts
     and ends on word boundaries.
+  fields: its document's carried input fields (see Embedding).
   """
   id: str
   document_id: str
@@ -255,12 +269,12 @@ class Chunk(_VectorsOfARow):
   end: int
   text: str
   vectors: Vectors
+  fields: CarriedFields = ()
 
 
-def chunk_of(document_id: str, document_text: str, index: int,
-             chunk: ChunkVectors) -> Chunk:
+def chunk_of(document: Document, index: int, chunk: ChunkVectors) -> Chunk:
   """The chunks table's row of a document's chunk number `index`."""
-  return Chunk(id=chunk_id(document_id, index), document_id=document_id,
+  return Chunk(id=chunk_id(document.id, index), document_id=document.id,
                chunk_index=index, start=chunk.start, end=chunk.end,
-               text=document_text[chunk.start:chunk.end],
-               vectors=chunk.vectors)
+               text=document.text[chunk.start:chunk.end],
+               vectors=chunk.vectors, fields=document.fields)

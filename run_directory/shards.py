@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import json
 import math
-from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
+from typing import BinaryIO, Iterable, Iterator, Mapping, Optional, Sequence
 
 import fastavro
 import pyarrow as pa
@@ -32,6 +32,8 @@ from run_directory.layout import JSONL
 from run_directory.layout import PARQUET
 from run_directory.layout import shard_path
 from run_directory.layout import TFRECORD
+from run_directory.layout import VERTEX_DELETE
+from run_directory.layout import VERTEX_JSON
 from run_directory.tables import Table
 from run_directory.tfrecord import canonical_example
 from run_directory.tfrecord import encode_frame
@@ -59,8 +61,13 @@ def shard_of(key: str, num_shards: int) -> int:
   return int.from_bytes(digest, "big") % num_shards
 
 
-def num_shards_for(num_rows: int, rows_per_shard: int) -> int:
-  return max(1, math.ceil(num_rows / rows_per_shard))
+def num_shards_for(num_rows: int, rows_per_shard: int,
+                   max_num_shards: Optional[int] = None) -> int:
+  """Enough shards for rows_per_shard rows each, at least 1, at most
+  max_num_shards (when given; shards then hold more rows)."""
+  num_shards = max(1, math.ceil(num_rows / rows_per_shard))
+  return num_shards if max_num_shards is None else min(num_shards,
+                                                       max_num_shards)
 
 
 def _json_line(row: dict) -> str:
@@ -120,6 +127,8 @@ class ShardWriter:
         AVRO: self._write_avro,
         PARQUET: self._write_parquet,
         JSONL: self._write_jsonl,
+        VERTEX_JSON: self._write_jsonl,
+        VERTEX_DELETE: self._write_id_lines,
     }
     paths = {}
     for file_format in self.formats:
@@ -167,6 +176,14 @@ class ShardWriter:
     del path  # unused
     for e in rows:
       f.write((_json_line(self.table.to_row(e)) + "\n").encode("utf-8"))
+
+
+  def _write_id_lines(self, f: BinaryIO, rows: Sequence, path: str):
+    """One id a line (the Vertex delete files): ids hold no line break
+    (validation dead-letters them when the export is on)."""
+    del path  # unused
+    for e in rows:
+      f.write((self.table.to_row(e)["id"] + "\n").encode("utf-8"))
 
 
 def _write_row_group(writer: pq.ParquetWriter, batches: list, schema):

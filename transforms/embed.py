@@ -55,7 +55,8 @@ def has_no_wordpieces(document: Document, vectors: Vectors) -> bool:
 def to_embedding(document: Document, vectors: Vectors,
                  num_chunks: int = 0) -> Embedding:
   return Embedding(id=document.id, text=document.text, source=document.source,
-                   vectors=vectors, num_chunks=num_chunks)
+                   vectors=vectors, num_chunks=num_chunks,
+                   fields=document.fields)
 
 
 class _SplitInferenceResultsFn(beam.DoFn):
@@ -91,7 +92,7 @@ class _SplitInferenceResultsFn(beam.DoFn):
       yield to_embedding(document, vectors, num_chunks=len(chunks))
       for index, chunk in enumerate(chunks):
         yield beam.pvalue.TaggedOutput(
-            CHUNKS, chunk_of(document.id, document.text, index, chunk))
+            CHUNKS, chunk_of(document, index, chunk))
 
   def _dead_letter(self, document: Document, reason: str, detail: str):
     self._dead_lettered.inc()

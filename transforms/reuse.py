@@ -58,6 +58,8 @@ class PreviousRun:
   reason: str = ""
   documents: int = 0  # in its embeddings table
   chunk_tfrecord_files: Tuple[str, ...] = ()  # its chunks table, if chunked
+  # Its vertex_state table (JSON lines), if it wrote a Vertex AI export.
+  vertex_state_files: Tuple[str, ...] = ()
 
   def manifest_entry(self) -> dict:
     return {"path": self.path, "run_id": self.run_id,
@@ -148,10 +150,11 @@ class _SplitByReuseFn(beam.DoFn):
     yield beam.pvalue.TaggedOutput(
         REUSED,
         Embedding(id=document.id, text=document.text, source=document.source,
-                  vectors=vectors, num_chunks=num_chunks))
+                  vectors=vectors, num_chunks=num_chunks,
+                  fields=document.fields))
     for index, chunk in chunks:
       yield beam.pvalue.TaggedOutput(
-          REUSED_CHUNKS, chunk_of(document.id, document.text, index, chunk))
+          REUSED_CHUNKS, chunk_of(document, index, chunk))
 
 
 class ReuseEmbeddings(beam.PTransform):

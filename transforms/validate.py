@@ -1,4 +1,5 @@
-"""Validate stage: rejects empty documents and repeated ids.
+"""Validate stage: rejects empty documents and repeated ids (and, for the
+Vertex AI export, ids that hold a line break).
 
     Document ──RejectEmptyText──> GroupById ──KeepOnePerId──> Document
                    │                                 │
@@ -80,19 +81,39 @@ def duplicate_dead_letter(document: Document, kept_source: str,
       id=document.id)
 
 
+def multiline_id_dead_letter(document: Document) -> DeadLetter:
+  return DeadLetter(
+      source=document.source,
+      position=document.position,
+      stage=STAGE,
+      reason=Reason.MALFORMED_RECORD,
+      detail="the id holds a line break, which a Vertex AI delete file (one "
+             "id a line) cannot list: --vertex_export needs one-line ids",
+      snippet=make_snippet(document.text),
+      id=document.id)
+
+
+def has_line_break(document_id: str) -> bool:
+  return "\n" in document_id or "\r" in document_id
+
+
 class _RejectEmptyTextFn(beam.DoFn):
 
-  def __init__(self):
+  def __init__(self, one_line_ids: bool):
+    self._one_line_ids = one_line_ids
     self._dead_lettered = Metrics.counter(METRICS_NAMESPACE,
                                           COUNTERS.dead_lettered)
 
   def process(self, document: Document):
     if is_empty_text(document.text):
-      self._dead_lettered.inc()
-      yield beam.pvalue.TaggedOutput(DEAD_LETTERS,
-                                     empty_text_dead_letter(document))
+      dead_letter = empty_text_dead_letter(document)
+    elif self._one_line_ids and has_line_break(document.id):
+      dead_letter = multiline_id_dead_letter(document)
     else:
       yield document
+      return
+    self._dead_lettered.inc()
+    yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter)
 
 
 class _KeepOnePerIdFn(beam.DoFn):
@@ -115,13 +136,21 @@ class _KeepOnePerIdFn(beam.DoFn):
 
 
 class ValidateDocuments(beam.PTransform):
-  """Documents -> {DOCUMENTS: valid, unique ids; DEAD_LETTERS: the rest}."""
+  """Documents -> {DOCUMENTS: valid, unique ids; DEAD_LETTERS: the rest}.
+
+  one_line_ids: also reject ids with a line break (--vertex_export).
+  """
+
+  def __init__(self, one_line_ids: bool = False):
+    super().__init__()
+    self._one_line_ids = one_line_ids
 
   def expand(self, documents):
     non_empty = (
         documents
-        | "RejectEmptyText" >> beam.ParDo(_RejectEmptyTextFn()).with_outputs(
-            DEAD_LETTERS, main=DOCUMENTS))
+        | "RejectEmptyText" >> beam.ParDo(
+            _RejectEmptyTextFn(self._one_line_ids)).with_outputs(
+                DEAD_LETTERS, main=DOCUMENTS))
     unique = (
         non_empty[DOCUMENTS]
         | "KeyById" >> beam.Map(lambda document: (document.id, document))

@@ -102,6 +102,8 @@ class WriteShards(beam.PTransform):
 
   num_shards: fixed, or 0 for ceil(count / the table's rows_per_shard), at
     least 1.
+  max_num_shards: at most this many shards when sized by the count (a
+    reader's limit on files, e.g. Vertex AI's).
   count: what is counted for that, the elements themselves by default; any
     PCollection at least as large (and the same in every run of the same
     input) will do. One complete before the elements are lets the shard
@@ -111,14 +113,19 @@ class WriteShards(beam.PTransform):
 
   def __init__(
       self, writer: ShardWriter, num_shards: int,
-      count: Optional[beam.PCollection] = None):
+      count: Optional[beam.PCollection] = None,
+      max_num_shards: Optional[int] = None):
     super().__init__()
     _check_num_shards(num_shards)
     _check_positive("rows_per_shard", writer.table.rows_per_shard)
+    if max_num_shards is not None and num_shards > max_num_shards:
+      raise ValueError(
+          f"num_shards {num_shards} is over the limit of {max_num_shards}")
     self._writer = writer
     self._num_shards = num_shards
     self._rows_per_shard = writer.table.rows_per_shard
     self._count = count
+    self._max_num_shards = max_num_shards
 
   def expand(self, elements):
     if self._num_shards:
@@ -129,7 +136,7 @@ class WriteShards(beam.PTransform):
           (elements if self._count is None else self._count)
           | "Count" >> beam.combiners.Count.Globally()
           | "NumShards" >> beam.Map(
-              num_shards_for, self._rows_per_shard))
+              num_shards_for, self._rows_per_shard, self._max_num_shards))
     num_shards_side = beam.pvalue.AsSingleton(num_shards)
     written = (
         elements

@@ -24,6 +24,7 @@ from typing import BinaryIO, Iterator, List, Optional
 
 from run_directory.records import Document
 from run_directory.records import Reason
+from transforms.formats.carried import carried_fields
 from transforms.formats.fields import check_unicode
 from transforms.formats.fields import document
 from transforms.formats.fields import missing
@@ -54,6 +55,8 @@ class _Columns:
     self.id = _index(header, spec.id_field)
     self.pair = (None if spec.text_pair_field is None else
                  _index(header, spec.text_pair_field))
+    self.carried = {field.name: _index(header, field.name)
+                    for field in spec.carried}
     self.spec = spec
 
 
@@ -86,7 +89,12 @@ def _row_document(row: List[str], columns: _Columns, source: str,
     text_pair = _required_cell(row, columns, columns.pair,
                                spec.text_pair_field, "--text_pair_field",
                                doc_id)
-  return document(source, position, doc_id, text, text_pair)
+  fields = carried_fields(
+      spec.carried,
+      lambda name: (None if columns.carried[name] is None
+                    else row[columns.carried[name]]),
+      doc_id)
+  return document(source, position, doc_id, text, text_pair, fields)
 
 
 def _row_record(row: List[str], columns: _Columns, source: str, position: int,

@@ -15,6 +15,7 @@ own way; the rules for what makes a good record are here, once:
 import dataclasses
 from typing import Iterable, Optional, Union
 
+from run_directory.records import CarriedFields
 from run_directory.records import DeadLetter
 from run_directory.records import derive_document_id
 from run_directory.records import Document
@@ -43,11 +44,14 @@ class RecordSpec:
   text_pair_field: for pair tasks, the second text's field, else None.
   max_record_bytes: a longer record (line, row cell, TFRecord frame) is a
     RECORD_TOO_LARGE dead letter, and is never held in memory whole.
+  carried: the other fields each record carries (carried.CarriedField, for
+    the Vertex AI export); a record without one is a dead letter.
   """
   id_field: str = "id"
   text_field: str = "text"
   text_pair_field: Optional[str] = None
   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+  carried: tuple = ()
 
   def __post_init__(self):
     if self.max_record_bytes < 1:
@@ -84,12 +88,13 @@ def too_large(size: int, limit: int, what: str = "record") -> Rejected:
 
 
 def document(source: str, position: int, doc_id: Optional[str], text: str,
-             text_pair: Optional[str] = None) -> Document:
+             text_pair: Optional[str] = None,
+             fields: CarriedFields = ()) -> Document:
   """A Document; an input without an id gets the derived, stable one."""
   if doc_id is None:
     doc_id = derive_document_id(source, text, text_pair)
   return Document(id=doc_id, text=text, source=source, position=position,
-                  text_pair=text_pair)
+                  text_pair=text_pair, fields=fields)
 
 
 def check_unicode(value: str, field: str, doc_id: Optional[str] = None) -> str:

@@ -11,6 +11,7 @@ from typing import BinaryIO, Iterator, Optional
 
 from run_directory.records import Document
 from run_directory.records import Reason
+from transforms.formats.carried import carried_fields
 from transforms.formats.fields import check_unicode
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
@@ -99,7 +100,8 @@ def _jsonl_document(line: bytes, source: str, position: int,
   if spec.text_pair_field is not None:
     text_pair = _json_text(record, spec.text_pair_field, "--text_pair_field",
                            doc_id)
-  return document(source, position, doc_id, text, text_pair)
+  fields = carried_fields(spec.carried, record.get, doc_id)
+  return document(source, position, doc_id, text, text_pair, fields)
 
 
 def read_jsonl_records(stream: BinaryIO, source: str,

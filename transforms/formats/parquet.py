@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from run_directory.records import Reason
+from transforms.formats.carried import carried_fields
 from transforms.formats.fields import check_size
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
@@ -108,6 +109,7 @@ def read_parquet_records(stream: BinaryIO, source: str,
   wanted = [spec.id_field, spec.text_field]
   if spec.text_pair_field is not None:
     wanted.append(spec.text_pair_field)
+  wanted.extend(field.name for field in spec.carried)
   types = {name: _value_type(_field_type(schema, name)) for name in wanted}
   columns = [name for name in dict.fromkeys(wanted)
              if types[name] is not None]
@@ -132,10 +134,11 @@ def read_parquet_records(stream: BinaryIO, source: str,
                 row[spec.text_pair_field], spec.text_pair_field,
                 types[spec.text_pair_field], doc_id, spec, present,
                 "--text_pair_field")
+          fields = carried_fields(spec.carried, row.get, doc_id)
         except Rejected as rejected:
           yield rejected.dead_letter(source, position, _snippet_of(row))
         else:
-          yield document(source, position, doc_id, text, text_pair)
+          yield document(source, position, doc_id, text, text_pair, fields)
         position += 1
 
 

@@ -21,6 +21,7 @@ from tfx_bsl.coders import example_coder
 from run_directory.records import Reason
 from run_directory.tfrecord import iter_frames
 from run_directory.tfrecord import OversizedFrame
+from transforms.formats.carried import carried_fields
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
 from transforms.formats.fields import id_from_int
@@ -113,6 +114,7 @@ def _examples_from_batch(record_batch: pa.RecordBatch, batch: _Batch,
   fields = [spec.id_field, spec.text_field]
   if spec.text_pair_field is not None:
     fields.append(spec.text_pair_field)
+  fields.extend(field.name for field in spec.carried)
   types = {name: _feature_value_type(schema, name) for name in fields}
   values = {name: _column_values(record_batch, name, types[name])
             for name in fields}
@@ -128,10 +130,12 @@ def _examples_from_batch(record_batch: pa.RecordBatch, batch: _Batch,
         text_pair = _text_from_feature(
             values[spec.text_pair_field][offset], spec.text_pair_field,
             types[spec.text_pair_field], doc_id, "--text_pair_field")
+      carried = carried_fields(
+          spec.carried, lambda name, row=offset: values[name][row], doc_id)
     except Rejected as rejected:
       yield rejected.dead_letter(source, position, example)
     else:
-      yield document(source, position, doc_id, text, text_pair)
+      yield document(source, position, doc_id, text, text_pair, carried)
 
 
 def _feature_value_type(schema: pa.Schema,

@@ -1,0 +1,143 @@
+"""The Vertex AI export stage (--vertex_export): the run's vectors in the
+batch layout Vector Search builds and updates an index from.
+
+  items (Embeddings, or Chunks with --chunk_size)
+    -> datapoints (run_directory/vertex.py) -> vertex/*.json
+    -> their state (id, datapoint_hash)     -> the vertex_state table
+
+full writes every datapoint. delta writes only the datapoints that are new
+or differ from the previous run's state (vector, restricts or crowding tag),
+and lists the ids the previous state holds and this run does not in
+vertex/delete/*.txt; an id is never in both. The state compared with is the
+previous run's vertex_state table (written by full and delta runs alike), so
+a chain of delta runs stays exact.
+"""
+
+import dataclasses
+import json
+from typing import Tuple
+
+import apache_beam as beam
+
+from run_directory.layout import VERTEX
+from run_directory.layout import VERTEX_DELETE
+from run_directory.layout import VERTEX_JSON
+from run_directory.layout import VERTEX_STATE
+from run_directory.shards import ShardWriter
+from run_directory.vertex import datapoint
+from run_directory.vertex import datapoint_prefixes
+from run_directory.vertex import DATAPOINT_TABLE
+from run_directory.vertex import DELETED_TABLE
+from run_directory.vertex import deleted_prefixes
+from run_directory.vertex import DELTA
+from run_directory.vertex import MAX_FILES
+from run_directory.vertex import state_row
+from run_directory.vertex import STATE_TABLE
+from run_directory.vertex import VertexExportSpec
+from transforms.write import WriteShards
+from transforms.write import WriteTable
+
+STATS = "stats"
+_DELETED = "deleted"
+
+
+@dataclasses.dataclass(frozen=True)
+class VertexExport:
+  """The export stage's settings.
+
+  spec: the mode and the carried fields (run_directory/vertex.py).
+  level: "document" or "chunk": what the datapoints are.
+  previous_state_files: the previous run's vertex_state JSON lines (delta).
+  num_shards: data files, 0 for one per DATAPOINT_ROWS_PER_SHARD rows; at
+    most MAX_FILES either way.
+  """
+  spec: VertexExportSpec
+  level: str
+  previous_state_files: Tuple[str, ...] = ()
+  num_shards: int = 0
+
+
+def _state_of(line: str) -> tuple:
+  row = json.loads(line)
+  return row["id"], row["datapoint_hash"]
+
+
+class _DiffFn(beam.DoFn):
+  """(id, {current: [(hash, row)], previous: [hash]}) -> the row when new
+  or changed; the id, tagged _DELETED, when it is gone."""
+
+  def process(self, grouped):
+    datapoint_id, group = grouped
+    current, previous = list(group["current"]), list(group["previous"])
+    if not current:
+      yield beam.pvalue.TaggedOutput(_DELETED, datapoint_id)
+      return
+    state_hash, row = current[0]
+    if previous != [state_hash]:
+      yield row
+
+
+def _stats(counts, settings: VertexExport) -> dict:
+  datapoints, written, deleted = counts
+  return {"mode": settings.spec.mode, "level": settings.level,
+          "datapoints": datapoints, "written": written, "deleted": deleted,
+          "restrict_fields": list(settings.spec.restrict_fields),
+          "numeric_restrict_fields": list(
+              settings.spec.numeric_restrict_fields),
+          "crowding_tag_field": settings.spec.crowding_tag_field or None}
+
+
+def _count(pcoll, label: str):
+  return pcoll | label >> beam.combiners.Count.Globally()
+
+
+class ExportToVertex(beam.PTransform):
+  """items -> {VERTEX: {json: paths[, delete: paths]}, VERTEX_STATE: {jsonl:
+  paths}, STATS: one dict for the manifest's "vertex" section}."""
+
+  def __init__(self, output_dir: str, settings: VertexExport):
+    super().__init__()
+    self._output_dir = output_dir
+    self._settings = settings
+
+  def expand(self, items):
+    settings, output_dir = self._settings, self._output_dir
+    rows = items | "ToDatapoints" >> beam.Map(datapoint)
+    states = rows | "ToState" >> beam.Map(state_row)
+    state_files = states | "WriteState" >> WriteTable(
+        output_dir, STATE_TABLE, bigquery_format=None,
+        num_shards=settings.num_shards)
+    written, deleted = rows, None
+    if settings.spec.mode == DELTA:
+      previous = (
+          items.pipeline
+          | "PreviousStateFiles" >> beam.Create(
+              list(settings.previous_state_files))
+          | "ReadPreviousState" >> beam.io.ReadAllFromText()
+          | "ParsePreviousState" >> beam.Map(_state_of))
+      current = rows | "KeyById" >> beam.Map(
+          lambda row: (row["id"], (state_row(row)["datapoint_hash"], row)))
+      diff = ({"current": current, "previous": previous}
+              | "JoinOnId" >> beam.CoGroupByKey()
+              | "Diff" >> beam.ParDo(_DiffFn()).with_outputs(
+                  _DELETED, main="written"))
+      written, deleted = diff["written"], diff[_DELETED]
+    files = {VERTEX_JSON: (written | "WriteDatapoints" >> WriteShards(
+        ShardWriter(DATAPOINT_TABLE, datapoint_prefixes(output_dir)),
+        settings.num_shards, max_num_shards=MAX_FILES))[VERTEX_JSON]}
+    counts = [_count(rows, "CountDatapoints"), _count(written, "CountWritten")]
+    if deleted is not None:
+      files[VERTEX_DELETE] = (deleted | "WriteDeleted" >> WriteShards(
+          ShardWriter(DELETED_TABLE, deleted_prefixes(output_dir)),
+          settings.num_shards, max_num_shards=MAX_FILES))[VERTEX_DELETE]
+      counts.append(_count(deleted, "CountDeleted"))
+    else:
+      counts.append(items.pipeline | "NoneDeleted" >> beam.Create([0]))
+    stats = (
+        items.pipeline
+        | "Once" >> beam.Create([None])
+        | "Stats" >> beam.Map(
+            lambda _, datapoints, written_count, deleted_count: _stats(
+                (datapoints, written_count, deleted_count), settings),
+            *[beam.pvalue.AsSingleton(count) for count in counts]))
+    return {VERTEX: files, VERTEX_STATE: state_files, STATS: stats}
