@@ -32,6 +32,14 @@ H = 6
 RUN_ID = "run-2024-01-01"
 FINGERPRINT = "sha256:abc"
 
+def write_jsonl(path, records) -> str:
+  """A JSONL corpus of `records` (dicts) at `path`; returns the path."""
+  with open(path, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
+  return str(path)
+
+
 def make_embeddings(n: int, spec: EmbeddingTableSpec, seed: int = 0):
   rng = np.random.default_rng(seed)
   embeddings = []

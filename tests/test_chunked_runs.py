@@ -7,7 +7,6 @@ default model: sentences taken from deep inside documents must find their
 own document through chunk-level neighbours at recall@1 >= 0.9.
 """
 
-import json
 import logging
 import re
 
@@ -18,13 +17,7 @@ from pydoc_data.topics import topics
 from pipeline import main
 from pipeline import read_outputs
 from pipeline.errors import ConfigError
-
-
-def _write_jsonl(path, records):
-  with open(path, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record) + "\n")
-  return str(path)
+from tests.run_fixtures import write_jsonl
 
 
 def _run(model_dir, corpus, run_dir, *flags):
@@ -61,9 +54,9 @@ def retrieval_run(default_model_dir, tmp_path_factory):
   for doc_id, text in documents.items():
     for j, sentence in enumerate(_deep_sentences(text, 3)):
       queries[f"q-{doc_id}-{j}"] = (doc_id, sentence)
-  corpus = _write_jsonl(root / "corpus.jsonl",
+  corpus = write_jsonl(root / "corpus.jsonl",
                         [{"id": k, "text": v} for k, v in documents.items()])
-  questions = _write_jsonl(root / "questions.jsonl",
+  questions = write_jsonl(root / "questions.jsonl",
                            [{"id": k, "text": s}
                             for k, (_, s) in queries.items()])
   run_dir = str(root / "run")
@@ -135,7 +128,7 @@ def test_questions_find_their_passage_and_document(retrieval_run,
 def test_chunk_neighbours_come_from_other_documents(tmp_path,
                                                     tiny_model_dir):
   words = "the quick brown fox jumps over the lazy dog".split()
-  corpus = _write_jsonl(tmp_path / "c.jsonl", [
+  corpus = write_jsonl(tmp_path / "c.jsonl", [
       {"id": f"d{i}", "text": " ".join(words[j % 9] for j in range(i * 7,
                                                                     i * 7 + 40))}
       for i in range(5)])
@@ -153,12 +146,12 @@ def test_chunk_neighbours_come_from_other_documents(tmp_path,
 def test_incremental_run_reuses_chunks(tmp_path, tiny_model_dir):
   texts = {f"d{i}": "hello world the cat sat on a mat . " * (3 + i)
            for i in range(4)}
-  corpus = _write_jsonl(tmp_path / "c1.jsonl",
+  corpus = write_jsonl(tmp_path / "c1.jsonl",
                         [{"id": k, "text": v} for k, v in texts.items()])
   first = str(tmp_path / "first")
   _run(tiny_model_dir, corpus, first, "--chunk_size=10")
   texts["d1"] = "the quick brown fox jumps . " * 6
-  corpus = _write_jsonl(tmp_path / "c2.jsonl",
+  corpus = write_jsonl(tmp_path / "c2.jsonl",
                         [{"id": k, "text": v} for k, v in texts.items()])
   second = str(tmp_path / "second")
   _run(tiny_model_dir, corpus, second, "--chunk_size=10",
@@ -187,7 +180,7 @@ def test_incremental_run_reuses_chunks(tmp_path, tiny_model_dir):
 
 def test_truncation_warning_names_chunk_size(tmp_path, tiny_model_dir,
                                              caplog):
-  corpus = _write_jsonl(tmp_path / "c.jsonl", [
+  corpus = write_jsonl(tmp_path / "c.jsonl", [
       {"id": "long", "text": "hello world " * 100},
       {"id": "short", "text": "hello"}])
   with caplog.at_level(logging.WARNING):
@@ -208,7 +201,7 @@ def test_truncation_warning_names_chunk_size(tmp_path, tiny_model_dir,
 ])
 def test_wrong_chunk_flags_fail_before_the_run(tmp_path, tiny_model_dir,
                                                flags, message):
-  corpus = _write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "hello"}])
+  corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "hello"}])
   with pytest.raises(ConfigError, match=re.escape(message)):
     _run(tiny_model_dir, corpus, str(tmp_path / "run"), *flags)
   assert not (tmp_path / "run" / "manifest.json").exists()

@@ -32,6 +32,7 @@ from transforms.formats.fields import RecordSpec
 from transforms.formats.fields import Rejected
 from transforms.formats.parquet import read_parquet_records
 from transforms.formats.tfrecord import read_tfrecord_records
+from tests.run_fixtures import write_jsonl
 
 VERTEX_FLAGS = ("--restrict_fields=lang,tags", "--numeric_restrict_fields=price",
                 "--crowding_tag_field=site")
@@ -47,13 +48,6 @@ def _record(i, text=None, **overrides):
             "price": i if i % 2 else i + 0.5, "site": f"s{i % 3}"}
   record.update(overrides)
   return record
-
-
-def _write_jsonl(path, records):
-  with open(path, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record) + "\n")
-  return str(path)
 
 
 def _run(model_dir, corpus, run_dir, *flags):
@@ -116,7 +110,7 @@ def full_run(tiny_model_dir, tmp_path_factory):
   records.append(_record(20, price="cheap"))
   records.append({"id": "two\nlines", "text": "an id Vertex cannot delete",
                   "lang": "en", "tags": "t", "price": 1, "site": "s1"})
-  corpus = _write_jsonl(root / "corpus.jsonl", records)
+  corpus = write_jsonl(root / "corpus.jsonl", records)
   run_dir = str(root / "run1")
   manifest = _run(tiny_model_dir, corpus, run_dir, "--vertex_export=full",
                   *VERTEX_FLAGS)
@@ -171,7 +165,7 @@ def test_delta_runs_write_what_changed_and_delete_what_is_gone(
   retagged = dict(good[1], lang="fr")  # same text, new restrict
   kept = good[2:-1]  # good[-1] is removed
   added = _record(30)
-  corpus = _write_jsonl(root / "corpus2.jsonl",
+  corpus = write_jsonl(root / "corpus2.jsonl",
                         [changed, retagged, *kept, added])
   run2 = str(root / "run2")
   manifest = _run(tiny_model_dir, corpus, run2, "--vertex_export=delta",
@@ -199,7 +193,7 @@ def test_delta_runs_write_what_changed_and_delete_what_is_gone(
 
 def test_chunks_are_the_datapoints_with_chunking(tiny_model_dir, tmp_path):
   long_text = " ".join(f"word{i} is here." for i in range(60))
-  corpus = _write_jsonl(tmp_path / "c.jsonl",
+  corpus = write_jsonl(tmp_path / "c.jsonl",
                         [_record(1, text=long_text), _record(2)])
   run_dir = str(tmp_path / "run")
   _run(tiny_model_dir, corpus, run_dir, "--vertex_export=full",

@@ -7,7 +7,9 @@ computed vectors the same way (max length, pooling, normalisation, sequence
 and layer outputs). Changed and new documents are embedded; documents gone
 from the corpus are dropped and counted as removed. With chunking
 (--chunk_size, the same chunk settings: planning checks), a document's chunks
-are carried over with it, read from the previous run's chunks table.
+are carried over with it, read from the previous run's chunks table. A
+carried-over vector takes its input fields (--restrict_fields and the like)
+from tonight's record, not from the previous run.
 
 The previous run is read from its TFRecord shards, listed by its manifest, with
 tfx-bsl's TFXIO reader (tf.Example to Arrow RecordBatches in C++).

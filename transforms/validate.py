@@ -57,40 +57,35 @@ def duplicates_of(kept: Document,
       yield document
 
 
-def empty_text_dead_letter(document: Document) -> DeadLetter:
+def _dead_letter(document: Document, reason: str, detail: str) -> DeadLetter:
   return DeadLetter(
       source=document.source,
       position=document.position,
       stage=STAGE,
-      reason=Reason.EMPTY_TEXT,
-      detail="the text is empty or only whitespace",
+      reason=reason,
+      detail=detail,
       snippet=make_snippet(document.text),
       id=document.id)
+
+
+def empty_text_dead_letter(document: Document) -> DeadLetter:
+  return _dead_letter(document, Reason.EMPTY_TEXT,
+                      "the text is empty or only whitespace")
 
 
 def duplicate_dead_letter(document: Document, kept_source: str,
                           kept_position: int) -> DeadLetter:
-  return DeadLetter(
-      source=document.source,
-      position=document.position,
-      stage=STAGE,
-      reason=Reason.DUPLICATE_ID,
-      detail=(f"id {document.id!r} is already used by the kept record at "
-              f"{kept_source}:{kept_position}"),
-      snippet=make_snippet(document.text),
-      id=document.id)
+  return _dead_letter(
+      document, Reason.DUPLICATE_ID,
+      f"id {document.id!r} is already used by the kept record at "
+      f"{kept_source}:{kept_position}")
 
 
 def multiline_id_dead_letter(document: Document) -> DeadLetter:
-  return DeadLetter(
-      source=document.source,
-      position=document.position,
-      stage=STAGE,
-      reason=Reason.MALFORMED_RECORD,
-      detail="the id holds a line break, which a Vertex AI delete file (one "
-             "id a line) cannot list: --vertex_export needs one-line ids",
-      snippet=make_snippet(document.text),
-      id=document.id)
+  return _dead_letter(
+      document, Reason.MALFORMED_RECORD,
+      "the id holds a line break, which a Vertex AI delete file (one id a "
+      "line) cannot list: --vertex_export needs one-line ids")
 
 
 def has_line_break(document_id: str) -> bool:
