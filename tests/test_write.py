@@ -509,7 +509,7 @@ def _all_format_writer(output_dir: str, batch_size: int = 2):
   return shards.ShardWriter(
       tables.embedding_table(FULL_SPEC, RUN_ID, FINGERPRINT),
       {fmt: layout.shard_prefix(output_dir, layout.EMBEDDINGS, fmt)
-       for fmt in layout.FILE_SUFFIXES}, batch_size)
+       for fmt in layout.FORMATS}, batch_size)
 
 
 def test_a_retried_shard_write_leaves_the_same_files_and_no_temporaries(
@@ -518,7 +518,7 @@ def test_a_retried_shard_write_leaves_the_same_files_and_no_temporaries(
   writer = _all_format_writer(out)
   embeddings = make_embeddings(5, FULL_SPEC)
   paths = writer.write(1, 3, embeddings)
-  assert sorted(paths) == sorted(layout.FILE_SUFFIXES)
+  assert sorted(paths) == sorted(layout.FORMATS)
   first = all_files(out)
   assert sorted(first) == sorted(
       os.path.relpath(path, out) for path in paths.values())
@@ -576,7 +576,7 @@ _all_format_writer(out, batch_size=3).write(
 shards.ShardWriter(
     tables.neighbour_table(RUN_ID, FINGERPRINT),
     {fmt: layout.shard_prefix(out, layout.NEIGHBOURS, fmt)
-     for fmt in layout.FILE_SUFFIXES}).write(
+     for fmt in layout.FORMATS}).write(
          1, 2, shuffled(make_neighbours(7), seed))
 """
 
