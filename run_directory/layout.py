@@ -7,6 +7,7 @@
     <table>/bigquery_schema.json
     errors/errors-SSSSS-of-NNNNN.jsonl
     similarity.png, projector/{vectors,metadata}.tsv (when asked for)
+    bigquery/load.sh, bigquery/vector_search.sql     bq load, vector index
     .run.lock                                        while a run writes here
     .staging-<run_id>/...                            until the run publishes
     .staging-<run_id>/refused.json                   a run a guardrail refused
@@ -61,6 +62,14 @@ SCHEMA_FILE_NAME = "bigquery_schema.json"
 SIMILARITY_PLOT = "similarity_plot"
 SIMILARITY_PLOT_FILE = "similarity.png"
 PROJECTOR = "projector"
+
+# The run's BigQuery scripts (bigquery_scripts.py), written with every run: a
+# top-level output ("bigquery": {key: file}) and their directory.
+BIGQUERY = "bigquery"
+LOAD_SCRIPT = "load_script"
+LOAD_SCRIPT_FILE = "load.sh"
+VECTOR_SEARCH_SQL = "vector_search_sql"
+VECTOR_SEARCH_FILE = "vector_search.sql"
 
 
 def staging_dir(run_dir: str, run_id: str) -> str:

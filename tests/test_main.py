@@ -367,18 +367,23 @@ def run_pipeline(input_pattern, output, model_dir, *extra):
 def check_manifest_files(run_dir, manifest, bigquery_format):
   outputs = manifest["outputs"]
   # The neighbour table is on by default (--neighbours_k 10).
-  assert set(outputs) == {"embeddings", "errors", "neighbours"}
+  assert set(outputs) == {"embeddings", "errors", "neighbours", "bigquery"}
   embeddings = outputs["embeddings"]
   assert set(embeddings) == {"tfrecord", bigquery_format, "bigquery_schema"}
   assert set(outputs["neighbours"]) == {"tfrecord", bigquery_format,
                                         "bigquery_schema"}
   assert set(outputs["errors"]) == {"jsonl"}
+  # Every run's BigQuery scripts (tests/test_bigquery_scripts.py).
+  assert outputs["bigquery"] == {
+      "load_script": "bigquery/load.sh",
+      "vector_search_sql": "bigquery/vector_search.sql"}
 
   listed = [embeddings["bigquery_schema"],
-            outputs["neighbours"]["bigquery_schema"]]
+            outputs["neighbours"]["bigquery_schema"],
+            *outputs["bigquery"].values()]
   for table, formats in outputs.items():
     for fmt, files in formats.items():
-      if fmt == "bigquery_schema":
+      if fmt == "bigquery_schema" or table == "bigquery":
         continue
       assert isinstance(files, list) and files, (table, fmt)
       suffix = ".tfrecord" if fmt == "tfrecord" else f".{fmt}"

@@ -8,11 +8,14 @@ it only after every write has finished. It then:
 2. checks the guardrails (transforms/guardrails.py): a run that breaks one
    writes refused.json into its staging directory and fails with
    RunRefusedError, unpublished;
-3. removes files of the table directories the manifest does not list, moves
+3. writes the run's BigQuery scripts (bigquery/load.sh, vector_search.sql,
+   run_directory/bigquery_scripts.py) from the manifest's file lists into
+   the staging directory, and lists them in the manifest;
+4. removes files of the table directories the manifest does not list, moves
    the staged files into place (run_directory/staging.py), and writes the new
    latest pointer under a temporary name;
-4. writes manifest.json (atomically): the run is published;
-5. renames the pointer into place and removes the staging directory: steps
+5. writes manifest.json (atomically): the run is published;
+6. renames the pointer into place and removes the staging directory: steps
    that only tidy up, and log an error if they fail instead of failing a
    published run.
 
@@ -31,6 +34,8 @@ from apache_beam.pvalue import AsSingleton
 
 from run_directory.atomic import write_json_atomically
 from run_directory.atomic import write_text_atomically
+from run_directory.bigquery_scripts import write_bigquery_scripts
+from run_directory.layout import BIGQUERY
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
 from run_directory.manifest import build_manifest
@@ -132,6 +137,9 @@ class PublishRun(beam.PTransform):
     reasons = refusal_reasons(manifest["counts"], self._limits)
     if reasons:
       self._refuse(manifest, reasons, top_errors)
+    # Rendered from the manifest's lists: they name exactly its files.
+    manifest["outputs"][BIGQUERY] = write_bigquery_scripts(
+        self._staging_dir, manifest)
     listed = listed_files(manifest["outputs"])
     remove_unlisted_files(self._run_dir, listed)
     move_into_place(self._staging_dir, self._run_dir, listed)
