@@ -90,10 +90,11 @@ class EmbedCorpus(beam.PTransform):
     self._batching = plan.batching
     self._table = plan.table
     self._chunked = plan.table.chunked
+    self._spill_dir = plan.spill_dir
 
   def expand(self, pbegin):
     read = pbegin | "Read" >> ReadCorpus.of(self._corpus)
-    valid = read[DOCUMENTS] | "Validate" >> ValidateDocuments()
+    valid = read[DOCUMENTS] | "Validate" >> ValidateDocuments(self._spill_dir)
     to_embed = valid[DOCUMENTS]
     if self._previous_run:
       reuse = to_embed | "Reuse" >> ReuseEmbeddings(self._previous_run,
@@ -168,14 +169,15 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
           # Known before embedding ends, unlike the number of embeddings:
           # the shard of each embedding is then chosen as it is made, not
           # in another pass over all of them.
-          count=corpus[DOCUMENTS]),
+          count=corpus[DOCUMENTS], spill_dir=plan.spill_dir),
       **({CHUNKS: corpus[CHUNKS] | "WriteChunks" >> WriteTable(
           staging, chunk_table(plan.table, plan.run_id, fingerprint),
           bigquery_format=writing.bigquery_format,
-          num_shards=writing.num_shards)} if chunked else {}),
+          num_shards=writing.num_shards,
+          spill_dir=plan.spill_dir)} if chunked else {}),
       ERRORS: dead_letters | "WriteDeadLetters" >> WriteTable(
           staging, error_table(plan.run_id), bigquery_format=None,
-          num_shards=writing.num_shards),
+          num_shards=writing.num_shards, spill_dir=plan.spill_dir),
   }
   for sink in plan.sinks:
     _ = embeddings | f"WriteTo{sink.name}" >> sink.create_write_transform()
@@ -191,7 +193,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
             staging, neighbour_table(plan.run_id, fingerprint,
                                      chunks=items == CHUNKS),
             bigquery_format=writing.bigquery_format,
-            num_shards=writing.num_shards))
+            num_shards=writing.num_shards, spill_dir=plan.spill_dir))
     details[NEIGHBOURS] = neighbours[STATS]
   if plan.duplicates:
     duplicates = embeddings | "NearDuplicates" >> NearDuplicates(
@@ -200,7 +202,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
         "WriteDuplicates" >> WriteTable(
             staging, duplicate_table(plan.run_id, fingerprint),
             bigquery_format=writing.bigquery_format,
-            num_shards=writing.num_shards))
+            num_shards=writing.num_shards, spill_dir=plan.spill_dir))
     details[DUPLICATES] = duplicates[STATS]
   if plan.similarity_plot:
     outputs[SIMILARITY_PLOT] = {

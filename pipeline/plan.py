@@ -45,6 +45,7 @@ from pipeline.output_lock import OutputLockedError
 from run_directory.columns import CONTENT_HASH
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import CHUNKS
+from run_directory.layout import spill_dir
 from run_directory.layout import staging_dir
 from run_directory.layout import STAGING_PREFIX
 from run_directory.manifest import load_manifest
@@ -93,6 +94,9 @@ class RunPlan:
   limits: the publish stage's guardrails.
   manifest_model / manifest_settings: what the manifest records.
   lock: the output directory's lock, held until the run ends.
+  spill_dir: where groupings by key go through files (transforms/spill.py)
+    on the local runner, whose GroupByKey holds its whole input in memory;
+    None on a distributed runner, whose shuffle is on disk already.
   """
   run_id: str
   run_dir: str
@@ -114,6 +118,7 @@ class RunPlan:
   latest_pointer: Optional[str]
   manifest_model: dict
   manifest_settings: dict
+  spill_dir: Optional[str] = None
   lock: Optional[OutputLock] = dataclasses.field(default=None, compare=False)
 
   def release(self):
@@ -371,8 +376,12 @@ def _take_lock(run_dir: str, run_id: str) -> OutputLock:
 
 
 def plan_run(config: RunConfig,
-             environment: PlanEnvironment = PlanEnvironment()) -> RunPlan:
+             environment: PlanEnvironment = PlanEnvironment(),
+             local_runner: bool = False) -> RunPlan:
   """Reads and checks everything the run needs (see the module docstring).
+
+  local_runner: the run is on the local runner: its groupings go through
+  files (RunPlan.spill_dir).
 
   The returned plan holds the output directory's lock (unless the
   environment takes none): call `plan.release()` when the run ends.
@@ -416,10 +425,11 @@ def plan_run(config: RunConfig,
     sinks = (BigQuerySink(out.bigquery_table, embedding_table(
         table, out.run_id, model.fingerprint)),)
   lock = _take_lock(out.output, out.run_id) if environment.take_lock else None
+  staging = staging_dir(out.output, out.run_id)
   return RunPlan(
       run_id=out.run_id,
       run_dir=out.output,
-      staging_dir=staging_dir(out.output, out.run_id),
+      staging_dir=staging,
       corpus=corpus,
       queries=queries,
       model=model,
@@ -459,4 +469,5 @@ def plan_run(config: RunConfig,
       latest_pointer=nightly.latest_pointer,
       manifest_model=_manifest_model(model, settings),
       manifest_settings=settings_of(config),
+      spill_dir=spill_dir(staging) if local_runner else None,
       lock=lock)
