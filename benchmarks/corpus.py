@@ -215,7 +215,7 @@ def is_prose(sentence: str) -> bool:
   return True
 
 
-def _sort_key(sentence: str) -> Tuple[bytes, str]:
+def sort_key(sentence: str) -> Tuple[bytes, str]:
   return hashlib.blake2b(sentence.encode("utf-8"),
                          digest_size=8).digest(), sentence
 
@@ -236,7 +236,7 @@ def build_corpus(verbose: bool = False) -> Tuple[List[str], dict]:
     if verbose:
       print(f"  {name}: +{counts[name]} sentences "
             f"({time.time() - started:.0f} s)", file=sys.stderr)
-  return sorted(seen, key=_sort_key), counts
+  return sorted(seen, key=sort_key), counts
 
 
 def _cache_path() -> str:

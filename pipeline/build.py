@@ -96,11 +96,12 @@ class EmbedCorpus(beam.PTransform):
     self._table = plan.table
     self._chunked = plan.table.chunked
     self._one_line_ids = plan.vertex is not None
+    self._spill_dir = plan.spill_dir
 
   def expand(self, pbegin):
     read = pbegin | "Read" >> ReadCorpus.of(self._corpus)
     valid = read[DOCUMENTS] | "Validate" >> ValidateDocuments(
-        one_line_ids=self._one_line_ids)
+        self._spill_dir, one_line_ids=self._one_line_ids)
     to_embed = valid[DOCUMENTS]
     if self._previous_run:
       reuse = to_embed | "Reuse" >> ReuseEmbeddings(self._previous_run,
@@ -175,14 +176,15 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
           # Known before embedding ends, unlike the number of embeddings:
           # the shard of each embedding is then chosen as it is made, not
           # in another pass over all of them.
-          count=corpus[DOCUMENTS]),
+          count=corpus[DOCUMENTS], spill_dir=plan.spill_dir),
       **({CHUNKS: corpus[CHUNKS] | "WriteChunks" >> WriteTable(
           staging, chunk_table(plan.table, plan.run_id, fingerprint),
           bigquery_format=writing.bigquery_format,
-          num_shards=writing.num_shards)} if chunked else {}),
+          num_shards=writing.num_shards,
+          spill_dir=plan.spill_dir)} if chunked else {}),
       ERRORS: dead_letters | "WriteDeadLetters" >> WriteTable(
           staging, error_table(plan.run_id), bigquery_format=None,
-          num_shards=writing.num_shards),
+          num_shards=writing.num_shards, spill_dir=plan.spill_dir),
   }
   for sink in plan.sinks:
     _ = embeddings | f"WriteTo{sink.name}" >> sink.create_write_transform()
@@ -198,7 +200,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
             staging, neighbour_table(plan.run_id, fingerprint,
                                      chunks=items == CHUNKS),
             bigquery_format=writing.bigquery_format,
-            num_shards=writing.num_shards))
+            num_shards=writing.num_shards, spill_dir=plan.spill_dir))
     details[NEIGHBOURS] = neighbours[STATS]
   if plan.duplicates:
     duplicates = embeddings | "NearDuplicates" >> NearDuplicates(
@@ -207,13 +209,14 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
         "WriteDuplicates" >> WriteTable(
             staging, duplicate_table(plan.run_id, fingerprint),
             bigquery_format=writing.bigquery_format,
-            num_shards=writing.num_shards))
+            num_shards=writing.num_shards, spill_dir=plan.spill_dir))
     details[DUPLICATES] = duplicates[STATS]
   if plan.vertex:
     # With chunking the chunks are the datapoints: what a passage search
     # retrieves.
     items = corpus[CHUNKS] if chunked else embeddings
-    export = items | "ExportToVertex" >> ExportToVertex(staging, plan.vertex)
+    export = items | "ExportToVertex" >> ExportToVertex(
+        staging, plan.vertex, spill_dir=plan.spill_dir)
     outputs[VERTEX] = export[VERTEX]
     outputs[VERTEX_STATE] = export[VERTEX_STATE]
     details[VERTEX] = export[VERTEX_STATS]

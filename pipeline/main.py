@@ -63,10 +63,11 @@ def run(argv=None, save_main_session=True):
   reject_unknown_flags(argv)
   options = PipelineOptions(argv)
   options.view_as(SetupOptions).save_main_session = save_main_session
-  plan = plan_run(config_from_options(options))
+  local = local_runner.is_local_runner(options)
+  plan = plan_run(config_from_options(options), local_runner=local)
   try:
     runner = None
-    if local_runner.is_local_runner(options):
+    if local:
       # DirectRunner would first try to download the Prism runner.
       runner = local_runner.LocalRunner()
     pipeline = beam.Pipeline(runner=runner, options=options)

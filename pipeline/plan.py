@@ -47,6 +47,7 @@ from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import CHUNKS
 from run_directory.layout import JSONL
 from run_directory.layout import VERTEX_STATE
+from run_directory.layout import spill_dir
 from run_directory.layout import staging_dir
 from run_directory.layout import STAGING_PREFIX
 from run_directory.manifest import load_manifest
@@ -105,6 +106,9 @@ class RunPlan:
   vertex: the Vertex AI export's settings, or None for no export.
   manifest_model / manifest_settings: what the manifest records.
   lock: the output directory's lock, held until the run ends.
+  spill_dir: where groupings by key go through files (transforms/spill.py)
+    on the local runner, whose GroupByKey holds its whole input in memory;
+    None on a distributed runner, whose shuffle is on disk already.
   """
   run_id: str
   run_dir: str
@@ -127,6 +131,7 @@ class RunPlan:
   manifest_model: dict
   manifest_settings: dict
   vertex: Optional[VertexExport] = None
+  spill_dir: Optional[str] = None
   lock: Optional[OutputLock] = dataclasses.field(default=None, compare=False)
 
   def release(self):
@@ -434,8 +439,12 @@ def _take_lock(run_dir: str, run_id: str) -> OutputLock:
 
 
 def plan_run(config: RunConfig,
-             environment: PlanEnvironment = PlanEnvironment()) -> RunPlan:
+             environment: PlanEnvironment = PlanEnvironment(),
+             local_runner: bool = False) -> RunPlan:
   """Reads and checks everything the run needs (see the module docstring).
+
+  local_runner: the run is on the local runner: its groupings go through
+  files (RunPlan.spill_dir).
 
   The returned plan holds the output directory's lock (unless the
   environment takes none): call `plan.release()` when the run ends.
@@ -480,10 +489,11 @@ def plan_run(config: RunConfig,
     sinks = (BigQuerySink(out.bigquery_table, embedding_table(
         table, out.run_id, model.fingerprint)),)
   lock = _take_lock(out.output, out.run_id) if environment.take_lock else None
+  staging = staging_dir(out.output, out.run_id)
   return RunPlan(
       run_id=out.run_id,
       run_dir=out.output,
-      staging_dir=staging_dir(out.output, out.run_id),
+      staging_dir=staging,
       corpus=corpus,
       queries=queries,
       model=model,
@@ -524,4 +534,5 @@ def plan_run(config: RunConfig,
       manifest_model=_manifest_model(model, settings),
       manifest_settings=settings_of(config),
       vertex=_vertex_export(config, previous_run, table.chunked),
+      spill_dir=spill_dir(staging) if local_runner else None,
       lock=lock)

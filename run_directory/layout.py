@@ -11,6 +11,7 @@
     .run.lock                                        while a run writes here
     .staging-<run_id>/...                            until the run publishes
     .staging-<run_id>/refused.json                   a run a guardrail refused
+    .staging-<run_id>/spill/...                      the local runner's groupings
 
 The manifest lists every file by its path relative to the run directory
 (`relative_to_run_dir`, `resolve`), so a run directory can be moved or copied.
@@ -75,6 +76,12 @@ VECTOR_SEARCH_FILE = "vector_search.sql"
 def staging_dir(run_dir: str, run_id: str) -> str:
   """Where a run's stages write until it is published."""
   return FileSystems.join(run_dir, f"{STAGING_PREFIX}{run_id}")
+
+
+def spill_dir(staging: str) -> str:
+  """Where the local runner's groupings on disk (transforms/spill.py) go:
+  inside the staging directory, removed with it when the run publishes."""
+  return FileSystems.join(staging, "spill")
 
 
 def shard_prefix(output_dir: str, table: str, file_format: str = "") -> str:

@@ -9,7 +9,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 from hypothesis import settings  # pylint: disable=g-import-not-at-top
 
 from bert_model import export  # pylint: disable=g-import-not-at-top
-from tests import tiny_bert  # pylint: disable=g-import-not-at-top
+from bert_model import tiny_checkpoint as tiny_bert  # pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture(scope="session")

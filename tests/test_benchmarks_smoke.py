@@ -1,4 +1,4 @@
-"""Smoke test of the speed benchmark harness (benchmarks/speed.py).
+"""Smoke tests of the speed and memory benchmark harnesses (benchmarks/).
 
 The tiny model and 20 documents: checks that every child process runs, that
 the report has its figures and that the table prints, not the speed itself.
@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from benchmarks import memory
 from benchmarks import speed
 
 
@@ -53,3 +54,39 @@ def test_speed_harness_runs_end_to_end(tiny_model_dir, tmp_path, capsys):
   table = capsys.readouterr().out
   assert "pipeline_over_bare" in table and "docs/s" in table
   assert os.path.exists(out)
+
+
+def test_memory_line_and_targets_from_measured_points():
+  runs = [{"documents": n, "peak_rss_mb": 1000 + n / 1000}
+          for n in (20_000, 200_000, 1_000_000)]
+  summary = memory.summarize(runs)
+  # 1 MB per 1000 documents: 1.024 KB per document, 3 GB at 2M.
+  assert summary["line"] == {"base_mb": 1000.0, "per_document_kb": 1.024}
+  assert summary["projected_2m_gb"] == pytest.approx(3000 / 1024, abs=0.01)
+  assert summary["projection_backed_by_documents"] == 1_000_000
+  assert summary["ratio_200k_over_20k"] == pytest.approx(1200 / 1020, 1e-3)
+  assert summary["ratio_met"] and summary["projection_met"]
+
+
+def test_memory_corpus_is_distinct_real_sentences_then_variants():
+  texts = memory.document_texts(3000)
+  base = memory.base_sentences()
+  assert texts[:len(base)] == base and len(base) > 1000
+  variant = texts[len(base)]
+  assert sorted(variant.split()) == sorted(base[0].split())
+  assert memory.document_texts(3000) == texts  # seeded
+
+
+def test_memory_harness_runs_end_to_end(tiny_model_dir, tmp_path, capsys):
+  out = str(tmp_path / "memory.json")
+  assert memory.main(["--sizes", "50", "--model", tiny_model_dir,
+                      "--json", out]) == 0
+  with open(out) as f:
+    report = json.load(f)
+  (run,) = report["runs"]
+  assert run["counts"]["read"] == run["counts"]["embedded"] == 50
+  # The process tree's peak holds at least TensorFlow and the model.
+  assert run["peak_rss_mb"] > 200
+  assert 200 < run["max_single_process_rss_mb"] <= run["peak_rss_mb"]
+  assert report["machine"]["cpus"] >= 1
+  assert "peak MB" in capsys.readouterr().out

@@ -21,7 +21,7 @@ from bert_model import resolution
 from pipeline import main
 from pipeline import read_outputs
 from pipeline.errors import ConfigError
-from tests import tiny_bert
+from bert_model import tiny_checkpoint as tiny_bert
 from tests import tiny_v1
 
 PUBMED = "https://tfhub.dev/google/experts/bert/pubmed/2"

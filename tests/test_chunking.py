@@ -31,7 +31,7 @@ from bert_model.chunking import pool_chunks
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
 from bert_model.v1 import build_v1_preprocessor
-from tests import tiny_bert
+from bert_model import tiny_checkpoint as tiny_bert
 from tests import tiny_v1
 
 HARD_TEXT = (

@@ -19,7 +19,7 @@ from bert_model import export
 from bert_model import metadata as metadata_lib
 from bert_model import resolution
 from pipeline import export_model
-from tests import tiny_bert
+from bert_model import tiny_checkpoint as tiny_bert
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

@@ -27,7 +27,7 @@ from pipeline import read_outputs
 from pipeline.errors import ConfigError
 from run_directory.records import derive_document_id
 from tests import network_guard
-from tests import tiny_bert
+from bert_model import tiny_checkpoint as tiny_bert
 
 H = 16
 MODEL_MAX_SEQ_LENGTH = 32

@@ -22,7 +22,7 @@ from bert_model.call_plan import plan_model_calls
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
 from run_directory.records import Vectors
-from tests import tiny_bert
+from bert_model import tiny_checkpoint as tiny_bert
 from transforms.model_handler import BertEmbeddingModelHandler
 from transforms.model_handler import HandlerSettings
 from transforms.model_handler import InferenceFailure

@@ -17,7 +17,7 @@ from bert_model import checkpoint as checkpoint_lib
 from bert_model import default_model
 from bert_model import metadata as metadata_lib
 from pipeline import export_model
-from tests import tiny_bert
+from bert_model import tiny_checkpoint as tiny_bert
 from tests.parity_sentences import PARITY_SENTENCES
 from tests.tf1_bert import write_tf1_checkpoint
 

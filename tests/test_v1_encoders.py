@@ -26,7 +26,7 @@ from pipeline import main
 from pipeline import read_outputs
 from pipeline.errors import ConfigError
 from tests import network_guard
-from tests import tiny_bert
+from bert_model import tiny_checkpoint as tiny_bert
 from tests import tiny_v1
 
 H = 16

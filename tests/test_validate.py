@@ -83,7 +83,10 @@ _EXPECTED_DEAD_LETTERS = [
 ]
 
 
-def test_validate_documents():
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_validate_documents(on_disk, tmp_path):
+  # On disk: the local runner's grouping by id through files.
+  spill_dir = str(tmp_path / "spill") if on_disk else None
   p = test_pipeline.TestPipeline(runner=LocalRunner())
   # The same records in two orders, each spread over several bundles, must
   # give the same result.
@@ -93,7 +96,7 @@ def test_validate_documents():
         p
         | f"{label}Create" >> beam.Create(documents)
         | f"{label}Shuffle" >> beam.Reshuffle()
-        | f"{label}Validate" >> ValidateDocuments())
+        | f"{label}Validate" >> ValidateDocuments(spill_dir))
     assert_that(
         outputs[DOCUMENTS],
         equal_to(_EXPECTED_DOCUMENTS),

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from bert_model import checkpoint as checkpoint_lib
 from bert_model.encoder import BertEncoder
-from tests import tiny_bert
+from bert_model import tiny_checkpoint as tiny_bert
 
 _INPUTS = [
     tf.TensorSpec([None, None], tf.int32, name="input_word_ids"),

@@ -9,9 +9,13 @@ Empty texts are rejected first, so an empty record never wins its id over a
 real one. Of the documents sharing an id, the one with the smallest
 (source, position) is kept: the choice depends on the data only, not on how
 the runner bundled or ordered it, so a rerun keeps the same rows.
+
+On the local runner the grouping by id goes through files (`spill_dir`,
+transforms/spill.py): memory then holds 1/ID_PARTITIONS of the corpus at a
+time instead of all of it.
 """
 
-from typing import Iterable, Iterator, Tuple
+from typing import Iterable, Iterator, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -24,8 +28,12 @@ from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
 from transforms.names import METRICS_NAMESPACE
+from transforms.spill import GroupByKeyOnDisk
 
 STAGE = "validate"
+# Partitions of the grouping by id on disk: 2,000,000 documents are then
+# held about 31,000 at a time.
+ID_PARTITIONS = 64
 
 
 def is_empty_text(text: str) -> bool:
@@ -133,11 +141,15 @@ class _KeepOnePerIdFn(beam.DoFn):
 class ValidateDocuments(beam.PTransform):
   """Documents -> {DOCUMENTS: valid, unique ids; DEAD_LETTERS: the rest}.
 
+  spill_dir: group by id through files there (GroupByKeyOnDisk), for the
+    local runner; None: Beam's GroupByKey.
   one_line_ids: also reject ids with a line break (--vertex_export).
   """
 
-  def __init__(self, one_line_ids: bool = False):
+  def __init__(self, spill_dir: Optional[str] = None,
+               one_line_ids: bool = False):
     super().__init__()
+    self._spill_dir = spill_dir
     self._one_line_ids = one_line_ids
 
   def expand(self, documents):
@@ -149,7 +161,9 @@ class ValidateDocuments(beam.PTransform):
     unique = (
         non_empty[DOCUMENTS]
         | "KeyById" >> beam.Map(lambda document: (document.id, document))
-        | "GroupById" >> beam.GroupByKey()
+        | "GroupById" >> (
+            beam.GroupByKey() if self._spill_dir is None
+            else GroupByKeyOnDisk(self._spill_dir, ID_PARTITIONS))
         | "KeepOnePerId" >> beam.ParDo(_KeepOnePerIdFn()).with_outputs(
             DEAD_LETTERS, main=DOCUMENTS))
     dead_letters = ((non_empty[DEAD_LETTERS], unique[DEAD_LETTERS])

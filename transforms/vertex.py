@@ -15,7 +15,7 @@ a chain of delta runs stays exact.
 
 import dataclasses
 import json
-from typing import Tuple
+from typing import Optional, Tuple
 
 import apache_beam as beam
 
@@ -95,10 +95,12 @@ class ExportToVertex(beam.PTransform):
   """items -> {VERTEX: {json: paths[, delete: paths]}, VERTEX_STATE: {jsonl:
   paths}, STATS: one dict for the manifest's "vertex" section}."""
 
-  def __init__(self, output_dir: str, settings: VertexExport):
+  def __init__(self, output_dir: str, settings: VertexExport,
+               spill_dir: Optional[str] = None):
     super().__init__()
     self._output_dir = output_dir
     self._settings = settings
+    self._spill_dir = spill_dir  # see WriteShards
 
   def expand(self, items):
     settings, output_dir = self._settings, self._output_dir
@@ -106,7 +108,7 @@ class ExportToVertex(beam.PTransform):
     states = rows | "ToState" >> beam.Map(state_row)
     state_files = states | "WriteState" >> WriteTable(
         output_dir, STATE_TABLE, bigquery_format=None,
-        num_shards=settings.num_shards)
+        num_shards=settings.num_shards, spill_dir=self._spill_dir)
     written, deleted = rows, None
     if settings.spec.mode == DELTA:
       previous = (
@@ -124,12 +126,14 @@ class ExportToVertex(beam.PTransform):
       written, deleted = diff["written"], diff[_DELETED]
     files = {VERTEX_JSON: (written | "WriteDatapoints" >> WriteShards(
         ShardWriter(DATAPOINT_TABLE, datapoint_prefixes(output_dir)),
-        settings.num_shards, max_num_shards=MAX_FILES))[VERTEX_JSON]}
+        settings.num_shards, max_num_shards=MAX_FILES,
+        spill_dir=self._spill_dir))[VERTEX_JSON]}
     counts = [_count(rows, "CountDatapoints"), _count(written, "CountWritten")]
     if deleted is not None:
       files[VERTEX_DELETE] = (deleted | "WriteDeleted" >> WriteShards(
           ShardWriter(DELETED_TABLE, deleted_prefixes(output_dir)),
-          settings.num_shards, max_num_shards=MAX_FILES))[VERTEX_DELETE]
+          settings.num_shards, max_num_shards=MAX_FILES,
+          spill_dir=self._spill_dir))[VERTEX_DELETE]
       counts.append(_count(deleted, "CountDeleted"))
     else:
       counts.append(items.pipeline | "NoneDeleted" >> beam.Create([0]))

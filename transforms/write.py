@@ -23,7 +23,9 @@ order, the runner or the retries.
   least 1.
 * Rows are grouped by shard; every shard 0..N-1 is written, empty or not
   (shards without rows once the others are written), by one call of
-  `ShardWriter.write`.
+  `ShardWriter.write`. On the local runner the grouping goes through files
+  (`spill_dir`, transforms/spill.py), so that memory holds one shard at a
+  time, not the whole table.
 
 Every write returns the full paths of its files, every shard named, for the
 manifest (written last, by the publish stage). An empty input still writes
@@ -54,6 +56,8 @@ from run_directory.shards import num_shards_for
 from run_directory.shards import shard_of
 from run_directory.shards import ShardWriter
 from run_directory.tables import Table
+from transforms.spill import DEFAULT_BUFFER_ELEMENTS
+from transforms.spill import GroupByKeyOnDisk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +113,16 @@ class WriteShards(beam.PTransform):
     input) will do. One complete before the elements are lets the shard
     assignment run in the stage that makes them, instead of in another pass
     over all of them.
+  spill_dir: group the rows by shard through files there (GroupByKeyOnDisk)
+    instead of in the runner's GroupByKey; for the local runner, which holds
+    a GroupByKey's whole input in memory.
   """
 
   def __init__(
       self, writer: ShardWriter, num_shards: int,
       count: Optional[beam.PCollection] = None,
-      max_num_shards: Optional[int] = None):
+      max_num_shards: Optional[int] = None,
+      spill_dir: Optional[str] = None):
     super().__init__()
     _check_num_shards(num_shards)
     _check_positive("rows_per_shard", writer.table.rows_per_shard)
@@ -126,6 +134,7 @@ class WriteShards(beam.PTransform):
     self._rows_per_shard = writer.table.rows_per_shard
     self._count = count
     self._max_num_shards = max_num_shards
+    self._spill_dir = spill_dir
 
   def expand(self, elements):
     if self._num_shards:
@@ -138,11 +147,18 @@ class WriteShards(beam.PTransform):
           | "NumShards" >> beam.Map(
               num_shards_for, self._rows_per_shard, self._max_num_shards))
     num_shards_side = beam.pvalue.AsSingleton(num_shards)
+    if self._spill_dir is None:
+      group_by_shard = beam.GroupByKey()
+    else:
+      # One partition per shard; rows buffered at most a shard's worth.
+      group_by_shard = GroupByKeyOnDisk(
+          self._spill_dir, num_shards,
+          buffer_elements=min(DEFAULT_BUFFER_ELEMENTS, self._rows_per_shard))
     written = (
         elements
         | "AssignShard" >> beam.Map(
             _assign_shard, self._writer.table.sort_key, num_shards_side)
-        | "GroupByShard" >> beam.GroupByKey()
+        | "GroupByShard" >> group_by_shard
         | "WriteShard" >> beam.ParDo(
             _WriteShardFn(self._writer), num_shards_side))
     # Shards no row went to get their (empty) files afterwards, from the
@@ -197,7 +213,7 @@ class WriteTable(beam.PTransform):
 
   num_shards: 0 for one shard per `table.rows_per_shard` rows (rows as
   `count` counts them, see WriteShards). batch_size: rows per Arrow batch
-  when converting.
+  when converting. spill_dir: see WriteShards.
   """
 
   def __init__(
@@ -207,7 +223,8 @@ class WriteTable(beam.PTransform):
       bigquery_format: Optional[str] = AVRO,
       num_shards: int = 0,
       batch_size: int = DEFAULT_BATCH_SIZE,
-      count: Optional[beam.PCollection] = None):
+      count: Optional[beam.PCollection] = None,
+      spill_dir: Optional[str] = None):
     super().__init__()
     if bigquery_format is not None and bigquery_format not in BIGQUERY_FORMATS:
       raise ValueError(
@@ -227,7 +244,7 @@ class WriteTable(beam.PTransform):
     self._table_name = table.name
     writer = ShardWriter(table, prefixes, batch_size)
     # Built (and so checked) now, not when the pipeline runs.
-    self._shards = WriteShards(writer, num_shards, count)
+    self._shards = WriteShards(writer, num_shards, count, spill_dir=spill_dir)
     self._schema_writer = None
     if bigquery_format is not None:
       self._schema_writer = WriteBigQuerySchema(

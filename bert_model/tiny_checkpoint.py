@@ -1,8 +1,10 @@
-"""Builds tiny random BERT checkpoints (Hugging Face layout) for tests.
+"""Builds tiny random BERT checkpoints (Hugging Face layout).
 
 Hidden size 16, one layer, two heads, a vocabulary of about 100 wordpieces:
-exported through the project's own export code, such a model loads and runs in
-well under a second, so every pipeline test can use a real model.
+exported through the project's own export code (bert_model/export.py), such a
+model loads and runs in well under a second. The tests run every pipeline on
+one; the memory benchmark (benchmarks/memory.py) uses one so that the
+pipeline's own cost shows, not the model's. Its vectors mean nothing.
 """
 
 import json
@@ -87,9 +89,11 @@ def write_tiny_checkpoint(path: str, cased: bool = False, seed: int = 0,
   with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
     json.dump({"do_lower_case": not cased}, f)
   if weights_format == "safetensors":
+    # Imported here: only the chosen weights format's library is needed.
     from safetensors.numpy import save_file
     save_file(weights, os.path.join(path, "model.safetensors"))
   else:
+    # Imported here: PyTorch is large, and only this format needs it.
     import torch
     torch.save({"bert." + k: torch.from_numpy(v) for k, v in weights.items()},
                os.path.join(path, "pytorch_model.bin"))
