@@ -15,7 +15,7 @@ two attributes (`FullTokenizer(vocab_file, do_lower_case)`). No
 `encoder_outputs`.
 
 `write_tiny_v1_encoder` writes such a SavedModel from the tiny random BERT
-weights of tests/tiny_bert.py, computed by the project's own BertEncoder, so
+weights of bert_model/tiny_checkpoint.py, computed by the project's own BertEncoder, so
 the pipeline's v1 path can be checked against calling the SavedModel directly.
 """
 
