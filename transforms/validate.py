@@ -23,6 +23,7 @@ from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
 from transforms.names import METRICS_NAMESPACE
+from transforms.progress import PROGRESS
 
 STAGE = "validate"
 
@@ -89,6 +90,7 @@ class _RejectEmptyTextFn(beam.DoFn):
   def process(self, document: Document):
     if is_empty_text(document.text):
       self._dead_lettered.inc()
+      PROGRESS.add_skipped()
       yield beam.pvalue.TaggedOutput(DEAD_LETTERS,
                                      empty_text_dead_letter(document))
     else:
@@ -109,6 +111,7 @@ class _KeepOnePerIdFn(beam.DoFn):
     yield kept
     for duplicate in duplicates_of(kept, documents):
       self._dead_lettered.inc()
+      PROGRESS.add_skipped()
       yield beam.pvalue.TaggedOutput(
           DEAD_LETTERS,
           duplicate_dead_letter(duplicate, kept.source, kept.position))
