@@ -13,9 +13,10 @@
 # Versions must equal setup.py's pins and the submitting machine's Beam and
 # Python (tests/test_dataflow.py checks the file against setup.py).
 #
-# No local Docker is needed to build it:
-#   gcloud builds submit --tag "$IMAGE" --machine-type=e2-highcpu-8 .
-# (or dataflow/build_flex_template.sh with BUILD_IMAGE=true).
+# No local Docker is needed to build it: dataflow/build_image.sh builds it with
+# Cloud Build and pushes it to $IMAGE (default
+# $REGION-docker.pkg.dev/$PROJECT/bert-embeddings/worker:<package version>),
+# where run_dataflow.sh looks for it.
 
 # The Flex Template launcher binary (only the binary is taken from this image).
 FROM gcr.io/dataflow-templates-base/python311-template-launcher-base:latest AS template_launcher

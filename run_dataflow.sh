@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Submits the embedding job to Dataflow with GPU workers, in the project's
-# worker image (see Dockerfile and dataflow/README_SECTION.md).
+# worker image (built once by dataflow/build_image.sh; see docs/dataflow.md).
 #
 #   PROJECT=my-project REGION=us-central1 BUCKET=my-bucket \
-#   IMAGE=us-central1-docker.pkg.dev/my-project/embeddings/worker:0.1.0 \
 #   INPUT='gs://my-bucket/corpus/*.jsonl' ./run_dataflow.sh [--dry_run] [PIPELINE FLAGS]
 #
 # Settings (environment):
-#   PROJECT, REGION, BUCKET, INPUT, IMAGE   required
+#   PROJECT, REGION, BUCKET, INPUT   required
+#   IMAGE         worker image (default $REGION-docker.pkg.dev/$PROJECT/bert-embeddings/worker:<version>,
+#                 where dataflow/build_image.sh pushes it; dataflow/settings.sh)
 #   OUTPUT        run directory (default gs://$BUCKET/runs/<UTC time>)
 #   MODEL         model directory on GCS (default gs://$BUCKET/models/all-MiniLM-L6-v2)
 #   GPU_TYPE      t4 (default), l4 or a100;  GPU_COUNT: GPUs per worker (default 1)
@@ -29,7 +30,7 @@ PIPELINE_FLAGS=()
 for arg in "$@"; do
   case "$arg" in
     --dry_run|--dry-run) DRY_RUN=true ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) PIPELINE_FLAGS+=("$arg") ;;
   esac
 done
@@ -38,7 +39,7 @@ fail() { echo "$PROG: $*" >&2; exit 2; }
 
 # --- Settings, checked before anything else happens. ---
 missing=()
-for name in PROJECT REGION BUCKET INPUT IMAGE; do
+for name in PROJECT REGION BUCKET INPUT; do
   [ -n "${!name:-}" ] || missing+=("$name")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -46,7 +47,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "$PROG: missing setting(s): ${missing[*]}"
     echo "  Set them in the environment, e.g."
     echo "  PROJECT=my-project REGION=us-central1 BUCKET=my-bucket \\"
-    echo "  IMAGE=us-central1-docker.pkg.dev/my-project/embeddings/worker:0.1.0 \\"
     echo "  INPUT='gs://my-bucket/corpus/*.jsonl' ./run_dataflow.sh"
     echo "  (./run_dataflow.sh --help lists every setting.)"
   } >&2
@@ -57,10 +57,9 @@ BUCKET="${BUCKET#gs://}"
 BUCKET="${BUCKET%/}"
 [[ "$BUCKET" =~ ^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$ ]] ||
   fail "BUCKET=$BUCKET is not a bucket name (e.g. my-bucket or gs://my-bucket)."
-[[ "$REGION" =~ ^[a-z]+-[a-z]+[0-9]+$ ]] ||
-  fail "REGION=$REGION is not a Dataflow region (e.g. us-central1)."
-[[ "$IMAGE" =~ ^[a-z0-9.-]+(:[0-9]+)?/[^[:space:]]+$ ]] ||
-  fail "IMAGE=$IMAGE: give the full image path, e.g. REGION-docker.pkg.dev/PROJECT/REPO/worker:TAG (built from ./Dockerfile)."
+# shellcheck source=dataflow/settings.sh
+source dataflow/settings.sh
+resolve_image || exit 2
 
 STAMP="$(date -u +%Y%m%d-%H%M%S)"
 OUTPUT="${OUTPUT:-gs://$BUCKET/runs/$STAMP}"
@@ -128,14 +127,13 @@ if [ "${FORCE_INSTALL:-false}" = true ] || ! .venv/bin/python -c "$ready" 2>/dev
   ensure_venv .
   ensure_default_model_weights
 fi
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 if [ "$DRY_RUN" = true ]; then
   DESCRIBE=(describe --job_file="$JOB_FILE")
   if [ -n "${DRY_RUN_MODEL_DIR:-}" ]; then
     DESCRIBE+=(--model_metadata_dir="$DRY_RUN_MODEL_DIR")
   fi
-  export NO_GCE_CHECK=true
+  export NO_GCE_CHECK=true TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
   exec .venv/bin/python -m pipeline.dataflow_job "${DESCRIBE[@]}" "${ARGS[@]}" \
     ${PIPELINE_FLAGS[@]+"${PIPELINE_FLAGS[@]}"}
 fi

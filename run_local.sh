@@ -3,6 +3,9 @@
 # the default model (all-MiniLM-L6-v2), on the local runner, with no network and
 # no cloud account. Extra arguments go to the pipeline, e.g.
 #   ./run_local.sh --sequence_output --bigquery_format parquet
+# It prints the run's progress and summary (and warnings and errors); add
+# --verbose for Beam's and TensorFlow's logs. pip runs only when ./.venv does
+# not yet hold what setup.py declares (FORCE_INSTALL=true makes it run).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
@@ -11,13 +14,10 @@ ensure_default_model_weights
 
 INPUT="${INPUT:-sample_data/sample_corpus.txt}"
 OUTPUT="${OUTPUT:-runs/sample-$(date -u +%Y%m%dT%H%M%SZ)}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 .venv/bin/python -m pipeline.main \
   --runner=DirectRunner \
   --input="$INPUT" \
   --output="$OUTPUT" \
   "$@"
 
-echo
-echo "Results are in $OUTPUT (manifest.json lists every file)."
-echo "Look at them with: .venv/bin/python -m pipeline.read_outputs $OUTPUT --head 5"
+echo "Look at the results with: .venv/bin/python -m pipeline.read_outputs $OUTPUT --head 5"

@@ -18,7 +18,6 @@ if [ -f "$RUNS_ROOT/$RUN_ID/manifest.json" ]; then
   echo "Run $RUN_ID is already published in $RUNS_ROOT/$RUN_ID; nothing to do."
   exit 0
 fi
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 exec .venv/bin/python -m pipeline.main \
   --runner=DirectRunner \
   --input="$INPUT" \

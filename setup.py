@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     # Neighbour tables in approximate mode, and the similarity heatmap.
     "faiss-cpu>=1.8",
     "matplotlib>=3.8",
+    # The live progress line of local runs (pipeline/console.py).
+    "tqdm==4.70.1",
     "setuptools<81",
 ]
 

@@ -3,14 +3,16 @@
 # by its spec path with only the run's parameters (input, output, ...).
 #
 #   PROJECT=my-project REGION=us-central1 BUCKET=my-bucket \
-#   IMAGE=us-central1-docker.pkg.dev/my-project/embeddings/worker:0.1.0 \
 #   [BUILD_IMAGE=true] dataflow/build_flex_template.sh
+#
+# IMAGE defaults as in run_dataflow.sh (dataflow/settings.sh):
+# $REGION-docker.pkg.dev/$PROJECT/bert-embeddings/worker:<package version>.
 #
 # 1. regenerates dataflow/flex_template_metadata.json from the pipeline's
 #    flags (python -m pipeline.dataflow_job flex-metadata), so the template
 #    declares every flag there is;
-# 2. with BUILD_IMAGE=true, builds and pushes IMAGE from ./Dockerfile with
-#    Cloud Build (no local Docker needed);
+# 2. with BUILD_IMAGE=true, builds and pushes IMAGE with
+#    dataflow/build_image.sh (Cloud Build, no local Docker needed);
 # 3. writes the template spec to TEMPLATE (default
 #    gs://$BUCKET/templates/bert-embeddings.json) with `gcloud dataflow
 #    flex-template build`: the image is both the launcher and the worker
@@ -24,13 +26,16 @@ PROG=build_flex_template.sh
 fail() { echo "$PROG: $*" >&2; exit 2; }
 
 missing=()
-for name in PROJECT REGION BUCKET IMAGE; do
+for name in PROJECT REGION BUCKET; do
   [ -n "${!name:-}" ] || missing+=("$name")
 done
 [ ${#missing[@]} -eq 0 ] ||
   fail "missing setting(s): ${missing[*]} (environment variables; see the top of this script)."
 BUCKET="${BUCKET#gs://}"
 BUCKET="${BUCKET%/}"
+# shellcheck source=dataflow/settings.sh
+source dataflow/settings.sh
+resolve_image || exit 2
 TEMPLATE="${TEMPLATE:-gs://$BUCKET/templates/bert-embeddings.json}"
 case "$TEMPLATE" in gs://*.json) ;; *) fail "TEMPLATE=$TEMPLATE: use a gs://.../NAME.json path." ;; esac
 GPU_TYPE="${GPU_TYPE:-t4}"
@@ -53,8 +58,7 @@ METADATA="${METADATA:-dataflow/flex_template_metadata.json}"
 echo "Template metadata: $METADATA ($("$PYTHON" -c "import json,sys; print(len(json.load(open(sys.argv[1]))['parameters']))" "$METADATA") parameters)"
 
 if [ "${BUILD_IMAGE:-false}" = true ]; then
-  "$GCLOUD" builds submit --project="$PROJECT" --region="$REGION" \
-    --tag="$IMAGE" --machine-type=e2-highcpu-8 --timeout=2h .
+  IMAGE="$IMAGE" GCLOUD="$GCLOUD" dataflow/build_image.sh
 fi
 
 "$GCLOUD" dataflow flex-template build "$TEMPLATE" \

@@ -113,6 +113,14 @@ class PerformanceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+  """The "logging" flags: what a run prints, not what it computes (so not
+  in the manifest's settings). log_level None: WARNING, INFO with verbose."""
+  verbose: bool
+  log_level: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   """Every flag of the pipeline, checked, by group."""
   input: InputConfig
@@ -121,6 +129,7 @@ class RunConfig:
   neighbours: NeighbourConfig
   nightly: NightlyConfig
   performance: PerformanceConfig
+  logging: LoggingConfig
 
 
 # Each --help group (pipeline/flags.py FLAG_GROUPS) and its section.
@@ -131,7 +140,11 @@ SECTIONS = {
     "neighbours": ("neighbours", NeighbourConfig),
     "nightly runs": ("nightly", NightlyConfig),
     "performance": ("performance", PerformanceConfig),
+    "logging": ("logging", LoggingConfig),
 }
+# Sections that say how a run talks, not what it computes: left out of the
+# manifest's settings, so that a --verbose rerun writes the same files.
+_NOT_SETTINGS = ("logging",)
 
 # Flags whose parsed value is not yet the section's (a string to convert).
 def _field_names(value: str) -> Tuple[str, ...]:
@@ -332,4 +345,7 @@ def config_from_options(options: PipelineOptions,
 
 def settings_of(config: RunConfig) -> dict:
   """The config as the manifest records it: {section: {flag: value}}."""
-  return dataclasses.asdict(config)
+  settings = dataclasses.asdict(config)
+  for section in _NOT_SETTINGS:
+    del settings[section]
+  return settings

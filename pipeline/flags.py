@@ -17,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from bert_model.loaded_model import POOLING_MODES
 from bert_model.loaded_model import PRECISIONS
+from pipeline.console import LOG_LEVELS
 from pipeline.errors import ConfigError
 from run_directory.embeddings import SEQUENCE_DTYPES
 from run_directory.layout import BIGQUERY_FORMATS
@@ -48,6 +49,9 @@ FLAG_GROUPS = (
     ("nightly runs", "Incremental runs, publishing and the guardrails that "
      "keep a bad run from becoming the index."),
     ("performance", "Batching, precision and model sharing."),
+    ("logging", "What a run prints. Its progress, its summary, warnings and "
+     "errors always; the libraries' INFO logs and TensorFlow's native "
+     "notices only when asked for."),
 )
 
 
@@ -74,6 +78,7 @@ def _declare(parser) -> Dict[str, List[argparse.Action]]:
       "neighbours": _add_neighbour_flags,
       "nightly runs": _add_nightly_flags,
       "performance": _add_performance_flags,
+      "logging": _add_logging_flags,
   }
   declared = {}
   for title, description in FLAG_GROUPS:
@@ -348,6 +353,22 @@ def _add_performance_flags(group):
       "--model_copies", type=int,
       help="Exactly this many model copies per worker machine (implies "
       "sharing; e.g. one per GPU). Default: none.")
+
+
+def _add_logging_flags(group):
+  # pipeline/console.py reads these two before the flags can be parsed
+  # (ConsoleSettings.from_argv); a test keeps its names and these in step.
+  group.add_argument(
+      "--verbose", action="store_true",
+      help="Also print INFO logs (Beam's, TensorFlow's, the pipeline's) and "
+      "TensorFlow's native notices (oneDNN, CUDA probing, absl). Default: "
+      "off.")
+  group.add_argument(
+      "--log_level", type=str.upper, choices=LOG_LEVELS,
+      help="Python logging level of every logger; DEBUG and INFO also show "
+      "TensorFlow's native notices. On Dataflow it applies to the "
+      "submitting process (workers: --default_sdk_harness_log_level). "
+      "Default: WARNING, or INFO with --verbose.")
 
 
 def _beam_parser(argv) -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ workers. `--direct_num_workers` and `--direct_running_mode` work as usual.
 import contextlib
 import gc
 
+from apache_beam.options.pipeline_options import DirectOptions
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineRunner
@@ -73,3 +74,10 @@ def is_local_runner(options: PipelineOptions) -> bool:
   runner = options.view_as(StandardOptions).runner
   return runner is None or (
       isinstance(runner, str) and runner in LOCAL_RUNNER_NAMES)
+
+
+def runs_in_this_process(options: PipelineOptions) -> bool:
+  """Whether the local runner runs every stage in this process (its default
+  in_memory mode, or multi_threading), not in worker processes."""
+  mode = options.view_as(DirectOptions).direct_running_mode
+  return mode != "multi_processing"

@@ -3,38 +3,24 @@
   python -m pipeline.main --input 'corpus/*.jsonl' --output runs/today \\
       [--model MODEL_DIR] [flags] [Beam pipeline options]
 
-flags -> frozen config (pipeline/config.py) -> plan_run: every read of the
-world, the lock (pipeline/plan.py) -> build_pipeline (pipeline/build.py) ->
-run. `--help` lists the flags; docs/ has the reference.
+The job itself is pipeline/job.py. This is the command line around it: a
+run prints its progress and its summary, warnings and errors; Beam's and
+TensorFlow's INFO logs and TensorFlow's native start-up notices only with
+--verbose or --log_level INFO (pipeline/console.py). Hence the order of
+`main`: logging and TensorFlow's environment are set up first, then the job
+is imported (which imports TensorFlow) with TensorFlow's notices captured
+(bert_model/native_logs.py), then it runs. `--help` lists the flags; docs/
+has the reference.
 
 Exit status: 0 published; 1 the run failed; 2 a flag is wrong (nothing ran);
 3 a guardrail refused to publish (refused.json in the staging directory).
 """
 
-import json
-import logging
 import sys
-import time
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.options.pipeline_options import SetupOptions
-
-from pipeline import local_runner
-from pipeline.build import build_pipeline
-from pipeline.config import config_from_options
+from bert_model import native_logs
+from pipeline import console
 from pipeline.errors import ConfigError
-from pipeline.flags import format_help
-from pipeline.flags import reject_unknown_flags
-from pipeline.plan import plan_run
-from run_directory.layout import MANIFEST_FILE
-from run_directory.layout import REFUSAL_FILE
-from run_directory.manifest import load_manifest
-from transforms.guardrails import describe_refusal
-from transforms.guardrails import RunRefusedError
-
-_LOG = logging.getLogger(__name__)
 
 # Exit statuses a scheduler (cron, Cloud Scheduler, Airflow) can alert on.
 EXIT_PUBLISHED = 0
@@ -42,14 +28,11 @@ EXIT_WRONG_FLAG = 2
 EXIT_REFUSED = 3
 
 
-def _raise_if_refused(staging_dir: str):
-  path = FileSystems.join(staging_dir, REFUSAL_FILE)
-  if FileSystems.exists(path):
-    with FileSystems.open(path) as f:
-      refusal = json.loads(f.read().decode("utf-8"))
-    raise RunRefusedError(
-        f"{describe_refusal(refusal)}\nThe staged outputs stay in "
-        f"{staging_dir} for inspection; details: {path}") from None
+def _job():
+  # Imported here, not at the top: importing the job imports TensorFlow, which
+  # must come after console.prepare_process and inside the capture of main.
+  from pipeline import job  # pylint: disable=g-import-not-at-top
+  return job
 
 
 def run(argv=None, save_main_session=True):
@@ -57,67 +40,41 @@ def run(argv=None, save_main_session=True):
 
   Raises ConfigError, before anything runs, when a flag is wrong or another
   run holds --output; RunRefusedError when a guardrail kept the run from
-  being published.
+  being published. Prints nothing itself (see `main`).
   """
-  argv = list(sys.argv[1:] if argv is None else argv)
-  reject_unknown_flags(argv)
-  options = PipelineOptions(argv)
-  options.view_as(SetupOptions).save_main_session = save_main_session
-  local = local_runner.is_local_runner(options)
-  plan = plan_run(config_from_options(options), local_runner=local)
-  try:
-    runner = None
-    if local:
-      # DirectRunner would first try to download the Prism runner.
-      runner = local_runner.LocalRunner()
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(pipeline, plan, time.time())
-    try:
-      result = pipeline.run()
-      result.wait_until_finish()
-    except Exception:  # pylint: disable=broad-except
-      # The runner wraps the publish stage's RunRefusedError in its own
-      # error; refused.json tells the two apart.
-      _raise_if_refused(plan.staging_dir)
-      raise
-  finally:
-    plan.release()
-  _LOG.info("Run %s written to %s (manifest: %s)", plan.run_id, plan.run_dir,
-            FileSystems.join(plan.run_dir, MANIFEST_FILE))
-  if not plan.table.chunked:
-    _warn_if_truncated(plan.run_dir, plan.handler.model.max_seq_length)
-  return result
-
-
-def _warn_if_truncated(run_dir: str, max_seq_length: int):
-  """One warning when documents lost their ends to --max_seq_length."""
-  try:
-    truncated = int(load_manifest(run_dir)["counts"]["truncated"])
-  except Exception:  # pylint: disable=broad-except
-    return  # the run is published; a hint must never fail it
-  if truncated:
-    _LOG.warning(
-        "%d document(s) were longer than --max_seq_length (%d wordpieces) "
-        "and truncated: the rest of their text is not in their vectors. "
-        "Set --chunk_size (e.g. --chunk_size %d) to embed long documents "
-        "whole, in chunks.", truncated, max_seq_length, max_seq_length)
+  return _job().run(argv, save_main_session)
 
 
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if "-h" in argv or "--help" in argv or "--help_beam" in argv:
-    print(format_help(with_beam_options="--help_beam" in argv))
-    return EXIT_PUBLISHED
-  logging.basicConfig(level=logging.INFO,
-                      format="%(asctime)s %(levelname)s %(message)s")
   try:
-    run(argv)
+    settings = console.ConsoleSettings.from_argv(argv)
   except ConfigError as e:
     print(f"pipeline.main: error: {e}", file=sys.stderr)
     return EXIT_WRONG_FLAG
-  except RunRefusedError as e:
+  console.prepare_process(settings)
+  with native_logs.captured(show_all=settings.native_logs):
+    native_logs.start_tensorflow()
+    job = _job()
+  if "-h" in argv or "--help" in argv or "--help_beam" in argv:
+    print(job.help_text(with_beam_options="--help_beam" in argv))
+    return EXIT_PUBLISHED
+  if settings.log_level is None and not job.runs_locally(argv):
+    # A remote job is followed through its runner's INFO log: the job's
+    # state, its console URL.
+    console.show_info_logs()
+  try:
+    with native_logs.quiet_model_loads(not settings.native_logs):
+      outcome = job.run_job(argv, live_progress=True)
+  except ConfigError as e:
+    print(f"pipeline.main: error: {e}", file=sys.stderr)
+    return EXIT_WRONG_FLAG
+  except job.RunRefusedError as e:
     print(f"pipeline.main: refused to publish: {e}", file=sys.stderr)
     return EXIT_REFUSED
+  if outcome.manifest is not None:
+    print(console.format_summary(outcome.manifest, outcome.run_dir),
+          file=sys.stderr)
   return EXIT_PUBLISHED
 
 

@@ -31,6 +31,7 @@ from typing import Callable, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
+from bert_model import native_logs
 from bert_model import resolution
 from bert_model.chunking import ChunkSettings
 from bert_model.loaded_model import ModelSettings
@@ -209,8 +210,12 @@ def _resolve_model(config: RunConfig, environment: PlanEnvironment):
   if choice.model_root:
     kwargs["model_root"] = choice.model_root
   try:
-    # Keyword arguments only when given: the dry run's stand-in takes --model.
-    return environment.resolve_model(choice.model, **kwargs)
+    # Exporting the default model on first use, or reading a TF Hub model,
+    # runs TensorFlow: its notices are captured in a quiet run.
+    with native_logs.captured_if_requested():
+      # Keyword arguments only when given: the dry run's stand-in takes
+      # --model.
+      return environment.resolve_model(choice.model, **kwargs)
   except (FileNotFoundError, ValueError) as e:
     raise ConfigError(str(e)) from None
 

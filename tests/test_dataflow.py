@@ -29,6 +29,7 @@ from tests import network_guard
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_DATAFLOW = os.path.join(REPO, "run_dataflow.sh")
 BUILD_FLEX = os.path.join(REPO, "dataflow", "build_flex_template.sh")
+BUILD_IMAGE = os.path.join(REPO, "dataflow", "build_image.sh")
 METADATA_FILE = os.path.join(REPO, "dataflow", "flex_template_metadata.json")
 
 IMAGE = "us-central1-docker.pkg.dev/my-project/embeddings/worker:0.1.0"
@@ -314,8 +315,21 @@ _SETTINGS = {
     "REGION": "us-central1",
     "BUCKET": "gs://my-bucket",
     "INPUT": "gs://my-bucket/corpus/*.jsonl",
-    "IMAGE": IMAGE,
 }
+
+
+def _package_version() -> str:
+  """The version setup.py gives the package."""
+  with open(os.path.join(REPO, "setup.py")) as f:
+    tree = ast.parse(f.read())
+  (version,) = [node.value.value for node in ast.walk(tree)
+                if isinstance(node, ast.keyword) and node.arg == "version"]
+  return version
+
+
+def _default_image(project="my-project", region="us-central1") -> str:
+  return (f"{region}-docker.pkg.dev/{project}/bert-embeddings/"
+          f"worker:{_package_version()}")
 
 
 def _run_script(env, *args, timeout=60):
@@ -327,14 +341,10 @@ def test_run_dataflow_checks_settings_first(guarded_env):
   env, log = guarded_env
   result = _run_script(env, "--dry_run")
   assert result.returncode == 2
-  assert ("missing setting(s): PROJECT REGION BUCKET INPUT IMAGE"
-          in result.stderr)
-
-  result = _run_script({**env, **_SETTINGS, "IMAGE": ""}, "--dry_run")
-  assert result.returncode == 2
-  assert "missing setting(s): IMAGE" in result.stderr
+  assert "missing setting(s): PROJECT REGION BUCKET INPUT\n" in result.stderr
 
   for name, value, message in [
+      ("IMAGE", "worker:latest", "IMAGE=worker:latest: give the full image"),
       ("INPUT", "corpus/*.jsonl", "INPUT=corpus/*.jsonl: Dataflow workers"),
       ("MODEL", "/opt/models/m", "use a gs:// path"),
       ("REGION", "central", "not a Dataflow region"),
@@ -373,7 +383,8 @@ def test_run_dataflow_dry_run(guarded_env, tiny_model_dir, tmp_path):
   assert "no_use_multiple_sdk_containers" not in environment["experiments"]
   (pool,) = environment["workerPools"]
   assert pool["machineType"] == "n1-standard-8"
-  assert pool["workerHarnessContainerImage"] == IMAGE
+  # IMAGE unset: where dataflow/build_image.sh pushes the image by default.
+  assert pool["workerHarnessContainerImage"] == _default_image()
   assert pool["diskSizeGb"] == 50
   assert pool["autoscalingSettings"]["maxNumWorkers"] == 6
   options = dataflow_job.pipeline_options_of(job)
@@ -467,12 +478,7 @@ def test_flex_template_args():
 def test_build_flex_template_script(guarded_env, tmp_path):
   """The gcloud commands, with a stand-in gcloud that records them."""
   env, log = guarded_env
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir()
-  calls = tmp_path / "gcloud.calls"
-  gcloud = bin_dir / "gcloud"
-  gcloud.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\n')
-  gcloud.chmod(0o755)
+  bin_dir, calls = _recording_gcloud(tmp_path)
   metadata = tmp_path / "metadata.json"
   env.update(PROJECT="my-project", REGION="us-central1", BUCKET="my-bucket",
              IMAGE=IMAGE, GPU_TYPE="l4", MAX_WORKERS="5",
@@ -486,7 +492,8 @@ def test_build_flex_template_script(guarded_env, tmp_path):
   assert _network_attempts(log) == []
   assert json.loads(metadata.read_text()) == (
       dataflow_job.flex_template_metadata())
-  build_image, build_template = calls.read_text().splitlines()
+  repository, build_image, build_template = calls.read_text().splitlines()
+  assert repository.startswith("artifacts repositories describe embeddings ")
   assert build_image.startswith("builds submit ")
   assert f"--tag={IMAGE}" in build_image.split()
   assert build_template.split() == [
@@ -503,6 +510,79 @@ def test_build_flex_template_script(guarded_env, tmp_path):
 
 # ---------------------------------------------------------------------------
 # The worker image.
+
+
+def _recording_gcloud(tmp_path):
+  """A stand-in gcloud on PATH that records every call; (bin dir, log)."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir(exist_ok=True)
+  calls = tmp_path / "gcloud.calls"
+  gcloud = bin_dir / "gcloud"
+  gcloud.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\n')
+  gcloud.chmod(0o755)
+  return bin_dir, calls
+
+
+def test_build_image_dry_run_prints_the_commands(guarded_env, tmp_path):
+  env, _ = guarded_env
+  bin_dir, calls = _recording_gcloud(tmp_path)
+  env.update(PROJECT="my-project", REGION="us-central1",
+             PATH=f"{bin_dir}:{env['PATH']}")
+
+  result = subprocess.run([BUILD_IMAGE, "--dry_run"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+  assert result.returncode == 0, result.stderr
+  assert not calls.exists()  # printed, not run
+  commands = [line for line in result.stdout.splitlines()
+              if not line.startswith("#")]
+  image = _default_image()
+  assert image == "us-central1-docker.pkg.dev/my-project/bert-embeddings/worker:0.1.0"
+  assert commands == [
+      "gcloud artifacts repositories describe bert-embeddings "
+      "--project=my-project --location=us-central1",
+      "gcloud artifacts repositories create bert-embeddings "
+      "--project=my-project --location=us-central1 --repository-format=docker "
+      "--description=Worker\\ images\\ of\\ the\\ BERT\\ batch\\ embedding\\ "
+      "pipeline",
+      f"gcloud builds submit --project=my-project --region=us-central1 "
+      f"--tag={image} --machine-type=e2-highcpu-8 --timeout=2h .",
+  ]
+
+
+def test_build_image_reads_the_settings_as_run_dataflow_does(tmp_path):
+  # No gcloud at all on PATH: a dry run does not need it.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for tool in ("dirname", "sed", "head"):
+    os.symlink(shutil.which(tool), bin_dir / tool)
+  env = {"PATH": str(bin_dir), "PROJECT": "example.com:proj",
+         "REGION": "europe-west4"}
+
+  result = subprocess.run(["/bin/bash", BUILD_IMAGE, "--dry_run"], env=env,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert (f"--tag={_default_image('example.com/proj', 'europe-west4')} "
+          in result.stdout)
+
+  env["IMAGE"] = "eu.gcr.io/proj/worker:nightly"  # another registry
+  result = subprocess.run(["/bin/bash", BUILD_IMAGE, "--dry_run"], env=env,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert "artifacts repositories" not in result.stdout
+  assert "--tag=eu.gcr.io/proj/worker:nightly " in result.stdout
+
+  for missing, message in [("PROJECT", "missing setting(s): PROJECT"),
+                           ("REGION", "missing setting(s): REGION")]:
+    result = subprocess.run(
+        ["/bin/bash", BUILD_IMAGE, "--dry_run"],
+        env={k: v for k, v in env.items() if k != missing},
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr
+  result = subprocess.run(["/bin/bash", BUILD_IMAGE], env=env,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2 and "gcloud not found" in result.stderr
+
 
 
 def _setup_py_pins() -> dict:

@@ -1,8 +1,6 @@
 """The Embed stage: documents to embeddings through RunInference."""
 
 import functools
-import logging
-import time
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -27,10 +25,6 @@ from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
 from transforms.names import METRICS_NAMESPACE
 
-_LOG = logging.getLogger(__name__)
-
-# A progress line at most this often per worker process.
-_PROGRESS_INTERVAL_SECS = 10.0
 STAGE = "embed"
 
 
@@ -68,9 +62,6 @@ class _SplitInferenceResultsFn(beam.DoFn):
     self._truncated = Metrics.counter(METRICS_NAMESPACE, COUNTERS.truncated)
     self._dead_lettered = Metrics.counter(METRICS_NAMESPACE,
                                           COUNTERS.dead_lettered)
-    self._progress_count = 0
-    self._progress_start = None
-    self._progress_last = 0.0
 
   def process(self, keyed_result):
     document, result = keyed_result
@@ -88,7 +79,6 @@ class _SplitInferenceResultsFn(beam.DoFn):
       self._inferred.inc()
       if vectors.truncated:
         self._truncated.inc()
-      self._log_progress()
       yield to_embedding(document, vectors, num_chunks=len(chunks))
       for index, chunk in enumerate(chunks):
         yield beam.pvalue.TaggedOutput(
@@ -101,17 +91,6 @@ class _SplitInferenceResultsFn(beam.DoFn):
         DeadLetter(source=document.source, position=document.position,
                    stage=STAGE, reason=reason, detail=detail,
                    snippet=make_snippet(document.text), id=document.id))
-
-  def _log_progress(self):
-    now = time.monotonic()
-    if self._progress_start is None:
-      self._progress_start = now
-    self._progress_count += 1
-    if now - self._progress_last >= _PROGRESS_INTERVAL_SECS:
-      self._progress_last = now
-      elapsed = max(now - self._progress_start, 1e-9)
-      _LOG.info("Embedded %d documents in this worker (%.1f docs/s)",
-                self._progress_count, self._progress_count / elapsed)
 
 
 def _estimated_tokens(max_seq_length: int, keyed) -> int:

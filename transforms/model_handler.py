@@ -26,6 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.ml.inference.base import PredictionResult
 
+from bert_model import native_logs
 from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
@@ -34,6 +35,7 @@ from run_directory.records import ChunkVectors
 from run_directory.records import Vectors
 from transforms.names import COUNTERS
 from transforms.names import METRICS_NAMESPACE
+from transforms.progress import PROGRESS
 
 _LOG = logging.getLogger(__name__)
 
@@ -139,13 +141,25 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
   def load_model(self) -> LoadedBertModel:
     _LOG.info("Loading %s and %s", self._settings.preprocess_path,
               self._settings.encoder_path)
-    return LoadedBertModel(self._settings)
+    if not native_logs.quiet_requested():
+      return LoadedBertModel(self._settings)
+    # A quiet local run (bert_model/native_logs.py): the device probe and the
+    # model's first call print TensorFlow's notices, so both happen here,
+    # inside the capture. Not with XLA: a first call compiles a shape the
+    # run may never use.
+    with native_logs.captured():
+      model = LoadedBertModel(self._settings)
+      if not self._settings.jit_compile:
+        model.embed([("warm-up", "warm-up")] if self._settings.text_pairs
+                    else ["warm-up"])
+    return model
 
   def run_inference(self, batch: Sequence[str], model: LoadedBertModel,
                     inference_args=None) -> Iterable:
     batch = list(batch)
     results = self._embed_isolating_failures(batch, model)
     Metrics.counter(METRICS_NAMESPACE, COUNTERS.batches).inc()
+    PROGRESS.add_batch(len(batch))
     Metrics.counter(METRICS_NAMESPACE, COUNTERS.tokens).inc(
         sum(_tokens_of(result) for result in results))
     return [PredictionResult(text, result)

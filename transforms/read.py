@@ -40,6 +40,7 @@ from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
 from transforms.names import METRICS_NAMESPACE
+from transforms.progress import PROGRESS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,7 @@ class _ReadFileFn(beam.DoFn):
         self._dead_lettered.inc()
         yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
       else:
+        PROGRESS.add_read()
         yield record
 
 

@@ -34,6 +34,7 @@ from run_directory.records import Document
 from run_directory.records import Embedding
 from transforms.names import COUNTERS
 from transforms.names import METRICS_NAMESPACE
+from transforms.progress import PROGRESS
 
 _LOG = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class _SplitByReuseFn(beam.DoFn):
       yield document
       return
     self._reused.inc()
+    PROGRESS.add_skipped()
     yield beam.pvalue.TaggedOutput(
         REUSED,
         Embedding(id=document.id, text=document.text, source=document.source,

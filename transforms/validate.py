@@ -28,6 +28,7 @@ from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
 from transforms.names import METRICS_NAMESPACE
+from transforms.progress import PROGRESS
 from transforms.spill import GroupByKeyOnDisk
 
 STAGE = "validate"
@@ -116,6 +117,7 @@ class _RejectEmptyTextFn(beam.DoFn):
       yield document
       return
     self._dead_lettered.inc()
+    PROGRESS.add_skipped()
     yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter)
 
 
@@ -133,6 +135,7 @@ class _KeepOnePerIdFn(beam.DoFn):
     yield kept
     for duplicate in duplicates_of(kept, documents):
       self._dead_lettered.inc()
+      PROGRESS.add_skipped()
       yield beam.pvalue.TaggedOutput(
           DEAD_LETTERS,
           duplicate_dead_letter(duplicate, kept.source, kept.position))

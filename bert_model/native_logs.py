@@ -1,0 +1,192 @@
+"""TensorFlow's native start-up notices, kept off the terminal unless asked for.
+
+TensorFlow (and tfx-bsl, which carries its own copy of TensorFlow's runtime)
+logs through absl from C++. Some of it is written before absl is initialised,
+straight to file descriptor 2, whatever TF_CPP_MIN_LOG_LEVEL says:
+
+  WARNING: All log messages before absl::InitializeLog() is called are ...
+  I0000 ... port.cc:153] oneDNN custom operations are on. ...
+  I0000 ... cudart_stub.cc:31] Could not find cuda drivers on your machine ...
+
+and a few ERROR lines that are not errors of the run: the CUDA probe of a
+machine without a GPU (cuda_platform.cc: failed call to cuInit) and oneDNN's
+note that it falls back to Eigen for int64 (util.cc). No setting stops them
+without also hiding real errors (TF_CPP_MIN_LOG_LEVEL=3 hides every ERROR).
+
+So the few moments that print them (importing TensorFlow, probing devices,
+loading and first calling a model) run inside `captured()`: file descriptor 2
+goes to a temporary file, and afterwards every line that is not one of the
+known notices above is written back to stderr. Nothing else is ever dropped:
+when the block raises, or `show_all` is set (--verbose), everything captured is
+written back. TF_ENABLE_ONEDNN_OPTS is never touched: it changes speed and
+numerics, not just what is printed.
+
+This module imports nothing heavy: it runs before TensorFlow is imported.
+"""
+
+import contextlib
+import glob
+import importlib
+import os
+import re
+import sys
+import tempfile
+import threading
+
+# Set (to "1") in a process whose model loads should keep TensorFlow's
+# notices off the terminal; the local runner's worker processes inherit it.
+QUIET_ENV = "BERT_EMBEDDINGS_QUIET_NATIVE_LOGS"
+
+# absl's line prefix: severity, MMDD, time, thread id, file:line]
+_ABSL_LINE = re.compile(
+    r"^(?P<severity>[IWEF])\d{4} [\d:.]+\s+\d+ (?P<file>[\w.]+):\d+\] "
+    r"(?P<message>.*)$")
+
+# (severity, source file, start of message) of the known notices.
+_NOTICES = (
+    ("I", "port.cc", "oneDNN custom operations are on"),
+    ("I", "cudart_stub.cc", "Could not find cuda drivers on your machine"),
+    ("I", "cpu_feature_guard.cc", "This TensorFlow binary is optimized"),
+    ("E", "util.cc", "oneDNN supports DT_"),
+)
+# The CUDA probe's failure is a notice only on a machine with no NVIDIA GPU;
+# where there is one, it says why TensorFlow will not use it.
+_NO_GPU_NOTICES = (
+    ("E", "cuda_platform.cc", "failed call to cuInit"),
+)
+# Lines without absl's prefix.
+_PLAIN_NOTICES = (
+    "WARNING: All log messages before absl::InitializeLog() is called are "
+    "written to STDERR",
+    # The second line of cpu_feature_guard.cc's notice.
+    "To enable the following instructions:",
+)
+
+# Imported with TensorFlow by start_tensorflow: each prints notices of its own
+# when first imported (tfx-bsl's copy of the runtime repeats TensorFlow's).
+_COMPANIONS = ("tensorflow_text", "tensorflow_hub", "tfx_bsl.coders.example_coder")
+
+_lock = threading.Lock()
+_active = False
+
+
+def has_nvidia_gpu() -> bool:
+  """Whether the machine has an NVIDIA device (its driver's device files)."""
+  return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def is_notice(line: str, gpu: bool = False) -> bool:
+  """Whether a captured line is one of the known start-up notices."""
+  line = line.rstrip("\r\n")
+  if any(line.startswith(text) for text in _PLAIN_NOTICES):
+    return True
+  match = _ABSL_LINE.match(line)
+  if not match:
+    return False
+  known = _NOTICES if gpu else _NOTICES + _NO_GPU_NOTICES
+  return any(match["severity"] == severity and match["file"] == source and
+             match["message"].startswith(start)
+             for severity, source, start in known)
+
+
+def without_notices(text: str, gpu: bool = False) -> str:
+  """The captured text less its known notices, line for line."""
+  return "".join(line for line in text.splitlines(keepends=True)
+                 if not is_notice(line, gpu))
+
+
+def quiet_requested() -> bool:
+  """Whether this process was asked to keep the notices off (QUIET_ENV)."""
+  return os.environ.get(QUIET_ENV) == "1"
+
+
+@contextlib.contextmanager
+def quiet_model_loads(enabled: bool = True):
+  """Sets QUIET_ENV while the block runs (when enabled): the model loads of
+  this process, and of the worker processes it starts meanwhile, capture
+  their notices."""
+  if not enabled:
+    yield
+    return
+  before = os.environ.get(QUIET_ENV)
+  os.environ[QUIET_ENV] = "1"
+  try:
+    yield
+  finally:
+    if before is None:
+      os.environ.pop(QUIET_ENV, None)
+    else:
+      os.environ[QUIET_ENV] = before
+
+
+def captured_if_requested():
+  """`captured()` in a process asked to be quiet (QUIET_ENV), else nothing."""
+  return captured() if quiet_requested() else contextlib.nullcontext()
+
+
+def capturing() -> bool:
+  """Whether file descriptor 2 is captured right now (by any thread)."""
+  return _active
+
+
+@contextlib.contextmanager
+def captured(show_all: bool = False):
+  """Runs the block with file descriptor 2 in a temporary file, then writes
+  what it caught to sys.stderr: all of it if `show_all` or the block raised,
+  else all but the known notices.
+
+  Process-wide, as file descriptors are: what other threads write to fd 2
+  meanwhile is caught too, and written back with the rest. A block inside
+  another (in any thread) captures nothing more itself.
+  """
+  global _active
+  with _lock:
+    nested, _active = _active, True
+  if nested:
+    yield
+    return
+  try:
+    _flush(sys.stderr)
+    saved = os.dup(2)
+  except (OSError, ValueError):  # no usable fd 2: nothing to capture
+    _active = False
+    yield
+    return
+  buffer = tempfile.TemporaryFile()
+  failed = True
+  try:
+    os.dup2(buffer.fileno(), 2)
+    yield
+    failed = False
+  finally:
+    _flush(sys.stderr)
+    os.dup2(saved, 2)
+    os.close(saved)
+    _active = False
+    buffer.seek(0)
+    text = buffer.read().decode("utf-8", errors="replace")
+    buffer.close()
+    if not (show_all or failed):
+      text = without_notices(text, gpu=has_nvidia_gpu())
+    if text:
+      sys.stderr.write(text)
+      _flush(sys.stderr)
+
+
+def _flush(stream):
+  try:
+    stream.flush()
+  except (OSError, ValueError, AttributeError):
+    pass
+
+
+def start_tensorflow(show_all: bool = False):
+  """Imports TensorFlow, tensorflow_text, tensorflow_hub and tfx-bsl and
+  probes the devices (CUDA's cuInit), with their notices captured."""
+  with captured(show_all):
+    # Imported here, inside the capture: importing them is what prints the
+    # notices, and this module must stay importable before them.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    for companion in _COMPANIONS:
+      importlib.import_module(companion)
+    tf.config.list_physical_devices()

@@ -1,0 +1,134 @@
+"""One run of the job: flags -> frozen config (pipeline/config.py) ->
+plan_run: every read of the world, the lock (pipeline/plan.py) ->
+build_pipeline (pipeline/build.py) -> run -> the published manifest.
+
+pipeline/main.py is the command line around it; `run` is also what tests and
+benchmarks call.
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import time
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import SetupOptions
+from apache_beam.runners.runner import PipelineResult
+
+from pipeline import local_runner
+from pipeline.build import build_pipeline
+from pipeline.config import config_from_options
+from pipeline.console import LiveProgress
+from pipeline.flags import format_help
+from pipeline.flags import reject_unknown_flags
+from pipeline.plan import plan_run
+from run_directory.layout import MANIFEST_FILE
+from run_directory.layout import REFUSAL_FILE
+from run_directory.manifest import load_manifest
+from transforms.guardrails import describe_refusal
+from transforms.guardrails import RunRefusedError
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOutcome:
+  """A finished run: Beam's result, and the run directory with its manifest
+  (None if it could not be read back)."""
+  result: PipelineResult
+  run_dir: str
+  manifest: Optional[dict]
+
+
+def _raise_if_refused(staging_dir: str):
+  path = FileSystems.join(staging_dir, REFUSAL_FILE)
+  if FileSystems.exists(path):
+    with FileSystems.open(path) as f:
+      refusal = json.loads(f.read().decode("utf-8"))
+    raise RunRefusedError(
+        f"{describe_refusal(refusal)}\nThe staged outputs stay in "
+        f"{staging_dir} for inspection; details: {path}") from None
+
+
+def run_job(argv=None, save_main_session=True,
+            live_progress=False) -> JobOutcome:
+  """Runs the job to completion.
+
+  live_progress: on the local runner, with every stage in this process,
+    show the run's progress on stderr while it runs (pipeline/console.py).
+
+  Raises ConfigError, before anything runs, when a flag is wrong or another
+  run holds --output; RunRefusedError when a guardrail kept the run from
+  being published.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  reject_unknown_flags(argv)
+  options = PipelineOptions(argv)
+  options.view_as(SetupOptions).save_main_session = save_main_session
+  local = local_runner.is_local_runner(options)
+  plan = plan_run(config_from_options(options), local_runner=local)
+  try:
+    runner = None
+    watch = contextlib.nullcontext()
+    if local:
+      # DirectRunner would first try to download the Prism runner.
+      runner = local_runner.LocalRunner()
+      if live_progress and local_runner.runs_in_this_process(options):
+        watch = LiveProgress()
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_pipeline(pipeline, plan, time.time())
+    try:
+      with watch:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception:  # pylint: disable=broad-except
+      # The runner wraps the publish stage's RunRefusedError in its own
+      # error; refused.json tells the two apart.
+      _raise_if_refused(plan.staging_dir)
+      raise
+  finally:
+    plan.release()
+  _LOG.info("Run %s written to %s (manifest: %s)", plan.run_id, plan.run_dir,
+            FileSystems.join(plan.run_dir, MANIFEST_FILE))
+  manifest = _published_manifest(plan.run_dir)
+  if manifest and not plan.table.chunked:
+    _warn_if_truncated(manifest, plan.handler.model.max_seq_length)
+  return JobOutcome(result=result, run_dir=plan.run_dir, manifest=manifest)
+
+
+def run(argv=None, save_main_session=True) -> PipelineResult:
+  """Runs the job to completion; returns the PipelineResult (see run_job)."""
+  return run_job(argv, save_main_session).result
+
+
+def runs_locally(argv) -> bool:
+  """Whether these flags run the job on the local runner."""
+  return local_runner.is_local_runner(PipelineOptions(list(argv)))
+
+
+def help_text(with_beam_options: bool = False) -> str:
+  """--help (and --help_beam): the flags, grouped, with their defaults."""
+  return format_help(with_beam_options=with_beam_options)
+
+
+def _published_manifest(run_dir: str) -> Optional[dict]:
+  try:
+    return load_manifest(run_dir)
+  except Exception:  # pylint: disable=broad-except
+    return None  # the run is published; what is told about it must never fail it
+
+
+def _warn_if_truncated(manifest: dict, max_seq_length: int):
+  """One warning when documents lost their ends to --max_seq_length."""
+  truncated = int(manifest["counts"].get("truncated", 0))
+  if truncated:
+    _LOG.warning(
+        "%d document(s) were longer than --max_seq_length (%d wordpieces) "
+        "and truncated: the rest of their text is not in their vectors. "
+        "Set --chunk_size (e.g. --chunk_size %d) to embed long documents "
+        "whole, in chunks.", truncated, max_seq_length, max_seq_length)

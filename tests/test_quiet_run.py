@@ -1,0 +1,83 @@
+"""`python -m pipeline.main` as a person runs it, in a process of its own:
+by default it prints only its progress and summary (no TensorFlow, CUDA,
+absl or setuptools noise, no Beam INFO logs); --verbose brings them back."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# What a local run printed before (issue 18), one pattern each.
+NOISE = [
+    r"absl::InitializeLog",
+    r"oneDNN",
+    r"cuda",
+    r"cuInit",
+    r"pkg_resources",
+    r"UserWarning",
+    r"[IWE]\d{4} \d\d:\d\d:",  # any absl-formatted native line
+    r"Creating state cache",
+    r"INFO",
+]
+# All a quiet local run may print on stderr.
+ALLOWED = [
+    r"Published run \S+ in [\d.]+ s \(\d+ docs/s\): .*",
+    r"Rejected records \(.*\): python -m pipeline.read_outputs .*",
+    r"Run directory: .*",
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d Embedded .*",  # progress, every 30 s
+]
+
+
+def _run(argv, timeout=600):
+  env = dict(os.environ, NO_GCE_CHECK="true", HF_HUB_OFFLINE="1")
+  # The pipeline must quiet TensorFlow itself, as from a plain shell.
+  for name in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS"):
+    env.pop(name, None)
+  return subprocess.run([sys.executable, "-m", "pipeline.main", *argv],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def test_a_local_run_prints_only_its_progress_and_summary(tiny_model_dir,
+                                                          tmp_path):
+  corpus = tmp_path / "corpus.jsonl"
+  corpus.write_text("".join(
+      json.dumps({"id": f"d{i}", "text": text}) + "\n"
+      for i, text in enumerate(["the first text", "a second one", "", "last"])))
+  run_dir = tmp_path / "run"
+
+  result = _run([f"--input={corpus}", f"--output={run_dir}",
+                 f"--model={tiny_model_dir}", "--runner=DirectRunner",
+                 "--max_bad_fraction=0.5"])
+
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout == ""
+  for pattern in NOISE:
+    assert not re.search(pattern, result.stderr), (pattern, result.stderr)
+  lines = result.stderr.splitlines()
+  unexpected = [line for line in lines
+                if not any(re.fullmatch(p, line) for p in ALLOWED)]
+  assert not unexpected, result.stderr
+  assert lines[0].startswith("Published run ")
+  assert "4 documents read, 3 embedded" in lines[0] and "1 rejected" in lines[0]
+  assert lines[1].startswith("Rejected records (empty_text 1): ")
+  assert lines[-1] == (f"Run directory: {run_dir} (manifest.json lists every "
+                       "file)")
+  assert (run_dir / "manifest.json").exists()
+
+
+def test_verbose_shows_tensorflow_and_errors_always_show(tmp_path):
+  missing = str(tmp_path / "nothing-*.jsonl")
+  argv = [f"--input={missing}", f"--output={tmp_path / 'run'}"]
+
+  result = _run(argv + ["--verbose"])
+
+  assert result.returncode == 2
+  assert f"pipeline.main: error: --input={missing}" in result.stderr
+  # TensorFlow's start-up notices, captured while it was imported, are
+  # written back with --verbose.
+  assert re.search(r"absl::InitializeLog|oneDNN custom operations",
+                   result.stderr), result.stderr
