@@ -7,6 +7,7 @@
     <table>/bigquery_schema.json
     errors/errors-SSSSS-of-NNNNN.jsonl
     similarity.png, projector/{vectors,metadata}.tsv (when asked for)
+    report.html                                      the run report, every run
     .run.lock                                        while a run writes here
     .staging-<run_id>/...                            until the run publishes
     .staging-<run_id>/refused.json                   a run a guardrail refused
@@ -52,6 +53,9 @@ SCHEMA_FILE_NAME = "bigquery_schema.json"
 SIMILARITY_PLOT = "similarity_plot"
 SIMILARITY_PLOT_FILE = "similarity.png"
 PROJECTOR = "projector"
+# The run report: one self-contained HTML page (transforms/report/).
+REPORT = "report"
+REPORT_FILE = "report.html"
 
 
 def staging_dir(run_dir: str, run_id: str) -> str:

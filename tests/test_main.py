@@ -366,8 +366,10 @@ def run_pipeline(input_pattern, output, model_dir, *extra):
 
 def check_manifest_files(run_dir, manifest, bigquery_format):
   outputs = manifest["outputs"]
-  # The neighbour table is on by default (--neighbours_k 10).
-  assert set(outputs) == {"embeddings", "errors", "neighbours"}
+  # The neighbour table is on by default (--neighbours_k 10); every run
+  # has its report.
+  assert set(outputs) == {"embeddings", "errors", "neighbours", "report"}
+  assert outputs["report"] == {"html": ["report.html"]}
   embeddings = outputs["embeddings"]
   assert set(embeddings) == {"tfrecord", bigquery_format, "bigquery_schema"}
   assert set(outputs["neighbours"]) == {"tfrecord", bigquery_format,
@@ -375,10 +377,10 @@ def check_manifest_files(run_dir, manifest, bigquery_format):
   assert set(outputs["errors"]) == {"jsonl"}
 
   listed = [embeddings["bigquery_schema"],
-            outputs["neighbours"]["bigquery_schema"]]
+            outputs["neighbours"]["bigquery_schema"], "report.html"]
   for table, formats in outputs.items():
     for fmt, files in formats.items():
-      if fmt == "bigquery_schema":
+      if fmt == "bigquery_schema" or table == "report":
         continue
       assert isinstance(files, list) and files, (table, fmt)
       suffix = ".tfrecord" if fmt == "tfrecord" else f".{fmt}"
