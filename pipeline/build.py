@@ -10,7 +10,9 @@ settings.
              [-> ExportToVertex (documents, or chunks)]
              [-> WriteSimilarityPlot] [-> WriteProjectorFiles]
   dead letters of every stage -> WriteTable(errors)
-  every count, file list and figure -> PublishRun (manifest.json last)
+  embeddings, neighbour and duplicate rows -> SummarizeForReport
+  every count, file list, figure and summary -> PublishRun (report.html,
+    then manifest.json last)
 
 `build_pipeline(pipeline, plan)` takes no flags and does no IO: everything it
 needs is in the RunPlan (pipeline/plan.py), so a test can build the graph on
@@ -50,6 +52,7 @@ from transforms.neighbours import STATS
 from transforms.publish import PublishRun
 from transforms.read import CorpusSettings
 from transforms.read import ReadCorpus
+from transforms.report import SummarizeForReport
 from transforms.reuse import PreviousRun
 from transforms.reuse import REMOVED
 from transforms.reuse import REUSED
@@ -189,6 +192,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
   for sink in plan.sinks:
     _ = embeddings | f"WriteTo{sink.name}" >> sink.create_write_transform()
   details = {}
+  summarized = {}  # what the report summarises, beside the embeddings
   if plan.neighbours:
     # Documents, or at chunk level chunks, of the corpus and the queries.
     items = CHUNKS if plan.neighbours.level == CHUNK_LEVEL else EMBEDDINGS
@@ -202,6 +206,10 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
             bigquery_format=writing.bigquery_format,
             num_shards=writing.num_shards, spill_dir=plan.spill_dir))
     details[NEIGHBOURS] = neighbours[STATS]
+    summarized.update(
+        neighbour_rows=neighbours[NEIGHBOUR_ROWS],
+        neighbour_items=corpus[items],
+        query_items=query_corpus[items] if query_corpus else None)
   if plan.duplicates:
     duplicates = embeddings | "NearDuplicates" >> NearDuplicates(
         plan.duplicates)
@@ -211,6 +219,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
             bigquery_format=writing.bigquery_format,
             num_shards=writing.num_shards, spill_dir=plan.spill_dir))
     details[DUPLICATES] = duplicates[STATS]
+    summarized["duplicate_rows"] = duplicates[DUPLICATE_ROWS]
   if plan.vertex:
     # With chunking the chunks are the datapoints: what a passage search
     # retrieves.
@@ -231,6 +240,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
             staging, plan.projector_max_points)
     }
 
+  report_sections = pipeline | "SummarizeForReport" >> SummarizeForReport(
+      plan.report, embeddings, **summarized)
   static_details = {}
   if plan.previous_run:
     static_details["previous_run"] = plan.previous_run.manifest_entry()
@@ -239,5 +250,5 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
       counts=counts, outputs=outputs, settings=plan.manifest_settings,
       started_at=started_at, details=details, static_details=static_details,
       latest_pointer=plan.latest_pointer, limits=plan.limits,
-      dead_letters=dead_letters)
+      dead_letters=dead_letters, report_sections=report_sections)
   return {EMBEDDINGS: embeddings, DEAD_LETTERS: dead_letters}

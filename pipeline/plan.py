@@ -71,6 +71,7 @@ from transforms.neighbours import CHUNK as CHUNK_LEVEL
 from transforms.neighbours import DOCUMENT as DOCUMENT_LEVEL
 from transforms.neighbours import NeighbourSettings
 from transforms.read import CorpusSettings
+from transforms.report import ReportSettings
 from transforms.reuse import PreviousRun
 from transforms.sinks import BigQuerySink
 from transforms.sinks import EmbeddingSink
@@ -105,6 +106,7 @@ class RunPlan:
   duplicates: the near-duplicates stage's, or None.
   limits: the publish stage's guardrails.
   vertex: the Vertex AI export's settings, or None for no export.
+  report: what the run report summarises.
   manifest_model / manifest_settings: what the manifest records.
   lock: the output directory's lock, held until the run ends.
   spill_dir: where groupings by key go through files (transforms/spill.py)
@@ -128,6 +130,7 @@ class RunPlan:
   similarity_plot: bool
   projector_max_points: Optional[int]
   limits: PublishLimits
+  report: ReportSettings
   latest_pointer: Optional[str]
   manifest_model: dict
   manifest_settings: dict
@@ -535,6 +538,11 @@ def plan_run(config: RunConfig,
           allow_large_removal=nightly.allow_large_removal,
           previous_documents=(previous_run.documents if previous_run else
                               None)),
+      report=ReportSettings(
+          limit=(settings.chunking.max_chunks if settings.chunking else
+                 settings.max_seq_length),
+          chunked=settings.chunking is not None,
+          include_text=not out.no_text),
       latest_pointer=nightly.latest_pointer,
       manifest_model=_manifest_model(model, settings),
       manifest_settings=settings_of(config),

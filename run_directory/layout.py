@@ -8,6 +8,7 @@
     errors/errors-SSSSS-of-NNNNN.jsonl
     similarity.png, projector/{vectors,metadata}.tsv (when asked for)
     bigquery/load.sh, bigquery/vector_search.sql     bq load, vector index
+    report.html                                      the run report, every run
     .run.lock                                        while a run writes here
     .staging-<run_id>/...                            until the run publishes
     .staging-<run_id>/refused.json                   a run a guardrail refused
@@ -63,6 +64,9 @@ SCHEMA_FILE_NAME = "bigquery_schema.json"
 SIMILARITY_PLOT = "similarity_plot"
 SIMILARITY_PLOT_FILE = "similarity.png"
 PROJECTOR = "projector"
+# The run report: one self-contained HTML page (transforms/report/).
+REPORT = "report"
+REPORT_FILE = "report.html"
 
 # The run's BigQuery scripts (bigquery_scripts.py), written with every run: a
 # top-level output ("bigquery": {key: file}) and their directory.

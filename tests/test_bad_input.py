@@ -391,7 +391,8 @@ def test_a_stale_lock_and_an_earlier_publish_leave_no_trace(
     for directory, _, names in os.walk(run_dir / table):
       assert {os.path.join(directory, n) for n in names} <= listed
   assert sorted(os.listdir(run_dir)) == [
-      "bigquery", "embeddings", "errors", "manifest.json", "neighbours"]
+      "bigquery", "embeddings", "errors", "manifest.json", "neighbours",
+      "report.html"]
   assert pointer.read_text() == f"{run_dir}\n"
   assert os.listdir(pointer.parent) == ["LATEST"]
 

@@ -71,6 +71,9 @@ def _assert_refused(code, run_dir, pointer, pointer_before, capsys, *reasons):
   # The staged outputs stay for inspection, next to refused.json.
   staging = os.path.dirname(read_outputs.refusal_paths(run_dir)[-1])
   assert os.path.isdir(os.path.join(staging, "embeddings"))
+  # ... with the run's report, which says it was refused.
+  with open(os.path.join(staging, "report.html"), encoding="utf-8") as f:
+    assert "Refused: not published." in f.read()
   with pytest.raises(read_outputs.RunNotPublishedError, match="refused"):
     read_outputs.load_manifest(run_dir)
   return refusal

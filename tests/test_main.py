@@ -366,8 +366,11 @@ def run_pipeline(input_pattern, output, model_dir, *extra):
 
 def check_manifest_files(run_dir, manifest, bigquery_format):
   outputs = manifest["outputs"]
-  # The neighbour table is on by default (--neighbours_k 10).
-  assert set(outputs) == {"embeddings", "errors", "neighbours", "bigquery"}
+  # The neighbour table is on by default (--neighbours_k 10); every run
+  # has its report and its BigQuery scripts.
+  assert set(outputs) == {"embeddings", "errors", "neighbours", "bigquery",
+                          "report"}
+  assert outputs["report"] == {"html": ["report.html"]}
   embeddings = outputs["embeddings"]
   assert set(embeddings) == {"tfrecord", bigquery_format, "bigquery_schema"}
   assert set(outputs["neighbours"]) == {"tfrecord", bigquery_format,
@@ -380,10 +383,10 @@ def check_manifest_files(run_dir, manifest, bigquery_format):
 
   listed = [embeddings["bigquery_schema"],
             outputs["neighbours"]["bigquery_schema"],
-            *outputs["bigquery"].values()]
+            *outputs["bigquery"].values(), "report.html"]
   for table, formats in outputs.items():
     for fmt, files in formats.items():
-      if fmt == "bigquery_schema" or table == "bigquery":
+      if fmt == "bigquery_schema" or table in ("bigquery", "report"):
         continue
       assert isinstance(files, list) and files, (table, fmt)
       suffix = ".tfrecord" if fmt == "tfrecord" else f".{fmt}"

@@ -5,17 +5,19 @@ stage takes the counts and the written file lists as side inputs, so Beam runs
 it only after every write has finished. It then:
 
 1. builds the manifest, which checks that the counts add up;
-2. checks the guardrails (transforms/guardrails.py): a run that breaks one
-   writes refused.json into its staging directory and fails with
-   RunRefusedError, unpublished;
-3. writes the run's BigQuery scripts (bigquery/load.sh, vector_search.sql,
+2. checks the guardrails (transforms/guardrails.py) and draws the run
+   report (transforms/report/, with the guardrails' verdict) into the
+   staging directory as report.html, which the manifest lists;
+3. a run that breaks a guardrail then writes refused.json beside its report
+   and fails with RunRefusedError, unpublished;
+4. writes the run's BigQuery scripts (bigquery/load.sh, vector_search.sql,
    run_directory/bigquery_scripts.py) from the manifest's file lists into
    the staging directory, and lists them in the manifest;
-4. removes files of the table directories the manifest does not list, moves
+5. removes files of the table directories the manifest does not list, moves
    the staged files into place (run_directory/staging.py), and writes the new
    latest pointer under a temporary name;
-5. writes manifest.json (atomically): the run is published;
-6. renames the pointer into place and removes the staging directory: steps
+6. writes manifest.json (atomically): the run is published;
+7. renames the pointer into place and removes the staging directory: steps
    that only tidy up, and log an error if they fail instead of failing a
    published run.
 
@@ -32,12 +34,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsList
 from apache_beam.pvalue import AsSingleton
 
+from run_directory.atomic import write_atomically
 from run_directory.atomic import write_json_atomically
 from run_directory.atomic import write_text_atomically
 from run_directory.bigquery_scripts import write_bigquery_scripts
 from run_directory.layout import BIGQUERY
+from run_directory.layout import BIGQUERY_SCHEMA
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
+from run_directory.layout import REPORT
+from run_directory.layout import REPORT_FILE
 from run_directory.manifest import build_manifest
 from run_directory.manifest import listed_files
 from run_directory.staging import move_into_place
@@ -47,6 +53,8 @@ from transforms.guardrails import PublishLimits
 from transforms.guardrails import refusal_reasons
 from transforms.guardrails import RunRefusedError
 from transforms.guardrails import SummarizeErrors
+from transforms.report import draw_report
+from transforms.report.summaries import CountWithSpan
 
 _LOG = logging.getLogger(__name__)
 
@@ -68,6 +76,8 @@ class PublishRun(beam.PTransform):
   details: section name -> PCollection of one dict, e.g. neighbour stats.
   dead_letters: every rejected record, summarised by reason in the manifest
     and in a refusal.
+  report_sections: the run report's summaries (SummarizeForReport), each a
+    PCollection of one element.
   """
 
   def __init__(self, run_dir: str, staging_dir: str, run_id: str,
@@ -80,8 +90,10 @@ class PublishRun(beam.PTransform):
                static_details: Mapping[str, dict] = None,
                latest_pointer: str = None,
                limits: PublishLimits = PublishLimits(),
-               dead_letters: Optional[beam.PCollection] = None):
+               dead_letters: Optional[beam.PCollection] = None,
+               report_sections: Dict[str, beam.PCollection] = None):
     super().__init__()
+    self._report_sections = dict(report_sections or {})
     self._limits = limits
     self._dead_letters = dead_letters
     self._run_dir = run_dir
@@ -99,13 +111,19 @@ class PublishRun(beam.PTransform):
   def expand(self, pbegin):
     side_inputs = {}
     for name, pcoll in self._counts.items():
+      # Counted with the times of the first and last record: the report's
+      # stage times.
       side_inputs[f"count__{name}"] = AsSingleton(
-          pcoll | f"Count[{name}]" >> beam.combiners.Count.Globally())
+          pcoll | f"Count[{name}]" >> beam.CombineGlobally(CountWithSpan()))
     for table, formats in self._outputs.items():
       for fmt, paths in formats.items():
-        side_inputs[f"files__{table}__{fmt}"] = AsList(paths)
+        side_inputs[f"files__{table}__{fmt}"] = AsList(
+            paths | f"WhenWritten[{table}.{fmt}]" >> beam.Map(
+                lambda path: (path, time.time())))
     for section, pcoll in self._details.items():
       side_inputs[f"details__{section}"] = AsSingleton(pcoll)
+    for section, pcoll in self._report_sections.items():
+      side_inputs[f"report__{section}"] = AsSingleton(pcoll)
     if self._dead_letters is not None:
       side_inputs["errors__summary"] = AsSingleton(
           self._dead_letters
@@ -116,14 +134,22 @@ class PublishRun(beam.PTransform):
 
   def _write(self, unused_element, **side_inputs):
     counts, outputs, details = {}, {}, {}
+    spans, written, sections = {}, {}, {}
     for key, value in side_inputs.items():
       kind, *names = key.split("__")
       if kind == "count":
-        counts[names[0]] = value
+        counts[names[0]] = value["count"]
+        spans[names[0]] = value
       elif kind == "details":
         details[names[0]] = value
       elif kind == "files":
-        outputs.setdefault(names[0], {})[names[1]] = value
+        outputs.setdefault(names[0], {})[names[1]] = [p for p, _ in value]
+        if names[1] != BIGQUERY_SCHEMA:  # written first, not when done
+          written.setdefault(names[0], []).extend(t for _, t in value)
+      elif kind == "report":
+        sections[names[0]] = value
+    report_path = FileSystems.join(self._staging_dir, REPORT_FILE)
+    outputs[REPORT] = {"html": [report_path]}
     top_errors = side_inputs.get("errors__summary", [])
     details.update(self._static_details)
     details["dead_letters"] = {
@@ -135,6 +161,10 @@ class PublishRun(beam.PTransform):
         self._run_id, self._staging_dir, self._model, counts, outputs,
         self._settings, time.time() - self._started_at, details)
     reasons = refusal_reasons(manifest["counts"], self._limits)
+    page = draw_report(manifest, sections, top_errors, self._started_at,
+                       time.time(), spans, written, refusal=reasons)
+    write_atomically(report_path,
+                     lambda f: f.write(page.encode("utf-8", "replace")))
     if reasons:
       self._refuse(manifest, reasons, top_errors)
     # Rendered from the manifest's lists: they name exactly its files.
