@@ -12,6 +12,7 @@ import json
 import pytest
 
 from benchmarks import speed
+from benchmarks import startup
 from tests import real_text
 
 
@@ -73,3 +74,33 @@ def test_speed_harness_runs_end_to_end(tiny_model_dir, tmp_path, capsys):
   assert derived["cosine_pipeline_vs_bare_f32"]["min"] > 0.9999
   table = capsys.readouterr().out
   assert "pipeline_over_bare" in table and "docs/s" in table
+
+
+def test_startup_harness_breaks_the_start_up_into_its_parts(tiny_model_dir,
+                                                            tmp_path, capsys):
+  out = str(tmp_path / "startup.json")
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\n".join(real_text.real_sentences(16)) + "\n")
+  code = startup.main([
+      "--model", tiny_model_dir, "--corpus", str(corpus), "--repeats", "1",
+      "--no-importtime", "--json", out, "--work-dir", str(tmp_path / "work")])
+  assert code == 0
+  with open(out) as f:
+    report = json.load(f)
+  summary = report["summary"]
+  assert list(summary["parts"]) == list(startup.PARTS) + ["rest"]
+  for part, figures in summary["parts"].items():
+    assert figures["seconds"] >= 0 and figures["cpu_seconds"] >= 0, part
+  assert summary["parts"]["imports"]["seconds"] > 0.5  # TensorFlow at least
+  assert summary["startup_seconds"] == pytest.approx(
+      sum(summary["parts"][p]["seconds"] for p in startup.PARTS))
+  assert report["machine"]["cpu"] and report["docs"] == 16
+  # Both SavedModels loaded (the preprocess model in parts), the tokenizer
+  # and encoder called.
+  loads = [name for name, _ in report["model_details"]["saved_model_load_seconds"]]
+  assert loads == ["encoder (whole)", "preprocess (parts)"], loads
+  assert {c["name"] for c in report["model_details"]["calls"]} == {
+      "_tokenize", "_encode"}
+  # The whole run, not only its imports, leaves the unused libraries out.
+  assert report["unused_imported"] == []
+  assert "start-up (to the first batch)" in capsys.readouterr().out

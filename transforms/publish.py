@@ -94,8 +94,11 @@ class PublishRun(beam.PTransform):
   def expand(self, pbegin):
     side_inputs = {}
     for name, pcoll in self._counts.items():
-      side_inputs[f"count__{name}"] = AsSingleton(
-          pcoll | f"Count[{name}]" >> beam.combiners.Count.Globally())
+      # Without Count.Globally's default for an empty input, which is most
+      # of what it costs Beam to build and start (an empty list counts 0).
+      side_inputs[f"count__{name}"] = AsList(
+          pcoll | f"Count[{name}]" >> beam.CombineGlobally(
+              beam.combiners.CountCombineFn()).without_defaults())
     for table, formats in self._outputs.items():
       for fmt, paths in formats.items():
         side_inputs[f"files__{table}__{fmt}"] = AsList(paths)
@@ -114,7 +117,7 @@ class PublishRun(beam.PTransform):
     for key, value in side_inputs.items():
       kind, *names = key.split("__")
       if kind == "count":
-        counts[names[0]] = value
+        counts[names[0]] = value[0] if value else 0
       elif kind == "details":
         details[names[0]] = value
       elif kind == "files":
