@@ -2,7 +2,8 @@
 against sentence-transformers, on a fixed real-text corpus.
 
     python -m benchmarks.speed [--docs 5000] [--sizes 1000,10000,50000] \\
-        [--json OUT] [--quick] [--only NAMES | --skip NAMES] [--repeats N]
+        [--json OUT] [--quick] [--only NAMES | --skip NAMES] [--repeats N] \\
+        [--corpus FILE]
 
 One run on one machine measures, each in its own subprocess (so that its peak
 resident memory is its own, read with os.wait4's rusage):
@@ -34,7 +35,9 @@ resident memory is its own, read with os.wait4's rusage):
   size_<N>       the pipeline (neighbours off) at each of --sizes.
 
 Documents are the first N sentences of `benchmarks.corpus.real_sentences`
-(prose from the docstrings and READMEs of the Python installed here).
+(prose from the docstrings and READMEs of the Python installed here), or of
+the lines of --corpus FILE (the smoke test's: the harness's wiring, not
+figures).
 
 Arithmetic: FLOPs per document from the model shape and the document's real
 token count T (no padding), per layer 2*T*(4H^2 + 2*H*I) + 4*T^2*H (each
@@ -410,6 +413,23 @@ def _summary(r: dict) -> str:
           f"{r['load_after']}")
 
 
+def keep_fastest(previous: Optional[dict], result: Optional[dict],
+                 recorded: dict) -> dict:
+  """The result to keep after another round of one measurement: the faster
+  of `previous` (the rounds before) and `result` (this round; None if it
+  failed, `recorded` then holds its error), with every round's seconds in
+  "runs_seconds"."""
+  if not previous or "error" in previous:
+    return recorded
+  runs = previous.get("runs_seconds", [previous.get("seconds")])
+  kept = previous
+  if result is not None and result.get("seconds", 0) < previous.get(
+      "seconds", 0):
+    kept = result
+  kept["runs_seconds"] = runs + [result.get("seconds") if result else None]
+  return kept
+
+
 def write_corpus(work_dir: str, texts: List[str], n: int) -> str:
   path = os.path.join(work_dir, f"corpus_{n}.txt")
   if not os.path.exists(path):
@@ -419,12 +439,19 @@ def write_corpus(work_dir: str, texts: List[str], n: int) -> str:
   return path
 
 
-def corpus_texts(n: int):
-  """The first n real sentences, and a note on where they came from."""
+def corpus_texts(n: int, corpus_file: Optional[str] = None):
+  """The first n real sentences (of `corpus_file`, one a line, when given),
+  and a note on where they came from."""
   from benchmarks import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
-  texts = corpus_lib.real_sentences(n)
-  note = ("benchmarks.corpus.real_sentences: distinct prose sentences of "
-          "the docstrings / READMEs installed here, in blake2b order")
+  if corpus_file:
+    # Building benchmarks.corpus the first time reads every docstring
+    # installed here (~7 min on 2 cores): a smoke test brings its own text.
+    texts = _read_texts(corpus_file, n)
+    note = f"--corpus {corpus_file}"
+  else:
+    texts = corpus_lib.real_sentences(n)
+    note = ("benchmarks.corpus.real_sentences: distinct prose sentences of "
+            "the docstrings / READMEs installed here, in blake2b order")
   digest = corpus_lib.corpus_digest(texts)
   if len(texts) < n:
     base = texts
@@ -703,11 +730,18 @@ def parse_args(argv):
                       + ", ".join(_NOT_IN_QUICK))
   parser.add_argument("--model", default=None,
                       help="model directory (default: the default model)")
+  parser.add_argument("--corpus", default=None,
+                      help="a text file, one document a line, instead of "
+                      "benchmarks.corpus (whose first build takes minutes): "
+                      "for smoke tests of the harness, not for figures")
   parser.add_argument("--max_batch_size", type=int, default=256)
   parser.add_argument("--max_batch_tokens", type=int, default=16384)
   parser.add_argument("--sort_buffer_size", type=int, default=4096)
   parser.add_argument("--matmul-n", type=int, default=2048,
                       help="matrix size of the peak GFLOP/s measurement")
+  parser.add_argument("--no-tf-matmul", action="store_true",
+                      help="leave out the TensorFlow matmul beside numpy's "
+                      "(its import costs the matmul child seconds)")
   parser.add_argument("--only", default=None,
                       help="comma list of: " + ",".join(MEASUREMENTS))
   parser.add_argument("--skip", default=None, help="comma list, as --only")
@@ -749,7 +783,7 @@ def main(argv=None) -> int:
     sizes = []
   work_dir = args.work_dir or tempfile.mkdtemp(prefix="speed-bench-")
   os.makedirs(work_dir, exist_ok=True)
-  texts, note, digest = corpus_texts(max([args.docs] + sizes))
+  texts, note, digest = corpus_texts(max([args.docs] + sizes), args.corpus)
   report = {
       "date": datetime.datetime.now().astimezone().isoformat(
           timespec="seconds"),
@@ -789,7 +823,8 @@ def main(argv=None) -> int:
 
   plan = []
   if "matmul" in names:
-    plan.append(("matmul", {"kind": "matmul", "matmul_n": args.matmul_n}))
+    plan.append(("matmul", {"kind": "matmul", "matmul_n": args.matmul_n,
+                            "tf": not args.no_tf_matmul}))
   if "bare" in names:
     plan.append(("bare", dict(common, kind="bare", corpus=corpus,
                               n=args.docs,
@@ -839,13 +874,8 @@ def main(argv=None) -> int:
     for name, spec in plan:
       previous = harness.results.get(name)
       result = harness.run_child(name, spec)
-      if previous and "error" not in previous:
-        runs = previous.get("runs_seconds", [previous.get("seconds")])
-        if result is None or previous.get("seconds", 0) <= result.get(
-            "seconds", 0):
-          harness.results[name] = previous
-        harness.results[name]["runs_seconds"] = runs + [
-            result.get("seconds") if result else None]
+      harness.results[name] = keep_fastest(previous, result,
+                                           harness.results[name])
       save_json()
   report["machine"]["load_at_end"] = _load()
   save_json()

@@ -36,8 +36,6 @@ import re
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
-from tensorflow_hub import resolver
-
 TFHUB = "https://tfhub.dev"
 LICENSE = "Apache-2.0"  # every model of the TF Hub BERT collection
 
@@ -260,6 +258,9 @@ def is_handle(model: str) -> bool:
 
 def cache_dir() -> str:
   """The TF Hub cache directory, exactly as tensorflow_hub chooses it."""
+  # Imported here: tensorflow_hub imports Keras (seconds of every start),
+  # and only runs on TF Hub handles need it.
+  from tensorflow_hub import resolver  # pylint: disable=g-import-not-at-top
   return resolver.tfhub_cache_dir(use_temp=True)
 
 

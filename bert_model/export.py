@@ -32,7 +32,6 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_hub as hub
 
 from bert_model import checkpoint as checkpoint_lib
 from bert_model import metadata as metadata_lib
@@ -112,9 +111,10 @@ def _self_check(preprocess, encoder, model_dir: str):
   """The saved models must compute what the in-memory ones do."""
   texts = tf.constant(_SELF_CHECK_TEXTS)
   expected = encoder(preprocess(texts))["sequence_output"].numpy()
-  reloaded_preprocess = hub.load(
+  reloaded_preprocess = tf.saved_model.load(
       os.path.join(model_dir, metadata_lib.PREPROCESS_DIR))
-  reloaded_encoder = hub.load(os.path.join(model_dir, metadata_lib.ENCODER_DIR))
+  reloaded_encoder = tf.saved_model.load(
+      os.path.join(model_dir, metadata_lib.ENCODER_DIR))
   actual = reloaded_encoder(reloaded_preprocess(texts))["sequence_output"]
   np.testing.assert_allclose(actual.numpy(), expected, atol=1e-5)
 

@@ -30,13 +30,13 @@ behind Beam's multi-process model sharing proxy. Beam's RunInference side of
 it is transforms/model_handler.py.
 """
 
+import contextlib
 import dataclasses
 import os
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_hub as hub
 # Registers the ops the preprocess SavedModels use: it must be imported before
 # one is loaded.
 import tensorflow_text  # pylint: disable=unused-import
@@ -47,6 +47,10 @@ from bert_model.chunking import DocumentChunker
 from bert_model.chunking import MAX_CHARS_PER_TOKEN
 from bert_model.chunking import pack_chunks
 from bert_model.chunking import pool_chunks
+from bert_model.devices import copy_device
+from bert_model.devices import logical_devices
+from bert_model.saved_models import load_parts
+from bert_model.saved_models import load_saved_model
 from bert_model.v1 import build_v1_preprocessor
 from bert_model.v1 import call_encoder
 
@@ -115,9 +119,17 @@ class LoadedBertModel:
 
   `embed` takes and returns plain Python/numpy values, so the object also
   works behind Beam's multi-process model sharing proxy.
+
+  copy_index: which of several copies of the model on this machine this is
+  (Beam's model_copies): the encoder's variables and computation go on
+  device copy_index mod n of the n `copy_device_type` devices TensorFlow
+  lists (devices.py: one copy per GPU). None, or no such device: where
+  TensorFlow places them. Tokenization runs on the CPU either way.
   """
 
-  def __init__(self, settings: ModelSettings):
+  def __init__(self, settings: ModelSettings,
+               copy_index: Optional[int] = None,
+               copy_device_type: str = "GPU"):
     if settings.encoder_format not in ENCODER_FORMATS:
       raise ValueError(f"encoder_format {settings.encoder_format!r} is not one "
                        f"of {ENCODER_FORMATS}")
@@ -132,9 +144,14 @@ class LoadedBertModel:
           f"({settings.max_seq_length}), not {settings.chunking}")
     self._settings = settings
     _configure_devices(settings.precision)
-    self._encoder = hub.load(settings.encoder_path)
+    self.device = None
+    if copy_index is not None:
+      self.device = copy_device(copy_index, logical_devices(copy_device_type))
+    with self._on_device():
+      self._encoder = load_saved_model(settings.encoder_path)
     if settings.preprocess_path:
-      self._preprocess = hub.load(settings.preprocess_path)
+      self._preprocess = _load_preprocess(settings.preprocess_path,
+                                          settings.text_pairs)
     elif settings.encoder_format == "v1":
       self._preprocess = build_v1_preprocessor(self._encoder,
                                                settings.max_seq_length)
@@ -161,6 +178,19 @@ class LoadedBertModel:
       self._chunker = DocumentChunker(self._preprocess.tokenize,
                                       settings.chunking)
     _record_model_load()
+
+  def _on_device(self):
+    """The copy's device scope, if it has a device of its own."""
+    return tf.device(self.device) if self.device else contextlib.nullcontext()
+
+  def warm_up(self):
+    """Runs `embed` once on a short text (a pair with text_pairs), so that
+    its TensorFlow functions are traced and optimised, as the first batch
+    would otherwise do: for a caller that loads the model ahead of its
+    first batch (transforms/model_handler.py prefetch_model). Nothing is
+    kept: the functions compute the same for every batch after it."""
+    text = "Warm-up."
+    self.embed([(text, text)] if self._settings.text_pairs else [text])
 
   def _cut(self, texts):
     return tf.strings.substr(
@@ -372,8 +402,13 @@ class LoadedBertModel:
   def encode_padded(self, word_ids: np.ndarray, mask: np.ndarray,
                     type_ids: np.ndarray) -> Dict[str, np.ndarray]:
     """One encoder call on padded [rows, length] inputs (numpy)."""
-    outputs = self._encode(word_ids, mask, type_ids)
+    outputs = self.encode_on_device(word_ids, mask, type_ids)
     return {k: v.numpy() for k, v in outputs.items()}
+
+  def encode_on_device(self, word_ids, mask, type_ids) -> Dict[str, tf.Tensor]:
+    """The encoder call, run on the copy's device (its outputs there)."""
+    with self._on_device():
+      return self._encode(word_ids, mask, type_ids)
 
 
 def _rows(padded: np.ndarray, rows: np.ndarray, length: int) -> np.ndarray:
@@ -392,6 +427,17 @@ def _pack_inputs(preprocess, segments, seq_length: int):
         segments, seq_length=tf.constant(seq_length, tf.int32))
   except (TypeError, ValueError):
     return preprocess.bert_pack_inputs(segments, seq_length=seq_length)
+
+
+def _load_preprocess(path: str, text_pairs: bool) -> tf.Module:
+  """The preprocess model's parts that embed calls: `tokenize`, and
+  `bert_pack_inputs` for pairs, loaded with only their functions
+  (saved_models.load_parts: a third of the load for tokenize alone)."""
+  preprocess = tf.Module(name="preprocess")
+  names = ["tokenize"] + (["bert_pack_inputs"] if text_pairs else [])
+  for name, part in load_parts(path, names).items():
+    setattr(preprocess, name, part)
+  return preprocess
 
 
 def _configure_devices(precision: str):

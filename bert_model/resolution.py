@@ -53,7 +53,6 @@ import re
 from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
-import tensorflow_hub as hub
 # Registers the ops of preprocess SavedModels, which are loaded here.
 import tensorflow_text  # pylint: disable=unused-import
 from tensorflow.core.protobuf import saved_model_pb2
@@ -213,6 +212,9 @@ def _fetch(value: str, handle: str, model_root: Optional[str],
     return cached, handle
   try:
     _LOG.info("Downloading %s into the TF Hub cache", handle)
+    # Imported here: tensorflow_hub imports Keras (seconds of every start),
+    # and only a handle that is not in the cache needs it.
+    import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
     path = hub.resolve(handle)
   except Exception as e:  # pylint: disable=broad-except
     raise FileNotFoundError(

@@ -70,6 +70,13 @@ def batch_garbage_collection():
       gc.unfreeze()
 
 
+def runs_in_this_process(options: PipelineOptions) -> bool:
+  """Whether the local runner's workers are this process (in memory or
+  threads), rather than worker processes of their own."""
+  return options.view_as(DirectOptions).direct_running_mode != (
+      "multi_processing")
+
+
 def is_local_runner(options: PipelineOptions) -> bool:
   runner = options.view_as(StandardOptions).runner
   return runner is None or (

@@ -4,8 +4,6 @@ import functools
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler
-from apache_beam.ml.inference.base import RunInference
 
 from run_directory.records import chunk_of
 from run_directory.records import ChunkedVectors
@@ -24,6 +22,8 @@ from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
 from transforms.names import METRICS_NAMESPACE
+from transforms.run_inference import KeyedModelHandler
+from transforms.run_inference import RunInference
 
 STAGE = "embed"
 

@@ -15,16 +15,29 @@ A batch that fails in the model is split in halves and retried until the
 failing texts are isolated; only those come back as `InferenceFailure`.
 Running out of memory also halves this worker's padded-token budget per
 encoder call from then on.
+
+With `model_copies` N > 1, each copy Beam loads on a machine claims the next
+copy index there (0, 1, ...: whichever SDK process loads it, through files
+in the temporary directory that all of them share, as Beam's own model
+sharing does) and goes on the GPU of that index (bert_model/devices.py).
+
+`prefetch_model(settings)` starts loading the model (and warming it up) in a
+thread of this process, for the first `load_model` of a handler with the
+same settings here to take: the local runner, whose worker is this process,
+then loads the model while Beam builds and starts the pipeline.
 """
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import logging
+import os
+import tempfile
+import uuid
 from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler
-from apache_beam.ml.inference.base import PredictionResult
 
 from bert_model import native_logs
 from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
@@ -36,6 +49,8 @@ from run_directory.records import Vectors
 from transforms.names import COUNTERS
 from transforms.names import METRICS_NAMESPACE
 from transforms.progress import PROGRESS
+from transforms.run_inference import ModelHandler
+from transforms.run_inference import PredictionResult
 
 _LOG = logging.getLogger(__name__)
 
@@ -115,12 +130,85 @@ class HandlerSettings:
     (texts x longest) wordpieces (bert_model.call_plan).
   large_model: load one model per machine and share it across the SDK
     worker processes (Beam's multi-process shared model).
-  model_copies: exactly this many models per machine (implies sharing).
+  model_copies: exactly this many models per machine (implies sharing);
+    with more than one, one per `copy_device_type` device (module doc).
+  copy_device_type: "GPU"; a test on a CPU-only machine passes "CPU" after
+    splitting the CPU into logical devices.
   """
   model: ModelSettings
   max_batch_tokens: int = DEFAULT_MAX_CALL_TOKENS
   large_model: bool = False
   model_copies: Optional[int] = None
+  copy_device_type: str = "GPU"
+
+
+# Models being loaded ahead in this process, by their settings.
+_PREFETCHED: Dict[ModelSettings, concurrent.futures.Future] = {}
+
+
+def _native_notices_captured():
+  """On a quiet local run (bert_model/native_logs.py), TensorFlow's notices
+  of the device probe and of the model's first call are captured: loading
+  and warming up happen inside this."""
+  if native_logs.quiet_requested():
+    return native_logs.captured()
+  return contextlib.nullcontext()
+
+
+def _load_and_warm_up(settings: ModelSettings) -> LoadedBertModel:
+  with _native_notices_captured():
+    model = LoadedBertModel(settings)
+    model.warm_up()
+  return model
+
+
+def prefetch_model(settings: HandlerSettings):
+  """Starts loading `settings.model` in a thread of this process, for the
+  first handler with these settings that loads its model here (module doc).
+  Not with large_model / model_copies: Beam then loads the model in a
+  process of its own."""
+  if settings.large_model or settings.model_copies:
+    return
+  if settings.model not in _PREFETCHED:
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="ModelPrefetch")
+    _PREFETCHED[settings.model] = executor.submit(_load_and_warm_up,
+                                                  settings.model)
+    executor.shutdown(wait=False)
+
+
+def discard_prefetched():
+  """Forgets the models loaded ahead that no handler took (a run that
+  failed, or never embedded), so that they can be freed."""
+  _PREFETCHED.clear()
+
+
+def _take_prefetched(settings: ModelSettings) -> Optional[LoadedBertModel]:
+  future = _PREFETCHED.pop(settings, None)
+  if future is None:
+    return None
+  try:
+    return future.result()
+  except Exception as e:  # pylint: disable=broad-except
+    # Loaded again where Beam expects it, so that the error is Beam's too.
+    _LOG.warning("Loading the model ahead failed (%s); loading it again",
+                 e)
+    return None
+
+
+def claim_copy_index(run_token: str, directory: Optional[str] = None) -> int:
+  """The smallest copy index no process of this machine has claimed for
+  this run (`run_token`): an empty file created exclusively, so that two
+  processes never get the same one."""
+  directory = directory or tempfile.gettempdir()
+  index = 0
+  while True:
+    path = os.path.join(directory, f"{run_token}.copy{index}")
+    try:
+      os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+      return index
+    except FileExistsError:
+      index += 1
 
 
 class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
@@ -137,22 +225,35 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
                      model_copies=settings.model_copies)
     self._settings = settings.model
     self._max_batch_tokens = settings.max_batch_tokens
+    self._copy_device_type = settings.copy_device_type
+    # Made where the pipeline is built, so the same in every worker process:
+    # the copies of this run claim their indices under it.
+    self._run_token = f"bert-embeddings-{uuid.uuid4().hex}"
 
   def load_model(self) -> LoadedBertModel:
+    model = _take_prefetched(self._settings)
+    if model is not None:
+      _LOG.info("Took the model loaded ahead: %s and %s",
+                self._settings.preprocess_path, self._settings.encoder_path)
+      return model
     _LOG.info("Loading %s and %s", self._settings.preprocess_path,
               self._settings.encoder_path)
-    if not native_logs.quiet_requested():
-      return LoadedBertModel(self._settings)
-    # A quiet local run (bert_model/native_logs.py): the device probe and the
-    # model's first call print TensorFlow's notices, so both happen here,
-    # inside the capture. Not with XLA: a first call compiles a shape the
-    # run may never use.
-    with native_logs.captured():
-      model = LoadedBertModel(self._settings)
-      if not self._settings.jit_compile:
-        model.embed([("warm-up", "warm-up")] if self._settings.text_pairs
-                    else ["warm-up"])
+    with _native_notices_captured():
+      model = self._load()
+      # Not with XLA: a first call compiles a shape the run may never use.
+      if native_logs.quiet_requested() and not self._settings.jit_compile:
+        model.warm_up()
     return model
+
+  def _load(self) -> LoadedBertModel:
+    if self.model_copies() > 1:
+      copy_index = claim_copy_index(self._run_token)
+      model = LoadedBertModel(self._settings, copy_index=copy_index,
+                              copy_device_type=self._copy_device_type)
+      _LOG.info("Model copy %d of %d on %s", copy_index, self.model_copies(),
+                model.device or "the default device")
+      return model
+    return LoadedBertModel(self._settings)
 
   def run_inference(self, batch: Sequence[str], model: LoadedBertModel,
                     inference_args=None) -> Iterable:

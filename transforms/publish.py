@@ -111,10 +111,13 @@ class PublishRun(beam.PTransform):
   def expand(self, pbegin):
     side_inputs = {}
     for name, pcoll in self._counts.items():
-      # Counted with the times of the first and last record: the report's
-      # stage times.
-      side_inputs[f"count__{name}"] = AsSingleton(
-          pcoll | f"Count[{name}]" >> beam.CombineGlobally(CountWithSpan()))
+      # Counted with the times of the first and last record (the report's
+      # stage times), and without a combine's default for an empty input,
+      # which is most of what it costs Beam to build and start (an empty
+      # list counts 0).
+      side_inputs[f"count__{name}"] = AsList(
+          pcoll | f"Count[{name}]" >> beam.CombineGlobally(
+              CountWithSpan()).without_defaults())
     for table, formats in self._outputs.items():
       for fmt, paths in formats.items():
         side_inputs[f"files__{table}__{fmt}"] = AsList(
@@ -138,8 +141,10 @@ class PublishRun(beam.PTransform):
     for key, value in side_inputs.items():
       kind, *names = key.split("__")
       if kind == "count":
-        counts[names[0]] = value["count"]
-        spans[names[0]] = value
+        span = value[0] if value else CountWithSpan().extract_output(
+            CountWithSpan().create_accumulator())
+        counts[names[0]] = span["count"]
+        spans[names[0]] = span
       elif kind == "details":
         details[names[0]] = value
       elif kind == "files":

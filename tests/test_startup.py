@@ -1,0 +1,174 @@
+"""Start-up cuts (docs/performance.md): lean imports, the preprocess model's
+parts loaded alone, the model loaded ahead. None may change a vector.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from bert_model import metadata as metadata_lib
+from bert_model import saved_models
+from bert_model.lean_imports import import_lean
+from bert_model.loaded_model import LoadedBertModel
+from bert_model.loaded_model import ModelSettings
+from tests import hostile_corpus
+from tests import real_text
+from transforms import model_handler
+from transforms.model_handler import BertEmbeddingModelHandler
+from transforms.model_handler import HandlerSettings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What `python -m pipeline.main` has no use for in a default run.
+UNUSED_BY_A_RUN = ("torch", "keras", "tf_keras", "sklearn", "matplotlib",
+                   "tensorflow_hub", "faiss", "sentence_transformers",
+                   "transformers")
+
+
+def _settings(model_dir, **kwargs) -> ModelSettings:
+  return ModelSettings(
+      preprocess_path=f"{model_dir}/{metadata_lib.PREPROCESS_DIR}",
+      encoder_path=f"{model_dir}/{metadata_lib.ENCODER_DIR}",
+      max_seq_length=32, **kwargs)
+
+
+def _texts():
+  return (real_text.real_sentences(40) + hostile_corpus.GOOD_LINES +
+          hostile_corpus.CODE_LIKE + ["", " ", "\u200b\ufeff"])
+
+
+# ---------------------------------------------------------------------------
+# import_lean, on a package of its own (no TensorFlow).
+
+
+@pytest.fixture
+def fake_packages(tmp_path, monkeypatch):
+  """`lean_user` imports `lean_heavy` in a try block (as TensorFlow does
+  Keras) and `lean_layers`, which imports `lean_heavy`, plainly."""
+  (tmp_path / "lean_heavy.py").write_text("LOADED = True\n")
+  (tmp_path / "lean_layers.py").write_text(
+      "import lean_heavy\nLAYER = 'layer'\n")
+  (tmp_path / "lean_user.py").write_text(textwrap.dedent("""\
+      try:
+        import lean_heavy
+      except ImportError:
+        lean_heavy = None
+      import lean_layers
+      """))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  yield
+  for name in ("lean_heavy", "lean_layers", "lean_user"):
+    sys.modules.pop(name, None)
+
+
+def test_hidden_module_is_missing_while_importing_and_importable_after(
+    fake_packages):
+  user = import_lean("lean_user", hidden=("lean_heavy",),
+                     deferred=("lean_layers",))
+  assert user.lean_heavy is None
+  assert "lean_heavy" not in sys.modules
+  # The deferred module is a placeholder: its code has not run, and reading
+  # its namespace (as Beam's state cache does) does not run it.
+  assert "LAYER" not in vars(user.lean_layers)
+  assert "lean_heavy" not in sys.modules
+  assert user.lean_layers.LAYER == "layer"  # first use: imported now
+  assert sys.modules["lean_heavy"].LOADED
+  import lean_heavy  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  assert lean_heavy.LOADED
+  # Imported before: returned as it is.
+  assert import_lean("lean_user", hidden=("lean_heavy",)) is user
+
+
+def test_a_default_run_imports_none_of_the_unused_libraries():
+  # A fresh process: what `python -m pipeline.main` imports. Afterwards
+  # Keras still imports and works (by both of TensorFlow's ways to it), and
+  # Beam still measures its model loads' memory.
+  script = textwrap.dedent(f"""\
+      import json, sys
+      import pipeline.main
+      imported = [m for m in {UNUSED_BY_A_RUN!r} if m in sys.modules]
+      import tensorflow as tf
+      from tensorflow.keras import layers
+      import tensorflow_text
+      from apache_beam.ml.inference import base
+      print(json.dumps({{
+          "imported": imported,
+          "keras_dense": tf.keras.layers.Dense is layers.Dense,
+          "tf_text_keras": tensorflow_text.keras.layers.ToDense.__name__,
+          "beam_resource": base.resource is not None,
+      }}))
+      """)
+  output = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO, check=True,
+      capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=REPO)).stdout
+  report = json.loads(output.strip().splitlines()[-1])
+  assert report == {"imported": [], "keras_dense": True,
+                    "tf_text_keras": "ToDense", "beam_resource": True}
+
+
+# ---------------------------------------------------------------------------
+# The preprocess model's parts, loaded alone.
+
+
+def test_tokenize_loaded_alone_gives_the_whole_model_s_wordpieces(
+    tiny_model_dir):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  path = f"{tiny_model_dir}/{metadata_lib.PREPROCESS_DIR}"
+  whole = tf.saved_model.load(path)
+  parts = saved_models.load_parts(path, ["tokenize"])
+  texts = tf.constant(_texts())
+  assert (parts["tokenize"](texts).to_list() ==
+          whole.tokenize(texts).to_list())
+  assert ({k: int(v) for k, v in
+           parts["tokenize"].get_special_tokens_dict().items()} ==
+          {k: int(v) for k, v in
+           whole.tokenize.get_special_tokens_dict().items()})
+  with pytest.raises(KeyError, match="no nonexistent"):
+    saved_models.load_parts(path, ["nonexistent"])
+
+
+def test_pruned_library_keeps_only_what_tokenize_calls(tiny_model_dir):
+  from tensorflow.python.saved_model import loader_impl  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import,import-outside-toplevel
+  path = f"{tiny_model_dir}/{metadata_lib.PREPROCESS_DIR}"
+  saved_model = loader_impl.parse_saved_model(path)
+  library = saved_model.meta_graphs[0].graph_def.library
+  before = {f.signature.name for f in library.function}
+  saved_models._prune_library(saved_model, ["tokenize"])  # pylint: disable=protected-access
+  after = {f.signature.name for f in library.function}
+  assert after < before and len(after) < len(before) / 2, (len(after),
+                                                            len(before))
+
+
+# ---------------------------------------------------------------------------
+# The model loaded ahead.
+
+
+def test_prefetched_model_embeds_bit_for_bit_like_a_fresh_one(tiny_model_dir):
+  settings = _settings(tiny_model_dir)
+  handler_settings = HandlerSettings(settings)
+  model_handler.prefetch_model(handler_settings)
+  try:
+    prefetched = BertEmbeddingModelHandler(handler_settings).load_model()
+    # Taken: a second handler loads its own.
+    assert settings not in model_handler._PREFETCHED  # pylint: disable=protected-access
+  finally:
+    model_handler.discard_prefetched()
+  fresh = LoadedBertModel(settings)
+  texts = _texts()
+  for batch in (texts, texts[:3], texts[5:6]):
+    got, expected = prefetched.embed(batch), fresh.embed(batch)
+    assert got.keys() == expected.keys()
+    for name in expected:
+      np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def test_no_prefetch_when_beam_shares_the_model(tiny_model_dir):
+  for sharing in ({"large_model": True}, {"model_copies": 2}):
+    model_handler.prefetch_model(
+        HandlerSettings(_settings(tiny_model_dir), **sharing))
+    assert not model_handler._PREFETCHED  # pylint: disable=protected-access
