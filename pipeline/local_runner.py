@@ -82,9 +82,3 @@ def is_local_runner(options: PipelineOptions) -> bool:
   return runner is None or (
       isinstance(runner, str) and runner in LOCAL_RUNNER_NAMES)
 
-
-def runs_in_this_process(options: PipelineOptions) -> bool:
-  """Whether the local runner runs every stage in this process (its default
-  in_memory mode, or multi_threading), not in worker processes."""
-  mode = options.view_as(DirectOptions).direct_running_mode
-  return mode != "multi_processing"
