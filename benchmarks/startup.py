@@ -79,8 +79,9 @@ def _child_main(spec_path: str) -> int:
 
   with open(spec_path) as f:
     spec = json.load(f)
-  # The pipeline's own imports, as `python -m pipeline.main` makes them.
-  from pipeline import main as pipeline_main  # pylint: disable=g-import-not-at-top
+  # The pipeline's own imports, as `python -m pipeline.main` makes them
+  # (its main imports the job, which imports TensorFlow).
+  from pipeline import job as pipeline_main  # pylint: disable=g-import-not-at-top
   mark("imports")
   details = _instrument(pipeline_main, mark)
   argv = [f"--input={spec['corpus']}", "--input_format=text",
@@ -96,9 +97,9 @@ def _child_main(spec_path: str) -> int:
 
 
 def _instrument(pipeline_main, mark):
-  """Wraps the steps of pipeline.main.run so that each marks its end; returns
+  """Wraps the steps of pipeline.job.run so that each marks its end; returns
   a function giving the model's finer figures."""
-  # Imported here: the child's imports are timed as pipeline.main's.
+  # Imported here: the child's imports are timed as pipeline.job's.
   from bert_model import loaded_model  # pylint: disable=g-import-not-at-top
   from transforms import model_handler  # pylint: disable=g-import-not-at-top
 

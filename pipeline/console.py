@@ -9,7 +9,7 @@ more.
 - `prepare_process`: Python logging at the chosen level for every logger,
   and, unless native logs are asked for, TensorFlow's environment and the
   warnings filter that keep its notices off. TensorFlow's start-up notices
-  that no setting stops are captured by bert_model/native_logs.py.
+  that no setting stops are captured by transforms/native_logs.py.
 - `LiveProgress`: while a local run lasts, the embed stage's progress
   (transforms/progress.py): one line that tqdm redraws when stderr is a
   terminal, else a line every 30 s.
@@ -31,7 +31,7 @@ from typing import Optional
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from bert_model import native_logs
+from transforms import native_logs
 from pipeline.errors import ConfigError
 from transforms.progress import describe
 from transforms.progress import LogCadence
@@ -121,7 +121,7 @@ class LiveProgress:
   On a terminal, one line redrawn every `refresh_secs` (tqdm); log records
   are written above it. Otherwise (a file, a pipe, cron) one line every
   `log_interval_secs`. Nothing is drawn while TensorFlow's notices are being
-  captured (bert_model/native_logs.py), so the line never ends up among them.
+  captured (transforms/native_logs.py), so the line never ends up among them.
   """
 
   def __init__(self, counter: ProgressCounter = PROGRESS, stream=None,

@@ -9,7 +9,7 @@ TensorFlow's INFO logs and TensorFlow's native start-up notices only with
 --verbose or --log_level INFO (pipeline/console.py). Hence the order of
 `main`: logging and TensorFlow's environment are set up first, then the job
 is imported (which imports TensorFlow) with TensorFlow's notices captured
-(bert_model/native_logs.py), then it runs. `--help` lists the flags; docs/
+(transforms/native_logs.py), then it runs. `--help` lists the flags; docs/
 has the reference.
 
 Exit status: 0 published; 1 the run failed; 2 a flag is wrong (nothing ran);
@@ -18,7 +18,7 @@ Exit status: 0 published; 1 the run failed; 2 a flag is wrong (nothing ran);
 
 import sys
 
-from bert_model import native_logs
+from transforms import native_logs
 from pipeline import console
 from pipeline.errors import ConfigError
 

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from bert_model import native_logs
+from transforms import native_logs
 from bert_model import resolution
 from bert_model.chunking import ChunkSettings
 from bert_model.loaded_model import ModelSettings

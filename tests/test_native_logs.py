@@ -1,11 +1,11 @@
 """TensorFlow's native notices captured and dropped, everything else kept
-(bert_model/native_logs.py)."""
+(transforms/native_logs.py)."""
 
 import os
 
 import pytest
 
-from bert_model import native_logs
+from transforms import native_logs
 
 # As TensorFlow 2.21 and tfx-bsl print them on a machine without a GPU.
 NOTICES = [

@@ -28,7 +28,6 @@ then loads the model while Beam builds and starts the pipeline.
 """
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import logging
 import os
@@ -39,7 +38,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from bert_model import native_logs
+from transforms import native_logs
 from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
@@ -146,17 +145,8 @@ class HandlerSettings:
 _PREFETCHED: Dict[ModelSettings, concurrent.futures.Future] = {}
 
 
-def _native_notices_captured():
-  """On a quiet local run (bert_model/native_logs.py), TensorFlow's notices
-  of the device probe and of the model's first call are captured: loading
-  and warming up happen inside this."""
-  if native_logs.quiet_requested():
-    return native_logs.captured()
-  return contextlib.nullcontext()
-
-
 def _load_and_warm_up(settings: ModelSettings) -> LoadedBertModel:
-  with _native_notices_captured():
+  with native_logs.captured_if_requested():
     model = LoadedBertModel(settings)
     model.warm_up()
   return model
@@ -238,7 +228,7 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
       return model
     _LOG.info("Loading %s and %s", self._settings.preprocess_path,
               self._settings.encoder_path)
-    with _native_notices_captured():
+    with native_logs.captured_if_requested():
       model = self._load()
       # Not with XLA: a first call compiles a shape the run may never use.
       if native_logs.quiet_requested() and not self._settings.jit_compile:

@@ -185,7 +185,10 @@ def start_tensorflow(show_all: bool = False):
   probes the devices (CUDA's cuInit), with their notices captured."""
   with captured(show_all):
     # Imported here, inside the capture: importing them is what prints the
-    # notices, and this module must stay importable before them.
+    # notices, and this module must stay importable before them. The model
+    # library first: it imports TensorFlow without Keras
+    # (bert_model/lean_imports.py).
+    importlib.import_module("bert_model")
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     for companion in _COMPANIONS:
       importlib.import_module(companion)
