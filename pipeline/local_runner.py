@@ -11,7 +11,6 @@ workers. `--direct_num_workers` and `--direct_running_mode` work as usual.
 import contextlib
 import gc
 
-from apache_beam.options.pipeline_options import DirectOptions
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineRunner
@@ -68,13 +67,6 @@ def batch_garbage_collection():
     gc.set_threshold(*threshold)
     if freeze:
       gc.unfreeze()
-
-
-def runs_in_this_process(options: PipelineOptions) -> bool:
-  """Whether the local runner's workers are this process (in memory or
-  threads), rather than worker processes of their own."""
-  return options.view_as(DirectOptions).direct_running_mode != (
-      "multi_processing")
 
 
 def is_local_runner(options: PipelineOptions) -> bool:
