@@ -32,6 +32,11 @@ One more child runs with `python -X importtime` for the imports' breakdown by
 top-level package (their self times summed; importtime's own overhead
 included), and lists the heavy packages a default run imports although it
 never uses them.
+
+The floor: fresh processes that only import, each timed --repeats times
+(fastest kept): the interpreter alone, TensorFlow as the pipeline imports it
+(`import bert_model`: TensorFlow without Keras, and tensorflow_text), Beam,
+and plain `import tensorflow` (with Keras) for comparison.
 """
 
 import argparse
@@ -220,6 +225,38 @@ def run_child(spec: dict, work_dir: str, name: str,
   return result
 
 
+# The floor's processes: (name, statement).
+FLOOR_IMPORTS = (
+    ("python", "pass"),
+    ("bert_model (tensorflow without keras, tensorflow_text)",
+     "import bert_model"),
+    ("apache_beam", "import apache_beam"),
+    ("tensorflow (plain, with keras)", "import tensorflow"),
+)
+
+
+def import_floor(repeats: int) -> dict:
+  """{name: {"seconds", "cpu_seconds"}}: the fastest of `repeats` fresh
+  processes that import only that (FLOOR_IMPORTS)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=_REPO)
+  floor = {}
+  for name, statement in FLOOR_IMPORTS:
+    runs = []
+    for _ in range(repeats):
+      started = time.perf_counter()
+      process = subprocess.Popen([sys.executable, "-c", statement], cwd=_REPO,
+                                 env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+      _, status, usage = os.wait4(process.pid, 0)
+      if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"python -c {statement!r} failed")
+      runs.append((time.perf_counter() - started,
+                   usage.ru_utime + usage.ru_stime))
+    floor[name] = {"seconds": min(r[0] for r in runs),
+                   "cpu_seconds": min(r[1] for r in runs)}
+  return floor
+
+
 def parts_of(marks, process_started: float) -> dict:
   """{part: {"seconds": wall, "cpu_seconds": CPU}} from the child's marks."""
   parts = {"interpreter": {"seconds": marks[0][1] - process_started,
@@ -291,6 +328,9 @@ def format_report(report: dict) -> str:
   for call in model.get("calls", []):
     lines.append(f"  first {call['name']} call {call['first_seconds']:.2f} s, "
                  f"second {call['second_seconds']:.3f} s")
+  for name, figures in (report.get("import_floor") or {}).items():
+    lines.append(f"  floor: {name}: {figures['seconds']:.2f} s wall, "
+                 f"{figures['cpu_seconds']:.2f} s CPU")
   imports = report.get("imports_by_package")
   if imports:
     lines.append("imports by package (self time, -X importtime): " + ", ".join(
@@ -316,6 +356,8 @@ def parse_args(argv):
                       "benchmarks.corpus)")
   parser.add_argument("--no-importtime", action="store_true",
                       help="skip the -X importtime child")
+  parser.add_argument("--no-floor", action="store_true",
+                      help="skip the import-only processes (the floor)")
   parser.add_argument("--json", default=None, help="where to write the JSON")
   parser.add_argument("--work-dir", default=None)
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -366,7 +408,10 @@ def main(argv=None) -> int:
                                          if p in imported]
   if not args.no_importtime:
     traced = run_child(spec, work_dir, "importtime", importtime=True)
-    report["imports_by_package"] = traced["imports_by_package"]
+    report["imports_by_package"] = dict(
+        list(traced["imports_by_package"].items())[:30])
+  if not args.no_floor:
+    report["import_floor"] = import_floor(args.repeats)
   print(format_report(report))
   if args.json:
     with open(args.json, "w") as f:

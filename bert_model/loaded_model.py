@@ -183,15 +183,6 @@ class LoadedBertModel:
     """The copy's device scope, if it has a device of its own."""
     return tf.device(self.device) if self.device else contextlib.nullcontext()
 
-  def warm_up(self):
-    """Runs `embed` once on a short text (a pair with text_pairs), so that
-    its TensorFlow functions are traced and optimised, as the first batch
-    would otherwise do: for a caller that loads the model ahead of its
-    first batch (transforms/model_handler.py prefetch_model). Nothing is
-    kept: the functions compute the same for every batch after it."""
-    text = "Warm-up."
-    self.embed([(text, text)] if self._settings.text_pairs else [text])
-
   def _cut(self, texts):
     return tf.strings.substr(
         texts, 0, self._settings.max_seq_length * MAX_CHARS_PER_TOKEN,

@@ -32,8 +32,6 @@ from run_directory.layout import REFUSAL_FILE
 from run_directory.manifest import load_manifest
 from transforms.guardrails import describe_refusal
 from transforms.guardrails import RunRefusedError
-from transforms.model_handler import discard_prefetched
-from transforms.model_handler import prefetch_model
 
 _LOG = logging.getLogger(__name__)
 
@@ -80,11 +78,8 @@ def run_job(argv=None, save_main_session=True,
     if local:
       # DirectRunner would first try to download the Prism runner.
       runner = local_runner.LocalRunner()
-      if local_runner.runs_in_this_process(options):
-        # The model loads while Beam builds and starts the pipeline.
-        prefetch_model(plan.handler)
-        if live_progress:
-          watch = LiveProgress()
+      if live_progress and local_runner.runs_in_this_process(options):
+        watch = LiveProgress()
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, plan, time.time())
     try:
@@ -97,7 +92,6 @@ def run_job(argv=None, save_main_session=True,
       _raise_if_refused(plan.staging_dir)
       raise
   finally:
-    discard_prefetched()
     plan.release()
   _LOG.info("Run %s written to %s (manifest: %s)", plan.run_id, plan.run_dir,
             FileSystems.join(plan.run_dir, MANIFEST_FILE))

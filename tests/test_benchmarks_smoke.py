@@ -122,7 +122,8 @@ def test_startup_harness_breaks_the_start_up_into_its_parts(tiny_model_dir,
   corpus.write_text("\n".join(real_text.real_sentences(16)) + "\n")
   code = startup.main([
       "--model", tiny_model_dir, "--corpus", str(corpus), "--repeats", "1",
-      "--no-importtime", "--json", out, "--work-dir", str(tmp_path / "work")])
+      "--no-importtime", "--no-floor", "--json", out,
+      "--work-dir", str(tmp_path / "work")])
   assert code == 0
   with open(out) as f:
     report = json.load(f)
@@ -143,3 +144,12 @@ def test_startup_harness_breaks_the_start_up_into_its_parts(tiny_model_dir,
   # The whole run, not only its imports, leaves the unused libraries out.
   assert report["unused_imported"] == []
   assert "start-up (to the first batch)" in capsys.readouterr().out
+
+
+def test_import_floor_times_fresh_processes(monkeypatch):
+  monkeypatch.setattr(startup, "FLOOR_IMPORTS", (("python", "pass"),
+                                                 ("json", "import json")))
+  floor = startup.import_floor(repeats=2)
+  assert list(floor) == ["python", "json"]
+  for figures in floor.values():
+    assert 0 < figures["seconds"] < 30 and figures["cpu_seconds"] >= 0

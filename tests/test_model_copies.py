@@ -32,7 +32,7 @@ def test_copy_indices_are_claimed_once_each(tmp_path):
   assert claim_copy_index("run-b", str(tmp_path)) == 0
 
 
-def test_copies_land_on_their_own_logical_devices(tiny_model_dir):
+def test_copies_land_on_their_own_logical_devices(tiny_model_dir, tmp_path):
   script = textwrap.dedent(f"""\
       import json
       import numpy as np
@@ -72,10 +72,14 @@ def test_copies_land_on_their_own_logical_devices(tiny_model_dir):
       """)
   process = subprocess.run(
       [sys.executable, "-c", script], cwd=REPO, capture_output=True,
-      text=True, env=dict(os.environ, PYTHONPATH=REPO))
+      text=True,
+      # The copies' index claims go to the temporary directory.
+      env=dict(os.environ, PYTHONPATH=REPO, TMPDIR=str(tmp_path)))
   assert process.returncode == 0, process.stderr[-3000:]
   report = json.loads(process.stdout.strip().splitlines()[-1])
   assert len(report) == 2
+  assert sorted(p.name.rsplit(".", 1)[1] for p in tmp_path.glob(
+      "bert-embeddings-*.copy*")) == ["copy0", "copy1"]
   for index, copy in enumerate(report):
     device = f"device:CPU:{index}"
     assert copy["device"].endswith(device), copy

@@ -1,5 +1,5 @@
-"""Start-up cuts (docs/performance.md): lean imports, the preprocess model's
-parts loaded alone, the model loaded ahead. None may change a vector.
+"""Start-up cuts (docs/performance.md): lean imports, and the preprocess
+model's tokenize loaded alone. Neither may change a vector.
 """
 
 import json
@@ -8,32 +8,19 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from bert_model import metadata as metadata_lib
 from bert_model import saved_models
 from bert_model.lean_imports import import_lean
-from bert_model.loaded_model import LoadedBertModel
-from bert_model.loaded_model import ModelSettings
 from tests import hostile_corpus
 from tests import real_text
-from transforms import model_handler
-from transforms.model_handler import BertEmbeddingModelHandler
-from transforms.model_handler import HandlerSettings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What `python -m pipeline.main` has no use for in a default run.
 UNUSED_BY_A_RUN = ("torch", "keras", "tf_keras", "sklearn", "matplotlib",
                    "tensorflow_hub", "faiss", "sentence_transformers",
                    "transformers")
-
-
-def _settings(model_dir, **kwargs) -> ModelSettings:
-  return ModelSettings(
-      preprocess_path=f"{model_dir}/{metadata_lib.PREPROCESS_DIR}",
-      encoder_path=f"{model_dir}/{metadata_lib.ENCODER_DIR}",
-      max_seq_length=32, **kwargs)
 
 
 def _texts():
@@ -142,33 +129,3 @@ def test_pruned_library_keeps_only_what_tokenize_calls(tiny_model_dir):
   after = {f.signature.name for f in library.function}
   assert after < before and len(after) < len(before) / 2, (len(after),
                                                             len(before))
-
-
-# ---------------------------------------------------------------------------
-# The model loaded ahead.
-
-
-def test_prefetched_model_embeds_bit_for_bit_like_a_fresh_one(tiny_model_dir):
-  settings = _settings(tiny_model_dir)
-  handler_settings = HandlerSettings(settings)
-  model_handler.prefetch_model(handler_settings)
-  try:
-    prefetched = BertEmbeddingModelHandler(handler_settings).load_model()
-    # Taken: a second handler loads its own.
-    assert settings not in model_handler._PREFETCHED  # pylint: disable=protected-access
-  finally:
-    model_handler.discard_prefetched()
-  fresh = LoadedBertModel(settings)
-  texts = _texts()
-  for batch in (texts, texts[:3], texts[5:6]):
-    got, expected = prefetched.embed(batch), fresh.embed(batch)
-    assert got.keys() == expected.keys()
-    for name in expected:
-      np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-
-
-def test_no_prefetch_when_beam_shares_the_model(tiny_model_dir):
-  for sharing in ({"large_model": True}, {"model_copies": 2}):
-    model_handler.prefetch_model(
-        HandlerSettings(_settings(tiny_model_dir), **sharing))
-    assert not model_handler._PREFETCHED  # pylint: disable=protected-access

@@ -20,14 +20,8 @@ With `model_copies` N > 1, each copy Beam loads on a machine claims the next
 copy index there (0, 1, ...: whichever SDK process loads it, through files
 in the temporary directory that all of them share, as Beam's own model
 sharing does) and goes on the GPU of that index (bert_model/devices.py).
-
-`prefetch_model(settings)` starts loading the model (and warming it up) in a
-thread of this process, for the first `load_model` of a handler with the
-same settings here to take: the local runner, whose worker is this process,
-then loads the model while Beam builds and starts the pipeline.
 """
 
-import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -141,51 +135,6 @@ class HandlerSettings:
   copy_device_type: str = "GPU"
 
 
-# Models being loaded ahead in this process, by their settings.
-_PREFETCHED: Dict[ModelSettings, concurrent.futures.Future] = {}
-
-
-def _load_and_warm_up(settings: ModelSettings) -> LoadedBertModel:
-  with native_logs.captured_if_requested():
-    model = LoadedBertModel(settings)
-    model.warm_up()
-  return model
-
-
-def prefetch_model(settings: HandlerSettings):
-  """Starts loading `settings.model` in a thread of this process, for the
-  first handler with these settings that loads its model here (module doc).
-  Not with large_model / model_copies: Beam then loads the model in a
-  process of its own."""
-  if settings.large_model or settings.model_copies:
-    return
-  if settings.model not in _PREFETCHED:
-    executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="ModelPrefetch")
-    _PREFETCHED[settings.model] = executor.submit(_load_and_warm_up,
-                                                  settings.model)
-    executor.shutdown(wait=False)
-
-
-def discard_prefetched():
-  """Forgets the models loaded ahead that no handler took (a run that
-  failed, or never embedded), so that they can be freed."""
-  _PREFETCHED.clear()
-
-
-def _take_prefetched(settings: ModelSettings) -> Optional[LoadedBertModel]:
-  future = _PREFETCHED.pop(settings, None)
-  if future is None:
-    return None
-  try:
-    return future.result()
-  except Exception as e:  # pylint: disable=broad-except
-    # Loaded again where Beam expects it, so that the error is Beam's too.
-    _LOG.warning("Loading the model ahead failed (%s); loading it again",
-                 e)
-    return None
-
-
 def claim_copy_index(run_token: str, directory: Optional[str] = None) -> int:
   """The smallest copy index no process of this machine has claimed for
   this run (`run_token`): an empty file created exclusively, so that two
@@ -221,18 +170,14 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
     self._run_token = f"bert-embeddings-{uuid.uuid4().hex}"
 
   def load_model(self) -> LoadedBertModel:
-    model = _take_prefetched(self._settings)
-    if model is not None:
-      _LOG.info("Took the model loaded ahead: %s and %s",
-                self._settings.preprocess_path, self._settings.encoder_path)
-      return model
     _LOG.info("Loading %s and %s", self._settings.preprocess_path,
               self._settings.encoder_path)
     with native_logs.captured_if_requested():
       model = self._load()
       # Not with XLA: a first call compiles a shape the run may never use.
       if native_logs.quiet_requested() and not self._settings.jit_compile:
-        model.warm_up()
+        model.embed([("warm-up", "warm-up")] if self._settings.text_pairs
+                    else ["warm-up"])
     return model
 
   def _load(self) -> LoadedBertModel:
