@@ -11,7 +11,7 @@ clock and the process's CPU time) at each boundary:
 
   interpreter   process start (the parent's clock just before it starts the
                 child) to the child's first line: exec, Python, site;
-  imports       `from pipeline import main` (TensorFlow, Beam, ...);
+  imports       `from pipeline import job` (TensorFlow, Beam, ...);
   flags         flag parsing and the frozen config;
   plan          plan_run: model resolution, output checks, the lock;
   construction  beam.Pipeline and build_pipeline (the graph);
