@@ -6,6 +6,20 @@ cd "$(dirname "$0")"
 source scripts/venv.sh
 ensure_venv ".[test]"
 
+# tests/test_report.py draws the run report in headless Chromium (Debian's
+# chromium package). Installed here when missing; if it cannot be, CI fails
+# now rather than that test later.
+if ! command -v chromium >/dev/null 2>&1; then
+  as_root=()
+  if [ "$(id -u)" != 0 ]; then as_root=(sudo); fi
+  "${as_root[@]}" apt-get update
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+fi
+command -v chromium >/dev/null 2>&1 || {
+  echo "chromium is not on PATH: tests/test_report.py needs it" >&2
+  exit 1
+}
+
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 # Tests must never reach a metadata server or a model hub.
 export NO_GCE_CHECK=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
