@@ -8,7 +8,7 @@ ensure_venv ".[test]"
 
 # tests/test_report.py draws the run report in headless Chromium (Debian's
 # chromium package). Installed here when missing; if it cannot be, CI fails
-# now rather than that test later.
+# now rather than that test later (no silent skip).
 if ! command -v chromium >/dev/null 2>&1; then
   as_root=()
   if [ "$(id -u)" != 0 ]; then as_root=(sudo); fi

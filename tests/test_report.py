@@ -6,7 +6,7 @@
   (queries apart from the corpus), and none with --no_text.
 - The page escapes everything: hostile ids and texts never add markup.
 - A real run writes report.html, lists it in the manifest, and Debian's
-  `chromium` (installed by .ci/run) draws its title, counts and pictures
+  `chromium` (installed by run_tests.sh) draws its title, counts and pictures
   (checked with --dump-dom and --screenshot), with a proxy that counts
   every request Chromium makes: none to the addresses the corpus's texts
   hold (Chromium's own update and account services are contacted on every
@@ -368,7 +368,7 @@ class _RecordingProxy:
 def _chromium(tmp_path, proxy, *arguments) -> subprocess.CompletedProcess:
   binary = shutil.which("chromium")
   assert binary, ("Debian's chromium is needed to draw the report: "
-                  "apt-get install chromium (.ci/run installs it)")
+                  "apt-get install chromium (run_tests.sh installs it)")
   command = [
       binary, "--headless", "--no-sandbox", "--disable-gpu",
       "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions",
