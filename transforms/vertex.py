@@ -63,8 +63,8 @@ def _state_of(line: str) -> tuple:
 
 
 class _DiffFn(beam.DoFn):
-  """(id, {current: [(hash, row)], previous: [hash]}) -> the row when new
-  or changed; the id, tagged _DELETED, when it is gone."""
+  """(id, {current: [row], hash: [its hash], previous: [hash]}) -> the row
+  when new or changed; the id, tagged _DELETED, when it is gone."""
 
   def process(self, grouped):
     datapoint_id, group = grouped
@@ -72,9 +72,8 @@ class _DiffFn(beam.DoFn):
     if not current:
       yield beam.pvalue.TaggedOutput(_DELETED, datapoint_id)
       return
-    state_hash, row = current[0]
-    if previous != [state_hash]:
-      yield row
+    if previous != list(group["hash"]):
+      yield current[0]
 
 
 def _stats(counts, settings: VertexExport) -> dict:
@@ -117,9 +116,11 @@ class ExportToVertex(beam.PTransform):
               list(settings.previous_state_files))
           | "ReadPreviousState" >> beam.io.ReadAllFromText()
           | "ParsePreviousState" >> beam.Map(_state_of))
-      current = rows | "KeyById" >> beam.Map(
-          lambda row: (row["id"], (state_row(row)["datapoint_hash"], row)))
-      diff = ({"current": current, "previous": previous}
+      # Each datapoint's hash as the state table has it: computed once.
+      current = rows | "KeyById" >> beam.Map(lambda row: (row["id"], row))
+      hashes = states | "HashById" >> beam.Map(
+          lambda state: (state["id"], state["datapoint_hash"]))
+      diff = ({"current": current, "hash": hashes, "previous": previous}
               | "JoinOnId" >> beam.CoGroupByKey()
               | "Diff" >> beam.ParDo(_DiffFn()).with_outputs(
                   _DELETED, main="written"))
