@@ -31,6 +31,7 @@ import numpy as np
 
 from bert_model import model_garden
 from bert_model import tf1_checkpoint
+from bert_model.preprocess import read_vocab_lines
 
 
 class CheckpointError(ValueError):
@@ -266,14 +267,6 @@ def _strip_prefix(weights: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   return renamed
 
 
-def _read_vocab(path: str) -> list:
-  with open(path, encoding="utf-8") as f:
-    vocab = [line.rstrip("\r\n") for line in f]
-  while vocab and not vocab[-1]:
-    vocab.pop()
-  return vocab
-
-
 def _sentence_transformers_settings(path: str):
   """(pooling, normalize, max_seq_length) from sentence-transformers files."""
   pooling, normalize, max_seq_length = None, False, None
@@ -437,7 +430,7 @@ def read_checkpoint(path: str, lower_case: Optional[bool] = None
   config_path, config, weights, weights_path = _config_and_weights(
       path, layout_of(path))
   weights = _strip_prefix(weights)
-  vocab = _read_vocab(vocab_path)
+  vocab = read_vocab_lines(vocab_path)
   _check_shapes(weights, config, vocab, path)
 
   pooling, normalize, max_seq_length = _sentence_transformers_settings(path)

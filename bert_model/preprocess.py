@@ -81,6 +81,16 @@ def normalize_text(texts: tf.Tensor, lower_case: bool) -> tf.Tensor:
   return texts
 
 
+def read_vocab_lines(path: str) -> list:
+  """A vocab.txt (local or gs://) as a list of tokens (index = id),
+  trailing blank lines dropped."""
+  with tf.io.gfile.GFile(path, "r") as f:
+    vocab = [line.rstrip("\r\n") for line in f]
+  while vocab and not vocab[-1]:
+    vocab.pop()
+  return vocab
+
+
 def _unique_tokens(vocab: Sequence[str]) -> list:
   """The vocabulary with unreachable entries renamed, ids unchanged.
 

@@ -11,10 +11,10 @@ BertPreprocessor from a v1 encoder's vocabulary and flag.
 
 from typing import Tuple
 
-import tensorflow as tf
 from tensorflow.python.util import tf_inspect  # pylint: disable=g-direct-tensorflow-import
 
 from bert_model.preprocess import BertPreprocessor
+from bert_model.preprocess import read_vocab_lines
 
 # Tokens the reference tokenizer (Hugging Face BertTokenizerFast with its
 # defaults) matches verbatim in raw text, when they are in the vocabulary.
@@ -51,15 +51,6 @@ def call_encoder(encoder, encoder_format: str, word_ids, mask, type_ids):
     return outputs
   pooled_output, sequence_output = outputs[0], outputs[1]
   return {"pooled_output": pooled_output, "sequence_output": sequence_output}
-
-
-def read_vocab_lines(path: str) -> list:
-  """A vocab.txt as a list of tokens (index = id), trailing blanks dropped."""
-  with tf.io.gfile.GFile(path, "r") as f:
-    vocab = [line.rstrip("\r\n") for line in f]
-  while vocab and not vocab[-1]:
-    vocab.pop()
-  return vocab
 
 
 def v1_tokenizer_settings(encoder) -> Tuple[str, list, bool]:

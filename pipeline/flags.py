@@ -15,6 +15,7 @@ from typing import Dict, List
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
 from bert_model.loaded_model import POOLING_MODES
 from bert_model.loaded_model import PRECISIONS
 from pipeline.console import LOG_LEVELS
@@ -26,8 +27,10 @@ from transforms.formats import INPUT_FORMATS
 from transforms.formats.fields import DEFAULT_MAX_RECORD_BYTES
 from transforms.guardrails import DEFAULT_MAX_BAD_FRACTION
 from transforms.guardrails import DEFAULT_MAX_REMOVED_FRACTION
+from transforms.neighbours import DEFAULT_BLOCK_SIZE
 from transforms.neighbours import LEVELS as NEIGHBOUR_LEVELS
 from transforms.neighbours import MODES as NEIGHBOUR_MODES
+from transforms.visualize import DEFAULT_PROJECTOR_MAX_POINTS
 
 # Flags of earlier versions, and what to use instead.
 REMOVED_FLAGS = {
@@ -225,7 +228,8 @@ def _add_output_flags(group):
       help="Write projector/vectors.tsv and metadata.tsv for the Embedding "
       "Projector. Default: off.")
   group.add_argument(
-      "--projector_max_points", type=int, default=10000,
+      "--projector_max_points", type=int,
+      default=DEFAULT_PROJECTOR_MAX_POINTS,
       help="Documents in the projector export, smallest ids first "
       "(default: %(default)s).")
   group.add_argument(
@@ -262,7 +266,7 @@ def _add_neighbour_flags(group):
       "FAISS index, with recall@K measured on a sample (default: "
       "%(default)s).")
   group.add_argument(
-      "--neighbours_block_size", type=int, default=4096,
+      "--neighbours_block_size", type=int, default=DEFAULT_BLOCK_SIZE,
       help="Documents per shard in exact mode; memory per worker grows "
       "with its square (default: %(default)s).")
   group.add_argument(
@@ -325,7 +329,7 @@ def _add_performance_flags(group):
       "--max_batch_size", type=int, default=256,
       help="Documents per RunInference batch (default: %(default)s).")
   group.add_argument(
-      "--max_batch_tokens", type=int, default=16384,
+      "--max_batch_tokens", type=int, default=DEFAULT_MAX_CALL_TOKENS,
       help="Padded wordpieces per batch and per encoder call (default: "
       "%(default)s); raise it on a GPU, lower it if the model runs out of "
       "memory.")
@@ -371,21 +375,42 @@ def _add_logging_flags(group):
       "Default: WARNING, or INFO with --verbose.")
 
 
-def _beam_parser(argv) -> argparse.ArgumentParser:
+class _ParserBuilt(Exception):
+  """Stops `get_all_options` once it has built its parser (see below)."""
+
+
+def _beam_parser() -> argparse.ArgumentParser:
   """The parser Beam builds from every options class (ours included).
 
   Got through `get_all_options(add_extra_args_fn=...)`, the public hook that
-  hands a caller Beam's full parser.
+  hands a caller Beam's full parser, stopped before Beam parses anything
+  with it (Beam would warn of unknown flags, and print its whole usage and
+  exit on a bad value). A bad value raises ConfigError instead.
   """
   captured = []
-  PipelineOptions(list(argv)).get_all_options(
-      add_extra_args_fn=captured.append)
-  return captured[0]
+
+  def capture(parser):
+    captured.append(parser)
+    raise _ParserBuilt
+
+  try:
+    PipelineOptions([]).get_all_options(add_extra_args_fn=capture)
+  except _ParserBuilt:
+    pass
+  parser = captured[0]
+
+  def error(message):
+    raise ConfigError(f"{message}. See `python -m pipeline.main --help`.")
+
+  parser.error = error
+  return parser
 
 
 def reject_unknown_flags(argv):
-  """Fails on flags no options class knows (Beam would only warn)."""
-  _, unknown = _beam_parser(argv).parse_known_args(list(argv))
+  """Fails on flags no options class knows (Beam would only warn), and on
+  values a flag cannot take (a number that is not one, a choice not among
+  its choices), with one line that names the flag."""
+  _, unknown = _beam_parser().parse_known_args(list(argv))
   flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")]
   for flag in flags:
     if flag in REMOVED_FLAGS:
@@ -425,5 +450,5 @@ def format_help(with_beam_options: bool = False) -> str:
   if with_beam_options:
     text += ("\nApache Beam pipeline options (every options class, the "
              "pipeline's own again among them):\n" +
-             _beam_parser([]).format_help())
+             _beam_parser().format_help())
   return text

@@ -45,6 +45,31 @@ class JobOutcome:
   manifest: Optional[dict]
 
 
+# The logger with which Beam's DoFn runner logs an exception raised in a
+# DoFn, traceback and all, before the runner raises it again.
+_DOFN_ERRORS_LOGGER = "apache_beam.runners.common"
+
+
+class _RefusalIsNoCrash(logging.Filter):
+  """Drops Beam's log of a guardrail's refusal: it is no crash, and its
+  message is told once, by whoever catches RunRefusedError (pipeline.main
+  prints it)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and
+                isinstance(record.exc_info[1], RunRefusedError))
+
+
+@contextlib.contextmanager
+def _quiet_refusals():
+  logger, refusals = logging.getLogger(_DOFN_ERRORS_LOGGER), _RefusalIsNoCrash()
+  logger.addFilter(refusals)
+  try:
+    yield
+  finally:
+    logger.removeFilter(refusals)
+
+
 def _raise_if_refused(staging_dir: str):
   path = FileSystems.join(staging_dir, REFUSAL_FILE)
   if FileSystems.exists(path):
@@ -83,7 +108,7 @@ def run_job(argv=None, save_main_session=True,
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, plan, time.time())
     try:
-      with watch:
+      with watch, _quiet_refusals():
         result = pipeline.run()
         result.wait_until_finish()
     except Exception:  # pylint: disable=broad-except
@@ -104,6 +129,12 @@ def run_job(argv=None, save_main_session=True,
 def run(argv=None, save_main_session=True) -> PipelineResult:
   """Runs the job to completion; returns the PipelineResult (see run_job)."""
   return run_job(argv, save_main_session).result
+
+
+def check_flags(argv) -> None:
+  """Raises ConfigError on a flag nobody declared, or a value it cannot
+  take: before anything else parses the flags."""
+  reject_unknown_flags(argv)
 
 
 def runs_locally(argv) -> bool:

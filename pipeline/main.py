@@ -59,6 +59,11 @@ def main(argv=None) -> int:
   if "-h" in argv or "--help" in argv or "--help_beam" in argv:
     print(job.help_text(with_beam_options="--help_beam" in argv))
     return EXIT_PUBLISHED
+  try:
+    job.check_flags(argv)
+  except ConfigError as e:
+    print(f"pipeline.main: error: {e}", file=sys.stderr)
+    return EXIT_WRONG_FLAG
   if settings.log_level is None and not job.runs_locally(argv):
     # A remote job is followed through its runner's INFO log: the job's
     # state, its console URL.

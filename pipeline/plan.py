@@ -25,7 +25,6 @@ gs:// model from a local copy, leaves gs:// paths unchecked, and takes no lock.
 
 import dataclasses
 import glob
-import json
 import logging
 from typing import Callable, Optional, Tuple
 
@@ -46,12 +45,17 @@ from pipeline.output_lock import OutputLockedError
 from run_directory.columns import CONTENT_HASH
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import CHUNKS
+from run_directory.layout import EMBEDDINGS
 from run_directory.layout import JSONL
 from run_directory.layout import VERTEX_STATE
 from run_directory.layout import spill_dir
 from run_directory.layout import staging_dir
 from run_directory.layout import STAGING_PREFIX
+from run_directory.layout import TFRECORD
 from run_directory.manifest import load_manifest
+from run_directory.manifest import table_columns
+from run_directory.manifest import table_entry
+from run_directory.manifest import table_paths
 from run_directory.manifest import read_bytes
 from run_directory.manifest import RunNotPublishedError
 from run_directory.tables import embedding_table
@@ -339,17 +343,14 @@ def _previous_run(path: str, model_fingerprint: str,
   except ValueError as e:
     raise ConfigError(f"--previous_run: {e}") from None
   try:
-    embeddings = manifest["outputs"]["embeddings"]
-    files = tuple(FileSystems.join(path, name)
-                  for name in embeddings["tfrecord"])
+    embeddings = table_entry(manifest, EMBEDDINGS)
+    files = tuple(table_paths(path, embeddings, EMBEDDINGS, TFRECORD))
     documents = int(manifest["counts"]["embedded"])
     fingerprint = manifest["model"]["fingerprint"]
-    chunk_files = tuple(
-        FileSystems.join(path, name)
-        for name in manifest["outputs"].get(CHUNKS, {}).get("tfrecord", ()))
-    vertex_state_files = tuple(
-        FileSystems.join(path, name)
-        for name in manifest["outputs"].get(VERTEX_STATE, {}).get(JSONL, ()))
+    chunk_files = _optional_table_paths(path, manifest, CHUNKS, TFRECORD)
+    vertex_state_files = _optional_table_paths(path, manifest, VERTEX_STATE,
+                                               JSONL)
+    columns = table_columns(path, embeddings, EMBEDDINGS) or ()
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ConfigError(
         f"--previous_run={path}: its manifest lacks {e}") from None
@@ -373,11 +374,8 @@ def _previous_run(path: str, model_fingerprint: str,
                      if previous.get(name) != vectors.get(name))
     if changed:
       reason = f"settings changed: {', '.join(changed)}"
-  if not reason:
-    schema = json.loads(read_bytes(
-        FileSystems.join(path, embeddings["bigquery_schema"])))
-    if CONTENT_HASH not in {field["name"] for field in schema}:
-      reason = "the previous run has no content hashes (older layout)"
+  if not reason and CONTENT_HASH not in {c.name for c in columns}:
+    reason = "the previous run has no content hashes (older layout)"
   if reason:
     _LOG.warning("Not reusing embeddings of %s: %s", path, reason)
   return PreviousRun(path=path, run_id=manifest["run_id"],
@@ -385,6 +383,15 @@ def _previous_run(path: str, model_fingerprint: str,
                      reason=reason, documents=documents,
                      chunk_tfrecord_files=chunk_files,
                      vertex_state_files=vertex_state_files)
+
+
+def _optional_table_paths(run_dir: str, manifest: dict, table: str,
+                          format_: str) -> Tuple[str, ...]:
+  """The files of a table the run may not have written (chunks, ...)."""
+  if table not in manifest["outputs"]:
+    return ()
+  return tuple(table_paths(run_dir, table_entry(manifest, table), table,
+                           format_))
 
 
 def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],

@@ -12,8 +12,8 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import ConfigError
+from run_directory.layout import MANIFEST_FILE
 
-MANIFEST_FILE = "manifest.json"
 # Characters Beam's file systems read as a glob.
 _GLOB = re.compile(r"[*?\[\]]")
 

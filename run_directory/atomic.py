@@ -4,6 +4,10 @@ A file is written under a temporary name next to it, then renamed into
 place, so a reader (or a retried attempt) never sees half a file. A failed
 attempt removes its temporary file; a repeated one overwrites it and the
 final file with the same bytes.
+
+A file that must change only after another one is written (the latest
+pointer, after manifest.json) is written in two steps: `stage_text` writes
+its content beside it, `commit_staged` renames it into place.
 """
 
 import json
@@ -46,3 +50,20 @@ def write_json_atomically(path: str, value) -> str:
 
 def write_text_atomically(path: str, text: str) -> str:
   return write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def staged_path(path: str, tag: str) -> str:
+  """Where `stage_text` puts what `path` will hold: beside it."""
+  return f"{path}.{tag}{TEMP_SUFFIX}"
+
+
+def stage_text(path: str, text: str, tag: str) -> str:
+  """Writes what `path` will hold, complete, under a name beside it (the
+  `tag` tells concurrent writers apart); returns that name, for
+  `commit_staged`. Nothing reads `path` differently until then."""
+  return write_text_atomically(staged_path(path, tag), text)
+
+
+def commit_staged(staged: str, path: str) -> None:
+  """Moves a `stage_text` file into place: one rename."""
+  FileSystems.rename([staged], [path])

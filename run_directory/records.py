@@ -134,6 +134,14 @@ def make_snippet(raw) -> str:
   return printable(raw[:SNIPPET_CHARS])
 
 
+def dead_letter_of(document: "Document", stage: str, reason: str,
+                   detail: str) -> DeadLetter:
+  """The dead letter of a document a stage after reading rejects."""
+  return DeadLetter(source=document.source, position=document.position,
+                    stage=stage, reason=reason, detail=detail,
+                    snippet=make_snippet(document.text), id=document.id)
+
+
 def derive_document_id(source: str, text: str,
                        text_pair: Optional[str] = None) -> str:
   """A stable id for a record whose input has none.
@@ -270,6 +278,14 @@ class Chunk(_VectorsOfARow):
   text: str
   vectors: Vectors
   fields: CarriedFields = ()
+
+
+def embedding_of(document: Document, vectors: Vectors,
+                 num_chunks: int = 0) -> Embedding:
+  """The embeddings table's row of a document and its vectors."""
+  return Embedding(id=document.id, text=document.text, source=document.source,
+                   vectors=vectors, num_chunks=num_chunks,
+                   fields=document.fields)
 
 
 def chunk_of(document: Document, index: int, chunk: ChunkVectors) -> Chunk:

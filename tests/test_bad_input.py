@@ -310,6 +310,13 @@ def test_a_file_name_that_is_not_utf8_is_read(tmp_path, tiny_model_dir):
     (["--neighbours_block_size=0"], r"--neighbours_block_size must be a"),
     (["--num_shards=-1"], r"--num_shards must be 0"),
     (["--neighbours_of={tmp}/q-*.jsonl"], r"--neighbours_of=.* matches no"),
+    # Values argparse cannot take: one line naming the flag, not Beam's
+    # usage of every option.
+    (["--max_bad_fraction=abc"], r"^pipeline.main: error: argument "
+     r"--max_bad_fraction: invalid float value: 'abc'\.[^\n]*\n$"),
+    (["--neighbours_mode=foo"], r"--neighbours_mode: invalid choice: 'foo'"),
+    (["--max_bad_fractio=0.2"], r"^pipeline.main: error: unknown flag\(s\): "
+     r"--max_bad_fractio \(did you mean --max_bad_fraction\?\)"),
 ])
 def test_wrong_paths_and_numbers_exit_2_before_anything_runs(
     flags, message, corpus_file, tiny_model_dir, tmp_path, capsys):

@@ -7,6 +7,7 @@ override flag lets the run through.
 """
 
 import json
+import logging
 import os
 
 import pytest
@@ -58,9 +59,11 @@ def _run(workdir, corpus, name, *flags):
   return code, run_dir
 
 
-def _assert_refused(code, run_dir, pointer, pointer_before, capsys, *reasons):
+def _assert_refused(code, run_dir, pointer, pointer_before, capsys, *reasons,
+                    err=None):
   assert code == EXIT_REFUSED
-  err = capsys.readouterr().err
+  if err is None:
+    err = capsys.readouterr().err
   assert "refused to publish" in err
   assert not os.path.exists(os.path.join(run_dir, "manifest.json"))
   assert (pointer.read_text() if pointer.exists() else None) == pointer_before
@@ -95,13 +98,22 @@ def test_a_wrong_text_field_is_refused_whatever_the_limits(workdir, capsys):
     assert "no 'body' field" in top["examples"][0]["detail"]
 
 
-def test_a_corpus_with_30_percent_bad_records(workdir, capsys):
+def test_a_corpus_with_30_percent_bad_records(workdir, capsys, caplog):
   corpus = _corpus(workdir / "corpus.jsonl", good=70, bad=30)
   pointer = workdir / "LATEST"
   code, run_dir = _run(workdir, corpus, "default")
+  err = capsys.readouterr().err
+  # Told once, by pipeline.main: a refusal is no crash, so neither the
+  # publish stage nor Beam's DoFn runner logs it (with a traceback).
+  assert err.count("The run was not published") == 1, err
+  assert "Traceback" not in err
+  assert not [record for record in caplog.records
+              if record.levelno >= logging.ERROR], caplog.text
+  # The reason names the flag that would let the run through.
+  assert "raise it (e.g. --max_bad_fraction=0.31)" in err
   _assert_refused(code, run_dir, pointer, None, capsys,
                   "30 of 100 records (30.0%) were dead-lettered",
-                  "--max_bad_fraction=0.1")
+                  "--max_bad_fraction=0.1", err=err)
   code, run_dir = _run(workdir, corpus, "few", "--max_bad_records=10")
   _assert_refused(code, run_dir, pointer, None, capsys,
                   "more than --max_bad_records=10")
@@ -168,6 +180,16 @@ def test_refusal_reasons():
   assert refusal_reasons(_counts(90, 90, 0, removed=21), with_previous)
   assert refusal_reasons(_counts(90, 90, 0, removed=21), PublishLimits(
       previous_documents=100, allow_large_removal=True)) == []
+  # Each reason names the flag that would let the run through.
+  assert "--max_bad_fraction=0.12" in refusal_reasons(_counts(100, 89, 11),
+                                                      limits)[0]
+  assert "raise it" in refusal_reasons(_counts(100, 95, 5), PublishLimits(
+      max_bad_records=4, max_bad_fraction=None))[0]
+  # Nothing embedded: the documents are "removed" only because none was
+  # embedded, and no flag lets such a run through, so none is suggested.
+  nothing = refusal_reasons(_counts(50, 0, 50, removed=50), with_previous)
+  assert len(nothing) == 1 and "nothing was embedded" in nothing[0]
+  assert "--allow_large_removal" not in nothing[0]
   # The query corpus of --neighbours_of has the same limits.
   reasons = refusal_reasons(_counts(10, 10, 0, queries=_counts(10, 0, 10)),
                             limits)

@@ -7,10 +7,9 @@ from apache_beam.metrics import Metrics
 
 from run_directory.records import chunk_of
 from run_directory.records import ChunkedVectors
-from run_directory.records import DeadLetter
+from run_directory.records import dead_letter_of
 from run_directory.records import Document
-from run_directory.records import Embedding
-from run_directory.records import make_snippet
+from run_directory.records import embedding_of
 from run_directory.records import Reason
 from run_directory.records import Vectors
 from transforms.batching import estimate_tokens
@@ -46,13 +45,6 @@ def has_no_wordpieces(document: Document, vectors: Vectors) -> bool:
   return vectors.num_tokens <= special_tokens
 
 
-def to_embedding(document: Document, vectors: Vectors,
-                 num_chunks: int = 0) -> Embedding:
-  return Embedding(id=document.id, text=document.text, source=document.source,
-                   vectors=vectors, num_chunks=num_chunks,
-                   fields=document.fields)
-
-
 class _SplitInferenceResultsFn(beam.DoFn):
   """(Document, PredictionResult) to an Embedding (and its Chunks, tagged
   CHUNKS), or a dead letter."""
@@ -79,7 +71,7 @@ class _SplitInferenceResultsFn(beam.DoFn):
       self._inferred.inc()
       if vectors.truncated:
         self._truncated.inc()
-      yield to_embedding(document, vectors, num_chunks=len(chunks))
+      yield embedding_of(document, vectors, num_chunks=len(chunks))
       for index, chunk in enumerate(chunks):
         yield beam.pvalue.TaggedOutput(
             CHUNKS, chunk_of(document, index, chunk))
@@ -87,10 +79,7 @@ class _SplitInferenceResultsFn(beam.DoFn):
   def _dead_letter(self, document: Document, reason: str, detail: str):
     self._dead_lettered.inc()
     return beam.pvalue.TaggedOutput(
-        DEAD_LETTERS,
-        DeadLetter(source=document.source, position=document.position,
-                   stage=STAGE, reason=reason, detail=detail,
-                   snippet=make_snippet(document.text), id=document.id))
+        DEAD_LETTERS, dead_letter_of(document, STAGE, reason, detail))
 
 
 def _estimated_tokens(max_seq_length: int, keyed) -> int:

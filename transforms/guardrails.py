@@ -66,17 +66,26 @@ def _bad_record_reasons(counts: Mapping, limits: PublishLimits,
     reasons.append(
         f"{what}: nothing was embedded ({read} records read, {bad} "
         "dead-lettered); check --input and --text_field")
+    # Nothing else to say: no limit lets such a run through.
+    return reasons
   if limits.max_bad_records is not None and bad > limits.max_bad_records:
     reasons.append(
         f"{what}: {bad} records were dead-lettered, more than "
-        f"--max_bad_records={limits.max_bad_records}")
+        f"--max_bad_records={limits.max_bad_records}; raise it if so many "
+        "bad records are expected")
   if (limits.max_bad_fraction is not None and read and
       bad / read > limits.max_bad_fraction):
     reasons.append(
         f"{what}: {bad} of {read} records ({bad / read:.1%}) were "
         f"dead-lettered, more than --max_bad_fraction="
-        f"{limits.max_bad_fraction:g}")
+        f"{limits.max_bad_fraction:g}; raise it (e.g. --max_bad_fraction="
+        f"{_fraction_above(bad / read)}) if so many bad records are expected")
   return reasons
+
+
+def _fraction_above(fraction: float) -> str:
+  """A round limit just above `fraction`, for a message to suggest."""
+  return f"{min(1.0, (int(fraction * 100) + 1) / 100):g}"
 
 
 def refusal_reasons(counts: Mapping, limits: PublishLimits) -> List[str]:
@@ -86,6 +95,10 @@ def refusal_reasons(counts: Mapping, limits: PublishLimits) -> List[str]:
     reasons += _bad_record_reasons(counts["queries"], limits,
                                    "--neighbours_of queries")
   removed, previous = counts.get("removed", 0), limits.previous_documents
+  if counts["embedded"] == 0:
+    # Every document "removed" is one that was not embedded tonight: the
+    # reason above says why; --allow_large_removal would not help.
+    return reasons
   if (previous and limits.max_removed_fraction is not None and
       not limits.allow_large_removal and
       removed / previous > limits.max_removed_fraction):

@@ -34,9 +34,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsList
 from apache_beam.pvalue import AsSingleton
 
+from run_directory.atomic import commit_staged
+from run_directory.atomic import stage_text
 from run_directory.atomic import write_atomically
 from run_directory.atomic import write_json_atomically
-from run_directory.atomic import write_text_atomically
 from run_directory.bigquery_scripts import write_bigquery_scripts
 from run_directory.layout import BIGQUERY
 from run_directory.layout import BIGQUERY_SCHEMA
@@ -180,14 +181,13 @@ class PublishRun(beam.PTransform):
     move_into_place(self._staging_dir, self._run_dir, listed)
     staged_pointer = None
     if self._latest_pointer:
-      staged_pointer = f"{self._latest_pointer}.{self._run_id}.tmp"
-      write_text_atomically(staged_pointer, self._run_dir + "\n")
+      staged_pointer = stage_text(self._latest_pointer, self._run_dir + "\n",
+                                  tag=self._run_id)
     write_json_atomically(
         FileSystems.join(self._run_dir, MANIFEST_FILE), manifest)
     # Published. What is left only tidies up, and may not fail the run.
     if staged_pointer:
-      _without_failing(FileSystems.rename, [staged_pointer],
-                       [self._latest_pointer])
+      _without_failing(commit_staged, staged_pointer, self._latest_pointer)
     if FileSystems.exists(self._staging_dir):
       _without_failing(FileSystems.delete, [self._staging_dir])
     return manifest
@@ -206,9 +206,9 @@ class PublishRun(beam.PTransform):
     }
     path = FileSystems.join(self._staging_dir, REFUSAL_FILE)
     write_json_atomically(path, refusal)
-    message = f"{describe_refusal(refusal)}\nDetails: {path}"
-    _LOG.error("%s", message)
-    raise RunRefusedError(message)
+    # Raised, not logged: whoever runs the job tells it (pipeline.main
+    # prints it once; on Dataflow it is the failed job's error).
+    raise RunRefusedError(f"{describe_refusal(refusal)}\nDetails: {path}")
 
 
 def _without_failing(step, *args):

@@ -31,7 +31,7 @@ from run_directory.embeddings import vectors_from_examples
 from run_directory.records import chunk_of
 from run_directory.records import content_hash
 from run_directory.records import Document
-from run_directory.records import Embedding
+from run_directory.records import embedding_of
 from transforms.names import COUNTERS
 from transforms.names import METRICS_NAMESPACE
 from transforms.progress import PROGRESS
@@ -130,6 +130,9 @@ class _SplitByReuseFn(beam.DoFn):
   def __init__(self):
     self._reused = Metrics.counter(METRICS_NAMESPACE, COUNTERS.reused)
     self._removed = Metrics.counter(METRICS_NAMESPACE, COUNTERS.removed)
+    # A carried-over document that was cut is still cut in this run: the
+    # counter means what the manifest's `truncated` means.
+    self._truncated = Metrics.counter(METRICS_NAMESPACE, COUNTERS.truncated)
 
   def process(self, grouped):
     document_id, group = grouped
@@ -150,12 +153,11 @@ class _SplitByReuseFn(beam.DoFn):
       yield document
       return
     self._reused.inc()
+    if vectors.truncated:
+      self._truncated.inc()
     PROGRESS.add_skipped()
     yield beam.pvalue.TaggedOutput(
-        REUSED,
-        Embedding(id=document.id, text=document.text, source=document.source,
-                  vectors=vectors, num_chunks=num_chunks,
-                  fields=document.fields))
+        REUSED, embedding_of(document, vectors, num_chunks))
     for index, chunk in chunks:
       yield beam.pvalue.TaggedOutput(
           REUSED_CHUNKS, chunk_of(document, index, chunk))

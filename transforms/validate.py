@@ -20,9 +20,9 @@ from typing import Iterable, Iterator, Optional, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from run_directory.records import dead_letter_of
 from run_directory.records import DeadLetter
 from run_directory.records import Document
-from run_directory.records import make_snippet
 from run_directory.records import Reason
 from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
@@ -67,14 +67,7 @@ def duplicates_of(kept: Document,
 
 
 def _dead_letter(document: Document, reason: str, detail: str) -> DeadLetter:
-  return DeadLetter(
-      source=document.source,
-      position=document.position,
-      stage=STAGE,
-      reason=reason,
-      detail=detail,
-      snippet=make_snippet(document.text),
-      id=document.id)
+  return dead_letter_of(document, STAGE, reason, detail)
 
 
 def empty_text_dead_letter(document: Document) -> DeadLetter:

@@ -24,6 +24,9 @@ from run_directory.layout import SIMILARITY_PLOT_FILE
 from run_directory.records import Embedding
 
 _LABEL_CHARS = 40
+# Documents in the projector export by default (--projector_max_points): the
+# Embedding Projector stays responsive in a browser up to about this many.
+DEFAULT_PROJECTOR_MAX_POINTS = 10_000
 
 
 def _label(text: str) -> str:
@@ -144,7 +147,8 @@ class WriteProjectorFiles(beam.PTransform):
   Returns a PCollection of the two written paths.
   """
 
-  def __init__(self, run_dir: str, max_points: int = 10000):
+  def __init__(self, run_dir: str,
+               max_points: int = DEFAULT_PROJECTOR_MAX_POINTS):
     super().__init__()
     self._dir = FileSystems.join(run_dir, PROJECTOR)
     self._max_points = max_points
