@@ -298,6 +298,11 @@ def _check_names(config: RunConfig):
     raise ConfigError(
         f"--run_id={out.run_id!r}: use letters, digits, '.', '_' and '-' "
         "only.")
+  for flag in ("id_field", "text_field"):
+    if not getattr(config.input, flag).strip():
+      raise ConfigError(
+          f"--{flag} is empty: name the field, column or feature that holds "
+          f"the {flag.split('_')[0]}, or leave the flag out for the default.")
   pair, text = config.input.text_pair_field, config.input.text_field
   if pair is not None and (not pair or pair == text):
     raise ConfigError(

@@ -56,7 +56,15 @@ def check_input(flag: str, pattern: str):
       raise ConfigError(
           f"{flag}={pattern} matches no file. Check the path; quote a glob so "
           "that the shell does not expand it.")
-    raise ConfigError(f"{flag}={pattern} does not exist.")
+    hint = "Check the path"
+    if _is_local(pattern):
+      nearest = os.path.dirname(os.path.abspath(pattern))
+      while not os.path.isdir(nearest):
+        nearest = os.path.dirname(nearest)
+      hint += f" (the nearest directory that exists is {nearest})"
+    raise ConfigError(
+        f"{flag}={pattern} does not exist. {hint}, or pass a glob such as "
+        f"{flag}='data/*.jsonl'.")
 
 
 def check_output(output: str):

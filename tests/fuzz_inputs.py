@@ -50,7 +50,7 @@ HOSTILE = [
     b"[" * 3000, b'{"a":' * 1200, b"9" * 5000, b"1e99999", b"-0",
     b'"\\ud800"', b'"\\udfff\\ud800"', b"\\u0000", b"\x00", b"\x00" * 64,
     b"\x1b[31m", b"\x7f\x85", b"\xff\xfe", b"\xc3", b"\xed\xa0\x80",
-    b"\xef\xbb\xbf", b'"', b'""', b'"\n"', b"\t", b"\r", b"\r\n", b"\n",
+    b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe\x00\x00", b'"', b'""', b'"\n"', b"\t", b"\r", b"\r\n", b"\n",
     b"\n\n\n", b",", b",,,,", "\u2028\u2029\u200b\u00ad".encode(),
     b"PAR1", b"\x28\xb5\x2f\xfd", b"\x1f\x8b\x08",
     b"\x00\x00\x00\x00\x00\x01\x00\x00",  # a TFRecord length of 2^48

@@ -176,6 +176,49 @@ def test_tsv_has_no_quoting():
 
 
 # ---------------------------------------------------------------------------
+# Encodings and repeated fields (found by the second probe of issue 14).
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize("input_format, content", [
+    ("text", "first line \u00e9\nsecond \u65e5\u672c\r\nthird"),
+    ("csv", 'id,text\n1,"caf\u00e9, quoted"\n2,plain\n'),
+    ("tsv", "id\ttext\n1\tcaf\u00e9\n2\tplain\n"),
+    ("jsonl", '{"id": "1", "text": "caf\u00e9"}\n{"id": "2", "text": "x"}\n'),
+])
+def test_a_file_with_a_utf16_or_utf32_byte_order_mark_reads_like_utf8(
+    input_format, content, encoding):
+  # What Windows tools save as "Unicode": read as its UTF-8 twin, not as
+  # lines of NUL-laden text (utf-16 and utf-32 write their mark first).
+  data = content.encode(encoding)
+  if encoding == "utf-16-be":
+    data = b"\xfe\xff" + data
+  expected = _read(input_format, content.encode("utf-8"), "u")
+  assert all(isinstance(r, Document) for r in expected)
+  assert _read(input_format, data, "u") == expected
+
+
+def test_bytes_a_utf16_file_cannot_decode_reject_only_their_line():
+  data = (b"\xff\xfe" + "ok\n".encode("utf-16-le") + b"\x00\xd8" +
+          "lone surrogate\n".encode("utf-16-le") +
+          "after\n".encode("utf-16-le") + b"A")  # and an odd last byte
+  assert _kinds(_read("text", data)) == [(0, "doc"), (1, UTF8), (2, "doc"),
+                                         (3, UTF8)]
+
+
+def test_a_field_a_record_needs_twice_rejects_the_record():
+  records = _read("jsonl", b'{"id": "a", "text": "x", "text": "y"}\n'
+                  b'{"id": "b", "text": "ok", "other": 1, "other": 2}\n')
+  assert _kinds(records) == [(0, MALFORMED), (1, "doc")]
+  assert "'text' twice" in records[0].detail
+  for input_format, sep in (("csv", ","), ("tsv", "\t")):
+    header = sep.join(["id", "text", "text"])
+    records = _read(input_format, f"{header}\n1{sep}a{sep}b\n".encode())
+    assert _kinds(records) == [(0, MALFORMED)]
+    assert "column 'text' twice" in records[0].detail
+
+
+# ---------------------------------------------------------------------------
 # Parquet.
 
 
@@ -305,6 +348,11 @@ def test_a_file_name_that_is_not_utf8_is_read(tmp_path, tiny_model_dir):
     (["--latest_pointer={tmp}"], r"is a directory; name a file inside it"),
     (["--latest_pointer={tmp}/corpus.jsonl/LATEST"],
      r"corpus.jsonl is a file, not a directory"),
+    (["--input={tmp}/no/such/dir/c.jsonl"],
+     r"does not exist\. Check the path \(the nearest directory that exists "
+     r"is .*\)"),
+    (["--text_field="], r"--text_field is empty: name the field"),
+    (["--id_field= "], r"--id_field is empty: name the field"),
     (["--max_seq_length=0"], r"--max_seq_length must be a positive integer"),
     (["--max_record_bytes=0"], r"--max_record_bytes must be a positive"),
     (["--neighbours_block_size=0"], r"--neighbours_block_size must be a"),
@@ -421,4 +469,5 @@ def test_nothing_after_the_manifest_can_fail_a_published_run(
   assert code == 0  # published: the manifest is there
   assert read_outputs.load_manifest(run_dir)["counts"]["embedded"] == 1
   assert not pointer.exists()
-  assert "The run is published, but rename" in caplog.text
+  assert "The run is published, but moving" in caplog.text
+  assert "LATEST into place failed" in caplog.text

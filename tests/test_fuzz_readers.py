@@ -56,15 +56,24 @@ test_damaged_parquet_files_lose_nothing = _fuzz("parquet")
 test_damaged_tfrecord_files_lose_nothing = _fuzz("tfrecord")
 
 
+# Line formats may come in UTF-16 or UTF-32, with a byte-order mark.
+_LINE_FORMATS = ("text", "jsonl", "csv", "tsv")
+
+
 @settings(deadline=None)
 @given(st.sampled_from(sorted(WRITERS)), records_of(
     st.one_of(st.text(max_size=60), st.sampled_from(SENTENCES))),
-       st.sampled_from(sorted(COMPRESSORS)))
-def test_valid_files_read_back_as_written(input_format, records, suffix):
+       st.sampled_from(sorted(COMPRESSORS)),
+       st.sampled_from(["utf-8", "utf-16", "utf-32"]))
+def test_valid_files_read_back_as_written(input_format, records, suffix,
+                                          encoding):
   if input_format in formats.RANDOM_ACCESS_FORMATS:
     suffix = ""
   name = f"valid{EXTENSIONS[input_format]}{suffix}"
-  data = COMPRESSORS[suffix](WRITERS[input_format](records))
+  data = WRITERS[input_format](records)
+  if input_format in _LINE_FORMATS and encoding != "utf-8":
+    data = data.decode("utf-8").encode(encoding)
+  data = COMPRESSORS[suffix](data)
   read = read_all(input_format, name, data)
   check_records(read, name)
   expected_texts = [text for _, text in records]

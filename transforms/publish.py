@@ -187,9 +187,11 @@ class PublishRun(beam.PTransform):
         FileSystems.join(self._run_dir, MANIFEST_FILE), manifest)
     # Published. What is left only tidies up, and may not fail the run.
     if staged_pointer:
-      _without_failing(commit_staged, staged_pointer, self._latest_pointer)
+      _without_failing(f"moving {self._latest_pointer} into place",
+                       commit_staged, staged_pointer, self._latest_pointer)
     if FileSystems.exists(self._staging_dir):
-      _without_failing(FileSystems.delete, [self._staging_dir])
+      _without_failing(f"removing {self._staging_dir}", FileSystems.delete,
+                       [self._staging_dir])
     return manifest
 
 
@@ -211,9 +213,8 @@ class PublishRun(beam.PTransform):
     raise RunRefusedError(f"{describe_refusal(refusal)}\nDetails: {path}")
 
 
-def _without_failing(step, *args):
+def _without_failing(what: str, step, *args):
   try:
     step(*args)
   except Exception as error:  # pylint: disable=broad-except
-    _LOG.error("The run is published, but %s%s failed: %s", step.__name__,
-               args, error)
+    _LOG.error("The run is published, but %s failed: %s", what, error)

@@ -66,12 +66,13 @@ def similarity_heatmap_png(labels: Sequence[str], vectors: np.ndarray,
   axes.set_title(title, parse_math=False, usetex=False)
   figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04,
                   label="cosine similarity")
-  figure.tight_layout()
   buffer = io.BytesIO()
   with warnings.catch_warnings():
     # Scripts the bundled font lacks (CJK, say) show as boxes; say so once
-    # in the README rather than once per glyph in the logs.
+    # in the docs rather than once per glyph in the logs. Text is laid out
+    # (and the glyphs looked up) by tight_layout as well as by savefig.
     warnings.simplefilter("ignore", UserWarning)
+    figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
   return buffer.getvalue()
 

@@ -12,7 +12,9 @@ at all; a quote is an ordinary character.
 
 Both: blank lines hold no record and are skipped. A header without the text
 column makes every row a MISSING_FIELD dead letter, so that each row is still
-accounted for; a header without the id column means derived ids. Lines are
+accounted for (a header that names a column the record needs twice makes
+every row MALFORMED_RECORD); a header without the id column means derived
+ids. Lines are
 decoded with surrogateescape, so a bad byte lands in its row's cells, and the
 row is rejected as INVALID_UTF8 only if it is in a cell the record needs.
 """
@@ -25,6 +27,7 @@ from typing import BinaryIO, Iterator, List, Optional
 from run_directory.records import Document
 from run_directory.records import Reason
 from transforms.formats.carried import carried_fields
+from transforms.formats.fields import ambiguous
 from transforms.formats.fields import check_unicode
 from transforms.formats.fields import document
 from transforms.formats.fields import missing
@@ -58,6 +61,10 @@ class _Columns:
     self.carried = {field.name: _index(header, field.name)
                     for field in spec.carried}
     self.spec = spec
+    # Columns the record needs that the header names twice: every row is
+    # rejected, since which of the two cells is meant is unknown.
+    self.repeated = {name for name in spec.field_names
+                     if header.count(name) > 1}
 
 
 def _index(header: List[str], name: str) -> Optional[int]:
@@ -75,6 +82,8 @@ def _required_cell(row: List[str], columns: _Columns, column: Optional[int],
 def _row_document(row: List[str], columns: _Columns, source: str,
                   position: int) -> Document:
   header, spec = columns.header, columns.spec
+  if columns.repeated:
+    raise ambiguous(columns.repeated, "column")
   if len(row) != len(header):
     raise Rejected(
         Reason.MALFORMED_RECORD,

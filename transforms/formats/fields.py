@@ -58,6 +58,15 @@ class RecordSpec:
       raise ValueError(
           f"max_record_bytes must be positive, got {self.max_record_bytes}")
 
+  @property
+  def field_names(self) -> frozenset:
+    """Every field a record's values are taken from."""
+    names = {self.id_field, self.text_field}
+    names.update(field.name for field in self.carried)
+    if self.text_pair_field is not None:
+      names.add(self.text_pair_field)
+    return frozenset(names)
+
 
 class Rejected(Exception):
   """A record that cannot become a Document, and why."""
@@ -77,6 +86,16 @@ class Rejected(Exception):
         detail=self.detail,
         snippet=make_snippet(raw),
         id=self.doc_id)
+
+
+def ambiguous(names: Iterable[str], kind: str = "field") -> Rejected:
+  """The rejection of a record that names a field it needs twice: which of
+  the two values is meant is unknown."""
+  shown = ", ".join(repr(name) for name in sorted(names))
+  return Rejected(
+      Reason.MALFORMED_RECORD,
+      f"the record has the {kind} {shown} twice; which value is meant is "
+      "unknown")
 
 
 def too_large(size: int, limit: int, what: str = "record") -> Rejected:

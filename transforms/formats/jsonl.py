@@ -3,7 +3,9 @@
 Every line, blank ones too, is a record: positions are 0-based line numbers.
 A line that is not a JSON object is MALFORMED_RECORD, and only that line:
 whatever it holds (nesting a thousand deep, a number of 5,000 digits, lone
-surrogate escapes) the lines after it are read as usual.
+surrogate escapes) the lines after it are read as usual. A record that
+holds a field it needs (the id, the text, ...) twice is MALFORMED_RECORD too:
+which value is meant is unknown.
 """
 
 import json
@@ -12,6 +14,7 @@ from typing import BinaryIO, Iterator, Optional
 from run_directory.records import Document
 from run_directory.records import Reason
 from transforms.formats.carried import carried_fields
+from transforms.formats.fields import ambiguous
 from transforms.formats.fields import check_unicode
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
@@ -37,6 +40,21 @@ class _LongInteger(str):
   """
 
 
+class _JsonObject(dict):
+  """A JSON object, and the keys it holds more than once (JSON allows it;
+  Python's json module keeps the last value)."""
+  repeated_keys = frozenset()
+
+
+def _json_object(pairs: list) -> _JsonObject:
+  json_object = _JsonObject(pairs)
+  if len(json_object) != len(pairs):
+    seen = set()
+    json_object.repeated_keys = frozenset(
+        key for key, _ in pairs if key in seen or seen.add(key))
+  return json_object
+
+
 def _parse_int(digits: str):
   if len(digits) > _MAX_INT_DIGITS:
     return _LongInteger(digits)
@@ -50,7 +68,8 @@ def _type_name(value) -> str:
 def parse_json_object(line: bytes) -> dict:
   """The JSON object on a line; Rejected if it is not one."""
   try:
-    record = json.loads(decode_utf8(line, "line"), parse_int=_parse_int)
+    record = json.loads(decode_utf8(line, "line"), parse_int=_parse_int,
+                        object_pairs_hook=_json_object)
   except ValueError as error:  # json.JSONDecodeError is one
     raise Rejected(Reason.MALFORMED_RECORD, f"invalid JSON: {error}") from None
   except RecursionError:
@@ -94,6 +113,9 @@ def _id_from_json(value, id_field: str) -> Optional[str]:
 def _jsonl_document(line: bytes, source: str, position: int,
                     spec: RecordSpec) -> Document:
   record = parse_json_object(line)
+  repeated = record.repeated_keys & spec.field_names
+  if repeated:
+    raise ambiguous(repeated)
   doc_id = _id_from_json(record.get(spec.id_field), spec.id_field)
   text = _json_text(record, spec.text_field, "--text_field", doc_id)
   text_pair = None

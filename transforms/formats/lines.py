@@ -4,11 +4,25 @@
 would cost gigabytes once decoded and copied. Here a line longer than the
 limit is read on in pieces and dropped, and reported as `OversizedLine`, so
 a reader's memory is bounded by the limit whatever the input.
+
+Lines are UTF-8. A file that starts with a UTF-16 or UTF-32 byte-order mark
+(what Windows tools write as "Unicode") is read in that encoding and its
+lines given as UTF-8, so it reads like its UTF-8 twin; bytes that encoding
+cannot decode stay as they are, and reject their line as invalid UTF-8.
 """
 
-from typing import BinaryIO, Iterator, NamedTuple, Union
+import codecs
+import io
+from typing import BinaryIO, Iterator, NamedTuple, Optional, Union
 
-_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF8_BOM = codecs.BOM_UTF8
+# Longest first: UTF-32-LE's mark begins with UTF-16-LE's.
+_UNICODE_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 # Pieces in which the rest of an oversized line is read and dropped.
 _DISCARD_PIECE = 1 << 20
 
@@ -35,6 +49,7 @@ def iter_lines(stream: BinaryIO, max_bytes: int) -> Iterator[Line]:
   A line whose content (terminator excluded) exceeds `max_bytes` comes as an
   OversizedLine. `stream` must support `readline(size)` (any io reader does).
   """
+  stream = _as_utf8(stream)
   first = True
   while True:
     # Two more bytes than the limit: room for a "\r\n" after a full line.
@@ -62,3 +77,52 @@ def _discard_rest_of_line(stream: BinaryIO) -> int:
     size += len(piece)
     if not piece or piece.endswith(b"\n"):
       return size
+
+
+class _Utf8Lines:
+  """The lines of a UTF-16 or UTF-32 text stream, as UTF-8 bytes.
+
+  readline(size) reads at most `size` characters, which may encode to more
+  bytes: iter_lines measures the bytes it gets, so its limit still holds.
+  """
+
+  def __init__(self, stream: BinaryIO, encoding: str):
+    # The codec reads the byte-order mark and takes its byte order from it.
+    # Only "\n" ends a line, as in a UTF-8 file.
+    self._text = io.TextIOWrapper(stream, encoding=encoding,
+                                  errors=_UNDECODABLE, newline="\n")
+
+  def readline(self, size: int = -1) -> bytes:
+    # A lone surrogate encodes to bytes that are not UTF-8: its line is then
+    # rejected (invalid_utf8) by the reader's own check.
+    return self._text.readline(size).encode("utf-8", errors="surrogatepass")
+
+
+def _keep_undecodable(error: UnicodeDecodeError):
+  """Each byte the codec cannot decode becomes a lone surrogate: kept, and
+  never valid text (surrogateescape does this for bytes >= 0x80 only)."""
+  bad = error.object[error.start:error.end]
+  return "".join(chr(0xDC00 + byte) for byte in bad), error.end
+
+
+_UNDECODABLE = "bert_embeddings_keep_undecodable"
+codecs.register_error(_UNDECODABLE, _keep_undecodable)
+
+
+def _unicode_encoding(stream) -> Optional[str]:
+  """UTF-16 or UTF-32 when the stream starts with that byte-order mark."""
+  head = stream.peek(4)[:4]
+  for bom, encoding in _UNICODE_BOMS:
+    if head.startswith(bom):
+      return encoding
+  return None
+
+
+def _as_utf8(stream: BinaryIO):
+  # Input files come as io.BufferedReader (compression.open_stream), which
+  # can look at the first bytes without consuming them; a stream that
+  # cannot is read as UTF-8.
+  if not hasattr(stream, "peek"):
+    return stream
+  encoding = _unicode_encoding(stream)
+  return stream if encoding is None else _Utf8Lines(stream, encoding)
