@@ -22,7 +22,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from tfx_bsl.coders import example_coder
 
 from run_directory.arrow import example_layout_arrow_schema
 from run_directory.arrow import from_example_layout
@@ -38,6 +37,7 @@ from run_directory.manifest import load_manifest
 from run_directory.manifest import table_columns
 from run_directory.manifest import table_entry
 from run_directory.manifest import table_paths
+from run_directory.tfrecord import ExamplesDecoder
 from run_directory.tfrecord import iter_frames
 
 # Examples decoded per Arrow batch when reading TFRecord.
@@ -121,8 +121,8 @@ def _read_parquet(paths: Sequence[str], columns) -> pa.Table:
 
 
 def read_tfrecord(paths: Sequence[str], columns) -> pa.Table:
-  # tfx-bsl decodes whole batches of tf.Examples in C++.
-  decoder = example_coder.ExamplesToRecordBatchDecoder()
+  # Whole batches of tf.Examples decoded at once, in C++.
+  decoder = ExamplesDecoder()
   schema = (
       None if columns is None else example_layout_arrow_schema(columns))
   batches = []
@@ -130,7 +130,7 @@ def read_tfrecord(paths: Sequence[str], columns) -> pa.Table:
     with _open(path) as f:
       records = list(iter_frames(f))
     for start in range(0, len(records), _DECODE_BATCH_SIZE):
-      decoded = decoder.DecodeBatch(records[start:start + _DECODE_BATCH_SIZE])
+      decoded = decoder.decode(records[start:start + _DECODE_BATCH_SIZE])
       batches.append(
           decoded if schema is None else from_example_layout(decoded, schema))
   if not batches:

@@ -21,7 +21,6 @@ import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from tfx_bsl.coders import example_coder
 
 from run_directory.arrow import to_arrow_schema
 from run_directory.atomic import write_atomically
@@ -36,6 +35,7 @@ from run_directory.layout import VERTEX_DELETE
 from run_directory.layout import VERTEX_JSON
 from run_directory.tables import Table
 from run_directory.tfrecord import canonical_example
+from run_directory.tfrecord import encode_examples
 from run_directory.tfrecord import encode_frame
 
 # Rows per Arrow batch for the TFRecord and Parquet paths: large enough that
@@ -139,9 +139,8 @@ class ShardWriter:
 
   def _write_tfrecord(self, f: BinaryIO, rows: Sequence, path: str):
     del path  # unused
-    encoder = example_coder.RecordBatchToExamplesEncoder()
     for batch in _batches(rows, self.batch_size):
-      for example in encoder.encode(self.table.to_examples(batch)):
+      for example in encode_examples(self.table.to_examples(batch)):
         f.write(encode_frame(canonical_example(example)))
 
   def _write_avro(self, f: BinaryIO, rows: Sequence, path: str):

@@ -24,7 +24,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 from hypothesis import strategies as st
-from tfx_bsl.coders import example_coder
 
 from run_directory.records import DeadLetter
 from run_directory.records import DETAIL_CHARS
@@ -33,6 +32,7 @@ from run_directory.records import SNIPPET_CHARS
 from run_directory.tables import dead_letter_to_row
 from run_directory.tfrecord import canonical_example
 from run_directory.tfrecord import encode_frame
+from run_directory.tfrecord import encode_examples
 from tests import real_files
 from tests.real_text import real_sentences
 from transforms import formats
@@ -155,7 +155,7 @@ def write_tfrecord(records) -> bytes:
       "text": pa.array([[t.encode()] for _, t in records],
                        pa.list_(pa.binary())),
   })
-  examples = example_coder.RecordBatchToExamplesEncoder().encode(batch)
+  examples = encode_examples(batch)
   # Canonical bytes: the encoder's feature order changes from run to run,
   # and Hypothesis needs the same file from the same draws.
   return b"".join(encode_frame(canonical_example(e)) for e in examples)

@@ -1,8 +1,9 @@
 """Shared test data for the run-directory writers and readers.
 
-Rows of every table (embeddings, neighbours, dead letters), the write stage
-set up as the pipeline sets it up, and a manifest for what a test pipeline
-wrote. Used by test_write and test_read_outputs.
+Rows of every table (embeddings, neighbours, dead letters), a shard writer
+of every format, the write stage set up as the pipeline sets it up, and a
+manifest for what a test pipeline wrote. Used by test_write and
+test_read_outputs.
 """
 
 import json
@@ -14,13 +15,17 @@ import numpy as np
 
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import BIGQUERY_SCHEMA
+from run_directory.layout import EMBEDDINGS
+from run_directory.layout import FORMATS
 from run_directory.layout import JSONL
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import relative_to_run_dir
+from run_directory.layout import shard_prefix
 from run_directory.records import DeadLetter
 from run_directory.records import Embedding
 from run_directory.records import Vectors
 from run_directory.shards import DEFAULT_BATCH_SIZE
+from run_directory.shards import ShardWriter
 from run_directory.tables import embedding_table
 from run_directory.tables import ERROR_ROWS_PER_SHARD
 from run_directory.tables import error_table
@@ -31,6 +36,11 @@ from transforms.write import WriteTable
 H = 6
 RUN_ID = "run-2024-01-01"
 FINGERPRINT = "sha256:abc"
+# Every optional column of the embeddings table: per-token vectors (float16)
+# and two encoder layers.
+FULL_SPEC = EmbeddingTableSpec(
+    hidden_size=H, sequence_output=True, sequence_dtype="float16",
+    encoder_layers=(0, 2))
 
 def write_jsonl(path, records) -> str:
   """A JSONL corpus of `records` (dicts) at `path`; returns the path."""
@@ -38,6 +48,14 @@ def write_jsonl(path, records) -> str:
     for record in records:
       f.write(json.dumps(record) + "\n")
   return str(path)
+
+
+def all_format_writer(output_dir: str, batch_size: int = 2) -> ShardWriter:
+  """A shard writer of the FULL_SPEC embeddings table in every format."""
+  return ShardWriter(
+      embedding_table(FULL_SPEC, RUN_ID, FINGERPRINT),
+      {fmt: shard_prefix(output_dir, EMBEDDINGS, fmt) for fmt in FORMATS},
+      batch_size)
 
 
 def make_embeddings(n: int, spec: EmbeddingTableSpec, seed: int = 0):

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pytest
 import tensorflow as tf
 from google.cloud.bigquery import SchemaField
-from tfx_bsl.coders import example_coder
 
 from run_directory import arrow as arrow_lib
 from run_directory import avro as avro_lib
@@ -26,6 +25,8 @@ from run_directory.records import Chunk
 from run_directory.records import DeadLetter
 from run_directory.records import Embedding
 from run_directory.records import Vectors
+from run_directory.tfrecord import encode_examples
+from run_directory.tfrecord import ExamplesDecoder
 
 H = 8
 FULL_SPEC = EmbeddingTableSpec(
@@ -344,7 +345,7 @@ def test_record_batch_encodes_to_tf_examples():
   batch = [make_embedding(rng, f"d{i}", num_tokens=3 + i) for i in range(3)]
   record_batch = embeddings_lib.embeddings_to_record_batch(
       batch, FULL_SPEC, "run-1", "fp-1")
-  examples = example_coder.RecordBatchToExamplesEncoder().encode(record_batch)
+  examples = encode_examples(record_batch)
   assert len(examples) == 3
   for e, serialized in zip(batch, examples):
     f = _decode(serialized)
@@ -373,8 +374,8 @@ def test_record_batch_float16_sequence_is_one_bytes_value():
   rng = np.random.default_rng(6)
   batch = [make_embedding(rng, f"d{i}", num_tokens=2 + i, layers=(2,))
            for i in range(3)]
-  examples = example_coder.RecordBatchToExamplesEncoder().encode(
-      embeddings_lib.embeddings_to_record_batch(batch, FLOAT16_SPEC, "r", "f"))
+  examples = encode_examples(embeddings_lib.embeddings_to_record_batch(
+      batch, FLOAT16_SPEC, "r", "f"))
   for e, serialized in zip(batch, examples):
     f = _decode(serialized)
     (data,) = f["sequence_embedding"].bytes_list.value
@@ -423,7 +424,7 @@ def test_neighbour_rows_to_tf_examples():
           {"id": "a", "rank": r, "neighbour_id": f"n{r}", "score": 1 / r},
           "run", "fp") for r in (1, 2)
   ]
-  examples = example_coder.RecordBatchToExamplesEncoder().encode(
+  examples = encode_examples(
       arrow_lib.rows_to_record_batch(rows, tables.NEIGHBOUR_COLUMNS))
   f = _decode(examples[1])
   assert f["id"].bytes_list.value == [b"a"]
@@ -484,10 +485,9 @@ def test_chunk_converters_agree_and_round_trip():
       chunk_columns(CHUNKED_SPEC))
   assert arrow.to_pylist() == [
       embeddings_lib.chunk_to_row(c, CHUNKED_SPEC, "r", "f") for c in batch]
-  examples = example_coder.RecordBatchToExamplesEncoder().encode(
-      embeddings_lib.chunks_to_record_batch(batch, CHUNKED_SPEC, "r", "f"))
-  decoded = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(
-      examples)
+  examples = encode_examples(embeddings_lib.chunks_to_record_batch(
+      batch, CHUNKED_SPEC, "r", "f"))
+  decoded = ExamplesDecoder().decode(examples)
   back = list(embeddings_lib.chunks_from_examples(decoded, CHUNKED_SPEC))
   assert [(d, i, c.start, c.end) for d, i, c in back] == [
       (c.document_id, c.chunk_index, c.start, c.end) for c in batch]

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
-from tfx_bsl.coders import example_coder
 
 from pipeline import read_outputs
 from pipeline.local_runner import LocalRunner
@@ -27,12 +26,13 @@ from run_directory import columns
 from run_directory import embeddings as embeddings_lib
 from run_directory import layout
 from run_directory import readers
-from run_directory import shards
 from run_directory import tables
 from run_directory import tfrecord
 from run_directory.embeddings import embedding_columns
 from run_directory.embeddings import EmbeddingTableSpec
+from tests.run_fixtures import all_format_writer
 from tests.run_fixtures import FINGERPRINT
+from tests.run_fixtures import FULL_SPEC
 from tests.run_fixtures import H
 from tests.run_fixtures import make_dead_letters
 from tests.run_fixtures import make_embeddings
@@ -304,11 +304,6 @@ def test_relative_to_run_dir():
 
 # --- Deterministic, sorted shards ---------------------------------------------
 
-FULL_SPEC = EmbeddingTableSpec(
-    hidden_size=H, sequence_output=True, sequence_dtype="float16",
-    encoder_layers=(0, 2))
-
-
 def expected_shard(key: str, num_shards: int) -> int:
   """The documented shard function, computed independently of the code."""
   digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
@@ -505,17 +500,10 @@ def test_default_rows_per_shard_bounds_a_shard_in_memory():
   assert tables.default_embedding_rows_per_shard(half) > rows
 
 
-def _all_format_writer(output_dir: str, batch_size: int = 2):
-  return shards.ShardWriter(
-      tables.embedding_table(FULL_SPEC, RUN_ID, FINGERPRINT),
-      {fmt: layout.shard_prefix(output_dir, layout.EMBEDDINGS, fmt)
-       for fmt in layout.FORMATS}, batch_size)
-
-
 def test_a_retried_shard_write_leaves_the_same_files_and_no_temporaries(
     tmp_path):
   out = str(tmp_path / "out")
-  writer = _all_format_writer(out)
+  writer = all_format_writer(out)
   embeddings = make_embeddings(5, FULL_SPEC)
   paths = writer.write(1, 3, embeddings)
   assert sorted(paths) == sorted(layout.FORMATS)
@@ -545,7 +533,7 @@ def test_a_shard_write_failing_half_way_leaves_no_file(tmp_path):
       good[0], id="doc-999", vectors=dataclasses.replace(
           good[0].vectors, embedding=np.zeros(H + 1, np.float32)))
   with pytest.raises(ValueError, match="doc-999.*has shape"):
-    _all_format_writer(out, batch_size=2).write(0, 1, [bad] + good)
+    all_format_writer(out, batch_size=2).write(0, 1, [bad] + good)
   assert all_files(out) == {}
 
 
@@ -553,7 +541,7 @@ def test_canonical_example_is_protobufs_deterministic_serialization():
   tf = pytest.importorskip("tensorflow")
   table = tables.embedding_table(FULL_SPEC, RUN_ID, FINGERPRINT)
   batch = table.to_examples(make_embeddings(4, FULL_SPEC))
-  encoded = example_coder.RecordBatchToExamplesEncoder().encode(batch)
+  encoded = tfrecord.encode_examples(batch)
   for serialized in encoded:
     example = tf.train.Example.FromString(serialized)
     canonical = tfrecord.canonical_example(serialized)
@@ -569,9 +557,9 @@ import sys
 from run_directory import layout, shards, tables
 from tests.run_fixtures import FINGERPRINT, RUN_ID
 from tests.run_fixtures import make_embeddings, make_neighbours, shuffled
-from tests.test_write import _all_format_writer, FULL_SPEC
+from tests.run_fixtures import all_format_writer, FULL_SPEC
 out, seed = sys.argv[1], int(sys.argv[2])
-_all_format_writer(out, batch_size=3).write(
+all_format_writer(out, batch_size=3).write(
     0, 2, shuffled(make_embeddings(7, FULL_SPEC), seed))
 shards.ShardWriter(
     tables.neighbour_table(RUN_ID, FINGERPRINT),

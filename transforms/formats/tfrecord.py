@@ -10,15 +10,15 @@ ReadFromTFRecord, whose records carry no index within their file, and it
 fails the whole read on a corrupt file. Here each file is framed by the
 project's TFRecord codec (positions; corrupt framing is one dead letter, the
 records before it kept), and the Examples are decoded by tfx-bsl's C++
-ExamplesToRecordBatchDecoder a batch at a time, into Arrow columns.
+decoder a batch at a time, into Arrow columns (the codec's ExamplesDecoder).
 """
 
 from typing import BinaryIO, Iterator, List, Optional, Tuple
 
 import pyarrow as pa
-from tfx_bsl.coders import example_coder
 
 from run_directory.records import Reason
+from run_directory.tfrecord import ExamplesDecoder
 from run_directory.tfrecord import iter_frames
 from run_directory.tfrecord import OversizedFrame
 from transforms.formats.carried import carried_fields
@@ -77,7 +77,7 @@ def _batches(stream: BinaryIO, source: str, spec: RecordSpec
 def read_tfrecord_records(stream: BinaryIO, source: str,
                           spec: RecordSpec) -> Iterator[Record]:
   """One record per serialized tf.train.Example (see the module docstring)."""
-  decoder = example_coder.ExamplesToRecordBatchDecoder()
+  decoder = ExamplesDecoder()
   for batch, oversized in _batches(stream, source, spec):
     records = list(oversized)
     if batch:
@@ -90,13 +90,13 @@ def read_tfrecord_records(stream: BinaryIO, source: str,
 def _decode_examples(decoder, batch: _Batch, source: str,
                      spec: RecordSpec) -> Iterator[Record]:
   try:
-    record_batch = decoder.DecodeBatch([example for _, example in batch])
+    record_batch = decoder.decode([example for _, example in batch])
   except RuntimeError:
     # One unparsable proto, or a feature whose kind differs between Examples,
     # fails the whole batch: decode one by one so that only bad ones are lost.
     for position, example in batch:
       try:
-        one = decoder.DecodeBatch([example])
+        one = decoder.decode([example])
       except RuntimeError as error:
         yield Rejected(Reason.MALFORMED_RECORD,
                        f"not a tf.train.Example: {error}").dead_letter(
