@@ -24,27 +24,24 @@ from typing import Dict, Optional
 import apache_beam as beam
 
 from pipeline.plan import RunPlan
-from run_directory.layout import CHUNKS
-from run_directory.layout import DUPLICATES
-from run_directory.layout import EMBEDDINGS
-from run_directory.layout import ERRORS
-from run_directory.layout import NEIGHBOURS
-from run_directory.layout import PROJECTOR
-from run_directory.layout import SIMILARITY_PLOT
-from run_directory.layout import VERTEX
-from run_directory.layout import VERTEX_STATE
+from run_directory import layout
+from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.tables import chunk_table
 from run_directory.tables import duplicate_table
 from run_directory.tables import embedding_table
 from run_directory.tables import error_table
 from run_directory.tables import neighbour_table
 from transforms.duplicates import DUPLICATE_ROWS
+from transforms.batching import LengthBatching
 from transforms.duplicates import NearDuplicates
 from transforms.embed import EmbedDocuments
 from transforms.model_handler import BertEmbeddingModelHandler
-from transforms.names import CHUNKS as CHUNK_RECORDS
+from transforms.model_handler import HandlerSettings
+from transforms.names import CHUNKS
+from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
+from transforms.names import EMBEDDINGS
 from transforms.neighbours import CHUNK as CHUNK_LEVEL
 from transforms.neighbours import NearestNeighbours
 from transforms.neighbours import NEIGHBOUR_ROWS
@@ -70,41 +67,43 @@ from transforms.write import WriteTable
 class EmbedCorpus(beam.PTransform):
   """Read + validate (+ carry over) + embed one corpus.
 
-  Returns a dict of PCollections: "embeddings" (computed and carried over),
-  "chunks" (likewise; empty without chunking), "dead_letters" (of every
-  stage), "documents" (every document read: at least one per embedding,
-  known before embedding ends), and the records `COUNTED` names, counted
-  for the manifest ("chunks" only when chunking).
+  Returns a dict of PCollections: EMBEDDINGS (computed and carried over),
+  CHUNKS (likewise; empty without chunking), DEAD_LETTERS (of every stage),
+  DOCUMENTS (every document read: at least one per embedding, known before
+  embedding ends), and the records `COUNTED` names, counted for the
+  manifest.
   """
 
-  # Output key -> the manifest count it holds the elements of.
+  # Output -> the manifest count (and the counter) its elements make.
   COUNTED = {
-      "read": "read",
-      EMBEDDINGS: "embedded",
-      "inferred": "inferred",
-      "reused": "reused",
-      "removed": "removed",
-      DEAD_LETTERS: "dead_lettered",
-      "truncated": "truncated",
+      COUNTERS.read: COUNTERS.read,
+      EMBEDDINGS: "embedded",  # inferred + reused: no counter of its own
+      COUNTERS.inferred: COUNTERS.inferred,
+      COUNTERS.reused: COUNTERS.reused,
+      COUNTERS.removed: COUNTERS.removed,
+      DEAD_LETTERS: COUNTERS.dead_lettered,
+      COUNTERS.truncated: COUNTERS.truncated,
   }
   CHUNKS_COUNTED = {CHUNKS: "chunks"}
 
-  def __init__(self, plan: RunPlan, corpus: CorpusSettings,
-               previous_run: Optional[PreviousRun] = None):
+  def __init__(self, corpus: CorpusSettings, handler: HandlerSettings,
+               batching: LengthBatching, table: EmbeddingTableSpec,
+               previous_run: Optional[PreviousRun] = None,
+               one_line_ids: bool = False, spill_dir: Optional[str] = None):
     super().__init__()
     self._corpus = corpus
+    self._handler = handler
+    self._batching = batching
+    self._table = table
     self._previous_run = previous_run
-    self._handler = plan.handler
-    self._batching = plan.batching
-    self._table = plan.table
-    self._chunked = plan.table.chunked
-    self._one_line_ids = plan.vertex is not None
-    self._spill_dir = plan.spill_dir
+    self._one_line_ids = one_line_ids
+    self._spill_dir = spill_dir
 
   def expand(self, pbegin):
+    scope = self._corpus.scope
     read = pbegin | "Read" >> ReadCorpus.of(self._corpus)
     valid = read[DOCUMENTS] | "Validate" >> ValidateDocuments(
-        self._spill_dir, one_line_ids=self._one_line_ids)
+        self._spill_dir, one_line_ids=self._one_line_ids, scope=scope)
     to_embed = valid[DOCUMENTS]
     if self._previous_run:
       reuse = to_embed | "Reuse" >> ReuseEmbeddings(self._previous_run,
@@ -115,14 +114,14 @@ class EmbedCorpus(beam.PTransform):
       reused = pbegin | "NoneReused" >> beam.Create([])
       removed = pbegin | "NoneRemoved" >> beam.Create([])
     embedded = to_embed | "Embed" >> EmbedDocuments(
-        BertEmbeddingModelHandler(self._handler), self._batching)
-    inferred = embedded[DOCUMENTS]
-    embeddings, chunks = inferred, embedded[CHUNK_RECORDS]
+        BertEmbeddingModelHandler(self._handler), self._batching, scope)
+    inferred = embedded[EMBEDDINGS]
+    embeddings, chunks = inferred, embedded[CHUNKS]
     if self._previous_run:
       # Only then: a Flatten costs the local runner one more pass over every
       # embedding, and without a previous run nothing is reused.
       embeddings = (inferred, reused) | "InferredAndReused" >> beam.Flatten()
-      if self._chunked:
+      if self._table.chunked:
         chunks = ((chunks, reuse[REUSED_CHUNKS])
                   | "InferredAndReusedChunks" >> beam.Flatten())
     return {
@@ -131,40 +130,49 @@ class EmbedCorpus(beam.PTransform):
         DEAD_LETTERS: (read[DEAD_LETTERS], valid[DEAD_LETTERS],
                        embedded[DEAD_LETTERS])
                       | "AllDeadLetters" >> beam.Flatten(),
-        "read": (read[DOCUMENTS], read[DEAD_LETTERS])
-                | "AllRecordsRead" >> beam.Flatten(),
+        COUNTERS.read: (read[DOCUMENTS], read[DEAD_LETTERS])
+                       | "AllRecordsRead" >> beam.Flatten(),
         DOCUMENTS: read[DOCUMENTS],
-        "inferred": inferred,
-        "reused": reused,
-        "removed": removed,
-        "truncated": embeddings | "Truncated" >> beam.Filter(
+        COUNTERS.inferred: inferred,
+        COUNTERS.reused: reused,
+        COUNTERS.removed: removed,
+        COUNTERS.truncated: embeddings | "Truncated" >> beam.Filter(
             lambda embedding: embedding.truncated),
     }
 
   @classmethod
-  def counts(cls, outputs: Dict[str, beam.PCollection], prefix: str = "",
+  def counts(cls, outputs: Dict[str, beam.PCollection], scope: str,
              chunked: bool = False) -> Dict[str, beam.PCollection]:
-    """The manifest's counts among `outputs` (named "prefix.count")."""
+    """The manifest's counts among `outputs`, named in `scope`
+    ("queries.read", ...)."""
     counted = {**cls.COUNTED, **(cls.CHUNKS_COUNTED if chunked else {})}
-    return {f"{prefix}{count}": outputs[key]
+    return {f"{scope}{count}": outputs[key]
             for key, count in counted.items()}
+
+
+def _embed_corpus(plan: RunPlan, corpus: CorpusSettings,
+                  previous_run: Optional[PreviousRun] = None) -> EmbedCorpus:
+  return EmbedCorpus(corpus, plan.handler, plan.batching, plan.table,
+                     previous_run=previous_run,
+                     one_line_ids=plan.vertex is not None,
+                     spill_dir=plan.spill_dir)
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
                    started_at: float) -> dict:
   """Adds the whole job to `pipeline`; returns its main PCollections."""
   staging = plan.staging_dir
-  corpus = pipeline | "EmbedCorpus" >> EmbedCorpus(plan, plan.corpus,
-                                                   plan.previous_run)
+  corpus = pipeline | "EmbedCorpus" >> _embed_corpus(plan, plan.corpus,
+                                                      plan.previous_run)
   embeddings = corpus[EMBEDDINGS]
   chunked = plan.table.chunked
-  counts = EmbedCorpus.counts(corpus, chunked=chunked)
+  counts = EmbedCorpus.counts(corpus, plan.corpus.scope, chunked=chunked)
   all_dead_letters = [corpus[DEAD_LETTERS]]
   query_corpus = None
   if plan.queries:
-    query_corpus = pipeline | "EmbedQueries" >> EmbedCorpus(plan,
-                                                            plan.queries)
-    counts.update(EmbedCorpus.counts(query_corpus, prefix="queries.",
+    query_corpus = pipeline | "EmbedQueries" >> _embed_corpus(plan,
+                                                               plan.queries)
+    counts.update(EmbedCorpus.counts(query_corpus, plan.queries.scope,
                                      chunked=chunked))
     all_dead_letters.append(query_corpus[DEAD_LETTERS])
   dead_letters = all_dead_letters | "AllDeadLetters" >> beam.Flatten()
@@ -172,7 +180,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
   fingerprint = plan.model.fingerprint
   writing = plan.writing
   outputs = {
-      EMBEDDINGS: embeddings | "WriteEmbeddings" >> WriteTable(
+      layout.EMBEDDINGS: embeddings | "WriteEmbeddings" >> WriteTable(
           staging, embedding_table(plan.table, plan.run_id, fingerprint),
           bigquery_format=writing.bigquery_format,
           num_shards=writing.num_shards,
@@ -180,12 +188,12 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
           # the shard of each embedding is then chosen as it is made, not
           # in another pass over all of them.
           count=corpus[DOCUMENTS], spill_dir=plan.spill_dir),
-      **({CHUNKS: corpus[CHUNKS] | "WriteChunks" >> WriteTable(
+      **({layout.CHUNKS: corpus[CHUNKS] | "WriteChunks" >> WriteTable(
           staging, chunk_table(plan.table, plan.run_id, fingerprint),
           bigquery_format=writing.bigquery_format,
           num_shards=writing.num_shards,
           spill_dir=plan.spill_dir)} if chunked else {}),
-      ERRORS: dead_letters | "WriteDeadLetters" >> WriteTable(
+      layout.ERRORS: dead_letters | "WriteDeadLetters" >> WriteTable(
           staging, error_table(plan.run_id), bigquery_format=None,
           num_shards=writing.num_shards, spill_dir=plan.spill_dir),
   }
@@ -195,17 +203,18 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
   summarized = {}  # what the report summarises, beside the embeddings
   if plan.neighbours:
     # Documents, or at chunk level chunks, of the corpus and the queries.
-    items = CHUNKS if plan.neighbours.level == CHUNK_LEVEL else EMBEDDINGS
+    items = (CHUNKS if plan.neighbours.level == CHUNK_LEVEL
+             else EMBEDDINGS)
     neighbours = corpus[items] | "NearestNeighbours" >> NearestNeighbours(
         plan.neighbours,
         queries=query_corpus[items] if query_corpus else None)
-    outputs[NEIGHBOURS] = neighbours[NEIGHBOUR_ROWS] | (
+    outputs[layout.NEIGHBOURS] = neighbours[NEIGHBOUR_ROWS] | (
         "WriteNeighbours" >> WriteTable(
             staging, neighbour_table(plan.run_id, fingerprint,
                                      chunks=items == CHUNKS),
             bigquery_format=writing.bigquery_format,
             num_shards=writing.num_shards, spill_dir=plan.spill_dir))
-    details[NEIGHBOURS] = neighbours[STATS]
+    details[layout.NEIGHBOURS] = neighbours[STATS]
     summarized.update(
         neighbour_rows=neighbours[NEIGHBOUR_ROWS],
         neighbour_items=corpus[items],
@@ -213,12 +222,12 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
   if plan.duplicates:
     duplicates = embeddings | "NearDuplicates" >> NearDuplicates(
         plan.duplicates)
-    outputs[DUPLICATES] = duplicates[DUPLICATE_ROWS] | (
+    outputs[layout.DUPLICATES] = duplicates[DUPLICATE_ROWS] | (
         "WriteDuplicates" >> WriteTable(
             staging, duplicate_table(plan.run_id, fingerprint),
             bigquery_format=writing.bigquery_format,
             num_shards=writing.num_shards, spill_dir=plan.spill_dir))
-    details[DUPLICATES] = duplicates[STATS]
+    details[layout.DUPLICATES] = duplicates[STATS]
     summarized["duplicate_rows"] = duplicates[DUPLICATE_ROWS]
   if plan.vertex:
     # With chunking the chunks are the datapoints: what a passage search
@@ -226,16 +235,16 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
     items = corpus[CHUNKS] if chunked else embeddings
     export = items | "ExportToVertex" >> ExportToVertex(
         staging, plan.vertex, spill_dir=plan.spill_dir)
-    outputs[VERTEX] = export[VERTEX]
-    outputs[VERTEX_STATE] = export[VERTEX_STATE]
-    details[VERTEX] = export[VERTEX_STATS]
+    outputs[layout.VERTEX] = export[layout.VERTEX]
+    outputs[layout.VERTEX_STATE] = export[layout.VERTEX_STATE]
+    details[layout.VERTEX] = export[VERTEX_STATS]
   if plan.similarity_plot:
-    outputs[SIMILARITY_PLOT] = {
+    outputs[layout.SIMILARITY_PLOT] = {
         "png": embeddings | "WriteSimilarityPlot" >> WriteSimilarityPlot(
             staging)
     }
   if plan.projector_max_points:
-    outputs[PROJECTOR] = {
+    outputs[layout.PROJECTOR] = {
         "tsv": embeddings | "WriteProjectorFiles" >> WriteProjectorFiles(
             staging, plan.projector_max_points)
     }

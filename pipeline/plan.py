@@ -71,6 +71,8 @@ from transforms.formats.carried import RESTRICT
 from transforms.formats.fields import RecordSpec
 from transforms.guardrails import PublishLimits
 from transforms.model_handler import HandlerSettings
+from transforms.names import CORPUS
+from transforms.names import QUERIES
 from transforms.neighbours import CHUNK as CHUNK_LEVEL
 from transforms.neighbours import DOCUMENT as DOCUMENT_LEVEL
 from transforms.neighbours import NeighbourSettings
@@ -160,7 +162,8 @@ def _carried_fields(config: RunConfig) -> Tuple[CarriedField, ...]:
 
 
 def _corpus(flag: str, pattern: str, config: RunConfig,
-            carried: Tuple[CarriedField, ...] = ()) -> CorpusSettings:
+            carried: Tuple[CarriedField, ...] = (),
+            scope: str = CORPUS) -> CorpusSettings:
   input_config = config.input
   input_format = input_config.input_format
   if input_format is None:
@@ -184,7 +187,8 @@ def _corpus(flag: str, pattern: str, config: RunConfig,
                         text_field=input_config.text_field,
                         text_pair_field=input_config.text_pair_field,
                         max_record_bytes=input_config.max_record_bytes,
-                        carried=carried))
+                        carried=carried),
+      scope=scope)
 
 
 def parse_encoder_layers(value: str, num_layers: int) -> Tuple[int, ...]:
@@ -476,7 +480,8 @@ def plan_run(config: RunConfig,
     environment.check_input("--neighbours_of", neighbours.neighbours_of)
   corpus = _corpus("--input", config.input.input, config,
                    _carried_fields(config))
-  queries = (_corpus("--neighbours_of", neighbours.neighbours_of, config)
+  queries = (_corpus("--neighbours_of", neighbours.neighbours_of, config,
+                     scope=QUERIES)
              if neighbours.neighbours_of else None)
   environment.check_output(out.output)
   if nightly.latest_pointer:

@@ -3,7 +3,6 @@
 import functools
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from run_directory.records import chunk_of
 from run_directory.records import ChunkedVectors
@@ -17,10 +16,11 @@ from transforms.batching import LengthBatching
 from transforms.batching import SortAndBatchByLength
 from transforms.model_handler import BertEmbeddingModelHandler
 from transforms.names import CHUNKS
+from transforms.names import CORPUS
+from transforms.names import counter
 from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
-from transforms.names import DOCUMENTS
-from transforms.names import METRICS_NAMESPACE
+from transforms.names import EMBEDDINGS
 from transforms.run_inference import KeyedModelHandler
 from transforms.run_inference import RunInference
 
@@ -49,11 +49,10 @@ class _SplitInferenceResultsFn(beam.DoFn):
   """(Document, PredictionResult) to an Embedding (and its Chunks, tagged
   CHUNKS), or a dead letter."""
 
-  def __init__(self):
-    self._inferred = Metrics.counter(METRICS_NAMESPACE, COUNTERS.inferred)
-    self._truncated = Metrics.counter(METRICS_NAMESPACE, COUNTERS.truncated)
-    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE,
-                                          COUNTERS.dead_lettered)
+  def __init__(self, scope: str):
+    self._inferred = counter(COUNTERS.inferred, scope)
+    self._truncated = counter(COUNTERS.truncated, scope)
+    self._dead_lettered = counter(COUNTERS.dead_lettered, scope)
 
   def process(self, keyed_result):
     document, result = keyed_result
@@ -91,15 +90,16 @@ class EmbedDocuments(beam.PTransform):
 
   Documents are batched by length (transforms/batching.py) before
   RunInference, which runs the handler on those batches as they are.
-  Returns {DOCUMENTS: PCollection[Embedding], CHUNKS: PCollection[Chunk]
+  Returns {EMBEDDINGS: PCollection[Embedding], CHUNKS: PCollection[Chunk]
   (empty without chunking), DEAD_LETTERS: PCollection[DeadLetter]}.
   """
 
   def __init__(self, model_handler: BertEmbeddingModelHandler,
-               batching: LengthBatching):
+               batching: LengthBatching, scope: str = CORPUS):
     super().__init__()
     self._model_handler = model_handler
     self._batching = batching
+    self._scope = scope
 
   def expand(self, documents):
     b = self._batching
@@ -112,7 +112,8 @@ class EmbedDocuments(beam.PTransform):
             max_batch_tokens=b.max_batch_tokens)
         | "RunInference" >> RunInference(KeyedModelHandler(
             self._model_handler).with_no_batching())
-        | "SplitResults" >> beam.ParDo(_SplitInferenceResultsFn()).with_outputs(
-            DEAD_LETTERS, CHUNKS, main=DOCUMENTS))
-    return {DOCUMENTS: results[DOCUMENTS], CHUNKS: results[CHUNKS],
+        | "SplitResults" >> beam.ParDo(
+            _SplitInferenceResultsFn(self._scope)).with_outputs(
+            DEAD_LETTERS, CHUNKS, main=EMBEDDINGS))
+    return {EMBEDDINGS: results[EMBEDDINGS], CHUNKS: results[CHUNKS],
             DEAD_LETTERS: results[DEAD_LETTERS]}

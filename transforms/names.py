@@ -15,14 +15,22 @@ METRICS_NAMESPACE, under the word the manifest uses for the same count:
 
 The manifest's `embedded` (documents with a vector in this run) is
 inferred + reused: no stage sees both, so it has no counter of its own.
+
+The stages that read, validate and embed the --neighbours_of queries count
+under the same names in the QUERIES scope ("queries.read", ...), as the
+manifest nests the queries' counts under "queries".
 """
 
 import dataclasses
 
+from apache_beam.metrics import Metrics
+
 # Output tags of the stages that split records into good ones and rejects.
 DOCUMENTS = "documents"
 DEAD_LETTERS = "dead_letters"
-# The embed stage's chunks of long documents (--chunk_size).
+# The embed stage's outputs: Embedding records, and the Chunk records of
+# long documents (--chunk_size).
+EMBEDDINGS = "embeddings"
 CHUNKS = "chunks"
 
 # Beam metrics namespace for every counter of the pipeline, Beam's own
@@ -44,3 +52,12 @@ class _CounterNames:
 
 
 COUNTERS = _CounterNames()
+
+# The counters' scope of the --neighbours_of queries, and the manifest's.
+CORPUS = ""
+QUERIES = "queries."
+
+
+def counter(name: str, scope: str = CORPUS):
+  """The pipeline's counter `name` (one of COUNTERS) in a scope."""
+  return Metrics.counter(METRICS_NAMESPACE, f"{scope}{name}")

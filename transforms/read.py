@@ -26,7 +26,6 @@ from typing import Optional, Sequence, Union
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from run_directory.records import DeadLetter
 from transforms.formats import RANDOM_ACCESS_FORMATS
@@ -36,19 +35,25 @@ from transforms.formats.fields import RecordSpec
 from transforms.formats.files import display_path
 from transforms.formats.files import open_for_reading
 from transforms.formats.files import read_file_records
+from transforms.names import CORPUS
+from transforms.names import counter
 from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
-from transforms.names import METRICS_NAMESPACE
 from transforms.progress import PROGRESS
 
 
 @dataclasses.dataclass(frozen=True)
 class CorpusSettings:
-  """What the read stage reads: files, their format, and the record spec."""
+  """What the read stage reads: files, their format, and the record spec.
+
+  scope: what the corpus's counters and manifest counts are named in:
+    names.CORPUS, or names.QUERIES for the --neighbours_of queries.
+  """
   pattern: str
   input_format: str
   record: RecordSpec = RecordSpec()
+  scope: str = CORPUS
 
 
 def _path_key(path: str) -> bytes:
@@ -72,12 +77,11 @@ def _match_files(pattern: str):
 class _ReadFileFn(beam.DoFn):
   """Reads one matched file; bad records go to the DEAD_LETTERS output."""
 
-  def __init__(self, input_format: str, record: RecordSpec):
+  def __init__(self, input_format: str, record: RecordSpec, scope: str):
     self._read_records = functools.partial(READERS[input_format], spec=record)
     self._random_access = input_format in RANDOM_ACCESS_FORMATS
-    self._read = Metrics.counter(METRICS_NAMESPACE, COUNTERS.read)
-    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE,
-                                          COUNTERS.dead_lettered)
+    self._read = counter(COUNTERS.read, scope)
+    self._dead_lettered = counter(COUNTERS.dead_lettered, scope)
 
   def process(self, path_key: bytes):
     path = path_key.decode("utf-8", errors="surrogateescape")
@@ -123,13 +127,16 @@ class ReadCorpus(beam.PTransform):
       extension (ValueError if it cannot, raised here, at construction).
     record: where a record's id and text are (and its pair text, for pair
       tasks: not for "text" input, ValueError), and how large it may be.
+    scope: the counters' scope (CorpusSettings.scope).
   """
 
   def __init__(self,
                file_pattern: Union[str, Sequence[str]],
                input_format: Optional[str] = None,
-               record: RecordSpec = RecordSpec()):
+               record: RecordSpec = RecordSpec(),
+               scope: str = CORPUS):
     super().__init__()
+    self._scope = scope
     patterns = ([file_pattern]
                 if isinstance(file_pattern, str) else list(file_pattern))
     if not patterns:
@@ -144,7 +151,8 @@ class ReadCorpus(beam.PTransform):
 
   @classmethod
   def of(cls, settings: CorpusSettings) -> "ReadCorpus":
-    return cls(settings.pattern, settings.input_format, settings.record)
+    return cls(settings.pattern, settings.input_format, settings.record,
+               settings.scope)
 
   @property
   def input_format(self) -> str:
@@ -157,6 +165,7 @@ class ReadCorpus(beam.PTransform):
         | "MatchFiles" >> beam.FlatMap(_match_files)
         | "DropRepeatedFiles" >> _DistinctFiles()
         | "ReadRecords" >> beam.ParDo(
-            _ReadFileFn(self._input_format, self._record)).with_outputs(
+            _ReadFileFn(self._input_format, self._record,
+                        self._scope)).with_outputs(
                 DEAD_LETTERS, main=DOCUMENTS))
     return {DOCUMENTS: read[DOCUMENTS], DEAD_LETTERS: read[DEAD_LETTERS]}

@@ -18,16 +18,16 @@ time instead of all of it.
 from typing import Iterable, Iterator, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from run_directory.records import dead_letter_of
 from run_directory.records import DeadLetter
 from run_directory.records import Document
 from run_directory.records import Reason
+from transforms.names import CORPUS
+from transforms.names import counter
 from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
-from transforms.names import METRICS_NAMESPACE
 from transforms.progress import PROGRESS
 from transforms.spill import GroupByKeyOnDisk
 
@@ -96,10 +96,9 @@ def has_line_break(document_id: str) -> bool:
 
 class _RejectEmptyTextFn(beam.DoFn):
 
-  def __init__(self, one_line_ids: bool):
+  def __init__(self, one_line_ids: bool, scope: str):
     self._one_line_ids = one_line_ids
-    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE,
-                                          COUNTERS.dead_lettered)
+    self._dead_lettered = counter(COUNTERS.dead_lettered, scope)
 
   def process(self, document: Document):
     if is_empty_text(document.text):
@@ -116,9 +115,8 @@ class _RejectEmptyTextFn(beam.DoFn):
 
 class _KeepOnePerIdFn(beam.DoFn):
 
-  def __init__(self):
-    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE,
-                                          COUNTERS.dead_lettered)
+  def __init__(self, scope: str):
+    self._dead_lettered = counter(COUNTERS.dead_lettered, scope)
 
   def process(self, id_and_documents):
     # Two passes over the group, never a copy of it: Beam's grouped values are
@@ -140,19 +138,21 @@ class ValidateDocuments(beam.PTransform):
   spill_dir: group by id through files there (GroupByKeyOnDisk), for the
     local runner; None: Beam's GroupByKey.
   one_line_ids: also reject ids with a line break (--vertex_export).
+  scope: the counters' scope (names.CORPUS or names.QUERIES).
   """
 
   def __init__(self, spill_dir: Optional[str] = None,
-               one_line_ids: bool = False):
+               one_line_ids: bool = False, scope: str = CORPUS):
     super().__init__()
     self._spill_dir = spill_dir
     self._one_line_ids = one_line_ids
+    self._scope = scope
 
   def expand(self, documents):
     non_empty = (
         documents
         | "RejectEmptyText" >> beam.ParDo(
-            _RejectEmptyTextFn(self._one_line_ids)).with_outputs(
+            _RejectEmptyTextFn(self._one_line_ids, self._scope)).with_outputs(
                 DEAD_LETTERS, main=DOCUMENTS))
     unique = (
         non_empty[DOCUMENTS]
@@ -160,7 +160,8 @@ class ValidateDocuments(beam.PTransform):
         | "GroupById" >> (
             beam.GroupByKey() if self._spill_dir is None
             else GroupByKeyOnDisk(self._spill_dir, ID_PARTITIONS))
-        | "KeepOnePerId" >> beam.ParDo(_KeepOnePerIdFn()).with_outputs(
+        | "KeepOnePerId" >> beam.ParDo(
+            _KeepOnePerIdFn(self._scope)).with_outputs(
             DEAD_LETTERS, main=DOCUMENTS))
     dead_letters = ((non_empty[DEAD_LETTERS], unique[DEAD_LETTERS])
                     | "MergeDeadLetters" >> beam.Flatten())
