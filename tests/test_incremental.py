@@ -73,14 +73,17 @@ def test_second_run_embeds_only_changed_and_added(tmp_path, tiny_model_dir):
   corpus1 = _write_jsonl(tmp_path / "day1" / "corpus.jsonl", day1)
   corpus2 = _write_jsonl(tmp_path / "day2" / "corpus.jsonl", day2)
 
+  # Short enough that some documents are cut: carried over, they still
+  # count as truncated.
+  short = "--max_seq_length=8"
   run1 = str(tmp_path / "run1")
-  first = _run(tiny_model_dir, corpus1, run1)
+  first = _run(tiny_model_dir, corpus1, run1, short)
   assert _counter(first, "inferred") == 200
 
   run2 = str(tmp_path / "run2")
   pointer = str(tmp_path / "LATEST")
   second = _run(tiny_model_dir, corpus2, run2, f"--previous_run={run1}",
-                f"--latest_pointer={pointer}")
+                f"--latest_pointer={pointer}", short)
   # The model ran on the changed and the added documents only.
   assert _counter(second, "inferred") == len(changed) + 2
   assert _counter(second, "reused") == 200 - len(changed) - len(removed)
@@ -89,13 +92,15 @@ def test_second_run_embeds_only_changed_and_added(tmp_path, tiny_model_dir):
   assert manifest["counts"]["removed"] == len(removed)
   assert manifest["counts"]["embedded"] == len(day2)
   assert manifest["counts"]["inferred"] == len(changed) + 2
+  assert manifest["counts"]["truncated"] > len(changed) + 2
+  assert _counter(second, "truncated") == manifest["counts"]["truncated"]
   assert manifest["previous_run"]["reused"] is True
   with open(pointer) as f:
     assert f.read().strip() == run2
 
   # Equal to a full run over the new corpus.
   full = str(tmp_path / "full")
-  _run(tiny_model_dir, corpus2, full)
+  _run(tiny_model_dir, corpus2, full, short)
   incremental_rows, full_rows = _rows_by_id(run2), _rows_by_id(full)
   assert set(incremental_rows) == set(full_rows) == set(day2)
   for doc_id, row in full_rows.items():

@@ -5,9 +5,11 @@ import json
 import os
 
 import numpy as np
+from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline import main
 from pipeline import read_outputs
+from transforms.names import METRICS_NAMESPACE
 from transforms.neighbours import maths as neighbours_lib
 
 CORPUS = [
@@ -24,12 +26,23 @@ def _write_lines(path, lines):
   return str(path)
 
 
-def _run(tmp_path, model_dir, *flags, name="run"):
+def _run(tmp_path, model_dir, *flags, name="run", with_result=False):
   corpus = _write_lines(tmp_path / "corpus.txt", CORPUS)
   run_dir = str(tmp_path / name)
-  main.run([f"--input={corpus}", f"--output={run_dir}",
-            f"--model={model_dir}", "--runner=DirectRunner", *flags])
-  return run_dir, read_outputs.load_manifest(run_dir)
+  result = main.run([f"--input={corpus}", f"--output={run_dir}",
+                     f"--model={model_dir}", "--runner=DirectRunner", *flags])
+  manifest = read_outputs.load_manifest(run_dir)
+  return (run_dir, manifest, result) if with_result else (run_dir, manifest)
+
+
+def _counters(result) -> dict:
+  """The pipeline's counters, by name."""
+  query = result.metrics().query(
+      MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  totals = collections.Counter()
+  for counter in query["counters"]:
+    totals[counter.key.metric.name] += counter.committed
+  return totals
 
 
 def _neighbour_lists(run_dir):
@@ -79,14 +92,20 @@ def test_neighbours_of_a_query_corpus(tmp_path, tiny_model_dir):
   queries = _write_lines(tmp_path / "queries.txt", QUERIES)
   # One query of four is empty on purpose: over the default
   # --max_bad_fraction, which the query corpus is held to as well.
-  run_dir, manifest = _run(tmp_path, tiny_model_dir, "--neighbours_k=2",
-                           f"--neighbours_of={queries}",
-                           "--max_bad_fraction=0.25")
+  run_dir, manifest, result = _run(
+      tmp_path, tiny_model_dir, "--neighbours_k=2",
+      f"--neighbours_of={queries}", "--max_bad_fraction=0.25",
+      with_result=True)
   counts = manifest["counts"]
   assert counts["queries"] == {
       "read": 4, "embedded": 3, "inferred": 3, "dead_lettered": 1,
       "truncated": 0, "reused": 0, "removed": 0}
   assert counts["read"] == counts["embedded"] == len(CORPUS)
+  # The counters say what the manifest says, the queries in their own scope.
+  counters = _counters(result)
+  for name in ("read", "inferred", "dead_lettered"):
+    assert counters[name] == counts[name], name
+    assert counters[f"queries.{name}"] == counts["queries"][name], name
   errors = read_outputs.read_errors(run_dir)
   assert [e["reason"] for e in errors] == ["empty_text"]
   assert errors[0]["source"].endswith("queries.txt")
