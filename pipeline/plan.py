@@ -508,11 +508,15 @@ def plan_run(config: RunConfig,
   if out.bigquery_table:
     sinks = (BigQuerySink(out.bigquery_table, embedding_table(
         table, out.run_id, model.fingerprint)),)
-  lock = _take_lock(out.output, out.run_id) if environment.take_lock else None
-  staging = staging_dir(out.output, out.run_id)
+  # Absolute, so that the manifest's paths, the staging directory and the
+  # latest pointer's content all name one directory, whatever the cwd of
+  # whoever reads them later.
+  run_dir = preflight.absolute(out.output)
+  lock = _take_lock(run_dir, out.run_id) if environment.take_lock else None
+  staging = staging_dir(run_dir, out.run_id)
   return RunPlan(
       run_id=out.run_id,
-      run_dir=out.output,
+      run_dir=run_dir,
       staging_dir=staging,
       corpus=corpus,
       queries=queries,

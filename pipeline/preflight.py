@@ -26,6 +26,11 @@ def _is_local(path: str) -> bool:
   return FileSystems.get_scheme(path) is None
 
 
+def absolute(path: str) -> str:
+  """A local path made absolute; a URL (gs://...) as it is."""
+  return os.path.abspath(path) if _is_local(path) else path
+
+
 def _check_creatable(flag: str, value: str, directory: str):
   """A local `directory` exists, or could be made, and is writable.
 

@@ -9,6 +9,7 @@ file of the table directories that the new manifest does not list
 
 import logging
 import os
+import posixpath
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -54,11 +55,15 @@ def remove_unlisted_files(run_dir: str, relative_paths):
   alone: it holds the lock and the staging directory, and may hold files of
   the user's.
   """
+  relative_paths = list(relative_paths)
   listed = {FileSystems.join(run_dir, relative) for relative in relative_paths}
-  directories = {FileSystems.split(path)[0] for path in listed}
-  directories.discard(run_dir)
+  # Compared as the manifest's relative paths: FileSystems.join may spell
+  # run_dir otherwise (a local one made absolute).
+  directories = {posixpath.dirname(relative) for relative in relative_paths}
+  directories.discard("")
   stale = [path for directory in sorted(directories)
-           for path in _files_in(directory) if path not in listed]
+           for path in _files_in(FileSystems.join(run_dir, directory))
+           if path not in listed]
   if stale:
     _LOG.warning("Removing files of an earlier, unfinished publish: %s", stale)
     FileSystems.delete(stale)

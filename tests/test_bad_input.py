@@ -11,6 +11,7 @@ import bz2
 import gzip
 import io
 import json
+import logging
 import lzma
 import os
 import re
@@ -381,6 +382,23 @@ def test_wrong_paths_and_numbers_exit_2_before_anything_runs(
   assert "pipeline.main: error:" in err
   assert re.search(message, err), err
   assert sorted(os.listdir(tmp_path)) == before  # nothing made
+
+
+def test_a_relative_output_is_published_quietly_and_named_absolutely(
+    tmp_path, corpus_file, tiny_model_dir, monkeypatch, caplog):
+  # Found running ./run_local.sh (OUTPUT=runs/...): the run's own lock was
+  # taken for a file left by an earlier publish, and LATEST would have held
+  # a path relative to whatever directory the run was started in.
+  monkeypatch.chdir(tmp_path)
+  code = main.main([f"--input={corpus_file}", "--output=runs/today",
+                    "--latest_pointer=LATEST", f"--model={tiny_model_dir}",
+                    "--runner=DirectRunner"])
+  assert code == 0
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING], (
+      caplog.text)
+  run_dir = tmp_path / "runs" / "today"
+  assert (tmp_path / "LATEST").read_text() == f"{run_dir}\n"
+  assert read_outputs.load_manifest(str(run_dir))["counts"]["embedded"] == 1
 
 
 def test_a_previous_run_with_missing_shards_is_refused(
