@@ -71,12 +71,16 @@ def test_hidden_module_is_missing_while_importing_and_importable_after(
 
 
 def test_a_default_run_imports_none_of_the_unused_libraries():
-  # A fresh process: what `python -m pipeline.main` imports. Afterwards
-  # Keras still imports and works (by both of TensorFlow's ways to it), and
-  # Beam still measures its model loads' memory.
+  # A fresh process: what `python -m pipeline.main` imports before a run
+  # (main starts TensorFlow with its companions, then imports the job).
+  # Afterwards Keras still imports and works (by both of TensorFlow's ways
+  # to it), and Beam still measures its model loads' memory.
   script = textwrap.dedent(f"""\
       import json, sys
       import pipeline.main
+      from transforms import native_logs
+      native_logs.start_tensorflow()
+      from pipeline import job
       imported = [m for m in {UNUSED_BY_A_RUN!r} if m in sys.modules]
       import tensorflow as tf
       from tensorflow.keras import layers

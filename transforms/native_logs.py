@@ -64,7 +64,10 @@ _PLAIN_NOTICES = (
 
 # Imported with TensorFlow by start_tensorflow: each prints notices of its own
 # when first imported (tfx-bsl's copy of the runtime repeats TensorFlow's).
-_COMPANIONS = ("tensorflow_text", "tensorflow_hub", "tfx_bsl.coders.example_coder")
+# Not tensorflow_hub: it imports Keras (and with it scikit-learn and
+# matplotlib), 2 s of every start, and only a TF Hub handle needs it; it is
+# imported then, inside the capture around the model's resolution.
+_COMPANIONS = ("tensorflow_text", "tfx_bsl.coders.example_coder")
 
 _lock = threading.Lock()
 _active = False
