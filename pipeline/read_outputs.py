@@ -14,7 +14,8 @@ shards of an interrupted or earlier attempt are never read.
 
 Command line:
 
-  python -m pipeline.read_outputs RUN_DIR [--table embeddings|neighbours|errors]
+  python -m pipeline.read_outputs RUN_DIR
+      [--table embeddings|chunks|neighbours|duplicates|errors]
       [--format avro|parquet|jsonl|tfrecord] [--head N]
       [--to_parquet PATH] [--to_numpy PATH.npz]
 

@@ -171,37 +171,54 @@ ERROR_COLUMNS = (
 )
 
 
+# A flat row's values, typed as their column says. FLOAT is rounded to
+# float32 as the files store it, so every format holds the same value.
+_TYPED = {
+    "STRING": str,
+    "INTEGER": int,
+    "FLOAT": lambda value: float(np.float32(value)),
+    "BOOLEAN": bool,
+}
+
+
+def flat_row(element: Mapping, columns: Sequence[Column],
+             given: Mapping = None) -> dict:
+  """The row of a flat table: each column's value, in column order, from
+  `given` (the run's ids) or else from the element (a dict of the same
+  names), typed as the column says; a NULLABLE column may be absent."""
+  given = given or {}
+  row = {}
+  for column in columns:
+    if column.name in given:
+      value = given[column.name]
+    elif column.mode == NULLABLE:
+      value = element.get(column.name)
+    else:
+      value = element[column.name]
+    row[column.name] = None if value is None else _TYPED[column.type](value)
+  return row
+
+
+def _run_ids(run_id: str, model_fingerprint: str) -> dict:
+  """The values of _RUN_COLUMNS."""
+  return {"run_id": run_id, "model_fingerprint": model_fingerprint}
+
+
 def neighbour_to_row(neighbour: Mapping, run_id: str, model_fingerprint: str,
                      chunks: bool = False) -> dict:
   """A neighbours table row from {id, rank, neighbour_id, score} (chunks:
   and document_id, neighbour_document_id)."""
-  row = {"id": neighbour["id"]}
-  if chunks:
-    row["document_id"] = neighbour["document_id"]
-  row["rank"] = int(neighbour["rank"])
-  row["neighbour_id"] = neighbour["neighbour_id"]
-  if chunks:
-    row["neighbour_document_id"] = neighbour["neighbour_document_id"]
-  # Rounded as the files store it, so every format holds the same value.
-  row["score"] = float(np.float32(neighbour["score"]))
-  row["run_id"] = run_id
-  row["model_fingerprint"] = model_fingerprint
-  return row
+  return flat_row(neighbour,
+                  CHUNK_NEIGHBOUR_COLUMNS if chunks else NEIGHBOUR_COLUMNS,
+                  _run_ids(run_id, model_fingerprint))
 
 
 def duplicate_to_row(member: Mapping, run_id: str,
                      model_fingerprint: str) -> dict:
   """A duplicates table row from {id, group_id, group_size, representative,
   max_score}."""
-  return {
-      "id": member["id"],
-      "group_id": member["group_id"],
-      "group_size": int(member["group_size"]),
-      "representative": bool(member["representative"]),
-      "max_score": float(np.float32(member["max_score"])),
-      "run_id": run_id,
-      "model_fingerprint": model_fingerprint,
-  }
+  return flat_row(member, DUPLICATE_COLUMNS,
+                  _run_ids(run_id, model_fingerprint))
 
 
 def dead_letter_to_row(d: DeadLetter, run_id: str) -> dict:
