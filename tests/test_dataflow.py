@@ -23,6 +23,7 @@ import textwrap
 import pytest
 
 from pipeline import dataflow_job
+from pipeline import flex_template
 from pipeline.errors import ConfigError
 from tests import network_guard
 
@@ -410,9 +411,9 @@ def _flags_declared_in_options_py() -> list:
 
 
 def test_flex_metadata_declares_every_pipeline_flag():
-  generated = dataflow_job.flex_template_metadata()
+  generated = flex_template.flex_template_metadata()
   names = [parameter["name"] for parameter in generated["parameters"]]
-  assert names == dataflow_job.pipeline_flags()
+  assert names == flex_template.pipeline_flags()
   assert sorted(names) == sorted(_flags_declared_in_options_py())
   with open(METADATA_FILE) as f:
     checked_in = json.load(f)
@@ -433,7 +434,7 @@ def test_flex_metadata_is_a_valid_template_metadata():
   assert all(p["helpText"] and p["label"] for p in parameters.values())
   assert [name for name, p in parameters.items() if not p["isOptional"]] == [
       "input", "output"]
-  for name in dataflow_job.boolean_flags():
+  for name in flex_template.boolean_flags():
     assert parameters[name]["paramType"] == "BOOLEAN"
     assert parameters[name]["regexes"] == ["^(true|false)$"]
   assert parameters["pooling"]["paramType"] == "ENUM"
@@ -446,7 +447,7 @@ def test_flex_metadata_is_a_valid_template_metadata():
         assert re.fullmatch(regex, p["defaultValue"]), p
 
 
-@pytest.mark.parametrize("flag", dataflow_job.REQUIRED_FLAGS)
+@pytest.mark.parametrize("flag", flex_template.REQUIRED_FLAGS)
 def test_required_parameters_are_the_pipelines_required_flags(flag):
   from apache_beam.options.pipeline_options import PipelineOptions
   from pipeline.config import config_from_options
@@ -457,7 +458,7 @@ def test_required_parameters_are_the_pipelines_required_flags(flag):
 
 
 def test_flex_template_args():
-  args = dataflow_job.flex_template_args([
+  args = flex_template.flex_template_args([
       "--input=gs://b/c/*.txt", "--output=gs://b/runs/1",
       "--sequence_output=true", "--no_text=false", "--similarity_plot=TRUE",
       "--pooling=cls"])
@@ -465,14 +466,14 @@ def test_flex_template_args():
                   "--sequence_output", "--similarity_plot", "--pooling=cls",
                   "--model_copies=1"]
   # Model sharing as asked for is kept.
-  assert dataflow_job.flex_template_args(
+  assert flex_template.flex_template_args(
       ["--input=a.txt", "--model_copies=2"]) == ["--input=a.txt",
                                                  "--model_copies=2"]
-  assert dataflow_job.flex_template_args(
+  assert flex_template.flex_template_args(
       ["--input=a.txt", "--large_model=true"]) == ["--input=a.txt",
                                                    "--large_model"]
   with pytest.raises(ValueError, match="--no_text=true or --no_text=false"):
-    dataflow_job.flex_template_args(["--no_text=yes"])
+    flex_template.flex_template_args(["--no_text=yes"])
 
 
 def test_build_flex_template_script(guarded_env, tmp_path):
@@ -491,7 +492,7 @@ def test_build_flex_template_script(guarded_env, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert _network_attempts(log) == []
   assert json.loads(metadata.read_text()) == (
-      dataflow_job.flex_template_metadata())
+      flex_template.flex_template_metadata())
   repository, build_image, build_template = calls.read_text().splitlines()
   assert repository.startswith("artifacts repositories describe embeddings ")
   assert build_image.startswith("builds submit ")
