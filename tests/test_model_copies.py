@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 
-from transforms.model_handler import claim_copy_index
+from transforms.model_copies import claim_copy_index
 from bert_model.devices import copy_device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,19 +17,16 @@ Running out of memory also halves this worker's padded-token budget per
 encoder call from then on.
 
 With `model_copies` N > 1, each copy Beam loads on a machine claims the next
-copy index there (0, 1, ...: whichever SDK process loads it, through files
-in the temporary directory that all of them share, as Beam's own model
-sharing does) and goes on the GPU of that index (bert_model/devices.py).
+copy index there (transforms/model_copies.py) and goes on the GPU of that
+index (bert_model/devices.py). The model's batch outputs become records in
+transforms/model_outputs.py.
 """
 
 import dataclasses
 import logging
-import os
-import tempfile
 import uuid
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
-import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms import native_logs
@@ -37,8 +34,9 @@ from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
 from run_directory.records import ChunkedVectors
-from run_directory.records import ChunkVectors
 from run_directory.records import Vectors
+from transforms.model_copies import claim_copy_index
+from transforms.model_outputs import split_outputs
 from transforms.names import COUNTERS
 from transforms.names import METRICS_NAMESPACE
 from transforms.progress import PROGRESS
@@ -52,51 +50,6 @@ _LOG = logging.getLogger(__name__)
 class InferenceFailure:
   """A text the model could not embed, even in a batch of its own."""
   error: str
-
-
-def split_outputs(outputs: Dict[str, np.ndarray],
-                  settings: ModelSettings) -> list:
-  """Batch outputs to one Vectors per text, real tokens only; with chunking
-  one ChunkedVectors per text (its chunks' Vectors beside its own)."""
-  if settings.chunking is not None:
-    return _split_chunked_outputs(outputs, settings)
-  return [_vectors(outputs, i, settings) for i in range(len(
-      outputs["num_tokens"]))]
-
-
-def _vectors(outputs: Dict[str, np.ndarray], i: int, settings: ModelSettings,
-             prefix: str = "") -> Vectors:
-  """Row i of the outputs named `prefix` + name as one Vectors."""
-  n = int(outputs[prefix + "num_tokens"][i])
-  token_ids = sequence = None
-  if settings.sequence_output and prefix + "token_ids" in outputs:
-    token_ids = outputs[prefix + "token_ids"][i, :n].astype(np.int32)
-    sequence = outputs[prefix + "sequence_output"][i, :n].astype(
-        settings.sequence_dtype)
-  return Vectors(
-      embedding=outputs[prefix + "embedding"][i].astype(np.float32),
-      num_tokens=n,
-      truncated=bool(outputs["truncated"][i]) if not prefix else False,
-      token_ids=token_ids,
-      sequence_embedding=sequence,
-      layers={} if prefix else {
-          layer: outputs[f"layer_{layer}"][i].astype(np.float32)
-          for layer in settings.encoder_layers
-      })
-
-
-def _split_chunked_outputs(outputs: Dict[str, np.ndarray],
-                           settings: ModelSettings) -> list:
-  first_chunks = np.concatenate([[0], np.cumsum(outputs["num_chunks"])])
-  starts, ends = outputs["chunk_start"], outputs["chunk_end"]
-  results = []
-  for i in range(len(outputs["num_chunks"])):
-    chunks = tuple(
-        ChunkVectors(start=int(starts[c]), end=int(ends[c]),
-                     vectors=_vectors(outputs, c, settings, prefix="chunk_"))
-        for c in range(first_chunks[i], first_chunks[i + 1]))
-    results.append(ChunkedVectors(_vectors(outputs, i, settings), chunks))
-  return results
 
 
 def _tokens_of(result) -> int:
@@ -133,21 +86,6 @@ class HandlerSettings:
   large_model: bool = False
   model_copies: Optional[int] = None
   copy_device_type: str = "GPU"
-
-
-def claim_copy_index(run_token: str, directory: Optional[str] = None) -> int:
-  """The smallest copy index no process of this machine has claimed for
-  this run (`run_token`): an empty file created exclusively, so that two
-  processes never get the same one."""
-  directory = directory or tempfile.gettempdir()
-  index = 0
-  while True:
-    path = os.path.join(directory, f"{run_token}.copy{index}")
-    try:
-      os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-      return index
-    except FileExistsError:
-      index += 1
 
 
 class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
