@@ -18,7 +18,7 @@ from pipeline.flags import format_help
 from run_directory.records import DeadLetter
 from transforms.guardrails import PublishLimits
 from transforms.guardrails import refusal_reasons
-from transforms.guardrails import SummarizeErrors
+from transforms.guardrails import ErrorSummaryFn
 
 EXIT_REFUSED = 3
 
@@ -205,7 +205,7 @@ def _dead(source, position, reason):
 def test_the_error_summary_is_the_same_however_records_are_bundled():
   dead = [_dead(f"f{i % 3}", i, "missing_field") for i in range(20)]
   dead += [_dead("g", i, "malformed_record") for i in range(5)]
-  combine = SummarizeErrors()
+  combine = ErrorSummaryFn()
 
   def summarize(parts):
     accumulators = []

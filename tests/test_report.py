@@ -43,9 +43,9 @@ from transforms.report import render_report
 from transforms.report import draw_report
 from transforms.report import ReportSettings
 from transforms.report import SummarizeForReport
-from transforms.report.summaries import DuplicateSummary
-from transforms.report.summaries import EmbeddingSummary
-from transforms.report.summaries import NeighbourSummary
+from transforms.report.summaries import DuplicateSummaryFn
+from transforms.report.summaries import EmbeddingSummaryFn
+from transforms.report.summaries import NeighbourSummaryFn
 
 # Markup, and addresses a leaking page would fetch (.invalid: never a real
 # host).
@@ -143,7 +143,7 @@ def _duplicate_rows():
 def test_summaries_are_the_same_however_records_are_bundled():
   spec = EmbeddingTableSpec(hidden_size=6)
   embeddings = make_embeddings(60, spec)
-  summary = EmbeddingSummary(limit=5, chunked=False, sample_size=8)
+  summary = EmbeddingSummaryFn(limit=5, chunked=False, sample_size=8)
   outputs = [_fold(summary, embeddings, seed) for seed in range(3)]
   for output in outputs[1:]:
     assert {k: v for k, v in output.items() if k != "sample"} == {
@@ -162,7 +162,7 @@ def test_summaries_are_the_same_however_records_are_bundled():
   assert output["sample"][0]["text"] == smallest[0].text
 
   rows = make_neighbours(40, k=7)
-  neighbours = NeighbourSummary(shown_queries=4, shown_neighbours=3)
+  neighbours = NeighbourSummaryFn(shown_queries=4, shown_neighbours=3)
   outputs = [_fold(neighbours, rows, seed) for seed in range(3)]
   assert outputs[1] == outputs[0] == outputs[2]
   assert outputs[0]["rows"] == 280 == sum(outputs[0]["bins"])
@@ -173,7 +173,7 @@ def test_summaries_are_the_same_however_records_are_bundled():
       (1, "doc-001"), (2, "doc-002"), (3, "doc-003")]
   assert first[0]["score"] == pytest.approx(0.5)
 
-  duplicates = DuplicateSummary(shown_groups=3, shown_members=2)
+  duplicates = DuplicateSummaryFn(shown_groups=3, shown_members=2)
   outputs = [_fold(duplicates, _duplicate_rows(), seed) for seed in range(3)]
   assert outputs[1] == outputs[0] == outputs[2]
   # Groups of 2 | 3-4 | 5-8 | 9-16 | 17-32 | 33-64 members.

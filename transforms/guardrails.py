@@ -120,7 +120,7 @@ def _example(dead_letter: DeadLetter) -> tuple:
           dead_letter.detail, dead_letter.snippet, dead_letter.id or "")
 
 
-class SummarizeErrors(beam.CombineFn):
+class ErrorSummaryFn(beam.CombineFn):
   """DeadLetters -> [{reason, count, examples}], most frequent reason first."""
 
   def create_accumulator(self):

@@ -53,9 +53,9 @@ from transforms.guardrails import describe_refusal
 from transforms.guardrails import PublishLimits
 from transforms.guardrails import refusal_reasons
 from transforms.guardrails import RunRefusedError
-from transforms.guardrails import SummarizeErrors
+from transforms.guardrails import ErrorSummaryFn
 from transforms.report import draw_report
-from transforms.report.summaries import CountWithSpan
+from transforms.report.summaries import CountWithSpanFn
 
 _LOG = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class PublishRun(beam.PTransform):
       # list counts 0).
       side_inputs[f"count__{name}"] = AsList(
           pcoll | f"Count[{name}]" >> beam.CombineGlobally(
-              CountWithSpan()).without_defaults())
+              CountWithSpanFn()).without_defaults())
     for table, formats in self._outputs.items():
       for fmt, paths in formats.items():
         side_inputs[f"files__{table}__{fmt}"] = AsList(
@@ -131,7 +131,7 @@ class PublishRun(beam.PTransform):
     if self._dead_letters is not None:
       side_inputs["errors__summary"] = AsSingleton(
           self._dead_letters
-          | "SummarizeErrors" >> beam.CombineGlobally(SummarizeErrors()))
+          | "SummarizeErrors" >> beam.CombineGlobally(ErrorSummaryFn()))
     return (pbegin
             | "Once" >> beam.Create([None])
             | "Write" >> beam.Map(self._write, **side_inputs))
@@ -142,8 +142,8 @@ class PublishRun(beam.PTransform):
     for key, value in side_inputs.items():
       kind, *names = key.split("__")
       if kind == "count":
-        span = value[0] if value else CountWithSpan().extract_output(
-            CountWithSpan().create_accumulator())
+        span = value[0] if value else CountWithSpanFn().extract_output(
+            CountWithSpanFn().create_accumulator())
         counts[names[0]] = span["count"]
         spans[names[0]] = span
       elif kind == "details":

@@ -25,9 +25,9 @@ from apache_beam.pvalue import AsSingleton
 
 from transforms.report.page import fallback_page
 from transforms.report.page import render_report
-from transforms.report.summaries import DuplicateSummary
-from transforms.report.summaries import EmbeddingSummary
-from transforms.report.summaries import NeighbourSummary
+from transforms.report.summaries import DuplicateSummaryFn
+from transforms.report.summaries import EmbeddingSummaryFn
+from transforms.report.summaries import NeighbourSummaryFn
 from transforms.report.summaries import snippet
 
 __all__ = ["ReportSettings", "SummarizeForReport", "draw_report",
@@ -78,7 +78,7 @@ def stage_times(started_at: float, now: float, count_spans: Mapping[str, dict],
                 ) -> List[Tuple[str, Optional[float], Optional[float]]]:
   """(stage, first, last) in seconds since `started_at`, for the report.
 
-  count_spans: count name -> CountWithSpan's output; written: table -> the
+  count_spans: count name -> CountWithSpanFn's output; written: table -> the
   times its files were finished; sections: the report's summaries (the
   neighbour and duplicate rows' spans). Stages that made nothing are left
   out.
@@ -185,7 +185,7 @@ class SummarizeForReport(beam.PTransform):
     s = self._settings
     sections = {
         EMBEDDINGS: self._embeddings | "SummarizeEmbeddings" >> (
-            beam.CombineGlobally(EmbeddingSummary(
+            beam.CombineGlobally(EmbeddingSummaryFn(
                 s.limit, s.chunked, s.heatmap_documents, s.include_text)))
     }
     # (role, section the ids come from, records the texts come from)
@@ -193,7 +193,7 @@ class SummarizeForReport(beam.PTransform):
     if self._neighbour_rows is not None:
       sections[NEIGHBOURS] = self._neighbour_rows | (
           "SummarizeNeighbours" >> beam.CombineGlobally(
-              NeighbourSummary(s.shown_queries, s.shown_neighbours)))
+              NeighbourSummaryFn(s.shown_queries, s.shown_neighbours)))
       queries = (self._query_items if self._query_items is not None else
                  self._neighbour_items)
       lookups += [(QUERY_ROLE, NEIGHBOURS, queries),
@@ -201,7 +201,7 @@ class SummarizeForReport(beam.PTransform):
     if self._duplicate_rows is not None:
       sections[DUPLICATES] = self._duplicate_rows | (
           "SummarizeDuplicates" >> beam.CombineGlobally(
-              DuplicateSummary(s.shown_groups)))
+              DuplicateSummaryFn(s.shown_groups)))
       lookups.append((DOCUMENT_ROLE, DUPLICATES, self._embeddings))
     if s.include_text and lookups:
       sections[TEXTS] = self._texts(pbegin, sections, lookups)

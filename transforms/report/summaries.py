@@ -76,7 +76,7 @@ def _add_counts(into: List[int], counts: Sequence[int]):
     into[i] += count
 
 
-class CountWithSpan(beam.CombineFn):
+class CountWithSpanFn(beam.CombineFn):
   """Records -> {"count", "first", "last"}: how many, and when the first and
   the last were seen (None if none were)."""
 
@@ -110,7 +110,7 @@ def _keep_smallest(kept: dict, key, value, limit: int) -> bool:
   return False
 
 
-class EmbeddingSummary(beam.CombineFn):
+class EmbeddingSummaryFn(beam.CombineFn):
   """Embeddings -> a length histogram and the heatmap's sample.
 
   Output: {"measure": "num_tokens" (or "num_chunks" when chunked), "limit"
@@ -194,7 +194,7 @@ def _plain_row(row) -> dict:
           if key not in ("run_id", "model_fingerprint")}
 
 
-class NeighbourSummary(beam.CombineFn):
+class NeighbourSummaryFn(beam.CombineFn):
   """Neighbour rows -> the score histogram and a few queries' neighbours.
 
   Output: {"rows", "bins" (rows per score bin, SCORE_BINS bins over [-1,
@@ -265,7 +265,7 @@ def group_size_bin(size: int) -> int:
   return min(max(size - 1, 1).bit_length() - 1, GROUP_SIZE_BINS - 1)
 
 
-class DuplicateSummary(beam.CombineFn):
+class DuplicateSummaryFn(beam.CombineFn):
   """Duplicate rows -> groups by size and the largest groups.
 
   Output: {"rows", "groups_by_size" (groups per group_size_bin),
