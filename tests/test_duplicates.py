@@ -220,3 +220,56 @@ def test_duplicate_flags_fail_before_the_run(tmp_path, tiny_model_dir):
   with pytest.raises(ConfigError, match="--neighbours_of"):
     _run(tiny_model_dir, corpus, str(tmp_path / "b"),
          f"--neighbours_of={corpus}")
+
+
+def _groups_of_run(run_dir) -> dict:
+  """id -> group_id of the run's duplicates table."""
+  return {row["id"]: row["group_id"]
+          for row in read_outputs.read_table(run_dir, "duplicates").to_pylist()}
+
+
+def _brute_force_groups_of_run(run_dir, threshold) -> dict:
+  """id -> group_id, of every document in a group of two or more, from the
+  run's own document vectors."""
+  ids, vectors = read_outputs.load_embeddings(run_dir)
+  groups = brute_force_groups(ids, vectors, threshold)
+  sizes = {}
+  for group in groups.values():
+    sizes[group] = sizes.get(group, 0) + 1
+  return {i: g for i, g in groups.items() if sizes[g] > 1}
+
+
+@pytest.mark.timeout(600)
+def test_groups_with_chunking_and_over_an_incremental_run(tmp_path,
+                                                          tiny_model_dir):
+  # Documents long enough to be cut into chunks: their groups are of their
+  # document vectors (the token-weighted mean of their chunks').
+  threshold = 0.98
+  day1 = _write_corpus(tmp_path / "day1.jsonl")
+  chunked = ["--runner=DirectRunner", "--neighbours_k=0", "--chunk_size=8",
+             "--chunk_overlap=2"]
+  run1 = str(tmp_path / "run1")
+  _run(tiny_model_dir, day1, run1, *chunked)
+  manifest = read_outputs.load_manifest(run1)
+  assert manifest["counts"]["chunks"] > manifest["counts"]["embedded"]
+  groups1 = _groups_of_run(run1)
+  assert groups1 and groups1 == _brute_force_groups_of_run(run1, threshold)
+
+  # The next night: some documents gone, a copy of the loner added. The
+  # groups are those of the whole current corpus, carried-over documents
+  # with the newly embedded ones.
+  with open(day1) as f:
+    records = [json.loads(line) for line in f]
+  records = [r for r in records if r["id"] not in ("doc-00", "doc-03")]
+  records.append({"id": "lonely-copy", "text": "unknown"})
+  day2 = tmp_path / "day2.jsonl"
+  day2.write_text("".join(json.dumps(r) + "\n" for r in records))
+  run2 = str(tmp_path / "run2")
+  _run(tiny_model_dir, str(day2), run2, *chunked, f"--previous_run={run1}")
+  counts = read_outputs.load_manifest(run2)["counts"]
+  assert (counts["reused"], counts["inferred"], counts["removed"]) == (
+      len(records) - 1, 1, 2)
+  groups2 = _groups_of_run(run2)
+  assert groups2 == _brute_force_groups_of_run(run2, threshold)
+  assert groups2["lonely-copy"] == groups2["lonely"] == "lonely"
+  assert not {"doc-00", "doc-03"} & set(groups2)

@@ -5,6 +5,7 @@ absl or setuptools noise, no Beam INFO logs); --verbose brings them back."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -67,6 +68,39 @@ def test_a_local_run_prints_only_its_progress_and_summary(tiny_model_dir,
   assert lines[-1] == (f"Run directory: {run_dir} (manifest.json lists every "
                        "file)")
   assert (run_dir / "manifest.json").exists()
+
+
+def test_run_local_sh_prints_only_its_progress_and_summary(
+    default_model_dir, tmp_path):
+  # The README's first command, as a new user runs it: the default model,
+  # the sample corpus, a run directory relative to the repository (where a
+  # relative --output once made the run warn about its own lock).
+  home = tmp_path / "home"
+  (home / "models").mkdir(parents=True)
+  os.symlink(default_model_dir, home / "models" / "all-MiniLM-L6-v2")
+  output = f"runs/test-quiet-{os.getpid()}"
+  env = dict(os.environ, NO_GCE_CHECK="true", HF_HUB_OFFLINE="1",
+             BERT_EMBEDDINGS_HOME=str(home), OUTPUT=output)
+  for name in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS"):
+    env.pop(name, None)
+  try:
+    result = subprocess.run([os.path.join(REPO, "run_local.sh")], cwd=REPO,
+                            env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = os.path.join(REPO, output)
+    assert result.stdout == ("Look at the results with: .venv/bin/python -m "
+                             f"pipeline.read_outputs {output} --head 5\n")
+    for pattern in NOISE:
+      assert not re.search(pattern, result.stderr), (pattern, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert re.fullmatch(r"Published run \S+ in [\d.]+ s \(\d+ docs/s\): 60 "
+                        r"documents read, 60 embedded, 0 rejected\.", lines[0])
+    assert lines[1] == (f"Run directory: {run_dir} (manifest.json lists "
+                        "every file)")
+  finally:
+    shutil.rmtree(os.path.join(REPO, output), ignore_errors=True)
 
 
 def test_verbose_shows_tensorflow_and_errors_always_show(tmp_path):

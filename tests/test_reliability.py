@@ -80,15 +80,15 @@ def test_a_bundle_that_fails_once_is_retried_without_duplicates(
   # does; the first attempt's output must not reach the files.
   pattern, expected = hostile["jsonl"]
   attempts = []
-  to_embedding = embed.to_embedding
+  embedding_of = embed.embedding_of
 
   def fails_on_first_attempt(document, encoded, **kwargs):
     attempts.append(document.id)
     if len(attempts) == 3:
       raise RuntimeError("transient worker failure")
-    return to_embedding(document, encoded, **kwargs)
+    return embedding_of(document, encoded, **kwargs)
 
-  monkeypatch.setattr(embed, "to_embedding", fails_on_first_attempt)
+  monkeypatch.setattr(embed, "embedding_of", fails_on_first_attempt)
   run_dir = str(tmp_path / "run")
   _run(tiny_model_dir, pattern, run_dir, "--runner=BundleBasedDirectRunner")
   assert len(attempts) > expected["embedded"]  # something was retried
