@@ -122,8 +122,12 @@ def _pipeline_vectors(run_dir: str, texts: List[str]):
   return np.asarray([by_text[text] for text in texts], np.float32)
 
 
-def _min_cosine(a, b) -> float:
+def _min_cosine(a, b):
+  """The smallest cosine of row pairs; None when the vectors are of other
+  models (sentence-transformers always runs the default model)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+  if a.shape != b.shape:
+    return None
   a = a / np.linalg.norm(a, axis=1, keepdims=True)
   b = b / np.linalg.norm(b, axis=1, keepdims=True)
   return float(np.min(np.sum(a * b, axis=1)))

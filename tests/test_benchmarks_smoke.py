@@ -15,6 +15,7 @@ import pytest
 from benchmarks import memory
 from benchmarks import speed
 from benchmarks import startup
+from benchmarks import user_timed
 from tests import real_text
 
 
@@ -153,3 +154,30 @@ def test_import_floor_times_fresh_processes(monkeypatch):
   assert list(floor) == ["python", "json"]
   for figures in floor.values():
     assert 0 < figures["seconds"] < 30 and figures["cpu_seconds"] >= 0
+
+
+def test_user_timed_harness_runs_end_to_end(tiny_model_dir, tmp_path,
+                                            capsys):
+  # The three whole processes once each, on 20 documents: the pipeline and
+  # the plain loop with the tiny model (so their vectors must agree), and
+  # sentence-transformers with the default model's weights (its figure is
+  # only timed here).
+  out = str(tmp_path / "user-timed.json")
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("\n".join(real_text.real_sentences(20)) + "\n")
+  code = user_timed.main(["--corpus", str(corpus), "--docs", "20",
+                          "--repeats", "1", "--model", tiny_model_dir,
+                          "--json", out])
+  assert code == 0
+  with open(out) as f:
+    report = json.load(f)
+  assert report["docs"] == 20
+  assert set(report["results"]) == {"pipeline", "st", "plain"}
+  for result in report["results"].values():
+    assert result["seconds"] > 0 and len(result["all_seconds"]) == 1
+  assert report["ratios"]["plain_over_pipeline"] == pytest.approx(
+      report["results"]["plain"]["seconds"] /
+      report["results"]["pipeline"]["seconds"])
+  assert report["min_cosine"]["pipeline_vs_plain"] >= 0.9999
+  assert report["machine"]["cpu"]
+  assert json.loads(capsys.readouterr().out)["ratios"] == report["ratios"]
