@@ -115,16 +115,21 @@ def _time(command: List[str], log_path: str) -> dict:
 
 
 def _pipeline_vectors(run_dir: str, texts: List[str]):
+  """The pipeline's vector of each text, in `texts` order, and the rows of
+  `texts` it embedded (a blank line of --corpus is an error row, not a
+  vector)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pipeline import read_outputs  # pylint: disable=g-import-not-at-top
   table = read_outputs.read_table(run_dir).to_pydict()
   by_text = dict(zip(table["text"], table["embedding"]))
-  return np.asarray([by_text[text] for text in texts], np.float32)
+  rows = [i for i, text in enumerate(texts) if text in by_text]
+  return np.asarray([by_text[texts[i]] for i in rows], np.float32), rows
 
 
 def _min_cosine(a, b):
-  """The smallest cosine of row pairs; None when the vectors are of other
-  models (sentence-transformers always runs the default model)."""
+  """The smallest cosine of row pairs; None when the vectors' shapes differ:
+  vectors of other models (sentence-transformers always runs the default
+  model, whatever --model says)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   if a.shape != b.shape:
     return None
@@ -184,12 +189,16 @@ def main(argv=None) -> int:
   if model_dir is None:
     from bert_model import default_model  # pylint: disable=g-import-not-at-top
     model_dir = default_model.ensure_default_model()
-  best = measure(corpus, model_dir, args.repeats, work_dir)
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  vectors = {"pipeline": _pipeline_vectors(os.path.join(work_dir, "pipeline"),
-                                           texts),
-             "st": np.load(os.path.join(work_dir, "st.npy")),
-             "plain": np.load(os.path.join(work_dir, "plain.npy"))}
+  try:
+    best = measure(corpus, model_dir, args.repeats, work_dir)
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    pipeline_vectors, rows = _pipeline_vectors(
+        os.path.join(work_dir, "pipeline"), texts)
+    vectors = {"pipeline": pipeline_vectors,
+               "st": np.load(os.path.join(work_dir, "st.npy"))[rows],
+               "plain": np.load(os.path.join(work_dir, "plain.npy"))[rows]}
+  finally:
+    shutil.rmtree(work_dir, ignore_errors=True)
   pipeline_seconds = best["pipeline"]["seconds"]
   report = {
       "date": datetime.date.today().isoformat(),
@@ -214,7 +223,6 @@ def main(argv=None) -> int:
   if args.json:
     with open(args.json, "w") as f:
       f.write(text + "\n")
-  shutil.rmtree(work_dir, ignore_errors=True)
   return 0
 
 

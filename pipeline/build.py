@@ -31,8 +31,8 @@ from run_directory.tables import duplicate_table
 from run_directory.tables import embedding_table
 from run_directory.tables import error_table
 from run_directory.tables import neighbour_table
-from transforms.duplicates import DUPLICATE_ROWS
 from transforms.batching import LengthBatching
+from transforms.duplicates import DUPLICATE_ROWS
 from transforms.duplicates import NearDuplicates
 from transforms.embed import EmbedDocuments
 from transforms.model_handler import BertEmbeddingModelHandler

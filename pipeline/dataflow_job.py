@@ -68,8 +68,8 @@ from pipeline import preflight
 from pipeline.build import build_pipeline
 from pipeline.config import config_from_options
 from pipeline.errors import ConfigError
-from pipeline.flex_template import flag_names
 from pipeline.flex_template import flex_template_metadata
+from pipeline.flags import flag_names
 from pipeline.flags import reject_unknown_flags
 from pipeline.plan import plan_run
 from pipeline.plan import PlanEnvironment

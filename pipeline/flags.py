@@ -11,7 +11,7 @@ and names the closest known one.
 
 import argparse
 import difflib
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -406,12 +406,17 @@ def _beam_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def flag_names(argv: Sequence[str]) -> List[str]:
+  """The --flags of an argument list, without their values."""
+  return [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
+
+
 def reject_unknown_flags(argv):
   """Fails on flags no options class knows (Beam would only warn), and on
   values a flag cannot take (a number that is not one, a choice not among
   its choices), with one line that names the flag."""
   _, unknown = _beam_parser().parse_known_args(list(argv))
-  flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")]
+  flags = flag_names(unknown)
   for flag in flags:
     if flag in REMOVED_FLAGS:
       raise ConfigError(f"{flag} was removed: {REMOVED_FLAGS[flag]}")

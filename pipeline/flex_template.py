@@ -13,17 +13,13 @@ from typing import List, Sequence
 
 from pipeline import main as pipeline_main
 from pipeline.flags import flag_actions
+from pipeline.flags import flag_names
 
 _LOG = logging.getLogger(__name__)
 
 # Flags that `config_from_options` requires (it raises ConfigError without
 # them); everything else has a default.
 REQUIRED_FLAGS = ("input", "output")
-
-
-def flag_names(argv: Sequence[str]) -> List[str]:
-  """The --flags of an argument list, without their values."""
-  return [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
 
 
 def _pipeline_flag_actions():

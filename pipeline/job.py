@@ -53,7 +53,9 @@ _DOFN_ERRORS_LOGGER = "apache_beam.runners.common"
 class _RefusalIsNoCrash(logging.Filter):
   """Drops Beam's log of a guardrail's refusal: it is no crash, and its
   message is told once, by whoever catches RunRefusedError (pipeline.main
-  prints it)."""
+  prints it). For the stages that run in this process: the local runner's
+  default; worker threads or processes (--direct_running_mode) log what
+  their own harness logs."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not (record.exc_info and
@@ -133,7 +135,8 @@ def run(argv=None, save_main_session=True) -> PipelineResult:
 
 def check_flags(argv) -> None:
   """Raises ConfigError on a flag nobody declared, or a value it cannot
-  take: before anything else parses the flags."""
+  take: before Beam's options parse the flags (Beam would warn of the one,
+  and print its whole usage for the other)."""
   reject_unknown_flags(argv)
 
 

@@ -354,7 +354,6 @@ def _previous_run(path: str, model_fingerprint: str,
     chunk_files = _optional_table_paths(path, manifest, CHUNKS, TFRECORD)
     vertex_state_files = _optional_table_paths(path, manifest, VERTEX_STATE,
                                                JSONL)
-    columns = table_columns(path, embeddings, EMBEDDINGS) or ()
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ConfigError(
         f"--previous_run={path}: its manifest lacks {e}") from None
@@ -378,7 +377,7 @@ def _previous_run(path: str, model_fingerprint: str,
                      if previous.get(name) != vectors.get(name))
     if changed:
       reason = f"settings changed: {', '.join(changed)}"
-  if not reason and CONTENT_HASH not in {c.name for c in columns}:
+  if not reason and CONTENT_HASH not in _column_names(path, embeddings):
     reason = "the previous run has no content hashes (older layout)"
   if reason:
     _LOG.warning("Not reusing embeddings of %s: %s", path, reason)
@@ -387,6 +386,18 @@ def _previous_run(path: str, model_fingerprint: str,
                      reason=reason, documents=documents,
                      chunk_tfrecord_files=chunk_files,
                      vertex_state_files=vertex_state_files)
+
+
+def _column_names(run_dir: str, entry: dict) -> set:
+  """The embeddings table's column names, from its schema file."""
+  try:
+    return {c.name for c in table_columns(run_dir, entry, EMBEDDINGS) or ()}
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(
+        f"--previous_run={run_dir}: its embeddings schema "
+        f"({entry.get('bigquery_schema')}) cannot be read: {e}. Point "
+        "--previous_run at a complete run, or leave it out to embed "
+        "everything.") from None
 
 
 def _optional_table_paths(run_dir: str, manifest: dict, table: str,

@@ -28,6 +28,7 @@ import zstandard
 from pipeline import main
 from pipeline import read_outputs
 from run_directory.records import DeadLetter
+from run_directory.staging import remove_unlisted_files
 from run_directory.records import DETAIL_CHARS
 from run_directory.records import Document
 from run_directory.records import SNIPPET_CHARS
@@ -38,6 +39,7 @@ from transforms import publish as publish_stage
 from transforms.formats.fields import RecordSpec
 from transforms.formats.files import open_for_reading
 from transforms.formats.files import read_file_records
+from transforms.formats.lines import iter_lines
 
 # Reasons, spelled out here (the errors table's contract), not imported.
 EMPTY = "empty_text"
@@ -197,6 +199,31 @@ def test_a_file_with_a_utf16_or_utf32_byte_order_mark_reads_like_utf8(
   expected = _read(input_format, content.encode("utf-8"), "u")
   assert all(isinstance(r, Document) for r in expected)
   assert _read(input_format, data, "u") == expected
+
+
+class _Trickle(io.RawIOBase):
+  """A stream whose every read gives two bytes (a decompressor's smallest
+  pieces): its byte-order mark never arrives in one read."""
+
+  def __init__(self, data: bytes):
+    super().__init__()
+    self._data = data
+
+  def readable(self):
+    return True
+
+  def readinto(self, buffer):
+    n = min(2, len(buffer), len(self._data))
+    buffer[:n], self._data = self._data[:n], self._data[n:]
+    return n
+
+
+def test_a_byte_order_mark_split_over_reads_is_still_seen():
+  text = "h\u00e9llo\nw\u00f6rld\n"
+  for encoding in ("utf-32", "utf-16", "utf-8"):
+    stream = io.BufferedReader(_Trickle(text.encode(encoding)))
+    assert list(iter_lines(stream, 100)) == [b"h\xc3\xa9llo\n",
+                                             b"w\xc3\xb6rld\n"]
 
 
 def test_bytes_a_utf16_file_cannot_decode_reject_only_their_line():
@@ -414,11 +441,42 @@ def test_a_previous_run_with_missing_shards_is_refused(
   assert code == 2
   assert "shard(s) that are gone" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "next")
+  # Its schema file gone: named, not a traceback.
+  code, previous = _run(tmp_path, tiny_model_dir, corpus_file,
+                        output="previous2")
+  assert code == 0
+  os.remove(os.path.join(previous, "embeddings", "bigquery_schema.json"))
+  code, _ = _run(tmp_path, tiny_model_dir, corpus_file,
+                 f"--previous_run={previous}", output="next2")
+  assert code == 2
+  err = capsys.readouterr().err
+  assert ("its embeddings schema (embeddings/bigquery_schema.json) cannot be "
+          "read") in err, err
+  assert "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------
 # Publishing: one run per directory, nothing fallible after the manifest,
 # table directories hold only what the manifest lists.
+
+
+def test_only_unlisted_files_of_table_directories_are_removed(
+    tmp_path, monkeypatch):
+  # A run directory given relative to the cwd: its own top level (the lock,
+  # the report) is left alone, only a table's stale shard goes.
+  monkeypatch.chdir(tmp_path)
+  for relative in (".run.lock", "report.html", "notes.txt",
+                   "embeddings/avro/embeddings-00000-of-00001.avro",
+                   "embeddings/avro/embeddings-00000-of-00002.avro"):
+    path = tmp_path / "run" / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("x")
+  remove_unlisted_files("run", [
+      "report.html", "embeddings/avro/embeddings-00000-of-00001.avro"])
+  left = sorted(str(p.relative_to(tmp_path / "run"))
+                for p in (tmp_path / "run").rglob("*") if p.is_file())
+  assert left == [".run.lock", "embeddings/avro/embeddings-00000-of-00001.avro",
+                  "notes.txt", "report.html"]
 
 
 def test_a_second_run_into_a_locked_output_refuses_and_names_the_holder(

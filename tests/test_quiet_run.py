@@ -88,7 +88,8 @@ def test_run_local_sh_prints_only_its_progress_and_summary(
                             env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = os.path.join(REPO, output)
+    # As the pipeline makes it absolute: from the resolved working directory.
+    run_dir = os.path.join(os.path.realpath(REPO), output)
     assert result.stdout == ("Look at the results with: .venv/bin/python -m "
                              f"pipeline.read_outputs {output} --head 5\n")
     for pattern in NOISE:

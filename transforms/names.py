@@ -18,7 +18,9 @@ inferred + reused: no stage sees both, so it has no counter of its own.
 
 The stages that read, validate and embed the --neighbours_of queries count
 under the same names in the QUERIES scope ("queries.read", ...), as the
-manifest nests the queries' counts under "queries".
+manifest nests the queries' counts under "queries". The model handler's work
+counters (tokens, batches, token_budget_halved) count all the model's work,
+of both, as the manifest has no such counts.
 """
 
 import dataclasses

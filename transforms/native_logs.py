@@ -184,8 +184,8 @@ def _flush(stream):
 
 
 def start_tensorflow(show_all: bool = False):
-  """Imports TensorFlow, tensorflow_text, tensorflow_hub and tfx-bsl and
-  probes the devices (CUDA's cuInit), with their notices captured."""
+  """Imports TensorFlow, tensorflow_text and tfx-bsl and probes the devices
+  (CUDA's cuInit), with their notices captured."""
   with captured(show_all):
     # Imported here, inside the capture: importing them is what prints the
     # notices, and this module must stay importable before them. The model

@@ -189,9 +189,8 @@ class PublishRun(beam.PTransform):
     if staged_pointer:
       _without_failing(f"moving {self._latest_pointer} into place",
                        commit_staged, staged_pointer, self._latest_pointer)
-    if FileSystems.exists(self._staging_dir):
-      _without_failing(f"removing {self._staging_dir}", FileSystems.delete,
-                       [self._staging_dir])
+    _without_failing(f"removing {self._staging_dir}", _remove_if_there,
+                     self._staging_dir)
     return manifest
 
 
@@ -211,6 +210,11 @@ class PublishRun(beam.PTransform):
     # Raised, not logged: whoever runs the job tells it (pipeline.main
     # prints it once; on Dataflow it is the failed job's error).
     raise RunRefusedError(f"{describe_refusal(refusal)}\nDetails: {path}")
+
+
+def _remove_if_there(path: str):
+  if FileSystems.exists(path):
+    FileSystems.delete([path])
 
 
 def _without_failing(what: str, step, *args):

@@ -22,7 +22,6 @@ import logging
 from typing import Tuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from tfx_bsl.public import tfxio
 
 from run_directory.embeddings import chunks_from_examples
@@ -33,8 +32,8 @@ from run_directory.records import chunk_of
 from run_directory.records import content_hash
 from run_directory.records import Document
 from run_directory.records import embedding_of
+from transforms.names import counter
 from transforms.names import COUNTERS
-from transforms.names import METRICS_NAMESPACE
 from transforms.progress import PROGRESS
 
 _LOG = logging.getLogger(__name__)
@@ -129,11 +128,11 @@ class _SplitByReuseFn(beam.DoFn):
   Embedding (and its Chunks, tagged REUSED_CHUNKS), a Document, or gone."""
 
   def __init__(self):
-    self._reused = Metrics.counter(METRICS_NAMESPACE, COUNTERS.reused)
-    self._removed = Metrics.counter(METRICS_NAMESPACE, COUNTERS.removed)
+    self._reused = counter(COUNTERS.reused)
+    self._removed = counter(COUNTERS.removed)
     # A carried-over document that was cut is still cut in this run: the
     # counter means what the manifest's `truncated` means.
-    self._truncated = Metrics.counter(METRICS_NAMESPACE, COUNTERS.truncated)
+    self._truncated = counter(COUNTERS.truncated)
 
   def process(self, grouped):
     document_id, group = grouped

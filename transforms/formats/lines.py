@@ -8,7 +8,10 @@ a reader's memory is bounded by the limit whatever the input.
 Lines are UTF-8. A file that starts with a UTF-16 or UTF-32 byte-order mark
 (what Windows tools write as "Unicode") is read in that encoding and its
 lines given as UTF-8, so it reads like its UTF-8 twin; bytes that encoding
-cannot decode stay as they are, and reject their line as invalid UTF-8.
+cannot decode become lone surrogates (shown escaped, as \xed\xb0\x80, in the
+snippet), which reject their line as invalid UTF-8. Such a file's limit
+counts characters before they are re-encoded, so a line of it may hold up to
+four times the limit in memory.
 """
 
 import codecs
@@ -109,13 +112,46 @@ _UNDECODABLE = "bert_embeddings_keep_undecodable"
 codecs.register_error(_UNDECODABLE, _keep_undecodable)
 
 
-def _unicode_encoding(stream) -> Optional[str]:
-  """UTF-16 or UTF-32 when the stream starts with that byte-order mark."""
-  head = stream.peek(4)[:4]
+def _unicode_encoding(head: bytes) -> Optional[str]:
+  """UTF-16 or UTF-32 when a stream starts with that byte-order mark."""
   for bom, encoding in _UNICODE_BOMS:
     if head.startswith(bom):
       return encoding
   return None
+
+
+class _Prefixed(io.RawIOBase):
+  """`head`, then the rest of `stream`: bytes read ahead, put back."""
+
+  def __init__(self, head: bytes, stream: BinaryIO):
+    super().__init__()
+    self._head = head
+    self._stream = stream
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    if self._head:
+      n = min(len(buffer), len(self._head))
+      buffer[:n] = self._head[:n]
+      self._head = self._head[n:]
+      return n
+    data = self._stream.read(len(buffer))
+    buffer[:len(data)] = data
+    return len(data)
+
+
+def _first_bytes(stream, size: int):
+  """(the stream's first `size` bytes or fewer at its end, a stream that
+  still starts with them)."""
+  head = stream.peek(size)[:size]
+  if len(head) == size:
+    return head, stream
+  # peek() shows only what one read of the file gave, which can be shorter
+  # (a decompressor's first piece): read them, and put them back in front.
+  head = stream.read(size)
+  return head, io.BufferedReader(_Prefixed(head, stream))
 
 
 def _as_utf8(stream: BinaryIO):
@@ -124,5 +160,6 @@ def _as_utf8(stream: BinaryIO):
   # cannot is read as UTF-8.
   if not hasattr(stream, "peek"):
     return stream
-  encoding = _unicode_encoding(stream)
+  head, stream = _first_bytes(stream, 4)
+  encoding = _unicode_encoding(head)
   return stream if encoding is None else _Utf8Lines(stream, encoding)

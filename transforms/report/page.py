@@ -322,7 +322,7 @@ def render_report(manifest: Mapping, sections: Mapping,
 
   sections: the summaries SummarizeForReport made ("embeddings", and
     "neighbours", "duplicates", "texts" when the run has them).
-  top_errors: ErrorSummaryFn' output. stages: (label, first, last) in
+  top_errors: ErrorSummaryFn's output. stages: (label, first, last) in
   seconds since the run started. refusal: the guardrails' reasons, for a
   refused run.
   """
