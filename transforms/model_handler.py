@@ -27,7 +27,6 @@ import logging
 import uuid
 from typing import Iterable, Optional, Sequence
 
-from apache_beam.metrics import Metrics
 
 from transforms import native_logs
 from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
@@ -37,6 +36,7 @@ from run_directory.records import ChunkedVectors
 from run_directory.records import Vectors
 from transforms.model_copies import claim_copy_index
 from transforms.model_outputs import split_outputs
+from transforms.names import counter
 from transforms.names import COUNTERS
 from transforms.names import METRICS_NAMESPACE
 from transforms.progress import PROGRESS
@@ -132,9 +132,9 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
                     inference_args=None) -> Iterable:
     batch = list(batch)
     results = self._embed_isolating_failures(batch, model)
-    Metrics.counter(METRICS_NAMESPACE, COUNTERS.batches).inc()
+    counter(COUNTERS.batches).inc()
     PROGRESS.add_batch(len(batch))
-    Metrics.counter(METRICS_NAMESPACE, COUNTERS.tokens).inc(
+    counter(COUNTERS.tokens).inc(
         sum(_tokens_of(result) for result in results))
     return [PredictionResult(text, result)
             for text, result in zip(batch, results)]
@@ -161,7 +161,7 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
       _LOG.warning("Out of memory: padded-token budget per model call %d -> %d",
                    self._max_batch_tokens, smaller)
       self._max_batch_tokens = smaller
-      Metrics.counter(METRICS_NAMESPACE, COUNTERS.token_budget_halved).inc()
+      counter(COUNTERS.token_budget_halved).inc()
 
   def get_num_bytes(self, batch: Sequence) -> int:
     return sum(

@@ -113,7 +113,9 @@ def _id_from_json(value, id_field: str) -> Optional[str]:
 def _jsonl_document(line: bytes, source: str, position: int,
                     spec: RecordSpec) -> Document:
   record = parse_json_object(line)
-  repeated = record.repeated_keys & spec.field_names
+  # The spec's field names are made only for an object that repeats a key
+  # (rarely), not for every line.
+  repeated = record.repeated_keys and record.repeated_keys & spec.field_names
   if repeated:
     raise ambiguous(repeated)
   doc_id = _id_from_json(record.get(spec.id_field), spec.id_field)
