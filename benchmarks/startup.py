@@ -11,7 +11,9 @@ clock and the process's CPU time) at each boundary:
 
   interpreter   process start (the parent's clock just before it starts the
                 child) to the child's first line: exec, Python, site;
-  imports       `from pipeline import job` (TensorFlow, Beam, ...);
+  imports       what `python -m pipeline.main` imports before it runs:
+                TensorFlow with its companions (native_logs.start_tensorflow),
+                then `pipeline.job` (Beam, ...);
   flags         flag parsing and the frozen config;
   plan          plan_run: model resolution, output checks, the lock;
   construction  beam.Pipeline and build_pipeline (the graph);
@@ -84,8 +86,11 @@ def _child_main(spec_path: str) -> int:
 
   with open(spec_path) as f:
     spec = json.load(f)
-  # The pipeline's own imports, as `python -m pipeline.main` makes them
-  # (its main imports the job, which imports TensorFlow).
+  # The pipeline's own imports, as `python -m pipeline.main` makes them: its
+  # main starts TensorFlow with its companions (transforms/native_logs.py),
+  # then imports the job.
+  from transforms import native_logs  # pylint: disable=g-import-not-at-top
+  native_logs.start_tensorflow()
   from pipeline import job as pipeline_main  # pylint: disable=g-import-not-at-top
   mark("imports")
   details = _instrument(pipeline_main, mark)
