@@ -98,7 +98,8 @@ def rows_to_record_batch(
     rows: Sequence[Mapping], columns: Sequence[Column]) -> pa.RecordBatch:
   """Flat BigQuery-shaped rows in the tf.Example layout (small tables).
 
-  A NULL becomes an absent feature. For tables without RECORD columns.
+  A NULL becomes a feature without values. For tables without RECORD
+  columns.
   """
   arrays, names = [], []
   for column in columns:
@@ -106,16 +107,32 @@ def rows_to_record_batch(
       raise ValueError(
           f"Column {column.name}: RECORD columns need a table-specific "
           "tf.Example layout")
-    feature_type = _EXAMPLE_TYPES[column.type]
-    to_feature = _EXAMPLE_VALUE[column.type]
     values = [row.get(column.name) for row in rows]
     if column.mode == REPEATED:
-      lists = [[to_feature(v) for v in value or ()] for value in values]
+      to_feature = _EXAMPLE_VALUE[column.type]
+      arrays.append(pa.array(
+          [[to_feature(v) for v in value or ()] for value in values],
+          pa.list_(_EXAMPLE_TYPES[column.type])))
     else:
-      lists = [[] if v is None else [to_feature(v)] for v in values]
-    arrays.append(pa.array(lists, pa.list_(feature_type)))
+      arrays.append(_scalar_feature(values, column.type))
     names.append(column.name)
   return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _scalar_feature(values: list, column_type: str) -> pa.ListArray:
+  """One value per row as a one-value list, a NULL as an empty one.
+
+  Built flat and wrapped by offsets: a table of neighbours has k rows per
+  document, and a Python list per value cost more than the encoding.
+  """
+  present = [value is not None for value in values]
+  flat = pa.array([_SCALAR_VALUE[column_type](value)
+                   for value in values if value is not None],
+                  _SCALAR_TYPES[column_type])
+  offsets = np.zeros(len(values) + 1, dtype=np.int32)
+  np.cumsum(present, out=offsets[1:])
+  return pa.ListArray.from_arrays(
+      pa.array(offsets), flat.cast(_EXAMPLE_TYPES[column_type]))
 
 
 # tf.Example holds bytes, int64 and float32 lists only.
@@ -139,6 +156,10 @@ _EXAMPLE_VALUE = {
     "BOOLEAN": int,
     "BOOL": int,
 }
+# A scalar column's values as Arrow takes them in bulk, cast to the
+# _EXAMPLE_TYPES afterwards (strings as UTF-8 strings, then bytes: a view).
+_SCALAR_TYPES = {**_EXAMPLE_TYPES, "STRING": pa.string()}
+_SCALAR_VALUE = {**_EXAMPLE_VALUE, "STRING": str}
 
 
 def from_example_layout(

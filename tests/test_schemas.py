@@ -18,6 +18,9 @@ from run_directory import avro as avro_lib
 from run_directory import columns as columns_lib
 from run_directory import embeddings as embeddings_lib
 from run_directory import tables
+from run_directory.columns import Column
+from run_directory.columns import NULLABLE
+from run_directory.columns import REQUIRED
 from run_directory.embeddings import chunk_columns
 from run_directory.embeddings import embedding_columns
 from run_directory.embeddings import EmbeddingTableSpec
@@ -432,6 +435,33 @@ def test_neighbour_rows_to_tf_examples():
   assert f["neighbour_id"].bytes_list.value == [b"n2"]
   assert f["score"].float_list.value == [pytest.approx(0.5)]
   assert f["model_fingerprint"].bytes_list.value == [b"fp"]
+
+
+def test_flat_rows_to_tf_examples_nulls_and_booleans():
+  # A NULL is a feature without values, not an empty string or a 0; a
+  # boolean is an int64 0/1; the rows stay apart (the offsets of the flat
+  # arrays).
+  columns = (
+      Column("id", "STRING", REQUIRED, "."),
+      Column("note", "STRING", NULLABLE, "."),
+      Column("flag", "BOOLEAN", REQUIRED, "."),
+      Column("count", "INTEGER", NULLABLE, "."),
+  )
+  rows = [
+      {"id": "x\u00e9", "note": None, "flag": True, "count": 3},
+      {"id": "y", "note": "", "flag": False, "count": None},
+      {"id": "z", "note": "n", "flag": True, "count": 0},
+  ]
+  decoded = [_decode(e) for e in encode_examples(
+      arrow_lib.rows_to_record_batch(rows, columns))]
+  assert [list(f["note"].bytes_list.value) for f in decoded] == [
+      [], [b""], [b"n"]]
+  assert [list(f["count"].int64_list.value) for f in decoded] == [
+      [3], [], [0]]
+  assert decoded[0]["id"].bytes_list.value == ["x\u00e9".encode("utf-8")]
+  assert decoded[1]["note"].bytes_list.value == [b""]
+  assert [f["flag"].int64_list.value[0] for f in decoded] == [1, 0, 1]
+  assert decoded[2]["count"].int64_list.value == [0]
 
 
 def test_example_layout_schema():
