@@ -104,11 +104,12 @@ def run_pipeline(ids, vectors, transform_factory, label: str,
                  feed: str = "chunks", rows_output: Optional[str] = None
                  ) -> dict:
   """Runs Embedding records | transform on LocalRunner; returns wall time,
-  the collected rows (the transform's `rows_output`, by default
-  NEIGHBOUR_ROWS) and stats (STATS) or the count."""
+  the collected rows (the transform's `rows_output`, by default the
+  neighbours table's rows) and stats (STATS) or the count."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   from pipeline.local_runner import LocalRunner  # pylint: disable=g-import-not-at-top
+  from run_directory.tables import neighbour_rows  # pylint: disable=g-import-not-at-top
   from transforms import neighbours  # pylint: disable=g-import-not-at-top
 
   # Functions and globals by their importable name (under `python -m` this
@@ -131,7 +132,11 @@ def run_pipeline(ids, vectors, transform_factory, label: str,
           | "ToEmbeddings" >> beam.FlatMap(this._records_of_chunk, label))  # pylint: disable=protected-access
     outputs = embeddings | "Transform" >> transform_factory()
     if isinstance(outputs, dict):
-      rows = outputs[rows_output or neighbours.NEIGHBOUR_ROWS]
+      if rows_output is None:  # the neighbours table's rows
+        rows = outputs[neighbours.NEIGHBOUR_LISTS] | "ToRows" >> beam.FlatMap(
+            neighbour_rows)
+      else:
+        rows = outputs[rows_output]
       _ = rows | "SinkRows" >> beam.Map(this._sink, rows_key)  # pylint: disable=protected-access
       _ = outputs[neighbours.STATS] | "SinkStats" >> beam.Map(
           this._sink, stats_key)  # pylint: disable=protected-access

@@ -44,7 +44,7 @@ from transforms.names import DOCUMENTS
 from transforms.names import EMBEDDINGS
 from transforms.neighbours import CHUNK as CHUNK_LEVEL
 from transforms.neighbours import NearestNeighbours
-from transforms.neighbours import NEIGHBOUR_ROWS
+from transforms.neighbours import NEIGHBOUR_LISTS
 from transforms.neighbours import STATS
 from transforms.publish import PublishRun
 from transforms.read import CorpusSettings
@@ -208,7 +208,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
     neighbours = corpus[items] | "NearestNeighbours" >> NearestNeighbours(
         plan.neighbours,
         queries=query_corpus[items] if query_corpus else None)
-    outputs[layout.NEIGHBOURS] = neighbours[NEIGHBOUR_ROWS] | (
+    outputs[layout.NEIGHBOURS] = neighbours[NEIGHBOUR_LISTS] | (
         "WriteNeighbours" >> WriteTable(
             staging, neighbour_table(plan.run_id, fingerprint,
                                      chunks=items == CHUNKS),
@@ -216,7 +216,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
             num_shards=writing.num_shards, spill_dir=plan.spill_dir))
     details[layout.NEIGHBOURS] = neighbours[STATS]
     summarized.update(
-        neighbour_rows=neighbours[NEIGHBOUR_ROWS],
+        neighbour_lists=neighbours[NEIGHBOUR_LISTS],
         neighbour_items=corpus[items],
         query_items=query_corpus[items] if query_corpus else None)
   if plan.duplicates:

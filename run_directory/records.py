@@ -261,6 +261,11 @@ def chunk_id(document_id: str, chunk_index: int) -> str:
   return f"{document_id}#{chunk_index}"
 
 
+def document_of_chunk(item_id: str) -> str:
+  """The document id of a chunk id (`chunk_id`'s inverse)."""
+  return item_id.rpartition("#")[0]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Chunk(_VectorsOfARow):
   """A row of the chunks table: a span of a long document, and its vectors.

@@ -121,7 +121,7 @@ class ShardWriter:
   def write(self, shard: int, num_shards: int,
             elements: Iterable) -> dict[str, str]:
     """Writes the shard's files; returns {format: path}. Safe to repeat."""
-    rows = sort_rows(elements, self.table)
+    rows = sort_rows(self.table.rows_of(elements), self.table)
     writers = {
         TFRECORD: self._write_tfrecord,
         AVRO: self._write_avro,

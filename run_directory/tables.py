@@ -10,13 +10,16 @@ it, as embeddings.py): its columns, its sort key and its converter.
   embedding_table(spec, run_id, model_fingerprint)  Embedding -> row
   chunk_table(spec, run_id, model_fingerprint)      Chunk -> row
   duplicate_table(run_id, model_fingerprint)        {id, group_id, ...} -> row
-  neighbour_table(run_id, model_fingerprint)        {id, rank, ...} -> row
+  neighbour_table(run_id, model_fingerprint)        (id, [(score, neighbour
+                                                    id)]) -> rows
   error_table(run_id)                               DeadLetter -> row
 """
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Optional, Sequence
+import itertools
+import operator
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +37,7 @@ from run_directory.layout import EMBEDDINGS
 from run_directory.layout import ERRORS
 from run_directory.layout import NEIGHBOURS
 from run_directory.records import DeadLetter
+from run_directory.records import document_of_chunk
 
 # Rows per shard. Memory: one worker holds all rows of a shard while it sorts
 # and writes them (plus one converted batch), so rows_per_shard bounds a
@@ -70,6 +74,24 @@ def default_embedding_rows_per_shard(spec: EmbeddingTableSpec) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class RowsPerElement:
+  """A table whose elements hold several rows each.
+
+  The neighbours table's element is a query with its K neighbours: K times
+  fewer elements cross the pipeline's stages, and its rows are made only
+  when a shard is written.
+
+  rows: element -> its rows (what the table's sort_key and to_row take).
+  key: element -> the first component of its rows' sort keys, which they
+    all share: the key its shard is drawn from.
+  count: element -> how many rows it holds (shards are sized by rows).
+  """
+  rows: Callable[[Any], Iterable]
+  key: Callable[[Any], str]
+  count: Callable[[Any], int]
+
+
+@dataclasses.dataclass(frozen=True)
 class Table:
   """A table of the run directory: everything its writers and readers need.
 
@@ -84,6 +106,7 @@ class Table:
     (TFRecord); None if never needed.
   rows_per_shard: rows one shard holds when the shard count is not fixed:
     a worker holds a whole shard in memory while it sorts and writes it.
+  rows_per_element: None when every element is one row.
   """
   name: str
   columns: tuple[Column, ...]
@@ -92,6 +115,20 @@ class Table:
   to_arrow: Optional[Callable[[list], pa.RecordBatch]] = None
   to_examples: Optional[Callable[[list], pa.RecordBatch]] = None
   rows_per_shard: int = EMBEDDING_ROWS_PER_SHARD
+  rows_per_element: Optional[RowsPerElement] = None
+
+  def shard_key(self, element) -> str:
+    """The key an element's shard is drawn from (all of its rows')."""
+    if self.rows_per_element is None:
+      return self.sort_key(element)[0]
+    return self.rows_per_element.key(element)
+
+  def rows_of(self, elements: Iterable) -> Iterable:
+    """The rows the elements hold."""
+    if self.rows_per_element is None:
+      return elements
+    return itertools.chain.from_iterable(
+        map(self.rows_per_element.rows, elements))
 
 
 def _convert_rows(elements: list, to_row, convert, columns) -> pa.RecordBatch:
@@ -287,18 +324,50 @@ def _vectors_table(name, columns, sort_key, converters, spec, run_id,
                       if rows_per_shard is None else rows_per_shard))
 
 
+# The neighbours table's elements, a query's neighbours, are (query id,
+# [(score, neighbour id)] best first). The functions taking them are not
+# annotated: Beam checks a Map's input against its function's annotations,
+# and the scores may be numpy floats.
+
+
+def neighbour_rows(query_neighbours, chunks: bool = False) -> Iterable[dict]:
+  """A query's rows of the neighbours table, {id, rank, neighbour_id,
+  score}, rank 1 the best. chunks: the ids are chunks', and the rows also
+  name both chunks' documents."""
+  query_id, neighbours = query_neighbours
+  for rank, (score, neighbour_id) in enumerate(neighbours, start=1):
+    row = {
+        "id": query_id,
+        "rank": rank,
+        "neighbour_id": neighbour_id,
+        "score": float(score),
+    }
+    if chunks:
+      row["document_id"] = document_of_chunk(query_id)
+      row["neighbour_document_id"] = document_of_chunk(neighbour_id)
+    yield row
+
+
+def _neighbour_count(query_neighbours) -> int:
+  return len(query_neighbours[1])
+
+
 def neighbour_table(run_id: str, model_fingerprint: str,
                     rows_per_shard: int = NEIGHBOUR_ROWS_PER_SHARD,
                     chunks: bool = False) -> Table:
-  """The neighbours table ({id, rank, neighbour_id, score} dicts), sorted by
-  (id, rank): all of an id's neighbours are in one shard. chunks: of
-  --neighbours_level chunk, whose rows also name both documents."""
-  return table_of_rows(
+  """The neighbours table: a query's neighbours per element, rows {id, rank,
+  neighbour_id, score} sorted by (id, rank): all of an id's neighbours are
+  in one shard. chunks: of --neighbours_level chunk, whose rows also name
+  both documents."""
+  table = table_of_rows(
       NEIGHBOURS, CHUNK_NEIGHBOUR_COLUMNS if chunks else NEIGHBOUR_COLUMNS,
       neighbour_sort_key,
       functools.partial(neighbour_to_row, run_id=run_id,
                         model_fingerprint=model_fingerprint, chunks=chunks),
       rows_per_shard)
+  return dataclasses.replace(table, rows_per_element=RowsPerElement(
+      rows=functools.partial(neighbour_rows, chunks=chunks),
+      key=operator.itemgetter(0), count=_neighbour_count))
 
 
 def duplicate_table(run_id: str, model_fingerprint: str,

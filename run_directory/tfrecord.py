@@ -1,6 +1,8 @@
-"""The one TFRecord codec: framing for every TFRecord file the project reads
-or writes, tf.Examples to and from Arrow batches, and the canonical bytes of
-the tf.Examples it writes.
+"""The one TFRecord codec: framing for every TFRecord file the project writes
+and reads outside Beam's sources (input corpora, readers of a run),
+tf.Examples to and from Arrow batches, and the canonical bytes of the
+tf.Examples it writes. (Reuse reads a previous run inside the pipeline with
+tfx-bsl's TFXIO source, which splits the files across workers.)
 
 A TFRecord file is a sequence of frames:
 

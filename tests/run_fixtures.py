@@ -30,6 +30,7 @@ from run_directory.tables import embedding_table
 from run_directory.tables import ERROR_ROWS_PER_SHARD
 from run_directory.tables import error_table
 from run_directory.tables import NEIGHBOUR_ROWS_PER_SHARD
+from run_directory.tables import neighbour_rows
 from run_directory.tables import neighbour_table
 from transforms.write import WriteTable
 
@@ -94,11 +95,17 @@ def make_dead_letters(n: int):
 
 
 def make_neighbours(n: int, k: int = 2):
-  return [{
-      "id": f"doc-{i:03d}", "rank": np.int64(rank),
-      "neighbour_id": f"doc-{(i + rank) % n:03d}",
-      "score": np.float32(1.0 / (1 + rank + i))
-  } for i in range(n) for rank in range(1, k + 1)]
+  """The neighbours table's elements: (query id, [(score, neighbour id)])."""
+  return [(f"doc-{i:03d}",
+           [(np.float32(1.0 / (1 + rank + i)), f"doc-{(i + rank) % n:03d}")
+            for rank in range(1, k + 1)])
+          for i in range(n)]
+
+
+def make_neighbour_rows(n: int, k: int = 2):
+  """The rows of make_neighbours(n, k)."""
+  return [row for query in make_neighbours(n, k)
+          for row in neighbour_rows(query)]
 
 
 def shuffled(items, seed: int) -> list:

@@ -9,13 +9,14 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipeline.local_runner import LocalRunner
+from run_directory import tables
 from run_directory.records import Embedding
 from run_directory.records import Vectors
 from transforms import neighbours
 from transforms.neighbours import approximate
 from transforms.neighbours import exact
 from transforms.neighbours import maths
-from transforms.neighbours import NEIGHBOUR_ROWS
+from transforms.neighbours import NEIGHBOUR_LISTS
 from transforms.neighbours import STATS
 
 # ---------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def to_embeddings(ids, vectors):
 def to_rows(query_neighbours):
   return [
       row for query_id, top in query_neighbours
-      for row in maths.neighbour_rows(query_id, top)
+      for row in tables.neighbour_rows((query_id, top))
   ]
 
 
@@ -107,9 +108,11 @@ def run_neighbours(make_transform, corpus, tmp_path, queries=None):
     if queries is not None:
       queries_pcoll = p | "Queries" >> beam.Create(queries)
     outputs = corpus_pcoll | make_transform(queries_pcoll)
-    for name in (NEIGHBOUR_ROWS, STATS):
+    rows = outputs[NEIGHBOUR_LISTS] | "ToRows" >> beam.FlatMap(
+        tables.neighbour_rows)
+    for name, pcoll in (("rows", rows), (STATS, outputs[STATS])):
       _ = (
-          outputs[name]
+          pcoll
           | f"Json{name}" >> beam.Map(json.dumps)
           | f"Write{name}" >> beam.io.WriteToText(str(tmp_path / name)))
 
@@ -122,7 +125,7 @@ def run_neighbours(make_transform, corpus, tmp_path, queries=None):
 
   stats = read(STATS)
   assert len(stats) == 1
-  return read(NEIGHBOUR_ROWS), stats[0]
+  return read("rows"), stats[0]
 
 
 # ---------------------------------------------------------------------------

@@ -161,9 +161,9 @@ def test_summaries_are_the_same_however_records_are_bundled():
                                 smallest[3].embedding)
   assert output["sample"][0]["text"] == smallest[0].text
 
-  rows = make_neighbours(40, k=7)
   neighbours = NeighbourSummaryFn(shown_queries=4, shown_neighbours=3)
-  outputs = [_fold(neighbours, rows, seed) for seed in range(3)]
+  outputs = [_fold(neighbours, make_neighbours(40, k=7), seed)
+             for seed in range(3)]
   assert outputs[1] == outputs[0] == outputs[2]
   assert outputs[0]["rows"] == 280 == sum(outputs[0]["bins"])
   assert [e["id"] for e in outputs[0]["examples"]] == [
@@ -196,15 +196,14 @@ def test_the_examples_texts_come_from_their_own_records():
             _embedding("b", "corpus b", [0, 1]),
             _embedding("q", "a corpus document named q", [1, 1])]
   queries = [_embedding("q", "the query q", [1, 0.5])]
-  rows = [{"id": "q", "rank": 1, "neighbour_id": "a", "score": 0.9},
-          {"id": "q", "rank": 2, "neighbour_id": "b", "score": 0.4}]
+  neighbours = [("q", [(0.9, "a"), (0.4, "b")])]
   duplicate_rows = [
       {"id": i, "group_id": "a", "group_size": 2, "representative": i == "a",
        "max_score": 1.0} for i in ("a", "b")]
   with TestPipeline() as p:
     documents = p | "Corpus" >> beam.Create(corpus)
     arguments = dict(
-        neighbour_rows=p | "Rows" >> beam.Create(rows),
+        neighbour_lists=p | "Neighbours" >> beam.Create(neighbours),
         neighbour_items=documents,
         query_items=p | "Queries" >> beam.Create(queries),
         duplicate_rows=p | "Duplicates" >> beam.Create(duplicate_rows))

@@ -36,6 +36,7 @@ from tests.run_fixtures import FULL_SPEC
 from tests.run_fixtures import H
 from tests.run_fixtures import make_dead_letters
 from tests.run_fixtures import make_embeddings
+from tests.run_fixtures import make_neighbour_rows
 from tests.run_fixtures import make_neighbours
 from tests.run_fixtures import publish_manifest
 from tests.run_fixtures import RUN_ID
@@ -268,7 +269,8 @@ def test_write_neighbours_round_trip(tmp_path, bigquery_format):
             bigquery_format=bigquery_format))
     publish_manifest(p, run_dir, H, {"neighbours": outputs})
   expected = sorted(
-      (tables.neighbour_to_row(n, RUN_ID, FINGERPRINT) for n in neighbours),
+      (tables.neighbour_to_row(n, RUN_ID, FINGERPRINT)
+       for n in make_neighbour_rows(3)),
       key=lambda r: (r["id"], r["rank"]))
   for fmt in (None, "tfrecord"):
     rows = read_outputs.read_table(run_dir, "neighbours", fmt).to_pylist()
@@ -431,7 +433,7 @@ def test_rows_are_sorted_within_shards_and_sharded_by_stable_hash(
     keys = [[(row["id"], row["rank"]) for row in rows] for rows in shards]
     assert [sorted(shard) for shard in keys] == keys
     assert sorted(k for shard in keys for k in shard) == sorted(
-        (n["id"], int(n["rank"])) for n in make_neighbours(12))
+        (n["id"], int(n["rank"])) for n in make_neighbour_rows(12))
     for shard, shard_keys in enumerate(keys):
       assert {expected_shard(i, len(keys)) for i, _ in shard_keys} <= {shard}
 

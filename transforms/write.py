@@ -97,8 +97,17 @@ def _paths_of_format(format_and_path, file_format: str):
     yield format_and_path[1]
 
 
-def _assign_shard(element, sort_key, num_shards: int):
-  return shard_of(sort_key(element)[0], num_shards), element
+def _assign_shard(element, table: Table, num_shards: int):
+  return shard_of(table.shard_key(element), num_shards), element
+
+
+def _count_rows(elements: beam.PCollection, table: Table) -> beam.PCollection:
+  """How many rows the elements hold (one each, unless the table says)."""
+  if table.rows_per_element is None:
+    return elements | "Count" >> beam.combiners.Count.Globally()
+  return (elements
+          | "RowsOfElement" >> beam.Map(table.rows_per_element.count)
+          | "Count" >> beam.CombineGlobally(sum))
 
 
 class WriteShards(beam.PTransform):
@@ -108,7 +117,8 @@ class WriteShards(beam.PTransform):
     least 1.
   max_num_shards: at most this many shards when sized by the count (a
     reader's limit on files, e.g. Vertex AI's).
-  count: what is counted for that, the elements themselves by default; any
+  count: what is counted for that, the rows the elements hold by default
+    (Table.rows_per_element); otherwise its elements are counted: any
     PCollection at least as large (and the same in every run of the same
     input) will do. One complete before the elements are lets the shard
     assignment run in the stage that makes them, instead of in another pass
@@ -141,9 +151,11 @@ class WriteShards(beam.PTransform):
       num_shards = elements.pipeline | "NumShards" >> beam.Create(
           [self._num_shards])
     else:
+      num_rows = (
+          _count_rows(elements, self._writer.table) if self._count is None
+          else self._count | "Count" >> beam.combiners.Count.Globally())
       num_shards = (
-          (elements if self._count is None else self._count)
-          | "Count" >> beam.combiners.Count.Globally()
+          num_rows
           | "NumShards" >> beam.Map(
               num_shards_for, self._rows_per_shard, self._max_num_shards))
     num_shards_side = beam.pvalue.AsSingleton(num_shards)
@@ -157,7 +169,7 @@ class WriteShards(beam.PTransform):
     written = (
         elements
         | "AssignShard" >> beam.Map(
-            _assign_shard, self._writer.table.sort_key, num_shards_side)
+            _assign_shard, self._writer.table, num_shards_side)
         | "GroupByShard" >> group_by_shard
         | "WriteShard" >> beam.ParDo(
             _WriteShardFn(self._writer), num_shards_side))

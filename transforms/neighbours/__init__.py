@@ -1,7 +1,7 @@
 """Nearest neighbours stage: the K most similar other documents by cosine.
 
-    Embedding ──NearestNeighbours──> {NEIGHBOUR_ROWS: rows {id, rank,
-                                                      neighbour_id, score},
+    Embedding ──NearestNeighbours──> {NEIGHBOUR_LISTS: (id, [(score,
+                                                      neighbour_id)]),
                                       STATS: one dict for manifest.json}
 
 Two modes, one output contract (the neighbours table of the design brief):
@@ -40,11 +40,11 @@ from transforms.neighbours.names import DOCUMENT
 from transforms.neighbours.names import EXACT
 from transforms.neighbours.names import LEVELS
 from transforms.neighbours.names import MODES
-from transforms.neighbours.names import NEIGHBOUR_ROWS
+from transforms.neighbours.names import NEIGHBOUR_LISTS
 from transforms.neighbours.names import STATS
 
 __all__ = ["ANN", "CHUNK", "DOCUMENT", "EXACT", "LEVELS", "MODES",
-           "NEIGHBOUR_ROWS", "STATS",
+           "NEIGHBOUR_LISTS", "STATS",
            "NearestNeighbours", "NeighbourSettings"]
 
 
@@ -62,7 +62,8 @@ class NeighbourSettings:
 class NearestNeighbours(beam.PTransform):
   """The neighbours stage: ExactNeighbours or ApproximateNeighbours by mode.
 
-  Embedding (the corpus) -> {NEIGHBOUR_ROWS: rows, STATS: one dict for the
+  Embedding (the corpus) -> {NEIGHBOUR_LISTS: each query's neighbours, best
+  first (the neighbours table's elements), STATS: one dict for the
   manifest}. `queries`: find the neighbours of these within the corpus
   instead of all against all.
   """

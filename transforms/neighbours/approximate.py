@@ -15,7 +15,6 @@ import numpy as np
 from transforms.neighbours.maths import blocked_top_k
 from transforms.neighbours.maths import check_k
 from transforms.neighbours.maths import id_ranks
-from transforms.neighbours.maths import neighbour_rows
 from transforms.neighbours.maths import OWNERS
 from transforms.neighbours.maths import QueryNeighbours
 from transforms.neighbours.maths import rank_candidates
@@ -34,7 +33,7 @@ from transforms.neighbours.names import DEFAULT_FLAT_INDEX_BELOW
 from transforms.neighbours.names import DEFAULT_HNSW_M
 from transforms.neighbours.names import DEFAULT_RECALL_SAMPLE_SIZE
 from transforms.neighbours.names import DOCUMENT
-from transforms.neighbours.names import NEIGHBOUR_ROWS
+from transforms.neighbours.names import NEIGHBOUR_LISTS
 from transforms.neighbours.names import STATS
 
 
@@ -177,7 +176,8 @@ class GatherShard(beam.PTransform):
 
 
 class ApproximateNeighbours(beam.PTransform):
-  """Embedding -> {NEIGHBOUR_ROWS: rows, STATS: one dict}, with a FAISS index.
+  """Embedding -> {NEIGHBOUR_LISTS: neighbours, STATS: one dict}, with a FAISS
+  index.
 
   The whole corpus (ids and vectors, 4 H bytes a document) and the index are
   held by one worker, which also searches it for every query (FAISS uses the
@@ -232,10 +232,8 @@ class ApproximateNeighbours(beam.PTransform):
         _SearchIndexFn(self._k, self._recall_sample_size, self._settings,
                        self._block_size, self._level),
         *side_inputs).with_outputs(
-                           STATS, main=NEIGHBOUR_ROWS)
-    rows = (
-        results[NEIGHBOUR_ROWS]
-        # One worker found them all: spread the rows out for the writers.
-        | "SpreadQueries" >> beam.Reshuffle()
-        | "ToRows" >> beam.FlatMapTuple(neighbour_rows, level=self._level))
-    return {NEIGHBOUR_ROWS: rows, STATS: results[STATS]}
+                           STATS, main=NEIGHBOUR_LISTS)
+    # One worker found them all: spread them out for the writers.
+    neighbours = results[NEIGHBOUR_LISTS] | "SpreadQueries" >> (
+        beam.Reshuffle())
+    return {NEIGHBOUR_LISTS: neighbours, STATS: results[STATS]}

@@ -9,7 +9,7 @@ N is, and the corpus crosses the shuffle once (replicating every shard to the
 S blocks it takes part in would shuffle S x N vectors, and ran a 2-core
 machine out of memory at 100k documents).
 
-   Embedding ─┬─ShardQueries──> ScoreAgainstCorpus ──> ToRows ──> rows
+   Embedding ─┬─ShardQueries──> ScoreAgainstCorpus ──> (query id, neighbours)
               └─ShardCorpus ───────────┘ (side input, streamed)
 """
 
@@ -20,7 +20,6 @@ import apache_beam as beam
 from transforms.neighbours.maths import block_top_k
 from transforms.neighbours.maths import check_k
 from transforms.neighbours.maths import merge_top_k
-from transforms.neighbours.maths import neighbour_rows
 from transforms.neighbours.maths import OWNERS
 from transforms.neighbours.maths import QueryNeighbours
 from transforms.neighbours.maths import shard_count
@@ -30,7 +29,7 @@ from transforms.neighbours.maths import vector_of
 from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
 from transforms.neighbours.names import DOCUMENT
 from transforms.neighbours.names import EXACT
-from transforms.neighbours.names import NEIGHBOUR_ROWS
+from transforms.neighbours.names import NEIGHBOUR_LISTS
 from transforms.neighbours.names import STATS
 
 
@@ -72,7 +71,7 @@ def _score_against_corpus(indexed_query_shard, corpus_shards, k: int,
 
 
 class ExactNeighbours(beam.PTransform):
-  """Embedding -> {NEIGHBOUR_ROWS: rows, STATS: one dict}, exactly.
+  """Embedding -> {NEIGHBOUR_LISTS: neighbours, STATS: one dict}, exactly.
 
   Args:
     k: neighbours per query (fewer when the corpus has fewer other documents).
@@ -85,9 +84,9 @@ class ExactNeighbours(beam.PTransform):
     level: "document" (Embedding elements) or "chunk" (Chunk elements: a
       chunk's neighbours are other documents' chunks).
 
-  Rows: {"id", "rank", "neighbour_id", "score"} (at chunk level also
-  "document_id", "neighbour_document_id"), rank 1 the best, ties broken
-  by the smaller neighbour_id; the same as `brute_force_neighbours`.
+  Neighbours: (query id, [(score, neighbour id)]) per query with any, best
+  first, ties broken by the smaller neighbour id; the same as
+  `brute_force_neighbours`.
   Stats: {"mode": "exact", "k", "block_size", "shards", "query_shards",
   "corpus_size", "queries"}.
   """
@@ -120,12 +119,9 @@ class ExactNeighbours(beam.PTransform):
       query_shards = self._queries | "ShardQueries" >> ShardEmbeddings(
           block_size, num_queries)
 
-    rows = (
-        query_shards
-        | "ScoreAgainstCorpus" >> beam.FlatMap(
-            _score_against_corpus, beam.pvalue.AsIter(corpus_shards), k,
-            OWNERS[self._level])
-        | "ToRows" >> beam.FlatMapTuple(neighbour_rows, level=self._level))
+    neighbours = query_shards | "ScoreAgainstCorpus" >> beam.FlatMap(
+        _score_against_corpus, beam.pvalue.AsIter(corpus_shards), k,
+        OWNERS[self._level])
 
     def stats(num_corpus_documents, num_queries):
       return {
@@ -140,4 +136,4 @@ class ExactNeighbours(beam.PTransform):
 
     stats_pcoll = corpus_size | "Stats" >> beam.Map(
         stats, beam.pvalue.AsSingleton(num_queries))
-    return {NEIGHBOUR_ROWS: rows, STATS: stats_pcoll}
+    return {NEIGHBOUR_LISTS: neighbours, STATS: stats_pcoll}

@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from run_directory.records import document_of_chunk
 from run_directory.records import Embedding
 from transforms.neighbours.names import CHUNK
 from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
@@ -44,13 +45,9 @@ def same_id(item_id: str) -> str:
   return item_id
 
 
-def document_of_chunk(item_id: str) -> str:
-  """A chunk's owner: its document (ids are "<document id>#<index>")."""
-  return item_id.rpartition("#")[0]
-
-
 # Level -> the owner of an id. A query is never matched with an item of the
-# same owner: a document with itself, a chunk with its own document's chunks.
+# same owner: a document with itself, a chunk with its own document's chunks
+# (a chunk id is "<document id>#<index>").
 OWNERS = {DOCUMENT: same_id, CHUNK: document_of_chunk}
 
 
@@ -284,23 +281,6 @@ def brute_force_neighbours(
     if neighbours:
       results.append((query_id, neighbours))
   return results
-
-
-def neighbour_rows(query_id: str, neighbours: Sequence[Neighbour],
-                   level: str = DOCUMENT) -> Iterator[dict]:
-  """Rows of the neighbours table for one query: rank 1 is the best. At chunk
-  level they also name both chunks' documents."""
-  for rank, (score, neighbour_id) in enumerate(neighbours, start=1):
-    row = {
-        "id": query_id,
-        "rank": rank,
-        "neighbour_id": neighbour_id,
-        "score": float(score),
-    }
-    if level == CHUNK:
-      row["document_id"] = document_of_chunk(query_id)
-      row["neighbour_document_id"] = document_of_chunk(neighbour_id)
-    yield row
 
 
 def stable_hash(document_id: str) -> int:

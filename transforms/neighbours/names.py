@@ -1,8 +1,10 @@
 """The neighbours stage's modes, output tags and defaults."""
 
-# Keys of the dict every neighbours transform returns: the table's rows, and
-# one dict of figures for the manifest.
-NEIGHBOUR_ROWS = "neighbour_rows"
+# Keys of the dict every neighbours transform returns: each query's
+# neighbours, (query id, [(score, neighbour id)] best first), the elements of
+# the neighbours table (run_directory.tables.neighbour_table makes its rows),
+# and one dict of figures for the manifest.
+NEIGHBOUR_LISTS = "neighbour_lists"
 STATS = "stats"
 
 EXACT = "exact"

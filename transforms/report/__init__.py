@@ -161,7 +161,8 @@ class SummarizeForReport(beam.PTransform):
   """The report's side inputs: {section: PCollection of one summary}.
 
   Applied to the pipeline. embeddings: every document with a vector;
-  neighbour_rows and duplicate_rows when the run has those tables;
+  neighbour_lists (each query's neighbours, the neighbours table's
+  elements) and duplicate_rows when the run has those tables;
   neighbour_items / query_items: the records the neighbours were found
   among and for (documents or chunks; query_items None without
   --neighbours_of), whose texts the examples show.
@@ -169,14 +170,14 @@ class SummarizeForReport(beam.PTransform):
 
   def __init__(self, settings: ReportSettings,
                embeddings: beam.PCollection,
-               neighbour_rows: Optional[beam.PCollection] = None,
+               neighbour_lists: Optional[beam.PCollection] = None,
                neighbour_items: Optional[beam.PCollection] = None,
                query_items: Optional[beam.PCollection] = None,
                duplicate_rows: Optional[beam.PCollection] = None):
     super().__init__()
     self._settings = settings
     self._embeddings = embeddings
-    self._neighbour_rows = neighbour_rows
+    self._neighbour_lists = neighbour_lists
     self._neighbour_items = neighbour_items
     self._query_items = query_items
     self._duplicate_rows = duplicate_rows
@@ -190,8 +191,8 @@ class SummarizeForReport(beam.PTransform):
     }
     # (role, section the ids come from, records the texts come from)
     lookups = []
-    if self._neighbour_rows is not None:
-      sections[NEIGHBOURS] = self._neighbour_rows | (
+    if self._neighbour_lists is not None:
+      sections[NEIGHBOURS] = self._neighbour_lists | (
           "SummarizeNeighbours" >> beam.CombineGlobally(
               NeighbourSummaryFn(s.shown_queries, s.shown_neighbours)))
       queries = (self._query_items if self._query_items is not None else

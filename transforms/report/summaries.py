@@ -186,21 +186,15 @@ class EmbeddingSummaryFn(beam.CombineFn):
     }
 
 
-def _plain_row(row) -> dict:
-  """A neighbour row with plain Python values (rows may hold numpy ones)."""
-  return {key: (float(value) if key == "score" else
-                int(value) if key == "rank" else value)
-          for key, value in row.items()
-          if key not in ("run_id", "model_fingerprint")}
-
-
 class NeighbourSummaryFn(beam.CombineFn):
-  """Neighbour rows -> the score histogram and a few queries' neighbours.
+  """Each query's neighbours -> the score histogram and a few queries'.
 
-  Output: {"rows", "bins" (rows per score bin, SCORE_BINS bins over [-1,
-  1]), "first", "last" (when rows came out), "examples": the
-  `shown_queries` smallest query ids, [{"id", "neighbours": their rows of
-  rank <= shown_neighbours, by rank}]}.
+  Input: the neighbours table's elements, (query id, [(score, neighbour
+  id)] best first). Output: {"rows" (the table's rows), "bins" (rows per
+  score bin, SCORE_BINS bins over [-1, 1]), "first", "last" (when the
+  neighbours came out), "examples": the `shown_queries` smallest query ids,
+  [{"id", "neighbours": [{"rank", "neighbour_id", "score"}] of rank <=
+  shown_neighbours, by rank}]}.
   """
 
   def __init__(self, shown_queries: int = 5, shown_neighbours: int = 5):
@@ -213,22 +207,27 @@ class NeighbourSummaryFn(beam.CombineFn):
     # full.
     return [0, [0] * SCORE_BINS, _new_span(), {}, None]
 
-  def add_input(self, accumulator, row):
-    # Once per neighbour row (N x k of them): kept short.
-    accumulator[0] += 1
-    score = float(row["score"])
-    if score == score:  # not NaN
-      index = int((score + 1.0) * _HALF_SCORE_BINS)
-      accumulator[1][
-          index if 0 <= index < SCORE_BINS else
-          (0 if index < 0 else SCORE_BINS - 1)] += 1
+  def add_input(self, accumulator, query_neighbours):
+    # Once per query (N of them): kept short.
+    query, neighbours = query_neighbours
+    accumulator[0] += len(neighbours)
+    bins = accumulator[1]
+    for score, _ in neighbours:
+      score = float(score)
+      if score == score:  # not NaN
+        index = int((score + 1.0) * _HALF_SCORE_BINS)
+        bins[index if 0 <= index < SCORE_BINS else
+             (0 if index < 0 else SCORE_BINS - 1)] += 1
     _stamp(accumulator[2])
-    query, cutoff = row["id"], accumulator[4]
+    cutoff = accumulator[4]
     if cutoff is None or query <= cutoff:
       examples = accumulator[3]
       if _keep_smallest(examples, query, [], self._shown_queries):
-        if int(row["rank"]) <= self._shown_neighbours:
-          examples[query].append(_plain_row(row))
+        examples[query] = [
+            {"rank": rank, "neighbour_id": neighbour_id,
+             "score": float(score)}
+            for rank, (score, neighbour_id) in enumerate(
+                neighbours[:self._shown_neighbours], start=1)]
         if len(examples) == self._shown_queries:
           accumulator[4] = max(examples)
     return accumulator
