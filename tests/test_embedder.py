@@ -119,6 +119,22 @@ def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):
   assert hits[0][1]["id"] in {r["id"] for r in rows}
 
 
+def test_a_run_with_a_relative_model_path_is_queried_from_anywhere(
+    tmp_path, tiny_model_dir, monkeypatch):
+  # The manifest names the model by its absolute path, so a run made with
+  # --model=models/tiny works from another working directory too.
+  os.makedirs(tmp_path / "made" / "models")
+  os.symlink(tiny_model_dir, tmp_path / "made" / "models" / "tiny")
+  monkeypatch.chdir(tmp_path / "made")
+  run_dir = _run(tmp_path, {"a": "the cat sat", "b": "a dog ran"},
+                 os.path.join("models", "tiny"))
+  assert json.load(open(os.path.join(run_dir, "manifest.json")))[
+      "model"]["path"] == str(tmp_path / "made" / "models" / "tiny")
+  monkeypatch.chdir(tmp_path)
+  hits = query.search(run_dir, "the cat sat", k=1)
+  assert hits[0][1]["id"] == "a"
+
+
 def test_a_changed_model_is_refused(real_run, tmp_path):
   _, _, run_dir = real_run
   manifest_path = os.path.join(run_dir, "manifest.json")
