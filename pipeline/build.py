@@ -3,13 +3,15 @@ settings.
 
   EmbedCorpus = ReadCorpus -> ValidateDocuments [-> ReuseEmbeddings]
                 -> EmbedDocuments
-  embeddings -> WriteTable(embeddings) [-> sinks]
+  embeddings -> WriteTable(embeddings)
              [-> NearestNeighbours -> WriteTable(neighbours)]
   [chunks -> WriteTable(chunks)] [-> NearestNeighbours at chunk level]
              [-> NearDuplicates -> WriteTable(duplicates)]
              [-> ExportToVertex (documents, or chunks)]
              [-> WriteSimilarityPlot] [-> WriteProjectorFiles]
   dead letters of every stage -> WriteTable(errors)
+  PublishRun: the checks [-> sinks (--bigquery_table)] -> the files into
+    place, manifest.json last
   embeddings, neighbour and duplicate rows -> SummarizeForReport
   every count, file list, figure and summary -> PublishRun (report.html,
     then manifest.json last)
@@ -197,8 +199,6 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
           staging, error_table(plan.run_id), bigquery_format=None,
           num_shards=writing.num_shards, spill_dir=plan.spill_dir),
   }
-  for sink in plan.sinks:
-    _ = embeddings | f"WriteTo{sink.name}" >> sink.create_write_transform()
   details = {}
   summarized = {}  # what the report summarises, beside the embeddings
   if plan.neighbours:
@@ -259,5 +259,6 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
       counts=counts, outputs=outputs, settings=plan.manifest_settings,
       started_at=started_at, details=details, static_details=static_details,
       latest_pointer=plan.latest_pointer, limits=plan.limits,
-      dead_letters=dead_letters, report_sections=report_sections)
+      dead_letters=dead_letters, report_sections=report_sections,
+      sinks=[(embeddings, sink) for sink in plan.sinks])
   return {EMBEDDINGS: embeddings, DEAD_LETTERS: dead_letters}

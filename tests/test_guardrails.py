@@ -6,19 +6,24 @@ refused.json left in the staging directory with the counts behind it. Each
 override flag lets the run through.
 """
 
+import dataclasses
 import json
 import logging
 import os
 
+import apache_beam as beam
 import pytest
 
+from pipeline import job
 from pipeline import main
 from pipeline import read_outputs
 from pipeline.flags import format_help
+from pipeline.plan import plan_run
 from run_directory.records import DeadLetter
 from transforms.guardrails import PublishLimits
 from transforms.guardrails import refusal_reasons
 from transforms.guardrails import ErrorSummaryFn
+from transforms.sinks import EmbeddingSink
 
 EXIT_REFUSED = 3
 
@@ -153,6 +158,49 @@ def test_a_previous_run_of_1000_against_a_corpus_of_500(workdir, capsys):
 
 # ---------------------------------------------------------------------------
 # The rules and the error summary, without a pipeline.
+
+
+class _RecordingSink(EmbeddingSink):
+  """A sink that notes each document, and whether the run was published."""
+
+  def __init__(self, notes: str, manifest: str):
+    self._notes, self._manifest = notes, manifest
+
+  @property
+  def name(self) -> str:
+    return "Notes"
+
+  def create_write_transform(self):
+    return beam.Map(self._note)
+
+  def _note(self, embedding):
+    with open(self._notes, "a", encoding="utf-8") as f:
+      f.write(f"{embedding.id} {os.path.exists(self._manifest)}\n")
+    return embedding.id
+
+
+def test_sinks_get_rows_only_after_the_checks_and_before_publishing(
+    workdir, capsys, monkeypatch):
+  # --bigquery_table's sink, in the publish order: a refused run loads
+  # nothing into BigQuery, and a run is published only once its rows are
+  # loaded (a load that fails, fails an unpublished run).
+  notes = workdir / "notes.txt"
+
+  def plan_with_sink(config, **kwargs):
+    plan = plan_run(config, **kwargs)
+    return dataclasses.replace(plan, sinks=(_RecordingSink(
+        str(notes), os.path.join(plan.run_dir, "manifest.json")),))
+
+  monkeypatch.setattr(job, "plan_run", plan_with_sink)
+  corpus = _corpus(workdir / "corpus.jsonl", good=7, bad=3)
+  code, run_dir = _run(workdir, corpus, "refused")
+  _assert_refused(code, run_dir, workdir / "LATEST", None, capsys,
+                  "3 of 10 records")
+  assert not notes.exists()
+  code, run_dir = _run(workdir, corpus, "published", "--max_bad_fraction=0.5")
+  assert code == 0
+  assert sorted(notes.read_text().splitlines()) == [
+      f"d{i} False" for i in range(7)]
 
 
 def _counts(read, embedded, dead_lettered, removed=0, queries=None):

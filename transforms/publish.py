@@ -10,6 +10,9 @@ it only after every write has finished. It then:
    staging directory as report.html, which the manifest lists;
 3. a run that breaks a guardrail then writes refused.json beside its report
    and fails with RunRefusedError, unpublished;
+   the sinks (e.g. --bigquery_table) get their rows only now, after the
+   checks, and the steps below wait for them: a refused run reaches no
+   sink, and a sink that fails does so before anything is published;
 4. writes the run's BigQuery scripts (bigquery/load.sh, vector_search.sql,
    run_directory/bigquery_scripts.py) from the manifest's file lists into
    the staging directory, and lists them in the manifest;
@@ -27,7 +30,7 @@ it is not published: a crashed or killed run never looks complete.
 
 import logging
 import time
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -56,6 +59,7 @@ from transforms.guardrails import RunRefusedError
 from transforms.guardrails import ErrorSummaryFn
 from transforms.report import draw_report
 from transforms.report.summaries import CountWithSpanFn
+from transforms.sinks import EmbeddingSink
 
 _LOG = logging.getLogger(__name__)
 
@@ -79,6 +83,9 @@ class PublishRun(beam.PTransform):
     and in a refusal.
   report_sections: the run report's summaries (SummarizeForReport), each a
     PCollection of one element.
+  sinks: (records, sink) pairs: `sink.create_write_transform()` is applied
+    to the records once the guardrails passed, and the run is published
+    once its output (complete when the write is done) is.
   """
 
   def __init__(self, run_dir: str, staging_dir: str, run_id: str,
@@ -92,8 +99,10 @@ class PublishRun(beam.PTransform):
                latest_pointer: str = None,
                limits: PublishLimits = PublishLimits(),
                dead_letters: Optional[beam.PCollection] = None,
-               report_sections: Dict[str, beam.PCollection] = None):
+               report_sections: Dict[str, beam.PCollection] = None,
+               sinks: Sequence[Tuple[beam.PCollection, EmbeddingSink]] = ()):
     super().__init__()
+    self._sinks = tuple(sinks)
     self._report_sections = dict(report_sections or {})
     self._limits = limits
     self._dead_letters = dead_letters
@@ -132,11 +141,20 @@ class PublishRun(beam.PTransform):
       side_inputs["errors__summary"] = AsSingleton(
           self._dead_letters
           | "SummarizeErrors" >> beam.CombineGlobally(ErrorSummaryFn()))
-    return (pbegin
-            | "Once" >> beam.Create([None])
-            | "Write" >> beam.Map(self._write, **side_inputs))
+    checked = (pbegin
+               | "Once" >> beam.Create([None])
+               | "Check" >> beam.Map(self._check, **side_inputs))
+    sinks_written = [
+        AsList(records
+               | f"AfterChecks[{sink.name}]" >> beam.Map(
+                   _after_checks, AsSingleton(checked))
+               | f"WriteTo{sink.name}" >> sink.create_write_transform())
+        for records, sink in self._sinks]
+    return checked | "Write" >> beam.Map(self._publish, *sinks_written)
 
-  def _write(self, unused_element, **side_inputs):
+  def _check(self, unused_element, **side_inputs) -> dict:
+    """The manifest, checked and with its report drawn; raises
+    RunRefusedError (after writing refused.json) if a guardrail breaks."""
     counts, outputs, details = {}, {}, {}
     spans, written, sections = {}, {}, {}
     for key, value in side_inputs.items():
@@ -173,6 +191,10 @@ class PublishRun(beam.PTransform):
                      lambda f: f.write(page.encode("utf-8", "replace")))
     if reasons:
       self._refuse(manifest, reasons, top_errors)
+    return manifest
+
+  def _publish(self, manifest: dict, *unused_sinks_written) -> dict:
+    """Moves the checked run into place; manifest.json last."""
     # Rendered from the manifest's lists: they name exactly its files.
     manifest["outputs"][BIGQUERY] = write_bigquery_scripts(
         self._staging_dir, manifest)
@@ -210,6 +232,10 @@ class PublishRun(beam.PTransform):
     # Raised, not logged: whoever runs the job tells it (pipeline.main
     # prints it once; on Dataflow it is the failed job's error).
     raise RunRefusedError(f"{describe_refusal(refusal)}\nDetails: {path}")
+
+
+def _after_checks(record, unused_checked_manifest):
+  return record
 
 
 def _remove_if_there(path: str):

@@ -30,7 +30,8 @@ class EmbeddingSink(abc.ABC):
 
   @abc.abstractmethod
   def create_write_transform(self) -> beam.PTransform:
-    """PCollection[Embedding] -> written (output ignored)."""
+    """PCollection[Embedding] -> a PCollection complete only once the write
+    is done (the run is published after it: PublishRun)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,7 @@ class _WriteRowsToBigQuery(beam.PTransform):
 
   def expand(self, embeddings):
     sink = self._sink
-    return (
+    result = (
         embeddings
         | "ToRows" >> beam.Map(sink.table.to_row)
         | "WriteToBigQuery" >> WriteToBigQuery(
@@ -69,3 +70,9 @@ class _WriteRowsToBigQuery(beam.PTransform):
             method=WriteToBigQuery.Method.FILE_LOADS,
             create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
             write_disposition=BigQueryDisposition.WRITE_APPEND))
+    # The load (and copy) jobs: Beam's job-triggering steps wait for their
+    # jobs at the end of each bundle, so these are complete once the rows
+    # are in the table.
+    return ((result.destination_load_jobid_pairs,
+             result.destination_copy_jobid_pairs)
+            | "LoadAndCopyJobs" >> beam.Flatten())
