@@ -16,6 +16,7 @@ import datetime
 import re
 from typing import Optional, Tuple
 
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bert_model.chunking import default_overlap
@@ -30,6 +31,10 @@ LATEST = "latest"  # --previous_run value: the run --latest_pointer names
 _BIGQUERY_TABLE = re.compile(
     r"^(?:[a-z][a-z0-9-]{4,61}[a-z0-9][:.])?[A-Za-z0-9_]{1,1024}\.[\w$-]{1,1024}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# Shards per file set, at most: BigQuery's limit on the source files of one
+# load job.
+MAX_NUM_SHARDS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +223,11 @@ def _check_numbers(config: RunConfig):
   if out.num_shards < 0:
     raise ConfigError(
         "--num_shards must be 0 (sized to fit memory) or positive.")
+  if out.num_shards > MAX_NUM_SHARDS:
+    raise ConfigError(
+        f"--num_shards={out.num_shards}: at most {MAX_NUM_SHARDS} (a "
+        "BigQuery load job reads at most that many files); or 0, which sizes "
+        "the shards to fit a worker's memory.")
   _check_chunking(config)
   _check_vertex_export(config)
 
@@ -345,7 +355,19 @@ def config_from_options(options: PipelineOptions,
   config = RunConfig(**sections)
   _check_numbers(config)
   _check_names(config)
+  _check_bigquery_staging(config, options.view_as(GoogleCloudOptions))
   return config
+
+
+def _check_bigquery_staging(config: RunConfig, cloud: GoogleCloudOptions):
+  # BigQuery load jobs read their files from Cloud Storage, which Beam
+  # stages under --temp_location; without one the load fails at run time.
+  if config.outputs.bigquery_table and not (
+      cloud.temp_location or "").startswith("gs://"):
+    raise ConfigError(
+        f"--bigquery_table={config.outputs.bigquery_table} needs "
+        "--temp_location=gs://BUCKET/tmp: BigQuery loads the rows from files "
+        "staged in Cloud Storage.")
 
 
 def settings_of(config: RunConfig) -> dict:

@@ -7,6 +7,7 @@ written. Each check raises ConfigError.
 
 import os
 import re
+import tempfile
 
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
@@ -34,7 +35,10 @@ def absolute(path: str) -> str:
 def _check_creatable(flag: str, value: str, directory: str):
   """A local `directory` exists, or could be made, and is writable.
 
-  Nothing is made here: a run that fails its checks leaves no trace.
+  Nothing is left behind: a run that fails its checks leaves no trace. A
+  file is made and removed in the nearest directory that exists, since
+  permissions alone do not tell (root may write anywhere, but not in a
+  read-only mount or /proc).
   """
   existing = os.path.abspath(directory)
   while not os.path.exists(existing):
@@ -42,8 +46,12 @@ def _check_creatable(flag: str, value: str, directory: str):
   if not os.path.isdir(existing):
     raise ConfigError(
         f"{flag}={value}: {existing} is a file, not a directory.")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise ConfigError(f"{flag}={value}: {existing} is not writable.")
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as error:
+    message = f"{flag}={value}: {existing} is not writable ({error.strerror})."
+    raise ConfigError(message) from None
 
 
 def check_input(flag: str, pattern: str):

@@ -29,6 +29,9 @@ SNIPPET_CHARS = 200
 # How long a dead letter's reason text may be: a message can quote the input
 # (a record's field names, a header), and the input can be anything.
 DETAIL_CHARS = 500
+# How long a dead letter's id may be: enough to find the record by (with its
+# source and position), when a record's "id" can be a megabyte of anything.
+ID_CHARS = 1000
 
 # Lone surrogates: what Python makes of bytes that are not UTF-8 (file names,
 # surrogateescape-decoded CSV) or of JSON "\ud800" escapes. No UTF-8 writer
@@ -119,7 +122,7 @@ class DeadLetter(_DeadLetterFields):
     return super().__new__(
         cls, printable(source), position, stage, reason,
         printable(detail, DETAIL_CHARS), printable(snippet, SNIPPET_CHARS),
-        None if id is None else printable(id))
+        None if id is None else printable(id, ID_CHARS))
 
   def to_json_dict(self) -> dict:
     return self._asdict()

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from run_directory.records import DeadLetter
 from run_directory.records import DETAIL_CHARS
+from run_directory.records import ID_CHARS
 from run_directory.records import Document
 from run_directory.records import SNIPPET_CHARS
 from run_directory.tables import dead_letter_to_row
@@ -41,7 +42,7 @@ from transforms.formats.files import open_for_reading
 from transforms.formats.files import read_file_records
 
 MAX_RECORD_BYTES = 2048
-MAX_ERROR_ROW_BYTES = 4 * (DETAIL_CHARS + SNIPPET_CHARS) + 2048
+MAX_ERROR_ROW_BYTES = 4 * (DETAIL_CHARS + SNIPPET_CHARS + ID_CHARS) + 2048
 _SPEC = RecordSpec(max_record_bytes=MAX_RECORD_BYTES)
 SENTENCES = real_sentences(200)
 

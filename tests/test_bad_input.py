@@ -30,6 +30,7 @@ from pipeline import read_outputs
 from run_directory.records import DeadLetter
 from run_directory.staging import remove_unlisted_files
 from run_directory.records import DETAIL_CHARS
+from run_directory.records import ID_CHARS
 from run_directory.records import Document
 from run_directory.records import SNIPPET_CHARS
 from run_directory.tfrecord import encode_frame
@@ -50,7 +51,7 @@ UNREADABLE = "unreadable_file"
 TOO_LARGE = "record_too_large"
 
 # An error row's JSON, at most: bounded detail and snippet, plus the rest.
-MAX_ERROR_ROW_BYTES = 4 * (DETAIL_CHARS + SNIPPET_CHARS) + 2048
+MAX_ERROR_ROW_BYTES = 4 * (DETAIL_CHARS + SNIPPET_CHARS + ID_CHARS) + 2048
 
 
 def _read(input_format, data: bytes, source="f", **spec):
@@ -108,6 +109,7 @@ def test_hostile_json_lines_cost_only_themselves(tmp_path, tiny_model_dir):
       json.dumps({"id": "shy", "text": "\u00ad"}).encode(),
       json.dumps({"id": "tex", "text": "set path $HOME\\bin$ here"}).encode(),
       json.dumps({"id": "ok-10", "text": "the lazy dog"}).encode(),
+      json.dumps({"id": "x" * 1_000_000, "body": "no text"}).encode(),
   ]
   corpus = tmp_path / "corpus"
   corpus.mkdir()
@@ -120,7 +122,9 @@ def test_hostile_json_lines_cost_only_themselves(tmp_path, tiny_model_dir):
   manifest, errors = _check_error_rows(run_dir)
   by_position = {e["position"]: e for e in errors}
   assert {p: e["reason"] for p, e in by_position.items()} == {
-      1: MALFORMED, 2: MISSING, 5: MISSING, 6: EMPTY, 7: EMPTY, 8: EMPTY}
+      1: MALFORMED, 2: MISSING, 5: MISSING, 6: EMPTY, 7: EMPTY, 8: EMPTY,
+      11: MISSING}
+  assert len(by_position[11]["id"]) == ID_CHARS  # a megabyte id, cut
   assert "nested too deeply" in by_position[1]["detail"]
   assert "\\ud800k" in by_position[2]["detail"]  # escaped, still findable
   assert len(by_position[5]["detail"]) <= DETAIL_CHARS
@@ -385,6 +389,9 @@ def test_a_file_name_that_is_not_utf8_is_read(tmp_path, tiny_model_dir):
     (["--max_record_bytes=0"], r"--max_record_bytes must be a positive"),
     (["--neighbours_block_size=0"], r"--neighbours_block_size must be a"),
     (["--num_shards=-1"], r"--num_shards must be 0"),
+    # Where even root cannot write: tried, not judged by permissions.
+    (["--output=/proc/run"], r"--output=/proc/run: /proc is not writable"),
+    (["--latest_pointer=/proc/LATEST"], r"/proc is not writable"),
     (["--neighbours_of={tmp}/q-*.jsonl"], r"--neighbours_of=.* matches no"),
     # Values argparse cannot take: one line naming the flag, not Beam's
     # usage of every option.

@@ -54,6 +54,10 @@ def test_config_from_options_is_pure_and_fills_the_defaults(tmp_path):
     (["--run_id=../x"], "--run_id"),
     (["--text_pair_field=text"], "other than --text_field"),
     (["--bigquery_table=nope"], "is not a table reference"),
+    (["--bigquery_table=my-project:ds.t"], "needs --temp_location=gs://"),
+    (["--bigquery_table=my-project:ds.t", "--temp_location=/tmp"],
+     "needs --temp_location=gs://"),
+    (["--num_shards=100000"], "at most 10000"),
     (["--neighbours_of=q.jsonl", "--neighbours_k=0"], "needs --neighbours_k"),
 ])
 def test_wrong_values_are_refused_without_io(argv, message):

@@ -4,8 +4,10 @@ CSV follows RFC 4180 as Python's csv module reads it in strict mode: quoted
 fields may hold commas, newlines and doubled quotes. A damaged row costs only
 itself: when a row fails to parse (bad quoting, an unterminated quote, the
 wrong number of cells) after running over several lines, its first line is
-rejected and reading starts again at the next line, so one stray quote never
-swallows the rows after it.
+rejected and reading starts again at the next line, so a stray quote does
+not swallow the rows after it. (One that a later quote closes in a row of
+the right width is a valid multi-line field to RFC 4180, and is read as one:
+the lines between are in its text. Nothing tells the two apart.)
 
 TSV is IANA's text/tab-separated-values: fields split on tabs, and no quoting
 at all; a quote is an ordinary character.
