@@ -29,6 +29,8 @@ from apache_beam.io.filesystems import FileSystems
 _LOG = logging.getLogger(__name__)
 
 LOCK_FILE = ".run.lock"
+# Beside the lock while a run takes a stale one over (OutputLock._take_over).
+TAKEOVER_SUFFIX = ".takeover"
 
 
 class OutputLockedError(Exception):
@@ -131,19 +133,37 @@ class OutputLock:
       self._held = True
       return self
     holder = _read_holder(self.path)
-    if _is_gone(holder):
-      _LOG.warning("Taking over the lock of %s on %s: %s is gone.",
-                   self._output, self.path, _describe(holder))
-      FileSystems.delete([self.path])
-      if _create_exclusive(self.path, data):
-        self._held = True
-        return self
-      holder = _read_holder(self.path)
+    if _is_gone(holder) and self._take_over(data):
+      return self
+    holder = _read_holder(self.path)
     raise OutputLockedError(
         f"--output={self._output} is being written by {_describe(holder)}: "
         "two runs must not write one run directory. Wait for that run to "
         "end, or choose another --output. If it is not running any more, "
         f"delete {self.path}.")
+
+  def _take_over(self, data: bytes) -> bool:
+    """Replaces a stale lock with this run's; whether it did.
+
+    Under a second lock, the takeover's: two runs that both found the lock
+    stale must not both delete it, the second deleting the first's new one.
+    The holder is read again under it, since another run may have taken the
+    lock over in between.
+    """
+    takeover = self.path + TAKEOVER_SUFFIX
+    if not _create_exclusive(takeover, data):
+      return False  # another run is taking it over
+    try:
+      holder = _read_holder(self.path)
+      if not _is_gone(holder):
+        return False
+      _LOG.warning("Taking over the lock of %s on %s: %s is gone.",
+                   self._output, self.path, _describe(holder))
+      FileSystems.delete([self.path])
+      self._held = _create_exclusive(self.path, data)
+      return self._held
+    finally:
+      FileSystems.delete([takeover])
 
   def release(self):
     """Gives the lock back, if this run still holds it. Never raises."""

@@ -26,6 +26,7 @@ import pytest
 import zstandard
 
 from pipeline import main
+from pipeline import output_lock
 from pipeline import read_outputs
 from run_directory.records import DeadLetter
 from run_directory.staging import remove_unlisted_files
@@ -533,6 +534,33 @@ def test_a_stale_lock_and_an_earlier_publish_leave_no_trace(
       "report.html"]
   assert pointer.read_text() == f"{run_dir}\n"
   assert os.listdir(pointer.parent) == ["LATEST"]
+
+
+def test_two_runs_that_find_one_stale_lock_do_not_both_take_it(
+    tmp_path, monkeypatch):
+  # A finds the lock stale; before it acts, B takes it over. A must then
+  # see B's live lock, not delete it.
+  (tmp_path / ".run.lock").write_text(json.dumps({
+      "run_id": "killed", "host": socket.gethostname(),
+      "pid": 2**22 + 12345}))
+  first, second = (output_lock.OutputLock(str(tmp_path), "A"),
+                   output_lock.OutputLock(str(tmp_path), "B"))
+  real_is_gone, interleaved = output_lock._is_gone, []  # pylint: disable=protected-access
+
+  def is_gone(holder):
+    gone = real_is_gone(holder)
+    if not interleaved:
+      interleaved.append("B")
+      second.acquire()
+    return gone
+
+  monkeypatch.setattr(output_lock, "_is_gone", is_gone)
+  with pytest.raises(output_lock.OutputLockedError, match="run B"):
+    first.acquire()
+  assert json.loads((tmp_path / ".run.lock").read_text())["run_id"] == "B"
+  assert sorted(os.listdir(tmp_path)) == [".run.lock"]
+  second.release()
+  assert not os.listdir(tmp_path)
 
 
 def test_nothing_after_the_manifest_can_fail_a_published_run(
