@@ -349,6 +349,22 @@ def _check_shapes(weights: Dict[str, np.ndarray], config: BertConfig,
       raise CheckpointError(
           f"{where}: missing {name}; config says {config.num_hidden_layers} "
           "layers.")
+  # What else the config says that the variables show ([out, in] matrices):
+  # a mismatch would export, then fail (or quietly cut) at embedding time.
+  expected = {
+      "embeddings.position_embeddings.weight": (
+          "max_position_embeddings", config.max_position_embeddings),
+      "embeddings.token_type_embeddings.weight": (
+          "type_vocab_size", config.type_vocab_size),
+      "encoder.layer.0.intermediate.dense.weight": (
+          "intermediate_size", config.intermediate_size),
+  }
+  for name, (key, rows) in expected.items():
+    value = weights.get(name)
+    if value is not None and value.shape[0] != rows:
+      raise CheckpointError(
+          f"{where}: {name} has {value.shape[0]} rows, the config says "
+          f"{key} {rows}; the config does not belong to these weights.")
 
 
 # Checkpoint layouts (`layout_of`), as the exported metadata records them.

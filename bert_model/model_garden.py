@@ -14,7 +14,9 @@ tf-models-official. Its names come from Keras' object tracking,
                                                   [H, heads, head] (einsum)
   encoder/layer_with_weights-6/kernel/...         the pooler, [H, H]
 
-so the mapping is built from the checkpoint's own variable list: the
+so the mapping is built from the checkpoint's own variable list (what else a
+training checkpoint holds, the optimizer's slots and step, the task's heads
+under `model/`, is passed over): the
 tracked layers in order are the word, position and type embeddings, the
 embedding LayerNorm, one transformer block per layer, and the pooler. The
 einsum kernels are reshaped to [in, out] matrices and transposed to
@@ -36,6 +38,9 @@ ENCODER_CONFIG_FILE = "encoder_config.json"
 # Model Garden activation names -> Hugging Face hidden_act.
 _ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu"}
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+# An optimizer's per-variable state (Adam's m and v) in a training
+# checkpoint: encoder/layer_with_weights-0/embeddings/.OPTIMIZER_SLOT/...
+_OPTIMIZER_SLOT = "/.OPTIMIZER_SLOT/"
 _TRACKED = re.compile(r"encoder/layer_with_weights-(\d+)/(.+)")
 _BLOCK_PARTS = {
     "_attention_layer/_query_dense": "attention.self.query",
@@ -129,6 +134,8 @@ def _tracked_layers(names) -> Dict[int, Dict[str, str]]:
   """layer_with_weights index -> {sub-path: full name}."""
   layers: Dict[int, Dict[str, str]] = {}
   for name in names:
+    if _OPTIMIZER_SLOT in name:
+      continue
     match = _TRACKED.fullmatch(name[:-len(_SUFFIX)]) if name.endswith(
         _SUFFIX) else None
     if match:
@@ -187,6 +194,13 @@ def read_weights(prefix: str, config: dict) -> Dict[str, np.ndarray]:
         raise ModelGardenError(
             f"{prefix}: {name} is not part of a BERT transformer block.")
       value = get(name)
+      if (part == "_attention_layer/_query_dense" and leaf == "kernel" and
+          value.ndim == 3 and value.shape[1] != config["num_attention_heads"]):
+        raise ModelGardenError(
+            f"{prefix}: the attention kernels have {value.shape[1]} heads, "
+            f"the config says num_attention_heads "
+            f"{config['num_attention_heads']}; the config does not belong to "
+            "this checkpoint.")
       if leaf == "kernel":
         value = _matrix(value, outputs_last=part != (
             "_attention_layer/_output_dense"))

@@ -42,7 +42,9 @@ def parse_args(argv):
   parser.add_argument(
       "--checkpoint", help="BERT checkpoint directory: Hugging Face "
       "(config.json, vocab.txt, model.safetensors or pytorch_model.bin) or "
-      "original BERT (bert_config.json, vocab.txt, bert_model.ckpt.*). "
+      "original BERT (bert_config.json, vocab.txt, bert_model.ckpt.*) or "
+      "TF Model Garden BertEncoder (params.yaml or encoder_config.json, "
+      "vocab.txt, ckpt-N.*). "
       f"Default: the packaged {default_model.DEFAULT_MODEL_NAME}.")
   parser.add_argument(
       "--output_dir",

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (the preprocess model's ops)
 # Part of the test extras, like the other parity checks: never skipped.
@@ -110,6 +111,19 @@ def test_bad_tf1_checkpoints_fail_with_the_reason(tmp_path, capsys):
     json.dump(config, f)
   with pytest.raises(checkpoint_lib.CheckpointError, match="config says"):
     checkpoint_lib.read_checkpoint(good)
+  # ... in any of the sizes the variables show: each would export, then
+  # fail or cut quietly when embedding.
+  for key in ("max_position_embeddings", "type_vocab_size",
+              "intermediate_size"):
+    wrong = dict(config, hidden_size=16)
+    wrong[key] *= 2
+    with open(config_path, "w") as f:
+      json.dump(wrong, f)
+    with pytest.raises(checkpoint_lib.CheckpointError,
+                       match=f"config says {key}"):
+      checkpoint_lib.read_checkpoint(good)
+  with open(config_path, "w") as f:
+    json.dump(dict(config, hidden_size=16), f)
   # Not BERT at all: names what it expected and what it found.
   other = tmp_path / "other"
   other.mkdir()
@@ -158,3 +172,64 @@ def test_model_garden_checkpoint_matches_its_recorded_outputs(tmp_path):
         recorded[f"sequence_output_{batch}"][mask], atol=1e-5)
     np.testing.assert_allclose(outputs["pooled_output"].numpy(),
                                recorded[f"pooled_output_{batch}"], atol=1e-5)
+
+
+def _training_checkpoint(output_dir):
+  """The fixture as Model Garden's trainer saves it: the encoder's variables
+  beside their optimizer slots, the step, and a task head under model/."""
+  suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
+  reader = tf.train.load_checkpoint(os.path.join(MODEL_GARDEN_FIXTURE,
+                                                 "ckpt-1"))
+  values = {}
+  for name in reader.get_variable_to_shape_map():
+    if name.startswith("_CHECKPOINTABLE"):
+      continue
+    values[name] = value = reader.get_tensor(name)
+    for slot in ("m", "v"):
+      values[f"{name[:-len(suffix)]}/.OPTIMIZER_SLOT/optimizer/{slot}"
+             f"{suffix}"] = np.ones_like(value)
+  values["global_step" + suffix] = np.int64(100)
+  values["model/masked_lm/bias" + suffix] = np.zeros(98, np.float32)
+  os.makedirs(output_dir)
+  with tf.Graph().as_default():
+    variables = {name: tf.compat.v1.Variable(value, name=f"v{i}")
+                 for i, (name, value) in enumerate(values.items())}
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      tf.compat.v1.train.Saver(variables).save(
+          session, os.path.join(output_dir, "ckpt-100"),
+          write_meta_graph=False)
+  for name in ("params.yaml", "vocab.txt"):
+    os.link(os.path.join(MODEL_GARDEN_FIXTURE, name),
+            os.path.join(output_dir, name))
+  return output_dir
+
+
+def test_a_model_garden_training_checkpoint_converts_its_encoder(tmp_path):
+  trained = _training_checkpoint(str(tmp_path / "trained"))
+  weights = checkpoint_lib.read_checkpoint(trained, lower_case=True).weights
+  expected = checkpoint_lib.read_checkpoint(MODEL_GARDEN_FIXTURE,
+                                            lower_case=True).weights
+  assert sorted(weights) == sorted(expected)
+  for name, value in expected.items():
+    np.testing.assert_array_equal(weights[name], value)
+
+
+@pytest.mark.parametrize("key, match", [
+    ("num_attention_heads", "attention kernels have 2 heads"),
+    ("intermediate_size", "config says intermediate_size"),
+    ("max_position_embeddings", "config says max_position_embeddings"),
+])
+def test_a_model_garden_config_that_does_not_fit_is_refused(
+    tmp_path, key, match):
+  checkpoint = tmp_path / "mg"
+  checkpoint.mkdir()
+  for name in os.listdir(MODEL_GARDEN_FIXTURE):
+    os.link(os.path.join(MODEL_GARDEN_FIXTURE, name), checkpoint / name)
+  params = (checkpoint / "params.yaml").read_text()
+  bert = yaml.safe_load(params)["task"]["model"]["encoder"]["bert"]
+  os.remove(checkpoint / "params.yaml")
+  (checkpoint / "params.yaml").write_text(params.replace(
+      f"{key}: {bert[key]}", f"{key}: {bert[key] * 2}"))
+  with pytest.raises(ValueError, match=match):
+    checkpoint_lib.read_checkpoint(str(checkpoint), lower_case=True)
