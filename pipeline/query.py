@@ -8,44 +8,20 @@ The question is embedded exactly like the run's documents
 scored against every row of the run's embeddings, or of its chunks when the
 run has them (--chunk_size), by cosine, exactly (numpy; runs keep no ANN
 index). Prints rank, score, id (and the chunk's document) and the start of
-the text.
+the text. TensorFlow's start-up notices are kept off the screen, as in
+`python -m pipeline.main` (transforms/native_logs.py).
 """
 
 import argparse
+import importlib
 import sys
 from typing import Optional, Sequence
 
-import numpy as np
-
-from pipeline.embedder import Embedder
 from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
-from run_directory.manifest import load_manifest
-from run_directory.readers import ids_and_matrix
-from run_directory.readers import read_table
+from transforms import native_logs
 
 _SNIPPET_CHARS = 100
-
-
-def search(run_dir: str, question: str, k: int = 10,
-           table: Optional[str] = None,
-           embedder: Optional[Embedder] = None) -> list:
-  """The run's k rows nearest the question: [(score, row dict)], best first
-  (ties: the smaller id). table None: chunks if the run has them."""
-  manifest = load_manifest(run_dir)
-  if table is None:
-    table = CHUNKS if CHUNKS in manifest["outputs"] else EMBEDDINGS
-  rows = read_table(run_dir, table)
-  ids, matrix = ids_and_matrix(rows, manifest)
-  embedder = embedder or Embedder.from_run(run_dir)
-  query = embedder.embed([question])[0].astype(np.float64)
-  norms = np.linalg.norm(matrix, axis=1) * max(np.linalg.norm(query), 1e-12)
-  scores = (matrix.astype(np.float64) @ query) / np.maximum(norms, 1e-12)
-  best = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))[:k]
-  columns = [name for name in ("id", "document_id", "text")
-             if name in rows.column_names]
-  picked = rows.select(columns).take(best).to_pylist()
-  return [(float(scores[i]), row) for i, row in zip(best, picked)]
 
 
 def _snippet(text: Optional[str]) -> str:
@@ -70,10 +46,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.k < 1:
     parser.error("--k must be at least 1")
-  try:
-    hits = search(args.run_dir, args.question, args.k, args.table)
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    print(f"pipeline.query: error: {e}", file=sys.stderr)
+  # TensorFlow's notices (its start, the model's load) captured; a wrong
+  # run directory is told after them, in one line.
+  with native_logs.captured():
+    native_logs.start_tensorflow()
+    # Imported here, once TensorFlow has started with its notices captured:
+    # the search imports the model library, and TensorFlow with it.
+    search = importlib.import_module("pipeline.search").search
+    try:
+      hits, error = search(args.run_dir, args.question, args.k,
+                           args.table), None
+    except (FileNotFoundError, ValueError, KeyError) as e:
+      hits, error = [], e
+  if error is not None:
+    print(f"pipeline.query: error: {error}", file=sys.stderr)
     return 2
   for rank, (score, row) in enumerate(hits, start=1):
     owner = f"  ({row['document_id']})" if "document_id" in row else ""

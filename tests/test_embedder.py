@@ -3,6 +3,8 @@ and the query CLI, against what the pipeline wrote."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import tensorflow_text  # noqa: F401  (the serving model's ops)
 from pipeline import export_model
 from pipeline import main
 from pipeline import query
+from pipeline import search as search_lib
 from pipeline import read_outputs
 from pipeline.embedder import Embedder
 from tests.real_text import real_sentences
@@ -91,10 +94,22 @@ def test_query_finds_a_documents_own_text(real_run, capsys):
   assert float(lines[0].split()[1]) == pytest.approx(1.0, abs=1e-5)
   embedder = Embedder.from_run(run_dir)
   for doc_id in ("s123", "s299"):
-    score, row = query.search(run_dir, texts[doc_id], k=1,
-                              embedder=embedder)[0]
+    score, row = search_lib.search(run_dir, texts[doc_id], k=1,
+                                   embedder=embedder)[0]
     assert row["id"] == doc_id and row["text"] == texts[doc_id]
     assert score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_query_command_prints_its_hits_and_no_notices(real_run):
+  # As a person runs it: TensorFlow's start-up and model-load notices
+  # (oneDNN, CUDA probing, absl) stay off the screen, as in pipeline.main.
+  texts, _, run_dir = real_run
+  done = subprocess.run(
+      [sys.executable, "-m", "pipeline.query", run_dir, texts["s042"],
+       "--k", "1"], capture_output=True, text=True, check=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert done.stdout.split()[2] == "s042"
+  assert done.stderr == ""
 
 
 def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):
@@ -115,7 +130,7 @@ def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):
   assert _cosines(embedder.embed([texts["long"]]),
                   [documents["long"]["embedding"]]).min() >= 0.999999
   # The query CLI searches the chunks of a chunked run.
-  hits = query.search(run_dir, rows[1]["text"], k=1, embedder=embedder)
+  hits = search_lib.search(run_dir, rows[1]["text"], k=1, embedder=embedder)
   assert hits[0][1]["id"] in {r["id"] for r in rows}
 
 
@@ -131,7 +146,7 @@ def test_a_run_with_a_relative_model_path_is_queried_from_anywhere(
   assert json.load(open(os.path.join(run_dir, "manifest.json")))[
       "model"]["path"] == str(tmp_path / "made" / "models" / "tiny")
   monkeypatch.chdir(tmp_path)
-  hits = query.search(run_dir, "the cat sat", k=1)
+  hits = search_lib.search(run_dir, "the cat sat", k=1)
   assert hits[0][1]["id"] == "a"
 
 
