@@ -28,6 +28,7 @@ A run directory either has a complete manifest.json or none, and one without
 it is not published: a crashed or killed run never looks complete.
 """
 
+import dataclasses
 import logging
 import time
 from typing import Dict, Mapping, Optional, Sequence, Tuple
@@ -102,20 +103,16 @@ class PublishRun(beam.PTransform):
                report_sections: Dict[str, beam.PCollection] = None,
                sinks: Sequence[Tuple[beam.PCollection, EmbeddingSink]] = ()):
     super().__init__()
+    self._publisher = _RunPublisher(
+        run_dir=run_dir, staging_dir=staging_dir, run_id=run_id,
+        model=dict(model), settings=dict(settings), started_at=started_at,
+        static_details=dict(static_details or {}),
+        latest_pointer=latest_pointer, limits=limits)
     self._sinks = tuple(sinks)
     self._report_sections = dict(report_sections or {})
-    self._limits = limits
     self._dead_letters = dead_letters
-    self._run_dir = run_dir
-    self._staging_dir = staging_dir
-    self._static_details = dict(static_details or {})
-    self._latest_pointer = latest_pointer
-    self._run_id = run_id
-    self._model = dict(model)
     self._counts = counts
     self._outputs = outputs
-    self._settings = dict(settings)
-    self._started_at = started_at
     self._details = dict(details or {})
 
   def expand(self, pbegin):
@@ -143,16 +140,31 @@ class PublishRun(beam.PTransform):
           | "SummarizeErrors" >> beam.CombineGlobally(ErrorSummaryFn()))
     checked = (pbegin
                | "Once" >> beam.Create([None])
-               | "Check" >> beam.Map(self._check, **side_inputs))
+               | "Check" >> beam.Map(self._publisher.check, **side_inputs))
     sinks_written = [
         AsList(records
                | f"AfterChecks[{sink.name}]" >> beam.Map(
                    _after_checks, AsSingleton(checked))
                | f"WriteTo{sink.name}" >> sink.create_write_transform())
         for records, sink in self._sinks]
-    return checked | "Write" >> beam.Map(self._publish, *sinks_written)
+    return checked | "Write" >> beam.Map(self._publisher.publish,
+                                         *sinks_written)
 
-  def _check(self, unused_element, **side_inputs) -> dict:
+@dataclasses.dataclass(frozen=True)
+class _RunPublisher:
+  """PublishRun's steps, with only what they need: Beam pickles them, and
+  the transform itself holds the pipeline's PCollections."""
+  run_dir: str
+  staging_dir: str
+  run_id: str
+  model: Mapping
+  settings: Mapping
+  started_at: float
+  static_details: Mapping
+  latest_pointer: Optional[str]
+  limits: PublishLimits
+
+  def check(self, unused_element, **side_inputs) -> dict:
     """The manifest, checked and with its report drawn; raises
     RunRefusedError (after writing refused.json) if a guardrail breaks."""
     counts, outputs, details = {}, {}, {}
@@ -172,20 +184,20 @@ class PublishRun(beam.PTransform):
           written.setdefault(names[0], []).extend(t for _, t in value)
       elif kind == "report":
         sections[names[0]] = value
-    report_path = FileSystems.join(self._staging_dir, REPORT_FILE)
+    report_path = FileSystems.join(self.staging_dir, REPORT_FILE)
     outputs[REPORT] = {"html": [report_path]}
     top_errors = side_inputs.get("errors__summary", [])
-    details.update(self._static_details)
+    details.update(self.static_details)
     details["dead_letters"] = {
         "by_reason": {entry["reason"]: entry["count"] for entry in top_errors}
     }
     # Everything that can fail comes before manifest.json: once it exists
     # the run is published, and a published run never ends in an error.
     manifest = build_manifest(
-        self._run_id, self._staging_dir, self._model, counts, outputs,
-        self._settings, time.time() - self._started_at, details)
-    reasons = refusal_reasons(manifest["counts"], self._limits)
-    page = draw_report(manifest, sections, top_errors, self._started_at,
+        self.run_id, self.staging_dir, self.model, counts, outputs,
+        self.settings, time.time() - self.started_at, details)
+    reasons = refusal_reasons(manifest["counts"], self.limits)
+    page = draw_report(manifest, sections, top_errors, self.started_at,
                        time.time(), spans, written, refusal=reasons)
     write_atomically(report_path,
                      lambda f: f.write(page.encode("utf-8", "replace")))
@@ -193,41 +205,41 @@ class PublishRun(beam.PTransform):
       self._refuse(manifest, reasons, top_errors)
     return manifest
 
-  def _publish(self, manifest: dict, *unused_sinks_written) -> dict:
+  def publish(self, manifest: dict, *unused_sinks_written) -> dict:
     """Moves the checked run into place; manifest.json last."""
     # Rendered from the manifest's lists: they name exactly its files.
     manifest["outputs"][BIGQUERY] = write_bigquery_scripts(
-        self._staging_dir, manifest)
+        self.staging_dir, manifest)
     listed = listed_files(manifest["outputs"])
-    remove_unlisted_files(self._run_dir, listed)
-    move_into_place(self._staging_dir, self._run_dir, listed)
+    remove_unlisted_files(self.run_dir, listed)
+    move_into_place(self.staging_dir, self.run_dir, listed)
     staged_pointer = None
-    if self._latest_pointer:
-      staged_pointer = stage_text(self._latest_pointer, self._run_dir + "\n",
-                                  tag=self._run_id)
+    if self.latest_pointer:
+      staged_pointer = stage_text(self.latest_pointer, self.run_dir + "\n",
+                                  tag=self.run_id)
     write_json_atomically(
-        FileSystems.join(self._run_dir, MANIFEST_FILE), manifest)
+        FileSystems.join(self.run_dir, MANIFEST_FILE), manifest)
     # Published. What is left only tidies up, and may not fail the run.
     if staged_pointer:
-      _without_failing(f"moving {self._latest_pointer} into place",
-                       commit_staged, staged_pointer, self._latest_pointer)
-    _without_failing(f"removing {self._staging_dir}", _remove_if_there,
-                     self._staging_dir)
+      _without_failing(f"moving {self.latest_pointer} into place",
+                       commit_staged, staged_pointer, self.latest_pointer)
+    _without_failing(f"removing {self.staging_dir}", _remove_if_there,
+                     self.staging_dir)
     return manifest
 
 
   def _refuse(self, manifest: dict, reasons: list, top_errors: list):
     """Leaves refused.json in the staging directory, and fails the run."""
     refusal = {
-        "run_id": self._run_id,
-        "run_dir": self._run_dir,
-        "staging_dir": self._staging_dir,
+        "run_id": self.run_id,
+        "run_dir": self.run_dir,
+        "staging_dir": self.staging_dir,
         "reasons": reasons,
         "counts": manifest["counts"],
-        "limits": self._limits.to_json_dict(),
+        "limits": self.limits.to_json_dict(),
         "top_errors": top_errors,
     }
-    path = FileSystems.join(self._staging_dir, REFUSAL_FILE)
+    path = FileSystems.join(self.staging_dir, REFUSAL_FILE)
     write_json_atomically(path, refusal)
     # Raised, not logged: whoever runs the job tells it (pipeline.main
     # prints it once; on Dataflow it is the failed job's error).
