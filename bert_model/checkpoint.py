@@ -349,6 +349,13 @@ def _check_shapes(weights: Dict[str, np.ndarray], config: BertConfig,
       raise CheckpointError(
           f"{where}: missing {name}; config says {config.num_hidden_layers} "
           "layers.")
+  extra = (f"encoder.layer.{config.num_hidden_layers}.attention.self.query."
+           "weight")
+  if extra in weights:
+    raise CheckpointError(
+        f"{where}: {extra} is there, but the config says num_hidden_layers "
+        f"{config.num_hidden_layers}; the config does not belong to these "
+        "weights.")
   # What else the config says that the variables show ([out, in] matrices):
   # a mismatch would export, then fail (or quietly cut) at embedding time.
   expected = {

@@ -10,11 +10,10 @@ settings.
              [-> ExportToVertex (documents, or chunks)]
              [-> WriteSimilarityPlot] [-> WriteProjectorFiles]
   dead letters of every stage -> WriteTable(errors)
-  PublishRun: the checks [-> sinks (--bigquery_table)] -> the files into
-    place, manifest.json last
-  embeddings, neighbour and duplicate rows -> SummarizeForReport
-  every count, file list, figure and summary -> PublishRun (report.html,
-    then manifest.json last)
+  embeddings, neighbours and duplicate rows -> SummarizeForReport
+  every count, file list, figure and summary -> PublishRun: report.html and
+    the checks [-> sinks (--bigquery_table), from the staged files] -> the
+    files into place, manifest.json last
 
 `build_pipeline(pipeline, plan)` takes no flags and does no IO: everything it
 needs is in the RunPlan (pipeline/plan.py), so a test can build the graph on
@@ -260,5 +259,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
       started_at=started_at, details=details, static_details=static_details,
       latest_pointer=plan.latest_pointer, limits=plan.limits,
       dead_letters=dead_letters, report_sections=report_sections,
-      sinks=[(embeddings, sink) for sink in plan.sinks])
+      # The embeddings table's BigQuery-loadable files, once written.
+      sinks=[(outputs[layout.EMBEDDINGS][writing.bigquery_format], sink)
+             for sink in plan.sinks])
   return {EMBEDDINGS: embeddings, DEAD_LETTERS: dead_letters}

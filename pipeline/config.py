@@ -32,8 +32,8 @@ _BIGQUERY_TABLE = re.compile(
     r"^(?:[a-z][a-z0-9-]{4,61}[a-z0-9][:.])?[A-Za-z0-9_]{1,1024}\.[\w$-]{1,1024}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-# Shards per file set, at most: BigQuery's limit on the source files of one
-# load job.
+# --num_shards, at most: every shard is a file in each format, written even
+# when no row goes to it, so a slip of the finger would make a million files.
 MAX_NUM_SHARDS = 10_000
 
 
@@ -225,9 +225,9 @@ def _check_numbers(config: RunConfig):
         "--num_shards must be 0 (sized to fit memory) or positive.")
   if out.num_shards > MAX_NUM_SHARDS:
     raise ConfigError(
-        f"--num_shards={out.num_shards}: at most {MAX_NUM_SHARDS} (a "
-        "BigQuery load job reads at most that many files); or 0, which sizes "
-        "the shards to fit a worker's memory.")
+        f"--num_shards={out.num_shards}: at most {MAX_NUM_SHARDS} (each "
+        "shard is a file in every format, written even when empty); or 0, "
+        "which sizes the shards to fit a worker's memory.")
   _check_chunking(config)
   _check_vertex_export(config)
 
@@ -355,15 +355,18 @@ def config_from_options(options: PipelineOptions,
   config = RunConfig(**sections)
   _check_numbers(config)
   _check_names(config)
-  _check_bigquery_staging(config, options.view_as(GoogleCloudOptions))
+  _check_bigquery_temp_location(config, options.view_as(GoogleCloudOptions))
   return config
 
 
-def _check_bigquery_staging(config: RunConfig, cloud: GoogleCloudOptions):
+def _check_bigquery_temp_location(config: RunConfig,
+                                  cloud: GoogleCloudOptions):
   # BigQuery load jobs read their files from Cloud Storage, which Beam
-  # stages under --temp_location; without one the load fails at run time.
-  if config.outputs.bigquery_table and not (
-      cloud.temp_location or "").startswith("gs://"):
+  # stages under --temp_location (Beam takes --staging_location for it when
+  # it is not given); without either the load fails at run time.
+  locations = (cloud.temp_location or "", cloud.staging_location or "")
+  if config.outputs.bigquery_table and not any(
+      location.startswith("gs://") for location in locations):
     raise ConfigError(
         f"--bigquery_table={config.outputs.bigquery_table} needs "
         "--temp_location=gs://BUCKET/tmp: BigQuery loads the rows from files "

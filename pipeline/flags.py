@@ -213,11 +213,13 @@ def _add_output_flags(group):
       help="BigQuery-loadable copy of each table (default: %(default)s).")
   group.add_argument(
       "--bigquery_table",
-      help="Also load embeddings straight into PROJECT:DATASET.TABLE. "
-      "Default: none.")
+      help="Also load the embeddings into PROJECT:DATASET.TABLE, once the "
+      "guardrails passed and before the run is published (needs a gs:// "
+      "--temp_location). Default: none.")
   group.add_argument("--num_shards", type=int, default=0,
-                     help="Shards per output file set; 0 (default) picks "
-                     "enough that no shard overflows a worker's memory.")
+                     help="Shards per output file set, at most 10000; 0 "
+                     "(default) picks enough that no shard overflows a "
+                     "worker's memory.")
   group.add_argument(
       "--similarity_plot", action="store_true",
       help="Write similarity.png, a heatmap of pairwise cosine similarity "

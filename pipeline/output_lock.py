@@ -152,7 +152,13 @@ class OutputLock:
     """
     takeover = self.path + TAKEOVER_SUFFIX
     if not _create_exclusive(takeover, data):
-      return False  # another run is taking it over
+      # Another run is taking it over; or one was killed doing so, and its
+      # takeover file, stale too, goes the same way as a stale lock.
+      if not _is_gone(_read_holder(takeover)):
+        return False
+      FileSystems.delete([takeover])
+      if not _create_exclusive(takeover, data):
+        return False
     try:
       holder = _read_holder(self.path)
       if not _is_gone(holder):

@@ -26,6 +26,7 @@ gs:// model from a local copy, leaves gs:// paths unchecked, and takes no lock.
 import dataclasses
 import glob
 import logging
+import os
 from typing import Callable, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
@@ -315,6 +316,18 @@ def _manifest_model(model: resolution.ResolvedModel,
   }
 
 
+def _manifest_settings(config: RunConfig) -> dict:
+  """The config as the manifest records it, with the model flags that are
+  local directories made absolute: a run's model is resolved again from
+  them (Embedder.from_run, the query CLI) from any working directory."""
+  settings = settings_of(config)
+  model = settings["model"]
+  for flag in ("preprocessor", "model_root"):
+    if model.get(flag) and os.path.isdir(model[flag]):
+      model[flag] = preflight.absolute(model[flag])
+  return settings
+
+
 def _longest_input(settings: ModelSettings) -> int:
   """Most wordpieces the model gets of one document: batching caps its
   estimates here."""
@@ -517,8 +530,10 @@ def plan_run(config: RunConfig,
       chunked=settings.chunking is not None)
   sinks = ()
   if out.bigquery_table:
-    sinks = (BigQuerySink(out.bigquery_table, embedding_table(
-        table, out.run_id, model.fingerprint)),)
+    sinks = (BigQuerySink(
+        out.bigquery_table,
+        embedding_table(table, out.run_id, model.fingerprint).columns,
+        out.bigquery_format),)
   # Absolute, so that the manifest's paths, the staging directory and the
   # latest pointer's content all name one directory, whatever the cwd of
   # whoever reads them later.
@@ -572,7 +587,7 @@ def plan_run(config: RunConfig,
           include_text=not out.no_text),
       latest_pointer=nightly.latest_pointer,
       manifest_model=_manifest_model(model, settings),
-      manifest_settings=settings_of(config),
+      manifest_settings=_manifest_settings(config),
       vertex=_vertex_export(config, previous_run, table.chunked),
       spill_dir=spill_dir(staging) if local_runner else None,
       lock=lock)

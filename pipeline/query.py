@@ -13,7 +13,6 @@ the text. TensorFlow's start-up notices are kept off the screen, as in
 """
 
 import argparse
-import importlib
 import sys
 from typing import Optional, Sequence
 
@@ -52,10 +51,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     native_logs.start_tensorflow()
     # Imported here, once TensorFlow has started with its notices captured:
     # the search imports the model library, and TensorFlow with it.
-    search = importlib.import_module("pipeline.search").search
+    from pipeline import search as search_lib  # pylint: disable=g-import-not-at-top
     try:
-      hits, error = search(args.run_dir, args.question, args.k,
-                           args.table), None
+      hits, error = search_lib.search(args.run_dir, args.question, args.k,
+                                      args.table), None
     except (FileNotFoundError, ValueError, KeyError) as e:
       hits, error = [], e
   if error is not None:

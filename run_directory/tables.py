@@ -97,16 +97,17 @@ class Table:
 
   name: the table's name: its directory, its manifest key, its Avro record.
   columns: its columns, from which every schema is rendered (columns.py).
-  sort_key: element -> tuple; rows are sorted by it within a shard and
-    sharded by a hash of its first component (a str).
-  to_row: element -> dict in the BigQuery shape (Avro, JSON lines).
-  to_arrow: list of elements -> pa.RecordBatch typed by
+  sort_key: row -> tuple; rows are sorted by it within a shard and
+    sharded by a hash of its first component (a str: `shard_key`).
+  to_row: row -> dict in the BigQuery shape (Avro, JSON lines).
+  to_arrow: list of rows -> pa.RecordBatch typed by
     `arrow.to_arrow_schema(columns)` (Parquet); None if never needed.
-  to_examples: list of elements -> pa.RecordBatch in the tf.Example layout
+  to_examples: list of rows -> pa.RecordBatch in the tf.Example layout
     (TFRecord); None if never needed.
   rows_per_shard: rows one shard holds when the shard count is not fixed:
     a worker holds a whole shard in memory while it sorts and writes it.
-  rows_per_element: None when every element is one row.
+  rows_per_element: how an element of the table's PCollection holds rows;
+    None when every element is one row (all tables but the neighbours).
   """
   name: str
   columns: tuple[Column, ...]

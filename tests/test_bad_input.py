@@ -561,6 +561,16 @@ def test_two_runs_that_find_one_stale_lock_do_not_both_take_it(
   assert sorted(os.listdir(tmp_path)) == [".run.lock"]
   second.release()
   assert not os.listdir(tmp_path)
+  # A run killed while taking a stale lock over left its takeover file:
+  # stale too, it does not keep the next run out.
+  for name in (".run.lock", ".run.lock.takeover"):
+    (tmp_path / name).write_text(json.dumps({
+        "run_id": "killed", "host": socket.gethostname(),
+        "pid": 2**22 + 12345}))
+  monkeypatch.setattr(output_lock, "_is_gone", real_is_gone)
+  third = output_lock.OutputLock(str(tmp_path), "C").acquire()
+  assert sorted(os.listdir(tmp_path)) == [".run.lock"]
+  third.release()
 
 
 def test_nothing_after_the_manifest_can_fail_a_published_run(

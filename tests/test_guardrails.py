@@ -12,18 +12,24 @@ import logging
 import os
 
 import apache_beam as beam
+import fastavro
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import job
 from pipeline import main
 from pipeline import read_outputs
 from pipeline.flags import format_help
 from pipeline.plan import plan_run
+from run_directory import tables
+from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.records import DeadLetter
 from transforms.guardrails import PublishLimits
 from transforms.guardrails import refusal_reasons
 from transforms.guardrails import ErrorSummaryFn
+from transforms.sinks import BigQuerySink
 from transforms.sinks import EmbeddingSink
+from transforms.sinks import read_bigquery_rows
 
 EXIT_REFUSED = 3
 
@@ -161,10 +167,11 @@ def test_a_previous_run_of_1000_against_a_corpus_of_500(workdir, capsys):
 
 
 class _RecordingSink(EmbeddingSink):
-  """A sink that notes each document, and whether the run was published."""
+  """A sink that notes the documents of each file it is given, and whether
+  the run was published then; or fails, if told to."""
 
-  def __init__(self, notes: str, manifest: str):
-    self._notes, self._manifest = notes, manifest
+  def __init__(self, notes: str, manifest: str, fail: bool = False):
+    self._notes, self._manifest, self._fail = notes, manifest, fail
 
   @property
   def name(self) -> str:
@@ -173,23 +180,30 @@ class _RecordingSink(EmbeddingSink):
   def create_write_transform(self):
     return beam.Map(self._note)
 
-  def _note(self, embedding):
+  def _note(self, path):
+    if self._fail:
+      raise RuntimeError("the sink is down")
+    with open(path, "rb") as f:
+      ids = [row["id"] for row in fastavro.reader(f)]
     with open(self._notes, "a", encoding="utf-8") as f:
-      f.write(f"{embedding.id} {os.path.exists(self._manifest)}\n")
-    return embedding.id
+      for doc_id in ids:
+        f.write(f"{doc_id} {os.path.exists(self._manifest)}\n")
+    return path
 
 
 def test_sinks_get_rows_only_after_the_checks_and_before_publishing(
     workdir, capsys, monkeypatch):
   # --bigquery_table's sink, in the publish order: a refused run loads
-  # nothing into BigQuery, and a run is published only once its rows are
-  # loaded (a load that fails, fails an unpublished run).
+  # nothing into BigQuery, a run is published only once its rows are
+  # loaded, and a load that fails fails the run unpublished.
   notes = workdir / "notes.txt"
+  failing = []
 
   def plan_with_sink(config, **kwargs):
     plan = plan_run(config, **kwargs)
     return dataclasses.replace(plan, sinks=(_RecordingSink(
-        str(notes), os.path.join(plan.run_dir, "manifest.json")),))
+        str(notes), os.path.join(plan.run_dir, "manifest.json"),
+        fail=bool(failing)),))
 
   monkeypatch.setattr(job, "plan_run", plan_with_sink)
   corpus = _corpus(workdir / "corpus.jsonl", good=7, bad=3)
@@ -201,6 +215,28 @@ def test_sinks_get_rows_only_after_the_checks_and_before_publishing(
   assert code == 0
   assert sorted(notes.read_text().splitlines()) == [
       f"d{i} False" for i in range(7)]
+  failing.append(True)
+  with pytest.raises(Exception, match="the sink is down"):
+    _run(workdir, corpus, "failed", "--max_bad_fraction=0.5")
+  assert not os.path.exists(workdir / "failed" / "manifest.json")
+  assert (workdir / "LATEST").read_text() == str(workdir / "published") + "\n"
+
+
+def test_the_bigquery_sink_reads_the_staged_files_of_each_format(tmp_path):
+  # The real sink's graph, built (not run: it needs BigQuery): what it reads
+  # the staged files with, for each --bigquery_format.
+  columns = tables.embedding_table(
+      EmbeddingTableSpec(hidden_size=4), "r", "f").columns
+  for file_format in ("avro", "parquet", "jsonl"):
+    sink = BigQuerySink("my-project:ds.t", columns, file_format)
+    options = PipelineOptions(["--temp_location=gs://b/tmp",
+                               "--project=my-project"])
+    p = beam.Pipeline(options=options)
+    jobs = (p | beam.Create([str(tmp_path / f"x.{file_format}")])
+            | sink.create_write_transform())
+    assert isinstance(jobs, beam.PCollection)
+  with pytest.raises(ValueError, match="No reader"):
+    read_bigquery_rows("tfrecord")
 
 
 def _counts(read, embedded, dead_lettered, removed=0, queries=None):

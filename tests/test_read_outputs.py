@@ -32,10 +32,8 @@ SPEC = EmbeddingTableSpec(
     encoder_layers=(0,))
 EMBEDDINGS = make_embeddings(4, SPEC, seed=11)
 DEAD_LETTERS = make_dead_letters(3)
-NEIGHBOURS = [
-    {"id": "doc-000", "rank": 1, "neighbour_id": "doc-001", "score": 0.5},
-    {"id": "doc-001", "rank": 1, "neighbour_id": "doc-000", "score": 0.5},
-]
+# Each query's neighbours, as the neighbours stage gives them to the table.
+NEIGHBOURS = [("doc-000", [(0.5, "doc-001")]), ("doc-001", [(0.5, "doc-000")])]
 
 
 @pytest.fixture(scope="module")

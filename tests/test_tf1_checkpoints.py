@@ -113,10 +113,11 @@ def test_bad_tf1_checkpoints_fail_with_the_reason(tmp_path, capsys):
     checkpoint_lib.read_checkpoint(good)
   # ... in any of the sizes the variables show: each would export, then
   # fail or cut quietly when embedding.
-  for key in ("max_position_embeddings", "type_vocab_size",
-              "intermediate_size"):
+  for key, change in (("max_position_embeddings", 2),
+                      ("type_vocab_size", 2), ("intermediate_size", 2),
+                      ("num_hidden_layers", 0.5)):
     wrong = dict(config, hidden_size=16)
-    wrong[key] *= 2
+    wrong[key] = int(wrong[key] * change)
     with open(config_path, "w") as f:
       json.dump(wrong, f)
     with pytest.raises(checkpoint_lib.CheckpointError,

@@ -10,17 +10,18 @@ it only after every write has finished. It then:
    staging directory as report.html, which the manifest lists;
 3. a run that breaks a guardrail then writes refused.json beside its report
    and fails with RunRefusedError, unpublished;
-   the sinks (e.g. --bigquery_table) get their rows only now, after the
-   checks, and the steps below wait for them: a refused run reaches no
-   sink, and a sink that fails does so before anything is published;
-4. writes the run's BigQuery scripts (bigquery/load.sh, vector_search.sql,
+4. the sinks (transforms/sinks.py: --bigquery_table) get the embeddings
+   table's staged BigQuery-loadable files only now, and the steps below
+   wait for them: a refused run reaches no sink, and a sink that fails does
+   so before anything is published;
+5. writes the run's BigQuery scripts (bigquery/load.sh, vector_search.sql,
    run_directory/bigquery_scripts.py) from the manifest's file lists into
    the staging directory, and lists them in the manifest;
-5. removes files of the table directories the manifest does not list, moves
+6. removes files of the table directories the manifest does not list, moves
    the staged files into place (run_directory/staging.py), and writes the new
    latest pointer under a temporary name;
-6. writes manifest.json (atomically): the run is published;
-7. renames the pointer into place and removes the staging directory: steps
+7. writes manifest.json (atomically): the run is published;
+8. renames the pointer into place and removes the staging directory: steps
    that only tidy up, and log an error if they fail instead of failing a
    published run.
 
@@ -84,9 +85,10 @@ class PublishRun(beam.PTransform):
     and in a refusal.
   report_sections: the run report's summaries (SummarizeForReport), each a
     PCollection of one element.
-  sinks: (records, sink) pairs: `sink.create_write_transform()` is applied
-    to the records once the guardrails passed, and the run is published
-    once its output (complete when the write is done) is.
+  sinks: (paths, sink) pairs: `sink.create_write_transform()` is applied
+    to the paths (of the embeddings table's BigQuery-loadable files) once
+    the guardrails passed, and the run is published once its output
+    (complete when the write is done) is.
   """
 
   def __init__(self, run_dir: str, staging_dir: str, run_id: str,
@@ -142,13 +144,14 @@ class PublishRun(beam.PTransform):
                | "Once" >> beam.Create([None])
                | "Check" >> beam.Map(self._publisher.check, **side_inputs))
     sinks_written = [
-        AsList(records
+        AsList(paths
                | f"AfterChecks[{sink.name}]" >> beam.Map(
                    _after_checks, AsSingleton(checked))
                | f"WriteTo{sink.name}" >> sink.create_write_transform())
-        for records, sink in self._sinks]
+        for paths, sink in self._sinks]
     return checked | "Write" >> beam.Map(self._publisher.publish,
                                          *sinks_written)
+
 
 @dataclasses.dataclass(frozen=True)
 class _RunPublisher:
@@ -246,8 +249,8 @@ class _RunPublisher:
     raise RunRefusedError(f"{describe_refusal(refusal)}\nDetails: {path}")
 
 
-def _after_checks(record, unused_checked_manifest):
-  return record
+def _after_checks(path, unused_checked_manifest):
+  return path
 
 
 def _remove_if_there(path: str):

@@ -162,7 +162,8 @@ class WriteShards(beam.PTransform):
     if self._spill_dir is None:
       group_by_shard = beam.GroupByKey()
     else:
-      # One partition per shard; rows buffered at most a shard's worth.
+      # One partition per shard; elements buffered at most a shard's worth
+      # of rows (or K times that, for the neighbours' K rows an element).
       group_by_shard = GroupByKeyOnDisk(
           self._spill_dir, num_shards,
           buffer_elements=min(DEFAULT_BUFFER_ELEMENTS, self._rows_per_shard))

@@ -67,7 +67,9 @@ def _score_against_corpus(indexed_query_shard, corpus_shards, k: int,
         queries.ids, queries.vectors, corpus.ids, corpus.vectors, k,
         owner=owner):
       best[query_id] = merge_top_k([best[query_id], neighbours], k)
-  yield from best.items()
+  # Queries with any: one with none has no rows, and is no report example.
+  yield from ((query_id, neighbours) for query_id, neighbours in best.items()
+              if neighbours)
 
 
 class ExactNeighbours(beam.PTransform):
