@@ -210,6 +210,8 @@ class _RunPublisher:
 
   def publish(self, manifest: dict, *unused_sinks_written) -> dict:
     """Moves the checked run into place; manifest.json last."""
+    # A copy: Beam's elements are not to be changed in place.
+    manifest = {**manifest, "outputs": dict(manifest["outputs"])}
     # Rendered from the manifest's lists: they name exactly its files.
     manifest["outputs"][BIGQUERY] = write_bigquery_scripts(
         self.staging_dir, manifest)
