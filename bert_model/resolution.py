@@ -110,13 +110,6 @@ def _is_remote(path: str) -> bool:
   return "://" in path
 
 
-def _local_absolute(path: str) -> str:
-  """A local directory made absolute, a remote one as it is: a run's
-  manifest names the model, and it is read again (Embedder.from_run, the
-  query CLI, the serving export) from any working directory."""
-  return path if _is_remote(path) else os.path.abspath(path)
-
-
 def _check_saved_model(model: str, path: str, flag: str = "--model"):
   """A cheap look at a SavedModel, so a corrupt one fails before any data is
   read rather than in every worker: the graph must parse, variables exist."""
@@ -178,8 +171,7 @@ def _locate(value: str, model_root: Optional[str], flag: str,
           "by `python -m pipeline.export_model`, a TF Hub SavedModel "
           "directory, a catalogue name (`python -m pipeline.catalog`) or a "
           "handle; or leave --model out to use the default model.")
-    path = _local_absolute(value)
-    return _Located(path, path)
+    return _Located(value, value)
   try:
     entry = catalog.lookup_name(value)
   except catalog.UnknownModelError as e:
@@ -481,10 +473,8 @@ def resolve_model(model: Optional[str],
   located = _locate(model, model_root, "--model", "encoder")
   if tf.io.gfile.exists(_join(located.path, "saved_model.pb")):
     return _resolve_tfhub_encoder(model, located, preprocessor, model_root)
-  # A catalogue model by its name, a directory by its absolute path.
-  return _resolve_model_directory(
-      model if located.handle else located.path, located.path, preprocessor,
-      model_root)
+  return _resolve_model_directory(model, located.path, preprocessor,
+                                  model_root)
 
 
 def _resolve_model_directory(model: str, path: str,
@@ -589,7 +579,7 @@ def _resolve_tfhub_encoder(model: str, located: _Located,
       vocab_size=facts.vocab_size,
       has_pooler=facts.has_pooler)
   return ResolvedModel(
-      path=located.handle or located.path,
+      path=located.handle or model,
       preprocess_path=preprocess_path,
       encoder_path=located.load_path,
       metadata=metadata,

@@ -38,6 +38,7 @@ from bert_model.loaded_model import ModelSettings
 from pipeline import preflight
 from pipeline.config import chunk_overlap
 from pipeline.config import LATEST
+from pipeline.config import ModelConfig
 from pipeline.config import RunConfig
 from pipeline.config import settings_of
 from pipeline.errors import ConfigError
@@ -316,16 +317,17 @@ def _manifest_model(model: resolution.ResolvedModel,
   }
 
 
-def _manifest_settings(config: RunConfig) -> dict:
-  """The config as the manifest records it, with the model flags that are
-  local directories made absolute: a run's model is resolved again from
-  them (Embedder.from_run, the query CLI) from any working directory."""
-  settings = settings_of(config)
-  model = settings["model"]
-  for flag in ("preprocessor", "model_root"):
-    if model.get(flag) and os.path.isdir(model[flag]):
-      model[flag] = preflight.absolute(model[flag])
-  return settings
+def _model_directories_absolute(model: ModelConfig) -> ModelConfig:
+  """--model, --preprocessor and --model_root made absolute where they name
+  local directories: the manifest records them, and a run's model is
+  resolved again from them (Embedder.from_run, the query CLI, the serving
+  export) from any working directory."""
+  absolute = {}
+  for flag in ("model", "preprocessor", "model_root"):
+    value = getattr(model, flag)
+    if value and os.path.isdir(value):
+      absolute[flag] = preflight.absolute(value)
+  return dataclasses.replace(model, **absolute)
 
 
 def _longest_input(settings: ModelSettings) -> int:
@@ -496,6 +498,8 @@ def plan_run(config: RunConfig,
     ConfigError: a path, the model or the previous run is wrong, or another
       run holds the output directory.
   """
+  config = dataclasses.replace(
+      config, model=_model_directories_absolute(config.model))
   out, nightly, neighbours = config.outputs, config.nightly, config.neighbours
   # The paths first: a typo there should fail in a second, before the model
   # is resolved (which can mean exporting or downloading it).
@@ -587,7 +591,7 @@ def plan_run(config: RunConfig,
           include_text=not out.no_text),
       latest_pointer=nightly.latest_pointer,
       manifest_model=_manifest_model(model, settings),
-      manifest_settings=_manifest_settings(config),
+      manifest_settings=settings_of(config),
       vertex=_vertex_export(config, previous_run, table.chunked),
       spill_dir=spill_dir(staging) if local_runner else None,
       lock=lock)
