@@ -22,7 +22,6 @@ Figures depend on the CPU: compare the ratios, measured in one run.
 """
 
 import argparse
-import json
 import re
 import time
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from benchmarks import corpus as corpus_lib
 from benchmarks.machine import machine
+from benchmarks.report import print_and_write
 from bert_model import default_model
 from bert_model.chunking import ChunkSettings
 from bert_model.chunking import default_overlap
@@ -165,15 +165,11 @@ def main(argv=None) -> int:
       },
       "targets": TARGETS,
   }
-  text = json.dumps(report, indent=2)
-  print(text)
+  print_and_write(report, args.json)
   for name, target in TARGETS.items():
     value = report["derived"][name]
     print(f"{name}: {value} (target >= {target}) "
           f"{'ok' if value >= target else 'MISSED'}")
-  if args.json:
-    with open(args.json, "w") as f:
-      f.write(text + "\n")
   return 0
 
 

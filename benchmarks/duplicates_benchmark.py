@@ -24,7 +24,6 @@ Figures depend on the CPU (recorded): compare the ratios of one run.
 import argparse
 import datetime
 import importlib
-import json
 import random
 import sys
 
@@ -33,6 +32,7 @@ import numpy as np
 from benchmarks import embedding_cache
 from benchmarks import neighbours_benchmark as nb
 from benchmarks.machine import machine
+from benchmarks.report import print_and_write
 
 IDS_WIDTH = 6
 
@@ -134,11 +134,7 @@ def main(argv=None) -> int:
         "duplicates_over_half_matmul": round(
             seconds["duplicates"] / (seconds["matmul"] / 2), 3),
     }
-  text = json.dumps(report, indent=2, default=str)
-  print(text)
-  if args.json:
-    with open(args.json, "w") as f:
-      f.write(text + "\n")
+  print_and_write(report, args.json, default=str)
   return 0
 
 

@@ -31,7 +31,6 @@ script would.
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import subprocess
@@ -179,6 +178,7 @@ def main(argv=None) -> int:
   # Imported here: the children above must not pay for these imports.
   from benchmarks import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
   from benchmarks.machine import machine  # pylint: disable=g-import-not-at-top
+  from benchmarks.report import print_and_write  # pylint: disable=g-import-not-at-top
   work_dir = tempfile.mkdtemp(prefix="user-timed-")
   texts = (_read_lines(args.corpus)[:args.docs] if args.corpus else
            corpus_lib.real_sentences(args.docs))
@@ -218,11 +218,7 @@ def main(argv=None) -> int:
                                            vectors["plain"]),
       },
   }
-  text = json.dumps(report, indent=2)
-  print(text)
-  if args.json:
-    with open(args.json, "w") as f:
-      f.write(text + "\n")
+  print_and_write(report, args.json)
   return 0
 
 
