@@ -4,7 +4,7 @@ settings.
   EmbedCorpus = ReadCorpus -> ValidateDocuments [-> ReuseEmbeddings]
                 -> EmbedDocuments
   embeddings -> WriteTable(embeddings)
-             [-> NearestNeighbours -> WriteTable(neighbours)]
+             [-> NearestNeighbours -> WriteTable(neighbours) [, ann_index]]
   [chunks -> WriteTable(chunks)] [-> NearestNeighbours at chunk level]
              [-> NearDuplicates -> WriteTable(duplicates)]
              [-> ExportToVertex (documents, or chunks)]
@@ -44,6 +44,7 @@ from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
 from transforms.names import EMBEDDINGS
 from transforms.neighbours import CHUNK as CHUNK_LEVEL
+from transforms.neighbours import INDEX_FILES
 from transforms.neighbours import NearestNeighbours
 from transforms.neighbours import NEIGHBOUR_LISTS
 from transforms.neighbours import STATS
@@ -206,7 +207,11 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
              else EMBEDDINGS)
     neighbours = corpus[items] | "NearestNeighbours" >> NearestNeighbours(
         plan.neighbours,
-        queries=query_corpus[items] if query_corpus else None)
+        queries=query_corpus[items] if query_corpus else None,
+        # ann mode keeps its index, for searches of the run (pipeline.query).
+        index_dir=staging)
+    if INDEX_FILES in neighbours:
+      outputs[layout.ANN_INDEX] = neighbours[INDEX_FILES]
     outputs[layout.NEIGHBOURS] = neighbours[NEIGHBOUR_LISTS] | (
         "WriteNeighbours" >> WriteTable(
             staging, neighbour_table(plan.run_id, fingerprint,

@@ -265,8 +265,8 @@ def _add_neighbour_flags(group):
   group.add_argument(
       "--neighbours_mode", choices=NEIGHBOUR_MODES, default="exact",
       help="exact: blocked matrix products, exactly brute force; ann: a "
-      "FAISS index, with recall@K measured on a sample (default: "
-      "%(default)s).")
+      "FAISS index, with recall@K measured on a sample, kept in the run "
+      "directory as ann_index/ (default: %(default)s).")
   group.add_argument(
       "--neighbours_block_size", type=int, default=DEFAULT_BLOCK_SIZE,
       help="Documents per shard in exact mode; memory per worker grows "

@@ -1,13 +1,14 @@
 """Searches a run with a question: the quickest way to see an index work.
 
   python -m pipeline.query RUN_DIR "how do I define a function?" [--k 10]
-      [--table embeddings|chunks]
+      [--table embeddings|chunks] [--exact]
 
 The question is embedded exactly like the run's documents
 (pipeline/embedder.py: the run's model and settings from its manifest), and
-scored against every row of the run's embeddings, or of its chunks when the
-run has them (--chunk_size), by cosine, exactly (numpy; runs keep no ANN
-index). Prints rank, score, id (and the chunk's document) and the start of
+scored by cosine against the run's embeddings, or its chunks when the run
+has them (--chunk_size): the rows the run's FAISS index finds when the run
+kept one of that table (--neighbours_mode ann), else every row (numpy,
+exact). Prints rank, score, id (and the chunk's document) and the start of
 the text. TensorFlow's start-up notices are kept off the screen, as in
 `python -m pipeline.main` (transforms/native_logs.py).
 """
@@ -42,6 +43,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--table", choices=(EMBEDDINGS, CHUNKS),
                       help="What to search. Default: the chunks when the "
                       "run has them, else the embeddings.")
+  parser.add_argument("--exact", action="store_true",
+                      help="Score every row, even when the run kept a FAISS "
+                      "index (--neighbours_mode ann).")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.k < 1:
     parser.error("--k must be at least 1")
@@ -54,8 +58,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipeline import search as search_lib  # pylint: disable=g-import-not-at-top
     try:
       hits, error = search_lib.search(args.run_dir, args.question, args.k,
-                                      args.table), None
-    except (FileNotFoundError, ValueError, KeyError) as e:
+                                      args.table, exact=args.exact), None
+    # RuntimeError: what FAISS raises for an index file it cannot read.
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
       hits, error = [], e
   if error is not None:
     print(f"pipeline.query: error: {error}", file=sys.stderr)

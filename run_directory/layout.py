@@ -7,6 +7,7 @@
     <table>/bigquery_schema.json
     errors/errors-SSSSS-of-NNNNN.jsonl
     similarity.png, projector/{vectors,metadata}.tsv (when asked for)
+    ann_index/index.faiss, ann_index/ids.jsonl       --neighbours_mode ann
     bigquery/load.sh, bigquery/vector_search.sql     bq load, vector index
     report.html                                      the run report, every run
     .run.lock                                        while a run writes here
@@ -64,6 +65,13 @@ SCHEMA_FILE_NAME = "bigquery_schema.json"
 SIMILARITY_PLOT = "similarity_plot"
 SIMILARITY_PLOT_FILE = "similarity.png"
 PROJECTOR = "projector"
+# The FAISS index a --neighbours_mode ann run found its neighbours with
+# (run_directory/ann_index.py): a top-level output ("ann_index": {"faiss":
+# [index file], "ids": [ids file]}) and its directory.
+ANN_INDEX = "ann_index"
+ANN_INDEX_FAISS = "faiss"
+ANN_INDEX_IDS = "ids"
+ANN_INDEX_FILES = {ANN_INDEX_FAISS: "index.faiss", ANN_INDEX_IDS: "ids.jsonl"}
 # The run report: one self-contained HTML page (transforms/report/).
 REPORT = "report"
 REPORT_FILE = "report.html"

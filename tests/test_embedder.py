@@ -3,6 +3,7 @@ and the query CLI, against what the pipeline wrote."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -164,3 +165,74 @@ def test_a_changed_model_is_refused(real_run, tmp_path):
     Embedder.from_run(moved)
   with pytest.raises(TypeError):
     Embedder.from_run(run_dir).embed("one text, not a list")
+
+
+@pytest.fixture(scope="module")
+def ann_run(tiny_model_dir, tmp_path_factory):
+  """A run of 60 real sentences that kept its FAISS index."""
+  texts = {f"t{i:02d}": t for i, t in enumerate(real_sentences(60))}
+  run_dir = _run(tmp_path_factory.mktemp("ann"), texts, tiny_model_dir,
+                 "--neighbours_k=3", "--neighbours_mode=ann")
+  return texts, run_dir
+
+
+def _copy_of(run_dir: str, tmp_path) -> str:
+  copy = str(tmp_path / "copy")
+  shutil.copytree(run_dir, copy)
+  return copy
+
+
+def test_a_run_searched_through_the_index_it_kept(ann_run, tmp_path):
+  texts, run_dir = ann_run
+  with open(os.path.join(run_dir, "manifest.json")) as f:
+    listed = json.load(f)["outputs"]["ann_index"]
+  assert listed == {"faiss": ["ann_index/index.faiss"],
+                    "ids": ["ann_index/ids.jsonl"]}
+  embedder = Embedder.from_run(run_dir)
+  score, row = search_lib.search(run_dir, texts["t17"], k=1,
+                                 embedder=embedder)[0]
+  assert row["id"] == "t17" and score == pytest.approx(1.0, abs=1e-5)
+  # The candidates come from the index: with rows 17 and 18 of its ids
+  # swapped, t17's own text leads to the row the index now names, t18 (the
+  # exact search still finds t17).
+  run_dir = _copy_of(run_dir, tmp_path)
+  ids_path = os.path.join(run_dir, "ann_index", "ids.jsonl")
+  with open(ids_path) as f:
+    ids = [json.loads(line) for line in f]
+  assert ids == sorted(texts)
+  ids[17], ids[18] = ids[18], ids[17]
+  with open(ids_path, "w") as f:
+    f.writelines(json.dumps(i) + "\n" for i in ids)
+  assert search_lib.search(run_dir, texts["t17"], k=1, embedder=embedder)[
+      0][1]["id"] == "t18"
+  assert search_lib.search(run_dir, texts["t17"], k=1, embedder=embedder,
+                           exact=True)[0][1]["id"] == "t17"
+
+
+@pytest.mark.parametrize("file_name, damage", [
+    ("index.faiss", lambda data: b"not an index"),
+    ("index.faiss", lambda data: data[:len(data) // 2]),
+    ("index.faiss", lambda data: b""),
+    ("ids.jsonl", lambda data: b"".join(data.splitlines(True)[:-1])),
+    ("ids.jsonl", lambda data: data.replace(b'"t03"', b'["t03"]')),
+    ("ids.jsonl", lambda data: data.replace(b'"t03"', b'"t03')),
+    ("ids.jsonl", lambda data: data.replace(b'"t03"', b'"zz"')),
+    ("ids.jsonl", lambda data: data.replace(b'"t03"', b'"\xff"')),
+])
+def test_a_damaged_index_is_told_in_one_line(ann_run, tmp_path, capsys,
+                                             file_name, damage):
+  texts, run_dir = ann_run
+  run_dir = _copy_of(run_dir, tmp_path)
+  path = os.path.join(run_dir, "ann_index", file_name)
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(damage(data))
+  capsys.readouterr()
+  assert query.main([run_dir, texts["t17"]]) == 2
+  told = capsys.readouterr()
+  assert told.out == "" and told.err.startswith("pipeline.query: error: ")
+  assert len(told.err.strip().splitlines()) == 1
+  # --exact does without the index.
+  assert query.main([run_dir, texts["t17"], "--exact", "--k=1"]) == 0
+  assert capsys.readouterr().out.split()[2] == "t17"

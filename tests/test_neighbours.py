@@ -4,11 +4,13 @@ import glob
 import json
 
 import apache_beam as beam
+import faiss
 import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipeline.local_runner import LocalRunner
+from run_directory import ann_index
 from run_directory import tables
 from run_directory.records import Embedding
 from run_directory.records import Vectors
@@ -489,3 +491,44 @@ def test_approximate_neighbours_of_tiny_corpora_is_empty(tmp_path, n):
   assert rows == []
   assert stats["recall_at_k"] is None
   assert stats["corpus_size"] == n
+
+
+def test_approximate_neighbours_keep_the_index_they_searched(tmp_path):
+  # The index written is the one the neighbours came from: read back, it
+  # finds the same neighbours for every document, and keeps its settings.
+  n, k = 500, 5
+  ids = make_ids(n, seed=12)
+  vectors = clustered_vectors(n, 16, clusters=12, seed=12)
+  index_dir = str(tmp_path / "run")
+  settings = approximate.AnnIndexSettings(hnsw_m=8, ef_construction=40,
+                                          ef_search=48, flat_index_below=0)
+  rows, _ = run_neighbours(
+      lambda queries: neighbours.NearestNeighbours(
+          neighbours.NeighbourSettings(k, mode="ann"), ann_settings=settings,
+          index_dir=index_dir),
+      to_embeddings(ids, vectors), tmp_path)
+  manifest = {"outputs": {"ann_index": {
+      "faiss": ["ann_index/index.faiss"], "ids": ["ann_index/ids.jsonl"]}}}
+  index, index_ids = ann_index.read_ann_index(
+      index_dir, manifest,
+      lambda read: faiss.read_index(faiss.PyCallbackIOReader(read)))
+  assert index_ids == sorted(ids) and index.ntotal == n
+  assert faiss.downcast_index(index).hnsw.efSearch == 48
+  found = {}
+  for row in rows:
+    found.setdefault(row["id"], set()).add(row["neighbour_id"])
+  normalised = maths.normalize_rows(vectors)
+  _, labels = index.search(normalised, k + 1)
+  for i, doc_id in enumerate(ids):
+    again = [index_ids[label] for label in labels[i] if label >= 0]
+    assert found[doc_id] == set(
+        [item for item in again if item != doc_id][:k])
+
+
+def test_exact_neighbours_keep_no_index(tmp_path):
+  index_dir = tmp_path / "run"
+  run_neighbours(
+      lambda queries: neighbours.NearestNeighbours(
+          neighbours.NeighbourSettings(3), index_dir=str(index_dir)),
+      to_embeddings(make_ids(20), random_vectors(20, 4)), tmp_path)
+  assert not index_dir.exists()

@@ -11,7 +11,8 @@ Two modes, one output contract (the neighbours table of the design brief):
   holding two shards of documents and one block of scores at a time.
 * approximate (ApproximateNeighbours, approximate.py, `ann`): one worker
   builds a FAISS index of the whole corpus, queries it, and measures recall@K
-  against the exact answer on a sample of queries, for the stats.
+  against the exact answer on a sample of queries, for the stats; given an
+  index directory, it keeps the index there (INDEX_FILES).
 
 Both find the neighbours of `queries` within the corpus when a query set is
 given (e.g. new documents against yesterday's corpus), of every corpus
@@ -38,13 +39,14 @@ from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
 from transforms.neighbours.names import DEFAULT_RECALL_SAMPLE_SIZE
 from transforms.neighbours.names import DOCUMENT
 from transforms.neighbours.names import EXACT
+from transforms.neighbours.names import INDEX_FILES
 from transforms.neighbours.names import LEVELS
 from transforms.neighbours.names import MODES
 from transforms.neighbours.names import NEIGHBOUR_LISTS
 from transforms.neighbours.names import STATS
 
-__all__ = ["ANN", "CHUNK", "DOCUMENT", "EXACT", "LEVELS", "MODES",
-           "NEIGHBOUR_LISTS", "STATS",
+__all__ = ["ANN", "CHUNK", "DOCUMENT", "EXACT", "INDEX_FILES", "LEVELS",
+           "MODES", "NEIGHBOUR_LISTS", "STATS",
            "NearestNeighbours", "NeighbourSettings"]
 
 
@@ -65,7 +67,8 @@ class NearestNeighbours(beam.PTransform):
   Embedding (the corpus) -> {NEIGHBOUR_LISTS: each query's neighbours, best
   first (the neighbours table's elements), STATS: one dict for the
   manifest}. `queries`: find the neighbours of these within the corpus
-  instead of all against all.
+  instead of all against all. `index_dir`: in ann mode, keep the index there
+  (its files under INDEX_FILES).
   """
 
   def __init__(
@@ -73,7 +76,8 @@ class NearestNeighbours(beam.PTransform):
       settings: NeighbourSettings,
       recall_sample_size: int = DEFAULT_RECALL_SAMPLE_SIZE,
       ann_settings: AnnIndexSettings = AnnIndexSettings(),
-      queries: Optional[beam.PCollection] = None):
+      queries: Optional[beam.PCollection] = None,
+      index_dir: Optional[str] = None):
     super().__init__()
     k, mode, block_size = settings.k, settings.mode, settings.block_size
     if settings.level not in LEVELS:
@@ -85,7 +89,7 @@ class NearestNeighbours(beam.PTransform):
     elif mode == ANN:
       self._transform = ApproximateNeighbours(
           k, recall_sample_size, ann_settings, queries=queries,
-          block_size=block_size, level=settings.level)
+          block_size=block_size, level=settings.level, index_dir=index_dir)
     else:
       raise ValueError(
           f"Unknown neighbours mode {mode!r}: use one of {', '.join(MODES)}")

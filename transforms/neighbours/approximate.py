@@ -3,15 +3,18 @@
 One worker builds a FAISS index of the corpus (HNSW; an exact flat index
 below `flat_index_below` documents), queries it, and measures recall@K
 against the exact answer on a deterministic sample of queries; the figure
-goes into the stats.
+goes into the stats. Given a directory, it also writes the index there
+(run_directory/ann_index.py), for searches after the run (pipeline/search.py).
 """
 
 import dataclasses
-from typing import List, Optional, Sequence
+from typing import BinaryIO, List, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 
+from run_directory.ann_index import write_ann_index
+from run_directory.layout import ANN_INDEX_FILES
 from transforms.neighbours.maths import blocked_top_k
 from transforms.neighbours.maths import check_k
 from transforms.neighbours.maths import id_ranks
@@ -33,6 +36,7 @@ from transforms.neighbours.names import DEFAULT_FLAT_INDEX_BELOW
 from transforms.neighbours.names import DEFAULT_HNSW_M
 from transforms.neighbours.names import DEFAULT_RECALL_SAMPLE_SIZE
 from transforms.neighbours.names import DOCUMENT
+from transforms.neighbours.names import INDEX_FILES
 from transforms.neighbours.names import NEIGHBOUR_LISTS
 from transforms.neighbours.names import STATS
 
@@ -69,6 +73,16 @@ def build_index(corpus_vectors: np.ndarray, candidates: int,
         f"efConstruction={settings.ef_construction}, efSearch={ef_search}")
   index.add(np.ascontiguousarray(corpus_vectors, dtype=np.float32))
   return index, description
+
+
+def write_index_to(index, file: BinaryIO) -> None:
+  """faiss.write_index into an open file, streamed: no second copy of the
+  index in memory."""
+  # Imported here, as in build_index: only --neighbours_mode=ann needs FAISS.
+  import faiss  # pylint: disable=g-import-not-at-top
+  # The callback gets each piece as FAISS writes it, and returns its length
+  # as file.write does.
+  faiss.write_index(index, faiss.PyCallbackIOWriter(file.write))
 
 
 def ann_top_k(
@@ -117,8 +131,10 @@ class _SearchIndexFn(beam.DoFn):
   """One corpus Shard in: its index, every query's top K, and the stats."""
 
   def __init__(self, k: int, recall_sample_size: int,
-               settings: AnnIndexSettings, block_size: int, level: str):
+               settings: AnnIndexSettings, block_size: int, level: str,
+               index_dir: Optional[str]):
     super().__init__()
+    self._index_dir = index_dir
     self._k = k
     self._level = level
     self._recall_sample_size = recall_sample_size
@@ -144,6 +160,11 @@ class _SearchIndexFn(beam.DoFn):
       corpus_id_ranks = id_ranks(corpus.ids)
       found = ann_top_k(index, queries.ids, queries.vectors, corpus.ids,
                         corpus.vectors, k, corpus_id_ranks, self._level)
+      if self._index_dir:
+        written = write_ann_index(
+            self._index_dir, lambda f: write_index_to(index, f), corpus.ids)
+        for key, path in written.items():
+          yield beam.pvalue.TaggedOutput(key, path)
       del index
       yield from found
 
@@ -192,9 +213,13 @@ class ApproximateNeighbours(beam.PTransform):
     queries: optional query set; the input PCollection is then the corpus.
     block_size: corpus rows per block of the exact recall computation.
     level: "document" or "chunk", as ExactNeighbours.
+    index_dir: where to write the index and the ids of its rows
+      (run_directory/ann_index.py); None: not written.
 
   Rows as ExactNeighbours (canonical scores; among more tied duplicates than
-  the index returned, which ones are listed is up to the index). Stats:
+  the index returned, which ones are listed is up to the index). With
+  index_dir, also INDEX_FILES: {"faiss": PCollection of the index's path,
+  "ids": of its ids file} (empty when nothing was indexed). Stats:
   {"mode": "ann", "k", "recall_at_k" (None if nothing to find),
   "recall_sample_size", "index" (description), "corpus_size", "queries"}.
   """
@@ -206,7 +231,8 @@ class ApproximateNeighbours(beam.PTransform):
       settings: AnnIndexSettings = AnnIndexSettings(),
       queries: Optional[beam.PCollection] = None,
       block_size: int = DEFAULT_BLOCK_SIZE,
-      level: str = DOCUMENT):
+      level: str = DOCUMENT,
+      index_dir: Optional[str] = None):
     super().__init__()
     check_k(k)
     if recall_sample_size < 0:
@@ -221,6 +247,7 @@ class ApproximateNeighbours(beam.PTransform):
     self._queries = queries
     self._block_size = block_size
     self._level = level
+    self._index_dir = index_dir
 
   def expand(self, corpus):
     corpus_shard = corpus | "GatherCorpus" >> GatherShard()
@@ -230,10 +257,13 @@ class ApproximateNeighbours(beam.PTransform):
       side_inputs.append(beam.pvalue.AsSingleton(query_shard))
     results = corpus_shard | "SearchIndex" >> beam.ParDo(
         _SearchIndexFn(self._k, self._recall_sample_size, self._settings,
-                       self._block_size, self._level),
+                       self._block_size, self._level, self._index_dir),
         *side_inputs).with_outputs(
-                           STATS, main=NEIGHBOUR_LISTS)
+            STATS, *ANN_INDEX_FILES, main=NEIGHBOUR_LISTS)
     # One worker found them all: spread them out for the writers.
     neighbours = results[NEIGHBOUR_LISTS] | "SpreadQueries" >> (
         beam.Reshuffle())
-    return {NEIGHBOUR_LISTS: neighbours, STATS: results[STATS]}
+    outputs = {NEIGHBOUR_LISTS: neighbours, STATS: results[STATS]}
+    if self._index_dir:
+      outputs[INDEX_FILES] = {key: results[key] for key in ANN_INDEX_FILES}
+    return outputs

@@ -6,6 +6,9 @@
 # and one dict of figures for the manifest.
 NEIGHBOUR_LISTS = "neighbour_lists"
 STATS = "stats"
+# With an index directory, ann mode also returns the files of its index
+# under this key: {"faiss": paths, "ids": paths} (run_directory/ann_index.py).
+INDEX_FILES = "index_files"
 
 EXACT = "exact"
 ANN = "ann"

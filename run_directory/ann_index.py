@@ -1,0 +1,83 @@
+"""The FAISS index of a --neighbours_mode ann run, kept in its run directory.
+
+  ann_index/index.faiss   what faiss.write_index writes: the index the run
+                          found its neighbours with (its settings included)
+  ann_index/ids.jsonl     the id of each row of the index, in row order, one
+                          JSON string a line (ids may hold any character)
+
+The manifest lists them as outputs.ann_index.faiss and outputs.ann_index.ids.
+The index holds the items the neighbours were found among: the documents
+(the embeddings table), or with --neighbours_level chunk the chunks. This
+module moves the files; FAISS itself (seconds of start-up) stays with its
+callers, which hand over or take the index's bytes as a stream.
+"""
+
+import io
+import json
+from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from run_directory.atomic import write_atomically
+from run_directory.layout import ANN_INDEX
+from run_directory.layout import ANN_INDEX_FAISS
+from run_directory.layout import ANN_INDEX_FILES
+from run_directory.layout import ANN_INDEX_IDS
+from run_directory.layout import CHUNKS
+from run_directory.layout import EMBEDDINGS
+from run_directory.manifest import resolve
+
+
+def write_ann_index(output_dir: str, write_index: Callable[[BinaryIO], None],
+                    ids: Sequence[str]) -> Dict[str, str]:
+  """Writes the index (through `write_index(file)`) and its ids under
+  `output_dir`/ann_index/; returns {"faiss": path, "ids": path}."""
+  paths = {key: FileSystems.join(output_dir, ANN_INDEX, name)
+           for key, name in ANN_INDEX_FILES.items()}
+  write_atomically(paths[ANN_INDEX_FAISS], write_index)
+  write_atomically(paths[ANN_INDEX_IDS], lambda f: f.writelines(
+      (json.dumps(item_id) + "\n").encode("ascii") for item_id in ids))
+  return paths
+
+
+def ann_index_table(manifest: dict) -> Optional[str]:
+  """The table whose rows the run's index holds; None if it kept none."""
+  files = manifest.get("outputs", {}).get(ANN_INDEX)
+  if not isinstance(files, dict) or not files.get(ANN_INDEX_FAISS):
+    return None  # exact mode, or nothing to index
+  level = manifest.get("settings", {}).get("neighbours", {}).get(
+      "neighbours_level")
+  return CHUNKS if level == "chunk" else EMBEDDINGS
+
+
+def read_ann_index(run_dir: str, manifest: dict,
+                   read_index: Callable[[Callable[[int], bytes]], object]
+                   ) -> Tuple[object, List[str]]:
+  """The run's index, as `read_index(read)` makes it from a stream's read
+  function, and the id of each of its rows."""
+  files = manifest["outputs"][ANN_INDEX]
+  paths = {}
+  for key in ANN_INDEX_FILES:
+    listed = files.get(key)
+    if not isinstance(listed, list) or len(listed) != 1:
+      raise ValueError(
+          f"manifest: outputs.{ANN_INDEX}.{key} must list one file")
+    paths[key] = resolve(run_dir, listed[0])
+  with _open(paths[ANN_INDEX_FAISS]) as f:
+    index = read_index(f.read)
+  with _open(paths[ANN_INDEX_IDS]) as f:
+    ids = [json.loads(line) for line in io.TextIOWrapper(f, encoding="ascii")
+           if line.strip()]
+  if not all(isinstance(item_id, str) for item_id in ids):
+    raise ValueError(f"{paths[ANN_INDEX_IDS]} holds a line that is not an id "
+                     "(a JSON string)")
+  if len(ids) != index.ntotal:
+    raise ValueError(
+        f"{paths[ANN_INDEX_IDS]} lists {len(ids)} ids for an index of "
+        f"{index.ntotal} rows")
+  return index, ids
+
+
+def _open(path: str):
+  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
