@@ -10,7 +10,7 @@ order that fails fastest:
    handle; the default model exported on first use), and what depends on it
    (max length, pooling, normalisation, encoder layers);
 4. the previous run: its manifest read and its shards checked, to know what
-   can be carried over;
+   can be carried over (pipeline/previous_run.py);
 5. the lock on the output directory (pipeline/output_lock.py), and the
    clean-up of an earlier unpublished run's staging files.
 
@@ -44,22 +44,12 @@ from pipeline.config import settings_of
 from pipeline.errors import ConfigError
 from pipeline.output_lock import OutputLock
 from pipeline.output_lock import OutputLockedError
-from run_directory.columns import CONTENT_HASH
+from pipeline.previous_run import previous_run as plan_previous_run
+from pipeline.previous_run import read_latest_pointer
 from run_directory.embeddings import EmbeddingTableSpec
-from run_directory.layout import CHUNKS
-from run_directory.layout import EMBEDDINGS
-from run_directory.layout import JSONL
-from run_directory.layout import VERTEX_STATE
 from run_directory.layout import spill_dir
 from run_directory.layout import staging_dir
 from run_directory.layout import STAGING_PREFIX
-from run_directory.layout import TFRECORD
-from run_directory.manifest import load_manifest
-from run_directory.manifest import table_columns
-from run_directory.manifest import table_entry
-from run_directory.manifest import table_paths
-from run_directory.manifest import read_bytes
-from run_directory.manifest import RunNotPublishedError
 from run_directory.tables import embedding_table
 from run_directory.vertex import DELTA as VERTEX_DELTA
 from run_directory.vertex import VertexExportSpec
@@ -338,92 +328,6 @@ def _longest_input(settings: ModelSettings) -> int:
   return settings.chunking.chunk_size * settings.chunking.max_chunks
 
 
-def _read_latest_pointer(pointer: Optional[str]) -> Optional[str]:
-  """The run directory a --latest_pointer file names; None before the first."""
-  if not pointer:
-    raise ConfigError("--previous_run=latest needs --latest_pointer, the file "
-                      "each published run writes its directory into.")
-  if not FileSystems.exists(pointer):
-    return None  # the first scheduled run: nothing to carry over
-  return read_bytes(pointer).decode("utf-8").strip() or None
-
-
-def _previous_run(path: str, model_fingerprint: str,
-                  vectors: dict) -> PreviousRun:
-  """What the previous run's manifest says can be carried over."""
-  path = path.rstrip("/")
-  try:
-    manifest = load_manifest(path)
-  except RunNotPublishedError:
-    raise ConfigError(
-        f"--previous_run={path} has no manifest.json: it is not a published "
-        "run. Point --previous_run at the last complete run directory."
-    ) from None
-  except ValueError as e:
-    raise ConfigError(f"--previous_run: {e}") from None
-  try:
-    embeddings = table_entry(manifest, EMBEDDINGS)
-    files = tuple(table_paths(path, embeddings, EMBEDDINGS, TFRECORD))
-    documents = int(manifest["counts"]["embedded"])
-    fingerprint = manifest["model"]["fingerprint"]
-    chunk_files = _optional_table_paths(path, manifest, CHUNKS, TFRECORD)
-    vertex_state_files = _optional_table_paths(path, manifest, VERTEX_STATE,
-                                               JSONL)
-  except (KeyError, TypeError, ValueError, AttributeError) as e:
-    raise ConfigError(
-        f"--previous_run={path}: its manifest lacks {e}") from None
-  missing = [name for name in files + chunk_files + vertex_state_files
-             if not FileSystems.exists(name)]
-  if missing:
-    raise ConfigError(
-        f"--previous_run: {path} lists {len(missing)} shard(s) "
-        f"that are gone, e.g. {missing[0]}: its files were moved or deleted. "
-        "Point --previous_run at a complete run, or leave it out to embed "
-        "everything.")
-  # Older runs recorded some vector settings under "settings", flat.
-  previous = dict(manifest.get("settings", {}))
-  previous.update(manifest["model"])
-  reason = ""
-  if fingerprint != model_fingerprint:
-    reason = "the model changed (fingerprint differs)"
-  else:
-    # "chunking" is recorded only when on: either side may lack it.
-    changed = sorted(name for name in set(vectors) | {"chunking"}
-                     if previous.get(name) != vectors.get(name))
-    if changed:
-      reason = f"settings changed: {', '.join(changed)}"
-  if not reason and CONTENT_HASH not in _column_names(path, embeddings):
-    reason = "the previous run has no content hashes (older layout)"
-  if reason:
-    _LOG.warning("Not reusing embeddings of %s: %s", path, reason)
-  return PreviousRun(path=path, run_id=manifest["run_id"],
-                     tfrecord_files=files, reusable=not reason,
-                     reason=reason, documents=documents,
-                     chunk_tfrecord_files=chunk_files,
-                     vertex_state_files=vertex_state_files)
-
-
-def _column_names(run_dir: str, entry: dict) -> set:
-  """The embeddings table's column names, from its schema file."""
-  try:
-    return {c.name for c in table_columns(run_dir, entry, EMBEDDINGS) or ()}
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ConfigError(
-        f"--previous_run={run_dir}: its embeddings schema "
-        f"({entry.get('bigquery_schema')}) cannot be read: {e}. Point "
-        "--previous_run at a complete run, or leave it out to embed "
-        "everything.") from None
-
-
-def _optional_table_paths(run_dir: str, manifest: dict, table: str,
-                          format_: str) -> Tuple[str, ...]:
-  """The files of a table the run may not have written (chunks, ...)."""
-  if table not in manifest["outputs"]:
-    return ()
-  return tuple(table_paths(run_dir, table_entry(manifest, table), table,
-                           format_))
-
-
 def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
                    chunked: bool) -> Optional[VertexExport]:
   out = config.outputs
@@ -520,10 +424,10 @@ def plan_run(config: RunConfig,
   previous_run = None
   previous_path = nightly.previous_run
   if previous_path == LATEST:
-    previous_path = _read_latest_pointer(nightly.latest_pointer)
+    previous_path = read_latest_pointer(nightly.latest_pointer)
   if previous_path:
-    previous_run = _previous_run(previous_path, model.fingerprint,
-                                 vector_settings(settings))
+    previous_run = plan_previous_run(previous_path, model.fingerprint,
+                                     vector_settings(settings))
 
   perf = config.performance
   table = EmbeddingTableSpec(
