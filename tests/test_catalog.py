@@ -18,6 +18,7 @@ from bert_model import catalog
 from bert_model import export
 from bert_model import metadata as metadata_lib
 from bert_model import resolution
+from bert_model import saved_model_facts
 from pipeline import main
 from pipeline import read_outputs
 from pipeline.errors import ConfigError
@@ -303,12 +304,12 @@ def test_wrong_kinds_of_models(pubmed_in_cache, tiny_model_dir, tmp_path):
 
 def test_remote_catalogue_models_take_the_catalogues_facts(tiny_model_dir):
   entry = catalog.lookup_name("experts/pubmed")
-  facts = resolution.encoder_facts(_encoder(tiny_model_dir), "v2",
-                                         entry, load=False)
+  facts = saved_model_facts.encoder_facts(_encoder(tiny_model_dir), "v2",
+                                          entry, load=False)
   assert (facts.hidden_size, facts.num_layers, facts.vocab_size) == (
       768, 12, 30522)
-  loaded = resolution.encoder_facts(_encoder(tiny_model_dir), "v2",
-                                          entry)
+  loaded = saved_model_facts.encoder_facts(_encoder(tiny_model_dir), "v2",
+                                           entry)
   assert (loaded.hidden_size, loaded.num_layers, loaded.vocab_size) == (
       H, 1, 98)
 

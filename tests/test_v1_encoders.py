@@ -20,6 +20,7 @@ from bert_model import catalog
 from bert_model import export
 from bert_model import metadata as metadata_lib
 from bert_model import resolution
+from bert_model import saved_model_facts
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
 from pipeline import main
@@ -104,8 +105,8 @@ def _settings(model_dir, **kwargs):
 
 def test_format_detection(v1_models, tiny_model_dir):
   for path in v1_models.values():
-    assert resolution.encoder_format_of(path) == "v1"
-  assert resolution.encoder_format_of(
+    assert saved_model_facts.encoder_format_of(path) == "v1"
+  assert saved_model_facts.encoder_format_of(
       os.path.join(tiny_model_dir, metadata_lib.ENCODER_DIR)) == "v2"
 
 
