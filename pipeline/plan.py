@@ -44,7 +44,7 @@ from pipeline.config import settings_of
 from pipeline.errors import ConfigError
 from pipeline.output_lock import OutputLock
 from pipeline.output_lock import OutputLockedError
-from pipeline.previous_run import previous_run as plan_previous_run
+from pipeline.previous_run import plan_previous_run
 from pipeline.previous_run import read_latest_pointer
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import spill_dir

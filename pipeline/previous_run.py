@@ -39,8 +39,8 @@ def read_latest_pointer(pointer: Optional[str]) -> Optional[str]:
   return read_bytes(pointer).decode("utf-8").strip() or None
 
 
-def previous_run(path: str, model_fingerprint: str,
-                  vectors: dict) -> PreviousRun:
+def plan_previous_run(path: str, model_fingerprint: str,
+                      vectors: dict) -> PreviousRun:
   """What the previous run's manifest says can be carried over."""
   path = path.rstrip("/")
   try:

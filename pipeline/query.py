@@ -59,8 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
       hits, error = search_lib.search(args.run_dir, args.question, args.k,
                                       args.table, exact=args.exact), None
-    # RuntimeError: what FAISS raises for an index file it cannot read.
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, KeyError) as e:
       hits, error = [], e
   if error is not None:
     print(f"pipeline.query: error: {error}", file=sys.stderr)

@@ -3,7 +3,7 @@ run's documents (pipeline/embedder.py: the run's model and settings from its
 manifest), then scored by cosine against the run's embeddings, or its chunks
 when the run has them (--chunk_size). The candidates come from the FAISS
 index the run kept (--neighbours_mode ann, run_directory/ann_index.py) when
-it indexed the table searched, else from every row (numpy, exact);
+it is an index of the table searched, else from every row (numpy, exact);
 `python -m pipeline.query` prints what it finds.
 """
 
@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pipeline.embedder import Embedder
-from run_directory.ann_index import ann_index_table
+from run_directory.ann_index import has_ann_index
 from run_directory.ann_index import read_ann_index
 from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
@@ -33,14 +33,18 @@ def search(run_dir: str, question: str, k: int = 10,
     table = CHUNKS if CHUNKS in manifest["outputs"] else EMBEDDINGS
   rows = read_table(run_dir, table)
   ids, matrix = ids_and_matrix(rows, manifest)
+  index = None
+  if not exact and index_table(manifest) == table:
+    # Read (and checked) before the model's seconds of loading.
+    index = _checked_index(run_dir, manifest, ids, matrix.shape[1])
   embedder = embedder or Embedder.from_run(run_dir)
   query = embedder.embed([question])[0]
-  if not exact and ann_index_table(manifest) == table:
-    candidates = _index_candidates(run_dir, manifest, query, k, ids)
+  if index is None:
+    candidates, scores = np.arange(len(ids)), _cosines(matrix, query)
   else:
-    candidates = np.arange(len(ids))
+    candidates = _index_candidates(*index, query, k)
+    scores = _cosines(matrix[candidates], query)
   # Scored alike either way: the index only chooses which rows.
-  scores = _cosines(matrix[candidates], query)
   order = sorted(range(len(candidates)),
                  key=lambda c: (-scores[c], ids[candidates[c]]))[:k]
   best = [int(candidates[c]) for c in order]
@@ -50,26 +54,48 @@ def search(run_dir: str, question: str, k: int = 10,
   return [(float(scores[c]), row) for c, row in zip(order, picked)]
 
 
-def _index_candidates(run_dir: str, manifest: dict, query: np.ndarray,
-                      k: int, ids: Sequence[str]) -> np.ndarray:
-  """Rows (positions in `ids`) of the index's top k for the query."""
+def index_table(manifest: dict) -> Optional[str]:
+  """The table whose rows the run's FAISS index holds; None without one. As
+  the neighbours: documents, or with --neighbours_level chunk the chunks."""
+  if not has_ann_index(manifest):
+    return None
+  level = manifest.get("settings", {}).get("neighbours", {}).get(
+      "neighbours_level")
+  return CHUNKS if level == "chunk" else EMBEDDINGS
+
+
+def _checked_index(run_dir: str, manifest: dict, ids: Sequence[str],
+                   dimensions: int):
+  """(index, row of each of its ids in `ids`), once the index is found to
+  hold exactly the table's rows."""
   # Imported here, not at the top: FAISS costs start-up, and only runs made
   # with --neighbours_mode=ann keep an index.
   import faiss  # pylint: disable=g-import-not-at-top
   index, index_ids = read_ann_index(
       run_dir, manifest,
       lambda read: faiss.read_index(faiss.PyCallbackIOReader(read)))
-  position = {item_id: i for i, item_id in enumerate(ids)}
-  unknown = set(index_ids) - position.keys()
-  if unknown:
+  if set(index_ids) != set(ids):
     raise ValueError(
-        f"The run's index holds ids its table lacks, e.g. {min(unknown)!r}")
+        "The run's FAISS index does not hold the rows of its table: "
+        f"{len(set(index_ids) - set(ids))} ids only in the index, "
+        f"{len(set(ids) - set(index_ids))} only in the table. Search with "
+        "--exact.")
+  if index.d != dimensions:
+    raise ValueError(
+        f"The run's FAISS index holds vectors of {index.d} dimensions, its "
+        f"table {dimensions}. Search with --exact.")
+  position = {item_id: row for row, item_id in enumerate(ids)}
+  return index, np.asarray([position[i] for i in index_ids], dtype=np.int64)
+
+
+def _index_candidates(index, rows: np.ndarray, query: np.ndarray,
+                      k: int) -> np.ndarray:
+  """Rows of the table that the index finds nearest the query, k at most."""
   normalised = query / max(float(np.linalg.norm(query)), 1e-12)
   _, labels = index.search(
       np.ascontiguousarray(normalised[None, :], dtype=np.float32),
       min(k, index.ntotal))
-  return np.asarray([position[index_ids[label]] for label in labels[0]
-                     if label >= 0], dtype=np.int64)
+  return rows[labels[0][labels[0] >= 0]]
 
 
 def _cosines(rows: np.ndarray, query: np.ndarray) -> np.ndarray:

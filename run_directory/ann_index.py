@@ -14,7 +14,7 @@ callers, which hand over or take the index's bytes as a stream.
 
 import io
 import json
-from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Callable, Dict, List, Sequence, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -24,9 +24,7 @@ from run_directory.layout import ANN_INDEX
 from run_directory.layout import ANN_INDEX_FAISS
 from run_directory.layout import ANN_INDEX_FILES
 from run_directory.layout import ANN_INDEX_IDS
-from run_directory.layout import CHUNKS
-from run_directory.layout import EMBEDDINGS
-from run_directory.manifest import resolve
+from run_directory.layout import resolve
 
 
 def write_ann_index(output_dir: str, write_index: Callable[[BinaryIO], None],
@@ -41,21 +39,21 @@ def write_ann_index(output_dir: str, write_index: Callable[[BinaryIO], None],
   return paths
 
 
-def ann_index_table(manifest: dict) -> Optional[str]:
-  """The table whose rows the run's index holds; None if it kept none."""
+def has_ann_index(manifest: dict) -> bool:
+  """Whether the run kept an index (ann mode, and something to index)."""
   files = manifest.get("outputs", {}).get(ANN_INDEX)
-  if not isinstance(files, dict) or not files.get(ANN_INDEX_FAISS):
-    return None  # exact mode, or nothing to index
-  level = manifest.get("settings", {}).get("neighbours", {}).get(
-      "neighbours_level")
-  return CHUNKS if level == "chunk" else EMBEDDINGS
+  return isinstance(files, dict) and bool(files.get(ANN_INDEX_FAISS))
 
 
 def read_ann_index(run_dir: str, manifest: dict,
                    read_index: Callable[[Callable[[int], bytes]], object]
                    ) -> Tuple[object, List[str]]:
   """The run's index, as `read_index(read)` makes it from a stream's read
-  function, and the id of each of its rows."""
+  function, and the id of each of its rows (unique).
+
+  Raises FileNotFoundError for a listed file that is gone, ValueError for one
+  that is not what it should be.
+  """
   files = manifest["outputs"][ANN_INDEX]
   paths = {}
   for key in ANN_INDEX_FILES:
@@ -64,14 +62,22 @@ def read_ann_index(run_dir: str, manifest: dict,
       raise ValueError(
           f"manifest: outputs.{ANN_INDEX}.{key} must list one file")
     paths[key] = resolve(run_dir, listed[0])
+    if not FileSystems.exists(paths[key]):
+      raise FileNotFoundError(f"The run lists {paths[key]}, which is gone")
   with _open(paths[ANN_INDEX_FAISS]) as f:
-    index = read_index(f.read)
+    try:
+      index = read_index(f.read)
+    except RuntimeError as e:  # what FAISS raises for bytes it cannot read
+      raise ValueError(f"{paths[ANN_INDEX_FAISS]} is not a readable FAISS "
+                       f"index: {str(e).splitlines()[0]}") from None
   with _open(paths[ANN_INDEX_IDS]) as f:
     ids = [json.loads(line) for line in io.TextIOWrapper(f, encoding="ascii")
            if line.strip()]
   if not all(isinstance(item_id, str) for item_id in ids):
     raise ValueError(f"{paths[ANN_INDEX_IDS]} holds a line that is not an id "
                      "(a JSON string)")
+  if len(set(ids)) != len(ids):
+    raise ValueError(f"{paths[ANN_INDEX_IDS]} lists an id twice")
   if len(ids) != index.ntotal:
     raise ValueError(
         f"{paths[ANN_INDEX_IDS]} lists {len(ids)} ids for an index of "

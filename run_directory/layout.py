@@ -85,6 +85,17 @@ VECTOR_SEARCH_SQL = "vector_search_sql"
 VECTOR_SEARCH_FILE = "vector_search.sql"
 
 
+def output_directories() -> tuple:
+  """Every directory of a run directory that only runs write into (relative
+  paths): a file there that the manifest does not list is stale, an earlier
+  run's or an unfinished publish's."""
+  tables = TABLES + (VERTEX_STATE,)
+  return (tables + tuple(f"{table}/{file_format}" for table in tables
+                         for file_format in FORMATS) +
+          (VERTEX, f"{VERTEX}/{VERTEX_DELETE}", PROJECTOR, ANN_INDEX,
+           BIGQUERY))
+
+
 def staging_dir(run_dir: str, run_id: str) -> str:
   """Where a run's stages write until it is published."""
   return FileSystems.join(run_dir, f"{STAGING_PREFIX}{run_id}")

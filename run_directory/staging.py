@@ -3,8 +3,9 @@
 Every stage writes under the run's staging directory; the publish stage moves
 the files the manifest lists into the run directory with the same relative
 paths (`move_into_place`, safe to repeat after a retry), after removing any
-file of the table directories that the new manifest does not list
-(`remove_unlisted_files`): a directory holds only what its manifest names.
+file of the run's own directories (tables, exports, the index) that the new
+manifest does not list (`remove_unlisted_files`): they hold only what the
+manifest names, whatever an earlier run into the directory wrote.
 """
 
 import logging
@@ -12,6 +13,8 @@ import os
 import posixpath
 
 from apache_beam.io.filesystems import FileSystems
+
+from run_directory.layout import output_directories
 
 _LOG = logging.getLogger(__name__)
 
@@ -47,23 +50,27 @@ def _files_in(directory: str) -> list:
 
 
 def remove_unlisted_files(run_dir: str, relative_paths):
-  """Deletes files in the run's table directories that it does not list.
+  """Deletes the files of the run's own directories that it does not list.
 
   A publish that was killed half-way leaves shards in place; a later run
   into the same directory may have other shard counts, and `bq load
-  .../avro/*` would load both. The run directory's own top level is left
-  alone: it holds the lock and the staging directory, and may hold files of
-  the user's.
+  .../avro/*` would load both. An earlier run may have written tables or an
+  index this one does not (--neighbours_mode ann, then exact): its files
+  would be read as this run's by whoever globs the directory. The run
+  directory's own top level is left alone: it holds the lock and the staging
+  directory, and may hold files of the user's.
   """
   relative_paths = list(relative_paths)
   listed = {FileSystems.join(run_dir, relative) for relative in relative_paths}
   # Compared as the manifest's relative paths: FileSystems.join may spell
   # run_dir otherwise (a local one made absolute).
   directories = {posixpath.dirname(relative) for relative in relative_paths}
+  directories.update(output_directories())
   directories.discard("")
   stale = [path for directory in sorted(directories)
            for path in _files_in(FileSystems.join(run_dir, directory))
            if path not in listed]
   if stale:
-    _LOG.warning("Removing files of an earlier, unfinished publish: %s", stale)
+    _LOG.warning("Removing files the run does not list (an earlier run's, "
+                 "or an unfinished publish's): %s", stale)
     FileSystems.delete(stale)

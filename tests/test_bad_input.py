@@ -468,14 +468,19 @@ def test_a_previous_run_with_missing_shards_is_refused(
 # table directories hold only what the manifest lists.
 
 
-def test_only_unlisted_files_of_table_directories_are_removed(
+def test_only_unlisted_files_of_the_runs_directories_are_removed(
     tmp_path, monkeypatch):
   # A run directory given relative to the cwd: its own top level (the lock,
-  # the report) is left alone, only a table's stale shard goes.
+  # the report) and a directory of the user's are left alone; a table's
+  # stale shard goes, and so do the files of tables and of an index that an
+  # earlier run wrote and this one does not.
   monkeypatch.chdir(tmp_path)
-  for relative in (".run.lock", "report.html", "notes.txt",
+  for relative in (".run.lock", "report.html", "notes.txt", "mine/notes.txt",
                    "embeddings/avro/embeddings-00000-of-00001.avro",
-                   "embeddings/avro/embeddings-00000-of-00002.avro"):
+                   "embeddings/avro/embeddings-00000-of-00002.avro",
+                   "duplicates/avro/duplicates-00000-of-00001.avro",
+                   "duplicates/bigquery_schema.json",
+                   "ann_index/index.faiss", "ann_index/ids.jsonl"):
     path = tmp_path / "run" / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("x")
@@ -484,7 +489,7 @@ def test_only_unlisted_files_of_table_directories_are_removed(
   left = sorted(str(p.relative_to(tmp_path / "run"))
                 for p in (tmp_path / "run").rglob("*") if p.is_file())
   assert left == [".run.lock", "embeddings/avro/embeddings-00000-of-00001.avro",
-                  "notes.txt", "report.html"]
+                  "mine/notes.txt", "notes.txt", "report.html"]
 
 
 def test_a_second_run_into_a_locked_output_refuses_and_names_the_holder(

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import faiss
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -209,6 +210,12 @@ def test_a_run_searched_through_the_index_it_kept(ann_run, tmp_path):
                            exact=True)[0][1]["id"] == "t17"
 
 
+def _flat_index_bytes(rows: int, dimensions: int) -> bytes:
+  index = faiss.IndexFlatIP(dimensions)
+  index.add(np.ones((rows, dimensions), np.float32))
+  return faiss.serialize_index(index).tobytes()
+
+
 @pytest.mark.parametrize("file_name, damage", [
     ("index.faiss", lambda data: b"not an index"),
     ("index.faiss", lambda data: data[:len(data) // 2]),
@@ -218,16 +225,22 @@ def test_a_run_searched_through_the_index_it_kept(ann_run, tmp_path):
     ("ids.jsonl", lambda data: data.replace(b'"t03"', b'"t03')),
     ("ids.jsonl", lambda data: data.replace(b'"t03"', b'"zz"')),
     ("ids.jsonl", lambda data: data.replace(b'"t03"', b'"\xff"')),
+    ("ids.jsonl", lambda data: data.replace(b'"t03"', b'"t04"')),
+    ("index.faiss", None),  # gone
+    ("index.faiss", lambda data: _flat_index_bytes(60, dimensions=8)),
 ])
 def test_a_damaged_index_is_told_in_one_line(ann_run, tmp_path, capsys,
                                              file_name, damage):
   texts, run_dir = ann_run
   run_dir = _copy_of(run_dir, tmp_path)
   path = os.path.join(run_dir, "ann_index", file_name)
-  with open(path, "rb") as f:
-    data = f.read()
-  with open(path, "wb") as f:
-    f.write(damage(data))
+  if damage is None:
+    os.remove(path)
+  else:
+    with open(path, "rb") as f:
+      data = f.read()
+    with open(path, "wb") as f:
+      f.write(damage(data))
   capsys.readouterr()
   assert query.main([run_dir, texts["t17"]]) == 2
   told = capsys.readouterr()

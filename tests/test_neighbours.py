@@ -532,3 +532,23 @@ def test_exact_neighbours_keep_no_index(tmp_path):
           neighbours.NeighbourSettings(3), index_dir=str(index_dir)),
       to_embeddings(make_ids(20), random_vectors(20, 4)), tmp_path)
   assert not index_dir.exists()
+
+
+def test_approximate_neighbours_keep_the_index_without_queries(tmp_path):
+  # --neighbours_of with no new documents: no neighbours, but the run's
+  # index of the corpus is still kept.
+  ids = make_ids(30, seed=13)
+  index_dir = str(tmp_path / "run")
+  rows, stats = run_neighbours(
+      lambda queries: approximate.ApproximateNeighbours(
+          3, queries=queries, index_dir=index_dir),
+      to_embeddings(ids, random_vectors(30, 8, seed=13)), tmp_path,
+      queries=[])
+  assert rows == [] and stats["queries"] == 0
+  assert stats["index"].startswith("IndexFlatIP")
+  manifest = {"outputs": {"ann_index": {
+      "faiss": ["ann_index/index.faiss"], "ids": ["ann_index/ids.jsonl"]}}}
+  index, index_ids = ann_index.read_ann_index(
+      index_dir, manifest,
+      lambda read: faiss.read_index(faiss.PyCallbackIOReader(read)))
+  assert index_ids == sorted(ids) and index.ntotal == 30

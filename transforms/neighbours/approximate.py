@@ -128,7 +128,10 @@ def candidates(k: int, level: str) -> int:
 
 
 class _SearchIndexFn(beam.DoFn):
-  """One corpus Shard in: its index, every query's top K, and the stats."""
+  """One corpus Shard in: its index, every query's top K, and the stats;
+  with an index directory, the index written there too. One DoFn does all
+  four because only this worker holds the index: another step would have to
+  build it again, or ship it."""
 
   def __init__(self, k: int, recall_sample_size: int,
                settings: AnnIndexSettings, block_size: int, level: str,
@@ -154,20 +157,23 @@ class _SearchIndexFn(beam.DoFn):
         "corpus_size": len(corpus.ids),
         "queries": len(queries.ids),
     }
-    if corpus.ids and queries.ids:
-      index, stats["index"] = build_index(
-          corpus.vectors, candidates(k, self._level), self._settings)
-      corpus_id_ranks = id_ranks(corpus.ids)
-      found = ann_top_k(index, queries.ids, queries.vectors, corpus.ids,
-                        corpus.vectors, k, corpus_id_ranks, self._level)
-      if self._index_dir:
-        written = write_ann_index(
-            self._index_dir, lambda f: write_index_to(index, f), corpus.ids)
-        for key, path in written.items():
-          yield beam.pvalue.TaggedOutput(key, path)
-      del index
-      yield from found
-
+    # Without queries the index is built only to be kept (--neighbours_of
+    # with no new documents: the run's index is still the corpus's).
+    if not corpus.ids or not (queries.ids or self._index_dir):
+      yield beam.pvalue.TaggedOutput(STATS, stats)
+      return
+    index, stats["index"] = build_index(
+        corpus.vectors, candidates(k, self._level), self._settings)
+    found = ann_top_k(index, queries.ids, queries.vectors, corpus.ids,
+                      corpus.vectors, k, id_ranks(corpus.ids), self._level)
+    if self._index_dir:
+      written = write_ann_index(
+          self._index_dir, lambda f: write_index_to(index, f), corpus.ids)
+      for key, path in written.items():
+        yield beam.pvalue.TaggedOutput(key, path)
+    del index
+    yield from found
+    if queries.ids:
       sample = recall_sample(queries.ids, self._recall_sample_size)
       position = {query_id: i for i, query_id in enumerate(queries.ids)}
       rows = [position[query_id] for query_id in sample]
@@ -175,9 +181,8 @@ class _SearchIndexFn(beam.DoFn):
           blocked_top_k(sample, queries.vectors[rows], corpus.ids,
                         corpus.vectors, k, self._block_size,
                         owner=OWNERS[self._level]))
-      approximate = dict(found)
       stats["recall_at_k"] = recall_at_k(
-          approximate,
+          dict(found),
           {query_id: exact.get(query_id, []) for query_id in sample})
       stats["recall_sample_size"] = len(sample)
     yield beam.pvalue.TaggedOutput(STATS, stats)
