@@ -8,6 +8,7 @@ goes into the stats. Given a directory, it also writes the index there
 """
 
 import dataclasses
+import functools
 from typing import BinaryIO, List, Optional, Sequence
 
 import apache_beam as beam
@@ -168,7 +169,8 @@ class _SearchIndexFn(beam.DoFn):
                       corpus.vectors, k, id_ranks(corpus.ids), self._level)
     if self._index_dir:
       written = write_ann_index(
-          self._index_dir, lambda f: write_index_to(index, f), corpus.ids)
+          self._index_dir, functools.partial(write_index_to, index),
+          corpus.ids)
       for key, path in written.items():
         yield beam.pvalue.TaggedOutput(key, path)
     del index
