@@ -186,9 +186,10 @@ def pipeline_batches(texts: List[str], spec: dict, max_seq_length: int):
   from transforms import batching  # pylint: disable=g-import-not-at-top
   buffer_size = spec["sort_buffer_size"]
   for start in range(0, len(texts), buffer_size):
+    buffer = range(start, min(start + buffer_size, len(texts)))
     yield from batching.length_sorted_batches(
-        range(start, min(start + buffer_size, len(texts))),
-        lambda i: batching.estimate_tokens(texts[i], max_seq_length),
+        buffer,
+        [batching.estimate_tokens(texts[i], max_seq_length) for i in buffer],
         spec["max_batch_size"], spec["max_batch_tokens"])
 
 

@@ -101,6 +101,13 @@ class ModelSettings:
   # Long documents cut into chunks instead of truncated (chunking.py).
   chunking: Optional[ChunkSettings] = None
 
+  @property
+  def longest_input(self) -> int:
+    """Most wordpieces the model gets of one document (or pair)."""
+    if self.chunking is None:
+      return self.max_seq_length
+    return self.chunking.chunk_size * self.chunking.max_chunks
+
 
 def _pool(sequence, mask, pooled_output, mode):
   if mode == "cls":

@@ -320,14 +320,6 @@ def _model_directories_absolute(model: ModelConfig) -> ModelConfig:
   return dataclasses.replace(model, **absolute)
 
 
-def _longest_input(settings: ModelSettings) -> int:
-  """Most wordpieces the model gets of one document: batching caps its
-  estimates here."""
-  if settings.chunking is None:
-    return settings.max_seq_length
-  return settings.chunking.chunk_size * settings.chunking.max_chunks
-
-
 def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
                    chunked: bool) -> Optional[VertexExport]:
   out = config.outputs
@@ -459,7 +451,8 @@ def plan_run(config: RunConfig,
           model=settings, max_batch_tokens=perf.max_batch_tokens,
           large_model=perf.large_model, model_copies=perf.model_copies),
       batching=LengthBatching(
-          max_seq_length=_longest_input(settings),
+          # Batching caps its estimates here.
+          max_seq_length=settings.longest_input,
           max_batch_size=perf.max_batch_size,
           max_batch_tokens=perf.max_batch_tokens,
           buffer_size=perf.sort_buffer_size),

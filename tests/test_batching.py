@@ -11,6 +11,7 @@ from transforms import batching
 from transforms.batching import cut_sorted
 from transforms.batching import estimate_tokens
 from transforms.batching import SortAndBatchByLength
+from transforms.progress import PROGRESS
 
 
 def test_estimate_tokens():
@@ -68,6 +69,17 @@ def test_equal_lengths_keep_arrival_order():
   elements = [f"{i:03d}" for i in range(12)]  # all of length 3
   emitted = run_fn(elements, buffer_size=100, max_batch_size=5)
   assert [e for _, batch in emitted for e in batch] == elements
+
+
+def test_each_flushed_buffer_is_queued_for_the_eta():
+  # The progress display's measure of the work ahead: every element, with
+  # the size it was sorted by, counted as its buffer is flushed.
+  elements = ["x" * n for n in range(0, 100, 4)]  # 25
+  with PROGRESS.displayed():
+    run_fn(elements, buffer_size=10, max_batch_size=4)
+    snapshot = PROGRESS.snapshot()
+  assert snapshot.queued == 25
+  assert snapshot.queued_tokens == sum(len(e) for e in elements)
 
 
 @pytest.mark.parametrize("buffer_size", [1, 7, 1000])

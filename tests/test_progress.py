@@ -136,3 +136,39 @@ def test_no_log_lines_while_a_display_shows_the_whole_run(caplog):
   assert snapshot.to_embed == 40
   assert describe(snapshot).startswith("Embedded 40 of 40 documents (100%)")
   assert not counter.snapshot().whole_run
+
+
+def test_the_eta_counts_wordpieces_not_documents():
+  # A buffer goes to the model shortest first: its first 300 documents are
+  # 4,000 of its 100,000 estimated wordpieces. By documents the ETA would
+  # be 7 s (700 left at 100 docs/s); the work left takes 64 s.
+  snapshot = _snapshot(read=1000, embedded=300, batches=3,
+                       first_batch_at=10.0, embedded_in_first_batch=100,
+                       now=12.0, queued=1000, queued_tokens=100_000,
+                       embedded_tokens=4000,
+                       embedded_tokens_in_first_batch=1000)
+  # 3,000 wordpieces in the 2 s since the first batch: 1,500 a second.
+  assert eta_secs(snapshot) == pytest.approx(96_000 / 1500)
+  assert describe(snapshot).endswith("100 docs/s, ETA 1m 04s")
+  # Documents not queued yet count as the mean of those queued (100 each).
+  half_queued = _snapshot(read=2000, embedded=300, batches=3,
+                          first_batch_at=10.0, embedded_in_first_batch=100,
+                          now=12.0, queued=1000, queued_tokens=100_000,
+                          embedded_tokens=4000,
+                          embedded_tokens_in_first_batch=1000)
+  assert eta_secs(half_queued) == pytest.approx((96_000 + 1000 * 100) / 1500)
+
+
+def test_the_counter_passes_wordpieces_to_its_snapshot():
+  clock = FakeClock(0.0)
+  counter = ProgressCounter(clock)
+  with counter.displayed():
+    counter.add_read(10)
+    counter.add_queued(10, 500)
+    counter.add_batch(4, 80)
+    clock.now = 1.0
+    counter.add_batch(3, 90)
+    snapshot = counter.snapshot()
+  assert (snapshot.queued, snapshot.queued_tokens) == (10, 500)
+  assert snapshot.embedded_tokens == 170
+  assert snapshot.embedded_tokens_in_first_batch == 80

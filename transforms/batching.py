@@ -19,6 +19,8 @@ from typing import Callable, Iterator, List, Sequence
 import apache_beam as beam
 from apache_beam.transforms import window
 
+from transforms.progress import PROGRESS
+
 # A rough wordpiece count from characters, for ordering and cutting batches
 # before the text is tokenized (English averages ~4 characters per wordpiece).
 CHARS_PER_TOKEN_ESTIMATE = 4
@@ -63,14 +65,14 @@ def cut_sorted(sizes: Sequence[int], max_batch_size: int,
   return batches
 
 
-def length_sorted_batches(elements: Sequence, size_fn: Callable,
+def length_sorted_batches(elements: Sequence, sizes: Sequence[int],
                           max_batch_size: int,
                           max_batch_tokens: int) -> Iterator[list]:
-  """The elements sorted by size_fn and cut by `cut_sorted` into batches.
+  """The elements sorted by their sizes and cut by `cut_sorted` into
+  batches.
 
   Stable: equal sizes keep their order (deterministic runs).
   """
-  sizes = [size_fn(element) for element in elements]
   order = sorted(range(len(elements)), key=sizes.__getitem__)
   for part in cut_sorted([sizes[i] for i in order], max_batch_size,
                          max_batch_tokens):
@@ -102,7 +104,10 @@ class _SortAndBatchByLengthFn(beam.DoFn):
 
   def _flush(self):
     buffer, self._buffer = self._buffer, []
-    return length_sorted_batches(buffer, self._size_fn, self._max_batch_size,
+    sizes = [self._size_fn(element) for element in buffer]
+    # The ETA's measure of the work ahead (transforms/progress.py).
+    PROGRESS.add_queued(len(buffer), sum(sizes))
+    return length_sorted_batches(buffer, sizes, self._max_batch_size,
                                  self._max_batch_tokens)
 
 

@@ -34,6 +34,7 @@ from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
 from run_directory.records import ChunkedVectors
 from run_directory.records import Vectors
+from transforms.batching import estimate_tokens
 from transforms.model_copies import claim_copy_index
 from transforms.model_outputs import split_outputs
 from transforms.names import counter
@@ -133,7 +134,9 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
     batch = list(batch)
     results = self._embed_isolating_failures(batch, model)
     counter(COUNTERS.batches).inc()
-    PROGRESS.add_batch(len(batch))
+    # Estimated as the batching stage queued them: the ETA's measure.
+    PROGRESS.add_batch(len(batch), sum(
+        estimate_tokens(text, self._settings.longest_input) for text in batch))
     counter(COUNTERS.tokens).inc(
         sum(_tokens_of(result) for result in results))
     return [PredictionResult(text, result)

@@ -6,7 +6,10 @@ metrics are only readable once a run has ended):
   read      documents the read stage produced
   skipped   documents that will not reach the model: rejected by validation
             (empty text, a repeated id) or carried over (--previous_run)
-  embedded  documents back from the model, a batch at a time
+  queued    documents the batching stage has sorted by length, and their
+            estimated wordpieces (transforms/batching.py)
+  embedded  documents back from the model, a batch at a time, and their
+            estimated wordpieces
 
 On the local runner (in_memory or multi_threading) every stage runs in the
 driver's process, and a display attached there (pipeline/console.py) tells
@@ -15,6 +18,13 @@ documents reach the model only after the validate stage's GroupById, which
 in a batch pipeline waits for every read. So from then on the documents to
 embed are read - skipped (it only shrinks as duplicates and carried-over
 documents are found), and with the rate that gives an ETA.
+
+The ETA counts work, not documents: each buffer of documents goes to the
+model shortest first, so the documents per second of a buffer's first
+batches promise far more than its last ones keep. The wordpieces still to
+embed are those queued and not yet embedded, plus, for the documents not
+queued yet, the mean of those queued (a buffer is a sample of the corpus in
+reading order); divided by the wordpieces per second since the first batch.
 
 Anywhere else (Dataflow workers, the local runner's worker processes) a
 process sees only its own share: it logs its count and rate at the first
@@ -55,6 +65,11 @@ class ProgressSnapshot:
   embedded_in_first_batch: int = 0
   now: float = 0.0
   whole_run: bool = False
+  # Estimated wordpieces (0: not counted, the ETA then counts documents).
+  queued: int = 0
+  queued_tokens: int = 0
+  embedded_tokens: int = 0
+  embedded_tokens_in_first_batch: int = 0
 
   @property
   def to_embed(self) -> Optional[int]:
@@ -76,11 +91,21 @@ def docs_per_sec(progress: ProgressSnapshot) -> Optional[float]:
 
 
 def eta_secs(progress: ProgressSnapshot) -> Optional[float]:
-  """Seconds left, when both the total and the rate are known; else None."""
+  """Seconds left, when both the total and the rate are known; else None.
+  By estimated wordpieces when they are counted, else by documents."""
   total, rate = progress.to_embed, docs_per_sec(progress)
   if total is None or not rate:
     return None
-  return max(total - progress.embedded, 0) / rate
+  token_rate = (progress.embedded_tokens -
+                progress.embedded_tokens_in_first_batch) / (
+                    progress.now - progress.first_batch_at)
+  if not progress.queued or token_rate <= 0:
+    return max(total - progress.embedded, 0) / rate
+  tokens_left = (
+      max(progress.queued_tokens - progress.embedded_tokens, 0) +
+      max(total - progress.queued, 0) *
+      progress.queued_tokens / progress.queued)
+  return tokens_left / token_rate
 
 
 def format_duration(secs: float) -> str:
@@ -142,8 +167,9 @@ class ProgressCounter:
 
   def _reset(self):
     self._read = self._skipped = self._embedded = self._batches = 0
+    self._queued = self._queued_tokens = self._embedded_tokens = 0
     self._first_batch_at = None
-    self._embedded_in_first_batch = 0
+    self._embedded_in_first_batch = self._embedded_tokens_in_first_batch = 0
     self._cadence = LogCadence()
 
   def add_read(self, n: int = 1):
@@ -154,15 +180,25 @@ class ProgressCounter:
     with self._lock:
       self._skipped += n
 
-  def add_batch(self, n: int):
-    """A batch of n documents is back from the model."""
+  def add_queued(self, n: int, tokens: int):
+    """n documents of `tokens` estimated wordpieces are sorted by length,
+    their batches next to go to the model."""
+    with self._lock:
+      self._queued += n
+      self._queued_tokens += tokens
+
+  def add_batch(self, n: int, tokens: int = 0):
+    """A batch of n documents (`tokens` estimated wordpieces, as queued) is
+    back from the model."""
     with self._lock:
       now = self._clock()
       self._embedded += n
+      self._embedded_tokens += tokens
       self._batches += 1
       if self._first_batch_at is None:
         self._first_batch_at = now
         self._embedded_in_first_batch = n
+        self._embedded_tokens_in_first_batch = tokens
       line = None
       if not self._displays and self._cadence.due(now):
         line = describe(self._snapshot(now))
@@ -178,7 +214,10 @@ class ProgressCounter:
         read=self._read, skipped=self._skipped, embedded=self._embedded,
         batches=self._batches, first_batch_at=self._first_batch_at,
         embedded_in_first_batch=self._embedded_in_first_batch, now=now,
-        whole_run=self._displays > 0)
+        whole_run=self._displays > 0, queued=self._queued,
+        queued_tokens=self._queued_tokens,
+        embedded_tokens=self._embedded_tokens,
+        embedded_tokens_in_first_batch=self._embedded_tokens_in_first_batch)
 
   @contextlib.contextmanager
   def displayed(self):
