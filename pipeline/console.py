@@ -8,7 +8,8 @@ more.
   stages, and so TensorFlow).
 - `prepare_process`: Python logging at the chosen level for every logger,
   and, unless native logs are asked for, TensorFlow's environment and the
-  warnings filter that keep its notices off. TensorFlow's start-up notices
+  warnings filter that keep its notices off, and a filter for the start-up
+  warnings of the local runner's worker processes. TensorFlow's start-up notices
   that no setting stops are captured by transforms/native_logs.py.
 - `LiveProgress`: while a local run lasts, the embed stage's progress
   (transforms/progress.py): one line that tqdm redraws when stderr is a
@@ -45,6 +46,26 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 # tensorflow_hub imports pkg_resources, which warns on every start.
 _PKG_RESOURCES_WARNING = "pkg_resources is deprecated as an API"
+
+# The local runner's worker processes (--direct_running_mode
+# multi_processing) send their logs to this logger of the driver, which logs
+# them again ("Worker: ...").
+WORKER_LOGS_LOGGER = "apache_beam.runners.portability.local_job_service"
+# What every worker process warns of as it starts, though nothing is wrong:
+# the local runner gives its workers no staging directory, and the
+# pipeline's own flags are unknown to Beam's option parser there.
+_WORKER_START_NOTICES = (
+    "No semi_persistent_directory found",
+    "Discarding unparseable args",
+)
+
+
+class _WorkerStartNotices(logging.Filter):
+  """Drops the local runner's worker processes' start-up warnings."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(notice in message for notice in _WORKER_START_NOTICES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +116,9 @@ def prepare_process(settings: ConsoleSettings):
   logging.getLogger().setLevel(settings.level)
   if settings.native_logs:
     return
+  worker_logs = logging.getLogger(WORKER_LOGS_LOGGER)
+  if not any(isinstance(f, _WorkerStartNotices) for f in worker_logs.filters):
+    worker_logs.addFilter(_WorkerStartNotices())
   # Drops TensorFlow's INFO and WARNING lines once absl is set up (it reads
   # the variable once, when TensorFlow is imported). Not 3: that would drop
   # its errors too. A value set by the user stands.

@@ -36,6 +36,34 @@ def test_a_wrong_log_level_names_the_fix():
     ConsoleSettings.from_argv(["--log_level=loud"])
 
 
+def _worker_log(message: str) -> logging.LogRecord:
+  # As Beam's local job service logs what a worker process sent it.
+  return logging.LogRecord(
+      console.WORKER_LOGS_LOGGER, logging.WARNING, __file__, 1,
+      "Worker: %s", (f'severity: WARN message: "{message}"',), None)
+
+
+@pytest.mark.parametrize("argv, dropped", [([], True), (["--verbose"], False)])
+def test_worker_processes_start_quietly(argv, dropped, monkeypatch):
+  # --direct_running_mode multi_processing: each worker process's start-up
+  # warnings (nothing is wrong) are dropped, unless --verbose; what else a
+  # worker warns of is shown.
+  worker_logs = logging.getLogger(console.WORKER_LOGS_LOGGER)
+  monkeypatch.setattr(worker_logs, "filters", [])
+  monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)
+  for name in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS"):
+    monkeypatch.setenv(name, "")
+    monkeypatch.delenv(name)
+  console.prepare_process(ConsoleSettings.from_argv(argv))
+  console.prepare_process(ConsoleSettings.from_argv(argv))  # once is enough
+  assert len(worker_logs.filters) == (1 if dropped else 0)
+  for notice in ("No semi_persistent_directory found:  User registered "
+                 "objects ... may not be effective",
+                 "Discarding unparseable args: ['--output=/tmp/run']"):
+    assert bool(worker_logs.filter(_worker_log(notice))) is not dropped
+  assert worker_logs.filter(_worker_log("Error processing instruction 7"))
+
+
 def test_the_flags_read_early_are_the_declared_ones():
   (verbose, log_level) = flag_actions()["logging"]
   assert verbose.option_strings == [console.VERBOSE_FLAG]
