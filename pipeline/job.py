@@ -30,6 +30,7 @@ from pipeline.plan import plan_run
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
 from run_directory.manifest import load_manifest
+from transforms import native_logs
 from transforms.guardrails import describe_refusal
 from transforms.guardrails import RunRefusedError
 
@@ -105,7 +106,11 @@ def run_job(argv=None, save_main_session=True,
     if local:
       # DirectRunner would first try to download the Prism runner.
       runner = local_runner.LocalRunner()
-      if live_progress and local_runner.runs_in_this_process(options):
+      if not local_runner.runs_in_this_process(options):
+        if native_logs.quiet_requested():
+          # The worker processes print TensorFlow's notices as they start.
+          watch = native_logs.notices_filtered()
+      elif live_progress:
         watch = LiveProgress()
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, plan, time.time())

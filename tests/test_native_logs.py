@@ -2,6 +2,8 @@
 (transforms/native_logs.py)."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -87,6 +89,27 @@ def test_a_capture_inside_another_adds_nothing(capfd):
       _write_fd2(NOTICES[0], "kept\n")
     assert native_logs.capturing()
   assert capfd.readouterr().err == "kept\n"
+
+
+def test_notices_filtered_passes_a_child_processs_lines_but_notices(
+    capfd, monkeypatch):
+  # As a worker process of the local runner writes to the stderr it
+  # inherits: its notices dropped, the rest passed on, a last partial line
+  # too.
+  monkeypatch.setattr(native_logs, "has_nvidia_gpu", lambda: False)
+  written = "".join(NOTICES[:3] + [REAL_ERRORS[0]] + NOTICES[3:] +
+                    [CUINIT, REAL_ERRORS[2], "no newline at the end"])
+  with native_logs.notices_filtered():
+    _write_fd2(NOTICES[1], "from this process\n")
+    subprocess.run([sys.executable, "-c",
+                    "import sys; sys.stderr.write(sys.argv[1])", written],
+                   check=True)
+  assert capfd.readouterr().err == (
+      "from this process\n" + REAL_ERRORS[0] + REAL_ERRORS[2] +
+      "no newline at the end")
+  # File descriptor 2 is itself again.
+  _write_fd2(NOTICES[1])
+  assert capfd.readouterr().err == NOTICES[1]
 
 
 def test_quiet_model_loads_sets_and_restores_the_environment(monkeypatch):

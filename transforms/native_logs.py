@@ -176,6 +176,68 @@ def captured(show_all: bool = False):
       _flush(sys.stderr)
 
 
+@contextlib.contextmanager
+def notices_filtered():
+  """While the block runs, file descriptor 2 goes through a pipe: a thread
+  writes every line that is not a known notice on to the real stderr as it
+  comes, and drops the notices.
+
+  For the local runner's worker processes, which inherit file descriptor 2
+  and print TensorFlow's notices as they import it, before any code of the
+  pipeline runs there. Unlike `captured()`, nothing waits for the block's
+  end: a worker's error is shown when it is written. Lines are passed on
+  whole; a partial line waits for its end (or the block's).
+  """
+  _flush(sys.stderr)
+  try:
+    real_stderr = os.dup(2)
+    read_end, write_end = os.pipe()
+  except (OSError, ValueError):  # no usable fd 2: nothing to filter
+    yield
+    return
+  gpu = has_nvidia_gpu()
+  copier = threading.Thread(
+      target=_copy_lines_but_notices, args=(read_end, real_stderr, gpu),
+      name="NoticesFiltered", daemon=True)
+  copier.start()
+  os.dup2(write_end, 2)
+  os.close(write_end)
+  try:
+    yield
+  finally:
+    _flush(sys.stderr)
+    os.dup2(real_stderr, 2)  # the pipe's last writer here: its reader ends
+    # Worker processes still alive would hold the pipe open: not waited for.
+    copier.join(timeout=_COPIER_JOIN_SECS)
+    if not copier.is_alive():
+      os.close(real_stderr)
+
+
+# How long the end of `notices_filtered` waits for the lines still in the
+# pipe.
+_COPIER_JOIN_SECS = 5.0
+
+
+def _copy_lines_but_notices(read_end: int, out: int, gpu: bool):
+  pending = b""
+  with open(read_end, "rb", buffering=0) as pipe:
+    while True:
+      chunk = pipe.read(65536)
+      if not chunk:
+        break
+      *lines, pending = (pending + chunk).split(b"\n")
+      for line in lines:
+        if not is_notice(line.decode("utf-8", errors="replace"), gpu):
+          _write_all(out, line + b"\n")
+  if pending:
+    _write_all(out, pending)
+
+
+def _write_all(fd: int, data: bytes):
+  while data:
+    data = data[os.write(fd, data):]
+
+
 def _flush(stream):
   try:
     stream.flush()
