@@ -22,14 +22,29 @@ from run_directory.layout import EMBEDDINGS
 from transforms import native_logs
 
 _SNIPPET_CHARS = 100
+_ID_CHARS = 80
+
+
+def _shortened(text: str, limit: int) -> str:
+  return text if len(text) <= limit else text[:limit - 1] + "\u2026"
 
 
 def _snippet(text: Optional[str]) -> str:
   if not text:
     return ""
-  text = " ".join(text.split())
-  return text if len(text) <= _SNIPPET_CHARS else (
-      text[:_SNIPPET_CHARS - 1] + "\u2026")
+  return _printable(_shortened(" ".join(text.split()), _SNIPPET_CHARS))
+
+
+def _printable(text: str) -> str:
+  """The text with what a terminal would act on or hide (newlines, carriage
+  returns, NUL, direction overrides, ...) escaped as Python would."""
+  return "".join(
+      char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def _shown_id(item_id: str) -> str:
+  """An id as a hit line shows it: printable, and at most _ID_CHARS."""
+  return _shortened(_printable(item_id), _ID_CHARS)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -59,14 +74,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
       hits, error = search_lib.search(args.run_dir, args.question, args.k,
                                       args.table, exact=args.exact), None
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    # OSError: a path the run lists that is not a readable file.
+    except (OSError, ValueError, KeyError) as e:
       hits, error = [], e
   if error is not None:
     print(f"pipeline.query: error: {error}", file=sys.stderr)
     return 2
   for rank, (score, row) in enumerate(hits, start=1):
-    owner = f"  ({row['document_id']})" if "document_id" in row else ""
-    print(f"{rank:>3}  {score:.4f}  {row['id']}{owner}  "
+    owner = (f"  ({_shown_id(row['document_id'])})"
+             if "document_id" in row else "")
+    print(f"{rank:>3}  {score:.4f}  {_shown_id(row['id'])}{owner}  "
           f"{_snippet(row.get('text'))}")
   return 0
 

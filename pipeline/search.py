@@ -28,6 +28,11 @@ def search(run_dir: str, question: str, k: int = 10,
   """The run's k rows nearest the question: [(score, row dict)], best first
   (ties: the smaller id). table None: chunks if the run has them. exact:
   score every row even when the run kept an index of the table."""
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ValueError(f"k must be a whole number of hits, at least 1, not {k!r}")
+  if table not in (None, EMBEDDINGS, CHUNKS):
+    raise ValueError(f"table must be {EMBEDDINGS!r} or {CHUNKS!r} (the tables "
+                     f"with vectors), not {table!r}")
   manifest = load_manifest(run_dir)
   if table is None:
     table = CHUNKS if CHUNKS in manifest["outputs"] else EMBEDDINGS
@@ -36,7 +41,7 @@ def search(run_dir: str, question: str, k: int = 10,
   index = None
   if not exact and index_table(manifest) == table:
     # Read (and checked) before the model's seconds of loading.
-    index = _checked_index(run_dir, manifest, ids, matrix.shape[1])
+    index = _checked_index(run_dir, manifest, ids, matrix)
   embedder = embedder or Embedder.from_run(run_dir)
   query = embedder.embed([question])[0]
   if index is None:
@@ -65,9 +70,10 @@ def index_table(manifest: dict) -> Optional[str]:
 
 
 def _checked_index(run_dir: str, manifest: dict, ids: Sequence[str],
-                   dimensions: int):
+                   matrix: np.ndarray):
   """(index, row of each of its ids in `ids`), once the index is found to
-  hold exactly the table's rows."""
+  hold exactly the table's rows, in the order of its ids."""
+  dimensions = matrix.shape[1]
   # Imported here, not at the top: FAISS costs start-up, and only runs made
   # with --neighbours_mode=ann keep an index.
   import faiss  # pylint: disable=g-import-not-at-top
@@ -76,16 +82,39 @@ def _checked_index(run_dir: str, manifest: dict, ids: Sequence[str],
       lambda read: faiss.read_index(faiss.PyCallbackIOReader(read)))
   if set(index_ids) != set(ids):
     raise ValueError(
-        "The run's FAISS index does not hold the rows of its table: "
-        f"{len(set(index_ids) - set(ids))} ids only in the index, "
+        "The run's FAISS index (ann_index/) does not hold the rows of its "
+        f"table: {len(set(index_ids) - set(ids))} ids only in the index, "
         f"{len(set(ids) - set(index_ids))} only in the table. Search with "
         "--exact.")
   if index.d != dimensions:
     raise ValueError(
-        f"The run's FAISS index holds vectors of {index.d} dimensions, its "
-        f"table {dimensions}. Search with --exact.")
+        "The run's FAISS index (ann_index/) holds vectors of "
+        f"{index.d} dimensions, its table {dimensions}. Search with --exact.")
   position = {item_id: row for row, item_id in enumerate(ids)}
-  return index, np.asarray([position[i] for i in index_ids], dtype=np.int64)
+  rows = np.asarray([position[i] for i in index_ids], dtype=np.int64)
+  _check_vectors(index, rows, matrix)
+  return index, rows
+
+
+# Rows of the index compared with the table at a time.
+_CHECK_BLOCK = 65536
+
+
+def _check_vectors(index, rows: np.ndarray, matrix: np.ndarray):
+  """Row i of the index must be the unit vector of table row rows[i]: an
+  ids file out of order would give other documents' hits, silently."""
+  for start in range(0, index.ntotal, _CHECK_BLOCK):
+    stored = index.reconstruct_n(start, min(_CHECK_BLOCK,
+                                            index.ntotal - start))
+    table = matrix[rows[start:start + len(stored)]].astype(np.float64)
+    norms = np.linalg.norm(table, axis=1, keepdims=True)
+    table = table / np.maximum(norms, 1e-12)
+    wrong = np.flatnonzero(np.abs(stored - table).max(axis=1) > 1e-4)
+    if len(wrong):
+      raise ValueError(
+          "The run's FAISS index (ann_index/) does not hold its table's "
+          f"vectors in the order of its ids file (row {start + wrong[0]} "
+          "first): search with --exact.")
 
 
 def _index_candidates(index, rows: np.ndarray, query: np.ndarray,

@@ -12,8 +12,8 @@ module moves the files; FAISS itself (seconds of start-up) stays with its
 callers, which hand over or take the index's bytes as a stream.
 """
 
-import io
 import json
+import re
 from typing import BinaryIO, Callable, Dict, List, Sequence, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -68,14 +68,12 @@ def read_ann_index(run_dir: str, manifest: dict,
     try:
       index = read_index(f.read)
     except RuntimeError as e:  # what FAISS raises for bytes it cannot read
+      # Its message names its own C++ source first: "Error in ... at
+      # .../index_read.cpp:276: <what>".
+      what = re.split(r"\.cpp:\d+: ", str(e).splitlines()[0])[-1]
       raise ValueError(f"{paths[ANN_INDEX_FAISS]} is not a readable FAISS "
-                       f"index: {str(e).splitlines()[0]}") from None
-  with _open(paths[ANN_INDEX_IDS]) as f:
-    ids = [json.loads(line) for line in io.TextIOWrapper(f, encoding="ascii")
-           if line.strip()]
-  if not all(isinstance(item_id, str) for item_id in ids):
-    raise ValueError(f"{paths[ANN_INDEX_IDS]} holds a line that is not an id "
-                     "(a JSON string)")
+                       f"index: {what}") from None
+  ids = _read_ids(paths[ANN_INDEX_IDS])
   if len(set(ids)) != len(ids):
     raise ValueError(f"{paths[ANN_INDEX_IDS]} lists an id twice")
   if len(ids) != index.ntotal:
@@ -83,6 +81,26 @@ def read_ann_index(run_dir: str, manifest: dict,
         f"{paths[ANN_INDEX_IDS]} lists {len(ids)} ids for an index of "
         f"{index.ntotal} rows")
   return index, ids
+
+
+def _read_ids(path: str) -> List[str]:
+  """The JSON strings of an ids file, one a line (written as ASCII; read as
+  UTF-8, which holds it)."""
+  ids = []
+  with _open(path) as f:
+    lines = f.read().split(b"\n")
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      item_id = json.loads(line.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError is one too
+      raise ValueError(f"{path}, line {number}: not a JSON string "
+                       f"({e})") from None
+    if not isinstance(item_id, str):
+      raise ValueError(f"{path}, line {number}: not an id (a JSON string)")
+    ids.append(item_id)
+  return ids
 
 
 def _open(path: str):

@@ -11,6 +11,7 @@ layout instead, scalars unwrapped: `token_ids` and `sequence_embedding`
 ([T*H] float32, float16 files decoded) take the place of the `tokens` record.
 """
 
+import contextlib
 import io
 import json
 from typing import Iterator, Optional, Sequence
@@ -83,13 +84,27 @@ def _read_table(run_dir, manifest, table, format_) -> pa.Table:
     return read_tfrecord(paths, columns)
   if format_ == PARQUET:
     return _read_parquet(paths, columns)
-  if format_ == AVRO:
-    rows = [row for path in paths for row in _avro_records(path)]
-  else:
-    rows = [row for path in paths for row in _json_lines(path)]
+  records = _avro_records if format_ == AVRO else _json_lines
+  rows = []
+  for path in paths:
+    with _reading(path):
+      rows.extend(records(path))
   if columns is None:
     return pa.Table.from_pylist(rows)
   return pa.Table.from_pylist(rows, schema=to_arrow_schema(columns))
+
+
+@contextlib.contextmanager
+def _reading(path: str):
+  """Whatever a damaged file makes its decoder raise, as a ValueError that
+  names the file (a file that is gone or unreadable stays an OSError)."""
+  try:
+    yield
+  except OSError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{path} cannot be read: {type(e).__name__}: "
+                     f"{str(e)[:300]}") from e
 
 
 def _open(path: str):
@@ -112,9 +127,9 @@ def _read_parquet(paths: Sequence[str], columns) -> pa.Table:
   schema = None if columns is None else to_arrow_schema(columns)
   tables = []
   for path in paths:
-    with _open(path) as f:
+    with _reading(path), _open(path) as f:
       table = pq.read_table(f)
-    tables.append(table if schema is None else table.cast(schema))
+      tables.append(table if schema is None else table.cast(schema))
   if not tables:
     return (schema or pa.schema([])).empty_table()
   return pa.concat_tables(tables)
@@ -127,10 +142,11 @@ def read_tfrecord(paths: Sequence[str], columns) -> pa.Table:
       None if columns is None else example_layout_arrow_schema(columns))
   batches = []
   for path in paths:
-    with _open(path) as f:
+    with _reading(path), _open(path) as f:
       records = list(iter_frames(f))
     for start in range(0, len(records), _DECODE_BATCH_SIZE):
-      decoded = decoder.decode(records[start:start + _DECODE_BATCH_SIZE])
+      with _reading(path):
+        decoded = decoder.decode(records[start:start + _DECODE_BATCH_SIZE])
       batches.append(
           decoded if schema is None else from_example_layout(decoded, schema))
   if not batches:

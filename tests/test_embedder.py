@@ -183,19 +183,33 @@ def _copy_of(run_dir: str, tmp_path) -> str:
   return copy
 
 
-def test_a_run_searched_through_the_index_it_kept(ann_run, tmp_path):
+def test_a_run_searched_through_the_index_it_kept(ann_run, tmp_path,
+                                                  monkeypatch):
   texts, run_dir = ann_run
   with open(os.path.join(run_dir, "manifest.json")) as f:
     listed = json.load(f)["outputs"]["ann_index"]
   assert listed == {"faiss": ["ann_index/index.faiss"],
                     "ids": ["ann_index/ids.jsonl"]}
   embedder = Embedder.from_run(run_dir)
-  score, row = search_lib.search(run_dir, texts["t17"], k=1,
-                                 embedder=embedder)[0]
-  assert row["id"] == "t17" and score == pytest.approx(1.0, abs=1e-5)
-  # The candidates come from the index: with rows 17 and 18 of its ids
-  # swapped, t17's own text leads to the row the index now names, t18 (the
-  # exact search still finds t17).
+  # The candidates come from the index (and --exact scores every row).
+  asked = []
+  index_candidates = search_lib._index_candidates  # pylint: disable=protected-access
+
+  def recorded(*args):
+    asked.append(args[-1])
+    return index_candidates(*args)
+
+  monkeypatch.setattr(search_lib, "_index_candidates", recorded)
+  hits = search_lib.search(run_dir, texts["t17"], k=3, embedder=embedder)
+  assert asked == [3]
+  assert hits[0][1]["id"] == "t17"
+  assert hits[0][0] == pytest.approx(1.0, abs=1e-5)
+  exact = search_lib.search(run_dir, texts["t17"], k=3, embedder=embedder,
+                            exact=True)
+  assert [row for _, row in hits] == [row for _, row in exact]
+  assert [s for s, _ in hits] == pytest.approx([s for s, _ in exact])
+  assert asked == [3]
+  # An ids file out of the index's order would name other rows: refused.
   run_dir = _copy_of(run_dir, tmp_path)
   ids_path = os.path.join(run_dir, "ann_index", "ids.jsonl")
   with open(ids_path) as f:
@@ -204,10 +218,14 @@ def test_a_run_searched_through_the_index_it_kept(ann_run, tmp_path):
   ids[17], ids[18] = ids[18], ids[17]
   with open(ids_path, "w") as f:
     f.writelines(json.dumps(i) + "\n" for i in ids)
-  assert search_lib.search(run_dir, texts["t17"], k=1, embedder=embedder)[
-      0][1]["id"] == "t18"
+  with pytest.raises(ValueError, match="order of its ids file .row 17"):
+    search_lib.search(run_dir, texts["t17"], k=1, embedder=embedder)
   assert search_lib.search(run_dir, texts["t17"], k=1, embedder=embedder,
                            exact=True)[0][1]["id"] == "t17"
+  with pytest.raises(ValueError, match="k must be"):
+    search_lib.search(run_dir, "x", k=0, embedder=embedder)
+  with pytest.raises(ValueError, match="table must be"):
+    search_lib.search(run_dir, "x", table="neighbours", embedder=embedder)
 
 
 def _flat_index_bytes(rows: int, dimensions: int) -> bytes:
@@ -227,6 +245,7 @@ def _flat_index_bytes(rows: int, dimensions: int) -> bytes:
     ("ids.jsonl", lambda data: data.replace(b'"t03"', b'"\xff"')),
     ("ids.jsonl", lambda data: data.replace(b'"t03"', b'"t04"')),
     ("index.faiss", None),  # gone
+    ("index.faiss", "a directory"),
     ("index.faiss", lambda data: _flat_index_bytes(60, dimensions=8)),
 ])
 def test_a_damaged_index_is_told_in_one_line(ann_run, tmp_path, capsys,
@@ -236,6 +255,9 @@ def test_a_damaged_index_is_told_in_one_line(ann_run, tmp_path, capsys,
   path = os.path.join(run_dir, "ann_index", file_name)
   if damage is None:
     os.remove(path)
+  elif damage == "a directory":
+    os.remove(path)
+    os.mkdir(path)
   else:
     with open(path, "rb") as f:
       data = f.read()
@@ -246,6 +268,36 @@ def test_a_damaged_index_is_told_in_one_line(ann_run, tmp_path, capsys,
   told = capsys.readouterr()
   assert told.out == "" and told.err.startswith("pipeline.query: error: ")
   assert len(told.err.strip().splitlines()) == 1
+  assert "ann_index" in told.err  # the file at fault is named
   # --exact does without the index.
   assert query.main([run_dir, texts["t17"], "--exact", "--k=1"]) == 0
   assert capsys.readouterr().out.split()[2] == "t17"
+
+
+def test_hit_lines_show_ids_a_terminal_cannot_be_fooled_by():
+  # Ids come from the input: a newline would split a hit line, a carriage
+  # return or a direction override rewrite it on a terminal.
+  assert query._shown_id("plain-id_1") == "plain-id_1"  # pylint: disable=protected-access
+  assert query._shown_id("new\nline\r\x00\u202eevil") == (  # pylint: disable=protected-access
+      "new\\nline\\r\\x00\\u202eevil")
+  shown = query._shown_id("é" * 500)  # pylint: disable=protected-access
+  assert len(shown) == 80 and shown.endswith("\u2026")
+  assert query._snippet("a\u202eb\n  c") == "a\\u202eb c"  # pylint: disable=protected-access
+
+
+def test_a_damaged_table_is_told_in_one_line_naming_its_file(
+    ann_run, tmp_path, capsys):
+  texts, run_dir = ann_run
+  run_dir = _copy_of(run_dir, tmp_path)
+  with open(os.path.join(run_dir, "manifest.json")) as f:
+    shard = json.load(f)["outputs"]["embeddings"]["avro"][0]
+  path = os.path.join(run_dir, shard)
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+  capsys.readouterr()
+  assert query.main([run_dir, texts["t17"], "--exact"]) == 2
+  told = capsys.readouterr()
+  assert told.err.startswith(f"pipeline.query: error: {path} cannot be read")
+  assert len(told.err.strip().splitlines()) == 1

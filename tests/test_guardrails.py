@@ -278,6 +278,11 @@ def test_refusal_reasons():
   reasons = refusal_reasons(_counts(10, 10, 0, queries=_counts(10, 0, 10)),
                             limits)
   assert reasons and all("queries" in r for r in reasons)
+  # An empty query file names its own flag.
+  assert refusal_reasons(_counts(10, 10, 0, queries=_counts(0, 0, 0)),
+                         limits) == [
+      "--neighbours_of queries: nothing was embedded (0 records read, 0 "
+      "dead-lettered); check --neighbours_of and --text_field"]
 
 
 def _dead(source, position, reason):

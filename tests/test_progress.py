@@ -172,3 +172,20 @@ def test_the_counter_passes_wordpieces_to_its_snapshot():
   assert (snapshot.queued, snapshot.queued_tokens) == (10, 500)
   assert snapshot.embedded_tokens == 170
   assert snapshot.embedded_tokens_in_first_batch == 80
+
+
+def test_the_rate_stands_between_batches_and_after_the_last():
+  # Measured to the latest batch: 200 documents in the 2 s from the first
+  # batch to the third. The ETA counts down from the third.
+  between = _snapshot(read=1000, embedded=300, batches=3, first_batch_at=10.0,
+                      embedded_in_first_batch=100, last_batch_at=12.0,
+                      now=13.5)
+  assert docs_per_sec(between) == pytest.approx(100.0)
+  assert eta_secs(between) == pytest.approx(7.0 - 1.5)
+  # Everything embedded, the tables being written: the rate stays, ETA 0.
+  done = _snapshot(read=1000, embedded=1000, batches=10, first_batch_at=10.0,
+                   embedded_in_first_batch=100, last_batch_at=19.0, now=25.0)
+  assert docs_per_sec(done) == pytest.approx(100.0)
+  assert eta_secs(done) == 0.0
+  assert describe(done) == ("Embedded 1,000 of 1,000 documents (100%), "
+                            "100 docs/s, ETA 0s")

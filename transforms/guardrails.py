@@ -59,13 +59,13 @@ class PublishLimits:
 
 
 def _bad_record_reasons(counts: Mapping, limits: PublishLimits,
-                        what: str) -> List[str]:
+                        what: str, input_flag: str) -> List[str]:
   read, bad = counts["read"], counts["dead_lettered"]
   reasons = []
   if counts["embedded"] == 0:
     reasons.append(
         f"{what}: nothing was embedded ({read} records read, {bad} "
-        "dead-lettered); check --input and --text_field")
+        f"dead-lettered); check {input_flag} and --text_field")
     # Nothing else to say: no limit lets such a run through.
     return reasons
   if limits.max_bad_records is not None and bad > limits.max_bad_records:
@@ -90,10 +90,11 @@ def _fraction_above(fraction: float) -> str:
 
 def refusal_reasons(counts: Mapping, limits: PublishLimits) -> List[str]:
   """Why a run with these (nested manifest) counts may not be published."""
-  reasons = _bad_record_reasons(counts, limits, "corpus")
+  reasons = _bad_record_reasons(counts, limits, "corpus", "--input")
   if "queries" in counts:
     reasons += _bad_record_reasons(counts["queries"], limits,
-                                   "--neighbours_of queries")
+                                   "--neighbours_of queries",
+                                   "--neighbours_of")
   removed, previous = counts.get("removed", 0), limits.previous_documents
   if counts["embedded"] == 0:
     # Every document "removed" is one that was not embedded tonight: the

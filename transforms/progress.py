@@ -31,9 +31,11 @@ process sees only its own share: it logs its count and rate at the first
 batch and then every LOG_INTERVAL_SECS.
 
 The rate is measured from the end of the first batch, which carries the
-model's warm-up (graph tracing, the first kernels), and told only once
-WARM_UP_BATCHES more batches are back and WARM_UP_SECS have passed: no
-"1000000000.0 docs/s" after one document.
+model's warm-up (graph tracing, the first kernels), to the end of the
+latest (so it neither sags between batches nor after the last one, while
+the tables are written), and told only once WARM_UP_BATCHES more batches
+are back and WARM_UP_SECS have passed between them: no "1000000000.0
+docs/s" after one document. The ETA counts down from the latest batch.
 """
 
 import contextlib
@@ -70,6 +72,16 @@ class ProgressSnapshot:
   queued_tokens: int = 0
   embedded_tokens: int = 0
   embedded_tokens_in_first_batch: int = 0
+  # When the latest batch came back (None: take `now`).
+  last_batch_at: Optional[float] = None
+
+  @property
+  def measured_secs(self) -> float:
+    """From the first batch to the latest: what the rates are measured over.
+    Not to `now`: between batches, and after the last one while the run
+    writes its tables, no time passes for the model."""
+    latest = self.now if self.last_batch_at is None else self.last_batch_at
+    return latest - self.first_batch_at
 
   @property
   def to_embed(self) -> Optional[int]:
@@ -84,7 +96,7 @@ def docs_per_sec(progress: ProgressSnapshot) -> Optional[float]:
   if (progress.first_batch_at is None or
       progress.batches < 1 + WARM_UP_BATCHES):
     return None
-  elapsed = progress.now - progress.first_batch_at
+  elapsed = progress.measured_secs
   if elapsed < WARM_UP_SECS:
     return None
   return (progress.embedded - progress.embedded_in_first_batch) / elapsed
@@ -98,14 +110,19 @@ def eta_secs(progress: ProgressSnapshot) -> Optional[float]:
     return None
   token_rate = (progress.embedded_tokens -
                 progress.embedded_tokens_in_first_batch) / (
-                    progress.now - progress.first_batch_at)
+                    progress.measured_secs)
   if not progress.queued or token_rate <= 0:
-    return max(total - progress.embedded, 0) / rate
-  tokens_left = (
-      max(progress.queued_tokens - progress.embedded_tokens, 0) +
-      max(total - progress.queued, 0) *
-      progress.queued_tokens / progress.queued)
-  return tokens_left / token_rate
+    left = max(total - progress.embedded, 0) / rate
+  else:
+    tokens_left = (
+        max(progress.queued_tokens - progress.embedded_tokens, 0) +
+        max(total - progress.queued, 0) *
+        progress.queued_tokens / progress.queued)
+    left = tokens_left / token_rate
+  # Counted from the latest batch: the time since has gone on the next.
+  since = (0.0 if progress.last_batch_at is None else
+           progress.now - progress.last_batch_at)
+  return max(left - since, 0.0)
 
 
 def format_duration(secs: float) -> str:
@@ -168,7 +185,7 @@ class ProgressCounter:
   def _reset(self):
     self._read = self._skipped = self._embedded = self._batches = 0
     self._queued = self._queued_tokens = self._embedded_tokens = 0
-    self._first_batch_at = None
+    self._first_batch_at = self._last_batch_at = None
     self._embedded_in_first_batch = self._embedded_tokens_in_first_batch = 0
     self._cadence = LogCadence()
 
@@ -195,6 +212,7 @@ class ProgressCounter:
       self._embedded += n
       self._embedded_tokens += tokens
       self._batches += 1
+      self._last_batch_at = now
       if self._first_batch_at is None:
         self._first_batch_at = now
         self._embedded_in_first_batch = n
@@ -217,7 +235,8 @@ class ProgressCounter:
         whole_run=self._displays > 0, queued=self._queued,
         queued_tokens=self._queued_tokens,
         embedded_tokens=self._embedded_tokens,
-        embedded_tokens_in_first_batch=self._embedded_tokens_in_first_batch)
+        embedded_tokens_in_first_batch=self._embedded_tokens_in_first_batch,
+        last_batch_at=self._last_batch_at)
 
   @contextlib.contextmanager
   def displayed(self):
