@@ -106,7 +106,8 @@ class EncoderFacts:
 
 def _variable_shapes(path: str) -> Dict[str, list]:
   try:
-    return dict(tf.train.list_variables(join_path(path, "variables", "variables")))
+    return dict(tf.train.list_variables(
+        join_path(path, "variables", "variables")))
   except Exception:  # pylint: disable=broad-except
     return {}
 
