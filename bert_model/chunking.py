@@ -11,6 +11,9 @@ for [CLS] and [SEP]):
     [SEP] is exactly what the model gets from the chunk's own text;
   * a chunk ends after a sentence end (. ! ? and their CJK forms) when one
     lies in its last quarter;
+  * a chunk starts and ends where whitespace separates two words, not
+    between two words written together ("e.g." is four words, "GLM4V_MOE"
+    three), unless that would leave it less than half full;
   * consecutive chunks share up to chunk_overlap wordpieces (whole words);
   * every word is in a chunk, up to max_chunks chunks: a document with more,
     or with one word of more wordpieces than a chunk holds, is truncated.
@@ -29,7 +32,7 @@ text (UTF-8 bytes), mapped to Unicode code points in numpy, so
 
 import dataclasses
 import re
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -115,16 +118,25 @@ class ChunkedTexts:
 
 
 def plan_chunks(piece_counts: np.ndarray, sentence_ends: np.ndarray,
-                settings: ChunkSettings) -> Tuple[list, bool]:
+                settings: ChunkSettings,
+                glued: Optional[np.ndarray] = None) -> Tuple[list, bool]:
   """Groups words into chunks: ([(first word, end word), ...], truncated).
 
   piece_counts[i]: wordpieces of word i (0 for a word the tokenizer drops);
-  sentence_ends[i]: whether a sentence ends after word i. A chunk holds
-  words [first, end). See the module doc for the rules.
+  sentence_ends[i]: whether a sentence ends after word i; glued[i]: whether
+  word i follows word i - 1 with no whitespace between (None: never). A
+  chunk holds words [first, end). See the module doc for the rules.
   """
   n = len(piece_counts)
   cumulative = np.concatenate([[0], np.cumsum(piece_counts, dtype=np.int64)])
+  # Word indices before which a chunk may start or end cleanly (and n).
+  clean = np.ones(n + 1, bool)
+  if glued is not None:
+    clean[:n] = ~np.asarray(glued, bool)
+  clean_boundaries = np.flatnonzero(clean)
   boundaries_after_sentences = np.flatnonzero(sentence_ends) + 1
+  boundaries_after_sentences = boundaries_after_sentences[
+      clean[boundaries_after_sentences]]
   budget, overlap = settings.budget, settings.chunk_overlap
   # A sentence end counts when at least this many wordpieces precede it.
   preferred_fill = budget - budget // 4
@@ -141,6 +153,13 @@ def plan_chunks(piece_counts: np.ndarray, sentence_ends: np.ndarray,
       if k and cumulative[boundaries_after_sentences[k - 1]] >= (
           base + preferred_fill):
         end = int(boundaries_after_sentences[k - 1])
+      elif not clean[end]:
+        # Back to where whitespace separates words, if the chunk stays at
+        # least half full.
+        k = int(np.searchsorted(clean_boundaries, end, side="right"))
+        if k and clean_boundaries[k - 1] > first and (
+            cumulative[clean_boundaries[k - 1]] >= base + budget // 2):
+          end = int(clean_boundaries[k - 1])
     chunks.append((first, end))
     if end >= n:
       break
@@ -151,6 +170,10 @@ def plan_chunks(piece_counts: np.ndarray, sentence_ends: np.ndarray,
     if following <= first or (cumulative[end + 1] - cumulative[following] >
                               budget):
       following = end
+    elif not clean[following]:
+      # Forward to where whitespace separates words (less overlap), or none.
+      k = int(np.searchsorted(clean_boundaries, following, side="left"))
+      following = min(int(clean_boundaries[k]), end)
     first = following
   return chunks, truncated
 
@@ -268,11 +291,13 @@ def _cut_into_chunks(texts, words, settings: ChunkSettings) -> list:
   for j, text in enumerate(texts):
     w0, w1 = word_splits[j], word_splits[j + 1]
     counts = words["pieces_per_word"][w0:w1]
+    byte_starts, byte_ends = words["starts"][w0:w1], words["ends"][w0:w1]
+    glued = np.zeros(len(counts), bool)
+    glued[1:] = byte_starts[1:] == byte_ends[:-1]
     plan, truncated = plan_chunks(counts, words["sentence_end"][w0:w1],
-                                  settings)
+                                  settings, glued)
     code_points = _code_point_offsets(text.encode("utf-8"))
-    starts = code_points[words["starts"][w0:w1]]
-    ends = code_points[words["ends"][w0:w1]]
+    starts, ends = code_points[byte_starts], code_points[byte_ends]
     doc_pieces = words["pieces"][piece_splits[w0]:piece_splits[w1]]
     offsets = piece_splits[w0:w1 + 1] - piece_splits[w0]
     chunk_pieces, spans = [], []

@@ -142,13 +142,16 @@ def test_too_many_chunks_or_a_giant_word_truncate(tokenizers):
 
 @given(st.lists(st.integers(0, 12), max_size=80),
        st.lists(st.booleans(), min_size=80, max_size=80),
-       st.integers(6, 40), st.data())
-def test_plan_chunks_properties(counts, sentence_ends, chunk_size, data):
+       st.lists(st.booleans(), min_size=80, max_size=80),
+       st.integers(3, 40), st.data())
+def test_plan_chunks_properties(counts, sentence_ends, glued, chunk_size,
+                                data):
   overlap = data.draw(st.integers(0, (chunk_size - 1) // 2))
   settings = ChunkSettings(chunk_size, overlap, max_chunks=1000)
   counts = np.array(counts, np.int64)
   ends = np.array(sentence_ends[:len(counts)], bool)
-  plan, truncated = plan_chunks(counts, ends, settings)
+  plan, truncated = plan_chunks(counts, ends, settings,
+                                np.array(glued[:len(counts)], bool))
   budget = settings.budget
   assert truncated == bool((counts > budget).any())
   covered = set()
@@ -174,6 +177,26 @@ def test_plan_prefers_a_sentence_end_in_the_last_quarter():
   ends[16] = False  # after word 5 only: too early, the chunk is filled
   plan, _ = plan_chunks(counts, ends, settings)
   assert plan[0] == (0, 20)
+
+
+def test_plan_ends_and_starts_chunks_between_separate_words():
+  # Words 0-39 of one wordpiece each, budget 20 a chunk; words 17-23 are
+  # written together ("e.g.," or "GLM4V_MOE"): no chunk ends or starts
+  # inside them while a clean boundary keeps it at least half full.
+  settings = ChunkSettings(chunk_size=22, chunk_overlap=4, max_chunks=10)
+  counts = np.ones(40, np.int64)
+  ends = np.zeros(40, bool)
+  ends[18] = True  # "e." of "e.g.": no sentence end
+  glued = np.zeros(40, bool)
+  glued[18:24] = True
+  plan, _ = plan_chunks(counts, ends, settings, glued)
+  assert plan[0] == (0, 17)
+  assert plan[1][0] == 13  # 4 words of overlap, before 17: all clean
+  glued[11:18] = True  # words 10-23 one token: the first chunk ends at 10
+  plan, _ = plan_chunks(counts, ends, settings, glued)
+  assert plan[0] == (0, 10)
+  glued[1:40] = True  # nothing clean: as without the rule
+  assert plan_chunks(counts, ends, settings, glued)[0][0] == (0, 20)
 
 
 def test_default_overlap_is_an_eighth():
