@@ -17,6 +17,7 @@ with read == embedded + dead_lettered in every run.
 """
 
 import json
+import os
 from typing import Mapping, Optional
 
 from apache_beam.io.filesystems import FileSystems
@@ -139,6 +140,9 @@ def load_refusal(run_dir: str) -> dict:
 def load_manifest(run_dir: str) -> dict:
   path = FileSystems.join(run_dir, MANIFEST_FILE)
   if not FileSystems.exists(path):
+    # Object stores have no directories to look for: local paths only.
+    if FileSystems.get_scheme(run_dir) is None and not os.path.isdir(run_dir):
+      raise RunNotPublishedError(f"{run_dir}: no such run directory")
     refused = refusal_paths(run_dir)
     if refused:
       raise RunNotPublishedError(

@@ -87,6 +87,10 @@ def test_missing_manifest_means_unpublished(tmp_path):
     read_outputs.load_manifest(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="no manifest.json"):
     read_outputs.read_table(str(tmp_path))
+  # A directory that is not there is told as such.
+  with pytest.raises(read_outputs.RunNotPublishedError,
+                     match="no such run directory"):
+    read_outputs.load_manifest(str(tmp_path / "typo"))
 
 
 def test_load_manifest(run_dir):
