@@ -19,6 +19,7 @@ from run_directory.layout import EMBEDDINGS
 from run_directory.manifest import load_manifest
 from run_directory.readers import ids_and_matrix
 from run_directory.readers import read_table
+from transforms.neighbours.maths import normalize_rows
 
 
 def search(run_dir: str, question: str, k: int = 10,
@@ -80,12 +81,13 @@ def _checked_index(run_dir: str, manifest: dict, ids: Sequence[str],
   index, index_ids = read_ann_index(
       run_dir, manifest,
       lambda read: faiss.read_index(faiss.PyCallbackIOReader(read)))
-  if set(index_ids) != set(ids):
+  only_in_index, only_in_table = set(index_ids) - set(ids), set(ids) - set(
+      index_ids)
+  if only_in_index or only_in_table:
     raise ValueError(
         "The run's FAISS index (ann_index/) does not hold the rows of its "
-        f"table: {len(set(index_ids) - set(ids))} ids only in the index, "
-        f"{len(set(ids) - set(index_ids))} only in the table. Search with "
-        "--exact.")
+        f"table: {len(only_in_index)} ids only in the index, "
+        f"{len(only_in_table)} only in the table. Search with --exact.")
   if index.d != dimensions:
     raise ValueError(
         "The run's FAISS index (ann_index/) holds vectors of "
@@ -106,9 +108,8 @@ def _check_vectors(index, rows: np.ndarray, matrix: np.ndarray):
   for start in range(0, index.ntotal, _CHECK_BLOCK):
     stored = index.reconstruct_n(start, min(_CHECK_BLOCK,
                                             index.ntotal - start))
-    table = matrix[rows[start:start + len(stored)]].astype(np.float64)
-    norms = np.linalg.norm(table, axis=1, keepdims=True)
-    table = table / np.maximum(norms, 1e-12)
+    # Normalised as the neighbours stage normalised what it indexed.
+    table = normalize_rows(matrix[rows[start:start + len(stored)]])
     wrong = np.flatnonzero(np.abs(stored - table).max(axis=1) > 1e-4)
     if len(wrong):
       raise ValueError(
@@ -120,10 +121,8 @@ def _check_vectors(index, rows: np.ndarray, matrix: np.ndarray):
 def _index_candidates(index, rows: np.ndarray, query: np.ndarray,
                       k: int) -> np.ndarray:
   """Rows of the table that the index finds nearest the query, k at most."""
-  normalised = query / max(float(np.linalg.norm(query)), 1e-12)
-  _, labels = index.search(
-      np.ascontiguousarray(normalised[None, :], dtype=np.float32),
-      min(k, index.ntotal))
+  _, labels = index.search(normalize_rows(query[None, :]),
+                           min(k, index.ntotal))
   return rows[labels[0][labels[0] >= 0]]
 
 
