@@ -35,6 +35,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transforms import native_logs
 from pipeline.errors import ConfigError
 from transforms.progress import describe
+from transforms.progress import docs_per_sec
 from transforms.progress import LogCadence
 from transforms.progress import PROGRESS
 from transforms.progress import ProgressCounter
@@ -143,8 +144,11 @@ class LiveProgress:
   """The whole run's progress on `stream` while the block runs.
 
   On a terminal, one line redrawn every `refresh_secs` (tqdm); log records
-  are written above it. Otherwise (a file, a pipe, cron) one line every
-  `log_interval_secs`. Nothing is drawn while TensorFlow's notices are being
+  are written above it. Otherwise (a file, a pipe, cron) a line when the
+  first batch is back (the model is loaded and embedding), one when the
+  rate is first known, and then one every `log_interval_secs`: a log
+  that is read later shows when embedding began and how fast it went,
+  however short the run. Nothing is drawn while TensorFlow's notices are being
   captured (transforms/native_logs.py), so the line never ends up among them.
   """
 
@@ -208,10 +212,18 @@ class LiveProgress:
 
   def _log_until_stopped(self):
     cadence = LogCadence(self._log_interval_secs, start=self._clock())
+    told = set()  # the milestones a line has been written for
     while not self._stop.wait(min(1.0, self._log_interval_secs)):
-      if cadence.due(self._clock()) and not native_logs.capturing():
+      if native_logs.capturing():
+        continue
+      snapshot = self._counter.snapshot()
+      milestones = {name for name, reached in (
+          ("first batch", snapshot.batches > 0),
+          ("rate", docs_per_sec(snapshot) is not None)) if reached}
+      if cadence.due(self._clock()) or milestones - told:
+        told |= milestones
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._stream.write(f"{stamp} {describe(self._counter.snapshot())}\n")
+        self._stream.write(f"{stamp} {describe(snapshot)}\n")
         self._stream.flush()
 
 

@@ -106,6 +106,32 @@ def test_live_progress_elsewhere_writes_a_line_per_interval():
   assert "\r" not in out
 
 
+def test_live_progress_elsewhere_tells_the_start_and_the_rate_at_once():
+  # A log read later (cron, a file) shows when embedding began and its
+  # rate without waiting for the first interval: a short run is over by
+  # then.
+  clock = [0.0]
+  counter = ProgressCounter(clock=lambda: clock[0])
+  stream = io.StringIO()
+  with console.LiveProgress(counter=counter, stream=stream,
+                            log_interval_secs=3600):
+    counter.add_read(100)
+    counter.add_batch(10)
+    time.sleep(1.3)
+    first = stream.getvalue().splitlines()
+    for _ in range(3):
+      clock[0] += 1.0
+      counter.add_batch(10)
+    time.sleep(1.3)
+    lines = stream.getvalue().splitlines()
+    time.sleep(1.3)
+    assert stream.getvalue().splitlines() == lines  # nothing new to tell
+  assert len(first) == 1 and "Embedded 10 of 100 documents (10%)" in first[0]
+  assert "docs/s" not in first[0]
+  assert len(lines) == 2, lines
+  assert "Embedded 40 of 100 documents (40%), 10 docs/s, ETA" in lines[1]
+
+
 _MANIFEST = {
     "run_id": "night-1",
     "counts": {"read": 1203, "embedded": 1200, "inferred": 200, "reused": 1000,
