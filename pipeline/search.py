@@ -7,7 +7,7 @@ it is an index of the table searched, else from every row (numpy, exact);
 `python -m pipeline.query` prints what it finds.
 """
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -51,8 +51,7 @@ def search(run_dir: str, question: str, k: int = 10,
     candidates = _index_candidates(*index, query, k)
     scores = _cosines(matrix[candidates], query)
   # Scored alike either way: the index only chooses which rows.
-  order = sorted(range(len(candidates)),
-                 key=lambda c: (-scores[c], ids[candidates[c]]))[:k]
+  order = _best_first(scores, lambda c: ids[candidates[c]], k)
   best = [int(candidates[c]) for c in order]
   columns = [name for name in ("id", "document_id", "text")
              if name in rows.column_names]
@@ -124,6 +123,19 @@ def _index_candidates(index, rows: np.ndarray, query: np.ndarray,
   _, labels = index.search(normalize_rows(query[None, :]),
                            min(k, index.ntotal))
   return rows[labels[0][labels[0] >= 0]]
+
+
+def _best_first(scores: np.ndarray, id_of: Callable[[int], str],
+                k: int) -> list:
+  """Positions of the k best scores, best first, ties to the smaller id.
+  numpy finds the k-th best score in linear time, so only the scores that
+  reach it (k, and any tied with the k-th) are sorted in Python."""
+  pool = np.arange(len(scores))
+  if len(scores) > k:
+    kth_best = np.partition(scores, len(scores) - k)[len(scores) - k]
+    pool = np.flatnonzero(scores >= kth_best)
+  return sorted(pool.tolist(),
+                key=lambda c: (-scores[c], id_of(c)))[:k]
 
 
 def _cosines(rows: np.ndarray, query: np.ndarray) -> np.ndarray:

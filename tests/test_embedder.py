@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import faiss
+import hypothesis
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -301,3 +303,16 @@ def test_a_damaged_table_is_told_in_one_line_naming_its_file(
   told = capsys.readouterr()
   assert told.err.startswith(f"pipeline.query: error: {path} cannot be read")
   assert len(told.err.strip().splitlines()) == 1
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    scores=st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.25, 0.5, 1.0]),
+                    max_size=40),
+    k=st.integers(1, 45))
+def test_best_first_is_the_full_sort_cut_at_k(scores, k):
+  # Few distinct scores: most lists have ties across the k-th place.
+  ids = [f"d{(i * 7919) % 41:02d}-{i}" for i in range(len(scores))]
+  scores = np.asarray(scores)
+  expected = sorted(range(len(scores)), key=lambda c: (-scores[c], ids[c]))[:k]
+  assert search_lib._best_first(scores, ids.__getitem__, k) == expected
