@@ -365,13 +365,17 @@ def _remove_stale_staging(run_dir: str):
     FileSystems.delete(paths)
 
 
-def _take_lock(run_dir: str, run_id: str) -> OutputLock:
+def _take_lock(run_dir: str, run_id: str,
+               check_output: Callable[[str], None]) -> OutputLock:
   lock = OutputLock(run_dir, run_id)
   try:
     lock.acquire()
   except OutputLockedError as error:
     raise ConfigError(str(error)) from None
   try:
+    # Again, now that no other run can publish here: one may have published
+    # while this one resolved its model (check_output ran before that).
+    check_output(run_dir)
     _remove_stale_staging(run_dir)
   except BaseException:
     lock.release()
@@ -438,9 +442,8 @@ def plan_run(config: RunConfig,
   # latest pointer's content all name one directory, whatever the cwd of
   # whoever reads them later.
   run_dir = preflight.absolute(out.output)
-  lock = _take_lock(run_dir, out.run_id) if environment.take_lock else None
   staging = staging_dir(run_dir, out.run_id)
-  return RunPlan(
+  plan = RunPlan(
       run_id=out.run_id,
       run_dir=run_dir,
       staging_dir=staging,
@@ -491,4 +494,11 @@ def plan_run(config: RunConfig,
       manifest_settings=settings_of(config),
       vertex=_vertex_export(config, previous_run, table.chunked),
       spill_dir=spill_dir(staging) if local_runner else None,
-      lock=lock)
+      lock=None)
+  # The lock last: every check above may refuse the run, and a refused run
+  # leaves nothing behind (a lock left on gs:// would refuse every later
+  # run until removed by hand).
+  if not environment.take_lock:
+    return plan
+  return dataclasses.replace(
+      plan, lock=_take_lock(run_dir, out.run_id, environment.check_output))

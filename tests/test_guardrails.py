@@ -20,7 +20,9 @@ from pipeline import job
 from pipeline import main
 from pipeline import read_outputs
 from pipeline.flags import format_help
+from pipeline.plan import PlanEnvironment
 from pipeline.plan import plan_run
+from bert_model import resolution
 from run_directory import tables
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.records import DeadLetter
@@ -352,3 +354,32 @@ def test_docs_flags_lists_every_flag_in_its_group():
     assert flags, title
     for flag in flags:
       assert f"`{flag}`" in section, (flag, title)
+
+
+def test_a_run_published_into_the_output_while_this_one_planned_is_kept(
+    workdir, capsys, monkeypatch):
+  # check_output runs before the model is resolved, which can take
+  # minutes; a run that published into the same --output meanwhile must
+  # be found once the lock is held, not overwritten.
+  other = {"run_id": "other", "note": "published while the second planned"}
+
+  def plan_while_another_publishes(config, **kwargs):
+    def resolve(*args, **resolve_kwargs):
+      model = resolution.resolve_model(*args, **resolve_kwargs)
+      os.makedirs(config.outputs.output, exist_ok=True)
+      with open(os.path.join(config.outputs.output, "manifest.json"), "w",
+                encoding="utf-8") as f:
+        json.dump(other, f)
+      return model
+    return plan_run(config, environment=PlanEnvironment(resolve_model=resolve),
+                    **kwargs)
+
+  monkeypatch.setattr(job, "plan_run", plan_while_another_publishes)
+  corpus = _corpus(workdir / "corpus.jsonl", good=3)
+  code, run_dir = _run(workdir, corpus, "raced")
+  assert code == 2
+  assert "already holds a published run" in capsys.readouterr().err
+  assert os.listdir(run_dir) == ["manifest.json"]  # no lock, no staging
+  with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
+    assert json.load(f) == other
+  assert not (workdir / "LATEST").exists()

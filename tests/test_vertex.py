@@ -336,6 +336,9 @@ def test_delta_needs_a_previous_export(tiny_model_dir, tmp_path,
                                        corpus_file):
   first = str(tmp_path / "first")
   _run(tiny_model_dir, corpus_file, first)
+  second = tmp_path / "second"
   with pytest.raises(ConfigError, match="--vertex_export full"):
-    _run(tiny_model_dir, corpus_file, str(tmp_path / "second"),
+    _run(tiny_model_dir, corpus_file, str(second),
          "--vertex_export=delta", f"--previous_run={first}")
+  # Refused while planning: no lock left behind to refuse the next run.
+  assert not second.exists() or not os.listdir(second)
