@@ -423,6 +423,35 @@ def test_approximate_neighbours_hnsw_recall(tmp_path):
   assert len(rows) == n * k
 
 
+def test_the_hnsw_graph_is_built_reproducibly(monkeypatch):
+  # FAISS links HNSW vectors in the order its threads take the locks: only
+  # a one-thread build (or FAISS's deterministic build) gives the same
+  # graph, and so the same tables and index file, on every rerun.
+  threads_while_adding = []
+
+  class RecordingHNSW(faiss.IndexHNSWFlat):
+
+    def add(self, vectors):
+      threads_while_adding.append(faiss.omp_get_max_threads())
+      super().add(vectors)
+
+  monkeypatch.setattr(faiss, "IndexHNSWFlat", RecordingHNSW)
+  monkeypatch.delattr(faiss.cvar, "hnsw_deterministic_build", raising=False)
+  threads = faiss.omp_get_max_threads()
+  faiss.omp_set_num_threads(2)
+  try:
+    vectors = random_vectors(300, 8, seed=3)
+    settings = approximate.AnnIndexSettings(flat_index_below=0)
+    first, _ = approximate.build_index(vectors, 4, settings)
+    second, _ = approximate.build_index(vectors, 4, settings)
+    assert threads_while_adding == [1, 1]
+    assert faiss.omp_get_max_threads() == 2  # given back
+  finally:
+    faiss.omp_set_num_threads(threads)
+  assert np.array_equal(faiss.serialize_index(first),
+                        faiss.serialize_index(second))
+
+
 def test_approximate_neighbours_reports_poor_recall_honestly(tmp_path):
   # A deliberately weak graph: the measured recall must drop below 1, and
   # still equal an independent recomputation.

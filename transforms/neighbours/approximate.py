@@ -72,8 +72,30 @@ def build_index(corpus_vectors: np.ndarray, candidates: int,
     description = (
         f"IndexHNSWFlat inner product, M={settings.hnsw_m}, "
         f"efConstruction={settings.ef_construction}, efSearch={ef_search}")
-  index.add(np.ascontiguousarray(corpus_vectors, dtype=np.float32))
+  vectors = np.ascontiguousarray(corpus_vectors, dtype=np.float32)
+  if n < settings.flat_index_below:
+    index.add(vectors)
+  else:
+    _add_reproducibly(faiss, index, vectors)
   return index, description
+
+
+def _add_reproducibly(faiss, index, vectors: np.ndarray):
+  """HNSW's graph, the same on every rerun and retry (the tables and the
+  kept index are byte-identical). FAISS's lock-based build links the
+  vectors in whatever order its threads take the locks, so it is
+  reproducible only on one thread (faiss pull request 5486); FAISS
+  releases that have the deterministic multi-threaded build use it."""
+  if hasattr(faiss.cvar, "hnsw_deterministic_build"):
+    faiss.cvar.hnsw_deterministic_build = True
+    index.add(vectors)
+    return
+  threads = faiss.omp_get_max_threads()
+  faiss.omp_set_num_threads(1)
+  try:
+    index.add(vectors)
+  finally:
+    faiss.omp_set_num_threads(threads)
 
 
 def write_index_to(index, file: BinaryIO) -> None:
