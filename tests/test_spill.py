@@ -9,6 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 import pytest
 
 from pipeline.local_runner import LocalRunner
+from transforms import spill as spill_lib
 from transforms.spill import GroupByKeyOnDisk
 from transforms.spill import stable_partition
 
@@ -53,6 +54,31 @@ def test_partition_count_from_a_pcollection_and_int_keys(tmp_path):
                | GroupByKeyOnDisk(str(tmp_path), count))
     assert_that(grouped | beam.Map(_sorted_groups),
                 equal_to(_expected_groups(pairs)))
+
+
+def test_a_bundle_keeps_few_files_open_and_loses_nothing(tmp_path):
+  # Thousands of partitions (the by-shard grouping with --num_shards in the
+  # thousands): one open handle each would exceed the open-file limit.
+  pairs = [(i % 40, (i, f"text {i}")) for i in range(600)]
+  spill = spill_lib._SpillToFilesFn(str(tmp_path), buffer_elements=9,
+                                    max_open_files=3)
+  most_open = 0
+  spill.start_bundle()
+  for pair in pairs:
+    spill.process(pair, 5000)
+    most_open = max(most_open, len(spill._open))
+  written = [value.value for value in spill.finish_bundle()]
+  assert most_open == 3 and not spill._open
+  assert len(written) > 40  # partitions went on in new files
+  files_of = {}
+  for partition, path in written:
+    files_of.setdefault(partition, []).append(path)
+  grouped = [group for partition in files_of.items()
+             for group in spill_lib._read_partition(partition)]
+  # Nothing lost, and each key's values in the order they came.
+  assert sorted(grouped) == sorted(
+      (key, [value for k, value in pairs if k == key])
+      for key in {k for k, _ in pairs})
 
 
 def test_stable_partition():

@@ -24,6 +24,7 @@ one file per bundle and partition would be many small files there): the
 pipeline uses it on the local runner only (`RunPlan.spill_dir`).
 """
 
+import collections
 import hashlib
 import pickle
 import uuid
@@ -36,6 +37,9 @@ from apache_beam.transforms import window
 
 # Elements buffered, over all partitions, before they are written out.
 DEFAULT_BUFFER_ELEMENTS = 4096
+# Spill files one bundle keeps open at once (Linux's default soft limit of
+# open files is 1024, for the whole process).
+DEFAULT_MAX_OPEN_FILES = 128
 _MIME_TYPE = "application/octet-stream"
 
 
@@ -54,18 +58,28 @@ def stable_partition(key, num_partitions: int) -> int:
 
 
 class _SpillToFilesFn(beam.DoFn):
-  """(key, value) -> (partition, file) once per file the bundle wrote."""
+  """(key, value) -> (partition, file) once per file the bundle wrote.
 
-  def __init__(self, spill_dir: str, buffer_elements: int):
+  At most `max_open_files` files are open at once (the ones written to
+  last): with more partitions (--num_shards in the thousands) one handle
+  each would run into the process's limit of open files. A partition whose
+  file was closed goes on in a new one.
+  """
+
+  def __init__(self, spill_dir: str, buffer_elements: int,
+               max_open_files: int = DEFAULT_MAX_OPEN_FILES):
     self._spill_dir = spill_dir
     self._buffer_elements = buffer_elements
+    self._max_open_files = max_open_files
     self._buffers = {}
-    self._files = {}
+    self._open = collections.OrderedDict()  # partition -> handle, LRU first
+    self._written = []  # (partition, path), in the order created
     self._buffered = 0
     self._bundle = ""
 
   def start_bundle(self):
-    self._buffers, self._files, self._buffered = {}, {}, 0
+    self._close_open_files()  # a failed bundle's, if it left any
+    self._buffers, self._written, self._buffered = {}, [], 0
     self._bundle = uuid.uuid4().hex
 
   def process(self, key_and_value, num_partitions: int):
@@ -77,23 +91,43 @@ class _SpillToFilesFn(beam.DoFn):
 
   def finish_bundle(self):
     self._flush()
-    for partition, (path, handle) in sorted(self._files.items()):
-      handle.close()
+    self._close_open_files()
+    for partition, path in sorted(self._written):
       yield window.GlobalWindows.windowed_value_at_end_of_window(
           (partition, path))
-    self._files = {}
+    self._written = []
+
+  def teardown(self):
+    self._close_open_files()
 
   def _flush(self):
     for partition, elements in self._buffers.items():
-      if partition not in self._files:
-        path = FileSystems.join(
-            self._spill_dir, f"{self._bundle}-{partition:05d}.pickle")
-        self._files[partition] = (path, FileSystems.create(
-            path, mime_type=_MIME_TYPE,
-            compression_type=CompressionTypes.UNCOMPRESSED))
-      pickle.dump(elements, self._files[partition][1],
+      pickle.dump(elements, self._file_of(partition),
                   protocol=pickle.HIGHEST_PROTOCOL)
     self._buffers, self._buffered = {}, 0
+
+  def _file_of(self, partition: int):
+    if partition in self._open:
+      self._open.move_to_end(partition)
+      return self._open[partition]
+    if len(self._open) >= self._max_open_files:
+      _, handle = self._open.popitem(last=False)
+      handle.close()
+    # Numbered in creation order: a partition's files read back in the
+    # order they were written.
+    path = FileSystems.join(
+        self._spill_dir,
+        f"{self._bundle}-{partition:05d}-{len(self._written):06d}.pickle")
+    self._open[partition] = FileSystems.create(
+        path, mime_type=_MIME_TYPE,
+        compression_type=CompressionTypes.UNCOMPRESSED)
+    self._written.append((partition, path))
+    return self._open[partition]
+
+  def _close_open_files(self):
+    while self._open:
+      _, handle = self._open.popitem(last=False)
+      handle.close()
 
 
 def _read_spill_file(path: str):
