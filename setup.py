@@ -24,6 +24,10 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     # The live progress line of local runs (pipeline/console.py).
     "tqdm==4.70.1",
+    # Cloud Storage's and HTTP's transient errors, retried rather than
+    # dead-lettered (transforms/formats/files.py); Beam's gcp extra pins them.
+    "google-api-core",
+    "requests",
     "setuptools<81",
 ]
 

@@ -20,9 +20,11 @@ import struct
 import tracemalloc
 import zlib
 
+from google.api_core import exceptions as google_api_errors
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import requests
 import zstandard
 
 from pipeline import main
@@ -329,6 +331,53 @@ def test_a_compressed_file_cut_in_half_keeps_its_head_and_says_so(suffix):
   assert last.position == len(documents)
   # The whole file reads whole.
   assert len(_read("jsonl", compressed, "whole.jsonl" + suffix)) == 20000
+
+
+class _StorageFailingMidway(io.RawIOBase):
+  """A stored file whose reads fail with `error` after its first 30 bytes."""
+
+  def __init__(self, data: bytes, error: Exception):
+    super().__init__()
+    self._data, self._error, self._at = data, error, 0
+
+  def readable(self):
+    return True
+
+  def readinto(self, buffer):
+    if self._at >= 30:
+      raise self._error
+    chunk = self._data[self._at:self._at + min(len(buffer), 30 - self._at)]
+    buffer[:len(chunk)] = chunk
+    self._at += len(chunk)
+    return len(chunk)
+
+
+@pytest.mark.parametrize("error", [
+    google_api_errors.ServiceUnavailable("GCS 503"),
+    google_api_errors.TooManyRequests("GCS 429"),
+    google_api_errors.RetryError("gave up", None),
+    requests.exceptions.ConnectionError("reset by peer"),
+    requests.exceptions.ReadTimeout("read timed out"),
+    ConnectionResetError("reset"),
+], ids=type)
+def test_a_storage_outage_fails_the_bundle_for_a_retry(error):
+  # Not the rest of a good file dead-lettered as unreadable, unseen by the
+  # counts: the runner retries the bundle.
+  data = b'{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n'
+
+  def read(failure):
+    return list(read_file_records(
+        lambda: io.BufferedReader(_StorageFailingMidway(data, failure)),
+        "gs://b/c.jsonl",
+        lambda stream, src: formats.READERS["jsonl"](
+            stream, src, RecordSpec())))
+
+  with pytest.raises(type(error)):
+    read(error)
+  # Bytes that break their codec, not storage that failed, still end in a
+  # dead letter after the records read.
+  assert _kinds(read(zlib.error("invalid block type"))) == [
+      (0, "doc"), (1, UNREADABLE)]
 
 
 def test_a_corrupt_zst_file_is_one_unreadable_file():

@@ -11,6 +11,9 @@ UNREADABLE_FILE dead letter, after the records read before the damage.
 import logging
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from google.api_core import exceptions as google_api_errors
+import requests
+
 from run_directory.records import DeadLetter
 from run_directory.records import Reason
 from transforms.formats.compression import compression_of
@@ -22,8 +25,15 @@ _LOGGER = logging.getLogger(__name__)
 
 # Storage errors a retry may cure: they fail the bundle so that the runner
 # retries it, instead of dropping a good file. (Beam's GCS client has already
-# retried them a few times when they get here.)
-TRANSIENT_ERRORS = (ConnectionError, TimeoutError)
+# retried them a few times when they get here.) Cloud Storage's answers come
+# as google.api_core errors: 5xx, 429 and a retry given up; the HTTP
+# client's own as requests' (OSError subclasses, not ConnectionError).
+TRANSIENT_ERRORS = (ConnectionError, TimeoutError,
+                    google_api_errors.ServerError,
+                    google_api_errors.TooManyRequests,
+                    google_api_errors.RetryError,
+                    requests.exceptions.ConnectionError,
+                    requests.exceptions.Timeout)
 
 
 def display_path(path: str) -> str:
