@@ -27,6 +27,7 @@ from pipeline.console import LiveProgress
 from pipeline.flags import format_help
 from pipeline.flags import reject_unknown_flags
 from pipeline.plan import plan_run
+from pipeline.previous_run import read_latest_pointer
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
 from run_directory.manifest import load_manifest
@@ -44,6 +45,10 @@ class JobOutcome:
   result: PipelineResult
   run_dir: str
   manifest: Optional[dict]
+  # The --latest_pointer file, when the run is published and the pointer
+  # does not name it (moving it into place failed, after the manifest: the
+  # run stands).
+  unmoved_latest_pointer: Optional[str] = None
 
 
 # The logger with which Beam's DoFn runner logs an exception raised in a
@@ -130,7 +135,11 @@ def run_job(argv=None, save_main_session=True,
   manifest = _published_manifest(plan.run_dir)
   if manifest and not plan.table.chunked:
     _warn_if_truncated(manifest, plan.handler.model.max_seq_length)
-  return JobOutcome(result=result, run_dir=plan.run_dir, manifest=manifest)
+  return JobOutcome(
+      result=result, run_dir=plan.run_dir, manifest=manifest,
+      unmoved_latest_pointer=(
+          plan.latest_pointer if manifest and plan.latest_pointer and
+          not _names_run(plan.latest_pointer, plan.run_dir) else None))
 
 
 def run(argv=None, save_main_session=True) -> PipelineResult:
@@ -160,6 +169,16 @@ def _published_manifest(run_dir: str) -> Optional[dict]:
     return load_manifest(run_dir)
   except Exception:  # pylint: disable=broad-except
     return None  # the run is published; what is told about it must never fail it
+
+
+def _names_run(pointer: str, run_dir: str) -> bool:
+  """Whether the --latest_pointer file names run_dir. Checked by the driver:
+  the publish step only logs (on a worker, on Dataflow) a pointer it could
+  not move, since the run was published by then."""
+  try:
+    return read_latest_pointer(pointer) == run_dir
+  except Exception:  # pylint: disable=broad-except
+    return False  # unreadable is not moved: told, never raised
 
 
 def _warn_if_truncated(manifest: dict, max_seq_length: int):

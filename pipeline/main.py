@@ -13,7 +13,8 @@ is imported (which imports TensorFlow) with TensorFlow's notices captured
 has the reference.
 
 Exit status: 0 published; 1 the run failed; 2 a flag is wrong (nothing ran);
-3 a guardrail refused to publish (refused.json in the staging directory).
+3 a guardrail refused to publish (refused.json in the staging directory);
+4 published, but --latest_pointer could not be moved to the run.
 """
 
 import sys
@@ -26,6 +27,7 @@ from pipeline.errors import ConfigError
 EXIT_PUBLISHED = 0
 EXIT_WRONG_FLAG = 2
 EXIT_REFUSED = 3
+EXIT_LATEST_POINTER_NOT_MOVED = 4
 
 
 def _job():
@@ -80,6 +82,14 @@ def main(argv=None) -> int:
   if outcome.manifest is not None:
     print(console.format_summary(outcome.manifest, outcome.run_dir),
           file=sys.stderr)
+  if outcome.unmoved_latest_pointer:
+    print(f"pipeline.main: error: the run is published, but "
+          f"--latest_pointer={outcome.unmoved_latest_pointer} does not name "
+          "it (the log says why it could not be moved), so the next "
+          "--previous_run=latest would read an older run. Write it by "
+          f"hand: echo {outcome.run_dir} > {outcome.unmoved_latest_pointer}",
+          file=sys.stderr)
+    return EXIT_LATEST_POINTER_NOT_MOVED
   return EXIT_PUBLISHED
 
 
