@@ -25,6 +25,7 @@ from run_directory.records import Vectors
 from bert_model import tiny_checkpoint as tiny_bert
 from transforms.model_handler import BertEmbeddingModelHandler
 from transforms.model_handler import HandlerSettings
+from transforms.model_handler import BROKEN_MODEL_BATCHES
 from transforms.model_handler import InferenceFailure
 
 HIDDEN = 16
@@ -376,6 +377,29 @@ def test_every_text_failing(loaded):
   texts = [f"{POISON} {i}" for i in range(5)]
   results = run(handler, PoisonedModel(model), texts)
   assert all(isinstance(r, InferenceFailure) for r in results)
+
+
+def test_a_model_failing_every_text_batch_after_batch_fails_the_bundle(
+    loaded, tiny_model_dir):
+  # A broken model or device, not bad input: after BROKEN_MODEL_BATCHES
+  # batches of nothing but failures the run stops instead of spending
+  # 2n - 1 calls a batch to dead-letter the whole corpus.
+  _, model = loaded()
+  # Its own handler: the count of failed batches is the handler's.
+  handler = BertEmbeddingModelHandler(
+      HandlerSettings(settings_for(tiny_model_dir)))
+  poisoned = PoisonedModel(model)
+  bad = [f"{POISON} {i}" for i in range(4)]
+  for _ in range(BROKEN_MODEL_BATCHES - 1):
+    assert all(isinstance(r, InferenceFailure)
+               for r in run(handler, poisoned, bad))
+  # A batch with one good text is bad input, and starts the count again.
+  run(handler, poisoned, bad + [TEXTS[0]])
+  for _ in range(BROKEN_MODEL_BATCHES - 1):
+    run(handler, poisoned, bad)
+  with pytest.raises(RuntimeError, match="broken model or device.*"
+                     "cannot embed"):
+    run(handler, poisoned, bad)
 
 
 # ---------------------------------------------------------------------------

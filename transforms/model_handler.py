@@ -46,6 +46,10 @@ from transforms.run_inference import PredictionResult
 
 _LOG = logging.getLogger(__name__)
 
+# Batches in a row in which every text failed, each on its own too, after
+# which the model is taken for broken (_fail_if_the_model_is_broken).
+BROKEN_MODEL_BATCHES = 3
+
 
 @dataclasses.dataclass(frozen=True)
 class InferenceFailure:
@@ -107,6 +111,7 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
     # Made where the pipeline is built, so the same in every worker process:
     # the copies of this run claim their indices under it.
     self._run_token = f"bert-embeddings-{uuid.uuid4().hex}"
+    self._failed_batches_in_a_row = 0
 
   def load_model(self) -> LoadedBertModel:
     _LOG.info("Loading %s and %s", self._settings.preprocess_path,
@@ -133,6 +138,7 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
                     inference_args=None) -> Iterable:
     batch = list(batch)
     results = self._embed_isolating_failures(batch, model)
+    self._fail_if_the_model_is_broken(results)
     counter(COUNTERS.batches).inc()
     # Estimated as the batching stage queued them: the ETA's measure.
     PROGRESS.add_batch(len(batch), sum(
@@ -156,6 +162,22 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
       middle = len(texts) // 2
       return (self._embed_isolating_failures(texts[:middle], model) +
               self._embed_isolating_failures(texts[middle:], model))
+
+  def _fail_if_the_model_is_broken(self, results: list):
+    """Raises once every text of BROKEN_MODEL_BATCHES batches in a row has
+    failed on its own: that is a broken model or device, not bad input, and
+    each such batch costs 2n - 1 model calls. The bundle fails (the runner
+    retries it, or the run fails) instead of dead-lettering the corpus."""
+    failures = [r for r in results if isinstance(r, InferenceFailure)]
+    if len(results) < 2 or len(failures) < len(results):
+      self._failed_batches_in_a_row = 0
+      return
+    self._failed_batches_in_a_row += 1
+    if self._failed_batches_in_a_row >= BROKEN_MODEL_BATCHES:
+      raise RuntimeError(
+          f"The model failed on every text of {BROKEN_MODEL_BATCHES} "
+          "batches in a row, each text on its own too: a broken model or "
+          f"device, not bad input. Last error: {failures[-1].error}")
 
   def _shrink_token_budget(self):
     """After running out of memory, this worker plans smaller model calls."""
