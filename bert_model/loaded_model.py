@@ -54,7 +54,6 @@ from bert_model.saved_models import load_saved_model
 from bert_model.v1 import build_v1_preprocessor
 from bert_model.v1 import call_encoder
 
-POOLING_MODES = ("mean", "cls", "pooler", "max")
 # float32: as exported. bfloat16: TensorFlow's automatic mixed precision for
 # oneDNN rewrites the encoder's matmuls to bfloat16 (AMX / AVX-512 BF16 CPUs).
 # mixed_float16: automatic mixed precision to float16 (GPUs with tensor cores).
@@ -68,7 +67,6 @@ _MIXED_PRECISION_OPTIONS = {
 # up to a multiple of this (padding is masked), and rows to a power of two, to
 # keep the shapes few.
 _JIT_LENGTH_MULTIPLE = 16
-SEQUENCE_DTYPES = ("float32", "float16")
 ENCODER_FORMATS = ("v2", "v1")  # dict interface / list-in, tuple-out (above)
 
 # When set, every model load appends "<pid>\n" to this file: the way to see how

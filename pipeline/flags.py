@@ -16,8 +16,8 @@ from typing import Dict, List, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
-from bert_model.loaded_model import POOLING_MODES
 from bert_model.loaded_model import PRECISIONS
+from bert_model.metadata import POOLING_MODES
 from pipeline.console import LOG_LEVELS
 from pipeline.errors import ConfigError
 from run_directory.embeddings import SEQUENCE_DTYPES

@@ -26,9 +26,10 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from run_directory.layout import LOCK_FILE
+
 _LOG = logging.getLogger(__name__)
 
-LOCK_FILE = ".run.lock"
 # Beside the lock while a run takes a stale one over (OutputLock._take_over).
 TAKEOVER_SUFFIX = ".takeover"
 

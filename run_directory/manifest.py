@@ -33,9 +33,6 @@ from run_directory.layout import resolve
 from run_directory.layout import STAGING_PREFIX
 from run_directory.tables import ERROR_COLUMNS
 
-COUNT_NAMES = ("read", "embedded", "dead_lettered", "truncated")
-
-
 def _nest(flat: Mapping[str, int]) -> dict:
   """{"read": 3, "queries.read": 2} -> {"read": 3, "queries": {"read": 2}}."""
   nested = {}

@@ -628,7 +628,7 @@ def test_two_runs_that_find_one_stale_lock_do_not_both_take_it(
 
 
 def test_nothing_after_the_manifest_can_fail_a_published_run(
-    tmp_path, corpus_file, tiny_model_dir, monkeypatch, caplog):
+    tmp_path, corpus_file, tiny_model_dir, monkeypatch, caplog, capsys):
   rename = publish_stage.FileSystems.rename
 
   def rename_but_not_the_pointer(sources, destinations):
@@ -641,8 +641,11 @@ def test_nothing_after_the_manifest_can_fail_a_published_run(
   pointer = tmp_path / "LATEST"
   code, run_dir = _run(tmp_path, tiny_model_dir, corpus_file,
                        f"--latest_pointer={pointer}")
-  assert code == 0  # published: the manifest is there
+  # Published: the manifest is there. But a scheduler must see that the
+  # pointer still names the run before (here, none): exit status 4.
+  assert code == 4
   assert read_outputs.load_manifest(run_dir)["counts"]["embedded"] == 1
   assert not pointer.exists()
   assert "The run is published, but moving" in caplog.text
   assert "LATEST into place failed" in caplog.text
+  assert f"echo {run_dir} > {pointer}" in capsys.readouterr().err

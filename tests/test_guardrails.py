@@ -26,7 +26,6 @@ from bert_model import resolution
 from run_directory import tables
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.records import DeadLetter
-from transforms import publish as publish_stage
 from transforms.guardrails import PublishLimits
 from transforms.guardrails import refusal_reasons
 from transforms.guardrails import ErrorSummaryFn
@@ -385,23 +384,3 @@ def test_a_run_published_into_the_output_while_this_one_planned_is_kept(
     assert json.load(f) == other
   assert not (workdir / "LATEST").exists()
 
-
-def test_a_latest_pointer_that_cannot_be_moved_is_told_by_the_exit_status(
-    workdir, capsys, caplog, monkeypatch):
-  # Moving the pointer comes after manifest.json, so the run stands; but a
-  # scheduler must see that LATEST still names the run before.
-  corpus = _corpus(workdir / "corpus.jsonl", good=3)
-  code, first = _run(workdir, corpus, "first")
-  assert code == 0
-
-  def fail_to_move(staged, target):
-    raise OSError(f"permission denied: {target}")
-
-  monkeypatch.setattr(publish_stage, "commit_staged", fail_to_move)
-  code, second = _run(workdir, corpus, "second")
-  assert code == 4
-  assert os.path.exists(os.path.join(second, "manifest.json"))
-  assert (workdir / "LATEST").read_text() == first + "\n"
-  assert "permission denied" in caplog.text
-  err = capsys.readouterr().err
-  assert f"echo {second} > {workdir / 'LATEST'}" in err

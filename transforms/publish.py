@@ -77,7 +77,8 @@ class PublishRun(beam.PTransform):
   (transforms/guardrails.py): a run that breaks one writes refused.json into
   its staging directory and fails with RunRefusedError, unpublished.
 
-  counts: name -> PCollection whose elements are counted (COUNT_NAMES).
+  counts: name -> PCollection whose elements are counted (manifest.json
+    "counts": read, embedded, dead_lettered, ...).
   outputs: table -> format -> PCollection of written file paths, as the write
     transforms return them ("bigquery_schema" -> the one schema file).
   details: section name -> PCollection of one dict, e.g. neighbour stats.
