@@ -25,6 +25,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from typing import Dict, Optional
 
 import numpy as np
@@ -199,9 +200,23 @@ def _storage_array(dtype, buffer: bytes) -> np.ndarray:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused_args):
-  flat = _storage_array(*storage)[offset:]
+  flat = _storage_array(*storage)
+  size, stride = tuple(size), tuple(stride)
+  # as_strided reads wherever the layout points: a damaged file's offset,
+  # sizes or strides must not reach past its storage (a crash, or other
+  # memory's bytes as weights).
+  if (len(size) != len(stride) or offset < 0 or
+      any(n < 0 for n in size) or any(st < 0 for st in stride)):
+    raise ValueError(f"a tensor's layout is invalid (offset {offset}, size "
+                     f"{size}, stride {stride})")
+  if 0 in size:
+    return np.zeros(size, dtype=flat.dtype)
+  last = offset + sum((n - 1) * st for n, st in zip(size, stride))
+  if last >= len(flat):
+    raise ValueError(f"a tensor reaches element {last} of a storage of "
+                     f"{len(flat)}")
   return np.lib.stride_tricks.as_strided(
-      flat, shape=tuple(size),
+      flat[offset:], shape=size,
       strides=tuple(st * flat.itemsize for st in stride)).copy()
 
 
@@ -221,7 +236,7 @@ class _TorchUnpickler(pickle.Unpickler):
       return _rebuild_tensor
     if module == "torch" and name in _TORCH_STORAGE_DTYPES:
       return _StorageType(name)
-    raise pickle.UnpicklingError(
+    raise CheckpointError(
         f"refusing to load {module}.{name} from a checkpoint; only plain "
         "tensors are supported (convert the checkpoint to safetensors).")
 
@@ -243,8 +258,16 @@ def read_torch_bin(path: str) -> Dict[str, np.ndarray]:
     if not pickles:
       raise CheckpointError(f"{path} has no data.pkl; not a torch checkpoint.")
     prefix = pickles[0][:-len("/data.pkl")]
-    with archive.open(pickles[0]) as f:
-      state = _TorchUnpickler(f, archive, prefix).load()
+    try:
+      with archive.open(pickles[0]) as f:
+        state = _TorchUnpickler(f, archive, prefix).load()
+    except CheckpointError:
+      raise
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError,
+            TypeError, IndexError, zipfile.BadZipFile, zlib.error) as error:
+      raise CheckpointError(
+          f"{path} is damaged ({type(error).__name__}: {error}); download "
+          "it again, or convert it to model.safetensors.") from None
   if not isinstance(state, dict):
     raise CheckpointError(f"{path} does not hold a state dict of tensors.")
   return dict(state)

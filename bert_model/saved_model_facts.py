@@ -105,11 +105,20 @@ class EncoderFacts:
 
 
 def _variable_shapes(path: str) -> Dict[str, list]:
+  """{variable name: shape} of a SavedModel; {} when it has no variables
+  (the sizes are then unknown). A variables index that is there but cannot
+  be read is a damaged model, told as such: not sizes left unknown and the
+  vocabulary check skipped."""
+  prefix = join_path(path, "variables", "variables")
   try:
-    return dict(tf.train.list_variables(
-        join_path(path, "variables", "variables")))
-  except Exception:  # pylint: disable=broad-except
+    return dict(tf.train.list_variables(prefix))
+  except tf.errors.NotFoundError:
     return {}
+  except tf.errors.OpError as error:
+    raise ValueError(
+        f"{prefix}.index cannot be read ({type(error).__name__}: "
+        f"{error.message}); the model directory is damaged: copy or export "
+        "it again.") from None
 
 
 def _table_rows(shapes: Dict[str, list], hidden: int, name: str,

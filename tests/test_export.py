@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the preprocess model's ops)
 import tensorflow_hub as hub
+import torch
 
 from bert_model import checkpoint
 from bert_model import default_model
@@ -293,5 +294,35 @@ def test_torch_checkpoint_reader_runs_no_code(tmp_path):
   path = str(tmp_path / "pytorch_model.bin")
   with zipfile.ZipFile(path, "w") as archive:
     archive.writestr("archive/data.pkl", pickle.dumps({"x": _RunsCode()}))
-  with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+  with pytest.raises(checkpoint.CheckpointError, match="refusing to load"):
     checkpoint.read_torch_bin(path)
+
+
+def test_a_damaged_torch_checkpoint_is_an_error_not_a_crash(tmp_path):
+  # A real torch checkpoint whose storage was cut short: the tensor's
+  # layout then points past it, where as_strided would read other memory.
+  path = str(tmp_path / "pytorch_model.bin")
+  torch.save({"w": torch.arange(12, dtype=torch.float32).reshape(3, 4)},
+             path)
+  assert checkpoint.read_torch_bin(path)["w"].shape == (3, 4)
+  damaged = str(tmp_path / "damaged.bin")
+  with zipfile.ZipFile(path) as source, zipfile.ZipFile(damaged, "w") as out:
+    for item in source.infolist():
+      data = source.read(item)
+      if "/data/" in item.filename:
+        data = data[:8]  # 2 of the 12 floats
+      out.writestr(item, data)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match="damaged.*reaches element 11 of a storage of 2"):
+    checkpoint.read_torch_bin(damaged)
+  # A data.pkl cut short: the same kind of error, no traceback of pickle's.
+  cut = str(tmp_path / "cut.bin")
+  with zipfile.ZipFile(path) as source, zipfile.ZipFile(cut, "w") as out:
+    for item in source.infolist():
+      data = source.read(item)
+      if item.filename.endswith("data.pkl"):
+        data = data[:len(data) // 2]
+      out.writestr(item, data)
+  with pytest.raises(checkpoint.CheckpointError, match="damaged"):
+    checkpoint.read_torch_bin(cut)
+

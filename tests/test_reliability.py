@@ -2,6 +2,7 @@
 
 import collections
 import os
+import shutil
 import signal
 import threading
 import time
@@ -142,7 +143,6 @@ def test_a_killed_worker_never_publishes_partial_data(
 
 def test_missing_or_corrupt_model_fails_before_reading(tmp_path,
                                                        tiny_model_dir):
-  import shutil
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("hello world\n")
   with pytest.raises(ConfigError, match="no such directory"):
@@ -156,6 +156,22 @@ def test_missing_or_corrupt_model_fails_before_reading(tmp_path,
   os.remove(os.path.join(corrupt, "model_metadata.json"))
   with pytest.raises(ConfigError, match="missing model_metadata.json"):
     _run(corrupt, str(corpus), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_tf_hub_encoder_with_a_damaged_variables_index_fails_before_reading(
+    tmp_path, tiny_model_dir):
+  # The encoder alone, as a TF Hub encoder directory, with its preprocess
+  # model given: its sizes come from its variables index.
+  encoder = tmp_path / "encoder"
+  shutil.copytree(os.path.join(tiny_model_dir, "encoder"), encoder)
+  index = encoder / "variables" / "variables.index"
+  index.write_bytes(index.read_bytes()[:40])
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("hello world\n")
+  with pytest.raises(ConfigError, match="encoder.* cannot be loaded.*sstable"):
+    _run(str(encoder), str(corpus), str(tmp_path / "run"),
+         "--preprocessor=" + os.path.join(tiny_model_dir, "preprocess"))
   assert not os.path.exists(tmp_path / "run")
 
 
