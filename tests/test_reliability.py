@@ -2,6 +2,7 @@
 
 import collections
 import os
+import shutil
 import signal
 import threading
 import time
@@ -142,7 +143,6 @@ def test_a_killed_worker_never_publishes_partial_data(
 
 def test_missing_or_corrupt_model_fails_before_reading(tmp_path,
                                                        tiny_model_dir):
-  import shutil
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("hello world\n")
   with pytest.raises(ConfigError, match="no such directory"):
