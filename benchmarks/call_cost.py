@@ -23,6 +23,16 @@ import os
 import sys
 import time
 
+# Keep TensorFlow's start-up chatter (the model library imports it) out of
+# the output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from bert_model import default_model  # pylint: disable=g-import-not-at-top
+from bert_model import loaded_model as mh  # pylint: disable=g-import-not-at-top
+from bert_model import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
+
 DEFAULT_ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
 DEFAULT_LENGTHS = (8, 16, 32, 64, 128, 256)
 
@@ -34,9 +44,6 @@ def _ints(value: str):
 def time_shapes(model_dir: str, rows, lengths, repeats: int,
                 precision: str) -> list:
   """[(rows, length, best seconds)] for each shape within 16384 tokens."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from bert_model import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
-  from bert_model import loaded_model as mh  # pylint: disable=g-import-not-at-top
   meta = metadata_lib.read_metadata(model_dir)
   model = mh.LoadedBertModel(mh.ModelSettings(
       preprocess_path=os.path.join(model_dir, "preprocess"),
@@ -67,7 +74,6 @@ def time_shapes(model_dir: str, rows, lengths, repeats: int,
 def fit(timings) -> dict:
   """Least squares of seconds = a + b * rows*length + c * rows*length^2,
   weighted by 1/seconds (relative error)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   t = np.array([s for _, _, s in timings])
   tokens = np.array([r * l for r, l, _ in timings], np.float64)
   square = np.array([r * l * l for r, l, _ in timings], np.float64)
@@ -92,10 +98,8 @@ def main(argv=None) -> int:
   parser.add_argument("--precision", default="float32")
   parser.add_argument("--json")
   args = parser.parse_args(argv)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   model_dir = args.model
   if not model_dir:
-    from bert_model import default_model  # pylint: disable=g-import-not-at-top
     model_dir = default_model.ensure_default_model()
   timings = time_shapes(model_dir, args.rows, args.lengths, args.repeats,
                         args.precision)

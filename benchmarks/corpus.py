@@ -39,6 +39,11 @@ import warnings
 from importlib import metadata as importlib_metadata
 from typing import Iterable, Iterator, List, Tuple
 
+try:
+  from pydoc_data import topics as pydoc_data_topics
+except ImportError:  # a Python built without pydoc's topics
+  pydoc_data_topics = None
+
 CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")
 CORPUS_FORMAT_VERSION = 1
 
@@ -103,12 +108,10 @@ def stdlib_docstrings() -> Iterator[str]:
 
 
 def pydoc_topics() -> Iterator[str]:
-  try:
-    from pydoc_data import topics  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  if pydoc_data_topics is None:
     return
-  for name in sorted(topics.topics):
-    yield topics.topics[name]
+  for name in sorted(pydoc_data_topics.topics):
+    yield pydoc_data_topics.topics[name]
 
 
 def _installed_distributions():

@@ -23,7 +23,6 @@ Figures depend on the CPU (recorded): compare the ratios of one run.
 
 import argparse
 import datetime
-import importlib
 import random
 import sys
 
@@ -31,8 +30,11 @@ import numpy as np
 
 from benchmarks import embedding_cache
 from benchmarks import neighbours_benchmark as nb
+from benchmarks.harness import in_child
 from benchmarks.machine import machine
 from benchmarks.report import print_and_write
+from transforms import duplicates
+from transforms.neighbours import exact
 
 IDS_WIDTH = 6
 
@@ -54,7 +56,6 @@ def edited(text: str, rng: random.Random) -> str:
 
 
 def _duplicates(ids, vectors, threshold, block_size):
-  from transforms import duplicates  # pylint: disable=g-import-not-at-top
   result = nb.run_pipeline(
       ids, vectors, lambda: duplicates.NearDuplicates(
           duplicates.DuplicateSettings(threshold, block_size=block_size)),
@@ -65,7 +66,6 @@ def _duplicates(ids, vectors, threshold, block_size):
 
 
 def _neighbours(ids, vectors, block_size):
-  from transforms.neighbours import exact  # pylint: disable=g-import-not-at-top
   result = nb.run_pipeline(
       ids, vectors, lambda: exact.ExactNeighbours(nb.K, block_size),
       "neighbours")
@@ -82,7 +82,6 @@ def main(argv=None) -> int:
   parser.add_argument("--timeout", type=float, default=3600)
   parser.add_argument("--json")
   args = parser.parse_args(argv)
-  importlib.import_module("benchmarks.neighbours_benchmark")
 
   texts, vectors = embedding_cache.load_or_embed(args.docs)
   rng = random.Random(0)
@@ -90,7 +89,7 @@ def main(argv=None) -> int:
                                 int(args.copies * len(texts))))
   copies = [edited(texts[i], rng) for i in originals]
   copy_vectors = embedding_cache.embed_texts(
-      copies, embedding_cache._default_model_dir())  # pylint: disable=protected-access
+      copies, embedding_cache.default_model_dir())
   ids = [f"doc{i:0{IDS_WIDTH}d}" for i in range(len(texts))]
   copy_ids = [f"doc{i:0{IDS_WIDTH}d}~copy" for i in originals]
   all_ids = ids + copy_ids
@@ -108,10 +107,10 @@ def main(argv=None) -> int:
       ("neighbours", _neighbours, (args.block_size,)),
       ("matmul", lambda v, b: nb.matmul_time(v, b), None)):
     if name == "matmul":
-      result, error = nb._in_child(  # pylint: disable=protected-access
+      result, error = in_child(
           function, args.timeout, all_vectors, args.block_size)
     else:
-      result, error = nb._in_child(  # pylint: disable=protected-access
+      result, error = in_child(
           function, args.timeout, all_ids, all_vectors, *extra)
     if error:
       report[name] = {"error": error[-2000:]}

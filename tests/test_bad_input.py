@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
+import tensorflow as tf
 import zstandard
 
 from pipeline import main
@@ -289,7 +290,6 @@ def _frame_header(length: int) -> bytes:
 
 @pytest.mark.parametrize("length", [2**40, 2**64 - 1])
 def test_a_tfrecord_length_past_the_end_of_the_file_is_not_allocated(length):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   good = tf.train.Example(features=tf.train.Features(feature={
       "text": tf.train.Feature(bytes_list=tf.train.BytesList(
           value=[b"kept"]))})).SerializeToString()

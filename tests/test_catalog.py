@@ -8,11 +8,16 @@ attempt to reach the network is refused and recorded.
 
 import json
 import os
+import shutil
 import socket
 
 import numpy as np
 import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+import tensorflow_text  # noqa: F401  (the preprocess model's ops)
 from apache_beam.runners.runner import PipelineState
+from tensorflow_hub import compressed_module_resolver
 
 from bert_model import catalog
 from bert_model import export
@@ -168,7 +173,6 @@ def test_unknown_handles_are_not_in_the_catalogue():
 
 
 def test_cache_path_is_tensorflow_hubs_own(hub_cache):
-  from tensorflow_hub import compressed_module_resolver  # pylint: disable=g-import-not-at-top
   for handle in (PUBMED, UNCASED_PRE):
     # pylint: disable=protected-access
     assert catalog.cache_path(handle) == (
@@ -239,7 +243,6 @@ def test_preprocessor_override(pubmed_in_cache, tiny_model_dir, tmp_path,
                                no_network):
   default = resolution.resolve_model("experts/pubmed")
   local = str(tmp_path / "my_preprocess")
-  import shutil  # pylint: disable=g-import-not-at-top
   shutil.copytree(_preprocess(tiny_model_dir), local)
   override = resolution.resolve_model("experts/pubmed",
                                             preprocessor=local)
@@ -329,9 +332,6 @@ def _corpus(tmp_path):
 
 def _reference_pooled(model_dir, texts):
   """pooled_output of the tiny model called directly on fixed-length inputs."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
-  import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
   preprocess = hub.load(_preprocess(model_dir))
   encoder = hub.load(_encoder(model_dir))
   inputs = preprocess.bert_pack_inputs(

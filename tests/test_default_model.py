@@ -15,6 +15,9 @@ import tensorflow_hub as hub
 # The reference is part of the test extras (pip install -e .[test]); without
 # it this module fails rather than skip: the parity check must always run.
 import torch
+from sentence_transformers import SentenceTransformer
+from tokenizers import Tokenizer
+from transformers import BertModel
 
 from bert_model import default_model
 from bert_model import metadata as metadata_lib
@@ -51,7 +54,6 @@ def test_metadata_records_the_models_facts(exported):
 
 def test_token_ids_equal_the_reference_tokenizer(exported, reference_dir,
                                                  report_figure):
-  from tokenizers import Tokenizer
   reference = Tokenizer.from_file(os.path.join(reference_dir,
                                                "tokenizer.json"))
   # The packaged tokenizer.json pads and truncates to 128; compare raw ids.
@@ -70,8 +72,6 @@ def test_token_ids_equal_the_reference_tokenizer(exported, reference_dir,
 
 def test_hidden_states_and_sentence_embeddings_match_pytorch(
     exported, reference_dir, report_figure):
-  from sentence_transformers import SentenceTransformer
-  from transformers import BertModel
   _, preprocess, encoder = exported
   inputs = preprocess(tf.constant(PARITY_SENTENCES))
   outputs = encoder(inputs)

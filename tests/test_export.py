@@ -13,9 +13,12 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the preprocess model's ops)
 import tensorflow_hub as hub
 import torch
+from transformers import BertModel
+from transformers import BertTokenizerFast
 
 from bert_model import checkpoint
 from bert_model import default_model
+from bert_model import encoder as encoder_lib
 from bert_model import export
 from bert_model import metadata as metadata_lib
 from bert_model import resolution
@@ -40,8 +43,6 @@ def _export(tmp_path, name, **checkpoint_args):
 
 
 def _torch_outputs(checkpoint_dir, inputs):
-  import torch
-  from transformers import BertModel
   model = BertModel.from_pretrained(checkpoint_dir).eval()
   with torch.no_grad():
     out = model(
@@ -53,7 +54,6 @@ def _torch_outputs(checkpoint_dir, inputs):
 
 
 def _reference_tokenizer(checkpoint_dir, lower_case):
-  from transformers import BertTokenizerFast
   return BertTokenizerFast(os.path.join(checkpoint_dir, "vocab.txt"),
                            do_lower_case=lower_case)
 
@@ -77,7 +77,6 @@ def test_model_directory_layout_and_metadata(tiny_model_dir):
 
 def test_every_dense_layer_is_a_fusable_matmul_bias_add(tiny_checkpoint):
   # Grappler fuses MatMul+BiasAdd into one oneDNN kernel, not MatMul+AddV2.
-  from bert_model import encoder as encoder_lib
   ckpt = checkpoint.read_checkpoint(tiny_checkpoint)
   encoder = encoder_lib.BertEncoder(ckpt.config, ckpt.weights)
   graph = tf.function(encoder.encode).get_concrete_function(

@@ -24,6 +24,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tensorflow as tf
 
 from pipeline import main
 from pipeline import read_outputs
@@ -38,7 +39,6 @@ _TEXTS = ["the quick brown fox", "hello world", "a cat sat on the mat",
 
 def _write_corpora(directory: str) -> dict:
   """{run name: (pattern, flags)}: one corpus per format, bad rows included."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   runs = {}
   path = os.path.join(directory, "lines.txt")
   with open(path, "wb") as f:

@@ -19,7 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
+import tensorflow as tf
+import tensorflow_hub as hub
+import tensorflow_text  # noqa: F401  (the preprocess model's ops)
 from apache_beam.runners.runner import PipelineState
 
 from pipeline import main
@@ -65,10 +67,6 @@ class Reference:
   """The tiny model's TF Hub SavedModels, called without the pipeline."""
 
   def __init__(self, model_dir: str):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
-    import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
-    self._tf = tf
     self._preprocess = hub.load(os.path.join(model_dir, "preprocess"))
     self._encoder = hub.load(os.path.join(model_dir, "encoder"))
 
@@ -78,7 +76,6 @@ class Reference:
     Inputs are packed to a fixed `seq_length` (the pipeline pads to each
     batch's longest row instead; masked, that must not change anything).
     """
-    tf = self._tf
     texts = list(texts)
     tokens = self._preprocess.tokenize(tf.constant(texts))
     raw_tokens = tokens.merge_dims(1, -1).row_lengths().numpy()
@@ -296,7 +293,6 @@ def parquet_corpus(directory):
 
 
 def tfrecord_corpus(directory):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   def example(**features):
     feature = {}
@@ -433,7 +429,6 @@ def check_embedding_rows(table, good, reference, manifest,
 
 def read_tfrecord_independently(run_dir, manifest):
   """id -> embedding, parsed with TensorFlow, not with read_outputs."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   vectors = {}
   for name in manifest["outputs"]["embeddings"]["tfrecord"]:
     for record in tf.data.TFRecordDataset(os.path.join(run_dir, name)):

@@ -12,6 +12,8 @@ import pickle
 import cloudpickle
 import numpy as np
 import pytest
+import tensorflow_hub as hub
+import tensorflow_text  # noqa: F401  (the preprocess model's ops)
 from apache_beam.internal import pickler as beam_pickler
 from apache_beam.ml.inference.base import PredictionResult
 
@@ -94,8 +96,6 @@ class Reference:
   """The tiny model run without the handler, one text at a time."""
 
   def __init__(self, model_dir):
-    import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
-    import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
     self.preprocess = hub.load(f"{model_dir}/{metadata_lib.PREPROCESS_DIR}")
     self.encoder = hub.load(f"{model_dir}/{metadata_lib.ENCODER_DIR}")
 
@@ -457,7 +457,6 @@ def test_encoder_layers_pool_their_own_layer(two_layer_model_dir, pooling):
 def test_precision_paths_run_on_cpu(tiny_model_dir, precision, min_cosine):
   # bfloat16 really computes in bfloat16 here (oneDNN); mixed_float16 only
   # rewrites GPU kernels, so on a CPU it must give the float32 result.
-  from bert_model.loaded_model import ModelSettings, LoadedBertModel
   texts = ["the quick brown fox", "hello world", "a cat sat on the mat"] * 4
   paths = dict(preprocess_path=f"{tiny_model_dir}/preprocess",
                encoder_path=f"{tiny_model_dir}/encoder", max_seq_length=32)
@@ -470,7 +469,6 @@ def test_precision_paths_run_on_cpu(tiny_model_dir, precision, min_cosine):
 
 
 def test_xla_path_gives_the_same_vectors(tiny_model_dir, monkeypatch):
-  from bert_model.loaded_model import ModelSettings, LoadedBertModel
   texts = ["the quick brown fox jumps", "hello", "a cat sat on the mat"]
   paths = dict(preprocess_path=f"{tiny_model_dir}/preprocess",
                encoder_path=f"{tiny_model_dir}/encoder", max_seq_length=32)

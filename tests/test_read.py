@@ -17,6 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tensorflow as tf
 
 from pipeline.local_runner import LocalRunner
 from run_directory.records import derive_document_id
@@ -401,16 +402,8 @@ def test_corrupt_parquet_keeps_the_rows_before_the_damage():
 # -- TFRecord of tf.train.Example ---------------------------------------------------
 
 
-def _tf():
-  # Imported on first use: TensorFlow takes seconds to import, and only the
-  # TFRecord tests need it (to write real tf.train.Example files).
-  import tensorflow  # pylint: disable=import-outside-toplevel
-  return tensorflow
-
-
 def _example(**features):
   """A serialized tf.train.Example; bytes, int or float values per feature."""
-  tf = _tf()
   feature_map = {}
   for name, values in features.items():
     if all(isinstance(v, bytes) for v in values):
@@ -425,7 +418,7 @@ def _example(**features):
 
 
 def _write_tfrecord(path, records, compression_type=None):
-  with _tf().io.TFRecordWriter(str(path), options=compression_type) as writer:
+  with tf.io.TFRecordWriter(str(path), options=compression_type) as writer:
     for record in records:
       writer.write(record)
 

@@ -9,6 +9,8 @@ import sys
 import textwrap
 
 import pytest
+import tensorflow as tf
+from tensorflow.python.saved_model import loader_impl  # pylint: disable=g-direct-tensorflow-import
 
 from bert_model import metadata as metadata_lib
 from bert_model import saved_models
@@ -64,6 +66,8 @@ def test_hidden_module_is_missing_while_importing_and_importable_after(
   assert "lean_heavy" not in sys.modules
   assert user.lean_layers.LAYER == "layer"  # first use: imported now
   assert sys.modules["lean_heavy"].LOADED
+  # Imported here: lean_heavy exists only in the fixture's temporary
+  # directory, put on sys.path for this test.
   import lean_heavy  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   assert lean_heavy.LOADED
   # Imported before: returned as it is.
@@ -108,7 +112,6 @@ def test_a_default_run_imports_none_of_the_unused_libraries():
 
 def test_tokenize_loaded_alone_gives_the_whole_model_s_wordpieces(
     tiny_model_dir):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   path = f"{tiny_model_dir}/{metadata_lib.PREPROCESS_DIR}"
   whole = tf.saved_model.load(path)
   parts = saved_models.load_parts(path, ["tokenize"])
@@ -124,7 +127,6 @@ def test_tokenize_loaded_alone_gives_the_whole_model_s_wordpieces(
 
 
 def test_pruned_library_keeps_only_what_tokenize_calls(tiny_model_dir):
-  from tensorflow.python.saved_model import loader_impl  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import,import-outside-toplevel
   path = f"{tiny_model_dir}/{metadata_lib.PREPROCESS_DIR}"
   saved_model = loader_impl.parse_saved_model(path)
   library = saved_model.meta_graphs[0].graph_def.library

@@ -15,7 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+import tensorflow_hub as hub
+import tensorflow_text  # noqa: F401  (the preprocess model's ops)
 from apache_beam.runners.runner import PipelineState
+from transformers import BertTokenizerFast
 
 from bert_model import metadata as metadata_lib
 from bert_model.loaded_model import LoadedBertModel
@@ -166,7 +169,6 @@ def test_pair_ids_cover_both_texts():
 
 
 def _hf_tokenizer(model_dir):
-  from transformers import BertTokenizerFast  # pylint: disable=g-import-not-at-top
   return BertTokenizerFast(os.path.join(model_dir, metadata_lib.VOCAB_FILE),
                            do_lower_case=True)
 
@@ -192,7 +194,6 @@ def _direct(encoder, encoded, seq_length):
 
 
 def test_pairs_are_packed_like_the_reference(tiny_model_dir):
-  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
   reference = _hf_tokenizer(tiny_model_dir)
   encoded = [reference(a, b) for a, b in PAIRS]
   model = LoadedBertModel(_settings(tiny_model_dir, pooling="cls",
@@ -244,7 +245,6 @@ def test_pairs_with_a_v1_encoder(tmp_path):
       pooling="pooler", normalize=False, encoder_format="v1",
       text_pairs=True))
   outputs = model.embed(PAIRS)
-  from transformers import BertTokenizerFast  # pylint: disable=g-import-not-at-top
   reference = BertTokenizerFast(os.path.join(path, "assets", "vocab.txt"),
                                 do_lower_case=True)
   encoded = [reference(a, b) for a, b in PAIRS]
@@ -264,8 +264,6 @@ def test_pairs_with_a_v1_encoder(tmp_path):
 
 
 def test_pairs_end_to_end(tiny_model_dir, tmp_path):
-  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
-  import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
   corpus = tmp_path / "pairs.jsonl"
   records = [{"id": f"p{i}", "question": a, "answer": b}
              for i, (a, b) in enumerate(PAIRS)]

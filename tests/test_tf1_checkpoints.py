@@ -13,6 +13,8 @@ import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (the preprocess model's ops)
 # Part of the test extras, like the other parity checks: never skipped.
 import torch
+from sentence_transformers import SentenceTransformer
+from transformers import BertModel
 
 from bert_model import checkpoint as checkpoint_lib
 from bert_model import default_model
@@ -31,7 +33,6 @@ def _export(checkpoint_dir, output_dir, *flags):
 
 
 def _torch_sequence(hf_dir, inputs):
-  from transformers import BertModel
   model = BertModel.from_pretrained(hf_dir).eval()
   with torch.no_grad():
     return model(
@@ -59,7 +60,6 @@ def test_tiny_tf1_checkpoint_matches_pytorch(tmp_path, cased):
 
 def test_default_model_as_tf1_matches_sentence_transformers(tmp_path,
                                                             report_figure):
-  from sentence_transformers import SentenceTransformer
   reference_dir = default_model.packaged_checkpoint_dir()
   tf1_dir = write_tf1_checkpoint(reference_dir, str(tmp_path / "tf1"))
   # An original BERT directory records none of the sentence-transformers

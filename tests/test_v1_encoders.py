@@ -14,7 +14,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_hub as hub
+import tensorflow_text  # noqa: F401  (the preprocess model's ops)
 from apache_beam.runners.runner import PipelineState
+from transformers import BertTokenizerFast
 
 from bert_model import catalog
 from bert_model import export
@@ -69,7 +72,6 @@ def v1_models(tmp_path_factory):
 
 
 def _hf_tokenizer(model_dir):
-  from transformers import BertTokenizerFast  # pylint: disable=g-import-not-at-top
   loaded = tf.saved_model.load(model_dir)
   vocab = loaded.vocab_file.asset_path.numpy().decode()
   # The vocabulary is the first argument (transformers 5 ignores vocab_file=).
@@ -269,8 +271,6 @@ def two_layer_model_dir(tmp_path_factory):
 def test_v2_catalogue_encoder_layer_selection(two_layer_model_dir, tmp_path,
                                               monkeypatch):
   """A 2-layer v2 encoder under a small BERT handle, --encoder_layers all."""
-  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
-  import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
   cache = str(tmp_path / "cache")
   monkeypatch.setenv("TFHUB_CACHE_DIR", cache)
   entry = catalog.lookup_name("small_bert/bert_en_uncased_L-2_H-128_A-2")

@@ -19,8 +19,11 @@ weights of bert_model/tiny_checkpoint.py, computed by the project's own BertEnco
 the pipeline's v1 path can be checked against calling the SavedModel directly.
 """
 
+import hashlib
 import os
+import shutil
 import tempfile
+from urllib.parse import urlparse
 
 import tensorflow as tf
 
@@ -104,8 +107,6 @@ def write_tiny_v1_encoder(path: str, cased: bool = False, seed: int = 0,
 def install_in_cache(cache_dir: str, handle: str, saved_model_dir: str) -> str:
   """Copies a SavedModel where tensorflow_hub caches `handle` (the
   TFHUB_CACHE_DIR layout: a directory named by the SHA-1 of the handle)."""
-  import hashlib  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
   target = os.path.join(cache_dir,
                         hashlib.sha1(handle.encode("utf8")).hexdigest())
   shutil.copytree(saved_model_dir, target)
@@ -116,8 +117,6 @@ def install_in_mirror(model_root: str, handle: str,
                       saved_model_dir: str) -> str:
   """Copies a SavedModel into a --model_root mirror: the handle's URL path
   under the root."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  from urllib.parse import urlparse  # pylint: disable=g-import-not-at-top
   target = os.path.join(model_root, urlparse(handle).path.strip("/"))
   shutil.copytree(saved_model_dir, target)
   return target
