@@ -2,7 +2,9 @@
 
 `config_from_options` is pure: it reads the parsed flags and the clock (for
 the default run id), checks every value that can be checked without touching
-a file, a model or the network, and returns a `RunConfig`. What needs IO
+a file, a model or the network (Beam's own options too:
+pipeline/runner_options.py; for Dataflow without --region, Beam asks
+gcloud's local configuration), and returns a `RunConfig`. What needs IO
 (do the paths exist, which model is it, what did the previous run write) is
 planning's (pipeline/plan.py).
 
@@ -22,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from bert_model.chunking import default_overlap
 from pipeline.errors import ConfigError
 from pipeline.flags import EmbeddingPipelineOptions
+from pipeline.runner_options import check_runner_options
 from run_directory.vertex import DELTA as VERTEX_DELTA
 from run_directory.vertex import MAX_FILES as VERTEX_MAX_FILES
 from transforms.guardrails import DEFAULT_MAX_BAD_FRACTION
@@ -334,6 +337,7 @@ def config_from_options(options: PipelineOptions,
   Raises:
     ConfigError: a flag is wrong; the message names the fix.
   """
+  check_runner_options(options)
   flags = options.view_as(EmbeddingPipelineOptions)
   if not flags.input:
     raise ConfigError("--input is required: a file or glob of the corpus, "

@@ -430,6 +430,16 @@ def reject_unknown_flags(argv):
       hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
     raise ConfigError(f"unknown flag(s): {', '.join(hints)}. See "
                       "`python -m pipeline.main --help`.")
+  if unknown:
+    # Beam would drop them with a warning ("Discarding unparseable args"):
+    # most often the files of an --input glob the shell expanded, all but
+    # the first of which would go unread.
+    shown = ", ".join(repr(arg) for arg in unknown[:3])
+    more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+    raise ConfigError(
+        f"unexpected argument(s) {shown}{more}: every value goes with a "
+        "--flag. If the shell expanded a glob, quote it so that the pipeline "
+        "reads every file: --input 'DIR/*.txt'.")
 
 
 _USAGE = ("python -m pipeline.main --input PATTERN --output DIR [flags] "

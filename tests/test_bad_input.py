@@ -649,3 +649,34 @@ def test_nothing_after_the_manifest_can_fail_a_published_run(
   assert "The run is published, but moving" in caplog.text
   assert "LATEST into place failed" in caplog.text
   assert f"echo {run_dir} > {pointer}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    # The shell expanded an unquoted --input glob: Beam would drop all but
+    # the first file with a warning.
+    (["--input={tmp}/a.jsonl", "{tmp}/b.jsonl", "{tmp}/c.jsonl"],
+     r"unexpected argument\(s\) '.*b\.jsonl', '.*c\.jsonl': .*quote it"),
+    (["--runner=NoSuchRunner"],
+     r"--runner=NoSuchRunner: Unexpected pipeline runner.*DataflowRunner"),
+    (["--runner=no.such.Runner"], r"--runner=no.such.Runner: No module"),
+    (["--direct_num_workers=-3"], r"--direct_num_workers=-3: must be 0"),
+    (["--runner=DataflowRunner", "--region=us-central1"],
+     r"--runner=DataflowRunner: Missing required option: project.*--project"),
+])
+def test_wrong_beam_options_and_stray_arguments_exit_2_before_anything_runs(
+    flags, message, tiny_model_dir, tmp_path, capsys):
+  for name in "abc":
+    (tmp_path / f"{name}.jsonl").write_text('{"id": "x", "text": "y"}\n')
+  before = sorted(os.listdir(tmp_path))
+  argv = [flag.format(tmp=tmp_path) for flag in flags]
+  if not any(arg.startswith("--input=") for arg in argv):
+    argv.append(f"--input={tmp_path}/a.jsonl")
+  if not any(arg.startswith("--runner=") for arg in argv):
+    argv.append("--runner=DirectRunner")
+  code = main.main(argv + [f"--output={tmp_path / 'run'}",
+                           f"--model={tiny_model_dir}"])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert re.search(r"^pipeline.main: error: " + message, err, re.M), err
+  assert "Traceback" not in err
+  assert sorted(os.listdir(tmp_path)) == before  # nothing made

@@ -1,0 +1,45 @@
+"""Beam's own options, checked with the pipeline's flags before anything
+runs: Beam checks them only when the pipeline is run (after planning, which
+may export a model) and answers with a traceback.
+
+- `--runner` names a runner Beam knows (or a PipelineRunner class path);
+- `--direct_num_workers` is not negative (0: one per core);
+- a service runner (Dataflow) has a project and a region, as Beam's own
+  validator checks them (PipelineOptionsValidator.validate_cloud_options:
+  no network; the region may come from gcloud's configuration). The temp
+  and staging locations are left to Beam, which may make a default bucket.
+"""
+
+from apache_beam.options.pipeline_options import DirectOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options_validator import (
+    PipelineOptionsValidator)
+from apache_beam.runners.runner import create_runner
+
+from pipeline.errors import ConfigError
+from pipeline.local_runner import LOCAL_RUNNER_NAMES
+
+
+def check_runner_options(options: PipelineOptions) -> None:
+  """Raises ConfigError naming the option and the fix."""
+  workers = options.view_as(DirectOptions).direct_num_workers
+  if workers is not None and workers < 0:
+    raise ConfigError(
+        f"--direct_num_workers={workers}: must be 0 (one per core) or more.")
+  name = options.view_as(StandardOptions).runner
+  if not isinstance(name, str) or name in LOCAL_RUNNER_NAMES:
+    return
+  try:
+    runner = create_runner(name)
+  except (ValueError, ImportError) as error:
+    raise ConfigError(f"--runner={name}: {error}") from None
+  validator = PipelineOptionsValidator(options, runner)
+  if validator.is_service_runner():
+    errors = validator.validate_cloud_options(
+        options.view_as(GoogleCloudOptions))
+    if errors:
+      raise ConfigError(
+          f"--runner={name}: {' '.join(errors)} Dataflow runs need "
+          "--project and --region (and a gs:// --temp_location).")
