@@ -29,6 +29,7 @@ from transforms.duplicates.pairs import block_pairs
 from transforms.duplicates.pairs import brute_force_groups
 from transforms.duplicates.pairs import brute_force_pairs
 from transforms.duplicates.pairs import union_find_roots
+from tests.real_text import real_sentences
 from transforms.neighbours.maths import normalize_rows
 
 
@@ -93,6 +94,31 @@ def test_a_tie_at_the_threshold_is_in():
   assert (a, b, score) in at_threshold
   assert (a, b, score) not in brute_force_pairs(
       ids, vectors, float(np.nextafter(np.float32(score), np.float32(2))))
+
+
+def test_exact_copies_are_pairs_at_threshold_1():
+  # A float32 unit vector's squared norm is 1 only to within rounding: its
+  # dot product with an identical copy is often 0.99999994, below
+  # float32(1). Divided by the vectors' own norms it is exactly 1.
+  rng = np.random.default_rng(5)
+  # Few dimensions, or a few large components: the norms' rounding shows.
+  originals = normalize_rows(np.concatenate([
+      rng.standard_normal((100, 16)).repeat(24, axis=1) *
+      rng.uniform(0.5, 2, 384),
+      rng.standard_exponential((100, 384)) ** 3]))
+  dots = (originals.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+  assert (dots < 1).sum() >= 10  # the trap is real in this data
+  vectors = np.concatenate([originals, originals])
+  ids = [f"a{i:03d}" for i in range(200)] + [f"b{i:03d}" for i in range(200)]
+  expected = [(f"a{i:03d}", f"b{i:03d}", 1.0) for i in range(200)]
+  assert brute_force_pairs(ids, vectors, 1.0) == expected
+  found = []
+  for start in range(0, 400, 128):
+    for other in range(start, 400, 128):
+      found += block_pairs(ids[start:start + 128], vectors[start:start + 128],
+                           ids[other:other + 128], vectors[other:other + 128],
+                           1.0, same_block=start == other)
+  assert sorted(found) == expected
 
 
 def test_union_find_chains_and_roots():
@@ -210,6 +236,24 @@ def test_runs_write_the_same_groups_on_every_runner(tmp_path, tiny_model_dir):
   for row in rows:
     assert row["representative"] == (row["id"] == row["group_id"])
     assert row["group_id"] <= row["id"]
+
+
+def test_threshold_1_groups_every_copy_of_a_text(tmp_path, tiny_model_dir):
+  # Texts the tests did not write, each under two ids, in batches of 4:
+  # copies land in different batches.
+  texts = list(dict.fromkeys(real_sentences(80)))[:40]
+  corpus = tmp_path / "copies.jsonl"
+  with open(corpus, "w", encoding="utf-8") as f:
+    for copy in "ab":
+      for i, text in enumerate(texts):
+        f.write(json.dumps({"id": f"{copy}{i:02d}", "text": text}) + "\n")
+  run_dir = str(tmp_path / "run")
+  _run(tiny_model_dir, str(corpus), run_dir, "--runner=DirectRunner",
+       "--neighbours_k=0", "--duplicate_threshold=1", "--max_batch_size=4")
+  group_of = {row["id"]: row["group_id"] for row in
+              read_outputs.read_table(run_dir, "duplicates").to_pylist()}
+  for i in range(len(texts)):
+    assert group_of.get(f"a{i:02d}") == group_of.get(f"b{i:02d}") is not None
 
 
 def test_duplicate_flags_fail_before_the_run(tmp_path, tiny_model_dir):

@@ -4,18 +4,18 @@
         DUPLICATE_ROWS: {id, group_id, group_size, representative, max_score},
         STATS: one dict for manifest.json}
 
-Groups are the connected components of the graph of all pairs with canonical
-cosine >= T (pairs.py), literally all of them: a document with 40 duplicates
-finds all 40, whatever --neighbours_k. A group's id is its smallest document
-id, which is also its representative. Only documents in a group of two or
-more get a row.
+Groups are the connected components of the graph of all pairs with cosine
+>= T (pairs.py `pair_cosines`), literally all of them: a document with 40
+duplicates finds all 40, whatever --neighbours_k. A group's id is its
+smallest document id, which is also its representative. Only documents in a
+group of two or more get a row.
 
 * exact (the default, --neighbours_mode exact): the pairs come from the same
   blocked matrix products as the exact neighbours (shards by stable hash,
   streamed past each other), each pair of shards once; the same pairs as
   brute force.
 * ann: one worker range-searches a FAISS index of the whole corpus for
-  candidates above T (less the float32 margin), re-scores them canonically,
+  candidates above T (less the float32 margin), scores them as exact mode does,
   and measures the recall of pairs against the exact pairs of a sample of
   documents, for the stats.
 
@@ -31,12 +31,12 @@ import numpy as np
 from transforms.duplicates.components import ConnectedComponents
 from transforms.duplicates.components import DEFAULT_ROUNDS
 from transforms.duplicates.pairs import block_pairs
+from transforms.duplicates.pairs import candidate_margin
+from transforms.duplicates.pairs import pair_cosines
 from transforms.neighbours.approximate import AnnIndexSettings
 from transforms.neighbours.approximate import build_index
 from transforms.neighbours.approximate import GatherShard
 from transforms.neighbours.exact import ShardEmbeddings
-from transforms.neighbours.maths import gemm_tolerance
-from transforms.neighbours.maths import indexed_pair_scores
 from transforms.neighbours.maths import recall_sample
 from transforms.neighbours.names import ANN
 from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
@@ -100,14 +100,14 @@ def _range_search_pairs(corpus, threshold: float, sample_size: int):
   found = []
   if len(corpus.ids) > 1:
     index, stats["index"] = build_index(corpus.vectors, 1, AnnIndexSettings())
-    margin = gemm_tolerance(corpus.vectors.shape[1])
+    margin = candidate_margin(corpus.vectors.shape[1])
     limits, _, labels = index.range_search(
         np.ascontiguousarray(corpus.vectors), float(cut - margin))
     rows = np.repeat(np.arange(len(corpus.ids)),
                      np.diff(limits.astype(np.int64)))
     keep = rows < labels  # each pair once, never a document with itself
     rows, cols = rows[keep], labels[keep]
-    scores = indexed_pair_scores(corpus.vectors, rows, corpus.vectors, cols)
+    scores = pair_cosines(corpus.vectors, rows, corpus.vectors, cols)
     keep = scores >= cut
     found = [(corpus.ids[r], corpus.ids[c], s) for r, c, s in zip(
         rows[keep].tolist(), cols[keep].tolist(), scores[keep].tolist())]

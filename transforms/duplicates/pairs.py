@@ -1,11 +1,16 @@
 """Near-duplicate pairs, in numpy: every pair of documents with cosine >= T.
 
-A pair's score is its canonical cosine (neighbours/maths.py `pair_scores`:
-the same bits in every block and mode), and a pair is in when that score is
-at least float32(T). The float32 matrix product only picks candidates, with
-the margin of its proven rounding error, so no pair at the threshold is
-missed; the candidates are then re-scored canonically. Each unordered pair
-is reported once, as (smaller id, larger id, score).
+A pair's score is its cosine as `pair_cosines` computes it from the unit
+float32 vectors: in float64, divided by the two vectors' own float64 norms,
+in a fixed order (the same bits in every block and mode); a pair is in when
+that score, as float32, is at least float32(T). Dividing by the norms again
+matters at T = 1: a float32 unit vector's squared norm is 1 only to within
+rounding, so its dot product with an identical copy can be 0.99999994, and
+exact copies would be missed; divided by the norms it is exactly 1. The
+float32 matrix product only picks candidates, with twice the margin of its
+proven rounding error (the norms' rounding on top), so no pair at the
+threshold is missed; the candidates are then scored exactly. Each unordered
+pair is reported once, as (smaller id, larger id, score).
 
 Also here: the reference answers the tests check the Beam stage against
 (`brute_force_pairs`, `brute_force_groups`), and the union-find that both the
@@ -17,20 +22,46 @@ from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 import numpy as np
 
 from transforms.neighbours.maths import gemm_tolerance
-from transforms.neighbours.maths import indexed_pair_scores
 from transforms.neighbours.maths import normalize_rows
-from transforms.neighbours.maths import pair_scores
+from transforms.neighbours.maths import PAIRS_PER_CHUNK
 from transforms.neighbours.maths import QUERY_ROWS_PER_CHUNK
 
-# (smaller id, larger id, canonical score)
+# (smaller id, larger id, score)
 Pair = Tuple[str, str, float]
+
+
+def pair_cosines(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray,
+                 right_rows: np.ndarray) -> np.ndarray:
+  """float32 cosines of the pairs (left[left_rows[i]], right[right_rows[i]])
+  of float32 vectors: dot / sqrt(|a|^2 |b|^2), all in float64 (products of
+  float32 values are exact there) and summed in one order, so a pair's score
+  depends on its two vectors only and is symmetric. Identical vectors score
+  exactly 1 (sqrt of a correctly rounded square is the number itself); a
+  zero vector scores 0."""
+  scores = np.empty(len(left_rows), dtype=np.float32)
+  for start in range(0, len(left_rows), PAIRS_PER_CHUNK):
+    end = start + PAIRS_PER_CHUNK
+    a = left[left_rows[start:end]].astype(np.float64)
+    b = right[right_rows[start:end]].astype(np.float64)
+    norms = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    dots = (a * b).sum(axis=1)
+    scores[start:end] = np.divide(dots, norms, out=np.zeros_like(dots),
+                                  where=norms > 0)
+  return scores
+
+
+def candidate_margin(hidden_size: int) -> float:
+  """How far below float32(T) a float32 matrix product may fall for a pair
+  whose `pair_cosines` score is T: the product's rounding, and the unit
+  vectors' norms off 1 by as much again."""
+  return 2 * gemm_tolerance(hidden_size)
 
 
 def block_pairs(left_ids: Sequence[str], left: np.ndarray,
                 right_ids: Sequence[str], right: np.ndarray,
                 threshold: float, same_block: bool) -> Iterator[Pair]:
-  """The pairs of one block, scored canonically: every (left, right) pair
-  with score >= float32(threshold). Vectors normalised (`normalize_rows`).
+  """The pairs of one block, scored by `pair_cosines`: every (left, right)
+  pair with score >= float32(threshold). Vectors normalised (`normalize_rows`).
 
   same_block: left and right are the same documents; each pair is then
   reported once and no document is paired with itself. Otherwise the two
@@ -39,7 +70,7 @@ def block_pairs(left_ids: Sequence[str], left: np.ndarray,
   if not len(left_ids) or not len(right_ids):
     return
   cut = np.float32(threshold)
-  margin = gemm_tolerance(left.shape[1])
+  margin = candidate_margin(left.shape[1])
   left_id_array = np.asarray(left_ids, dtype=object)
   right_id_array = np.asarray(right_ids, dtype=object)
   for start in range(0, len(left_ids), QUERY_ROWS_PER_CHUNK):
@@ -50,7 +81,7 @@ def block_pairs(left_ids: Sequence[str], left: np.ndarray,
       rows, cols = rows[keep], cols[keep]
     if not len(rows):
       continue
-    scores = indexed_pair_scores(block, rows, right, cols)
+    scores = pair_cosines(block, rows, right, cols)
     keep = scores >= cut
     for row, col, score in zip((start + rows[keep]).tolist(),
                                cols[keep].tolist(), scores[keep].tolist()):
@@ -60,12 +91,11 @@ def block_pairs(left_ids: Sequence[str], left: np.ndarray,
 
 def brute_force_pairs(ids: Sequence[str], vectors,
                       threshold: float) -> List[Pair]:
-  """The reference: every pair scored canonically, then filtered. Small
-  inputs only."""
+  """The reference: every pair scored, then filtered. Small inputs only."""
   normalized = normalize_rows(vectors)
   n = len(ids)
   left, right = np.triu_indices(n, k=1)
-  scores = pair_scores(normalized[left], normalized[right])
+  scores = pair_cosines(normalized, left, normalized, right)
   cut = np.float32(threshold)
   pairs = []
   for i, j, score in zip(left.tolist(), right.tolist(), scores.tolist()):
