@@ -186,6 +186,20 @@ def test_tsv_has_no_quoting():
       ("a", '"starts with a quote'), ("b", "next"), ("c", 'last "one')]
 
 
+@pytest.mark.parametrize("input_format", ["tsv", "csv"])
+def test_a_file_with_cr_only_line_ends_is_an_unreadable_file(input_format):
+  # Found by a fuzzer: as TSV the whole file was one header row, and its
+  # three records vanished with no error row.
+  sep = "\t" if input_format == "tsv" else ","
+  data = "\r".join(f"{a}{sep}{b}" for a, b in (
+      ("id", "text"), ("1", "one"), ("2", "two"), ("3", "three"))).encode()
+  assert _kinds(_read(input_format, data + b"\r", "mac.x")) == [
+      (-1, UNREADABLE)]
+  # CRLF line ends are fine.
+  crlf = _read(input_format, data.replace(b"\r", b"\r\n"), "dos.x")
+  assert [r.text for r in crlf] == ["one", "two", "three"]
+
+
 # ---------------------------------------------------------------------------
 # Encodings and repeated fields (found by the second probe of issue 14).
 

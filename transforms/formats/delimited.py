@@ -10,7 +10,10 @@ the right width is a valid multi-line field to RFC 4180, and is read as one:
 the lines between are in its text. Nothing tells the two apart.)
 
 TSV is IANA's text/tab-separated-values: fields split on tabs, and no quoting
-at all; a quote is an ordinary character.
+at all; a quote is an ordinary character. Lines end in \n or \r\n; a header
+holding a bare \r (a file with CR-only line ends would be one header row,
+its records lost unseen) makes the file UNREADABLE_FILE, as CSV's parser
+does.
 
 Both: blank lines hold no record and are skipped. A header without the text
 column makes every row a MISSING_FIELD dead letter, so that each row is still
@@ -260,6 +263,13 @@ def read_tsv_records(stream: BinaryIO, source: str,
       continue  # a blank line
     row = _decode(line).split("\t")
     if columns is None:
+      if b"\r" in line:
+        # Lines that end in a bare CR (classic Mac) would make the whole
+        # file one header row, and its records vanish without a trace.
+        raise ValueError(
+            "the TSV header holds a carriage return (\\r): lines must end "
+            "in \\n or \\r\\n (a file with CR-only line ends, or not a "
+            "TSV file?)")
       columns = _Columns(row, spec)
       continue
     yield _row_record(row, columns, source, position, line)
