@@ -189,9 +189,24 @@ class LoadedBertModel:
     return tf.device(self.device) if self.device else contextlib.nullcontext()
 
   def _cut(self, texts):
-    return tf.strings.substr(
-        texts, 0, self._settings.max_seq_length * MAX_CHARS_PER_TOKEN,
-        unit="UTF8_CHAR")
+    """(texts cut to what max_seq_length tokens could span, whether a cut
+    dropped anything the tokenizer would keep).
+
+    Runs of BERT's whitespace become one space first (the same wordpieces:
+    whitespace only separates words), so that 5,000 spaces before a text
+    cannot push its words past the cut. What is still cut (a word of
+    thousands of characters, runs of control characters) makes the text
+    `truncated`, unless the rest holds nothing the tokenizer keeps.
+    """
+    texts = tf.strings.regex_replace(texts, r"[ \t\n\r]+", " ")
+    lengths = tf.strings.length(texts, unit="UTF8_CHAR")
+    limit = tf.minimum(
+        lengths, self._settings.max_seq_length * MAX_CHARS_PER_TOKEN)
+    rest = tf.strings.substr(texts, limit, lengths - limit, unit="UTF8_CHAR")
+    cut_off = tf.logical_not(
+        tf.strings.regex_full_match(rest, r"[\s\p{Z}\p{Cc}\p{Cf}]*"))
+    return tf.strings.substr(texts, tf.zeros_like(limit), limit,
+                             unit="UTF8_CHAR"), cut_off
 
   def _tokenize_graph(self, texts):
     """Strings -> padded word ids, mask, token counts, truncation flags."""
@@ -199,10 +214,11 @@ class LoadedBertModel:
     # tensorflow_text has no GPU kernels: tokenization stays on the CPU
     # while the encoder runs wherever TensorFlow places it.
     with tf.device("/CPU:0"):
-      tokens = self._preprocess.tokenize(self._cut(texts))
+      texts, cut_off = self._cut(texts)
+      tokens = self._preprocess.tokenize(texts)
       tokens = tf.cast(tokens.merge_dims(1, -1), tf.int32)  # [batch, (tokens)]
       budget = s.max_seq_length - 2  # room for [CLS] and [SEP]
-      truncated = tokens.row_lengths() > budget
+      truncated = (tokens.row_lengths() > budget) | cut_off
       tokens = tokens[:, :budget]
       batch = tokens.nrows()
       word_ids = tf.concat([
@@ -231,8 +247,10 @@ class LoadedBertModel:
     """
     s = self._settings
     with tf.device("/CPU:0"):
-      tokens_a = self._preprocess.tokenize(self._cut(texts_a))
-      tokens_b = self._preprocess.tokenize(self._cut(texts_b))
+      texts_a, cut_off_a = self._cut(texts_a)
+      texts_b, cut_off_b = self._cut(texts_b)
+      tokens_a = self._preprocess.tokenize(texts_a)
+      tokens_b = self._preprocess.tokenize(texts_b)
       wanted = (tokens_a.merge_dims(1, -1).row_lengths() +
                 tokens_b.merge_dims(1, -1).row_lengths() + 3)
       packed = _pack_inputs(self._preprocess, [tokens_a, tokens_b],
@@ -247,7 +265,7 @@ class LoadedBertModel:
           "input_type_ids": tf.cast(packed["input_type_ids"][:, :length],
                                     tf.int32),
           "num_tokens": num_tokens,
-          "truncated": wanted > s.max_seq_length,
+          "truncated": (wanted > s.max_seq_length) | cut_off_a | cut_off_b,
       }
 
   def _encode_graph(self, word_ids, mask, type_ids):

@@ -191,6 +191,25 @@ def test_batch_equals_each_text_alone(tiny_model_dir, loaded,
     assert enc.num_tokens == alone.num_tokens
 
 
+def test_long_runs_of_whitespace_or_one_long_word_are_not_lost(loaded):
+  # Found by a fuzzer: texts are cut to max_seq_length * 128 characters
+  # before tokenizing (4,096 here). 5,000 spaces before a sentence made it
+  # "empty"; a 5,000-character word hid the words after it, untold.
+  _, model = loaded()
+  sentence = "the quick brown fox"
+  out = model.embed([sentence, " " * 5000 + sentence,
+                     "\t\n\r " * 2000 + sentence + "\r\n" * 3000,
+                     "x" * 5000 + " " + sentence,
+                     sentence + "\u200b" * 5000])
+  np.testing.assert_array_equal(out["embedding"][1], out["embedding"][0])
+  np.testing.assert_array_equal(out["embedding"][2], out["embedding"][0])
+  assert out["num_tokens"][:3].tolist() == [out["num_tokens"][0]] * 3
+  # Cut inside the long word: the words after it are lost, and told.
+  assert out["truncated"].tolist() == [False, False, False, True, False]
+  # Nothing after the cut but what the tokenizer drops: nothing lost.
+  assert out["num_tokens"][4] == out["num_tokens"][0]
+
+
 def record_encoder_calls(model, monkeypatch) -> list:
   """Records (word_ids, mask) of every encoder call the model makes."""
   calls = []
