@@ -1,4 +1,4 @@
-"""The error every check of the driver raises for a wrong flag."""
+"""The errors the driver tells in one line: a wrong flag, a failed run."""
 
 
 class ConfigError(ValueError):
@@ -7,3 +7,9 @@ class ConfigError(ValueError):
   Raised before the pipeline starts; `python -m pipeline.main` prints it and
   exits with status 2.
   """
+
+
+class RunFailedError(RuntimeError):
+  """The run failed for a reason the message names, and how to go on;
+  nothing was published. `python -m pipeline.main` prints it and exits with
+  status 1, without the runner's traceback."""

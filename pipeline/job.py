@@ -11,7 +11,9 @@ import dataclasses
 import json
 import logging
 import sys
+import re
 import time
+import traceback
 from typing import Optional
 
 import apache_beam as beam
@@ -26,7 +28,9 @@ from pipeline.config import config_from_options
 from pipeline.console import LiveProgress
 from pipeline.flags import format_help
 from pipeline.flags import reject_unknown_flags
+from pipeline.errors import RunFailedError
 from pipeline.plan import plan_run
+from pipeline.plan import RunPlan
 from pipeline.previous_run import read_latest_pointer
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
@@ -88,6 +92,28 @@ def _raise_if_refused(staging_dir: str):
         f"{staging_dir} for inspection; details: {path}") from None
 
 
+# What Beam's TFRecord reader raises on a damaged shard. In a run, TFRecord
+# files are read only from --previous_run (transforms/reuse.py): the input's
+# readers dead-letter damage, and spill files are pickles.
+_DAMAGED_TFRECORD = re.compile(r"Not a valid TFRecord\. ([^:\n]*)")
+
+
+def _raise_if_previous_run_damaged(plan: RunPlan, error: Exception):
+  """A damaged --previous_run shard, told in one line instead of the
+  runner's traceback with a hex dump (a missing one is found while
+  planning)."""
+  if plan.previous_run is None:
+    return
+  found = _DAMAGED_TFRECORD.search(
+      "".join(traceback.format_exception(error)))
+  if found:
+    raise RunFailedError(
+        f"--previous_run={plan.previous_run.path}: a TFRecord shard of its "
+        f"tables is damaged (not a valid TFRecord: {found.group(1)}), so "
+        "nothing was published. Point --previous_run at a complete run, or "
+        "leave it out to embed every document.") from None
+
+
 def run_job(argv=None, save_main_session=True,
             live_progress=False) -> JobOutcome:
   """Runs the job to completion.
@@ -123,10 +149,11 @@ def run_job(argv=None, save_main_session=True,
       with watch, _quiet_refusals():
         result = pipeline.run()
         result.wait_until_finish()
-    except Exception:  # pylint: disable=broad-except
+    except Exception as error:  # pylint: disable=broad-except
       # The runner wraps the publish stage's RunRefusedError in its own
       # error; refused.json tells the two apart.
       _raise_if_refused(plan.staging_dir)
+      _raise_if_previous_run_damaged(plan, error)
       raise
   finally:
     plan.release()

@@ -22,9 +22,11 @@ import sys
 from transforms import native_logs
 from pipeline import console
 from pipeline.errors import ConfigError
+from pipeline.errors import RunFailedError
 
 # Exit statuses a scheduler (cron, Cloud Scheduler, Airflow) can alert on.
 EXIT_PUBLISHED = 0
+EXIT_FAILED = 1
 EXIT_WRONG_FLAG = 2
 EXIT_REFUSED = 3
 EXIT_LATEST_POINTER_NOT_MOVED = 4
@@ -79,6 +81,9 @@ def main(argv=None) -> int:
   except job.RunRefusedError as e:
     print(f"pipeline.main: refused to publish: {e}", file=sys.stderr)
     return EXIT_REFUSED
+  except RunFailedError as e:
+    print(f"pipeline.main: error: {e}", file=sys.stderr)
+    return EXIT_FAILED
   if outcome.manifest is not None:
     print(console.format_summary(outcome.manifest, outcome.run_dir),
           file=sys.stderr)

@@ -694,3 +694,33 @@ def test_wrong_beam_options_and_stray_arguments_exit_2_before_anything_runs(
   assert re.search(r"^pipeline.main: error: " + message, err, re.M), err
   assert "Traceback" not in err
   assert sorted(os.listdir(tmp_path)) == before  # nothing made
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "cut short"])
+def test_a_damaged_previous_run_shard_fails_in_one_line(
+    damage, tmp_path, corpus_file, tiny_model_dir, capsys):
+  # Found by a fuzzer: the runner's traceback, with a hex dump of the
+  # record. A missing shard is found while planning; a damaged one only
+  # when it is read.
+  code, first = _run(tmp_path, tiny_model_dir, corpus_file, output="first")
+  assert code == 0
+  manifest = read_outputs.load_manifest(first)
+  [shard] = manifest["outputs"]["embeddings"]["tfrecord"]
+  path = os.path.join(first, shard)
+  data = bytearray(open(path, "rb").read())
+  if damage == "flipped byte":
+    data[len(data) // 2] ^= 0x10
+  else:
+    data = data[:len(data) - 7]
+  with open(path, "wb") as f:
+    f.write(data)
+  capsys.readouterr()
+  code, second = _run(tmp_path, tiny_model_dir, corpus_file,
+                      f"--previous_run={first}", output="second")
+  assert code == 1
+  err = capsys.readouterr().err
+  assert err.startswith(
+      f"pipeline.main: error: --previous_run={first}: a TFRecord shard of its "
+      "tables is damaged (not a valid TFRecord: "), err
+  assert len(err.splitlines()) == 1
+  assert not os.path.exists(os.path.join(second, "manifest.json"))
