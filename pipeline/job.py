@@ -10,8 +10,8 @@ import contextlib
 import dataclasses
 import json
 import logging
-import sys
 import re
+import sys
 import time
 import traceback
 from typing import Optional

@@ -169,9 +169,11 @@ class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
     each such batch costs 2n - 1 model calls. The bundle fails (the runner
     retries it, or the run fails) instead of dead-lettering the corpus."""
     failures = [r for r in results if isinstance(r, InferenceFailure)]
-    if len(results) < 2 or len(failures) < len(results):
+    if len(failures) < len(results):
       self._failed_batches_in_a_row = 0
       return
+    if len(results) < 2:
+      return  # one text that failed costs one call: it counts neither way
     self._failed_batches_in_a_row += 1
     if self._failed_batches_in_a_row >= BROKEN_MODEL_BATCHES:
       raise RuntimeError(
