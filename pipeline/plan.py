@@ -24,24 +24,20 @@ gs:// model from a local copy, leaves gs:// paths unchecked, and takes no lock.
 """
 
 import dataclasses
-import glob
 import logging
-import os
 from typing import Callable, Optional, Tuple
-
-from apache_beam.io.filesystems import FileSystems
 
 from transforms import native_logs
 from bert_model import resolution
-from bert_model.chunking import ChunkSettings
-from bert_model.loaded_model import ModelSettings
 from pipeline import preflight
-from pipeline.config import chunk_overlap
 from pipeline.config import LATEST
-from pipeline.config import ModelConfig
 from pipeline.config import RunConfig
 from pipeline.config import settings_of
 from pipeline.errors import ConfigError
+from pipeline.model_plan import manifest_model
+from pipeline.model_plan import model_directories_absolute
+from pipeline.model_plan import model_settings
+from pipeline.model_plan import vector_settings
 from pipeline.output_lock import OutputLock
 from pipeline.output_lock import OutputLockedError
 from pipeline.previous_run import plan_previous_run
@@ -49,7 +45,7 @@ from pipeline.previous_run import read_latest_pointer
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import spill_dir
 from run_directory.layout import staging_dir
-from run_directory.layout import STAGING_PREFIX
+from run_directory.staging import remove_stale_staging
 from run_directory.tables import embedding_table
 from run_directory.vertex import DELTA as VERTEX_DELTA
 from run_directory.vertex import VertexExportSpec
@@ -183,28 +179,6 @@ def _corpus(flag: str, pattern: str, config: RunConfig,
       scope=scope)
 
 
-def parse_encoder_layers(value: str, num_layers: int) -> Tuple[int, ...]:
-  """'-1,-4' or 'all' to sorted non-negative layer indices."""
-  if not value:
-    return ()
-  if value == "all":
-    return tuple(range(num_layers))
-  layers = set()
-  for part in value.split(","):
-    try:
-      index = int(part)
-    except ValueError:
-      raise ConfigError(
-          f"--encoder_layers={value!r}: {part!r} is not a layer index; use "
-          "comma-separated integers such as '-1,-4', or 'all'.") from None
-    if not -num_layers <= index < num_layers:
-      raise ConfigError(
-          f"--encoder_layers={value!r}: the model has {num_layers} layers, so "
-          f"indices must be in [{-num_layers}, {num_layers - 1}].")
-    layers.add(index % num_layers)
-  return tuple(sorted(layers))
-
-
 def _resolve_model(config: RunConfig, environment: PlanEnvironment):
   choice = config.model
   kwargs = {}
@@ -221,103 +195,6 @@ def _resolve_model(config: RunConfig, environment: PlanEnvironment):
       return environment.resolve_model(choice.model, **kwargs)
   except (FileNotFoundError, ValueError) as e:
     raise ConfigError(str(e)) from None
-
-
-def _model_settings(config: RunConfig,
-                    model: resolution.ResolvedModel) -> ModelSettings:
-  """What the model computes: the flags, or the model's own defaults."""
-  choice, out, perf = config.model, config.outputs, config.performance
-  max_seq_length = (model.max_seq_length if choice.max_seq_length is None
-                    else choice.max_seq_length)
-  if not 3 <= max_seq_length <= model.max_position_embeddings:
-    raise ConfigError(
-        f"--max_seq_length={max_seq_length}: must be between 3 and the "
-        f"model's max_position_embeddings ({model.max_position_embeddings}).")
-  pooling = choice.pooling or model.pooling
-  if pooling == "pooler" and not model.has_pooler:
-    raise ConfigError(
-        "--pooling=pooler: this model has no pooler weights; use "
-        "--pooling=cls or --pooling=mean.")
-  if choice.chunk_size is not None and choice.chunk_size > max_seq_length:
-    raise ConfigError(
-        f"--chunk_size={choice.chunk_size} is longer than the model's "
-        f"sequences (--max_seq_length {max_seq_length}); use at most "
-        f"{max_seq_length}.")
-  if out.encoder_layers and model.encoder_format == "v1":
-    raise ConfigError(
-        f"--encoder_layers={out.encoder_layers!r}: --model={choice.model} is "
-        "a v1 TF Hub encoder (list inputs, tuple outputs), which has no "
-        "encoder_outputs. Leave --encoder_layers out, or use a version of "
-        "the model with the dict interface (e.g. version 4 of the bert_en_* "
-        "encoders).")
-  return ModelSettings(
-      preprocess_path=model.preprocess_path,
-      encoder_path=model.encoder_path,
-      max_seq_length=max_seq_length,
-      pooling=pooling,
-      normalize=(model.normalize if choice.normalize is None else
-                 choice.normalize),
-      sequence_output=out.sequence_output,
-      sequence_dtype=out.sequence_dtype,
-      encoder_layers=parse_encoder_layers(out.encoder_layers,
-                                          model.num_layers),
-      precision=perf.precision,
-      jit_compile=perf.jit_compile,
-      encoder_format=model.encoder_format,
-      text_pairs=config.input.text_pair_field is not None,
-      chunking=(ChunkSettings(chunk_size=choice.chunk_size,
-                              chunk_overlap=chunk_overlap(choice),
-                              max_chunks=choice.max_chunks)
-                if choice.chunk_size is not None else None))
-
-
-def vector_settings(settings: ModelSettings) -> dict:
-  """The settings that change what a vector is, as the manifest's "model"
-  entry records them: a previous run's vectors are reused only when all of
-  them match. "chunking" only when documents are chunked, so that runs
-  before chunking existed still compare equal."""
-  chunking = {}
-  if settings.chunking is not None:
-    chunking["chunking"] = dataclasses.asdict(settings.chunking)
-  return {
-      "max_seq_length": settings.max_seq_length,
-      "pooling": settings.pooling,
-      "normalize": settings.normalize,
-      "sequence_output": settings.sequence_output,
-      "sequence_dtype": settings.sequence_dtype,
-      "encoder_layers": list(settings.encoder_layers),
-      "precision": settings.precision,
-      **chunking,
-  }
-
-
-def _manifest_model(model: resolution.ResolvedModel,
-                    settings: ModelSettings) -> dict:
-  meta = model.metadata
-  return {
-      "path": model.path,
-      "name": meta.name,
-      "encoder_format": model.encoder_format,
-      "fingerprint": meta.fingerprint,
-      "hidden_size": meta.hidden_size,
-      "num_layers": meta.num_layers,
-      "license": meta.license,
-      "source": dict(meta.source),
-      **vector_settings(settings),
-  }
-
-
-def _model_directories_absolute(model: ModelConfig) -> ModelConfig:
-  """--model, --preprocessor and --model_root made absolute where they name
-  local directories: the manifest records them, and a run's model is
-  resolved again from them (Embedder.from_run, the query CLI, the serving
-  export) from any working directory."""
-  absolute = {}
-  for flag in ("model", "preprocessor", "model_root"):
-    value = getattr(model, flag)
-    if value and os.path.isdir(value):
-      absolute[flag] = preflight.absolute(value)
-  return dataclasses.replace(model, **absolute)
 
 
 def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
@@ -348,23 +225,6 @@ def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
       num_shards=out.num_shards)
 
 
-def _remove_stale_staging(run_dir: str):
-  """Staged files of earlier runs into this directory that never published.
-
-  Called with the directory's lock held, so no live run owns them. The run
-  directory holds no glob characters (checked), so the pattern matches only
-  there.
-  """
-  pattern = FileSystems.join(run_dir, STAGING_PREFIX + "*")
-  paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-  if FileSystems.get_scheme(run_dir) is None:
-    # Local directories themselves do not match a glob; list them.
-    paths = glob.glob(pattern)
-  if paths:
-    _LOG.info("Removing staged files of an unpublished earlier run: %s", paths)
-    FileSystems.delete(paths)
-
-
 def _take_lock(run_dir: str, run_id: str,
                check_output: Callable[[str], None]) -> OutputLock:
   lock = OutputLock(run_dir, run_id)
@@ -376,7 +236,7 @@ def _take_lock(run_dir: str, run_id: str,
     # Again, now that no other run can publish here: one may have published
     # while this one resolved its model (check_output ran before that).
     check_output(run_dir)
-    _remove_stale_staging(run_dir)
+    remove_stale_staging(run_dir)
   except BaseException:
     lock.release()
     raise
@@ -399,7 +259,7 @@ def plan_run(config: RunConfig,
       run holds the output directory.
   """
   config = dataclasses.replace(
-      config, model=_model_directories_absolute(config.model))
+      config, model=model_directories_absolute(config.model))
   out, nightly, neighbours = config.outputs, config.nightly, config.neighbours
   # The paths first: a typo there should fail in a second, before the model
   # is resolved (which can mean exporting or downloading it).
@@ -416,7 +276,7 @@ def plan_run(config: RunConfig,
     environment.check_latest_pointer(nightly.latest_pointer)
 
   model = _resolve_model(config, environment)
-  settings = _model_settings(config, model)
+  settings = model_settings(config, model)
   previous_run = None
   previous_path = nightly.previous_run
   if previous_path == LATEST:
@@ -490,7 +350,7 @@ def plan_run(config: RunConfig,
           chunked=settings.chunking is not None,
           include_text=not out.no_text),
       latest_pointer=nightly.latest_pointer,
-      manifest_model=_manifest_model(model, settings),
+      manifest_model=manifest_model(model, settings),
       manifest_settings=settings_of(config),
       vertex=_vertex_export(config, previous_run, table.chunked),
       spill_dir=spill_dir(staging) if local_runner else None,

@@ -5,9 +5,12 @@ the files the manifest lists into the run directory with the same relative
 paths (`move_into_place`, safe to repeat after a retry), after removing any
 file of the run's own directories (tables, exports, the index) that the new
 manifest does not list (`remove_unlisted_files`): they hold only what the
-manifest names, whatever an earlier run into the directory wrote.
+manifest names, whatever an earlier run into the directory wrote. A run
+starting into a directory first removes the staging directories of earlier
+runs there that never published (`remove_stale_staging`).
 """
 
+import glob
 import logging
 import os
 import posixpath
@@ -15,6 +18,7 @@ import posixpath
 from apache_beam.io.filesystems import FileSystems
 
 from run_directory.layout import output_directories
+from run_directory.layout import STAGING_PREFIX
 
 _LOG = logging.getLogger(__name__)
 
@@ -74,3 +78,20 @@ def remove_unlisted_files(run_dir: str, relative_paths):
     _LOG.warning("Removing files the run does not list (an earlier run's, "
                  "or an unfinished publish's): %s", stale)
     FileSystems.delete(stale)
+
+
+def remove_stale_staging(run_dir: str):
+  """Staged files of earlier runs into this directory that never published.
+
+  Called with the directory's lock held, so no live run owns them. The run
+  directory holds no glob characters (checked), so the pattern matches only
+  there.
+  """
+  pattern = FileSystems.join(run_dir, STAGING_PREFIX + "*")
+  paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+  if FileSystems.get_scheme(run_dir) is None:
+    # Local directories themselves do not match a glob; list them.
+    paths = glob.glob(pattern)
+  if paths:
+    _LOG.info("Removing staged files of an unpublished earlier run: %s", paths)
+    FileSystems.delete(paths)

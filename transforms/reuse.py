@@ -5,7 +5,7 @@ changed. A document is carried over when its id, its text (content hash) and
 the model fingerprint are the same as in the previous run, and the previous run
 computed vectors the same way (max length, pooling, normalisation, precision,
 sequence and layer outputs, chunk settings: `vector_settings` in
-pipeline/plan.py lists them). Changed and new documents are embedded; documents gone
+pipeline/model_plan.py lists them). Changed and new documents are embedded; documents gone
 from the corpus are dropped and counted as removed. With chunking
 (--chunk_size, the same chunk settings: planning checks), a document's chunks
 are carried over with it, read from the previous run's chunks table. A
