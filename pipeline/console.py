@@ -47,6 +47,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 # tensorflow_hub imports pkg_resources, which warns on every start.
 _PKG_RESOURCES_WARNING = "pkg_resources is deprecated as an API"
+# Python's re, on the pattern Beam makes of a glob with a "[[]" (an escaped
+# "[": a file name holding one): the match is right, the warning is noise.
+_NESTED_SET_WARNING = "Possible nested set"
+_QUIETED_WARNINGS = (
+    (_PKG_RESOURCES_WARNING, UserWarning, ""),
+    (_NESTED_SET_WARNING, FutureWarning, "apache_beam.io.filesystem"),
+)
 
 # The local runner's worker processes (--direct_running_mode
 # multi_processing) send their logs to this logger of the driver, which logs
@@ -124,13 +131,15 @@ def prepare_process(settings: ConsoleSettings):
   # the variable once, when TensorFlow is imported). Not 3: that would drop
   # its errors too. A value set by the user stands.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  warnings.filterwarnings("ignore", message=_PKG_RESOURCES_WARNING,
-                          category=UserWarning)
-  inherited = f"ignore:{_PKG_RESOURCES_WARNING}:UserWarning"
-  current = os.environ.get("PYTHONWARNINGS", "")
-  if inherited not in current:
-    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current,
-                                                          inherited]))
+  for message, category, module in _QUIETED_WARNINGS:
+    warnings.filterwarnings("ignore", message=message, category=category,
+                            module=module)
+    # The local runner's worker processes, too.
+    inherited = f"ignore:{message}:{category.__name__}:{module}"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if inherited not in current:
+      os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current,
+                                                            inherited]))
 
 
 def show_info_logs():

@@ -5,6 +5,7 @@ names the fix, not an hour into a run or, worse, after its manifest is
 written. Each check raises ConfigError.
 """
 
+import glob
 import os
 import re
 import tempfile
@@ -65,6 +66,13 @@ def check_input(flag: str, pattern: str):
   except BeamIOError as error:
     raise ConfigError(f"{flag}={pattern} cannot be listed: {error}") from None
   if not files:
+    if has_glob(pattern) and _is_local(pattern) and os.path.isfile(pattern):
+      # Beam reads the flag as a glob, in which [1] is a character class.
+      escaped = glob.escape(pattern)
+      raise ConfigError(
+          f"{flag}={pattern} is read as a glob, in which * ? [ ] are "
+          f"special, so it does not match the file of that name: escape "
+          f"them, {flag}='{escaped}'.")
     if has_glob(pattern):
       raise ConfigError(
           f"{flag}={pattern} matches no file. Check the path; quote a glob so "

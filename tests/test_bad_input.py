@@ -724,3 +724,20 @@ def test_a_damaged_previous_run_shard_fails_in_one_line(
       "tables is damaged (not a valid TFRecord: "), err
   assert len(err.splitlines()) == 1
   assert not os.path.exists(os.path.join(second, "manifest.json"))
+
+
+def test_a_file_named_like_a_glob_is_told_how_to_escape_it(
+    tmp_path, tiny_model_dir, capsys):
+  # Found by a fuzzer: "corpus[1].jsonl" was "matches no file" ([1] is a
+  # character class to Beam's globs); the escaped name reads it.
+  named = tmp_path / "corpus[1].jsonl"
+  named.write_text('{"id": "a", "text": "the quick brown fox"}\n')
+  code, _ = _run(tmp_path, tiny_model_dir, str(named))
+  assert code == 2
+  err = capsys.readouterr().err
+  escaped = str(tmp_path / "corpus[[]1].jsonl")
+  assert "is read as a glob, in which * ? [ ] are special" in err
+  assert f"escape them, --input='{escaped}'" in err
+  code, run_dir = _run(tmp_path, tiny_model_dir, escaped)
+  assert code == 0
+  assert read_outputs.load_manifest(run_dir)["counts"]["embedded"] == 1
