@@ -44,6 +44,8 @@ _REQUIRED_CONFIG_KEYS = ("hidden_size", "num_hidden_layers",
                          "num_attention_heads", "intermediate_size",
                          "vocab_size", "max_position_embeddings")
 _SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_python", "relu")
+# Wordpieces the exported tokenizer and packer look up by name.
+_REQUIRED_TOKENS = ("[UNK]", "[CLS]", "[SEP]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,10 @@ class BertConfig:
 
   @classmethod
   def from_dict(cls, config: dict, where: str) -> "BertConfig":
+    if not isinstance(config, dict):
+      raise CheckpointError(
+          f"{where}: holds a JSON {type(config).__name__}, not an object of "
+          "config keys.")
     model_type = config.get("model_type", "bert")
     if model_type != "bert":
       raise CheckpointError(
@@ -73,6 +79,20 @@ class BertConfig:
     if missing:
       raise CheckpointError(
           f"{where}: not a BERT config, missing {', '.join(missing)}.")
+    sizes = {k: config[k] for k in _REQUIRED_CONFIG_KEYS}
+    if "type_vocab_size" in config:
+      sizes["type_vocab_size"] = config["type_vocab_size"]
+    for key, value in sizes.items():
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(
+            f"{where}: {key} is {value!r}; it must be a whole number, at "
+            "least 1.")
+    eps = config.get("layer_norm_eps", 1e-12)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not (
+        0 < eps < 1):
+      raise CheckpointError(
+          f"{where}: layer_norm_eps is {eps!r}; it must be a small positive "
+          "number such as 1e-12.")
     if config.get("position_embedding_type", "absolute") != "absolute":
       raise CheckpointError(
           f"{where}: position_embedding_type "
@@ -130,7 +150,7 @@ def _read_json(path: str) -> dict:
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise CheckpointError(f"{path} is not valid JSON: {e}") from e
 
 
@@ -476,7 +496,17 @@ def read_checkpoint(path: str, lower_case: Optional[bool] = None
   config_path, config, weights, weights_path = _config_and_weights(
       path, layout_of(path))
   weights = _strip_prefix(weights)
-  vocab = read_vocab_lines(vocab_path)
+  try:
+    vocab = read_vocab_lines(vocab_path)
+  except UnicodeDecodeError as error:
+    raise CheckpointError(
+        f"{vocab_path} is not UTF-8 text ({error.reason} at byte "
+        f"{error.start}): a vocabulary has one wordpiece a line.") from None
+  missing = [token for token in _REQUIRED_TOKENS if token not in vocab]
+  if missing:
+    raise CheckpointError(
+        f"{vocab_path} lacks {', '.join(missing)}: BERT's tokenizer needs "
+        f"{', '.join(_REQUIRED_TOKENS)} in its vocabulary.")
   _check_shapes(weights, config, vocab, path)
 
   pooling, normalize, max_seq_length = _sentence_transformers_settings(path)

@@ -25,6 +25,7 @@ from bert_model import resolution
 from bert_model.chunking import ChunkSettings
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
+from bert_model.metadata import POOLING_MODES
 from run_directory.manifest import load_manifest
 
 
@@ -89,7 +90,7 @@ class Embedder:
   def from_run(cls, run_dir: str, **kwargs) -> "Embedder":
     """The embedder of a published run: its model and vector settings."""
     manifest = load_manifest(run_dir)
-    model, flags = manifest["model"], manifest["settings"]["model"]
+    model, flags = _checked_model_entry(manifest, run_dir)
     chunking = model.get("chunking")
     return cls(model=model["path"], preprocessor=flags.get("preprocessor"),
                model_root=flags.get("model_root"),
@@ -108,10 +109,8 @@ class Embedder:
   def embed(self, texts: Sequence[str]) -> np.ndarray:
     """float32 [len(texts), H]: each text's vector, as the embeddings table
     holds it (with chunking, the token-weighted mean of its chunks')."""
-    if isinstance(texts, str):
-      raise TypeError("embed takes a list of texts; for one text, "
-                      "embed([text])")
-    if not len(texts):
+    texts = _checked_texts(texts)
+    if not texts:
       return np.zeros((0, self.hidden_size), np.float32)
     return self._embed(texts)["embedding"].astype(np.float32)
 
@@ -121,6 +120,7 @@ class Embedder:
     if self.settings.chunking is None:
       raise ValueError("embed_chunks needs chunk settings: a run made with "
                        "--chunk_size, or Embedder(..., chunking=...)")
+    [text] = _checked_texts([text])
     outputs = self._embed([text])
     return [
         EmbeddedChunk(chunk_index=i, start=int(start), end=int(end),
@@ -140,3 +140,60 @@ class Embedder:
   def __repr__(self):
     return (f"Embedder({dataclasses.asdict(self.settings)!r}, "
             f"fingerprint={self.fingerprint!r})")
+
+
+def _checked_texts(texts) -> list:
+  """The texts as a list, each a str that is valid Unicode (TensorFlow
+  would fail on anything else with a long error about binding inputs)."""
+  if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
+    raise TypeError(
+        f"embed takes a list of texts (str), not {type(texts).__name__}; "
+        "for one text, embed([text])")
+  for position, text in enumerate(texts):
+    if not isinstance(text, str):
+      raise TypeError(f"text {position} is a {type(text).__name__}, not a "
+                      "str")
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as error:
+      raise ValueError(
+          f"text {position} is not valid Unicode: {error.reason} at "
+          f"character {error.start} (a lone surrogate, as from bytes "
+          "decoded with errors='surrogateescape')") from None
+  return list(texts)
+
+
+_MODEL_ENTRY_TYPES = {"path": str, "max_seq_length": int, "pooling": str,
+                      "normalize": bool, "fingerprint": str}
+
+
+def _checked_model_entry(manifest: dict, run_dir: str):
+  """(the manifest's "model" entry, its "settings"."model" flags), checked
+  to be what the pipeline writes: a damaged or hand-edited manifest is
+  told as such, not met as a TypeError deep in the model."""
+  where = f"{run_dir}/manifest.json"
+  model = manifest.get("model")
+  settings = manifest.get("settings")
+  flags = settings.get("model") if isinstance(settings, dict) else None
+  if not isinstance(model, dict) or not isinstance(flags, dict):
+    raise ValueError(f"{where} has no \"model\" entry or \"settings\" of "
+                     "the model: it is damaged, or not written by this "
+                     "pipeline.")
+  for name, kind in _MODEL_ENTRY_TYPES.items():
+    value = model.get(name)
+    if not isinstance(value, kind) or (kind is int and
+                                       isinstance(value, bool)):
+      raise ValueError(f"{where}: model.{name} is {value!r}, not a "
+                       f"{kind.__name__}: the manifest is damaged.")
+  if model["max_seq_length"] < 3:
+    raise ValueError(f"{where}: model.max_seq_length is "
+                     f"{model['max_seq_length']}, less than 3: the manifest "
+                     "is damaged.")
+  if model["pooling"] not in POOLING_MODES:
+    raise ValueError(f"{where}: model.pooling is {model['pooling']!r}, not "
+                     f"one of {', '.join(POOLING_MODES)}: the manifest is "
+                     "damaged.")
+  if not isinstance(model.get("chunking") or {}, dict):
+    raise ValueError(f"{where}: model.chunking is {model['chunking']!r}, "
+                     "not an object: the manifest is damaged.")
+  return model, flags

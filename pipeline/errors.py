@@ -13,3 +13,18 @@ class RunFailedError(RuntimeError):
   """The run failed for a reason the message names, and how to go on;
   nothing was published. `python -m pipeline.main` prints it and exits with
   status 1, without the runner's traceback."""
+
+
+# What reading a damaged or incomplete run directory raises: a file that is
+# gone or is a directory (OSError), one that breaks its format (ValueError),
+# an entry its manifest lacks (KeyError). The commands that read runs
+# (pipeline.query, pipeline.read_outputs) tell them in one line.
+READ_ERRORS = (OSError, ValueError, KeyError)
+
+
+def one_line(error: Exception) -> str:
+  """A read error as the one line a command prints."""
+  if isinstance(error, KeyError):
+    return (f"the run's manifest.json has no {error.args[0]!r} entry: it is "
+            "damaged, or not written by this pipeline")
+  return " ".join(str(error).split("\n"))

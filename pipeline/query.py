@@ -17,6 +17,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from pipeline.errors import one_line
+from pipeline.errors import READ_ERRORS
 from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
 from transforms import native_logs
@@ -74,11 +76,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
       hits, error = search_lib.search(args.run_dir, args.question, args.k,
                                       args.table, exact=args.exact), None
-    # OSError: a path the run lists that is not a readable file.
-    except (OSError, ValueError, KeyError) as e:
+    except READ_ERRORS as e:
       hits, error = [], e
   if error is not None:
-    print(f"pipeline.query: error: {error}", file=sys.stderr)
+    print(f"pipeline.query: error: {one_line(error)}", file=sys.stderr)
     return 2
   for rank, (score, row) in enumerate(hits, start=1):
     owner = (f"  ({_shown_id(row['document_id'])})"

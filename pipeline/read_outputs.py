@@ -36,6 +36,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.errors import one_line
+from pipeline.errors import READ_ERRORS
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import FORMATS
 from run_directory.layout import TABLES
@@ -128,13 +130,17 @@ def _parse_args(argv):
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parse_args(argv)
   try:
-    manifest = load_manifest(args.run_dir)
-    entry = table_entry(manifest, args.table)
-    format_ = choose_format(entry, args.table, args.format)
-    table = read_table(args.run_dir, args.table, format_)
-  except (RunNotPublishedError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    return _read(args)
+  except READ_ERRORS as e:
+    print(f"error: {one_line(e)}", file=sys.stderr)
     return 1
+
+
+def _read(args) -> int:
+  manifest = load_manifest(args.run_dir)
+  entry = table_entry(manifest, args.table)
+  format_ = choose_format(entry, args.table, args.format)
+  table = read_table(args.run_dir, args.table, format_)
   print(
       summarize(
           table, manifest, args.table, format_, len(entry[format_]), args.head))

@@ -16,6 +16,7 @@ from run_directory.ann_index import has_ann_index
 from run_directory.ann_index import read_ann_index
 from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
+from run_directory.layout import TFRECORD
 from run_directory.manifest import load_manifest
 from run_directory.readers import ids_and_matrix
 from run_directory.readers import read_table
@@ -37,7 +38,9 @@ def search(run_dir: str, question: str, k: int = 10,
   manifest = load_manifest(run_dir)
   if table is None:
     table = CHUNKS if CHUNKS in manifest["outputs"] else EMBEDDINGS
-  rows = read_table(run_dir, table)
+  # The TFRecord copy: its records carry checksums (Avro's snappy blocks
+  # are read without checking theirs), so a damaged file is found.
+  rows = read_table(run_dir, table, TFRECORD)
   ids, matrix = ids_and_matrix(rows, manifest)
   index = None
   if not exact and index_table(manifest) == table:
@@ -64,8 +67,11 @@ def index_table(manifest: dict) -> Optional[str]:
   the neighbours: documents, or with --neighbours_level chunk the chunks."""
   if not has_ann_index(manifest):
     return None
-  level = manifest.get("settings", {}).get("neighbours", {}).get(
-      "neighbours_level")
+  settings = manifest.get("settings")
+  neighbours = settings.get("neighbours") if isinstance(settings,
+                                                        dict) else None
+  level = (neighbours.get("neighbours_level")
+           if isinstance(neighbours, dict) else None)
   return CHUNKS if level == "chunk" else EMBEDDINGS
 
 
@@ -97,6 +103,8 @@ def _checked_index(run_dir: str, manifest: dict, ids: Sequence[str],
   return index, rows
 
 
+# Candidates asked of the index beyond 2 k (see _index_candidates).
+_EXTRA_CANDIDATES = 8
 # Rows of the index compared with the table at a time.
 _CHECK_BLOCK = 65536
 
@@ -119,9 +127,11 @@ def _check_vectors(index, rows: np.ndarray, matrix: np.ndarray):
 
 def _index_candidates(index, rows: np.ndarray, query: np.ndarray,
                       k: int) -> np.ndarray:
-  """Rows of the table that the index finds nearest the query, k at most."""
+  """Rows of the table that the index finds nearest the query: more than k,
+  so that rows tied with the k-th (copies of one text) are all scored, and
+  the smaller id wins as it does when every row is scored."""
   _, labels = index.search(normalize_rows(query[None, :]),
-                           min(k, index.ntotal))
+                           min(2 * k + _EXTRA_CANDIDATES, index.ntotal))
   return rows[labels[0][labels[0] >= 0]]
 
 
@@ -139,6 +149,10 @@ def _best_first(scores: np.ndarray, id_of: Callable[[int], str],
 
 
 def _cosines(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+  """Each row's cosine to the query, row by row (not a matrix product, whose
+  rounding depends on which rows are scored together): a row scores the
+  same bits whether all rows are scored or the index's few."""
   rows, query = rows.astype(np.float64), query.astype(np.float64)
-  norms = np.linalg.norm(rows, axis=1) * max(np.linalg.norm(query), 1e-12)
-  return (rows @ query) / np.maximum(norms, 1e-12)
+  norms = np.sqrt((rows * rows).sum(axis=1)) * max(
+      np.sqrt((query * query).sum()), 1e-12)
+  return (rows * query).sum(axis=1) / np.maximum(norms, 1e-12)

@@ -97,10 +97,11 @@ def _read_table(run_dir, manifest, table, format_) -> pa.Table:
 @contextlib.contextmanager
 def _reading(path: str):
   """Whatever a damaged file makes its decoder raise, as a ValueError that
-  names the file (a file that is gone or unreadable stays an OSError)."""
+  names the file (pyarrow's errors on a damaged Parquet footer are OSErrors
+  too); a file that is gone stays a FileNotFoundError."""
   try:
     yield
-  except OSError:
+  except FileNotFoundError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"{path} cannot be read: {type(e).__name__}: "
@@ -165,4 +166,29 @@ def ids_and_matrix(table: pa.Table, manifest: dict):
   else:
     hidden_size = int(manifest.get("model", {}).get("hidden_size") or 0)
   values = vectors.flatten().to_numpy(zero_copy_only=False)
-  return ids, values.astype(np.float32).reshape(len(ids), hidden_size)
+  matrix = values.astype(np.float32).reshape(len(ids), hidden_size)
+  _check_vectors(ids, matrix, manifest)
+  return ids, matrix
+
+
+# How far a stored unit vector's norm may be from 1: float32 rounding of
+# the model's normalisation, well inside this.
+_UNIT_NORM_TOLERANCE = 1e-3
+
+
+def _check_vectors(ids, matrix: np.ndarray, manifest: dict):
+  """Every vector finite and, in a run that normalised them, of norm 1 (or
+  0, a text with no vector): Avro's and Parquet's readers do not all check
+  their blocks' checksums, so a damaged file can hand back a changed vector
+  that would silently rank wrong."""
+  bad = ~np.isfinite(matrix).all(axis=1)
+  if manifest.get("model", {}).get("normalize") is True:
+    norms = np.sqrt(np.square(matrix, dtype=np.float64).sum(axis=1))
+    bad |= (np.abs(norms - 1) > _UNIT_NORM_TOLERANCE) & (norms != 0)
+  if bad.any():
+    first = int(np.flatnonzero(bad)[0])
+    raise ValueError(
+        f"{int(bad.sum())} stored vector(s) are not what the run wrote "
+        f"(not finite, or not of norm 1 though the run normalised them; "
+        f"first: id {ids[first]!r}): a table file is damaged. Read the "
+        "TFRecord copy (--format tfrecord), whose records carry checksums.")

@@ -20,6 +20,7 @@ from pipeline import main
 from pipeline import query
 from pipeline import search as search_lib
 from pipeline import read_outputs
+from pipeline import embedder as embedder_lib
 from pipeline.embedder import Embedder
 from tests.real_text import real_sentences
 
@@ -316,3 +317,83 @@ def test_best_first_is_the_full_sort_cut_at_k(scores, k):
   scores = np.asarray(scores)
   expected = sorted(range(len(scores)), key=lambda c: (-scores[c], ids[c]))[:k]
   assert search_lib._best_first(scores, ids.__getitem__, k) == expected
+
+
+def test_texts_that_are_not_str_or_not_unicode_are_told():
+  # Found by a fuzzer: TensorFlow's long "Binding inputs to tf.function
+  # failed" for these, and a dict embedded as its keys.
+  for texts, error, message in (
+      ({"hello": 1}, TypeError, "not dict"),
+      (None, TypeError, "not NoneType"),
+      ("one text", TypeError, "embed\\(\\[text\\]\\)"),
+      (["a", None], TypeError, "text 1 is a NoneType"),
+      (["a", 1], TypeError, "text 1 is a int"),
+      (["a\ud800b"], ValueError, "text 0 is not valid Unicode.*character 1"),
+  ):
+    with pytest.raises(error, match=message):
+      embedder_lib._checked_texts(texts)
+  assert embedder_lib._checked_texts(("a", "b")) == ["a", "b"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m.update(settings=None), 'no "model" entry'),
+    (lambda m: m.pop("model"), 'no "model" entry'),
+    (lambda m: m["model"].update(path=5), "model.path is 5, not a str"),
+    (lambda m: m["model"].update(max_seq_length=-1),
+     "model.max_seq_length is -1, less than 3"),
+    (lambda m: m["model"].update(pooling="weird"),
+     "model.pooling is 'weird', not one of"),
+    (lambda m: m["model"].update(normalize="yes"),
+     "model.normalize is 'yes', not a bool"),
+])
+def test_a_damaged_manifest_is_told_in_one_line(ann_run, tmp_path, capsys,
+                                                damage, message):
+  _, run_dir = ann_run
+  run_dir = _copy_of(run_dir, tmp_path)
+  path = os.path.join(run_dir, "manifest.json")
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  damage(manifest)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(manifest, f)
+  assert query.main([run_dir, "some question"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"pipeline.query: error: {path}") or (
+      err.startswith(f"pipeline.query: error: {run_dir}")), err
+  assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_index_and_every_row_agree_on_ties(ann_run, tmp_path,
+                                               tiny_model_dir):
+  # Found by a fuzzer: copies of one text tied at the k-th place came out
+  # differently with and without the index, and a row's score changed in
+  # its last bit with the rows scored beside it.
+  rng = np.random.default_rng(2)
+  matrix = rng.standard_normal((500, 16)).astype(np.float32)
+  query_vector = rng.standard_normal(16).astype(np.float32)
+  rows = rng.permutation(500)[:37]
+  np.testing.assert_array_equal(
+      search_lib._cosines(matrix[rows], query_vector),
+      search_lib._cosines(matrix, query_vector)[rows])
+  texts, run_dir = ann_run
+  copies = dict(texts)
+  for i in range(0, 60, 3):  # every third text, twice more
+    copies[f"u{i:02d}"] = copies[f"v{i:02d}"] = texts[f"t{i:02d}"]
+  run_dir = _run(tmp_path, copies, tiny_model_dir, "--neighbours_k=3",
+                 "--neighbours_mode=ann")
+  for question in list(texts.values())[:20]:
+    for k in (1, 2, 4, 7):
+      through_index = search_lib.search(run_dir, question, k)
+      every_row = search_lib.search(run_dir, question, k, exact=True)
+      assert [(s, r["id"]) for s, r in through_index] == [
+          (s, r["id"]) for s, r in every_row]
+
+
+def test_a_serving_export_onto_a_file_is_told(ann_run, tmp_path, capsys):
+  _, run_dir = ann_run
+  a_file = tmp_path / "a_file"
+  a_file.write_text("not a directory")
+  assert export_model.main(["--serving", run_dir, "--output_dir",
+                            str(a_file)]) == 2
+  assert f"{a_file} is a file; name a new directory" in capsys.readouterr().err
+  assert a_file.read_text() == "not a directory"

@@ -241,6 +241,12 @@ def _broken_copy(tmp_path, edit):
   return path
 
 
+def _edit_config(path, **changes):
+  with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+    config = json.load(f)
+  _write(path, "config.json", json.dumps({**config, **changes}))
+
+
 def _write(path, name, content, mode="w"):
   with open(os.path.join(path, name), mode) as f:
     f.write(content)
@@ -261,6 +267,22 @@ def _write(path, name, content, mode="w"):
     (lambda p: _write(p, "model.safetensors", b"garbage", "wb"),
      "not a safetensors file"),
     (lambda p: _write(p, "config.json", "{not json"), "not valid JSON"),
+    # Found by a fuzzer: tracebacks from deep in the export.
+    (lambda p: _edit_config(p, hidden_size="16"),
+     r"config.json: hidden_size is '16'; it must be a whole number"),
+    (lambda p: _edit_config(p, num_attention_heads=0),
+     "num_attention_heads is 0"),
+    (lambda p: _edit_config(p, num_hidden_layers=-1),
+     "num_hidden_layers is -1"),
+    (lambda p: _edit_config(p, layer_norm_eps="x"), "layer_norm_eps is 'x'"),
+    (lambda p: _write(p, "config.json", "[1, 2]"), "holds a JSON list"),
+    (lambda p: _write(p, "config.json", b"\xff\xfe{}", "wb"),
+     "config.json is not valid JSON"),
+    (lambda p: _write(p, "vocab.txt", "".join(
+        line for line in open(os.path.join(p, "vocab.txt"))
+        if line != "[UNK]\n")), r"vocab.txt lacks \[UNK\]"),
+    (lambda p: _write(p, "vocab.txt", b"\xff\xfe\x00[PAD]\n", "wb"),
+     "vocab.txt is not UTF-8 text"),
 ])
 def test_bad_checkpoints_fail_at_once_with_a_reason(tmp_path, edit, message):
   path = _broken_copy(tmp_path, edit)

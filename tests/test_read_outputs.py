@@ -8,6 +8,7 @@ import sys
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
@@ -15,6 +16,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipeline import read_outputs
 from pipeline.local_runner import LocalRunner
+from run_directory import readers
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.tfrecord import iter_frames
 from tests.run_fixtures import FINGERPRINT
@@ -233,3 +235,39 @@ def test_cli_runs_as_a_module(run_dir):
   assert result.returncode == 0, result.stderr
   assert "table: neighbours (jsonl, 1 file)" in result.stdout
   assert "rows: 2" in result.stdout
+
+
+def test_cli_tells_a_damaged_run_in_one_line(run_dir, tmp_path, capsys):
+  # Found by a fuzzer: tracebacks for a shard that is gone, a manifest that
+  # is a directory, and a Parquet footer with flipped bytes.
+  gone = str(tmp_path / "gone")
+  shutil.copytree(run_dir, gone)
+  manifest = read_outputs.load_manifest(gone)
+  for files in manifest["outputs"]["embeddings"].values():
+    for relative in [files] if isinstance(files, str) else files:
+      os.remove(os.path.join(gone, relative))
+  as_directory = str(tmp_path / "dir")
+  os.makedirs(os.path.join(as_directory, "manifest.json"))
+  for damaged in (gone, as_directory):
+    assert read_outputs.main([damaged]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert damaged in err
+
+
+def test_vectors_of_a_normalised_run_must_be_unit_vectors():
+  # Avro's snappy blocks are read without checking their CRC: a flipped
+  # byte can come back as a changed vector, which this catches.
+  ids = ["a", "b", "c"]
+  table = pa.table({"id": ids, "embedding": [[0.6, 0.8], [1.0, 0.0],
+                                             [0.0, 0.0]]})
+  manifest = {"model": {"normalize": True}}
+  assert readers.ids_and_matrix(table, manifest)[0] == ids  # 0: no vector
+  damaged = pa.table({"id": ids, "embedding": [[0.6, 0.8], [2.4, 0.1],
+                                               [0.0, 0.0]]})
+  with pytest.raises(ValueError, match=r"first: id 'b'.*--format tfrecord"):
+    readers.ids_and_matrix(damaged, manifest)
+  assert readers.ids_and_matrix(damaged, {"model": {"normalize": False}})
+  with pytest.raises(ValueError, match="not finite"):
+    readers.ids_and_matrix(pa.table({"id": ["x"], "embedding": [[np.nan, 1.]]}),
+                           {"model": {"normalize": False}})
