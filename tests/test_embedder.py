@@ -292,8 +292,9 @@ def test_a_damaged_table_is_told_in_one_line_naming_its_file(
     ann_run, tmp_path, capsys):
   texts, run_dir = ann_run
   run_dir = _copy_of(run_dir, tmp_path)
+  # The TFRecord copy: what a search reads, for its checksums.
   with open(os.path.join(run_dir, "manifest.json")) as f:
-    shard = json.load(f)["outputs"]["embeddings"]["avro"][0]
+    shard = json.load(f)["outputs"]["embeddings"]["tfrecord"][0]
   path = os.path.join(run_dir, shard)
   with open(path, "rb") as f:
     data = f.read()
