@@ -145,7 +145,7 @@ class Embedder:
 def _checked_texts(texts) -> list:
   """The texts as a list, each a str that is valid Unicode (TensorFlow
   would fail on anything else with a long error about binding inputs)."""
-  if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
+  if not isinstance(texts, (list, tuple)):
     raise TypeError(
         f"embed takes a list of texts (str), not {type(texts).__name__}; "
         "for one text, embed([text])")

@@ -25,6 +25,7 @@ from bert_model import export
 from bert_model import metadata as metadata_lib
 from pipeline.embedder import Embedder
 from pipeline.errors import one_line
+from pipeline.errors import READ_ERRORS
 from run_directory.layout import MANIFEST_FILE
 
 
@@ -83,23 +84,22 @@ def parse_args(argv):
 
 
 def _export_serving(args) -> int:
-  if tf.io.gfile.exists(args.output_dir) and not tf.io.gfile.isdir(
-      args.output_dir):
-    print(f"export_model: error: {args.output_dir} is a file; name a new "
-          "directory for the serving SavedModel", file=sys.stderr)
-    return 2
-  if tf.io.gfile.exists(args.output_dir) and (
-      tf.io.gfile.listdir(args.output_dir)) and not args.overwrite:
-    print(f"export_model: error: {args.output_dir} is not empty; pass "
-          "--overwrite to replace it", file=sys.stderr)
-    return 2
+  if tf.io.gfile.exists(args.output_dir):
+    if not tf.io.gfile.isdir(args.output_dir):
+      print(f"export_model: error: {args.output_dir} is a file; name a new "
+            "directory for the serving SavedModel", file=sys.stderr)
+      return 2
+    if tf.io.gfile.listdir(args.output_dir) and not args.overwrite:
+      print(f"export_model: error: {args.output_dir} is not empty; pass "
+            "--overwrite to replace it", file=sys.stderr)
+      return 2
   try:
     if tf.io.gfile.exists(f"{args.serving.rstrip('/')}/{MANIFEST_FILE}"):
       embedder = Embedder.from_run(args.serving)
     else:
       embedder = Embedder(args.serving, max_seq_length=args.max_seq_length,
                           pooling=args.pooling, normalize=args.normalize)
-  except (OSError, ValueError, KeyError) as e:
+  except READ_ERRORS as e:
     print(f"export_model: error: {one_line(e)}", file=sys.stderr)
     return 2
   if args.overwrite and tf.io.gfile.exists(args.output_dir):

@@ -86,8 +86,8 @@ def _checked_index(run_dir: str, manifest: dict, ids: Sequence[str],
   index, index_ids = read_ann_index(
       run_dir, manifest,
       lambda read: faiss.read_index(faiss.PyCallbackIOReader(read)))
-  only_in_index, only_in_table = set(index_ids) - set(ids), set(ids) - set(
-      index_ids)
+  index_id_set, id_set = set(index_ids), set(ids)
+  only_in_index, only_in_table = index_id_set - id_set, id_set - index_id_set
   if only_in_index or only_in_table:
     raise ValueError(
         "The run's FAISS index (ann_index/) does not hold the rows of its "
@@ -99,7 +99,7 @@ def _checked_index(run_dir: str, manifest: dict, ids: Sequence[str],
         f"{index.d} dimensions, its table {dimensions}. Search with --exact.")
   position = {item_id: row for row, item_id in enumerate(ids)}
   rows = np.asarray([position[i] for i in index_ids], dtype=np.int64)
-  _check_vectors(index, rows, matrix)
+  _check_index_order(index, rows, matrix)
   return index, rows
 
 
@@ -109,7 +109,7 @@ _EXTRA_CANDIDATES = 8
 _CHECK_BLOCK = 65536
 
 
-def _check_vectors(index, rows: np.ndarray, matrix: np.ndarray):
+def _check_index_order(index, rows: np.ndarray, matrix: np.ndarray):
   """Row i of the index must be the unit vector of table row rows[i]: an
   ids file out of order would give other documents' hits, silently."""
   for start in range(0, index.ntotal, _CHECK_BLOCK):

@@ -33,6 +33,7 @@ from run_directory.layout import resolve
 from run_directory.layout import STAGING_PREFIX
 from run_directory.tables import ERROR_COLUMNS
 
+
 def _nest(flat: Mapping[str, int]) -> dict:
   """{"read": 3, "queries.read": 2} -> {"read": 3, "queries": {"read": 2}}."""
   nested = {}
