@@ -176,22 +176,39 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
     header = json.loads(data[8:8 + header_size])
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise CheckpointError(f"{path} is not a safetensors file: {e}") from e
+  if not isinstance(header, dict):
+    raise CheckpointError(f"{path} is not a safetensors file (bad header).")
   body = memoryview(data)[8 + header_size:]
   tensors = {}
   for name, info in header.items():
     if name == "__metadata__":
       continue
-    start, end = info["data_offsets"]
-    raw = body[start:end]
-    if info["dtype"] == "BF16":
-      array = _storage_array("bfloat16", raw)
-    elif info["dtype"] in _SAFETENSORS_DTYPES:
-      array = _storage_array(_SAFETENSORS_DTYPES[info["dtype"]], raw)
-    else:
+    dtype = info.get("dtype") if isinstance(info, dict) else None
+    if not isinstance(dtype, str) or (
+        dtype != "BF16" and dtype not in _SAFETENSORS_DTYPES):
       raise CheckpointError(
-          f"{path}: tensor {name} has unsupported dtype {info['dtype']}.")
-    tensors[name] = array.reshape(info["shape"])
+          f"{path}: tensor {name} has unsupported dtype {dtype}.")
+    try:
+      tensors[name] = _safetensors_tensor(body, info)
+    except (KeyError, TypeError, ValueError) as e:
+      # A cut or damaged file: offsets past its end, shapes that do not fit.
+      raise CheckpointError(
+          f"{path} is damaged or cut short (tensor {name}: {e}); "
+          "download it again.") from e
   return tensors
+
+
+def _safetensors_tensor(body: memoryview, info: dict) -> np.ndarray:
+  start, end = info["data_offsets"]
+  if not 0 <= start <= end <= len(body):
+    raise ValueError(
+        f"its bytes {start}..{end} lie outside the file's {len(body)}")
+  raw = body[start:end]
+  if info["dtype"] == "BF16":
+    array = _storage_array("bfloat16", raw)
+  else:
+    array = _storage_array(_SAFETENSORS_DTYPES[info["dtype"]], raw)
+  return array.reshape(info["shape"])
 
 
 # --- torch pytorch_model.bin, without torch -----------------------------------

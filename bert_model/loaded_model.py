@@ -32,6 +32,7 @@ it is transforms/model_handler.py.
 
 import contextlib
 import dataclasses
+import logging
 import os
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -410,8 +411,13 @@ class LoadedBertModel:
     module.serve = tf.function(
         serve, input_signature=[tf.TensorSpec([None], tf.string, name="text")],
         autograph=False)
-    tf.saved_model.save(module, output_dir,
-                        signatures={"serving_default": module.serve})
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addFilter(_renamed_captures_notice)
+    try:
+      tf.saved_model.save(module, output_dir,
+                          signatures={"serving_default": module.serve})
+    finally:
+      tf_logger.removeFilter(_renamed_captures_notice)
 
   def encode_padded(self, word_ids: np.ndarray, mask: np.ndarray,
                     type_ids: np.ndarray) -> Dict[str, np.ndarray]:
@@ -423,6 +429,15 @@ class LoadedBertModel:
     """The encoder call, run on the copy's device (its outputs there)."""
     with self._on_device():
       return self._encode(word_ids, mask, type_ids)
+
+
+def _renamed_captures_notice(record: logging.LogRecord) -> bool:
+  """Drops TensorFlow's warning, on saving the serving function, that its
+  captured inputs (the two models' variables and tables, named by number)
+  are renamed in the SavedModel: they are internal; the signature's input
+  keeps its name, `text`."""
+  return "with unsupported characters which will be renamed" not in (
+      record.getMessage())
 
 
 def _rows(padded: np.ndarray, rows: np.ndarray, length: int) -> np.ndarray:

@@ -13,127 +13,23 @@ settings (from its manifest), or a model's own with --max_seq_length,
 --pooling and --normalize; see docs/serving.md.
 """
 
-import argparse
-import logging
 import sys
 
-import tensorflow as tf
-
-from bert_model import checkpoint
-from bert_model import default_model
-from bert_model import export
-from bert_model import metadata as metadata_lib
-from pipeline.embedder import Embedder
-from pipeline.errors import one_line
-from pipeline.errors import READ_ERRORS
-from run_directory.layout import MANIFEST_FILE
+from transforms import native_logs
 
 
-def _bool(value: str) -> bool:
-  if value.lower() in ("true", "1", "yes"):
-    return True
-  if value.lower() in ("false", "0", "no"):
-    return False
-  raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def parse_args(argv):
-  parser = argparse.ArgumentParser(
-      prog="python -m pipeline.export_model", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument(
-      "--checkpoint", help="BERT checkpoint directory: Hugging Face "
-      "(config.json, vocab.txt, model.safetensors or pytorch_model.bin) or "
-      "original BERT (bert_config.json, vocab.txt, bert_model.ckpt.*) or "
-      "TF Model Garden BertEncoder (params.yaml or encoder_config.json, "
-      "vocab.txt, ckpt-N.*). "
-      f"Default: the packaged {default_model.DEFAULT_MODEL_NAME}.")
-  parser.add_argument(
-      "--output_dir",
-      help="Model directory to write (default: "
-      f"{default_model.DEFAULT_MODEL_DIR}; required with --serving).")
-  parser.add_argument("--name", help="Model name recorded in the metadata.")
-  parser.add_argument("--license", help="Licence recorded in the metadata "
-                      "(default: from the model card, else 'unknown').")
-  parser.add_argument("--pooling", choices=metadata_lib.POOLING_MODES,
-                      help="Intended sentence pooling (default: from "
-                      "sentence-transformers config, else 'pooler').")
-  parser.add_argument("--normalize", type=_bool, help="L2-normalise sentence "
-                      "vectors by default (true/false).")
-  parser.add_argument("--max_seq_length", type=int,
-                      help="Default input length (default: the model's own).")
-  parser.add_argument("--lower_case", type=_bool,
-                      help="Whether the tokenizer lower-cases (true for "
-                      "uncased models), when the checkpoint cannot tell. "
-                      "Default: its tokenizer files, else whether its "
-                      "vocabulary holds capitalised words.")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="Replace --output_dir if it exists.")
-  parser.add_argument(
-      "--serving", metavar="RUN_DIR_OR_MODEL",
-      help="Write a serving SavedModel (text in, embedding out) of this run "
-      "directory (its model and settings) or model, instead of exporting a "
-      "checkpoint.")
-  args = parser.parse_args(argv)
-  if args.output_dir is None:
-    if args.serving:
-      parser.error("--serving needs --output_dir: the SavedModel directory "
-                   "to write")
-    args.output_dir = default_model.DEFAULT_MODEL_DIR
-  return args
-
-
-def _export_serving(args) -> int:
-  if tf.io.gfile.exists(args.output_dir):
-    if not tf.io.gfile.isdir(args.output_dir):
-      print(f"export_model: error: {args.output_dir} is a file; name a new "
-            "directory for the serving SavedModel", file=sys.stderr)
-      return 2
-    if tf.io.gfile.listdir(args.output_dir) and not args.overwrite:
-      print(f"export_model: error: {args.output_dir} is not empty; pass "
-            "--overwrite to replace it", file=sys.stderr)
-      return 2
-  try:
-    if tf.io.gfile.exists(f"{args.serving.rstrip('/')}/{MANIFEST_FILE}"):
-      embedder = Embedder.from_run(args.serving)
-    else:
-      embedder = Embedder(args.serving, max_seq_length=args.max_seq_length,
-                          pooling=args.pooling, normalize=args.normalize)
-  except READ_ERRORS as e:
-    print(f"export_model: error: {one_line(e)}", file=sys.stderr)
-    return 2
-  if args.overwrite and tf.io.gfile.exists(args.output_dir):
-    tf.io.gfile.rmtree(args.output_dir)
-  embedder.save_serving_model(args.output_dir)
-  print(f"Wrote the serving SavedModel of {args.serving} to {args.output_dir} "
-        f"(signature serving_default: text -> embedding [{embedder.hidden_size}]"
-        f", num_tokens, truncated; fingerprint {embedder.fingerprint[:12]})")
-  return 0
+def _export_job():
+  # Imported here, not at the top: the export imports TensorFlow, whose
+  # start-up notices main captures (transforms/native_logs.py).
+  from pipeline import export_job  # pylint: disable=g-import-not-at-top
+  return export_job
 
 
 def main(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
-  if args.serving:
-    return _export_serving(args)
-  try:
-    if args.checkpoint is None:
-      metadata = default_model.export_default_model(
-          args.output_dir, overwrite=args.overwrite)
-    else:
-      metadata = export.export_checkpoint(
-          args.checkpoint, args.output_dir, name=args.name,
-          license_name=args.license, pooling=args.pooling,
-          normalize=args.normalize, max_seq_length=args.max_seq_length,
-          overwrite=args.overwrite, lower_case=args.lower_case)
-  except (checkpoint.CheckpointError, FileExistsError, FileNotFoundError,
-          ValueError) as e:
-    print(f"export_model: error: {e}", file=sys.stderr)
-    return 2
-  print(f"Exported {metadata.name} to {args.output_dir} "
-        f"(hidden {metadata.hidden_size}, {metadata.num_layers} layers, "
-        f"pooling {metadata.pooling}, fingerprint {metadata.fingerprint[:12]})")
-  return 0
+  with native_logs.captured():
+    native_logs.start_tensorflow()
+    export_job = _export_job()
+  return export_job.main(sys.argv[1:] if argv is None else argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,17 @@ def _write_bytes(path: str, data: bytes) -> None:
     f.write(data)
 
 
+def _row_count(value: str) -> int:
+  try:
+    count = int(value)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{value!r} is not a whole number")
+  if count < 0:
+    raise argparse.ArgumentTypeError(
+        f"{value} is negative: give 0 for no rows, or N for the first N")
+  return count
+
+
 def _parse_args(argv):
   parser = argparse.ArgumentParser(
       prog="python -m pipeline.read_outputs",
@@ -114,7 +125,7 @@ def _parse_args(argv):
       "--format", choices=FORMATS, default=None,
       help="Which copy to read; default: the BigQuery-loadable one.")
   parser.add_argument(
-      "--head", type=int, default=5, help="Rows to print (default 5).")
+      "--head", type=_row_count, default=5, help="Rows to print (default 5).")
   parser.add_argument(
       "--to_parquet", metavar="PATH",
       help="Write the table as one Parquet file.")

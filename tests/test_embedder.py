@@ -70,8 +70,16 @@ def test_embedder_vectors_equal_the_pipelines(real_run):
 def test_serving_model_equals_the_embedder(real_run, tmp_path):
   texts, rows, run_dir = real_run
   serving_dir = str(tmp_path / "serving")
-  assert export_model.main(["--serving", run_dir,
-                            f"--output_dir={serving_dir}"]) == 0
+  # As a person runs it: one line of result, and none of TensorFlow's
+  # notices (its start-up, the SavedModel's save).
+  done = subprocess.run(
+      [sys.executable, "-m", "pipeline.export_model", "--serving", run_dir,
+       f"--output_dir={serving_dir}"], capture_output=True, text=True,
+      check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(
+          __file__))))
+  assert done.stdout.startswith(
+      f"Wrote the serving SavedModel of {run_dir} to {serving_dir}")
+  assert done.stderr == ""
   served = tf.saved_model.load(serving_dir).signatures["serving_default"]
   some = [texts[i] for i in sorted(texts)[:40]]
   outputs = served(text=tf.constant(some))

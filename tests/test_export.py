@@ -247,6 +247,11 @@ def _edit_config(path, **changes):
   _write(path, "config.json", json.dumps({**config, **changes}))
 
 
+def _cut_in_half(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
 def _write(path, name, content, mode="w"):
   with open(os.path.join(path, name), mode) as f:
     f.write(content)
@@ -267,6 +272,8 @@ def _write(path, name, content, mode="w"):
     (lambda p: _write(p, "model.safetensors", b"garbage", "wb"),
      "not a safetensors file"),
     (lambda p: _write(p, "config.json", "{not json"), "not valid JSON"),
+    (lambda p: _cut_in_half(os.path.join(p, "model.safetensors")),
+     r"model.safetensors is damaged or cut short \(tensor .*: its bytes"),
     # Found by a fuzzer: tracebacks from deep in the export.
     (lambda p: _edit_config(p, hidden_size="16"),
      r"config.json: hidden_size is '16'; it must be a whole number"),

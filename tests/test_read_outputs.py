@@ -197,6 +197,17 @@ def test_cli_errors_table(run_dir, capsys):
   assert "first" not in out
 
 
+@pytest.mark.parametrize("head, told", [
+    ("-5", "-5 is negative: give 0 for no rows"),
+    ("many", "'many' is not a whole number")])
+def test_cli_refuses_a_wrong_head(run_dir, capsys, head, told):
+  # A negative --head once printed no rows and no complaint.
+  with pytest.raises(SystemExit) as exit_:
+    read_outputs.main([run_dir, "--head", head])
+  assert exit_.value.code == 2
+  assert f"argument --head: {told}" in capsys.readouterr().err
+
+
 def test_cli_exports(run_dir, tmp_path, capsys):
   parquet_path = str(tmp_path / "out" / "embeddings.parquet")
   numpy_path = str(tmp_path / "out" / "embeddings.npz")
