@@ -306,7 +306,9 @@ def _check_names(config: RunConfig):
   if out.bigquery_table and not _BIGQUERY_TABLE.match(out.bigquery_table):
     raise ConfigError(
         f"--bigquery_table={out.bigquery_table!r} is not a table reference; "
-        "use PROJECT:DATASET.TABLE or DATASET.TABLE.")
+        "use PROJECT:DATASET.TABLE or DATASET.TABLE, where a project id is "
+        "6 or more lower-case letters, digits or hyphens starting with a "
+        "letter, and a dataset id letters, digits and underscores.")
   if not _RUN_ID.match(out.run_id):
     raise ConfigError(
         f"--run_id={out.run_id!r}: use letters, digits, '.', '_' and '-' "

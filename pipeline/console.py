@@ -36,6 +36,7 @@ from transforms import native_logs
 from pipeline.errors import ConfigError
 from transforms.progress import describe
 from transforms.progress import docs_per_sec
+from transforms.progress import format_rate
 from transforms.progress import LogCadence
 from transforms.progress import PROGRESS
 from transforms.progress import ProgressCounter
@@ -263,7 +264,7 @@ def format_summary(manifest: dict, run_dir: str) -> str:
   timing = f" in {metrics['wall_time_secs']:.1f} s" if metrics.get(
       "wall_time_secs") is not None else ""
   if rate is not None:
-    timing += f" ({rate:,.0f} docs/s)"
+    timing += f" ({format_rate(rate)})"
   lines = [
       f"Published run {manifest['run_id']}{timing}: "
       f"{counts['read']:,} documents read, {embedded}, "

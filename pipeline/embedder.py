@@ -92,13 +92,20 @@ class Embedder:
     manifest = load_manifest(run_dir)
     model, flags = _checked_model_entry(manifest, run_dir)
     chunking = model.get("chunking")
-    return cls(model=model["path"], preprocessor=flags.get("preprocessor"),
-               model_root=flags.get("model_root"),
-               max_seq_length=model["max_seq_length"],
-               pooling=model["pooling"], normalize=model["normalize"],
-               precision=model.get("precision", "float32"),
-               chunking=ChunkSettings(**chunking) if chunking else None,
-               fingerprint=model["fingerprint"], **kwargs)
+    try:
+      return cls(model=model["path"], preprocessor=flags.get("preprocessor"),
+                 model_root=flags.get("model_root"),
+                 max_seq_length=model["max_seq_length"],
+                 pooling=model["pooling"], normalize=model["normalize"],
+                 precision=model.get("precision", "float32"),
+                 chunking=ChunkSettings(**chunking) if chunking else None,
+                 fingerprint=model["fingerprint"], **kwargs)
+    except FileNotFoundError as e:
+      # Told as the run's model, not as a --model flag the caller never gave.
+      raise FileNotFoundError(
+          f"{run_dir}/manifest.json names the model {model['path']}, which "
+          "is not there any more: only that model embeds queries like the "
+          "run's documents. Restore it, or embed the corpus again.") from e
 
   def _embed(self, texts: Sequence[str]) -> dict:
     kwargs = {}
@@ -151,8 +158,8 @@ def _checked_texts(texts) -> list:
         "for one text, embed([text])")
   for position, text in enumerate(texts):
     if not isinstance(text, str):
-      raise TypeError(f"text {position} is a {type(text).__name__}, not a "
-                      "str")
+      raise TypeError(f"text {position} is of type {type(text).__name__}, "
+                      "not str")
     try:
       text.encode("utf-8")
     except UnicodeEncodeError as error:

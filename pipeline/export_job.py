@@ -19,6 +19,7 @@ from pipeline.embedder import Embedder
 from pipeline.errors import one_line
 from pipeline.errors import READ_ERRORS
 from run_directory.layout import MANIFEST_FILE
+from run_directory.manifest import refusal_paths
 
 
 def _bool(value: str) -> bool:
@@ -72,27 +73,55 @@ def parse_args(argv, description: str):
       parser.error("--serving needs --output_dir: the SavedModel directory "
                    "to write")
     args.output_dir = default_model.DEFAULT_MODEL_DIR
+  if args.serving:
+    ignored = [f"--{name}" for name in _CHECKPOINT_ONLY
+               if getattr(args, name) is not None]
+    if ignored:
+      parser.error(f"{', '.join(ignored)}: for exporting a checkpoint; "
+                   "leave out with --serving")
+    if _is_run_directory(args.serving):
+      ignored = [f"--{name}" for name in _MODEL_SETTINGS
+                 if getattr(args, name) is not None]
+      if ignored:
+        parser.error(
+            f"{', '.join(ignored)}: {args.serving} is a run directory, whose "
+            "queries must be embedded with the run's own settings (its "
+            "manifest's); leave them out, or give the run's model directory "
+            "to serve other settings")
   return args
+
+
+# Flags of a checkpoint's export that --serving has no use for.
+_CHECKPOINT_ONLY = ("checkpoint", "name", "license", "lower_case")
+# Flags that set a served model's vectors; a run directory has its own.
+_MODEL_SETTINGS = ("pooling", "normalize", "max_seq_length")
+
+
+def _is_run_directory(path: str) -> bool:
+  """A published run (its manifest) or one a guardrail refused to publish
+  (told as such by Embedder.from_run), rather than a model directory."""
+  return tf.io.gfile.exists(f"{path.rstrip('/')}/{MANIFEST_FILE}") or bool(
+      refusal_paths(path.rstrip("/")))
 
 
 def _export_serving(args) -> int:
   if tf.io.gfile.exists(args.output_dir):
     if not tf.io.gfile.isdir(args.output_dir):
-      print(f"export_model: error: {args.output_dir} is a file; name a new "
+      print(f"pipeline.export_model: error: {args.output_dir} is a file; name a new "
             "directory for the serving SavedModel", file=sys.stderr)
       return 2
     if tf.io.gfile.listdir(args.output_dir) and not args.overwrite:
-      print(f"export_model: error: {args.output_dir} is not empty; pass "
+      print(f"pipeline.export_model: error: {args.output_dir} is not empty; pass "
             "--overwrite to replace it", file=sys.stderr)
       return 2
   try:
-    if tf.io.gfile.exists(f"{args.serving.rstrip('/')}/{MANIFEST_FILE}"):
+    if _is_run_directory(args.serving):
       embedder = Embedder.from_run(args.serving)
     else:
       embedder = Embedder(args.serving, max_seq_length=args.max_seq_length,
                           pooling=args.pooling, normalize=args.normalize)
   except READ_ERRORS as e:
-    print(f"export_model: error: {one_line(e)}", file=sys.stderr)
+    print(f"pipeline.export_model: error: {one_line(e)}", file=sys.stderr)
     return 2
   if args.overwrite and tf.io.gfile.exists(args.output_dir):
     tf.io.gfile.rmtree(args.output_dir)
@@ -123,7 +152,7 @@ def main(argv, description: str) -> int:
           overwrite=args.overwrite, lower_case=args.lower_case)
   except (checkpoint.CheckpointError, FileExistsError, FileNotFoundError,
           ValueError) as e:
-    print(f"export_model: error: {e}", file=sys.stderr)
+    print(f"pipeline.export_model: error: {e}", file=sys.stderr)
     return 2
   print(f"Exported {metadata.name} to {args.output_dir} "
         f"(hidden {metadata.hidden_size}, {metadata.num_layers} layers, "

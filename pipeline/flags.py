@@ -374,7 +374,8 @@ def _add_logging_flags(group):
       help="Python logging level of every logger; DEBUG and INFO also show "
       "TensorFlow's native notices. On Dataflow it applies to the "
       "submitting process (workers: --default_sdk_harness_log_level). "
-      "Default: WARNING, or INFO with --verbose.")
+      "Default: WARNING; INFO with --verbose, or for a job on another "
+      "runner (followed through its runner's log).")
 
 
 class _ParserBuilt(Exception):

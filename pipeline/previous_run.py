@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import ConfigError
+from pipeline.errors import one_line
 from run_directory.columns import CONTENT_HASH
 from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
@@ -36,7 +37,13 @@ def read_latest_pointer(pointer: Optional[str]) -> Optional[str]:
                       "each published run writes its directory into.")
   if not FileSystems.exists(pointer):
     return None  # the first scheduled run: nothing to carry over
-  return read_bytes(pointer).decode("utf-8").strip() or None
+  try:
+    return read_bytes(pointer).decode("utf-8").strip() or None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError(
+        f"--latest_pointer={pointer} cannot be read as the text naming the "
+        f"latest run ({one_line(e)}); write that run's directory into it, "
+        "or delete it to start afresh (with no previous run).") from e
 
 
 def plan_previous_run(path: str, model_fingerprint: str,

@@ -66,6 +66,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.k < 1:
     parser.error("--k must be at least 1")
+  if not args.question.strip():
+    # As the pipeline rejects an empty text (empty_text): it has no vector
+    # of its own, and its hits would mean nothing.
+    parser.error("the question is empty: give the text to search with")
   # TensorFlow's notices (its start, the model's load) captured; a wrong
   # run directory is told after them, in one line.
   with native_logs.captured():

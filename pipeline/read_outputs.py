@@ -20,6 +20,8 @@ Command line:
       [--to_parquet PATH] [--to_numpy PATH.npz]
 
 RUN_DIR and the output paths may be local or gs:// (Beam's FileSystems).
+Exit status 2, with one line naming the problem, when the run cannot be read
+(as for pipeline.query and pipeline.export_model).
 Tables read from the BigQuery-loadable formats have the BigQuery shape;
 read from TFRecord they have the flat tf.Example layout (docs/outputs.md).
 """
@@ -143,8 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     return _read(args)
   except READ_ERRORS as e:
-    print(f"error: {one_line(e)}", file=sys.stderr)
-    return 1
+    print(f"pipeline.read_outputs: error: {one_line(e)}", file=sys.stderr)
+    return 2
 
 
 def _read(args) -> int:

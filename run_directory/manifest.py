@@ -31,6 +31,7 @@ from run_directory.layout import REFUSAL_FILE
 from run_directory.layout import relative_to_run_dir
 from run_directory.layout import resolve
 from run_directory.layout import STAGING_PREFIX
+from run_directory.layout import TABLES
 from run_directory.tables import ERROR_COLUMNS
 
 
@@ -163,9 +164,9 @@ def load_manifest(run_dir: str) -> dict:
 def table_entry(manifest: dict, table: str) -> dict:
   entry = manifest["outputs"].get(table)
   if not isinstance(entry, dict):
-    raise ValueError(
-        f"The run has no {table!r} table; it has "
-        f"{sorted(manifest['outputs'])}")
+    tables = [name for name in TABLES if name in manifest["outputs"]]
+    raise ValueError(f"The run has no {table!r} table; it has "
+                     f"{', '.join(tables) or 'none'}")
   return entry
 
 

@@ -482,6 +482,29 @@ def test_wrong_paths_and_numbers_exit_2_before_anything_runs(
   assert sorted(os.listdir(tmp_path)) == before  # nothing made
 
 
+@pytest.mark.parametrize("pointer_bytes", [b"\xff\xfe garbage\n", None])
+def test_an_unreadable_latest_pointer_exits_2(
+    pointer_bytes, corpus_file, tiny_model_dir, tmp_path, capsys):
+  # Found by a new user's trial: a pointer file of non-UTF-8 bytes was a
+  # traceback. A directory in its place is not readable as text either.
+  pointer = tmp_path / "LATEST"
+  if pointer_bytes is None:
+    pointer.mkdir()
+    (pointer / "x").write_text("x")
+  else:
+    pointer.write_bytes(pointer_bytes)
+  code = main.main([f"--input={corpus_file}", f"--output={tmp_path}/run",
+                    "--previous_run=latest", f"--latest_pointer={pointer}",
+                    f"--model={tiny_model_dir}", "--runner=DirectRunner"])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  assert re.search(r"pipeline.main: error: --latest_pointer=.*LATEST "
+                   r"(cannot be read as the text naming the latest run|is a "
+                   r"directory)", err), err
+  assert not os.path.exists(tmp_path / "run")
+
+
 def test_a_relative_output_is_published_quietly_and_named_absolutely(
     tmp_path, corpus_file, tiny_model_dir, monkeypatch, caplog):
   # Found running ./run_local.sh (OUTPUT=runs/...): the run's own lock was

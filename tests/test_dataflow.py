@@ -3,7 +3,7 @@ the GPU choices, the Flex Template spec and the worker Dockerfile.
 
 The job description is built by Beam's own DataflowRunner (with
 --template_location and Beam's --no_auth) with only GCS staging and the
-buckets' soft-delete check replaced (`dataflow_job.offline_dataflow`), and
+buckets' soft-delete check replaced (`dataflow_description.offline_dataflow`), and
 NO_GCE_CHECK=true; the pipeline plans it through an offline
 PlanEnvironment. Every such build runs under a guard that refuses and
 records any connection or name lookup outside this machine: a guard in this
@@ -27,7 +27,7 @@ from apache_beam.runners.dataflow.internal import apiclient
 from google.cloud.dataflow_v1beta3.types import TemplateMetadata
 
 from bert_model import default_model
-from pipeline import dataflow_job
+from pipeline import dataflow_description
 from pipeline import flex_template
 from pipeline.config import config_from_options
 from pipeline.errors import ConfigError
@@ -159,7 +159,7 @@ def test_job_description_offline(tiny_model_dir, tmp_path, no_network,
                       "submit_job_description", submit)
   job_file = tmp_path / "job" / "dataflow_job.json"
 
-  job = dataflow_job.write_job_description(
+  job = dataflow_description.write_job_description(
       _dataflow_args(tiny_model_dir), str(job_file))
 
   assert no_network == []  # nothing left this machine
@@ -200,7 +200,7 @@ def test_job_description_offline(tiny_model_dir, tmp_path, no_network,
       "storage.googleapis.com/my-bucket/tmp/")
 
   # The pipeline's own options travel with the job.
-  options = dataflow_job.pipeline_options_of(job)
+  options = dataflow_description.pipeline_options_of(job)
   assert options["input"] == "gs://my-bucket/corpus/*.jsonl"
   assert options["output"] == "gs://my-bucket/runs/2026-11-22"
   assert options["model"] == tiny_model_dir
@@ -211,19 +211,19 @@ def test_job_description_offline(tiny_model_dir, tmp_path, no_network,
   assert options["save_main_session"] is True
   assert options["no_auth"] is True  # the dry run's: no credential lookup
   assert "setup_file" not in options
-  assert dataflow_job.summarize(job)["model_copies"] == 1
+  assert dataflow_description.summarize(job)["model_copies"] == 1
 
 
 def test_job_description_with_a_gcs_model(tiny_model_dir, tmp_path,
                                           no_network, caplog):
   """A gs:// model is not checked; a local copy's metadata describes it."""
   model = "gs://my-bucket/models/tiny-bert"
-  job = dataflow_job.write_job_description(
+  job = dataflow_description.write_job_description(
       _dataflow_args(model, dataflow_service_options=T4_OPTION,
                      machine_type="n1-standard-8", sequence_output=None),
       str(tmp_path / "job.json"), model_metadata_dir=tiny_model_dir)
   assert no_network == []
-  options = dataflow_job.pipeline_options_of(job)
+  options = dataflow_description.pipeline_options_of(job)
   assert options["model"] == model
   assert options["sequence_output"] is True
   assert job["environment"]["serviceOptions"] == [T4_OPTION]
@@ -236,25 +236,25 @@ def test_job_description_refuses_what_it_cannot_describe(tiny_model_dir,
                                                          no_network):
   job_file = str(tmp_path / "job.json")
   with pytest.raises(ConfigError, match="sets this itself"):
-    dataflow_job.write_job_description(
+    dataflow_description.write_job_description(
         _dataflow_args(tiny_model_dir) + ["--template_location=x.json"],
         job_file)
   with pytest.raises(ConfigError, match="--runner=DataflowRunner"):
-    dataflow_job.write_job_description(
+    dataflow_description.write_job_description(
         _dataflow_args(tiny_model_dir, runner="DirectRunner"), job_file)
   with pytest.raises(ConfigError, match="local file"):
-    dataflow_job.write_job_description(
+    dataflow_description.write_job_description(
         _dataflow_args(tiny_model_dir), "gs://my-bucket/job.json")
   # The pipeline's own checks still apply, with their messages.
   with pytest.raises(ConfigError, match="unknown flag"):
-    dataflow_job.write_job_description(
+    dataflow_description.write_job_description(
         _dataflow_args(tiny_model_dir) + ["--max_batch_tokns=5"], job_file)
   with pytest.raises(ConfigError, match="leave it out of the dry run"):
-    dataflow_job.write_job_description(
+    dataflow_description.write_job_description(
         _dataflow_args(tiny_model_dir, previous_run="latest",
                        latest_pointer="gs://my-bucket/runs/LATEST"), job_file)
   with pytest.raises(ConfigError, match="no such directory"):
-    dataflow_job.write_job_description(
+    dataflow_description.write_job_description(
         _dataflow_args(str(tmp_path / "missing-model")), job_file)
   assert not os.path.exists(job_file)
   assert no_network == []
@@ -391,7 +391,7 @@ def test_run_dataflow_dry_run(guarded_env, tiny_model_dir, tmp_path):
   assert pool["workerHarnessContainerImage"] == _default_image()
   assert pool["diskSizeGb"] == 50
   assert pool["autoscalingSettings"]["maxNumWorkers"] == 6
-  options = dataflow_job.pipeline_options_of(job)
+  options = dataflow_description.pipeline_options_of(job)
   assert options["model_copies"] == 1
   assert options["model"] == "gs://my-bucket/models/all-MiniLM-L6-v2"
   assert options["input"] == "gs://my-bucket/corpus/*.jsonl"

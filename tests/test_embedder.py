@@ -335,8 +335,8 @@ def test_texts_that_are_not_str_or_not_unicode_are_told():
       ({"hello": 1}, TypeError, "not dict"),
       (None, TypeError, "not NoneType"),
       ("one text", TypeError, "embed\\(\\[text\\]\\)"),
-      (["a", None], TypeError, "text 1 is a NoneType"),
-      (["a", 1], TypeError, "text 1 is a int"),
+      (["a", None], TypeError, "text 1 is of type NoneType, not str"),
+      (["a", 1], TypeError, "text 1 is of type int, not str"),
       (["a\ud800b"], ValueError, "text 0 is not valid Unicode.*character 1"),
   ):
     with pytest.raises(error, match=message):
@@ -348,6 +348,9 @@ def test_texts_that_are_not_str_or_not_unicode_are_told():
     (lambda m: m.update(settings=None), 'no "model" entry'),
     (lambda m: m.pop("model"), 'no "model" entry'),
     (lambda m: m["model"].update(path=5), "model.path is 5, not a str"),
+    # Once told as "leave --model out", a flag the query has not.
+    (lambda m: m["model"].update(path="/nonexistent/model"),
+     "names the model /nonexistent/model, which is not there any more"),
     (lambda m: m["model"].update(max_seq_length=-1),
      "model.max_seq_length is -1, less than 3"),
     (lambda m: m["model"].update(pooling="weird"),
@@ -406,3 +409,15 @@ def test_a_serving_export_onto_a_file_is_told(ann_run, tmp_path, capsys):
                             str(a_file)]) == 2
   assert f"{a_file} is a file; name a new directory" in capsys.readouterr().err
   assert a_file.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("argv, told", [
+    (["RUN", "   "], "the question is empty"),
+    (["RUN", "a question", "--k", "0"], "--k must be at least 1")])
+def test_query_refuses_a_wrong_argument_before_reading(argv, told, capsys):
+  # An empty question once printed ten hits: the pipeline rejects empty
+  # texts (empty_text), so the query does too.
+  with pytest.raises(SystemExit) as exit_:
+    query.main(argv)
+  assert exit_.value.code == 2
+  assert told in capsys.readouterr().err

@@ -78,6 +78,28 @@ def test_total_and_eta_only_once_reading_is_done():
       "Embedded 2,000 of 4,000 documents (50%), 100 docs/s, ETA 20s")
 
 
+def test_documents_the_model_rejects_are_not_told_as_embedded():
+  # A new user's trial: "Embedded 44 of 44 documents" above a summary of 43
+  # embedded, one text of zero-width spaces rejected after the model.
+  counter = ProgressCounter(clock=FakeClock())
+  with counter.displayed():
+    counter.add_read(44)
+    counter.add_batch(44)
+    counter.add_rejected()
+    assert describe(counter.snapshot()) == "Embedded 43 of 43 documents (100%)"
+
+
+@pytest.mark.parametrize("embedded, line", [
+    (102, "Embedded 102 of 1,000 documents (10%), 0.2 docs/s"),
+    (1100, "Embedded 1,100 of 1,100 documents (100%), 100 docs/s"),
+])
+def test_a_slow_rate_is_told_with_a_decimal(embedded, line):
+  snapshot = _snapshot(read=1000, embedded=embedded, batches=3,
+                       first_batch_at=0.0, embedded_in_first_batch=100,
+                       now=10.0)
+  assert describe(snapshot).startswith(line)
+
+
 def test_a_worker_tells_only_its_own_share():
   worker = ProgressSnapshot(read=10, embedded=900, batches=9,
                             first_batch_at=0.0, embedded_in_first_batch=100,
@@ -113,7 +135,7 @@ def test_a_worker_logs_its_progress_every_30_seconds(caplog):
   assert len(lines) == 5
   assert lines[0] == "Embedded 10 documents in this worker process"
   assert lines[1] == (
-      "Embedded 70 documents in this worker process, 2 docs/s")
+      "Embedded 70 documents in this worker process, 2.0 docs/s")
 
 
 def test_no_log_lines_while_a_display_shows_the_whole_run(caplog):

@@ -27,7 +27,7 @@ NOISE = [
 ]
 # All a quiet local run may print on stderr.
 ALLOWED = [
-    r"Published run \S+ in [\d.]+ s \(\d+ docs/s\): .*",
+    r"Published run \S+ in [\d.]+ s \([\d.,]+ docs/s\): .*",
     r"Rejected records \(.*\): python -m pipeline.read_outputs .*",
     r"Run directory: .*",
     # Progress: once the first batch is back, once the rate is known, then
@@ -110,7 +110,7 @@ def test_run_local_sh_prints_only_its_progress_and_summary(
     lines = [line for line in result.stderr.splitlines()
              if not re.fullmatch(ALLOWED[-1], line)]
     assert len(lines) == 2, result.stderr
-    assert re.fullmatch(r"Published run \S+ in [\d.]+ s \(\d+ docs/s\): 60 "
+    assert re.fullmatch(r"Published run \S+ in [\d.]+ s \([\d.,]+ docs/s\): 60 "
                         r"documents read, 60 embedded, 0 rejected\.", lines[0])
     assert lines[1] == (f"Run directory: {run_dir} (manifest.json lists "
                         "every file)")

@@ -27,7 +27,13 @@ from transforms import formats
 from transforms.formats import INPUT_FORMATS, infer_input_format
 from transforms.formats import parquet as parquet_format
 from transforms.formats import tfrecord as tfrecord_format
+from run_directory.vertex import RESTRICT
+from transforms.formats.carried import carried_value
+from transforms.formats.carried import CarriedField
+from transforms.formats.fields import kind_of
 from transforms.formats.fields import RecordSpec
+from transforms.formats.fields import Rejected
+from transforms.formats.jsonl import parse_json_object
 from transforms.formats.files import read_file_records
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
@@ -532,3 +538,22 @@ def test_a_missing_file_is_one_unreadable_file_dead_letter():
 
   assert [(r.source, r.position, r.reason) for r in records
          ] == [("gs://b/gone.txt", -1, Reason.UNREADABLE_FILE)]
+
+
+@pytest.mark.parametrize("value, kind", [
+    (True, "a boolean"), (7, "an integer"), (1.5, "a number"),
+    ("x", "a string"), ({"a": 1}, "an object"), ([1], "an array"),
+    (None, "null"), (b"x", "bytes")])
+def test_kinds_are_named_as_json_names_them(value, kind):
+  assert kind_of(value) == kind
+
+
+def test_details_name_json_kinds_not_the_readers_classes():
+  # A new user's trial met "is a _JsonObject" (the reader's ordered object)
+  # and "is a int" in error details.
+  with pytest.raises(Rejected, match="expected a JSON object, got an array"):
+    parse_json_object(b"[1, 2]")
+  record = parse_json_object(b'{"lang": {"a": 1}, "n": 12345678901234567890}')
+  with pytest.raises(Rejected, match=r"field 'lang' \(--restrict_fields\) is "
+                     r"an object, not a string or integer"):
+    carried_value(CarriedField("lang", RESTRICT), record["lang"], None)

@@ -227,7 +227,7 @@ def test_cli_exports(run_dir, tmp_path, capsys):
 
 
 def test_cli_reports_unpublished_run(tmp_path, capsys):
-  assert read_outputs.main([str(tmp_path)]) == 1
+  assert read_outputs.main([str(tmp_path)]) == 2
   assert "no manifest.json" in capsys.readouterr().err
 
 
@@ -260,9 +260,9 @@ def test_cli_tells_a_damaged_run_in_one_line(run_dir, tmp_path, capsys):
   as_directory = str(tmp_path / "dir")
   os.makedirs(os.path.join(as_directory, "manifest.json"))
   for damaged in (gone, as_directory):
-    assert read_outputs.main([damaged]) == 1
+    assert read_outputs.main([damaged]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert err.startswith("pipeline.read_outputs: error: ") and len(err.splitlines()) == 1, err
     assert damaged in err
 
 
@@ -282,3 +282,11 @@ def test_vectors_of_a_normalised_run_must_be_unit_vectors():
   with pytest.raises(ValueError, match="not finite"):
     readers.ids_and_matrix(pa.table({"id": ["x"], "embedding": [[np.nan, 1.]]}),
                            {"model": {"normalize": False}})
+
+
+def test_a_missing_table_is_told_with_the_tables_the_run_has(run_dir, capsys):
+  # Once listed every output, files and pages too ("bigquery", "report").
+  assert read_outputs.main([run_dir, "--table", "duplicates"]) == 2
+  err = capsys.readouterr().err
+  assert err == ("pipeline.read_outputs: error: The run has no 'duplicates' "
+                 "table; it has embeddings, neighbours, errors\n")

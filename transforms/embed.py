@@ -21,6 +21,7 @@ from transforms.names import counter
 from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import EMBEDDINGS
+from transforms.progress import PROGRESS
 from transforms.run_inference import KeyedModelHandler
 from transforms.run_inference import RunInference
 
@@ -77,6 +78,7 @@ class _SplitInferenceResultsFn(beam.DoFn):
 
   def _dead_letter(self, document: Document, reason: str, detail: str):
     self._dead_lettered.inc()
+    PROGRESS.add_rejected()
     return beam.pvalue.TaggedOutput(
         DEAD_LETTERS, dead_letter_of(document, STAGE, reason, detail))
 

@@ -10,6 +10,9 @@ metrics are only readable once a run has ended):
             estimated wordpieces (transforms/batching.py)
   embedded  documents back from the model, a batch at a time, and their
             estimated wordpieces
+  rejected  documents back from the model but dead-lettered there (no
+            wordpieces, a model error): in `embedded` for the rates, out of
+            the counts a person is told, which then agree with the summary
 
 On the local runner (in_memory or multi_threading) every stage runs in the
 driver's process, and a display attached there (pipeline/console.py) tells
@@ -74,6 +77,7 @@ class ProgressSnapshot:
   embedded_tokens_in_first_batch: int = 0
   # When the latest batch came back (None: take `now`).
   last_batch_at: Optional[float] = None
+  rejected: int = 0
 
   @property
   def measured_secs(self) -> float:
@@ -125,6 +129,13 @@ def eta_secs(progress: ProgressSnapshot) -> Optional[float]:
   return max(left - since, 0.0)
 
 
+def format_rate(docs_per_second: float) -> str:
+  """1,234 docs/s; 2.5 docs/s (a slow or short run is not "0 docs/s")."""
+  if docs_per_second >= 10:
+    return f"{docs_per_second:,.0f} docs/s"
+  return f"{docs_per_second:.1f} docs/s"
+
+
 def format_duration(secs: float) -> str:
   """45s, 3m 07s, 2h 05m."""
   secs = int(round(secs))
@@ -139,18 +150,19 @@ def describe(progress: ProgressSnapshot) -> str:
   """One line: the count, the total and share once known, the rate once
   warmed up, the ETA once both are known."""
   total, rate = progress.to_embed, docs_per_sec(progress)
+  embedded = progress.embedded - progress.rejected
   if total is not None:
-    share = progress.embedded / total if total else 1.0
-    text = (f"Embedded {progress.embedded:,} of {total:,} documents "
-            f"({share:.0%})")
+    total -= progress.rejected
+    share = embedded / total if total else 1.0
+    text = f"Embedded {embedded:,} of {total:,} documents ({share:.0%})"
   else:
-    text = f"Embedded {progress.embedded:,} documents"
+    text = f"Embedded {embedded:,} documents"
     if not progress.whole_run:
       text += " in this worker process"
     elif not progress.batches:
       text += " (reading the corpus, loading the model)"
   if rate is not None:
-    text += f", {rate:,.0f} docs/s"
+    text += f", {format_rate(rate)}"
   eta = eta_secs(progress)
   if eta is not None:
     text += f", ETA {format_duration(eta)}"
@@ -184,6 +196,7 @@ class ProgressCounter:
 
   def _reset(self):
     self._read = self._skipped = self._embedded = self._batches = 0
+    self._rejected = 0
     self._queued = self._queued_tokens = self._embedded_tokens = 0
     self._first_batch_at = self._last_batch_at = None
     self._embedded_in_first_batch = self._embedded_tokens_in_first_batch = 0
@@ -196,6 +209,11 @@ class ProgressCounter:
   def add_skipped(self, n: int = 1):
     with self._lock:
       self._skipped += n
+
+  def add_rejected(self, n: int = 1):
+    """n documents back from the model were dead-lettered there."""
+    with self._lock:
+      self._rejected += n
 
   def add_queued(self, n: int, tokens: int):
     """n documents of `tokens` estimated wordpieces are sorted by length,
@@ -236,7 +254,7 @@ class ProgressCounter:
         queued_tokens=self._queued_tokens,
         embedded_tokens=self._embedded_tokens,
         embedded_tokens_in_first_batch=self._embedded_tokens_in_first_batch,
-        last_batch_at=self._last_batch_at)
+        last_batch_at=self._last_batch_at, rejected=self._rejected)
 
   @contextlib.contextmanager
   def displayed(self):

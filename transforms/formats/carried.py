@@ -30,6 +30,7 @@ from run_directory.vertex import CROWDING_TAG
 from run_directory.vertex import NUMERIC_RESTRICT
 from run_directory.vertex import RESTRICT
 from transforms.formats.fields import check_unicode
+from transforms.formats.fields import kind_of
 from transforms.formats.fields import Rejected
 
 FLAG_OF_KIND = {
@@ -112,8 +113,8 @@ def _token(field: CarriedField, value, doc_id: Optional[str]) -> str:
     return str(value)
   raise Rejected(
       Reason.NON_STRING_FIELD,
-      f"field {field.name!r} ({field.flag}) is a {type(value).__name__}, not "
-      "a string or integer", doc_id)
+      f"field {field.name!r} ({field.flag}) is {kind_of(value)}, not a "
+      "string or integer", doc_id)
 
 
 def _number(field: CarriedField, value, doc_id: Optional[str]):

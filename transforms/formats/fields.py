@@ -146,6 +146,19 @@ def check_size(raw: bytes, spec: RecordSpec, what: str = "record") -> bytes:
   return raw
 
 
+def kind_of(value) -> str:
+  """What a field holds, as an error detail names it: "an object", "an
+  array", "a boolean", "an integer", "a number", "null", ... (JSON's names:
+  the reader's own classes, such as its ordered object, stay out of view)."""
+  for kind, name in ((bool, "a boolean"), (int, "an integer"),
+                     (float, "a number"), (str, "a string"),
+                     (dict, "an object"), ((list, tuple), "an array"),
+                     ((bytes, bytearray), "bytes"), (type(None), "null")):
+    if isinstance(value, kind):
+      return name
+  return f"a {type(value).__name__}"
+
+
 def id_from_int(value: int) -> str:
   return str(value)
 

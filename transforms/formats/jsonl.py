@@ -19,6 +19,7 @@ from transforms.formats.fields import check_unicode
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
 from transforms.formats.fields import id_from_int
+from transforms.formats.fields import kind_of
 from transforms.formats.fields import missing
 from transforms.formats.fields import Record
 from transforms.formats.fields import RecordSpec
@@ -61,8 +62,8 @@ def _parse_int(digits: str):
   return int(digits)
 
 
-def _type_name(value) -> str:
-  return "int" if isinstance(value, _LongInteger) else type(value).__name__
+def _kind_of(value) -> str:
+  return "an integer" if isinstance(value, _LongInteger) else kind_of(value)
 
 
 def parse_json_object(line: bytes) -> dict:
@@ -77,7 +78,7 @@ def parse_json_object(line: bytes) -> dict:
                    "invalid JSON: nested too deeply to parse") from None
   if not isinstance(record, dict):
     raise Rejected(Reason.MALFORMED_RECORD,
-                   f"expected a JSON object, got {_type_name(record)}")
+                   f"expected a JSON object, got {_kind_of(record)}")
   return record
 
 
@@ -89,7 +90,7 @@ def _json_text(record: dict, field: str, flag: str,
   if not isinstance(text, str) or isinstance(text, _LongInteger):
     raise Rejected(
         Reason.NON_STRING_FIELD,
-        f"field {field!r} is a {_type_name(text)}, not a string", doc_id)
+        f"field {field!r} is {_kind_of(text)}, not a string", doc_id)
   return check_unicode(text, field, doc_id)
 
 
@@ -106,8 +107,7 @@ def _id_from_json(value, id_field: str) -> Optional[str]:
     return id_from_int(value)
   raise Rejected(
       Reason.NON_STRING_FIELD,
-      f"field {id_field!r} is a {type(value).__name__}, not a string or "
-      f"integer")
+      f"field {id_field!r} is {kind_of(value)}, not a string or integer")
 
 
 def _jsonl_document(line: bytes, source: str, position: int,
