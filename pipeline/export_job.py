@@ -104,16 +104,20 @@ def _is_run_directory(path: str) -> bool:
       refusal_paths(path.rstrip("/")))
 
 
+def _error(message: str) -> int:
+  """Tells the error in one line; the exit status of a wrong argument."""
+  print(f"pipeline.export_model: error: {message}", file=sys.stderr)
+  return 2
+
+
 def _export_serving(args) -> int:
   if tf.io.gfile.exists(args.output_dir):
     if not tf.io.gfile.isdir(args.output_dir):
-      print(f"pipeline.export_model: error: {args.output_dir} is a file; name a new "
-            "directory for the serving SavedModel", file=sys.stderr)
-      return 2
+      return _error(f"{args.output_dir} is a file; name a new directory "
+                    "for the serving SavedModel")
     if tf.io.gfile.listdir(args.output_dir) and not args.overwrite:
-      print(f"pipeline.export_model: error: {args.output_dir} is not empty; pass "
-            "--overwrite to replace it", file=sys.stderr)
-      return 2
+      return _error(f"{args.output_dir} is not empty; pass --overwrite to "
+                    "replace it")
   try:
     if _is_run_directory(args.serving):
       embedder = Embedder.from_run(args.serving)
@@ -121,8 +125,7 @@ def _export_serving(args) -> int:
       embedder = Embedder(args.serving, max_seq_length=args.max_seq_length,
                           pooling=args.pooling, normalize=args.normalize)
   except READ_ERRORS as e:
-    print(f"pipeline.export_model: error: {one_line(e)}", file=sys.stderr)
-    return 2
+    return _error(one_line(e))
   if args.overwrite and tf.io.gfile.exists(args.output_dir):
     tf.io.gfile.rmtree(args.output_dir)
   embedder.save_serving_model(args.output_dir)
@@ -152,8 +155,7 @@ def main(argv, description: str) -> int:
           overwrite=args.overwrite, lower_case=args.lower_case)
   except (checkpoint.CheckpointError, FileExistsError, FileNotFoundError,
           ValueError) as e:
-    print(f"pipeline.export_model: error: {e}", file=sys.stderr)
-    return 2
+    return _error(str(e))
   print(f"Exported {metadata.name} to {args.output_dir} "
         f"(hidden {metadata.hidden_size}, {metadata.num_layers} layers, "
         f"pooling {metadata.pooling}, fingerprint {metadata.fingerprint[:12]})")

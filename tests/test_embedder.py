@@ -411,6 +411,40 @@ def test_a_serving_export_onto_a_file_is_told(ann_run, tmp_path, capsys):
   assert a_file.read_text() == "not a directory"
 
 
+@pytest.mark.parametrize("flags, told", [
+    # Once silently ignored: the served vectors were the run's, mean-pooled.
+    (["--pooling=cls"], "--pooling: RUN is a run directory, whose queries "
+     "must be embedded with the run's own settings"),
+    (["--normalize=false", "--max_seq_length=8"],
+     "--normalize, --max_seq_length: RUN is a run directory"),
+    (["--name=x"], "--name: for exporting a checkpoint; leave out with "
+     "--serving"),
+])
+def test_a_serving_export_refuses_flags_it_would_ignore(
+    ann_run, tmp_path, capsys, flags, told):
+  _, run_dir = ann_run
+  with pytest.raises(SystemExit) as exit_:
+    export_model.main(["--serving", run_dir, "--output_dir",
+                       str(tmp_path / "out")] + flags)
+  assert exit_.value.code == 2
+  assert told.replace("RUN", run_dir) in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_serving_export_of_a_refused_run_says_it_was_refused(
+    tmp_path, capsys):
+  # Once told as "not a complete model directory: missing encoder, ...".
+  run_dir = tmp_path / "run"
+  (run_dir / ".staging-night-1").mkdir(parents=True)
+  (run_dir / ".staging-night-1" / "refused.json").write_text("{}")
+  assert export_model.main(["--serving", str(run_dir), "--output_dir",
+                            str(tmp_path / "out")]) == 2
+  assert capsys.readouterr().err == (
+      f"pipeline.export_model: error: {run_dir} has no manifest.json: a "
+      f"guardrail refused to publish the run; {run_dir}/.staging-night-1/"
+      "refused.json says why.\n")
+
+
 @pytest.mark.parametrize("argv, told", [
     (["RUN", "   "], "the question is empty"),
     (["RUN", "a question", "--k", "0"], "--k must be at least 1")])
