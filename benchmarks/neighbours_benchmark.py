@@ -34,7 +34,6 @@ import datetime
 import importlib
 import json
 import os
-import platform
 import sys
 import time
 from typing import Dict, List, Optional
@@ -45,6 +44,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from benchmarks import embedding_cache
 from benchmarks.harness import in_child
+from benchmarks.machine import machine
 from pipeline.local_runner import LocalRunner
 from run_directory.records import Embedding
 from run_directory.records import Vectors
@@ -429,9 +429,7 @@ def main(argv=None) -> int:
   report = {
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
-      "machine": {"cpus": os.cpu_count(), "processor": platform.processor()
-                  or platform.machine(), "python": sys.version.split()[0],
-                  "numpy": np.__version__},
+      "machine": {**machine(), "numpy": np.__version__},
       "load_average_start": _load(),
       "corpus": {"sentences": len(texts),
                  "mean_chars": float(np.mean([len(t) for t in texts]))},
