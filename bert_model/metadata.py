@@ -79,8 +79,13 @@ def read_metadata(model_dir: str) -> Optional[ModelMetadata]:
   path = metadata_path(model_dir)
   if not tf.io.gfile.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    return ModelMetadata.from_dict(json.load(f))
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return ModelMetadata.from_dict(json.loads(f.read()))
+  except (ValueError, TypeError, AttributeError) as e:  # JSON's and UTF-8's
+    raise ValueError(
+        f"{path} is damaged ({' '.join(str(e).split())[:200]}); export the "
+        "model again (python -m pipeline.export_model)") from e
 
 
 def write_metadata(model_dir: str, metadata: ModelMetadata):

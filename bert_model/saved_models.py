@@ -15,7 +15,9 @@ nodes). The functions that are loaded are the same FunctionDefs, so they
 compute what a full load's do.
 """
 
+import contextlib
 import os
+import re
 from typing import Dict, Sequence
 
 import tensorflow as tf
@@ -38,11 +40,28 @@ def _uses_tensorflow_hub(path: str) -> bool:
 def load_saved_model(path: str):
   """The SavedModel at `path` (a directory, local or gs://, or a TF Hub
   handle), as `hub.load(path)` loads it."""
-  if _uses_tensorflow_hub(path):
-    # Imported here: only handles and TF1 Hub modules need it (module doc).
-    import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
-    return hub.load(path)
-  return tf.saved_model.load(path)
+  with _loading(path):
+    if _uses_tensorflow_hub(path):
+      # Imported here: only handles and TF1 Hub modules need it (module doc).
+      import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+      return hub.load(path)
+    return tf.saved_model.load(path)
+
+
+@contextlib.contextmanager
+def _loading(path: str):
+  """A model whose variables fail their checksum or end early (changed or
+  cut files) told as a damaged model, naming it, not as TensorFlow's
+  DataLossError."""
+  try:
+    yield
+  except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+    # Without TensorFlow's wrapping: "{{function_node ...}} ... [Op:X]".
+    message = re.sub(r"\{\{[^}]*\}\}|\[Op:\w+\]", "", str(e.message))
+    message = " ".join(message.split())[:300]
+    raise ValueError(
+        f"The model at {path} is damaged ({message}); export it again "
+        "(python -m pipeline.export_model).") from e
 
 
 def _resolved(path: str) -> str:
@@ -133,7 +152,7 @@ def load_parts(path: str, names: Sequence[str]) -> Dict[str, object]:
   filters = [f"root.{name}" for name in names]
   # What tf.__internal__.saved_model.load_partial does with the proto it
   # reads itself.
-  with ops.init_scope():
+  with ops.init_scope(), _loading(path):
     loader = load_lib.Loader(
         saved_model.meta_graphs[0].object_graph_def, saved_model, path,
         checkpoint_options.CheckpointOptions(),

@@ -25,6 +25,7 @@ from bert_model import resolution
 from bert_model.chunking import ChunkSettings
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
+from bert_model.loaded_model import PRECISIONS
 from bert_model.metadata import POOLING_MODES
 from run_directory.manifest import load_manifest
 
@@ -81,6 +82,7 @@ class Embedder:
         precision=precision,
         encoder_format=resolved.encoder_format,
         chunking=chunking)
+    _check_settings(self.settings, resolved)
     self.fingerprint = resolved.fingerprint
     self.hidden_size = resolved.hidden_size
     self._max_batch_tokens = max_batch_tokens
@@ -91,15 +93,17 @@ class Embedder:
     """The embedder of a published run: its model and vector settings."""
     manifest = load_manifest(run_dir)
     model, flags = _checked_model_entry(manifest, run_dir)
-    chunking = model.get("chunking")
+    where = f"{run_dir}/manifest.json"
     try:
       return cls(model=model["path"], preprocessor=flags.get("preprocessor"),
                  model_root=flags.get("model_root"),
                  max_seq_length=model["max_seq_length"],
                  pooling=model["pooling"], normalize=model["normalize"],
                  precision=model.get("precision", "float32"),
-                 chunking=ChunkSettings(**chunking) if chunking else None,
+                 chunking=_chunk_settings(model.get("chunking")),
                  fingerprint=model["fingerprint"], **kwargs)
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from e
     except FileNotFoundError as e:
       # Told as the run's model, not as a --model flag the caller never gave.
       raise FileNotFoundError(
@@ -149,6 +153,28 @@ class Embedder:
             f"fingerprint={self.fingerprint!r})")
 
 
+def _check_settings(settings: ModelSettings,
+                    model: resolution.ResolvedModel):
+  """What the model can compute, as the pipeline's planning checks it
+  (pipeline/model_plan.py): otherwise a long text would fail deep in the
+  encoder, or a setting would be quietly ignored."""
+  length, limit = settings.max_seq_length, model.max_position_embeddings
+  if not isinstance(length, int) or not 3 <= length <= limit:
+    raise ValueError(f"max_seq_length {length!r} must be between 3 and the "
+                     f"model's max_position_embeddings ({limit})")
+  if settings.pooling not in POOLING_MODES:
+    raise ValueError(f"pooling {settings.pooling!r} is not one of "
+                     f"{', '.join(POOLING_MODES)}")
+  if settings.pooling == "pooler" and not model.has_pooler:
+    raise ValueError("pooling 'pooler': the model has no pooler weights")
+  if settings.precision not in PRECISIONS:
+    raise ValueError(f"precision {settings.precision!r} is not one of "
+                     f"{', '.join(PRECISIONS)}")
+  if settings.chunking and settings.chunking.chunk_size > length:
+    raise ValueError(f"chunk_size {settings.chunking.chunk_size} is longer "
+                     f"than max_seq_length {length}")
+
+
 def _checked_texts(texts) -> list:
   """The texts as a list, each a str that is valid Unicode (TensorFlow
   would fail on anything else with a long error about binding inputs)."""
@@ -170,6 +196,18 @@ def _checked_texts(texts) -> list:
   return list(texts)
 
 
+def _chunk_settings(chunking: Optional[dict]) -> Optional[ChunkSettings]:
+  if not chunking:
+    return None
+  fields = {f.name for f in dataclasses.fields(ChunkSettings)}
+  if set(chunking) != fields or not all(
+      isinstance(v, int) and not isinstance(v, bool)
+      for v in chunking.values()):
+    raise ValueError(f"model.chunking is {chunking!r}, not the chunk "
+                     "settings the pipeline writes: the manifest is damaged.")
+  return ChunkSettings(**chunking)
+
+
 _MODEL_ENTRY_TYPES = {"path": str, "max_seq_length": int, "pooling": str,
                       "normalize": bool, "fingerprint": str}
 
@@ -186,6 +224,11 @@ def _checked_model_entry(manifest: dict, run_dir: str):
     raise ValueError(f"{where} has no \"model\" entry or \"settings\" of "
                      "the model: it is damaged, or not written by this "
                      "pipeline.")
+  for name in ("preprocessor", "model_root"):
+    if not isinstance(flags.get(name), (str, type(None))):
+      raise ValueError(f"{where}: settings.model.{name} is "
+                       f"{flags[name]!r}, not a path: the manifest is "
+                       "damaged.")
   for name, kind in _MODEL_ENTRY_TYPES.items():
     value = model.get(name)
     if not isinstance(value, kind) or (kind is int and

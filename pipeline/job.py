@@ -38,6 +38,7 @@ from run_directory.manifest import load_manifest
 from transforms import native_logs
 from transforms.guardrails import describe_refusal
 from transforms.guardrails import RunRefusedError
+from transforms.reuse import PREVIOUS_ROWS_DIFFER
 
 _LOG = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ def _raise_if_refused(staging_dir: str):
 # files are read only from --previous_run (transforms/reuse.py): the input's
 # readers dead-letter damage, and spill files are pickles.
 _DAMAGED_TFRECORD = re.compile(r"Not a valid TFRecord\. ([^:\n]*)")
+# A previous run whose table holds other rows than its manifest counts.
+_DIFFERENT_ROWS = re.compile(re.escape(PREVIOUS_ROWS_DIFFER) + r"[^\n]*")
 
 
 def _raise_if_previous_run_damaged(plan: RunPlan, error: Exception):
@@ -104,14 +107,20 @@ def _raise_if_previous_run_damaged(plan: RunPlan, error: Exception):
   planning)."""
   if plan.previous_run is None:
     return
-  found = _DAMAGED_TFRECORD.search(
-      "".join(traceback.format_exception(error)))
+  told = "".join(traceback.format_exception(error))
+  found, rows_differ = (_DAMAGED_TFRECORD.search(told),
+                        _DIFFERENT_ROWS.search(told))
   if found:
-    raise RunFailedError(
-        f"--previous_run={plan.previous_run.path}: a TFRecord shard of its "
-        f"tables is damaged (not a valid TFRecord: {found.group(1)}), so "
-        "nothing was published. Point --previous_run at a complete run, or "
-        "leave it out to embed every document.") from None
+    damage = (f"a TFRecord shard of its tables is damaged (not a valid "
+              f"TFRecord: {found.group(1)})")
+  elif rows_differ:
+    damage = rows_differ.group(0)
+  else:
+    return
+  raise RunFailedError(
+      f"--previous_run={plan.previous_run.path}: {damage}, so nothing was "
+      "published. Point --previous_run at a complete run, or leave it out "
+      "to embed every document.") from None
 
 
 def run_job(argv=None, save_main_session=True,

@@ -57,19 +57,26 @@ def plan_previous_run(path: str, model_fingerprint: str,
         f"--previous_run={path} has no manifest.json: it is not a published "
         "run. Point --previous_run at the last complete run directory."
     ) from None
-  except ValueError as e:
-    raise ConfigError(f"--previous_run: {e}") from None
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"--previous_run: {one_line(e)}") from None
   try:
+    _check_entries(manifest)
     embeddings = table_entry(manifest, EMBEDDINGS)
     files = tuple(table_paths(path, embeddings, EMBEDDINGS, TFRECORD))
-    documents = int(manifest["counts"]["embedded"])
+    if not files:
+      raise ValueError("outputs.embeddings.tfrecord lists no file")
+    documents = manifest["counts"]["embedded"]
     fingerprint = manifest["model"]["fingerprint"]
     chunk_files = _optional_table_paths(path, manifest, CHUNKS, TFRECORD)
+    if manifest["model"].get("chunking") and not chunk_files:
+      raise ValueError("the run was chunked, but lists no chunks files")
     vertex_state_files = _optional_table_paths(path, manifest, VERTEX_STATE,
                                                JSONL)
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ConfigError(
-        f"--previous_run={path}: its manifest lacks {e}") from None
+        f"--previous_run={path}: its manifest.json is damaged ({one_line(e)})"
+        ". Point --previous_run at a complete run, or leave it out to embed "
+        "everything.") from None
   missing = [name for name in files + chunk_files + vertex_state_files
              if not FileSystems.exists(name)]
   if missing:
@@ -79,7 +86,7 @@ def plan_previous_run(path: str, model_fingerprint: str,
         "Point --previous_run at a complete run, or leave it out to embed "
         "everything.")
   # Older runs recorded some vector settings under "settings", flat.
-  previous = dict(manifest.get("settings", {}))
+  previous = dict(manifest["settings"])
   previous.update(manifest["model"])
   reason = ""
   if fingerprint != model_fingerprint:
@@ -99,6 +106,26 @@ def plan_previous_run(path: str, model_fingerprint: str,
                      reason=reason, documents=documents,
                      chunk_tfrecord_files=chunk_files,
                      vertex_state_files=vertex_state_files)
+
+
+# Entries of a manifest a previous run is planned from, and their types.
+_ENTRY_TYPES = (("run_id", str), ("counts", dict), ("model", dict),
+                ("settings", dict))
+
+
+def _check_entries(manifest: dict):
+  """The entries planning reads are of the types the pipeline writes."""
+  for name, kind in _ENTRY_TYPES:
+    if not isinstance(manifest.get(name), kind):
+      raise ValueError(f"{name} is {manifest.get(name)!r}, not a "
+                       f"{'string' if kind is str else 'JSON object'}")
+  embedded = manifest["counts"].get("embedded")
+  if not isinstance(embedded, int) or isinstance(embedded, bool) or (
+      embedded < 0):
+    raise ValueError(f"counts.embedded is {embedded!r}, not a count")
+  if not isinstance(manifest["model"].get("fingerprint"), str):
+    raise ValueError(f"model.fingerprint is "
+                     f"{manifest['model'].get('fingerprint')!r}, not a string")
 
 
 def _column_names(run_dir: str, entry: dict) -> set:

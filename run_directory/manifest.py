@@ -155,15 +155,29 @@ def load_manifest(run_dir: str) -> dict:
     manifest = json.loads(read_bytes(path))
   except ValueError as e:
     raise ValueError(f"{path} is not valid JSON: {e}") from e
+  except RecursionError:
+    raise ValueError(f"{path} is not a manifest: its JSON nests too "
+                     "deep") from None
   if not isinstance(manifest, dict) or not isinstance(
       manifest.get("outputs"), dict):
     raise ValueError(f"{path} has no \"outputs\" object")
+  for name in _OBJECT_ENTRIES:
+    if not isinstance(manifest.get(name, {}), dict):
+      raise ValueError(f"{path}: \"{name}\" is {manifest[name]!r}, not a "
+                       "JSON object: the manifest is damaged")
   return manifest
+
+
+# Entries every reader may look into, objects when present.
+_OBJECT_ENTRIES = ("model", "counts", "settings")
 
 
 def table_entry(manifest: dict, table: str) -> dict:
   entry = manifest["outputs"].get(table)
-  if not isinstance(entry, dict):
+  if table in manifest["outputs"] and not isinstance(entry, dict):
+    raise ValueError(f"manifest: outputs.{table} is {entry!r}, not a JSON "
+                     "object: the manifest is damaged")
+  if entry is None:
     tables = [name for name in TABLES if name in manifest["outputs"]]
     raise ValueError(f"The run has no {table!r} table; it has "
                      f"{', '.join(tables) or 'none'}")
@@ -194,7 +208,12 @@ def table_columns(run_dir: str, entry: dict, table: str):
   """The table's columns: from its schema file, else known, else inferred."""
   if BIGQUERY_SCHEMA in entry:
     path = resolve(run_dir, entry[BIGQUERY_SCHEMA])
-    return columns_from_bigquery_schema(json.loads(read_bytes(path)))
+    try:
+      return columns_from_bigquery_schema(json.loads(read_bytes(path)))
+    except (ValueError, TypeError, KeyError, AttributeError,
+            RecursionError) as e:
+      raise ValueError(f"{path} is not a BigQuery schema the run wrote "
+                       f"({' '.join(str(e).split())[:200]})") from e
   if table == ERRORS:
     return ERROR_COLUMNS
   return None

@@ -28,6 +28,7 @@ from run_directory.arrow import example_layout_arrow_schema
 from run_directory.arrow import from_example_layout
 from run_directory.arrow import to_arrow_schema
 from run_directory.layout import AVRO
+from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import ERRORS
 from run_directory.layout import JSONL
@@ -81,17 +82,42 @@ def _read_table(run_dir, manifest, table, format_) -> pa.Table:
   paths = table_paths(run_dir, entry, table, format_)
   columns = table_columns(run_dir, entry, table)
   if format_ == TFRECORD:
-    return read_tfrecord(paths, columns)
-  if format_ == PARQUET:
-    return _read_parquet(paths, columns)
-  records = _avro_records if format_ == AVRO else _json_lines
+    result = read_tfrecord(paths, columns)
+  elif format_ == PARQUET:
+    result = _read_parquet(paths, columns)
+  else:
+    result = _read_rows(paths, columns, _avro_records if format_ == AVRO
+                        else _json_lines)
+  _check_row_count(result, manifest, table, format_)
+  return result
+
+
+def _read_rows(paths: Sequence[str], columns, records) -> pa.Table:
+  """The rows of Avro or JSON-lines files, as one table."""
   rows = []
   for path in paths:
     with _reading(path):
       rows.extend(records(path))
-  if columns is None:
-    return pa.Table.from_pylist(rows)
-  return pa.Table.from_pylist(rows, schema=to_arrow_schema(columns))
+  schema = None if columns is None else to_arrow_schema(columns)
+  # A row that does not fit the schema (a damaged or hand-edited file).
+  with _reading(", ".join(paths)):
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+# The manifest's count of each table's rows.
+_ROW_COUNTS = {EMBEDDINGS: "embedded", CHUNKS: "chunks"}
+
+
+def _check_row_count(result: pa.Table, manifest: dict, table: str,
+                     format_: str):
+  """As many rows as the manifest counts: a file cut after a whole record
+  or block, emptied or listed twice passes its format's own checks."""
+  expected = manifest.get("counts", {}).get(_ROW_COUNTS.get(table))
+  if isinstance(expected, int) and result.num_rows != expected:
+    raise ValueError(
+        f"The {table} table's {format_} files hold {result.num_rows} rows, "
+        f"but the manifest counts {expected}: a file of it is damaged, "
+        "emptied or listed twice.")
 
 
 @contextlib.contextmanager

@@ -719,22 +719,63 @@ def test_wrong_beam_options_and_stray_arguments_exit_2_before_anything_runs(
   assert sorted(os.listdir(tmp_path)) == before  # nothing made
 
 
-@pytest.mark.parametrize("damage", ["flipped byte", "cut short"])
+_NOT_VALID = "a TFRecord shard of its tables is damaged (not a valid TFRecord: "
+
+
+def _three_documents(tmp_path) -> str:
+  path = tmp_path / "three.jsonl"
+  path.write_text("".join(
+      json.dumps({"id": doc_id, "text": text}) + "\n" for doc_id, text in
+      (("a", "hello world"), ("b", "the quick brown fox"),
+       ("c", "a cat sat on the mat"))))
+  return str(path)
+
+
+def _first_record_only(data: bytes) -> bytes:
+  """A TFRecord file cut just after its first whole record: length (8
+  bytes), its CRC (4), the data, the data's CRC (4)."""
+  (length,) = struct.unpack("<Q", data[:8])
+  return data[:8 + 4 + length + 4]
+
+
+@pytest.mark.parametrize("damage, told", [
+    ("flipped byte", _NOT_VALID),
+    ("cut short", _NOT_VALID),
+    # Found by a fuzzer: each of these passes TFRecord's checksums, so the
+    # run counted fewer (or more) previous documents and its removed count,
+    # which guards publishing, said nothing was gone.
+    ("emptied", "the previous run's embeddings table holds 0 rows, but its "
+     "manifest counts 3 documents"),
+    ("cut after a whole record", "the previous run's embeddings table holds "
+     "1 rows, but its manifest counts 3 documents"),
+    ("listed twice", "the previous run's embeddings table holds 6 rows, but "
+     "its manifest counts 3 documents"),
+])
 def test_a_damaged_previous_run_shard_fails_in_one_line(
-    damage, tmp_path, corpus_file, tiny_model_dir, capsys):
+    damage, told, tmp_path, tiny_model_dir, capsys):
   # Found by a fuzzer: the runner's traceback, with a hex dump of the
   # record. A missing shard is found while planning; a damaged one only
   # when it is read.
+  corpus_file = _three_documents(tmp_path)
   code, first = _run(tmp_path, tiny_model_dir, corpus_file, output="first")
   assert code == 0
   manifest = read_outputs.load_manifest(first)
+  assert manifest["counts"]["embedded"] == 3
   [shard] = manifest["outputs"]["embeddings"]["tfrecord"]
   path = os.path.join(first, shard)
   data = bytearray(open(path, "rb").read())
   if damage == "flipped byte":
     data[len(data) // 2] ^= 0x10
-  else:
+  elif damage == "cut short":
     data = data[:len(data) - 7]
+  elif damage == "emptied":
+    data = b""
+  elif damage == "cut after a whole record":
+    data = _first_record_only(bytes(data))
+  else:
+    manifest["outputs"]["embeddings"]["tfrecord"] = [shard, shard]
+    with open(os.path.join(first, "manifest.json"), "w") as f:
+      json.dump(manifest, f)
   with open(path, "wb") as f:
     f.write(data)
   capsys.readouterr()
@@ -743,10 +784,47 @@ def test_a_damaged_previous_run_shard_fails_in_one_line(
   assert code == 1
   err = capsys.readouterr().err
   assert err.startswith(
-      f"pipeline.main: error: --previous_run={first}: a TFRecord shard of its "
-      "tables is damaged (not a valid TFRecord: "), err
+      f"pipeline.main: error: --previous_run={first}: {told}"), err
   assert len(err.splitlines()) == 1
   assert not os.path.exists(os.path.join(second, "manifest.json"))
+
+
+@pytest.mark.parametrize("damage, told", [
+    (lambda m: m["counts"].update(embedded=-5),
+     "counts.embedded is -5, not a count"),
+    (lambda m: m["counts"].update(embedded=1e30),
+     "counts.embedded is 1e+30, not a count"),
+    (lambda m: m["counts"].update(embedded=True),
+     "counts.embedded is True, not a count"),
+    (lambda m: m.update(settings=None), "settings is None, not a JSON object"),
+    (lambda m: m.pop("run_id"), "run_id is None, not a string"),
+    (lambda m: m["model"].update(fingerprint=123),
+     "model.fingerprint is 123, not a string"),
+    (lambda m: m["outputs"]["embeddings"].update(tfrecord=[]),
+     "outputs.embeddings.tfrecord lists no file"),
+    (lambda m: m.update(model=[]), "model is [], not a JSON object"),
+])
+def test_a_damaged_previous_manifest_is_a_flag_error(
+    damage, told, tmp_path, tiny_model_dir, capsys):
+  # Found by a fuzzer: tracebacks, "its manifest lacks int() argument ...",
+  # or (a count of 0) a removed-documents guardrail that checked nothing.
+  corpus_file = _three_documents(tmp_path)
+  code, first = _run(tmp_path, tiny_model_dir, corpus_file, output="first")
+  assert code == 0
+  path = os.path.join(first, "manifest.json")
+  manifest = read_outputs.load_manifest(first)
+  damage(manifest)
+  with open(path, "w") as f:
+    json.dump(manifest, f)
+  capsys.readouterr()
+  code, second = _run(tmp_path, tiny_model_dir, corpus_file,
+                      f"--previous_run={first}", output="second")
+  assert code == 2
+  err = capsys.readouterr().err
+  assert err == (f"pipeline.main: error: --previous_run={first}: its "
+                 f"manifest.json is damaged ({told}). Point --previous_run at "
+                 "a complete run, or leave it out to embed everything.\n")
+  assert not os.path.exists(second)
 
 
 def test_a_file_named_like_a_glob_is_told_how_to_escape_it(

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the serving model's ops)
 
+from bert_model.chunking import ChunkSettings
 from pipeline import export_model
 from pipeline import main
 from pipeline import query
@@ -345,7 +346,10 @@ def test_texts_that_are_not_str_or_not_unicode_are_told():
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda m: m.update(settings=None), 'no "model" entry'),
+    (lambda m: m.update(settings=None),
+     '"settings" is None, not a JSON object'),
+    # Found by a fuzzer: AttributeError tracebacks.
+    (lambda m: m.update(model=["x"]), "\"model\" is ['x'], not a JSON object"),
     (lambda m: m.pop("model"), 'no "model" entry'),
     (lambda m: m["model"].update(path=5), "model.path is 5, not a str"),
     # Once told as "leave --model out", a flag the query has not.
@@ -357,6 +361,14 @@ def test_texts_that_are_not_str_or_not_unicode_are_told():
      "model.pooling is 'weird', not one of"),
     (lambda m: m["model"].update(normalize="yes"),
      "model.normalize is 'yes', not a bool"),
+    # Found by a fuzzer: TypeError, AttributeError or TensorFlow's shape
+    # errors on the first long question.
+    (lambda m: m["model"].update(chunking={"bogus": 1}),
+     "model.chunking is {'bogus': 1}, not the chunk settings"),
+    (lambda m: m["settings"]["model"].update(preprocessor=5),
+     "settings.model.preprocessor is 5, not a path"),
+    (lambda m: m["model"].update(max_seq_length=100_000),
+     "max_seq_length 100000 must be between 3 and the model's"),
 ])
 def test_a_damaged_manifest_is_told_in_one_line(ann_run, tmp_path, capsys,
                                                 damage, message):
@@ -455,3 +467,50 @@ def test_query_refuses_a_wrong_argument_before_reading(argv, told, capsys):
     query.main(argv)
   assert exit_.value.code == 2
   assert told in capsys.readouterr().err
+
+
+def test_a_model_with_damaged_weights_is_told_as_damaged(tiny_model_dir,
+                                                         tmp_path):
+  # Found by a fuzzer: TensorFlow's DataLossError, a traceback in query and
+  # export_model.
+  copy = str(tmp_path / "model")
+  shutil.copytree(tiny_model_dir, copy)
+  path = os.path.join(copy, "encoder", "variables",
+                      "variables.data-00000-of-00001")
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0xFF
+  with open(path, "wb") as f:
+    f.write(data)
+  with pytest.raises(ValueError, match=r"The model at .*encoder is damaged "
+                     r"\(TensorBundle .*Checksum does not match.*\); export "
+                     r"it again"):
+    Embedder(copy).embed(["hello world"])
+
+
+@pytest.mark.parametrize("settings, told", [
+    (dict(max_seq_length=10_000), "max_seq_length 10000 must be between 3 "
+     "and the model's max_position_embeddings"),
+    (dict(precision="bogus"), "precision 'bogus' is not one of"),
+    (dict(pooling="weird"), "pooling 'weird' is not one of"),
+    (dict(chunking=ChunkSettings(chunk_size=64, chunk_overlap=8,
+                                 max_chunks=4), max_seq_length=32),
+     "chunk_size 64 is longer than max_seq_length 32"),
+])
+def test_settings_the_model_cannot_compute_are_refused(
+    tiny_model_dir, settings, told):
+  # Found by a fuzzer: a run's manifest with max_seq_length past the
+  # model's positions made a serving model that failed on long texts.
+  with pytest.raises(ValueError, match=told):
+    Embedder(tiny_model_dir, **settings)
+
+
+@pytest.mark.parametrize("metadata", [b"{garbage", b"[1, 2]", b"\xff\xfe"])
+def test_a_damaged_model_metadata_file_is_told_naming_it(
+    tiny_model_dir, tmp_path, metadata):
+  copy = str(tmp_path / "model")
+  shutil.copytree(tiny_model_dir, copy)
+  with open(os.path.join(copy, "model_metadata.json"), "wb") as f:
+    f.write(metadata)
+  with pytest.raises(ValueError, match=r"model_metadata.json is damaged \(.*"
+                     r"\); export the model again"):
+    Embedder(copy)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -290,3 +291,53 @@ def test_a_missing_table_is_told_with_the_tables_the_run_has(run_dir, capsys):
   err = capsys.readouterr().err
   assert err == ("pipeline.read_outputs: error: The run has no 'duplicates' "
                  "table; it has embeddings, neighbours, errors\n")
+
+
+@pytest.mark.parametrize("format_", ["parquet", "tfrecord"])
+@pytest.mark.parametrize("damage, rows", [("listed twice", 8), ("emptied", 0)])
+def test_a_table_must_hold_the_rows_its_manifest_counts(
+    run_dir, tmp_path, format_, damage, rows):
+  # Found by a fuzzer: a shard emptied (or cut after a whole record) or
+  # listed twice passes its format's checks, and was read as 0 or 8 rows.
+  copy = str(tmp_path / "copy")
+  shutil.copytree(run_dir, copy)
+  path = os.path.join(copy, "manifest.json")
+  manifest = read_outputs.load_manifest(copy)
+  manifest["counts"] = {"embedded": len(EMBEDDINGS)}
+  files = manifest["outputs"]["embeddings"][format_]
+  if damage == "listed twice":
+    manifest["outputs"]["embeddings"][format_] = files + files
+  else:
+    for relative in files:
+      open(os.path.join(copy, relative), "wb").close()
+  with open(path, "w") as f:
+    json.dump(manifest, f)
+  if format_ == "parquet" and damage == "emptied":
+    told = "cannot be read"  # an empty file is no Parquet file
+  else:
+    told = (f"The embeddings table's {format_} files hold {rows} rows, but "
+            "the manifest counts 4: a file of it is damaged, emptied or "
+            "listed twice.")
+  with pytest.raises(ValueError, match=re.escape(told)):
+    read_outputs.read_table(copy, format=format_)
+
+
+def test_a_damaged_schema_or_table_entry_is_told_naming_it(run_dir, tmp_path):
+  # Found by a fuzzer: "Expecting value: line 1 column 1 (char 0)", and "no
+  # 'embeddings' table; it has [..., 'embeddings', ...]".
+  copy = str(tmp_path / "copy")
+  shutil.copytree(run_dir, copy)
+  manifest = read_outputs.load_manifest(copy)
+  schema = os.path.join(copy,
+                        manifest["outputs"]["embeddings"]["bigquery_schema"])
+  with open(schema, "w") as f:
+    f.write("not json")
+  with pytest.raises(ValueError, match=re.escape(schema) +
+                     r" is not a BigQuery schema the run wrote \(Expecting"):
+    read_outputs.read_table(copy)
+  manifest["outputs"]["embeddings"] = None
+  with open(os.path.join(copy, "manifest.json"), "w") as f:
+    json.dump(manifest, f)
+  with pytest.raises(ValueError, match="outputs.embeddings is None, not a "
+                     "JSON object: the manifest is damaged"):
+    read_outputs.read_table(copy)

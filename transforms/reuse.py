@@ -13,7 +13,11 @@ carried-over vector takes its input fields (--restrict_fields and the like)
 from tonight's record, not from the previous run.
 
 The previous run is read from its TFRecord shards, listed by its manifest, with
-tfx-bsl's TFXIO reader (tf.Example to Arrow RecordBatches in C++).
+tfx-bsl's TFXIO reader (tf.Example to Arrow RecordBatches in C++). Its rows
+are counted against its manifest's count before any document is split: a
+shard cut after a whole record, emptied or listed twice passes TFRecord's
+checksums, and would hide documents from the removed count that guards
+publishing (transforms/guardrails.py).
 """
 
 import dataclasses
@@ -43,6 +47,16 @@ REUSED_CHUNKS = "reused_chunks"
 TO_EMBED = "to_embed"
 REMOVED = "removed"
 _READ_BATCH_SIZE = 1024
+
+# How a previous run whose table and manifest disagree is told (the run
+# fails: pipeline/job.py finds this in the runner's error, to tell it in one
+# line).
+PREVIOUS_ROWS_DIFFER = "the previous run's embeddings table holds"
+
+
+class PreviousRunDamagedError(RuntimeError):
+  """The previous run's embeddings table does not hold the rows its
+  manifest counts."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +148,8 @@ class _SplitByReuseFn(beam.DoFn):
     # counter means what the manifest's `truncated` means.
     self._truncated = counter(COUNTERS.truncated)
 
-  def process(self, grouped):
+  def process(self, grouped, checked_previous_rows):
+    del checked_previous_rows  # only waited for (ReuseEmbeddings)
     document_id, group = grouped
     documents, previous = list(group["documents"]), list(group["previous"])
     if not documents:
@@ -163,6 +178,15 @@ class _SplitByReuseFn(beam.DoFn):
           REUSED_CHUNKS, chunk_of(document, index, chunk))
 
 
+def _checked_previous_rows(rows: int, previous: PreviousRun) -> int:
+  if rows != previous.documents:
+    raise PreviousRunDamagedError(
+        f"{PREVIOUS_ROWS_DIFFER} {rows} rows, but its manifest counts "
+        f"{previous.documents} documents: a shard was cut short, emptied or "
+        "listed twice")
+  return rows
+
+
 class ReuseEmbeddings(beam.PTransform):
   """Documents -> {REUSED: Embedding, REUSED_CHUNKS: Chunk, TO_EMBED:
   Document, REMOVED: id}."""
@@ -182,9 +206,17 @@ class ReuseEmbeddings(beam.PTransform):
           documents.pipeline
           | "ReadPreviousChunks" >> read_previous_chunks(self._previous,
                                                          self._spec))
+    # A side input of the split: nothing is carried over, counted removed
+    # or published before the previous run's rows are known to be whole.
+    checked_rows = (previous
+                    | "CountPrevious" >> beam.combiners.Count.Globally()
+                    | "CheckPreviousRows" >> beam.Map(
+                        _checked_previous_rows, self._previous))
     split = (joined
              | "JoinOnId" >> beam.CoGroupByKey()
-             | "Split" >> beam.ParDo(_SplitByReuseFn()).with_outputs(
-                 REUSED, REUSED_CHUNKS, REMOVED, main=TO_EMBED))
+             | "Split" >> beam.ParDo(
+                 _SplitByReuseFn(),
+                 beam.pvalue.AsSingleton(checked_rows)).with_outputs(
+                     REUSED, REUSED_CHUNKS, REMOVED, main=TO_EMBED))
     return {REUSED: split[REUSED], REUSED_CHUNKS: split[REUSED_CHUNKS],
             TO_EMBED: split[TO_EMBED], REMOVED: split[REMOVED]}
