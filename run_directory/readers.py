@@ -27,6 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from run_directory.arrow import example_layout_arrow_schema
 from run_directory.arrow import from_example_layout
 from run_directory.arrow import to_arrow_schema
+from run_directory.avro_blocks import check_snappy_blocks
 from run_directory.layout import AVRO
 from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
@@ -99,6 +100,18 @@ def _read_rows(paths: Sequence[str], columns, records) -> pa.Table:
     with _reading(path):
       rows.extend(records(path))
   schema = None if columns is None else to_arrow_schema(columns)
+  if schema is not None:
+    # Arrow would fill a column the rows lack with nulls, and drop one the
+    # schema lacks: a damaged name (in a row, or in an Avro file's header)
+    # would read as a column of nulls.
+    names = set(schema.names)
+    for row in rows:
+      unknown = row.keys() - names if isinstance(row, dict) else {"?"}
+      if unknown:
+        raise ValueError(
+            f"{', '.join(paths)}: a row is not an object of the table's "
+            f"columns (it holds {sorted(map(str, unknown))[:5]}): a file is "
+            "damaged")
   # A row that does not fit the schema (a damaged or hand-edited file).
   with _reading(", ".join(paths)):
     return pa.Table.from_pylist(rows, schema=schema)
@@ -147,7 +160,10 @@ def _json_lines(path: str) -> Iterator[dict]:
 
 def _avro_records(path: str) -> Iterator[dict]:
   with _open(path) as f:
-    yield from fastavro.reader(f)
+    data = f.read()
+  # fastavro does not check the blocks' CRCs (avro_blocks.py).
+  check_snappy_blocks(data)
+  yield from fastavro.reader(io.BytesIO(data))
 
 
 def _read_parquet(paths: Sequence[str], columns) -> pa.Table:
@@ -155,7 +171,8 @@ def _read_parquet(paths: Sequence[str], columns) -> pa.Table:
   tables = []
   for path in paths:
     with _reading(path), _open(path) as f:
-      table = pq.read_table(f)
+      # The pages' CRCs (written since the run's writer asks for them).
+      table = pq.read_table(f, page_checksum_verification=True)
       tables.append(table if schema is None else table.cast(schema))
   if not tables:
     return (schema or pa.schema([])).empty_table()

@@ -158,9 +158,11 @@ class ShardWriter:
     del path  # unused
     schema = to_arrow_schema(self.table.columns)
     # Lists as the Parquet spec (and BigQuery's list inference) wants them.
+    # With page CRCs, which the readers check (readers.py): Parquet has no
+    # other checksum, and a flipped bit came back as a changed value.
     with pq.ParquetWriter(
-        f, schema, compression="snappy",
-        use_compliant_nested_type=True) as writer:
+        f, schema, compression="snappy", use_compliant_nested_type=True,
+        write_page_checksum=True) as writer:
       group, group_bytes = [], 0
       for batch in _batches(rows, self.batch_size):
         group.append(self.table.to_arrow(batch))
