@@ -27,6 +27,7 @@ from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
 from bert_model.loaded_model import PRECISIONS
 from bert_model.metadata import POOLING_MODES
+from run_directory.layout import CHUNKS
 from run_directory.manifest import load_manifest
 
 
@@ -243,6 +244,10 @@ def _checked_model_entry(manifest: dict, run_dir: str):
     raise ValueError(f"{where}: model.pooling is {model['pooling']!r}, not "
                      f"one of {', '.join(POOLING_MODES)}: the manifest is "
                      "damaged.")
+  if CHUNKS in manifest.get("outputs", {}) and not model.get("chunking"):
+    # Queries would be embedded whole, unlike the run's chunks.
+    raise ValueError(f"{where}: the run has a chunks table but no "
+                     "model.chunking settings: the manifest is damaged.")
   if not isinstance(model.get("chunking") or {}, dict):
     raise ValueError(f"{where}: model.chunking is {model['chunking']!r}, "
                      "not an object: the manifest is damaged.")

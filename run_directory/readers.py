@@ -66,8 +66,8 @@ def load_embeddings(
 ) -> tuple[list[str], np.ndarray]:
   """The run's document ids and their vectors, float32 [N, H], in file order."""
   manifest = load_manifest(run_dir)
-  table = _read_table(run_dir, manifest, EMBEDDINGS, format)
-  return ids_and_matrix(table, manifest)
+  table = _read_table(run_dir, manifest, EMBEDDINGS, format)  # checked
+  return _ids_and_matrix(table, manifest)
 
 
 def read_errors(run_dir: str) -> list[dict]:
@@ -90,6 +90,8 @@ def _read_table(run_dir, manifest, table, format_) -> pa.Table:
     result = _read_rows(paths, columns, _avro_records if format_ == AVRO
                         else _json_lines)
   _check_row_count(result, manifest, table, format_)
+  if table == EMBEDDINGS:
+    ids_and_matrix(result, manifest)  # the vectors checked
   return result
 
 
@@ -199,6 +201,14 @@ def read_tfrecord(paths: Sequence[str], columns) -> pa.Table:
 
 
 def ids_and_matrix(table: pa.Table, manifest: dict):
+  """The ids and the float32 [N, H] matrix of an embeddings table, its
+  vectors checked (_check_vectors)."""
+  ids, matrix = _ids_and_matrix(table, manifest)
+  _check_vectors(ids, matrix, manifest)
+  return ids, matrix
+
+
+def _ids_and_matrix(table: pa.Table, manifest: dict):
   ids = table.column("id").to_pylist()
   vectors = table.column("embedding").combine_chunks()
   lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False)
@@ -210,7 +220,6 @@ def ids_and_matrix(table: pa.Table, manifest: dict):
     hidden_size = int(manifest.get("model", {}).get("hidden_size") or 0)
   values = vectors.flatten().to_numpy(zero_copy_only=False)
   matrix = values.astype(np.float32).reshape(len(ids), hidden_size)
-  _check_vectors(ids, matrix, manifest)
   return ids, matrix
 
 

@@ -146,6 +146,17 @@ def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):
   # The query CLI searches the chunks of a chunked run.
   hits = search_lib.search(run_dir, rows[1]["text"], k=1, embedder=embedder)
   assert hits[0][1]["id"] in {r["id"] for r in rows}
+  # Found by a fuzzer: without its chunk settings, a chunked run's queries
+  # were embedded whole, and ranked otherwise.
+  path = os.path.join(run_dir, "manifest.json")
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  del manifest["model"]["chunking"]
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(manifest, f)
+  with pytest.raises(ValueError, match="has a chunks table but no "
+                     "model.chunking settings"):
+    Embedder.from_run(run_dir)
 
 
 def test_a_run_with_a_relative_model_path_is_queried_from_anywhere(

@@ -384,3 +384,23 @@ def test_a_flipped_bit_never_reads_back_as_other_rows(
       continue
     assert rows == original, f"a flip at byte {position} changed the rows"
   assert failed >= len(range(4, len(data), 97)) // 2
+
+
+def test_a_vector_that_is_not_finite_is_refused_by_every_reader(
+    run_dir, tmp_path):
+  # Found by a fuzzer: read_table handed back NaN vectors; only
+  # load_embeddings checked them.
+  copy = copy_run(run_dir, tmp_path)
+  [relative] = read_outputs.load_manifest(copy)["outputs"]["embeddings"][
+      "parquet"]
+  path = os.path.join(copy, relative)
+  table = pq.read_table(path)
+  rows = table.to_pylist()
+  rows[1]["embedding"][2] = float("nan")
+  pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path,
+                 write_page_checksum=True)
+  for read in (lambda: read_outputs.read_table(copy),
+               lambda: read_outputs.load_embeddings(copy)):
+    with pytest.raises(ValueError, match=r"1 stored vector\(s\) are not what "
+                       r"the run wrote \(not finite"):
+      read()
