@@ -731,6 +731,15 @@ def _three_documents(tmp_path) -> str:
   return str(path)
 
 
+def _first_run(tmp_path, model_dir):
+  """(its corpus, its directory, its manifest) of a published run of three
+  documents, for a test to damage as a --previous_run."""
+  corpus_file = _three_documents(tmp_path)
+  code, first = _run(tmp_path, model_dir, corpus_file, output="first")
+  assert code == 0
+  return corpus_file, first, read_outputs.load_manifest(first)
+
+
 def _first_record_only(data: bytes) -> bytes:
   """A TFRecord file cut just after its first whole record: length (8
   bytes), its CRC (4), the data, the data's CRC (4)."""
@@ -756,10 +765,7 @@ def test_a_damaged_previous_run_shard_fails_in_one_line(
   # Found by a fuzzer: the runner's traceback, with a hex dump of the
   # record. A missing shard is found while planning; a damaged one only
   # when it is read.
-  corpus_file = _three_documents(tmp_path)
-  code, first = _run(tmp_path, tiny_model_dir, corpus_file, output="first")
-  assert code == 0
-  manifest = read_outputs.load_manifest(first)
+  corpus_file, first, manifest = _first_run(tmp_path, tiny_model_dir)
   assert manifest["counts"]["embedded"] == 3
   [shard] = manifest["outputs"]["embeddings"]["tfrecord"]
   path = os.path.join(first, shard)
@@ -810,11 +816,8 @@ def test_a_damaged_previous_manifest_is_a_flag_error(
     damage, told, tmp_path, tiny_model_dir, capsys):
   # Found by a fuzzer: tracebacks, "its manifest lacks int() argument ...",
   # or (a count of 0) a removed-documents guardrail that checked nothing.
-  corpus_file = _three_documents(tmp_path)
-  code, first = _run(tmp_path, tiny_model_dir, corpus_file, output="first")
-  assert code == 0
+  corpus_file, first, manifest = _first_run(tmp_path, tiny_model_dir)
   path = os.path.join(first, "manifest.json")
-  manifest = read_outputs.load_manifest(first)
   damage(manifest)
   with open(path, "w") as f:
     json.dump(manifest, f)
