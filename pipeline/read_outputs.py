@@ -5,6 +5,8 @@ The public reading API of the run-directory contract (run_directory/):
   load_manifest(run_dir) -> dict
   read_table(run_dir, table="embeddings", format=None) -> pyarrow.Table
   load_embeddings(run_dir, format=None) -> (ids, float32 matrix [N, H])
+  read_vectors(run_dir, table="embeddings", format=None)
+      -> (pyarrow.Table, ids, float32 matrix [N, H])   (embeddings or chunks)
   read_errors(run_dir) -> list of dicts
   load_refusal(run_dir) -> dict    (a run a guardrail kept from publishing)
 
@@ -49,13 +51,14 @@ from run_directory.manifest import load_refusal
 from run_directory.manifest import refusal_paths
 from run_directory.manifest import RunNotPublishedError
 from run_directory.manifest import table_entry
-from run_directory.readers import ids_and_matrix
 from run_directory.readers import load_embeddings
 from run_directory.readers import read_errors
 from run_directory.readers import read_table
+from run_directory.readers import read_vectors
 
 __all__ = ["RunNotPublishedError", "load_embeddings", "load_manifest",
-           "load_refusal", "read_errors", "read_table", "refusal_paths"]
+           "load_refusal", "read_errors", "read_table", "read_vectors",
+           "refusal_paths"]
 
 
 # ---------------------------------------------------------------------------
@@ -153,7 +156,10 @@ def _read(args) -> int:
   manifest = load_manifest(args.run_dir)
   entry = table_entry(manifest, args.table)
   format_ = choose_format(entry, args.table, args.format)
-  table = read_table(args.run_dir, args.table, format_)
+  if args.to_numpy:  # the embeddings (checked by argparse)
+    table, ids, matrix = read_vectors(args.run_dir, args.table, format_)
+  else:
+    table = read_table(args.run_dir, args.table, format_)
   print(
       summarize(
           table, manifest, args.table, format_, len(entry[format_]), args.head))
@@ -163,7 +169,6 @@ def _read(args) -> int:
     _write_bytes(args.to_parquet, buffer.getvalue())
     print(f"wrote {table.num_rows} rows to {args.to_parquet}")
   if args.to_numpy:
-    ids, matrix = ids_and_matrix(table, manifest)
     buffer = io.BytesIO()
     np.savez(buffer, ids=np.array(ids, dtype=str), embeddings=matrix)
     _write_bytes(args.to_numpy, buffer.getvalue())

@@ -18,8 +18,7 @@ from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import TFRECORD
 from run_directory.manifest import load_manifest
-from run_directory.readers import ids_and_matrix
-from run_directory.readers import read_table
+from run_directory.readers import read_vectors
 from transforms.neighbours.maths import normalize_rows
 
 
@@ -40,8 +39,7 @@ def search(run_dir: str, question: str, k: int = 10,
     table = CHUNKS if CHUNKS in manifest["outputs"] else EMBEDDINGS
   # The TFRecord copy: its records carry checksums (Avro's snappy blocks
   # are read without checking theirs), so a damaged file is found.
-  rows = read_table(run_dir, table, TFRECORD)
-  ids, matrix = ids_and_matrix(rows, manifest)
+  rows, ids, matrix = read_vectors(run_dir, table, TFRECORD)
   index = None
   if not exact and index_table(manifest) == table:
     # Read (and checked) before the model's seconds of loading.
@@ -67,9 +65,8 @@ def index_table(manifest: dict) -> Optional[str]:
   the neighbours: documents, or with --neighbours_level chunk the chunks."""
   if not has_ann_index(manifest):
     return None
-  settings = manifest.get("settings")
-  neighbours = settings.get("neighbours") if isinstance(settings,
-                                                        dict) else None
+  # "settings" is an object (load_manifest checks it); its parts may not be.
+  neighbours = manifest.get("settings", {}).get("neighbours")
   level = (neighbours.get("neighbours_level")
            if isinstance(neighbours, dict) else None)
   return CHUNKS if level == "chunk" else EMBEDDINGS

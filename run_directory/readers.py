@@ -2,6 +2,8 @@
 
   read_table(run_dir, table="embeddings", format=None) -> pyarrow.Table
   load_embeddings(run_dir, format=None) -> (ids, float32 matrix [N, H])
+  read_vectors(run_dir, table="embeddings", format=None)
+      -> (pyarrow.Table, ids, float32 matrix [N, H])
   read_errors(run_dir) -> list of dicts
 
 RUN_DIR may be local or gs:// (Beam's FileSystems). Tables read from the
@@ -57,7 +59,22 @@ def read_table(
   format: None reads the BigQuery-loadable copy (avro, parquet or jsonl,
   whichever the run wrote); "tfrecord" reads the tf.Example copy.
   """
-  return _read_table(run_dir, load_manifest(run_dir), table, format)
+  return _read_checked(run_dir, load_manifest(run_dir), table, format)[0]
+
+
+def read_vectors(
+    run_dir: str,
+    table: str = EMBEDDINGS,
+    format: Optional[str] = None,  # pylint: disable=redefined-builtin
+) -> tuple[pa.Table, list[str], np.ndarray]:
+  """A table with vectors (embeddings or chunks), its ids and its float32
+  [N, H] matrix, read and checked once."""
+  result, vectors = _read_checked(run_dir, load_manifest(run_dir), table,
+                                  format)
+  if vectors is None:
+    raise ValueError(f"The {table} table has no vectors; read "
+                     f"{' or '.join(_VECTOR_TABLES)}")
+  return (result, *vectors)
 
 
 def load_embeddings(
@@ -65,9 +82,7 @@ def load_embeddings(
     format: Optional[str] = None  # pylint: disable=redefined-builtin
 ) -> tuple[list[str], np.ndarray]:
   """The run's document ids and their vectors, float32 [N, H], in file order."""
-  manifest = load_manifest(run_dir)
-  table = _read_table(run_dir, manifest, EMBEDDINGS, format)  # checked
-  return _ids_and_matrix(table, manifest)
+  return read_vectors(run_dir, EMBEDDINGS, format)[1:]
 
 
 def read_errors(run_dir: str) -> list[dict]:
@@ -77,7 +92,13 @@ def read_errors(run_dir: str) -> list[dict]:
   return [row for path in paths for row in _json_lines(path)]
 
 
-def _read_table(run_dir, manifest, table, format_) -> pa.Table:
+# Tables whose rows carry a vector, checked as they are read.
+_VECTOR_TABLES = (EMBEDDINGS, CHUNKS)
+
+
+def _read_checked(run_dir, manifest, table, format_):
+  """(the table, (ids, matrix) of its checked vectors, or None for a table
+  without them)."""
   entry = table_entry(manifest, table)
   format_ = choose_format(entry, table, format_)
   paths = table_paths(run_dir, entry, table, format_)
@@ -90,9 +111,9 @@ def _read_table(run_dir, manifest, table, format_) -> pa.Table:
     result = _read_rows(paths, columns, _avro_records if format_ == AVRO
                         else _json_lines)
   _check_row_count(result, manifest, table, format_)
-  if table == EMBEDDINGS:
-    ids_and_matrix(result, manifest)  # the vectors checked
-  return result
+  vectors = (ids_and_matrix(result, manifest) if table in _VECTOR_TABLES
+             else None)
+  return result, vectors
 
 
 def _read_rows(paths: Sequence[str], columns, records) -> pa.Table:
@@ -203,12 +224,6 @@ def read_tfrecord(paths: Sequence[str], columns) -> pa.Table:
 def ids_and_matrix(table: pa.Table, manifest: dict):
   """The ids and the float32 [N, H] matrix of an embeddings table, its
   vectors checked (_check_vectors)."""
-  ids, matrix = _ids_and_matrix(table, manifest)
-  _check_vectors(ids, matrix, manifest)
-  return ids, matrix
-
-
-def _ids_and_matrix(table: pa.Table, manifest: dict):
   ids = table.column("id").to_pylist()
   vectors = table.column("embedding").combine_chunks()
   lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False)
@@ -220,6 +235,7 @@ def _ids_and_matrix(table: pa.Table, manifest: dict):
     hidden_size = int(manifest.get("model", {}).get("hidden_size") or 0)
   values = vectors.flatten().to_numpy(zero_copy_only=False)
   matrix = values.astype(np.float32).reshape(len(ids), hidden_size)
+  _check_vectors(ids, matrix, manifest)
   return ids, matrix
 
 

@@ -404,3 +404,13 @@ def test_a_vector_that_is_not_finite_is_refused_by_every_reader(
     with pytest.raises(ValueError, match=r"1 stored vector\(s\) are not what "
                        r"the run wrote \(not finite"):
       read()
+
+
+def test_read_vectors_reads_a_table_and_its_checked_matrix_once(run_dir):
+  table, ids, matrix = read_outputs.read_vectors(run_dir)
+  assert (ids, matrix.tolist()) == (
+      [r["id"] for r in table.to_pylist()],
+      np.asarray([r["embedding"] for r in table.to_pylist()],
+                 np.float32).tolist())
+  with pytest.raises(ValueError, match="The neighbours table has no vectors"):
+    read_outputs.read_vectors(run_dir, "neighbours")
