@@ -95,6 +95,27 @@ class ResolvedModel:
   def fingerprint(self) -> str:
     return self.metadata.fingerprint
 
+  def settings_problem(self, max_seq_length: int, pooling: str,
+                       chunk_size: Optional[int] = None,
+                       prefix: str = "") -> Optional[str]:
+    """Why this model cannot compute these settings, as "setting=value:
+    reason; fix", or None. Both the pipeline's planning (prefix "--": the
+    settings are its flags) and the Embedder ask: otherwise a long text
+    fails deep in the encoder, or pooling 'pooler' reads weights that are
+    not there."""
+    limit = self.max_position_embeddings
+    if (not isinstance(max_seq_length, int) or isinstance(max_seq_length, bool)
+        or not 3 <= max_seq_length <= limit):
+      return (f"{prefix}max_seq_length={max_seq_length!r}: must be between 3 "
+              f"and the model's max_position_embeddings ({limit})")
+    if pooling == "pooler" and not self.has_pooler:
+      return (f"{prefix}pooling=pooler: this model has no pooler weights; use "
+              f"{prefix}pooling=cls or {prefix}pooling=mean")
+    if chunk_size is not None and chunk_size > max_seq_length:
+      return (f"{prefix}chunk_size={chunk_size}: longer than {prefix}"
+              f"max_seq_length {max_seq_length}; use at most {max_seq_length}")
+    return None
+
   def __getattr__(self, name):
     # hidden_size, num_layers, pooling, ...: straight from the metadata.
     if name == "metadata":

@@ -159,21 +159,17 @@ def _check_settings(settings: ModelSettings,
   """What the model can compute, as the pipeline's planning checks it
   (pipeline/model_plan.py): otherwise a long text would fail deep in the
   encoder, or a setting would be quietly ignored."""
-  length, limit = settings.max_seq_length, model.max_position_embeddings
-  if not isinstance(length, int) or not 3 <= length <= limit:
-    raise ValueError(f"max_seq_length {length!r} must be between 3 and the "
-                     f"model's max_position_embeddings ({limit})")
   if settings.pooling not in POOLING_MODES:
     raise ValueError(f"pooling {settings.pooling!r} is not one of "
                      f"{', '.join(POOLING_MODES)}")
-  if settings.pooling == "pooler" and not model.has_pooler:
-    raise ValueError("pooling 'pooler': the model has no pooler weights")
   if settings.precision not in PRECISIONS:
     raise ValueError(f"precision {settings.precision!r} is not one of "
                      f"{', '.join(PRECISIONS)}")
-  if settings.chunking and settings.chunking.chunk_size > length:
-    raise ValueError(f"chunk_size {settings.chunking.chunk_size} is longer "
-                     f"than max_seq_length {length}")
+  problem = model.settings_problem(
+      settings.max_seq_length, settings.pooling,
+      settings.chunking.chunk_size if settings.chunking else None)
+  if problem:
+    raise ValueError(problem)
 
 
 def _checked_texts(texts) -> list:

@@ -45,20 +45,11 @@ def model_settings(config: RunConfig,
   choice, out, perf = config.model, config.outputs, config.performance
   max_seq_length = (model.max_seq_length if choice.max_seq_length is None
                     else choice.max_seq_length)
-  if not 3 <= max_seq_length <= model.max_position_embeddings:
-    raise ConfigError(
-        f"--max_seq_length={max_seq_length}: must be between 3 and the "
-        f"model's max_position_embeddings ({model.max_position_embeddings}).")
   pooling = choice.pooling or model.pooling
-  if pooling == "pooler" and not model.has_pooler:
-    raise ConfigError(
-        "--pooling=pooler: this model has no pooler weights; use "
-        "--pooling=cls or --pooling=mean.")
-  if choice.chunk_size is not None and choice.chunk_size > max_seq_length:
-    raise ConfigError(
-        f"--chunk_size={choice.chunk_size} is longer than the model's "
-        f"sequences (--max_seq_length {max_seq_length}); use at most "
-        f"{max_seq_length}.")
+  problem = model.settings_problem(max_seq_length, pooling, choice.chunk_size,
+                                   prefix="--")
+  if problem:
+    raise ConfigError(f"{problem}.")
   if out.encoder_layers and model.encoder_format == "v1":
     raise ConfigError(
         f"--encoder_layers={out.encoder_layers!r}: --model={choice.model} is "

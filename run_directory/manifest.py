@@ -108,6 +108,10 @@ def listed_files(outputs: Mapping) -> list:
 
 
 def read_bytes(path: str) -> bytes:
+  if FileSystems.get_scheme(path) is None and os.path.exists(path) and (
+      not os.path.isfile(path)):
+    # Opening a FIFO in a file's place would block the reader for ever.
+    raise OSError(f"{path} is not a regular file")
   with FileSystems.open(path) as f:
     return f.read()
 

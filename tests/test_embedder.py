@@ -1,12 +1,14 @@
 """Queries embedded exactly like the index: Embedder, the serving SavedModel,
 and the query CLI, against what the pipeline wrote."""
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
 
+from apache_beam.options.pipeline_options import PipelineOptions
 import faiss
 import hypothesis
 from hypothesis import strategies as st
@@ -15,14 +17,18 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the serving model's ops)
 
+from bert_model import resolution
 from bert_model.chunking import ChunkSettings
 from pipeline import export_model
+from pipeline import model_plan
 from pipeline import main
 from pipeline import query
 from pipeline import search as search_lib
 from pipeline import read_outputs
 from pipeline import embedder as embedder_lib
+from pipeline.config import config_from_options
 from pipeline.embedder import Embedder
+from pipeline.errors import ConfigError
 from tests.real_text import real_sentences
 
 
@@ -379,7 +385,7 @@ def test_texts_that_are_not_str_or_not_unicode_are_told():
     (lambda m: m["settings"]["model"].update(preprocessor=5),
      "settings.model.preprocessor is 5, not a path"),
     (lambda m: m["model"].update(max_seq_length=100_000),
-     "max_seq_length 100000 must be between 3 and the model's"),
+     "max_seq_length=100000: must be between 3 and the model's"),
 ])
 def test_a_damaged_manifest_is_told_in_one_line(ann_run, tmp_path, capsys,
                                                 damage, message):
@@ -499,13 +505,13 @@ def test_a_model_with_damaged_weights_is_told_as_damaged(tiny_model_dir,
 
 
 @pytest.mark.parametrize("settings, told", [
-    (dict(max_seq_length=10_000), "max_seq_length 10000 must be between 3 "
+    (dict(max_seq_length=10_000), "max_seq_length=10000: must be between 3 "
      "and the model's max_position_embeddings"),
     (dict(precision="bogus"), "precision 'bogus' is not one of"),
     (dict(pooling="weird"), "pooling 'weird' is not one of"),
     (dict(chunking=ChunkSettings(chunk_size=64, chunk_overlap=8,
                                  max_chunks=4), max_seq_length=32),
-     "chunk_size 64 is longer than max_seq_length 32"),
+     "chunk_size=64: longer than max_seq_length 32"),
 ])
 def test_settings_the_model_cannot_compute_are_refused(
     tiny_model_dir, settings, told):
@@ -513,6 +519,27 @@ def test_settings_the_model_cannot_compute_are_refused(
   # model's positions made a serving model that failed on long texts.
   with pytest.raises(ValueError, match=told):
     Embedder(tiny_model_dir, **settings)
+
+
+def test_the_settings_check_is_the_pipelines(tiny_model_dir):
+  # One check for the pipeline's planning (as flags) and the Embedder.
+  model = resolution.resolve_model(tiny_model_dir)
+  no_pooler = dataclasses.replace(model, metadata=dataclasses.replace(
+      model.metadata, has_pooler=False))
+  assert model.settings_problem(32, "pooler") is None
+  assert no_pooler.settings_problem(32, "pooler") == (
+      "pooling=pooler: this model has no pooler weights; use pooling=cls or "
+      "pooling=mean")
+  assert no_pooler.settings_problem(32, "mean", chunk_size=32) is None
+  for length in (2, True, 32.0, model.max_position_embeddings + 1):
+    assert model.settings_problem(length, "mean").startswith(
+        f"max_seq_length={length!r}: must be between 3")
+  config = config_from_options(PipelineOptions(
+      ["--input", "x", "--output", "y", "--pooling", "pooler"]))
+  with pytest.raises(ConfigError, match=r"^--pooling=pooler: this model has "
+                     r"no pooler weights; use --pooling=cls or "
+                     r"--pooling=mean\.$"):
+    model_plan.model_settings(config, no_pooler)
 
 
 @pytest.mark.parametrize("metadata", [b"{garbage", b"[1, 2]", b"\xff\xfe"])

@@ -260,7 +260,11 @@ def test_cli_tells_a_damaged_run_in_one_line(run_dir, tmp_path, capsys):
       os.remove(os.path.join(gone, relative))
   as_directory = str(tmp_path / "dir")
   os.makedirs(os.path.join(as_directory, "manifest.json"))
-  for damaged in (gone, as_directory):
+  # Found by a fuzzer: a FIFO in the manifest's place blocked for ever.
+  as_fifo = str(tmp_path / "fifo")
+  os.makedirs(as_fifo)
+  os.mkfifo(os.path.join(as_fifo, "manifest.json"))
+  for damaged in (gone, as_directory, as_fifo):
     assert read_outputs.main([damaged]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pipeline.read_outputs: error: ") and len(err.splitlines()) == 1, err
