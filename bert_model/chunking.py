@@ -38,6 +38,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from bert_model.graph_functions import traced_once
+
 # Literal special tokens the tokenizers keep whole (the reference matches its
 # added tokens; tensorflow_text's BertTokenizer the [unusedN] ones). Keeping
 # them whole here is harmless for a tokenizer that splits them: the word is
@@ -203,16 +205,15 @@ class DocumentChunker:
     self._tokenize = tokenize  # the preprocess model's tokenize
     self._settings = settings
     signature = [tf.TensorSpec([None], tf.string)]
-    self._pieces = tf.function(self._pieces_graph, input_signature=signature,
-                               autograph=False)
-    self._fine_words = tf.function(
+    self._pieces = traced_once(self._pieces_graph, signature)
+    self._fine_words = traced_once(
         lambda texts: self._words_graph(texts, _WORD_DELIMITERS,
                                         _KEPT_DELIMITERS, _SENTENCE_END),
-        input_signature=signature, autograph=False)
-    self._coarse_words = tf.function(
+        signature)
+    self._coarse_words = traced_once(
         lambda texts: self._words_graph(texts, _ASCII_WHITESPACE, "",
                                         _COARSE_SENTENCE_END),
-        input_signature=signature, autograph=False)
+        signature)
 
   def _pieces_graph(self, texts):
     with tf.device("/CPU:0"):

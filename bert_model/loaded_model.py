@@ -50,6 +50,7 @@ from bert_model.chunking import pack_chunks
 from bert_model.chunking import pool_chunks
 from bert_model.devices import copy_device
 from bert_model.devices import logical_devices
+from bert_model.graph_functions import traced_once
 from bert_model.saved_models import load_parts
 from bert_model.saved_models import load_saved_model
 from bert_model.v1 import build_v1_preprocessor
@@ -166,19 +167,16 @@ class LoadedBertModel:
     special = self._preprocess.tokenize.get_special_tokens_dict()
     self._cls_id = int(special["start_of_sequence_id"])
     self._sep_id = int(special["end_of_segment_id"])
-    # autograph=False: the graphs branch only on the fixed settings, never on
-    # tensors, and converting them would add ~0.4 s to every worker's start.
-    self._tokenize = tf.function(
+    self._tokenize = traced_once(
         self._tokenize_graph,
-        input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
-    self._tokenize_pairs = tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string)])
+    self._tokenize_pairs = traced_once(
         self._tokenize_pairs_graph,
-        input_signature=[tf.TensorSpec([None], tf.string)] * 2,
-        autograph=False)
-    self._encode = tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string)] * 2)
+    self._encode = traced_once(
         self._encode_graph,
         input_signature=[tf.TensorSpec([None, None], tf.int32)] * 3,
-        jit_compile=settings.jit_compile, autograph=False)
+        jit_compile=settings.jit_compile)
     self._chunker = None
     if settings.chunking is not None:
       self._chunker = DocumentChunker(self._preprocess.tokenize,

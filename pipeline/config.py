@@ -15,6 +15,8 @@ from them by name. A test keeps the two in step.
 
 import dataclasses
 import datetime
+import os
+import posixpath
 import re
 from typing import Optional, Tuple
 
@@ -233,6 +235,25 @@ def _check_numbers(config: RunConfig):
         "which sizes the shards to fit a worker's memory.")
   _check_chunking(config)
   _check_vertex_export(config)
+  _check_latest_pointer(config)
+
+
+def _check_latest_pointer(config: RunConfig):
+  """The pointer is a file beside the runs: inside the run directory it
+  would replace one of the run's files (its manifest.json, say)."""
+  pointer, output = config.nightly.latest_pointer, config.outputs.output
+  if not pointer:
+    return
+  remote = "://" in output
+  path = posixpath if remote else os.path
+  normal = (lambda name: name.rstrip("/")) if remote else os.path.abspath
+  if normal(pointer) == normal(output) or normal(pointer).startswith(
+      normal(output) + "/"):
+    beside = path.join(path.dirname(normal(output)), "LATEST")
+    raise ConfigError(
+        f"--latest_pointer={pointer} is inside the run directory "
+        f"--output={output}, whose files it would replace; put it beside "
+        f"the runs, e.g. --latest_pointer={beside}.")
 
 
 def _check_vertex_export(config: RunConfig):
@@ -248,6 +269,12 @@ def _check_vertex_export(config: RunConfig):
             f"{flag} is written into the Vertex AI export only: add "
             "--vertex_export full (or delta), or leave the flag out.")
     return
+  for flag, names in carried.items():
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+      # Each would be written as a second namespace of the same name.
+      raise ConfigError(f"{flag} names {repeated} twice; name each field "
+                        "once.")
   both = set(out.restrict_fields) & set(out.numeric_restrict_fields)
   if both:
     raise ConfigError(

@@ -28,6 +28,7 @@ from bert_model.loaded_model import ModelSettings
 from bert_model.loaded_model import PRECISIONS
 from bert_model.metadata import POOLING_MODES
 from run_directory.layout import CHUNKS
+from run_directory.manifest import embedded_text_pairs
 from run_directory.manifest import load_manifest
 
 
@@ -240,6 +241,10 @@ def _checked_model_entry(manifest: dict, run_dir: str):
     raise ValueError(f"{where}: model.pooling is {model['pooling']!r}, not "
                      f"one of {', '.join(POOLING_MODES)}: the manifest is "
                      "damaged.")
+  if embedded_text_pairs(manifest):
+    raise ValueError(f"{where}: the run embedded text pairs "
+                     "(--text_pair_field); queries are single texts, whose "
+                     "vectors would not be made like the run's.")
   if CHUNKS in manifest.get("outputs", {}) and not model.get("chunking"):
     # Queries would be embedded whole, unlike the run's chunks.
     raise ValueError(f"{where}: the run has a chunks table but no "

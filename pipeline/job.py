@@ -38,7 +38,7 @@ from run_directory.manifest import load_manifest
 from transforms import native_logs
 from transforms.guardrails import describe_refusal
 from transforms.guardrails import RunRefusedError
-from transforms.reuse import PREVIOUS_ROWS_DIFFER
+from transforms.reuse import PREVIOUS_TABLE_DAMAGED
 
 _LOG = logging.getLogger(__name__)
 
@@ -97,8 +97,6 @@ def _raise_if_refused(staging_dir: str):
 # files are read only from --previous_run (transforms/reuse.py): the input's
 # readers dead-letter damage, and spill files are pickles.
 _DAMAGED_TFRECORD = re.compile(r"Not a valid TFRecord\. ([^:\n]*)")
-# A previous run whose table holds other rows than its manifest counts.
-_DIFFERENT_ROWS = re.compile(re.escape(PREVIOUS_ROWS_DIFFER) + r"[^\n]*")
 
 
 def _raise_if_previous_run_damaged(plan: RunPlan, error: Exception):
@@ -108,8 +106,9 @@ def _raise_if_previous_run_damaged(plan: RunPlan, error: Exception):
   if plan.previous_run is None:
     return
   told = "".join(traceback.format_exception(error))
+  # A shard Beam cannot read, or a table that disagrees with the manifest.
   found, rows_differ = (_DAMAGED_TFRECORD.search(told),
-                        _DIFFERENT_ROWS.search(told))
+                        PREVIOUS_TABLE_DAMAGED.search(told))
   if found:
     damage = (f"a TFRecord shard of its tables is damaged (not a valid "
               f"TFRecord: {found.group(1)})")

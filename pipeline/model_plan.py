@@ -78,14 +78,20 @@ def model_settings(config: RunConfig,
                 if choice.chunk_size is not None else None))
 
 
+# Vector settings recorded only when on, so that runs made before they
+# existed still compare equal (pipeline/previous_run.py compares them too).
+RECORDED_WHEN_ON = ("chunking", "text_pairs")
+
+
 def vector_settings(settings: ModelSettings) -> dict:
   """The settings that change what a vector is, as the manifest's "model"
   entry records them: a previous run's vectors are reused only when all of
-  them match. "chunking" only when documents are chunked, so that runs
-  before chunking existed still compare equal."""
-  chunking = {}
+  them match. RECORDED_WHEN_ON only when on."""
+  when_on = {}
   if settings.chunking is not None:
-    chunking["chunking"] = dataclasses.asdict(settings.chunking)
+    when_on["chunking"] = dataclasses.asdict(settings.chunking)
+  if settings.text_pairs:
+    when_on["text_pairs"] = True
   return {
       "max_seq_length": settings.max_seq_length,
       "pooling": settings.pooling,
@@ -94,7 +100,7 @@ def vector_settings(settings: ModelSettings) -> dict:
       "sequence_dtype": settings.sequence_dtype,
       "encoder_layers": list(settings.encoder_layers),
       "precision": settings.precision,
-      **chunking,
+      **when_on,
   }
 
 

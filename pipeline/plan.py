@@ -202,7 +202,7 @@ def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
   out = config.outputs
   if out.vertex_export is None:
     return None
-  previous_state = ()
+  previous_state, previous_datapoints = (), 0
   if out.vertex_export == VERTEX_DELTA:
     if previous_run is None:
       _LOG.warning("--vertex_export delta: no run published yet (the latest "
@@ -215,6 +215,7 @@ def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
           "then delta.")
     else:
       previous_state = previous_run.vertex_state_files
+      previous_datapoints = previous_run.vertex_datapoints
   return VertexExport(
       spec=VertexExportSpec(
           mode=out.vertex_export, restrict_fields=out.restrict_fields,
@@ -222,6 +223,7 @@ def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
           crowding_tag_field=out.crowding_tag_field or ""),
       level=CHUNK_LEVEL if chunked else DOCUMENT_LEVEL,
       previous_state_files=previous_state,
+      previous_datapoints=previous_datapoints,
       num_shards=out.num_shards)
 
 
@@ -278,12 +280,13 @@ def plan_run(config: RunConfig,
   model = _resolve_model(config, environment)
   settings = model_settings(config, model)
   previous_run = None
-  previous_path = nightly.previous_run
+  previous_path, named_by = nightly.previous_run, None
   if previous_path == LATEST:
     previous_path = read_latest_pointer(nightly.latest_pointer)
+    named_by = nightly.latest_pointer
   if previous_path:
     previous_run = plan_previous_run(previous_path, model.fingerprint,
-                                     vector_settings(settings))
+                                     vector_settings(settings), named_by)
 
   perf = config.performance
   table = EmbeddingTableSpec(

@@ -108,11 +108,18 @@ def check_output(output: str):
 
 
 def check_latest_pointer(pointer: str):
-  """The pointer is a file this run can write."""
+  """The pointer is a file this run can write, outside every published run
+  (whose files it would replace)."""
   if has_glob(pointer):
     raise ConfigError(
         f"--latest_pointer={pointer} holds glob characters; name a plain "
         "file.")
+  run_dir = _published_run_holding(pointer)
+  if run_dir:
+    raise ConfigError(
+        f"--latest_pointer={pointer} is inside the published run {run_dir}, "
+        "whose files it would replace; put it beside the runs, e.g. "
+        f"--latest_pointer={FileSystems.join(_parent(run_dir), 'LATEST')}.")
   if not _is_local(pointer):
     return  # object stores: any name is a file
   if os.path.isdir(pointer):
@@ -122,3 +129,21 @@ def check_latest_pointer(pointer: str):
   # The pointer is replaced by a rename in its directory.
   _check_creatable("--latest_pointer", pointer,
                    os.path.dirname(os.path.abspath(pointer)))
+
+
+def _parent(path: str) -> str:
+  return (os.path.dirname(os.path.abspath(path)) if _is_local(path) else
+          path.rstrip("/").rsplit("/", 1)[0])
+
+
+def _published_run_holding(path: str):
+  """The published run directory `path` lies in, if any: every directory
+  above a local path; the one directory above a remote one (each look is
+  a request)."""
+  directory = _parent(path)
+  while True:
+    if FileSystems.exists(FileSystems.join(directory, MANIFEST_FILE)):
+      return directory
+    if not _is_local(path) or directory == os.path.dirname(directory):
+      return None
+    directory = os.path.dirname(directory)

@@ -7,18 +7,21 @@ names the fix, raised before the pipeline is built.
 """
 
 import logging
+import os
 from typing import Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import ConfigError
 from pipeline.errors import one_line
+from pipeline.model_plan import RECORDED_WHEN_ON
 from run_directory.columns import CONTENT_HASH
 from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import JSONL
 from run_directory.layout import TFRECORD
 from run_directory.layout import VERTEX_STATE
+from run_directory.manifest import embedded_text_pairs
 from run_directory.manifest import load_manifest
 from run_directory.manifest import read_bytes
 from run_directory.manifest import RunNotPublishedError
@@ -38,27 +41,46 @@ def read_latest_pointer(pointer: Optional[str]) -> Optional[str]:
   if not FileSystems.exists(pointer):
     return None  # the first scheduled run: nothing to carry over
   try:
-    return read_bytes(pointer).decode("utf-8").strip() or None
+    run_dir = read_bytes(pointer).decode("utf-8").strip()
   except (OSError, UnicodeDecodeError) as e:
     raise ConfigError(
         f"--latest_pointer={pointer} cannot be read as the text naming the "
         f"latest run ({one_line(e)}); write that run's directory into it, "
         "or delete it to start afresh (with no previous run).") from e
+  if not run_dir:
+    # Only a missing pointer means "no run yet": an emptied one would let a
+    # shrunken corpus pass the removal guardrail, and a Vertex delta delete
+    # nothing.
+    raise ConfigError(
+        f"--latest_pointer={pointer} is empty; write the latest published "
+        "run's directory into it, or delete it to start afresh (with no "
+        "previous run).")
+  return run_dir
 
 
-def plan_previous_run(path: str, model_fingerprint: str,
-                      vectors: dict) -> PreviousRun:
-  """What the previous run's manifest says can be carried over."""
+def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
+                      named_by: Optional[str] = None) -> PreviousRun:
+  """What the previous run's manifest says can be carried over.
+
+  named_by: the --latest_pointer file that named `path`, for the messages.
+  """
   path = path.rstrip("/")
+  told = (f"--previous_run=latest ({path}, named by --latest_pointer="
+          f"{named_by})" if named_by else f"--previous_run={path}")
+  fix = (f"Write the last complete run's directory into {named_by}"
+         if named_by else "Point --previous_run at the last complete run "
+         "directory")
   try:
     manifest = load_manifest(path)
   except RunNotPublishedError:
-    raise ConfigError(
-        f"--previous_run={path} has no manifest.json: it is not a published "
-        "run. Point --previous_run at the last complete run directory."
-    ) from None
+    if not named_by and FileSystems.get_scheme(path) is None and (
+        os.path.isfile(path)):
+      fix = (f"If {path} is a --latest_pointer file, pass --previous_run "
+             f"latest --latest_pointer {path}")
+    raise ConfigError(f"{told} has no manifest.json: it is not a published "
+                      f"run. {fix}.") from None
   except (OSError, ValueError) as e:
-    raise ConfigError(f"--previous_run: {one_line(e)}") from None
+    raise ConfigError(f"{told}: {one_line(e)}") from None
   try:
     _check_entries(manifest)
     embeddings = table_entry(manifest, EMBEDDINGS)
@@ -72,32 +94,36 @@ def plan_previous_run(path: str, model_fingerprint: str,
       raise ValueError("the run was chunked, but lists no chunks files")
     vertex_state_files = _optional_table_paths(path, manifest, VERTEX_STATE,
                                                JSONL)
+    vertex_datapoints = (_count(manifest["vertex"], "datapoints", "vertex")
+                         if vertex_state_files else 0)
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ConfigError(
-        f"--previous_run={path}: its manifest.json is damaged ({one_line(e)})"
-        ". Point --previous_run at a complete run, or leave it out to embed "
+        f"{told}: its manifest.json is damaged ({one_line(e)}). Point "
+        "--previous_run at a complete run, or leave it out to embed "
         "everything.") from None
   missing = [name for name in files + chunk_files + vertex_state_files
              if not FileSystems.exists(name)]
   if missing:
     raise ConfigError(
-        f"--previous_run: {path} lists {len(missing)} shard(s) "
+        f"{told} lists {len(missing)} shard(s) "
         f"that are gone, e.g. {missing[0]}: its files were moved or deleted. "
         "Point --previous_run at a complete run, or leave it out to embed "
         "everything.")
   # Older runs recorded some vector settings under "settings", flat.
   previous = dict(manifest["settings"])
   previous.update(manifest["model"])
+  if embedded_text_pairs(manifest):
+    previous["text_pairs"] = True  # older runs: only in settings.input
   reason = ""
   if fingerprint != model_fingerprint:
     reason = "the model changed (fingerprint differs)"
   else:
-    # "chunking" is recorded only when on: either side may lack it.
-    changed = sorted(name for name in set(vectors) | {"chunking"}
+    # Settings recorded only when on: either side may lack them.
+    changed = sorted(name for name in set(vectors) | set(RECORDED_WHEN_ON)
                      if previous.get(name) != vectors.get(name))
     if changed:
       reason = f"settings changed: {', '.join(changed)}"
-  if not reason and CONTENT_HASH not in _column_names(path, embeddings):
+  if not reason and CONTENT_HASH not in _column_names(path, embeddings, told):
     reason = "the previous run has no content hashes (older layout)"
   if reason:
     _LOG.warning("Not reusing embeddings of %s: %s", path, reason)
@@ -105,7 +131,8 @@ def plan_previous_run(path: str, model_fingerprint: str,
                      tfrecord_files=files, reusable=not reason,
                      reason=reason, documents=documents,
                      chunk_tfrecord_files=chunk_files,
-                     vertex_state_files=vertex_state_files)
+                     vertex_state_files=vertex_state_files,
+                     vertex_datapoints=vertex_datapoints)
 
 
 # Entries of a manifest a previous run is planned from, and their types.
@@ -119,22 +146,26 @@ def _check_entries(manifest: dict):
     if not isinstance(manifest.get(name), kind):
       raise ValueError(f"{name} is {manifest.get(name)!r}, not a "
                        f"{'string' if kind is str else 'JSON object'}")
-  embedded = manifest["counts"].get("embedded")
-  if not isinstance(embedded, int) or isinstance(embedded, bool) or (
-      embedded < 0):
-    raise ValueError(f"counts.embedded is {embedded!r}, not a count")
+  _count(manifest["counts"], "embedded", "counts")
   if not isinstance(manifest["model"].get("fingerprint"), str):
     raise ValueError(f"model.fingerprint is "
                      f"{manifest['model'].get('fingerprint')!r}, not a string")
 
 
-def _column_names(run_dir: str, entry: dict) -> set:
+def _count(entry: dict, name: str, where: str) -> int:
+  value = entry.get(name)
+  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    raise ValueError(f"{where}.{name} is {value!r}, not a count")
+  return value
+
+
+def _column_names(run_dir: str, entry: dict, told: str) -> set:
   """The embeddings table's column names, from its schema file."""
   try:
     return {c.name for c in table_columns(run_dir, entry, EMBEDDINGS) or ()}
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ConfigError(
-        f"--previous_run={run_dir}: its embeddings schema "
+        f"{told}: its embeddings schema "
         f"({entry.get('bigquery_schema')}) cannot be read: {e}. Point "
         "--previous_run at a complete run, or leave it out to embed "
         "everything.") from None

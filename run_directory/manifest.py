@@ -176,6 +176,18 @@ def load_manifest(run_dir: str) -> dict:
 _OBJECT_ENTRIES = ("model", "counts", "settings")
 
 
+def embedded_text_pairs(manifest: dict) -> bool:
+  """Whether the run embedded (text, text_pair) pairs: its model entry says
+  so (model.text_pairs), or for runs made before that was recorded, its
+  settings name a --text_pair_field."""
+  model = manifest.get("model")
+  if isinstance(model, dict) and model.get("text_pairs"):
+    return True
+  settings = manifest.get("settings")
+  flags = settings.get("input") if isinstance(settings, dict) else None
+  return isinstance(flags, dict) and bool(flags.get("text_pair_field"))
+
+
 def table_entry(manifest: dict, table: str) -> dict:
   entry = manifest["outputs"].get(table)
   if table in manifest["outputs"] and not isinstance(entry, dict):

@@ -444,6 +444,15 @@ def test_a_file_name_that_is_not_utf8_is_read(tmp_path, tiny_model_dir):
     (["--latest_pointer={tmp}"], r"is a directory; name a file inside it"),
     (["--latest_pointer={tmp}/corpus.jsonl/LATEST"],
      r"corpus.jsonl is a file, not a directory"),
+    # Found by a user trial: the pointer replaced the run's manifest.json,
+    # or was the run directory itself (found only after publishing).
+    (["--latest_pointer={tmp}/run/manifest.json"],
+     r"--latest_pointer=.*/run/manifest.json is inside the run directory "
+     r"--output=.*/run, whose files it would replace; put it beside the "
+     r"runs, e.g. --latest_pointer=.*/LATEST\."),
+    (["--latest_pointer={tmp}/run/"], r"is inside the run directory"),
+    (["--restrict_fields=a,b,a", "--vertex_export=full"],
+     r"--restrict_fields names \['a'\] twice; name each field once"),
     (["--input={tmp}/no/such/dir/c.jsonl"],
      r"does not exist\. Check the path \(the nearest directory that exists "
      r"is .*\)"),
@@ -482,7 +491,8 @@ def test_wrong_paths_and_numbers_exit_2_before_anything_runs(
   assert sorted(os.listdir(tmp_path)) == before  # nothing made
 
 
-@pytest.mark.parametrize("pointer_bytes", [b"\xff\xfe garbage\n", None])
+@pytest.mark.parametrize("pointer_bytes", [b"\xff\xfe garbage\n", None,
+                                           b"", b" \n"])
 def test_an_unreadable_latest_pointer_exits_2(
     pointer_bytes, corpus_file, tiny_model_dir, tmp_path, capsys):
   # Found by a new user's trial: a pointer file of non-UTF-8 bytes was a
@@ -501,8 +511,56 @@ def test_an_unreadable_latest_pointer_exits_2(
   assert "Traceback" not in err
   assert re.search(r"pipeline.main: error: --latest_pointer=.*LATEST "
                    r"(cannot be read as the text naming the latest run|is a "
-                   r"directory)", err), err
+                   r"directory|is empty; write the latest published run's "
+                   r"directory into it, or delete it)", err), err
   assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("inside", ["manifest.json", "embeddings/LATEST"])
+def test_a_latest_pointer_inside_a_published_run_exits_2(
+    inside, corpus_file, tiny_model_dir, tmp_path, capsys):
+  # Found by a user trial: --latest_pointer OTHER_RUN/manifest.json
+  # replaced another published run's manifest with a path.
+  other = tmp_path / "other"
+  (other / "embeddings").mkdir(parents=True)
+  (other / "manifest.json").write_text('{"outputs": {}}')
+  before = sorted(os.listdir(other))
+  code = main.main([f"--input={corpus_file}", f"--output={tmp_path}/run",
+                    f"--latest_pointer={other}/{inside}",
+                    f"--model={tiny_model_dir}", "--runner=DirectRunner"])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert re.search(rf"--latest_pointer=.*/{inside} is inside the published "
+                   rf"run {other}, whose files it would replace; put it "
+                   rf"beside the runs, e.g. --latest_pointer={tmp_path}/"
+                   r"LATEST\.", err), err
+  assert sorted(os.listdir(other)) == before
+  assert (other / "manifest.json").read_text() == '{"outputs": {}}'
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_previous_run_named_by_the_pointer_is_told_so(
+    corpus_file, tiny_model_dir, tmp_path, capsys):
+  # Found by a user trial: a pointer holding a wrong path was told as
+  # "--previous_run=<that path>", which the user never typed; and the
+  # pointer file passed as --previous_run was not recognised.
+  pointer = tmp_path / "LATEST"
+  pointer.write_text("runs/gone\n")
+  code = main.main([f"--input={corpus_file}", f"--output={tmp_path}/run",
+                    "--previous_run=latest", f"--latest_pointer={pointer}",
+                    f"--model={tiny_model_dir}", "--runner=DirectRunner"])
+  assert code == 2
+  assert re.search(r"--previous_run=latest \(runs/gone, named by "
+                   rf"--latest_pointer={pointer}\) has no manifest.json: it "
+                   rf"is not a published run\. Write the last complete run's "
+                   rf"directory into {pointer}\.", capsys.readouterr().err)
+  code = main.main([f"--input={corpus_file}", f"--output={tmp_path}/run",
+                    f"--previous_run={pointer}", f"--model={tiny_model_dir}",
+                    "--runner=DirectRunner"])
+  assert code == 2
+  assert re.search(rf"If {pointer} is a --latest_pointer file, pass "
+                   rf"--previous_run latest --latest_pointer {pointer}\.",
+                   capsys.readouterr().err)
 
 
 def test_a_relative_output_is_published_quietly_and_named_absolutely(

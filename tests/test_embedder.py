@@ -3,6 +3,7 @@ and the query CLI, against what the pipeline wrote."""
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -519,6 +520,17 @@ def test_settings_the_model_cannot_compute_are_refused(
   # model's positions made a serving model that failed on long texts.
   with pytest.raises(ValueError, match=told):
     Embedder(tiny_model_dir, **settings)
+
+
+def test_models_loaded_one_after_another_are_not_warned_of_retracing(
+    tiny_model_dir, caplog):
+  # Found in the test suite: TensorFlow counts traces by the method's code,
+  # across models, and warned of "excessive retracing" from the sixth.
+  with caplog.at_level(logging.WARNING):
+    for _ in range(7):
+      Embedder(tiny_model_dir, chunking=ChunkSettings(
+          chunk_size=16, chunk_overlap=2, max_chunks=4)).embed(["hello"])
+  assert not [r for r in caplog.records if "retracing" in r.getMessage()]
 
 
 def test_the_settings_check_is_the_pipelines(tiny_model_dir):

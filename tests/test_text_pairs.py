@@ -25,6 +25,7 @@ from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
 from pipeline import main
 from pipeline import read_outputs
+from pipeline.embedder import Embedder
 from pipeline.errors import ConfigError
 from run_directory.records import DeadLetter
 from run_directory.records import derive_document_id
@@ -314,6 +315,27 @@ def test_pairs_end_to_end(tiny_model_dir, tmp_path):
                                  format="tfrecord").to_pylist()
   assert {r["id"]: r["text"] for r in rows} == {
       i: pair[0] for i, pair in pairs.items()}
+
+  # Found by a user trial: a later run of single texts carried the pair
+  # vectors over, and Embedder.from_run embedded queries unlike them.
+  assert manifest["model"]["text_pairs"] is True
+  with pytest.raises(ValueError, match="the run embedded text pairs"):
+    Embedder.from_run(run_dir)
+  # Runs before model.text_pairs was recorded: told by the settings.
+  del manifest["model"]["text_pairs"]
+  with open(os.path.join(run_dir, "manifest.json"), "w") as f:
+    json.dump(manifest, f)
+  with pytest.raises(ValueError, match="the run embedded text pairs"):
+    Embedder.from_run(run_dir)
+  singles = str(tmp_path / "singles")
+  main.run(["--input", str(corpus), "--output", singles, "--model",
+            tiny_model_dir, "--text_field", "question", "--previous_run",
+            run_dir, "--neighbours_k", "0", "--runner=DirectRunner",
+            "--max_bad_fraction=0.2"])
+  again = read_outputs.load_manifest(singles)
+  assert again["counts"]["reused"] == 0 and again["counts"]["inferred"] == 6
+  assert again["previous_run"]["reason"] == "settings changed: text_pairs"
+  assert "text_pairs" not in again["model"]
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -7,6 +7,8 @@ previous runs (a chain of them)."""
 import json
 import math
 import os
+import re
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -191,6 +193,42 @@ def test_delta_runs_write_what_changed_and_delete_what_is_gone(
   assert not _datapoints(files) and not _deleted(files)
 
 
+@pytest.mark.parametrize("damage", ["cut", "garbage"])
+def test_a_damaged_previous_state_fails_the_delta_in_one_line(
+    full_run, tiny_model_dir, tmp_path, capsys, damage):
+  # Found by a user trial: a state file cut after a whole line gave a delta
+  # that deleted too little from the index; a garbage line, a traceback.
+  root, _, run1, manifest = full_run
+  previous = str(tmp_path / "run1")
+  shutil.copytree(run1, previous)
+  states = [os.path.join(previous, name)
+            for name in manifest["outputs"]["vertex_state"]["jsonl"]]
+  with open(states[0], "rb") as f:
+    lines = f.read().splitlines(keepends=True)
+  with open(states[0], "wb") as f:
+    f.write(b"".join(lines[:len(lines) // 2]) if damage == "cut" else
+            b"".join(lines) + b"\xffgarbage\n")
+  run2 = str(tmp_path / "run2")
+  code = main.main([
+      f"--input={root / 'corpus.jsonl'}", f"--output={run2}",
+      f"--model={tiny_model_dir}", "--runner=DirectRunner",
+      "--neighbours_k=0", "--max_bad_fraction=0.6", "--vertex_export=delta",
+      f"--previous_run={previous}", *VERTEX_FLAGS])
+  assert code == 1
+  err = capsys.readouterr().err.splitlines()
+  told = (rf"holds {12 - (len(lines) - len(lines) // 2)} rows, but its "
+          r"manifest counts 12 datapoints: a file was cut short, emptied or "
+          r"listed twice"
+          if damage == "cut" else
+          r"has a line that is not an id and datapoint_hash in .*"
+          r"vertex_state.*\.jsonl: b'\\xffgarbage'")
+  assert re.fullmatch(
+      rf"pipeline.main: error: --previous_run={previous}: the previous "
+      rf"run's vertex_state table {told}, so nothing was published\. .*",
+      err[-1]), err[-1]
+  assert not os.path.exists(os.path.join(run2, "manifest.json"))
+
+
 def test_chunks_are_the_datapoints_with_chunking(tiny_model_dir, tmp_path):
   long_text = " ".join(f"word{i} is here." for i in range(60))
   corpus = write_jsonl(tmp_path / "c.jsonl",
@@ -272,6 +310,10 @@ def test_parquet_and_tfrecord_carry_typed_fields(tmp_path):
     (NUMERIC_RESTRICT, 3, (3,)),
     (NUMERIC_RESTRICT, " -12 ", (-12,)),
     (NUMERIC_RESTRICT, "2.5e3", (2500.0,)),
+    # Found by a user trial: integers with leading zeros came as doubles.
+    (NUMERIC_RESTRICT, "000000000000000000001", (1,)),
+    (NUMERIC_RESTRICT, "-9223372036854775808", (-2**63,)),
+    (NUMERIC_RESTRICT, ".5", (0.5,)),
     (CROWDING_TAG, 42, ("42",)),
 ])
 def test_carried_values_are_checked_for_their_kind(kind, raw, expected):
@@ -289,6 +331,11 @@ def test_carried_values_are_checked_for_their_kind(kind, raw, expected):
     (NUMERIC_RESTRICT, "inf", Reason.NON_NUMERIC_FIELD),
     (NUMERIC_RESTRICT, 2**63, Reason.NON_NUMERIC_FIELD),
     (NUMERIC_RESTRICT, "9" * 5000, Reason.NON_NUMERIC_FIELD),
+    # Found by a user trial: what Python's int() and float() also take.
+    (NUMERIC_RESTRICT, "1_000", Reason.NON_NUMERIC_FIELD),
+    (NUMERIC_RESTRICT, "\u0661\u0662", Reason.NON_NUMERIC_FIELD),
+    (NUMERIC_RESTRICT, "9223372036854775808", Reason.NON_NUMERIC_FIELD),
+    (NUMERIC_RESTRICT, "nan", Reason.NON_NUMERIC_FIELD),
     (NUMERIC_RESTRICT, True, Reason.NON_NUMERIC_FIELD),
     (NUMERIC_RESTRICT, [1, 2], Reason.NON_NUMERIC_FIELD),
     (CROWDING_TAG, ["a", "b"], Reason.NON_STRING_FIELD),

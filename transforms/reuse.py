@@ -23,6 +23,7 @@ publishing (transforms/guardrails.py).
 import dataclasses
 import functools
 import logging
+import re
 from typing import Tuple
 
 import apache_beam as beam
@@ -32,6 +33,7 @@ from run_directory.embeddings import chunks_from_examples
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.embeddings import ids_from_examples
 from run_directory.embeddings import vectors_from_examples
+from run_directory.layout import EMBEDDINGS
 from run_directory.records import chunk_of
 from run_directory.records import content_hash
 from run_directory.records import Document
@@ -48,15 +50,18 @@ TO_EMBED = "to_embed"
 REMOVED = "removed"
 _READ_BATCH_SIZE = 1024
 
-# How a previous run whose table and manifest disagree is told (the run
-# fails: pipeline/job.py finds this in the runner's error, to tell it in one
-# line).
-PREVIOUS_ROWS_DIFFER = "the previous run's embeddings table holds"
+# How a previous run whose tables and manifest disagree is told, "the
+# previous run's <table> table ...": the run fails, and pipeline/job.py
+# finds this in the runner's error to tell it in one line.
+PREVIOUS_TABLE_DAMAGED = re.compile(r"the previous run's \w+ table [^\n]*")
 
 
 class PreviousRunDamagedError(RuntimeError):
-  """The previous run's embeddings table does not hold the rows its
-  manifest counts."""
+  """A table of the previous run does not hold what its manifest says."""
+
+
+def previous_table_damaged(table: str, what: str) -> PreviousRunDamagedError:
+  return PreviousRunDamagedError(f"the previous run's {table} table {what}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +80,10 @@ class PreviousRun:
   reason: str = ""
   documents: int = 0  # in its embeddings table
   chunk_tfrecord_files: Tuple[str, ...] = ()  # its chunks table, if chunked
-  # Its vertex_state table (JSON lines), if it wrote a Vertex AI export.
+  # Its vertex_state table (JSON lines), if it wrote a Vertex AI export,
+  # and the rows its manifest counts (vertex.datapoints).
   vertex_state_files: Tuple[str, ...] = ()
+  vertex_datapoints: int = 0
 
   def manifest_entry(self) -> dict:
     return {"path": self.path, "run_id": self.run_id,
@@ -180,8 +187,8 @@ class _SplitByReuseFn(beam.DoFn):
 
 def _checked_previous_rows(rows: int, previous: PreviousRun) -> int:
   if rows != previous.documents:
-    raise PreviousRunDamagedError(
-        f"{PREVIOUS_ROWS_DIFFER} {rows} rows, but its manifest counts "
+    raise previous_table_damaged(
+        EMBEDDINGS, f"holds {rows} rows, but its manifest counts "
         f"{previous.documents} documents: a shard was cut short, emptied or "
         "listed twice")
   return rows

@@ -18,6 +18,7 @@ import json
 from typing import Optional, Tuple
 
 import apache_beam as beam
+from apache_beam import coders
 
 from run_directory.layout import VERTEX
 from run_directory.layout import VERTEX_DELETE
@@ -34,6 +35,7 @@ from run_directory.vertex import MAX_FILES
 from run_directory.vertex import state_row
 from run_directory.vertex import STATE_TABLE
 from run_directory.vertex import VertexExportSpec
+from transforms.reuse import previous_table_damaged
 from transforms.write import WriteShards
 from transforms.write import WriteTable
 
@@ -48,25 +50,49 @@ class VertexExport:
   spec: the mode and the carried fields (run_directory/vertex.py).
   level: "document" or "chunk": what the datapoints are.
   previous_state_files: the previous run's vertex_state JSON lines (delta).
+  previous_datapoints: their rows, as the previous manifest counts them.
   num_shards: data files, 0 for one per DATAPOINT_ROWS_PER_SHARD rows; at
     most MAX_FILES either way.
   """
   spec: VertexExportSpec
   level: str
   previous_state_files: Tuple[str, ...] = ()
+  previous_datapoints: int = 0  # the rows its manifest counts
   num_shards: int = 0
 
 
-def _state_of(line: str) -> tuple:
-  row = json.loads(line)
-  return row["id"], row["datapoint_hash"]
+def _state_of(file_and_line: Tuple[str, bytes]) -> tuple:
+  """A previous vertex_state row as (id, datapoint_hash); a damaged one
+  fails the run, told by file (a guessed state would delete or keep the
+  wrong datapoints in the index)."""
+  name, line = file_and_line
+  try:
+    row = json.loads(line.decode("utf-8"))
+    state = row["id"], row["datapoint_hash"]
+  except (ValueError, TypeError, KeyError, RecursionError):
+    state = None
+  if not state or not all(isinstance(value, str) for value in state):
+    raise previous_table_damaged(
+        VERTEX_STATE, f"has a line that is not an id and datapoint_hash in "
+        f"{name}: {line[:80]!r}")
+  return state
+
+
+def _checked_state_rows(rows: int, datapoints: int) -> int:
+  if rows != datapoints:
+    raise previous_table_damaged(
+        VERTEX_STATE, f"holds {rows} rows, but its manifest counts "
+        f"{datapoints} datapoints: a file was cut short, emptied or listed "
+        "twice")
+  return rows
 
 
 class _DiffFn(beam.DoFn):
   """(id, {current: [row], hash: [its hash], previous: [hash]}) -> the row
   when new or changed; the id, tagged _DELETED, when it is gone."""
 
-  def process(self, grouped):
+  def process(self, grouped, checked_previous_rows):
+    del checked_previous_rows  # only waited for (ExportToVertex)
     datapoint_id, group = grouped
     current, previous = list(group["current"]), list(group["previous"])
     if not current:
@@ -114,15 +140,23 @@ class ExportToVertex(beam.PTransform):
           items.pipeline
           | "PreviousStateFiles" >> beam.Create(
               list(settings.previous_state_files))
-          | "ReadPreviousState" >> beam.io.ReadAllFromText()
+          | "ReadPreviousState" >> beam.io.ReadAllFromText(
+              coder=coders.BytesCoder(), with_filename=True)
           | "ParsePreviousState" >> beam.Map(_state_of))
+      # A side input of the diff: nothing is written or deleted before the
+      # previous state is known to be whole.
+      checked_rows = (previous
+                      | "CountPreviousState" >> beam.combiners.Count.Globally()
+                      | "CheckPreviousState" >> beam.Map(
+                          _checked_state_rows, settings.previous_datapoints))
       # Each datapoint's hash as the state table has it: computed once.
       current = rows | "KeyById" >> beam.Map(lambda row: (row["id"], row))
       hashes = states | "HashById" >> beam.Map(
           lambda state: (state["id"], state["datapoint_hash"]))
       diff = ({"current": current, "hash": hashes, "previous": previous}
               | "JoinOnId" >> beam.CoGroupByKey()
-              | "Diff" >> beam.ParDo(_DiffFn()).with_outputs(
+              | "Diff" >> beam.ParDo(
+                  _DiffFn(), beam.pvalue.AsSingleton(checked_rows)).with_outputs(
                   _DELETED, main="written"))
       written, deleted = diff["written"], diff[_DELETED]
     files = {VERTEX_JSON: (written | "WriteDatapoints" >> WriteShards(

@@ -40,7 +40,11 @@ FLAG_OF_KIND = {
 }
 # Vertex `value_int` is an int64.
 _INT64 = (-2**63, 2**63 - 1)
-_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
+# Numbers as JSON and BigQuery write them, in ASCII digits: Python's int()
+# and float() also take "1_000" and other scripts' digits.
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+_FLOAT = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*",
+                    re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,14 +139,15 @@ def _number(field: CarriedField, value, doc_id: Optional[str]):
 
 
 def _parse_number(text: str):
-  # Longer digit strings are past int64 anyway (and int() refuses over 4300
-  # digits): parsed as a float, which may be out of range too.
-  if _INTEGER.match(text) and len(text.strip()) <= 20:
-    return int(text)
-  try:
+  """An int for integer text (leading zeros allowed), a float for decimal
+  text, None otherwise."""
+  if _INTEGER.fullmatch(text):
+    # More digits are past int64 anyway (and int() refuses over 4300).
+    digits = text.strip().lstrip("+-").lstrip("0")
+    return int(text) if len(digits) <= 19 else None
+  if _FLOAT.fullmatch(text):
     return float(text)
-  except ValueError:
-    return None
+  return None
 
 
 def _shown(value) -> str:
