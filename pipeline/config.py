@@ -178,11 +178,34 @@ def _section(cls, flags):
   return cls(**values)
 
 
+# Upper bounds of the counts and sizes: past them a run would fail deep
+# inside (a C long, a thread or process per unit, a histogram's bins) or
+# take the machine's memory, instead of failing here.
+MAXIMA = {
+    "max_batch_size": 65_536,
+    "max_batch_tokens": 1 << 24,
+    "sort_buffer_size": 1 << 22,
+    "max_record_bytes": 1 << 30,
+    "max_chunks": 1_000_000,
+    "model_copies": 64,
+    "neighbours_k": 10_000,
+    "neighbours_block_size": 1 << 20,
+    "projector_max_points": 10_000_000,
+}
+
+
 def _positive(name, value, allow_none=False):
   if value is None and allow_none:
     return
   if value is None or value < 1:
     raise ConfigError(f"--{name} must be a positive integer, got {value}.")
+  _at_most(name, value)
+
+
+def _at_most(name, value):
+  maximum = MAXIMA.get(name)
+  if maximum is not None and value > maximum:
+    raise ConfigError(f"--{name}={value}: at most {maximum:,}.")
 
 
 def _check_numbers(config: RunConfig):
@@ -210,6 +233,7 @@ def _check_numbers(config: RunConfig):
   if neighbours.neighbours_k < 0:
     raise ConfigError("--neighbours_k must be 0 (no neighbour table) or "
                       "positive.")
+  _at_most("neighbours_k", neighbours.neighbours_k)
   _positive("neighbours_block_size", neighbours.neighbours_block_size)
   _positive("projector_max_points", out.projector_max_points)
   if neighbours.neighbours_of and not neighbours.neighbours_k:
@@ -371,9 +395,13 @@ def config_from_options(options: PipelineOptions,
   if not flags.input:
     raise ConfigError("--input is required: a file or glob of the corpus, "
                       "e.g. --input 'data/*.jsonl'.")
-  if not flags.output:
+  if not (flags.output or "").strip():
     raise ConfigError("--output is required: the run directory to write, "
                       "e.g. --output runs/today.")
+  if not flags.output.rstrip("/"):
+    # Stripped of its slash it would be "", the working directory.
+    raise ConfigError(f"--output={flags.output} is the root directory; name "
+                      "a run directory, e.g. --output runs/today.")
   sections = {attribute: _section(cls, flags)
               for attribute, cls in SECTIONS.values()}
   run_id = flags.run_id or (now or datetime.datetime.now(

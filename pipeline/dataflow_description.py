@@ -154,6 +154,7 @@ def offline_environment(model_metadata_dir: Optional[str],
       check_output=_offline_path_check(preflight.check_output, record),
       check_latest_pointer=_offline_path_check(preflight.check_latest_pointer,
                                                record),
+      check_cloud_credentials=lambda paths: None,  # nothing on GCS is read
       take_lock=False)
 
 
@@ -327,24 +328,29 @@ def _parse(argv):
   return parser.parse_known_args(argv)
 
 
+def _write_flex_metadata(output: Optional[str], rest: Sequence[str]):
+  if rest:
+    raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
+  text = json.dumps(flex_template_metadata(), indent=2) + "\n"
+  if output:
+    with open(output, "w") as f:
+      f.write(text)
+  else:
+    sys.stdout.write(text)
+
+
 def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO,
                       format="%(asctime)s %(levelname)s %(message)s")
   args, rest = _parse(sys.argv[1:] if argv is None else argv)
-  if args.command == "flex-metadata":
-    if rest:
-      print(f"unexpected arguments: {' '.join(rest)}", file=sys.stderr)
-      return 2
-    text = json.dumps(flex_template_metadata(), indent=2) + "\n"
-    if args.output:
-      with open(args.output, "w") as f:
-        f.write(text)
-    else:
-      sys.stdout.write(text)
-    return 0
   try:
+    if args.command == "flex-metadata":
+      _write_flex_metadata(args.output, rest)
+      return 0
     job = write_job_description(rest, args.job_file, args.model_metadata_dir)
-  except (ConfigError, FileNotFoundError) as e:
+  except (ConfigError, OSError) as e:
+    # OSError: a --job_file or --output that cannot be written (a directory,
+    # a path under a file).
     print(f"pipeline.dataflow_job: error: {e}", file=sys.stderr)
     return 2
   print(f"Dataflow job description written to {args.job_file} (nothing was "

@@ -78,7 +78,8 @@ class Embedder:
     self.settings = ModelSettings(
         preprocess_path=resolved.preprocess_path,
         encoder_path=resolved.encoder_path,
-        max_seq_length=max_seq_length or resolved.max_seq_length,
+        max_seq_length=(resolved.max_seq_length if max_seq_length is None
+                        else max_seq_length),
         pooling=pooling or resolved.pooling,
         normalize=resolved.normalize if normalize is None else normalize,
         precision=precision,

@@ -418,6 +418,17 @@ def reject_unknown_flags(argv):
   """Fails on flags no options class knows (Beam would only warn), and on
   values a flag cannot take (a number that is not one, a choice not among
   its choices), with one line that names the flag."""
+  for arg in argv:
+    try:
+      arg.encode("utf-8")
+    except UnicodeEncodeError:
+      # Bytes the OS gave that are not UTF-8 (surrogate-escaped): Beam
+      # carries its options as UTF-8 text, and would fail on them later.
+      shown = arg.encode("utf-8", "surrogateescape").decode(
+          "utf-8", "backslashreplace")
+      raise ConfigError(
+          f"{shown}: holds bytes that are not UTF-8; rename the path (or "
+          "pass the value) in UTF-8.") from None
   _, unknown = _beam_parser().parse_known_args(list(argv))
   flags = flag_names(unknown)
   for flag in flags:

@@ -9,9 +9,12 @@ import glob
 import os
 import re
 import tempfile
+from typing import Mapping, Optional
 
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
+import google.auth
+from google.auth.exceptions import DefaultCredentialsError
 
 from pipeline.errors import ConfigError
 from run_directory.layout import MANIFEST_FILE
@@ -55,8 +58,37 @@ def _check_creatable(flag: str, value: str, directory: str):
     raise ConfigError(message) from None
 
 
+def _check_file_system(flag: str, path: str):
+  """Beam has a file system for the path's scheme (http:// it has not)."""
+  try:
+    FileSystems.get_filesystem(path)
+  except (ValueError, BeamIOError):
+    raise ConfigError(
+        f"{flag}={path}: Beam has no file system for this scheme; use a "
+        "local path or gs://.") from None
+
+
+def check_cloud_credentials(paths: Mapping[str, Optional[str]]):
+  """Google Cloud credentials exist when a flag names a gs:// path: without
+  them every request retries for two minutes, then fails with a traceback.
+  paths: {flag: its value}. Only looks for credentials (no request)."""
+  remote = [f"{flag}={path}" for flag, path in paths.items()
+            if path and path.startswith("gs://")]
+  if not remote:
+    return
+  try:
+    google.auth.default()
+  except DefaultCredentialsError:
+    raise ConfigError(
+        f"{remote[0]}: reading or writing Cloud Storage needs Google Cloud "
+        "credentials, and none were found. Run `gcloud auth "
+        "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS "
+        "to a service account key file.") from None
+
+
 def check_input(flag: str, pattern: str):
   """The pattern names at least one file."""
+  _check_file_system(flag, pattern)
   if _is_local(pattern) and os.path.isdir(pattern):
     raise ConfigError(
         f"{flag}={pattern} is a directory; name its files with a glob, e.g. "
@@ -90,6 +122,7 @@ def check_input(flag: str, pattern: str):
 
 def check_output(output: str):
   """The run directory can be made, and holds no published run."""
+  _check_file_system("--output", output)
   if has_glob(output):
     raise ConfigError(
         f"--output={output} holds glob characters (* ? [ ]), which Beam's "
@@ -110,6 +143,7 @@ def check_output(output: str):
 def check_latest_pointer(pointer: str):
   """The pointer is a file this run can write, outside every published run
   (whose files it would replace)."""
+  _check_file_system("--latest_pointer", pointer)
   if has_glob(pointer):
     raise ConfigError(
         f"--latest_pointer={pointer} holds glob characters; name a plain "

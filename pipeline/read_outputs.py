@@ -98,7 +98,7 @@ def summarize(
   lines += [f"  {field.name}: {field.type}" for field in table.schema]
   if head > 0 and table.num_rows:
     lines.append(f"first {min(head, table.num_rows)} rows:")
-    for row in table.slice(0, head).to_pylist():
+    for row in table.slice(0, min(head, table.num_rows)).to_pylist():
       lines.append("  " + _format_value(row))
   return "\n".join(lines)
 

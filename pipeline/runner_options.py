@@ -2,8 +2,9 @@
 runs: Beam checks them only when the pipeline is run (after planning, which
 may export a model) and answers with a traceback.
 
-- `--runner` names a runner Beam knows (or a PipelineRunner class path);
-- `--direct_num_workers` is not negative (0: one per core);
+- `--runner` names DirectRunner (run by pipeline/local_runner.py) or a
+  service runner (Dataflow); the others fetch binaries from the internet;
+- `--direct_num_workers` is 0 (one per core) to 64;
 - a service runner (Dataflow) has a project and a region, as Beam's own
   validator checks them (PipelineOptionsValidator.validate_cloud_options:
   no network; the region may come from gcloud's configuration). The temp
@@ -21,13 +22,17 @@ from apache_beam.runners.runner import create_runner
 from pipeline.errors import ConfigError
 from pipeline.local_runner import LOCAL_RUNNER_NAMES
 
+MAX_DIRECT_NUM_WORKERS = 64
+
 
 def check_runner_options(options: PipelineOptions) -> None:
   """Raises ConfigError naming the option and the fix."""
   workers = options.view_as(DirectOptions).direct_num_workers
-  if workers is not None and workers < 0:
+  if workers is not None and not 0 <= workers <= MAX_DIRECT_NUM_WORKERS:
+    # Each is a thread or, multi-processing, a process loading the model.
     raise ConfigError(
-        f"--direct_num_workers={workers}: must be 0 (one per core) or more.")
+        f"--direct_num_workers={workers}: must be 0 (one per core) to "
+        f"{MAX_DIRECT_NUM_WORKERS}.")
   name = options.view_as(StandardOptions).runner
   if not isinstance(name, str) or name in LOCAL_RUNNER_NAMES:
     return
@@ -36,10 +41,15 @@ def check_runner_options(options: PipelineOptions) -> None:
   except (ValueError, ImportError) as error:
     raise ConfigError(f"--runner={name}: {error}") from None
   validator = PipelineOptionsValidator(options, runner)
-  if validator.is_service_runner():
-    errors = validator.validate_cloud_options(
-        options.view_as(GoogleCloudOptions))
-    if errors:
-      raise ConfigError(
-          f"--runner={name}: {' '.join(errors)} Dataflow runs need "
-          "--project and --region (and a gs:// --temp_location).")
+  if not validator.is_service_runner():
+    # Prism, Flink, Spark and the portable runners fetch a binary or a job
+    # server from the internet before they start.
+    raise ConfigError(
+        f"--runner={name}: the pipeline runs on DirectRunner (the default: "
+        "local, with no outside connection) or DataflowRunner.")
+  errors = validator.validate_cloud_options(
+      options.view_as(GoogleCloudOptions))
+  if errors:
+    raise ConfigError(
+        f"--runner={name}: {' '.join(errors)} Dataflow runs need "
+        "--project and --region (and a gs:// --temp_location).")

@@ -21,6 +21,8 @@ import tracemalloc
 import zlib
 
 from google.api_core import exceptions as google_api_errors
+import google.auth
+from google.auth.exceptions import DefaultCredentialsError
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -462,6 +464,23 @@ def test_a_file_name_that_is_not_utf8_is_read(tmp_path, tiny_model_dir):
     (["--max_record_bytes=0"], r"--max_record_bytes must be a positive"),
     (["--neighbours_block_size=0"], r"--neighbours_block_size must be a"),
     (["--num_shards=-1"], r"--num_shards must be 0"),
+    # Found by a fuzzer: tracebacks deep in the run (a C long, a histogram's
+    # bins, an index-sized integer), or a hang loading 2**70 model copies.
+    *[([f"--{name}={2**70}", *extra], rf"--{name}={2**70}: at most [0-9,]+\.")
+      for name, extra in (("neighbours_k", []), ("model_copies", []),
+                          ("max_chunks", ["--chunk_size=16"]),
+                          ("max_record_bytes", []), ("max_batch_size", []),
+                          ("max_batch_tokens", []),
+                          ("neighbours_block_size", []))],
+    # Found by a fuzzer: "/" stripped of its slash was the working directory.
+    (["--output=/"], r"--output=/ is the root directory; name a run "
+     r"directory"),
+    (["--output= "], r"--output is required"),
+    (["--input=http://example.com/x.txt"], r"--input=http://example.com/"
+     r"x.txt: Beam has no file system for this scheme; use a local path or "
+     r"gs://\."),
+    (["--output={tmp}/r\udcffn"], r"--output=.*/r\\xffn: holds bytes that "
+     r"are not UTF-8; rename the path \(or pass the value\) in UTF-8\."),
     # Where even root cannot write: tried, not judged by permissions.
     (["--output=/proc/run"], r"--output=/proc/run: /proc is not writable"),
     (["--latest_pointer=/proc/LATEST"], r"/proc is not writable"),
@@ -513,6 +532,27 @@ def test_an_unreadable_latest_pointer_exits_2(
                    r"(cannot be read as the text naming the latest run|is a "
                    r"directory|is empty; write the latest published run's "
                    r"directory into it, or delete it)", err), err
+  assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("flag", ["--output=gs://bucket/runs/x",
+                                  "--latest_pointer=gs://bucket/LATEST"])
+def test_gcs_paths_without_credentials_exit_2_at_once(
+    flag, corpus_file, tiny_model_dir, tmp_path, capsys, monkeypatch):
+  # Found by a fuzzer: each request retried for two minutes, then a
+  # traceback (or, for the pointer, a hang after publishing).
+  def no_credentials(*args, **kwargs):
+    raise DefaultCredentialsError("none here")
+
+  monkeypatch.setattr(google.auth, "default", no_credentials)
+  argv = [f"--input={corpus_file}", f"--output={tmp_path}/run", flag]
+  code = main.main(argv + [f"--model={tiny_model_dir}",
+                           "--runner=DirectRunner"])
+  assert code == 2
+  assert re.search(rf"^pipeline.main: error: {re.escape(flag)}: reading or "
+                   r"writing Cloud Storage needs Google Cloud credentials, "
+                   r"and none were found\. Run `gcloud auth "
+                   r"application-default login`", capsys.readouterr().err)
   assert not os.path.exists(tmp_path / "run")
 
 
@@ -755,6 +795,16 @@ def test_nothing_after_the_manifest_can_fail_a_published_run(
      r"--runner=NoSuchRunner: Unexpected pipeline runner.*DataflowRunner"),
     (["--runner=no.such.Runner"], r"--runner=no.such.Runner: No module"),
     (["--direct_num_workers=-3"], r"--direct_num_workers=-3: must be 0"),
+    # Found by a fuzzer: 2**70 workers forked until the machine stalled.
+    (["--direct_num_workers=1180591620717411303424",
+      "--direct_running_mode=multi_processing"],
+     r"--direct_num_workers=1180591620717411303424: must be 0 \(one per "
+     r"core\) to 64\."),
+    # Found by a fuzzer: these fetched a binary from the internet.
+    (["--runner=PrismRunner"], r"--runner=PrismRunner: the pipeline runs on "
+     r"DirectRunner \(the default: local, with no outside connection\) or "
+     r"DataflowRunner\."),
+    (["--runner=FlinkRunner"], r"--runner=FlinkRunner: the pipeline runs on"),
     (["--runner=DataflowRunner", "--region=us-central1"],
      r"--runner=DataflowRunner: Missing required option: project.*--project"),
 ])

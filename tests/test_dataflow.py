@@ -426,6 +426,22 @@ def test_flex_metadata_declares_every_pipeline_flag():
       "dataflow/flex_template_metadata.json")
 
 
+@pytest.mark.parametrize("argv", [
+    ["flex-metadata", "--output", "{tmp}"],
+    ["flex-metadata", "stray"],
+    ["describe", "--job_file", "{tmp}/file/job.json"],
+])
+def test_dataflow_job_tells_a_wrong_argument_in_one_line(argv, tmp_path,
+                                                         capsys):
+  # Found by a fuzzer: IsADirectoryError and FileExistsError tracebacks.
+  (tmp_path / "file").write_text("x")
+  code = dataflow_description.main([a.format(tmp=tmp_path) for a in argv])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("pipeline.dataflow_job: error: ") and (
+      len(err.splitlines()) == 1), err
+
+
 def test_flex_metadata_is_a_valid_template_metadata():
   with open(METADATA_FILE) as f:
     text = f.read()

@@ -508,6 +508,8 @@ def test_a_model_with_damaged_weights_is_told_as_damaged(tiny_model_dir,
 @pytest.mark.parametrize("settings, told", [
     (dict(max_seq_length=10_000), "max_seq_length=10000: must be between 3 "
      "and the model's max_position_embeddings"),
+    # Found by a fuzzer: 0 was taken for "the model's own".
+    (dict(max_seq_length=0), "max_seq_length=0: must be between 3"),
     (dict(precision="bogus"), "precision 'bogus' is not one of"),
     (dict(pooling="weird"), "pooling 'weird' is not one of"),
     (dict(chunking=ChunkSettings(chunk_size=64, chunk_overlap=8,

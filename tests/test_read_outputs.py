@@ -190,6 +190,12 @@ def test_cli_summary(run_dir, capsys):
   assert f'id: "{first_id}"' in row_lines[0]
 
 
+def test_cli_head_past_the_rows_prints_them_all(run_dir, capsys):
+  # Found by a fuzzer: --head 2**70 was an OverflowError.
+  assert read_outputs.main([run_dir, "--head", str(2**70)]) == 0
+  assert "first 4 rows:" in capsys.readouterr().out
+
+
 def test_cli_errors_table(run_dir, capsys):
   assert read_outputs.main([run_dir, "--table", "errors", "--head", "0"]) == 0
   out = capsys.readouterr().out
