@@ -154,7 +154,7 @@ def offline_environment(model_metadata_dir: Optional[str],
       check_output=_offline_path_check(preflight.check_output, record),
       check_latest_pointer=_offline_path_check(preflight.check_latest_pointer,
                                                record),
-      check_cloud_credentials=lambda paths: None,  # nothing on GCS is read
+      check_cloud_credentials=lambda flags: None,  # nothing on GCS is read
       take_lock=False)
 
 

@@ -83,7 +83,7 @@ class PlanEnvironment:
   check_input: Callable[[str, str], None] = preflight.check_input
   check_output: Callable[[str], None] = preflight.check_output
   check_latest_pointer: Callable[[str], None] = preflight.check_latest_pointer
-  check_cloud_credentials: Callable[[dict], None] = (
+  check_cloud_credentials: Callable[[list], None] = (
       preflight.check_cloud_credentials)
   take_lock: bool = True
 
@@ -199,15 +199,21 @@ def _resolve_model(config: RunConfig, environment: PlanEnvironment):
     raise ConfigError(str(e)) from None
 
 
-def _path_flags(config: RunConfig) -> dict:
-  """{flag: value} of the flags that name files or directories."""
-  return {"--input": config.input.input, "--output": config.outputs.output,
-          "--neighbours_of": config.neighbours.neighbours_of,
-          "--previous_run": config.nightly.previous_run,
-          "--latest_pointer": config.nightly.latest_pointer,
-          "--model": config.model.model,
-          "--preprocessor": config.model.preprocessor,
-          "--model_root": config.model.model_root}
+def _cloud_flags(config: RunConfig) -> list:
+  """"--flag=value" of the flags that need Google Cloud: gs:// paths and a
+  BigQuery table."""
+  values = {"--input": config.input.input, "--output": config.outputs.output,
+            "--neighbours_of": config.neighbours.neighbours_of,
+            "--previous_run": config.nightly.previous_run,
+            "--latest_pointer": config.nightly.latest_pointer,
+            "--model": config.model.model,
+            "--preprocessor": config.model.preprocessor,
+            "--model_root": config.model.model_root}
+  flags = [f"{flag}={value}" for flag, value in values.items()
+           if value and value.startswith("gs://")]
+  if config.outputs.bigquery_table:
+    flags.append(f"--bigquery_table={config.outputs.bigquery_table}")
+  return flags
 
 
 def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
@@ -278,7 +284,7 @@ def plan_run(config: RunConfig,
   out, nightly, neighbours = config.outputs, config.nightly, config.neighbours
   # The paths first: a typo there should fail in a second, before the model
   # is resolved (which can mean exporting or downloading it).
-  environment.check_cloud_credentials(_path_flags(config))
+  environment.check_cloud_credentials(_cloud_flags(config))
   environment.check_input("--input", config.input.input)
   if neighbours.neighbours_of:
     environment.check_input("--neighbours_of", neighbours.neighbours_of)

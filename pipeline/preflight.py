@@ -9,7 +9,7 @@ import glob
 import os
 import re
 import tempfile
-from typing import Mapping, Optional
+from typing import Sequence
 
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
@@ -68,22 +68,20 @@ def _check_file_system(flag: str, path: str):
         "local path or gs://.") from None
 
 
-def check_cloud_credentials(paths: Mapping[str, Optional[str]]):
-  """Google Cloud credentials exist when a flag names a gs:// path: without
-  them every request retries for two minutes, then fails with a traceback.
-  paths: {flag: its value}. Only looks for credentials (no request)."""
-  remote = [f"{flag}={path}" for flag, path in paths.items()
-            if path and path.startswith("gs://")]
-  if not remote:
+def check_cloud_credentials(cloud_flags: Sequence[str]):
+  """Google Cloud credentials exist when flags ("--flag=value") need Google
+  Cloud (a gs:// path, a BigQuery table): without them every request
+  retries for two minutes, then fails with a traceback. Only looks for the
+  credentials: no request is made."""
+  if not cloud_flags:
     return
   try:
     google.auth.default()
   except DefaultCredentialsError:
     raise ConfigError(
-        f"{remote[0]}: reading or writing Cloud Storage needs Google Cloud "
-        "credentials, and none were found. Run `gcloud auth "
-        "application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS "
-        "to a service account key file.") from None
+        f"{cloud_flags[0]}: Google Cloud needs credentials, and none were "
+        "found. Run `gcloud auth application-default login`, or set "
+        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file.") from None
 
 
 def check_input(flag: str, pattern: str):

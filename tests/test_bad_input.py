@@ -536,7 +536,8 @@ def test_an_unreadable_latest_pointer_exits_2(
 
 
 @pytest.mark.parametrize("flag", ["--output=gs://bucket/runs/x",
-                                  "--latest_pointer=gs://bucket/LATEST"])
+                                  "--latest_pointer=gs://bucket/LATEST",
+                                  "--bigquery_table=my-project:ds.t"])
 def test_gcs_paths_without_credentials_exit_2_at_once(
     flag, corpus_file, tiny_model_dir, tmp_path, capsys, monkeypatch):
   # Found by a fuzzer: each request retried for two minutes, then a
@@ -545,14 +546,14 @@ def test_gcs_paths_without_credentials_exit_2_at_once(
     raise DefaultCredentialsError("none here")
 
   monkeypatch.setattr(google.auth, "default", no_credentials)
-  argv = [f"--input={corpus_file}", f"--output={tmp_path}/run", flag]
+  argv = [f"--input={corpus_file}", f"--output={tmp_path}/run", flag,
+          "--temp_location=gs://bucket/tmp"]
   code = main.main(argv + [f"--model={tiny_model_dir}",
                            "--runner=DirectRunner"])
   assert code == 2
-  assert re.search(rf"^pipeline.main: error: {re.escape(flag)}: reading or "
-                   r"writing Cloud Storage needs Google Cloud credentials, "
-                   r"and none were found\. Run `gcloud auth "
-                   r"application-default login`", capsys.readouterr().err)
+  assert re.search(rf"^pipeline.main: error: {re.escape(flag)}: Google Cloud "
+                   r"needs credentials, and none were found\. Run `gcloud "
+                   r"auth application-default login`", capsys.readouterr().err)
   assert not os.path.exists(tmp_path / "run")
 
 

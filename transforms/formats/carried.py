@@ -40,8 +40,8 @@ FLAG_OF_KIND = {
 }
 # Vertex `value_int` is an int64.
 _INT64 = (-2**63, 2**63 - 1)
-# Numbers as JSON and BigQuery write them, in ASCII digits: Python's int()
-# and float() also take "1_000" and other scripts' digits.
+# Numbers in ASCII digits, with a sign, decimal point and exponent: Python's
+# int() and float() also take "1_000", "nan" and other scripts' digits.
 _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
 _FLOAT = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*",
                     re.ASCII)
