@@ -398,8 +398,9 @@ def config_from_options(options: PipelineOptions,
   if not (flags.output or "").strip():
     raise ConfigError("--output is required: the run directory to write, "
                       "e.g. --output runs/today.")
-  if not flags.output.rstrip("/"):
-    # Stripped of its slash it would be "", the working directory.
+  if not flags.output.rstrip("/") or ("://" not in flags.output and (
+      os.path.abspath(flags.output) == os.path.abspath(os.sep))):
+    # Stripped of its slash "/" would be "", the working directory.
     raise ConfigError(f"--output={flags.output} is the root directory; name "
                       "a run directory, e.g. --output runs/today.")
   sections = {attribute: _section(cls, flags)

@@ -418,7 +418,7 @@ def reject_unknown_flags(argv):
   """Fails on flags no options class knows (Beam would only warn), and on
   values a flag cannot take (a number that is not one, a choice not among
   its choices), with one line that names the flag."""
-  for arg in argv:
+  for position, arg in enumerate(argv):
     try:
       arg.encode("utf-8")
     except UnicodeEncodeError:
@@ -426,6 +426,9 @@ def reject_unknown_flags(argv):
       # carries its options as UTF-8 text, and would fail on them later.
       shown = arg.encode("utf-8", "surrogateescape").decode(
           "utf-8", "backslashreplace")
+      before = argv[position - 1] if position else ""
+      if before.startswith("--") and "=" not in before:
+        shown = f"{before}={shown}"  # "--flag VALUE": name the flag
       raise ConfigError(
           f"{shown}: holds bytes that are not UTF-8; rename the path (or "
           "pass the value) in UTF-8.") from None

@@ -34,11 +34,12 @@ from pipeline.plan import RunPlan
 from pipeline.previous_run import read_latest_pointer
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
+from run_directory.layout import VERTEX_STATE
 from run_directory.manifest import load_manifest
 from transforms import native_logs
 from transforms.guardrails import describe_refusal
 from transforms.guardrails import RunRefusedError
-from transforms.reuse import PREVIOUS_TABLE_DAMAGED
+from transforms.previous_run_damage import PREVIOUS_TABLE_DAMAGED
 
 _LOG = logging.getLogger(__name__)
 
@@ -109,17 +110,23 @@ def _raise_if_previous_run_damaged(plan: RunPlan, error: Exception):
   # A shard Beam cannot read, or a table that disagrees with the manifest.
   found, rows_differ = (_DAMAGED_TFRECORD.search(told),
                         PREVIOUS_TABLE_DAMAGED.search(told))
+  fix = ("Point --previous_run at a complete run, or leave it out to embed "
+         "every document.")
   if found:
     damage = (f"a TFRecord shard of its tables is damaged (not a valid "
               f"TFRecord: {found.group(1)})")
   elif rows_differ:
     damage = rows_differ.group(0)
+    if rows_differ.group(1) == VERTEX_STATE:
+      # An older run's state is not what the index holds now: a delta from
+      # it would leave stale datapoints in the index.
+      fix = ("Run once with --vertex_export full and rebuild the index from "
+             "it (isCompleteOverwrite), then go back to delta.")
   else:
     return
   raise RunFailedError(
       f"--previous_run={plan.previous_run.path}: {damage}, so nothing was "
-      "published. Point --previous_run at a complete run, or leave it out "
-      "to embed every document.") from None
+      f"published. {fix}") from None
 
 
 def run_job(argv=None, save_main_session=True,

@@ -200,16 +200,12 @@ def _resolve_model(config: RunConfig, environment: PlanEnvironment):
 
 
 def _cloud_flags(config: RunConfig) -> list:
-  """"--flag=value" of the flags that need Google Cloud: gs:// paths and a
-  BigQuery table."""
-  values = {"--input": config.input.input, "--output": config.outputs.output,
-            "--neighbours_of": config.neighbours.neighbours_of,
-            "--previous_run": config.nightly.previous_run,
-            "--latest_pointer": config.nightly.latest_pointer,
-            "--model": config.model.model,
-            "--preprocessor": config.model.preprocessor,
-            "--model_root": config.model.model_root}
-  flags = [f"{flag}={value}" for flag, value in values.items()
+  """"--flag=value" of the flags that need Google Cloud credentials: those
+  that write to Cloud Storage or BigQuery. (Reads need none: Beam reads a
+  public bucket anonymously.)"""
+  writes = {"--output": config.outputs.output,
+            "--latest_pointer": config.nightly.latest_pointer}
+  flags = [f"{flag}={value}" for flag, value in writes.items()
            if value and value.startswith("gs://")]
   if config.outputs.bigquery_table:
     flags.append(f"--bigquery_table={config.outputs.bigquery_table}")

@@ -18,6 +18,7 @@ from google.auth.exceptions import DefaultCredentialsError
 
 from pipeline.errors import ConfigError
 from run_directory.layout import MANIFEST_FILE
+from run_directory.manifest import load_manifest
 
 # Characters Beam's file systems read as a glob.
 _GLOB = re.compile(r"[*?\[\]]")
@@ -69,10 +70,11 @@ def _check_file_system(flag: str, path: str):
 
 
 def check_cloud_credentials(cloud_flags: Sequence[str]):
-  """Google Cloud credentials exist when flags ("--flag=value") need Google
-  Cloud (a gs:// path, a BigQuery table): without them every request
-  retries for two minutes, then fails with a traceback. Only looks for the
-  credentials: no request is made."""
+  """Google Cloud credentials exist when flags ("--flag=value") write to
+  Google Cloud: without them Beam retries for half a minute, goes on
+  anonymously and fails at the first write, after the run. Looks for the
+  credentials only (on a machine without any, google.auth also asks the
+  metadata server whether it runs on Google Cloud)."""
   if not cloud_flags:
     return
   try:
@@ -174,8 +176,18 @@ def _published_run_holding(path: str):
   a request)."""
   directory = _parent(path)
   while True:
-    if FileSystems.exists(FileSystems.join(directory, MANIFEST_FILE)):
+    if _is_published_run(directory):
       return directory
     if not _is_local(path) or directory == os.path.dirname(directory):
       return None
     directory = os.path.dirname(directory)
+
+
+def _is_published_run(directory: str) -> bool:
+  """A manifest.json of a run (other tools name files so too)."""
+  if not FileSystems.exists(FileSystems.join(directory, MANIFEST_FILE)):
+    return False
+  try:
+    return "run_id" in load_manifest(directory)
+  except (OSError, ValueError):
+    return False

@@ -70,6 +70,8 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
   fix = (f"Write the last complete run's directory into {named_by}"
          if named_by else "Point --previous_run at the last complete run "
          "directory")
+  # What a damaged run's messages end with.
+  damaged_fix = f"{fix}, or leave --previous_run out to embed everything."
   try:
     manifest = load_manifest(path)
   except RunNotPublishedError:
@@ -98,17 +100,15 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
                          if vertex_state_files else 0)
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ConfigError(
-        f"{told}: its manifest.json is damaged ({one_line(e)}). Point "
-        "--previous_run at a complete run, or leave it out to embed "
-        "everything.") from None
+        f"{told}: its manifest.json is damaged ({one_line(e)}). "
+        f"{damaged_fix}") from None
   missing = [name for name in files + chunk_files + vertex_state_files
              if not FileSystems.exists(name)]
   if missing:
     raise ConfigError(
         f"{told} lists {len(missing)} shard(s) "
         f"that are gone, e.g. {missing[0]}: its files were moved or deleted. "
-        "Point --previous_run at a complete run, or leave it out to embed "
-        "everything.")
+        f"{damaged_fix}")
   # Older runs recorded some vector settings under "settings", flat.
   previous = dict(manifest["settings"])
   previous.update(manifest["model"])
@@ -123,7 +123,8 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
                      if previous.get(name) != vectors.get(name))
     if changed:
       reason = f"settings changed: {', '.join(changed)}"
-  if not reason and CONTENT_HASH not in _column_names(path, embeddings, told):
+  if not reason and CONTENT_HASH not in _column_names(path, embeddings, told,
+                                                    damaged_fix):
     reason = "the previous run has no content hashes (older layout)"
   if reason:
     _LOG.warning("Not reusing embeddings of %s: %s", path, reason)
@@ -159,16 +160,14 @@ def _count(entry: dict, name: str, where: str) -> int:
   return value
 
 
-def _column_names(run_dir: str, entry: dict, told: str) -> set:
+def _column_names(run_dir: str, entry: dict, told: str, fix: str) -> set:
   """The embeddings table's column names, from its schema file."""
   try:
     return {c.name for c in table_columns(run_dir, entry, EMBEDDINGS) or ()}
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ConfigError(
-        f"{told}: its embeddings schema "
-        f"({entry.get('bigquery_schema')}) cannot be read: {e}. Point "
-        "--previous_run at a complete run, or leave it out to embed "
-        "everything.") from None
+        f"{told}: its embeddings schema ({entry.get('bigquery_schema')}) "
+        f"cannot be read: {e}. {fix}") from None
 
 
 def _optional_table_paths(run_dir: str, manifest: dict, table: str,

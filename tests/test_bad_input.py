@@ -32,6 +32,7 @@ import zstandard
 
 from pipeline import main
 from pipeline import output_lock
+from pipeline import preflight
 from pipeline import read_outputs
 from run_directory.records import DeadLetter
 from run_directory.staging import remove_unlisted_files
@@ -481,6 +482,8 @@ def test_a_file_name_that_is_not_utf8_is_read(tmp_path, tiny_model_dir):
      r"gs://\."),
     (["--output={tmp}/r\udcffn"], r"--output=.*/r\\xffn: holds bytes that "
      r"are not UTF-8; rename the path \(or pass the value\) in UTF-8\."),
+    (["--output", "{tmp}/r\udcffn"], r"--output=.*/r\\xffn: holds bytes"),
+    (["--output=/tmp/.."], r"--output=/tmp/\.\. is the root directory"),
     # Where even root cannot write: tried, not judged by permissions.
     (["--output=/proc/run"], r"--output=/proc/run: /proc is not writable"),
     (["--latest_pointer=/proc/LATEST"], r"/proc is not writable"),
@@ -564,7 +567,9 @@ def test_a_latest_pointer_inside_a_published_run_exits_2(
   # replaced another published run's manifest with a path.
   other = tmp_path / "other"
   (other / "embeddings").mkdir(parents=True)
-  (other / "manifest.json").write_text('{"outputs": {}}')
+  (other / "manifest.json").write_text('{"run_id": "r", "outputs": {}}')
+  # Other tools' manifest.json (a web app's, say) is not a run.
+  (tmp_path / "manifest.json").write_text('{"name": "my-app"}')
   before = sorted(os.listdir(other))
   code = main.main([f"--input={corpus_file}", f"--output={tmp_path}/run",
                     f"--latest_pointer={other}/{inside}",
@@ -576,7 +581,9 @@ def test_a_latest_pointer_inside_a_published_run_exits_2(
                    rf"beside the runs, e.g. --latest_pointer={tmp_path}/"
                    r"LATEST\.", err), err
   assert sorted(os.listdir(other)) == before
-  assert (other / "manifest.json").read_text() == '{"outputs": {}}'
+  assert (other / "manifest.json").read_text() == (
+      '{"run_id": "r", "outputs": {}}')
+  preflight.check_latest_pointer(str(tmp_path / "LATEST"))  # beside: fine
   assert not os.path.exists(tmp_path / "run")
 
 
@@ -806,6 +813,8 @@ def test_nothing_after_the_manifest_can_fail_a_published_run(
      r"DirectRunner \(the default: local, with no outside connection\) or "
      r"DataflowRunner\."),
     (["--runner=FlinkRunner"], r"--runner=FlinkRunner: the pipeline runs on"),
+    (["--runner=PortableRunner"], r"--runner=PortableRunner: the pipeline "
+     r"runs on"),
     (["--runner=DataflowRunner", "--region=us-central1"],
      r"--runner=DataflowRunner: Missing required option: project.*--project"),
 ])
@@ -942,8 +951,8 @@ def test_a_damaged_previous_manifest_is_a_flag_error(
   else:
     assert err == (f"pipeline.main: error: --previous_run={first}: its "
                    f"manifest.json is damaged ({told}). Point --previous_run "
-                   "at a complete run, or leave it out to embed everything."
-                   "\n")
+                   "at the last complete run directory, or leave "
+                   "--previous_run out to embed everything.\n")
   assert not os.path.exists(second)
 
 

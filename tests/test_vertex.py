@@ -224,8 +224,9 @@ def test_a_damaged_previous_state_fails_the_delta_in_one_line(
           r"vertex_state.*\.jsonl: b'\\xffgarbage'")
   assert re.fullmatch(
       rf"pipeline.main: error: --previous_run={previous}: the previous "
-      rf"run's vertex_state table {told}, so nothing was published\. .*",
-      err[-1]), err[-1]
+      rf"run's vertex_state table {told}, so nothing was published\. Run "
+      r"once with --vertex_export full and rebuild the index from it "
+      r"\(isCompleteOverwrite\), then go back to delta\.", err[-1]), err[-1]
   assert not os.path.exists(os.path.join(run2, "manifest.json"))
 
 

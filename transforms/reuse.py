@@ -23,7 +23,6 @@ publishing (transforms/guardrails.py).
 import dataclasses
 import functools
 import logging
-import re
 from typing import Tuple
 
 import apache_beam as beam
@@ -40,6 +39,7 @@ from run_directory.records import Document
 from run_directory.records import embedding_of
 from transforms.names import counter
 from transforms.names import COUNTERS
+from transforms.previous_run_damage import previous_table_damaged
 from transforms.progress import PROGRESS
 
 _LOG = logging.getLogger(__name__)
@@ -49,20 +49,6 @@ REUSED_CHUNKS = "reused_chunks"
 TO_EMBED = "to_embed"
 REMOVED = "removed"
 _READ_BATCH_SIZE = 1024
-
-# How a previous run whose tables and manifest disagree is told, "the
-# previous run's <table> table ...": the run fails, and pipeline/job.py
-# finds this in the runner's error to tell it in one line.
-PREVIOUS_TABLE_DAMAGED = re.compile(r"the previous run's \w+ table [^\n]*")
-
-
-class PreviousRunDamagedError(RuntimeError):
-  """A table of the previous run does not hold what its manifest says."""
-
-
-def previous_table_damaged(table: str, what: str) -> PreviousRunDamagedError:
-  return PreviousRunDamagedError(f"the previous run's {table} table {what}")
-
 
 @dataclasses.dataclass(frozen=True)
 class PreviousRun:

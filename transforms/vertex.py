@@ -35,7 +35,7 @@ from run_directory.vertex import MAX_FILES
 from run_directory.vertex import state_row
 from run_directory.vertex import STATE_TABLE
 from run_directory.vertex import VertexExportSpec
-from transforms.reuse import previous_table_damaged
+from transforms.previous_run_damage import previous_table_damaged
 from transforms.write import WriteShards
 from transforms.write import WriteTable
 

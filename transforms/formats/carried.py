@@ -135,7 +135,7 @@ def _number(field: CarriedField, value, doc_id: Optional[str]):
   raise Rejected(
       Reason.NON_NUMERIC_FIELD,
       f"field {field.name!r} ({field.flag}) is {_shown(value)}, not a finite "
-      "number (an integer or a float)", doc_id)
+      "number (an int64 integer or a float)", doc_id)
 
 
 def _parse_number(text: str):
