@@ -266,6 +266,9 @@ def _check_latest_pointer(config: RunConfig):
   """The pointer is a file beside the runs: inside the run directory it
   would replace one of the run's files (its manifest.json, say)."""
   pointer, output = config.nightly.latest_pointer, config.outputs.output
+  if config.nightly.previous_run == LATEST and not pointer:
+    raise ConfigError("--previous_run=latest needs --latest_pointer, the file "
+                      "each published run writes its directory into.")
   if not pointer:
     return
   remote = "://" in output

@@ -33,11 +33,8 @@ from transforms.reuse import PreviousRun
 _LOG = logging.getLogger(__name__)
 
 
-def read_latest_pointer(pointer: Optional[str]) -> Optional[str]:
+def read_latest_pointer(pointer: str) -> Optional[str]:
   """The run directory a --latest_pointer file names; None before the first."""
-  if not pointer:
-    raise ConfigError("--previous_run=latest needs --latest_pointer, the file "
-                      "each published run writes its directory into.")
   if not FileSystems.exists(pointer):
     return None  # the first scheduled run: nothing to carry over
   try:

@@ -484,6 +484,9 @@ def test_a_file_name_that_is_not_utf8_is_read(tmp_path, tiny_model_dir):
      r"are not UTF-8; rename the path \(or pass the value\) in UTF-8\."),
     (["--output", "{tmp}/r\udcffn"], r"--output=.*/r\\xffn: holds bytes"),
     (["--output=/tmp/.."], r"--output=/tmp/\.\. is the root directory"),
+    (["--previous_run=latest"], r"--previous_run=latest needs "
+     r"--latest_pointer, the file each published run writes its directory "
+     r"into\."),
     # Where even root cannot write: tried, not judged by permissions.
     (["--output=/proc/run"], r"--output=/proc/run: /proc is not writable"),
     (["--latest_pointer=/proc/LATEST"], r"/proc is not writable"),
