@@ -432,6 +432,10 @@ def reject_unknown_flags(argv):
       raise ConfigError(
           f"{shown}: holds bytes that are not UTF-8; rename the path (or "
           "pass the value) in UTF-8.") from None
+  if "--" in argv:
+    # argparse would take every flag after it for a stray value.
+    raise ConfigError("`--` ends the flags, and the pipeline takes nothing "
+                      "after them: leave it out.")
   _, unknown = _beam_parser().parse_known_args(list(argv))
   flags = flag_names(unknown)
   for flag in flags:

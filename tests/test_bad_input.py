@@ -802,6 +802,10 @@ def test_nothing_after_the_manifest_can_fail_a_published_run(
     # the first file with a warning.
     (["--input={tmp}/a.jsonl", "{tmp}/b.jsonl", "{tmp}/c.jsonl"],
      r"unexpected argument\(s\) '.*b\.jsonl', '.*c\.jsonl': .*quote it"),
+    # Found by a fuzzer: told as "unknown flag(s): --, --neighbours_k (did
+    # you mean --neighbours_k?)".
+    (["--", "--neighbours_k=3"], r"`--` ends the flags, and the pipeline "
+     r"takes nothing after them: leave it out\."),
     (["--runner=NoSuchRunner"],
      r"--runner=NoSuchRunner: Unexpected pipeline runner.*DataflowRunner"),
     (["--runner=no.such.Runner"], r"--runner=no.such.Runner: No module"),
