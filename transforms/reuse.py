@@ -39,7 +39,7 @@ from run_directory.records import Document
 from run_directory.records import embedding_of
 from transforms.names import counter
 from transforms.names import COUNTERS
-from transforms.previous_run_damage import previous_table_damaged
+from transforms.previous_run_damage import CheckRowCount
 from transforms.progress import PROGRESS
 
 _LOG = logging.getLogger(__name__)
@@ -171,15 +171,6 @@ class _SplitByReuseFn(beam.DoFn):
           REUSED_CHUNKS, chunk_of(document, index, chunk))
 
 
-def _checked_previous_rows(rows: int, previous: PreviousRun) -> int:
-  if rows != previous.documents:
-    raise previous_table_damaged(
-        EMBEDDINGS, f"holds {rows} rows, but its manifest counts "
-        f"{previous.documents} documents: a shard was cut short, emptied or "
-        "listed twice")
-  return rows
-
-
 class ReuseEmbeddings(beam.PTransform):
   """Documents -> {REUSED: Embedding, REUSED_CHUNKS: Chunk, TO_EMBED:
   Document, REMOVED: id}."""
@@ -201,10 +192,8 @@ class ReuseEmbeddings(beam.PTransform):
                                                          self._spec))
     # A side input of the split: nothing is carried over, counted removed
     # or published before the previous run's rows are known to be whole.
-    checked_rows = (previous
-                    | "CountPrevious" >> beam.combiners.Count.Globally()
-                    | "CheckPreviousRows" >> beam.Map(
-                        _checked_previous_rows, self._previous))
+    checked_rows = previous | "CheckPreviousRows" >> CheckRowCount(
+        EMBEDDINGS, self._previous.documents, "documents")
     split = (joined
              | "JoinOnId" >> beam.CoGroupByKey()
              | "Split" >> beam.ParDo(

@@ -35,6 +35,7 @@ from run_directory.vertex import MAX_FILES
 from run_directory.vertex import state_row
 from run_directory.vertex import STATE_TABLE
 from run_directory.vertex import VertexExportSpec
+from transforms.previous_run_damage import CheckRowCount
 from transforms.previous_run_damage import previous_table_damaged
 from transforms.write import WriteShards
 from transforms.write import WriteTable
@@ -76,15 +77,6 @@ def _state_of(file_and_line: Tuple[str, bytes]) -> tuple:
         VERTEX_STATE, f"has a line that is not an id and datapoint_hash in "
         f"{name}: {line[:80]!r}")
   return state
-
-
-def _checked_state_rows(rows: int, datapoints: int) -> int:
-  if rows != datapoints:
-    raise previous_table_damaged(
-        VERTEX_STATE, f"holds {rows} rows, but its manifest counts "
-        f"{datapoints} datapoints: a file was cut short, emptied or listed "
-        "twice")
-  return rows
 
 
 class _DiffFn(beam.DoFn):
@@ -145,10 +137,8 @@ class ExportToVertex(beam.PTransform):
           | "ParsePreviousState" >> beam.Map(_state_of))
       # A side input of the diff: nothing is written or deleted before the
       # previous state is known to be whole.
-      checked_rows = (previous
-                      | "CountPreviousState" >> beam.combiners.Count.Globally()
-                      | "CheckPreviousState" >> beam.Map(
-                          _checked_state_rows, settings.previous_datapoints))
+      checked_rows = previous | "CheckPreviousState" >> CheckRowCount(
+          VERTEX_STATE, settings.previous_datapoints, "datapoints")
       # Each datapoint's hash as the state table has it: computed once.
       current = rows | "KeyById" >> beam.Map(lambda row: (row["id"], row))
       hashes = states | "HashById" >> beam.Map(
