@@ -6,6 +6,7 @@
 import argparse
 import sys
 
+from pipeline.errors import CommandLineParser
 from transforms import native_logs
 
 
@@ -17,7 +18,7 @@ def _catalog():
 
 
 def main(argv=None) -> int:
-  argparse.ArgumentParser(
+  CommandLineParser(
       prog="python -m pipeline.catalog", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(
           sys.argv[1:] if argv is None else argv)

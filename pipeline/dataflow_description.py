@@ -45,7 +45,6 @@ local path); its options show `no_auth` set, which the real submission does
 not set.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -68,7 +67,9 @@ from bert_model import resolution
 from pipeline import preflight
 from pipeline.build import build_pipeline
 from pipeline.config import config_from_options
+from pipeline.errors import CommandLineParser
 from pipeline.errors import ConfigError
+from pipeline.errors import print_error
 from pipeline.flex_template import flex_template_metadata
 from pipeline.flags import flag_names
 from pipeline.flags import reject_unknown_flags
@@ -308,7 +309,7 @@ def _whole(value):
 
 
 def _parse(argv):
-  parser = argparse.ArgumentParser(
+  parser = CommandLineParser(
       prog="python -m pipeline.dataflow_job", allow_abbrev=False,
       description=__doc__.split("\n\n", 1)[0])
   commands = parser.add_subparsers(dest="command", required=True)
@@ -351,8 +352,7 @@ def main(argv=None) -> int:
   except (ConfigError, OSError) as e:
     # OSError: a --job_file or --output that cannot be written (a directory,
     # a path under a file).
-    print(f"pipeline.dataflow_job: error: {e}", file=sys.stderr)
-    return 2
+    return print_error("pipeline.dataflow_job", str(e))
   print(f"Dataflow job description written to {args.job_file} (nothing was "
         "submitted or uploaded):")
   print(json.dumps(summarize(job), indent=2))

@@ -1,5 +1,8 @@
 """The errors the driver tells in one line: a wrong flag, a failed run."""
 
+import argparse
+import sys
+
 
 class ConfigError(ValueError):
   """A flag is wrong; the message says which and how to fix it.
@@ -28,3 +31,24 @@ def one_line(error: Exception) -> str:
     return (f"the run's manifest.json has no {error.args[0]!r} entry: it is "
             "damaged, or not written by this pipeline")
   return " ".join(str(error).split("\n"))
+
+
+class CommandLineParser(argparse.ArgumentParser):
+  """argparse's parser for the smaller commands (pipeline.query, ...), whose
+  wrong flags read like their other errors: `pipeline.query: error: ...`
+  after the usage, exit status 2."""
+
+  def error(self, message):
+    self.print_usage(sys.stderr)
+    self.exit(2, f"{command_name(self.prog)}: error: {message}\n")
+
+
+def command_name(prog: str) -> str:
+  """`python -m pipeline.query` -> `pipeline.query`: how errors name it."""
+  return prog.removeprefix("python -m ")
+
+
+def print_error(prog: str, message: str) -> int:
+  """Tells an error in one line; returns 2, a wrong argument's status."""
+  print(f"{command_name(prog)}: error: {message}", file=sys.stderr)
+  return 2

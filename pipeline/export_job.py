@@ -7,19 +7,23 @@ started with its notices captured.
 
 import argparse
 import logging
-import sys
 
 import tensorflow as tf
 
+from bert_model import catalog
 from bert_model import checkpoint
 from bert_model import default_model
 from bert_model import export
 from bert_model import metadata as metadata_lib
 from pipeline.embedder import Embedder
+from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
+from pipeline.errors import print_error
 from pipeline.errors import READ_ERRORS
 from run_directory.layout import MANIFEST_FILE
 from run_directory.manifest import refusal_paths
+
+PROG = "python -m pipeline.export_model"
 
 
 def _bool(value: str) -> bool:
@@ -31,8 +35,8 @@ def _bool(value: str) -> bool:
 
 
 def parse_args(argv, description: str):
-  parser = argparse.ArgumentParser(
-      prog="python -m pipeline.export_model", description=description,
+  parser = CommandLineParser(
+      prog=PROG, description=description,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument(
       "--checkpoint", help="BERT checkpoint directory: Hugging Face "
@@ -79,6 +83,12 @@ def parse_args(argv, description: str):
     if ignored:
       parser.error(f"{', '.join(ignored)}: for exporting a checkpoint; "
                    "leave out with --serving")
+    if _names_missing_directory(args.serving):
+      parser.error(
+          f"--serving={args.serving}: no such directory. Pass a run "
+          "directory (manifest.json at its top), or a model the way --model "
+          "of pipeline.main takes it: a model directory, a catalogue name "
+          "(`python -m pipeline.catalog`) or a TF Hub handle")
     if _is_run_directory(args.serving):
       ignored = [f"--{name}" for name in _MODEL_SETTINGS
                  if getattr(args, name) is not None]
@@ -97,6 +107,14 @@ _CHECKPOINT_ONLY = ("checkpoint", "name", "license", "lower_case")
 _MODEL_SETTINGS = ("pooling", "normalize", "max_seq_length")
 
 
+def _names_missing_directory(value: str) -> bool:
+  """A path (not a catalogue name or handle) to nothing: told here, where
+  the flag is --serving, rather than as a wrong --model by the resolver."""
+  looks_like_path = "/" in value or value.startswith((".", "~"))
+  return (looks_like_path and not catalog.is_handle(value) and
+          not tf.io.gfile.exists(value))
+
+
 def _is_run_directory(path: str) -> bool:
   """A published run (its manifest) or one a guardrail refused to publish
   (told as such by Embedder.from_run), rather than a model directory."""
@@ -104,20 +122,14 @@ def _is_run_directory(path: str) -> bool:
       refusal_paths(path.rstrip("/")))
 
 
-def _error(message: str) -> int:
-  """Tells the error in one line; the exit status of a wrong argument."""
-  print(f"pipeline.export_model: error: {message}", file=sys.stderr)
-  return 2
-
-
 def _export_serving(args) -> int:
   if tf.io.gfile.exists(args.output_dir):
     if not tf.io.gfile.isdir(args.output_dir):
-      return _error(f"{args.output_dir} is a file; name a new directory "
-                    "for the serving SavedModel")
+      return print_error(PROG, f"{args.output_dir} is a file; name a new "
+                         "directory for the serving SavedModel")
     if tf.io.gfile.listdir(args.output_dir) and not args.overwrite:
-      return _error(f"{args.output_dir} is not empty; pass --overwrite to "
-                    "replace it")
+      return print_error(PROG, f"{args.output_dir} is not empty; pass "
+                         "--overwrite to replace it")
   try:
     if _is_run_directory(args.serving):
       embedder = Embedder.from_run(args.serving)
@@ -125,7 +137,7 @@ def _export_serving(args) -> int:
       embedder = Embedder(args.serving, max_seq_length=args.max_seq_length,
                           pooling=args.pooling, normalize=args.normalize)
   except READ_ERRORS as e:
-    return _error(one_line(e))
+    return print_error(PROG, one_line(e))
   if args.overwrite and tf.io.gfile.exists(args.output_dir):
     tf.io.gfile.rmtree(args.output_dir)
   embedder.save_serving_model(args.output_dir)
@@ -155,7 +167,7 @@ def main(argv, description: str) -> int:
           overwrite=args.overwrite, lower_case=args.lower_case)
   except (checkpoint.CheckpointError, FileExistsError, FileNotFoundError,
           ValueError) as e:
-    return _error(str(e))
+    return print_error(PROG, str(e))
   print(f"Exported {metadata.name} to {args.output_dir} "
         f"(hidden {metadata.hidden_size}, {metadata.num_layers} layers, "
         f"pooling {metadata.pooling}, fingerprint {metadata.fingerprint[:12]})")

@@ -17,7 +17,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
+from pipeline.errors import print_error
 from pipeline.errors import READ_ERRORS
 from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
@@ -50,7 +52,7 @@ def _shown_id(item_id: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = CommandLineParser(
       prog="python -m pipeline.query", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("run_dir", help="A published run directory.")
@@ -83,8 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except READ_ERRORS as e:
       hits, error = [], e
   if error is not None:
-    print(f"pipeline.query: error: {one_line(error)}", file=sys.stderr)
-    return 2
+    return print_error(parser.prog, one_line(error))
   for rank, (score, row) in enumerate(hits, start=1):
     owner = (f"  ({_shown_id(row['document_id'])})"
              if "document_id" in row else "")

@@ -40,7 +40,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
+from pipeline.errors import print_error
 from pipeline.errors import READ_ERRORS
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import FORMATS
@@ -55,6 +57,8 @@ from run_directory.readers import load_embeddings
 from run_directory.readers import read_errors
 from run_directory.readers import read_table
 from run_directory.readers import read_vectors
+
+PROG = "python -m pipeline.read_outputs"
 
 __all__ = ["RunNotPublishedError", "load_embeddings", "load_manifest",
            "load_refusal", "read_errors", "read_table", "read_vectors",
@@ -121,8 +125,8 @@ def _row_count(value: str) -> int:
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(
-      prog="python -m pipeline.read_outputs",
+  parser = CommandLineParser(
+      prog=PROG,
       description="Summarize (and export) a table of a published run.")
   parser.add_argument("run_dir", help="The run directory, local or gs://.")
   parser.add_argument("--table", choices=TABLES, default=EMBEDDINGS)
@@ -148,8 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     return _read(args)
   except READ_ERRORS as e:
-    print(f"pipeline.read_outputs: error: {one_line(e)}", file=sys.stderr)
-    return 2
+    return print_error(PROG, one_line(e))
 
 
 def _read(args) -> int:

@@ -475,6 +475,35 @@ def test_a_serving_export_of_a_refused_run_says_it_was_refused(
       "refused.json says why.\n")
 
 
+def test_a_serving_export_of_a_missing_path_names_serving(tmp_path, capsys):
+  # Once told as "--model=/x: no such directory ... or leave --model out".
+  missing = str(tmp_path / "no_such_run")
+  with pytest.raises(SystemExit) as exit_:
+    export_model.main(["--serving", missing, "--output_dir",
+                       str(tmp_path / "out")])
+  assert exit_.value.code == 2
+  err = capsys.readouterr().err.splitlines()[-1]
+  assert err.startswith(f"pipeline.export_model: error: --serving={missing}: "
+                        "no such directory. Pass a run directory"), err
+  assert "--model=" not in err
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("pipeline.export_model", ["--no_such_flag"]),
+    ("pipeline.query", []),
+    ("pipeline.read_outputs", ["--no_such_flag"]),
+    ("pipeline.catalog", ["--no_such_flag"]),
+])
+def test_wrong_flags_are_told_like_the_commands_other_errors(command, argv):
+  # argparse once said `python -m pipeline.query: error:`, the command's own
+  # errors `pipeline.query: error:`: one prefix for a scheduler to grep.
+  told = subprocess.run([sys.executable, "-m", command] + argv,
+                        capture_output=True, text=True, check=False)
+  assert told.returncode == 2
+  assert told.stderr.splitlines()[-1].startswith(f"{command}: error: "), (
+      told.stderr)
+
+
 @pytest.mark.parametrize("argv, told", [
     (["RUN", "   "], "the question is empty"),
     (["RUN", "a question", "--k", "0"], "--k must be at least 1")])
