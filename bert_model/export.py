@@ -119,6 +119,23 @@ def _self_check(preprocess, encoder, model_dir: str):
   np.testing.assert_allclose(actual.numpy(), expected, atol=1e-5)
 
 
+def _check_output_dir(output_dir: str, overwrite: bool):
+  """Before the (slow) conversion: where the model directory cannot go."""
+  if os.path.isfile(output_dir):
+    raise FileExistsError(
+        f"{output_dir} is a file; name a new directory for the model.")
+  if os.path.exists(output_dir) and not overwrite:
+    raise FileExistsError(
+        f"{output_dir} exists; pass --overwrite to replace it.")
+  ancestor = os.path.dirname(os.path.abspath(output_dir))
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise FileExistsError(
+        f"{output_dir} cannot be created: {ancestor} is a file. Name a "
+        "directory elsewhere for the model.")
+
+
 def export_checkpoint(checkpoint_dir: str, output_dir: str,
                       name: Optional[str] = None,
                       source: Optional[dict] = None,
@@ -135,9 +152,7 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str,
   checkpoint is not a convertible BERT, and FileExistsError if `output_dir`
   exists and `overwrite` is False.
   """
-  if os.path.exists(output_dir) and not overwrite:
-    raise FileExistsError(
-        f"{output_dir} exists; pass --overwrite to replace it.")
+  _check_output_dir(output_dir, overwrite)
   ckpt = checkpoint_lib.read_checkpoint(checkpoint_dir, lower_case=lower_case)
   kind = checkpoint_lib.layout_of(checkpoint_dir)
   metadata = build_metadata(

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import zipfile
 
@@ -233,6 +234,22 @@ def test_pack_inputs_pads_truncates_and_pairs(tiny_model_dir):
 def test_export_refuses_to_overwrite(tiny_checkpoint, tiny_model_dir):
   with pytest.raises(FileExistsError, match="--overwrite"):
     export.export_checkpoint(tiny_checkpoint, tiny_model_dir)
+
+
+@pytest.mark.parametrize("output_dir, told", [
+    ("a_file", "a_file is a file; name a new directory"),
+    # Once "[Errno 17] File exists: '.../a_file'", after the conversion.
+    ("a_file/model", "a_file/model cannot be created: {tmp}/a_file is a "
+     "file"),
+])
+def test_export_refuses_an_output_dir_on_a_file(tiny_checkpoint, tmp_path,
+                                                output_dir, told):
+  (tmp_path / "a_file").write_text("kept")
+  with pytest.raises(FileExistsError, match=re.escape(
+      told.format(tmp=tmp_path))):
+    export.export_checkpoint(tiny_checkpoint, str(tmp_path / output_dir),
+                             overwrite=True)
+  assert (tmp_path / "a_file").read_text() == "kept"
 
 
 def _broken_copy(tmp_path, edit):
