@@ -100,6 +100,11 @@ class ChunkSettings:
     return self.chunk_size - 2
 
 
+# --max_chunks when not given: a document of 512 chunks of 256 wordpieces is
+# a book (~100k words); longer ones are more likely a concatenation.
+DEFAULT_MAX_CHUNKS = 512
+
+
 def default_overlap(chunk_size: int) -> int:
   return chunk_size // 8
 

@@ -23,6 +23,7 @@ from typing import Optional, Tuple
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from bert_model.chunking import DEFAULT_MAX_CHUNKS
 from bert_model.chunking import default_overlap
 from pipeline.errors import ConfigError
 from pipeline.flags import EmbeddingPipelineOptions
@@ -64,7 +65,7 @@ class ModelConfig:
   normalize: Optional[bool]
   chunk_size: Optional[int]  # None: no chunking
   chunk_overlap: Optional[int]  # None: chunk_size // 8
-  max_chunks: int
+  max_chunks: Optional[int]  # None: DEFAULT_MAX_CHUNKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,11 +322,16 @@ def _check_vertex_export(config: RunConfig):
 
 def _check_chunking(config: RunConfig):
   model = config.model
-  _positive("max_chunks", model.max_chunks)
+  _positive("max_chunks", model.max_chunks, allow_none=True)
   if model.chunk_size is None:
     if model.chunk_overlap is not None:
       raise ConfigError("--chunk_overlap needs --chunk_size: set both, e.g. "
                         "--chunk_size 256 --chunk_overlap 32.")
+    if model.max_chunks is not None:
+      # Without chunks it would be ignored: documents are cut at
+      # --max_seq_length, not at chunk_size * max_chunks.
+      raise ConfigError("--max_chunks needs --chunk_size: set both, e.g. "
+                        "--chunk_size 256 --max_chunks 64.")
     if config.neighbours.neighbours_level == CHUNK_LEVEL:
       raise ConfigError("--neighbours_level chunk needs --chunk_size: "
                         "documents are only cut into chunks when it is set "
@@ -346,6 +352,11 @@ def _check_chunking(config: RunConfig):
         "--text_pair_field cannot be combined with --chunk_size: a pair is "
         "one [CLS] a [SEP] b [SEP] sequence and cannot be cut into chunks. "
         "Leave one of them out.")
+
+
+def max_chunks(model: ModelConfig) -> int:
+  """--max_chunks, or its default."""
+  return DEFAULT_MAX_CHUNKS if model.max_chunks is None else model.max_chunks
 
 
 def chunk_overlap(model: ModelConfig) -> int:

@@ -15,6 +15,7 @@ from typing import Dict, List, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from bert_model.chunking import DEFAULT_MAX_CHUNKS
 from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
 from bert_model.loaded_model import PRECISIONS
 from bert_model.metadata import POOLING_MODES
@@ -180,9 +181,10 @@ def _add_model_flags(group):
       help="Wordpieces consecutive chunks share (whole words), less than "
       "--chunk_size / 2. Default: --chunk_size / 8.")
   group.add_argument(
-      "--max_chunks", type=int, default=512,
+      "--max_chunks", type=int,
       help="Chunks per document at most; the rest of a longer document is "
-      "left out and the document flagged truncated (default: %(default)s).")
+      "left out and the document flagged truncated. Default: "
+      f"{DEFAULT_MAX_CHUNKS}.")
 
 
 def _add_output_flags(group):

@@ -194,6 +194,8 @@ def test_truncation_warning_names_chunk_size(tmp_path, tiny_model_dir,
     (["--chunk_size=100"], "--max_seq_length"),
     (["--chunk_size=16", "--chunk_overlap=8"], "--chunk_overlap=8"),
     (["--chunk_overlap=4"], "needs --chunk_size"),
+    # Once accepted and ignored: documents were still cut at --max_seq_length.
+    (["--max_chunks=3"], "--max_chunks needs --chunk_size"),
     (["--neighbours_level=chunk"], "needs --chunk_size"),
     (["--chunk_size=16", "--text_pair_field=other"], "--text_pair_field"),
     (["--chunk_size=2"], "--chunk_size=2"),
