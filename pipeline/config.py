@@ -65,7 +65,7 @@ class ModelConfig:
   normalize: Optional[bool]
   chunk_size: Optional[int]  # None: no chunking
   chunk_overlap: Optional[int]  # None: chunk_size // 8
-  max_chunks: Optional[int]  # None: DEFAULT_MAX_CHUNKS
+  max_chunks: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,16 +322,11 @@ def _check_vertex_export(config: RunConfig):
 
 def _check_chunking(config: RunConfig):
   model = config.model
-  _positive("max_chunks", model.max_chunks, allow_none=True)
+  _positive("max_chunks", model.max_chunks)
   if model.chunk_size is None:
     if model.chunk_overlap is not None:
       raise ConfigError("--chunk_overlap needs --chunk_size: set both, e.g. "
                         "--chunk_size 256 --chunk_overlap 32.")
-    if model.max_chunks is not None:
-      # Without chunks it would be ignored: documents are cut at
-      # --max_seq_length, not at chunk_size * max_chunks.
-      raise ConfigError("--max_chunks needs --chunk_size: set both, e.g. "
-                        "--chunk_size 256 --max_chunks 64.")
     if config.neighbours.neighbours_level == CHUNK_LEVEL:
       raise ConfigError("--neighbours_level chunk needs --chunk_size: "
                         "documents are only cut into chunks when it is set "
@@ -352,11 +347,6 @@ def _check_chunking(config: RunConfig):
         "--text_pair_field cannot be combined with --chunk_size: a pair is "
         "one [CLS] a [SEP] b [SEP] sequence and cannot be cut into chunks. "
         "Leave one of them out.")
-
-
-def max_chunks(model: ModelConfig) -> int:
-  """--max_chunks, or its default."""
-  return DEFAULT_MAX_CHUNKS if model.max_chunks is None else model.max_chunks
 
 
 def chunk_overlap(model: ModelConfig) -> int:
@@ -424,6 +414,7 @@ def config_from_options(options: PipelineOptions,
   sections["outputs"] = dataclasses.replace(
       sections["outputs"], run_id=run_id,
       output=flags.output.replace("{run_id}", run_id).rstrip("/"))
+  sections["model"] = _with_max_chunks(sections["model"])
   nightly = sections["nightly"]
   if nightly.max_bad_fraction is None and nightly.max_bad_records is None:
     sections["nightly"] = dataclasses.replace(
@@ -433,6 +424,17 @@ def config_from_options(options: PipelineOptions,
   _check_names(config)
   _check_bigquery_temp_location(config, options.view_as(GoogleCloudOptions))
   return config
+
+
+def _with_max_chunks(model: ModelConfig) -> ModelConfig:
+  """--max_chunks, or its default; given without --chunk_size it would be
+  ignored (documents are cut at --max_seq_length), so it is refused."""
+  if model.max_chunks is None:
+    return dataclasses.replace(model, max_chunks=DEFAULT_MAX_CHUNKS)
+  if model.chunk_size is None:
+    raise ConfigError("--max_chunks needs --chunk_size: set both, e.g. "
+                      "--chunk_size 256 --max_chunks 64.")
+  return model
 
 
 def _check_bigquery_temp_location(config: RunConfig,

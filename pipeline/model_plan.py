@@ -12,7 +12,6 @@ from bert_model.chunking import ChunkSettings
 from bert_model.loaded_model import ModelSettings
 from pipeline import preflight
 from pipeline.config import chunk_overlap
-from pipeline.config import max_chunks
 from pipeline.config import ModelConfig
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
@@ -75,7 +74,7 @@ def model_settings(config: RunConfig,
       text_pairs=config.input.text_pair_field is not None,
       chunking=(ChunkSettings(chunk_size=choice.chunk_size,
                               chunk_overlap=chunk_overlap(choice),
-                              max_chunks=max_chunks(choice))
+                              max_chunks=choice.max_chunks)
                 if choice.chunk_size is not None else None))
 
 

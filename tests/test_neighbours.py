@@ -491,6 +491,32 @@ def test_approximate_neighbours_default_settings_small_corpus_is_exact(
       assert row["score"] == exact[key]
 
 
+@pytest.mark.parametrize("flat", [True, False])
+def test_ann_chunk_neighbours_of_a_long_self_similar_document(flat):
+  # Found by a user trial: a document of 100 chunks nearer each other than
+  # any other document's got no neighbours at all, as the index was asked
+  # for K + 32 candidates, all of them its own chunks.
+  rng = np.random.default_rng(3)
+  centre = rng.standard_normal(16)
+  ids = [f"long#{i}" for i in range(100)] + [
+      f"short-{d}#{i}" for d in range(30) for i in range(2)]
+  vectors = maths.normalize_rows(np.concatenate([
+      centre + 0.01 * rng.standard_normal((100, 16)),
+      rng.standard_normal((60, 16))]).astype(np.float32))
+  index, _ = approximate.build_index(
+      vectors, approximate.candidates(3, neighbours.CHUNK),
+      approximate.AnnIndexSettings(flat_index_below=1000 if flat else 1))
+  found = dict(approximate.ann_top_k(index, ids, vectors, ids, vectors, 3,
+                                     level=neighbours.CHUNK))
+  assert all(len(found[i]) == 3 for i in ids)
+  assert not any(n.startswith("long#") for i in ids[:100]
+                 for _, n in found[i])
+  if flat:  # an exact index: exact mode's neighbours
+    assert found == dict(maths.blocked_top_k(
+        ids, vectors, ids, vectors, 3, 64,
+        owner=maths.OWNERS[neighbours.CHUNK]))
+
+
 def test_approximate_neighbours_of_a_query_set(tmp_path):
   corpus_ids = make_ids(300, seed=10)
   corpus_vectors = clustered_vectors(300, 16, clusters=10, seed=10)

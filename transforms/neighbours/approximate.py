@@ -7,6 +7,7 @@ goes into the stats. Given a directory, it also writes the index there
 (run_directory/ann_index.py), for searches after the run (pipeline/search.py).
 """
 
+import collections
 import dataclasses
 import functools
 from typing import BinaryIO, List, Optional, Sequence
@@ -119,35 +120,56 @@ def ann_top_k(
     level: str = DOCUMENT) -> List[QueryNeighbours]:
   """The index's top K of every query, scored canonically like exact mode.
 
-  Vectors normalised. Asks for `candidates(k, level)` so that dropping the
-  query's own id (or at chunk level its own document's chunks) still leaves
-  K (for chunks: unless its document has more chunks among them).
+  Vectors normalised. Each query asks the index for K and room for its own
+  items (`asked_per_query`), so that dropping them still leaves K.
   """
   if not len(query_ids) or not len(corpus_ids):
     return []
   if corpus_id_ranks is None:
     corpus_id_ranks = id_ranks(corpus_ids)
-  _, labels = index.search(
-      np.ascontiguousarray(query_vectors, dtype=np.float32),
-      min(candidates(k, level), len(corpus_ids)))
   owner = OWNERS[level]
   corpus_owners = np.asarray([owner(i) for i in corpus_ids], dtype=object)
   query_owners = np.asarray([owner(i) for i in query_ids], dtype=object)
-  # -1: the index found fewer than asked.
-  found = labels >= 0
-  found[found] = (
-      corpus_owners[labels[found]] !=
-      np.broadcast_to(query_owners[:, None], labels.shape)[found])
-  rows, positions = np.nonzero(found)
+  asked = asked_per_query(k, level, corpus_owners, query_owners)
+  rows, cols = [], []
+  for count in np.unique(asked).tolist():  # one search per candidate count
+    queries = np.flatnonzero(asked == count)
+    _, labels = index.search(
+        np.ascontiguousarray(query_vectors[queries], dtype=np.float32), count)
+    # -1: the index found fewer than asked.
+    found = labels >= 0
+    found[found] = (
+        corpus_owners[labels[found]] !=
+        np.broadcast_to(query_owners[queries, None], labels.shape)[found])
+    found_rows, positions = np.nonzero(found)
+    rows.append(queries[found_rows])
+    cols.append(labels[found_rows, positions])
   return [(query_ids[row], neighbours)
           for row, neighbours in rank_candidates(
               query_vectors, corpus_vectors, corpus_ids, corpus_id_ranks,
-              rows, labels[rows, positions], k)]
+              np.concatenate(rows), np.concatenate(cols), k)]
 
 
 def candidates(k: int, level: str) -> int:
-  """Results asked of the index per query: K and room for the query's own."""
+  """Results asked of the index per query, at least: K and room for the
+  query's own (itself; at chunk level some of its document's chunks)."""
   return k + (CHUNK_LEVEL_EXTRA_CANDIDATES if level == CHUNK else 1)
+
+
+def asked_per_query(k: int, level: str, corpus_owners: np.ndarray,
+                    query_owners: np.ndarray) -> np.ndarray:
+  """Results to ask of the index for each query: `candidates`, or K plus
+  the corpus items the query owns (at chunk level, its document's chunks)
+  when those are more, rounded up to a power of two (few index calls);
+  never more than the corpus. A long document whose chunks are nearer each
+  other than any other document's once got no neighbours at all."""
+  owned = collections.Counter(corpus_owners.tolist())
+  needed = np.array([k + owned.get(o, 0) for o in query_owners.tolist()],
+                    dtype=np.int64)
+  base = candidates(k, level)
+  rounded = 2 ** np.ceil(np.log2(np.maximum(needed, 1))).astype(np.int64)
+  return np.minimum(np.where(needed <= base, base, rounded),
+                    len(corpus_owners))
 
 
 class _SearchIndexFn(beam.DoFn):
