@@ -397,7 +397,7 @@ class LoadedBertModel:
     module.preprocess = self._preprocess
     module.encoder = self._encoder
 
-    def serve(text):
+    def outputs_of(text):
       inputs = self._tokenize_graph(text)
       outputs = self._encode_graph(inputs["input_word_ids"],
                                    inputs["input_mask"],
@@ -405,6 +405,15 @@ class LoadedBertModel:
       return {"embedding": outputs["embedding"],
               "num_tokens": inputs["num_tokens"],
               "truncated": inputs["truncated"]}
+
+    def serve(text):
+      # An empty request gets empty outputs: tokenizing no texts at all
+      # fails (a ragged batch of no rows has no width), so one empty text's
+      # outputs are cut to none.
+      return tf.cond(
+          tf.size(text) > 0, lambda: outputs_of(text),
+          lambda: {name: value[:0] for name, value in outputs_of(
+              tf.constant([""])).items()})
 
     module.serve = tf.function(
         serve, input_signature=[tf.TensorSpec([None], tf.string, name="text")],

@@ -17,7 +17,8 @@ one tokenizer, one pooling, one normalisation.
 """
 
 import dataclasses
-from typing import List, NamedTuple, Optional, Sequence
+import os
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from bert_model.metadata import POOLING_MODES
 from run_directory.layout import CHUNKS
 from run_directory.manifest import embedded_text_pairs
 from run_directory.manifest import load_manifest
+
+# What takes a path takes a str or a pathlib.Path.
+_Path = Union[str, os.PathLike]
 
 
 class EmbeddedChunk(NamedTuple):
@@ -57,9 +61,9 @@ class Embedder:
       manifest records it): a changed model would quietly embed otherwise.
   """
 
-  def __init__(self, model: Optional[str] = None,
-               preprocessor: Optional[str] = None,
-               model_root: Optional[str] = None,
+  def __init__(self, model: Optional[_Path] = None,
+               preprocessor: Optional[_Path] = None,
+               model_root: Optional[_Path] = None,
                max_seq_length: Optional[int] = None,
                pooling: Optional[str] = None,
                normalize: Optional[bool] = None,
@@ -67,8 +71,11 @@ class Embedder:
                chunking: Optional[ChunkSettings] = None,
                fingerprint: Optional[str] = None,
                max_batch_tokens: Optional[int] = None):
-    resolved = resolution.resolve_model(model, preprocessor=preprocessor,
-                                        model_root=model_root)
+    _check_arguments(normalize=normalize, chunking=chunking,
+                     max_batch_tokens=max_batch_tokens)
+    resolved = resolution.resolve_model(
+        _path(model), preprocessor=_path(preprocessor),
+        model_root=_path(model_root))
     if fingerprint and resolved.fingerprint != fingerprint:
       raise ValueError(
           f"The model at {resolved.path} has fingerprint "
@@ -80,7 +87,7 @@ class Embedder:
         encoder_path=resolved.encoder_path,
         max_seq_length=(resolved.max_seq_length if max_seq_length is None
                         else max_seq_length),
-        pooling=pooling or resolved.pooling,
+        pooling=resolved.pooling if pooling is None else pooling,
         normalize=resolved.normalize if normalize is None else normalize,
         precision=precision,
         encoder_format=resolved.encoder_format,
@@ -92,8 +99,9 @@ class Embedder:
     self._model = LoadedBertModel(self.settings)
 
   @classmethod
-  def from_run(cls, run_dir: str, **kwargs) -> "Embedder":
+  def from_run(cls, run_dir: _Path, **kwargs) -> "Embedder":
     """The embedder of a published run: its model and vector settings."""
+    run_dir = os.fspath(run_dir)
     manifest = load_manifest(run_dir)
     model, flags = _checked_model_entry(manifest, run_dir)
     where = f"{run_dir}/manifest.json"
@@ -108,11 +116,15 @@ class Embedder:
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from e
     except FileNotFoundError as e:
-      # Told as the run's model, not as a --model flag the caller never gave.
+      # Told as the run's model, not as a --model flag the caller never
+      # gave; the resolver's message starts with the flag it checked.
+      part, path = (("preprocess model", flags["preprocessor"])
+                    if str(e).startswith("--preprocessor=") else
+                    ("model", model["path"]))
       raise FileNotFoundError(
-          f"{run_dir}/manifest.json names the model {model['path']}, which "
-          "is not there any more: only that model embeds queries like the "
-          "run's documents. Restore it, or embed the corpus again.") from e
+          f"{run_dir}/manifest.json names the {part} {path}, which is not "
+          f"there any more: only that {part} embeds queries like the run's "
+          "documents. Restore it, or embed the corpus again.") from e
 
   def _embed(self, texts: Sequence[str]) -> dict:
     kwargs = {}
@@ -127,6 +139,19 @@ class Embedder:
     if not texts:
       return np.zeros((0, self.hidden_size), np.float32)
     return self._embed(texts)["embedding"].astype(np.float32)
+
+  def embed_query(self, question: str) -> np.ndarray:
+    """float32 [H]: one question's vector, as `embed` makes it, for
+    searching an index. A question the index could hold no vector for is
+    refused (ValueError): one without wordpieces, which the pipeline
+    rejects as empty_text."""
+    check_question(question)
+    outputs = self._embed([question])
+    if outputs["num_tokens"][0] <= _SPECIAL_TOKENS:
+      raise ValueError(
+          "the question has no wordpieces: only characters the tokenizer "
+          "drops (control, zero-width or format characters)")
+    return outputs["embedding"][0].astype(np.float32)
 
   def embed_chunks(self, text: str) -> List[EmbeddedChunk]:
     """One text's chunks and their vectors, as the chunks table holds them
@@ -174,6 +199,52 @@ def _check_settings(settings: ModelSettings,
     raise ValueError(problem)
 
 
+# [CLS] and [SEP]: what the model sees of a text without wordpieces.
+_SPECIAL_TOKENS = 2
+
+
+def _path(value: Optional[_Path]) -> Optional[str]:
+  return None if value is None else os.fspath(value)
+
+
+def _check_arguments(normalize, chunking, max_batch_tokens):
+  """Arguments a caller could get wrong and the model would quietly misread
+  (normalize="false" is true); the vector settings' values are checked as
+  the pipeline checks them (_check_settings)."""
+  if max_batch_tokens is not None and (
+      isinstance(max_batch_tokens, bool) or
+      not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
+    raise ValueError("max_batch_tokens must be a positive whole number or "
+                     f"None, not {max_batch_tokens!r}")
+  if normalize is not None and not isinstance(normalize, bool):
+    raise TypeError(f"normalize must be True, False or None (the model's "
+                    f"own), not {normalize!r}")
+  if chunking is not None and not isinstance(chunking, ChunkSettings):
+    raise TypeError("chunking must be a bert_model.chunking.ChunkSettings or "
+                    f"None, not {type(chunking).__name__}")
+
+
+def check_question(question) -> None:
+  """A question to search with: a str, not blank, valid Unicode; raises
+  TypeError or ValueError saying which it is not."""
+  if not isinstance(question, str):
+    raise TypeError(f"the question is of type {type(question).__name__}, "
+                    "not str")
+  if not question.strip():
+    raise ValueError("the question is empty: give the text to search with")
+  _check_unicode(question, "the question")
+
+
+def _check_unicode(text: str, name: str) -> None:
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as error:
+    raise ValueError(
+        f"{name} is not valid Unicode: {error.reason} at character "
+        f"{error.start} (a lone surrogate, as from bytes decoded with "
+        "errors='surrogateescape')") from None
+
+
 def _checked_texts(texts) -> list:
   """The texts as a list, each a str that is valid Unicode (TensorFlow
   would fail on anything else with a long error about binding inputs)."""
@@ -185,13 +256,7 @@ def _checked_texts(texts) -> list:
     if not isinstance(text, str):
       raise TypeError(f"text {position} is of type {type(text).__name__}, "
                       "not str")
-    try:
-      text.encode("utf-8")
-    except UnicodeEncodeError as error:
-      raise ValueError(
-          f"text {position} is not valid Unicode: {error.reason} at "
-          f"character {error.start} (a lone surrogate, as from bytes "
-          "decoded with errors='surrogateescape')") from None
+    _check_unicode(text, f"text {position}")
   return list(texts)
 
 

@@ -7,6 +7,8 @@ started with its notices captured.
 
 import argparse
 import logging
+import os
+from typing import Optional
 
 import tensorflow as tf
 
@@ -20,7 +22,9 @@ from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
 from pipeline.errors import print_error
 from pipeline.errors import READ_ERRORS
+from run_directory.layout import LOCK_FILE
 from run_directory.layout import MANIFEST_FILE
+from run_directory.layout import STAGING_PREFIX
 from run_directory.manifest import refusal_paths
 
 PROG = "python -m pipeline.export_model"
@@ -116,10 +120,32 @@ def _names_missing_directory(value: str) -> bool:
 
 
 def _is_run_directory(path: str) -> bool:
-  """A published run (its manifest) or one a guardrail refused to publish
-  (told as such by Embedder.from_run), rather than a model directory."""
-  return tf.io.gfile.exists(f"{path.rstrip('/')}/{MANIFEST_FILE}") or bool(
-      refusal_paths(path.rstrip("/")))
+  """A published run (its manifest), or what Embedder.from_run tells as a
+  run that is not one (yet): a run a guardrail refused to publish, one
+  under way or killed (its lock or staging), a --latest_pointer file;
+  rather than a model directory."""
+  path = path.rstrip("/")
+  if tf.io.gfile.exists(f"{path}/{MANIFEST_FILE}") or refusal_paths(path):
+    return True
+  if not tf.io.gfile.isdir(path):
+    return tf.io.gfile.exists(path)  # a file
+  return any(name.startswith((STAGING_PREFIX, LOCK_FILE))
+             for name in tf.io.gfile.listdir(path))
+
+
+def _replaceable(output_dir: str, source: str) -> Optional[str]:
+  """Why --overwrite must not replace output_dir (None: it may): only an
+  earlier serving SavedModel is replaced, never what it was made from, a
+  run or a directory of other files."""
+  output, source = os.path.realpath(output_dir), os.path.realpath(source)
+  if os.path.commonpath([output, source]) == output:
+    return (f"{output_dir} holds {source}, which the SavedModel is made "
+            "from; name another directory")
+  if not tf.io.gfile.exists(os.path.join(output_dir, "saved_model.pb")):
+    return (f"{output_dir} is not an earlier serving SavedModel (no "
+            "saved_model.pb), and --overwrite replaces only one; name a new "
+            "directory")
+  return None
 
 
 def _export_serving(args) -> int:
@@ -127,9 +153,13 @@ def _export_serving(args) -> int:
     if not tf.io.gfile.isdir(args.output_dir):
       return print_error(PROG, f"{args.output_dir} is a file; name a new "
                          "directory for the serving SavedModel")
-    if tf.io.gfile.listdir(args.output_dir) and not args.overwrite:
-      return print_error(PROG, f"{args.output_dir} is not empty; pass "
-                         "--overwrite to replace it")
+    if tf.io.gfile.listdir(args.output_dir):
+      if not args.overwrite:
+        return print_error(PROG, f"{args.output_dir} is not empty; pass "
+                           "--overwrite to replace it")
+      refusal = _replaceable(args.output_dir, args.serving)
+      if refusal:
+        return print_error(PROG, refusal)
   try:
     if _is_run_directory(args.serving):
       embedder = Embedder.from_run(args.serving)

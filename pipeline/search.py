@@ -7,10 +7,12 @@ it is an index of the table searched, else from every row (numpy, exact);
 `python -m pipeline.query` prints what it finds.
 """
 
+import os
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from pipeline.embedder import check_question
 from pipeline.embedder import Embedder
 from run_directory.ann_index import has_ann_index
 from run_directory.ann_index import read_ann_index
@@ -31,6 +33,8 @@ def search(run_dir: str, question: str, k: int = 10,
   score every row even when the run kept an index of the table."""
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
     raise ValueError(f"k must be a whole number of hits, at least 1, not {k!r}")
+  check_question(question)  # before the run's files and the model are read
+  run_dir = os.fspath(run_dir)
   if table not in (None, EMBEDDINGS, CHUNKS):
     raise ValueError(f"table must be {EMBEDDINGS!r} or {CHUNKS!r} (the tables "
                      f"with vectors), not {table!r}")
@@ -45,11 +49,17 @@ def search(run_dir: str, question: str, k: int = 10,
     # Read (and checked) before the model's seconds of loading.
     index = _checked_index(run_dir, manifest, ids, matrix)
   embedder = embedder or Embedder.from_run(run_dir)
-  query = embedder.embed([question])[0]
-  if index is None:
+  query = embedder.embed_query(question)
+  candidates = None
+  if index is not None:
+    candidates = _index_candidates(*index, query, k)
+    if len(candidates) < min(k, len(ids)):
+      # HNSW reaches about efSearch rows: a larger k is answered by scoring
+      # every row, not cut short.
+      candidates = None
+  if candidates is None:
     candidates, scores = np.arange(len(ids)), _cosines(matrix, query)
   else:
-    candidates = _index_candidates(*index, query, k)
     scores = _cosines(matrix[candidates], query)
   # Scored alike either way: the index only chooses which rows.
   order = _best_first(scores, lambda c: ids[candidates[c]], k)

@@ -141,9 +141,12 @@ def load_refusal(run_dir: str) -> dict:
 
 
 def load_manifest(run_dir: str) -> dict:
+  run_dir = os.fspath(run_dir)  # a pathlib.Path too
   path = FileSystems.join(run_dir, MANIFEST_FILE)
   if not FileSystems.exists(path):
     # Object stores have no directories to look for: local paths only.
+    if FileSystems.get_scheme(run_dir) is None and os.path.isfile(run_dir):
+      raise RunNotPublishedError(_file_instead_of_run(run_dir))
     if FileSystems.get_scheme(run_dir) is None and not os.path.isdir(run_dir):
       raise RunNotPublishedError(f"{run_dir}: no such run directory")
     refused = refusal_paths(run_dir)
@@ -170,6 +173,22 @@ def load_manifest(run_dir: str) -> dict:
       raise ValueError(f"{path}: \"{name}\" is {manifest[name]!r}, not a "
                        "JSON object: the manifest is damaged")
   return manifest
+
+
+def _file_instead_of_run(path: str) -> str:
+  """What to say of a file given as a run directory: most likely the
+  --latest_pointer file, which names the run to pass instead."""
+  with open(path, "rb") as f:
+    head = f.read(_POINTER_BYTES)
+  named = " ".join(head.decode("utf-8", "replace").split())
+  if named and len(head) < _POINTER_BYTES and "\ufffd" not in named:
+    return (f"{path} is a file, not a run directory; if it is a "
+            f"--latest_pointer file, pass the run it names: {named}")
+  return f"{path} is a file, not a run directory"
+
+
+# A --latest_pointer file holds one path: longer files are something else.
+_POINTER_BYTES = 4096
 
 
 # Entries every reader may look into, objects when present.

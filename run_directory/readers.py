@@ -16,6 +16,7 @@ layout instead, scalars unwrapped: `token_ids` and `sequence_embedding`
 import contextlib
 import io
 import json
+import os
 from typing import Iterator, Optional, Sequence
 
 import fastavro
@@ -59,6 +60,7 @@ def read_table(
   format: None reads the BigQuery-loadable copy (avro, parquet or jsonl,
   whichever the run wrote); "tfrecord" reads the tf.Example copy.
   """
+  run_dir = os.fspath(run_dir)  # a pathlib.Path too
   return _read_checked(run_dir, load_manifest(run_dir), table, format)[0]
 
 
@@ -69,6 +71,7 @@ def read_vectors(
 ) -> tuple[pa.Table, list[str], np.ndarray]:
   """A table with vectors (embeddings or chunks), its ids and its float32
   [N, H] matrix, read and checked once."""
+  run_dir = os.fspath(run_dir)
   result, vectors = _read_checked(run_dir, load_manifest(run_dir), table,
                                   format)
   if vectors is None:
@@ -87,6 +90,7 @@ def load_embeddings(
 
 def read_errors(run_dir: str) -> list[dict]:
   """One dict per rejected record (DeadLetter fields and run_id)."""
+  run_dir = os.fspath(run_dir)
   manifest = load_manifest(run_dir)
   paths = table_paths(run_dir, table_entry(manifest, ERRORS), ERRORS, JSONL)
   return [row for path in paths for row in _json_lines(path)]

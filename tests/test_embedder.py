@@ -5,6 +5,8 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -99,6 +101,10 @@ def test_serving_model_equals_the_embedder(real_run, tmp_path):
                                 [r["num_tokens"] for r in expected])
   np.testing.assert_array_equal(outputs["truncated"].numpy(),
                                 [r["truncated"] for r in expected])
+  # Found by a user trial: an empty request failed in RaggedToTensor.
+  empty = served(text=tf.constant([], tf.string))
+  assert empty["embedding"].shape == (0, embedder.hidden_size)
+  assert empty["num_tokens"].shape == empty["truncated"].shape == (0,)
   # Refuses to write over a directory, and needs --output_dir.
   assert export_model.main(["--serving", run_dir,
                             f"--output_dir={serving_dir}"]) == 2
@@ -373,6 +379,10 @@ def test_texts_that_are_not_str_or_not_unicode_are_told():
     # Once told as "leave --model out", a flag the query has not.
     (lambda m: m["model"].update(path="/nonexistent/model"),
      "names the model /nonexistent/model, which is not there any more"),
+    # Found by a user trial: told as the model, which was there.
+    (lambda m: m["settings"]["model"].update(preprocessor="/nonexistent/pp"),
+     "names the preprocess model /nonexistent/pp, which is not there any "
+     "more: only that preprocess model"),
     (lambda m: m["model"].update(max_seq_length=-1),
      "model.max_seq_length is -1, less than 3"),
     (lambda m: m["model"].update(pooling="weird"),
@@ -514,6 +524,120 @@ def test_query_refuses_a_wrong_argument_before_reading(argv, told, capsys):
     query.main(argv)
   assert exit_.value.code == 2
   assert told in capsys.readouterr().err
+
+
+def test_a_query_the_index_can_hold_no_vector_for_is_refused(ann_run,
+                                                              capsys):
+  # Found by a user trial: a question of only zero-width or control
+  # characters printed hits; the pipeline rejects such a text (empty_text).
+  _, run_dir = ann_run
+  for question in ("\u200b", "\u00ad", "\x01\x02"):
+    assert query.main([run_dir, question]) == 2
+    assert capsys.readouterr().err == (
+        "pipeline.query: error: the question has no wordpieces: only "
+        "characters the tokenizer drops (control, zero-width or format "
+        "characters)\n")
+  # Bytes that are not UTF-8 are told as the question's, before the model.
+  assert query.main([run_dir, "caf\udce9"]) == 2
+  assert capsys.readouterr().err.startswith(
+      "pipeline.query: error: the question is not valid Unicode")
+
+
+def test_a_short_list_from_the_index_falls_back_to_every_row(
+    ann_run, monkeypatch):
+  # Found by a user trial: HNSW reaches about efSearch rows, and --k 2000
+  # printed 1674 hits on a run of 20,500.
+  texts, run_dir = ann_run
+  embedder = Embedder.from_run(run_dir)
+  monkeypatch.setattr(search_lib, "_index_candidates",
+                      lambda index, rows, query, k: rows[:2])
+  hits = search_lib.search(run_dir, texts["t05"], k=20, embedder=embedder)
+  exact = search_lib.search(run_dir, texts["t05"], k=20, embedder=embedder,
+                            exact=True)
+  assert len(hits) == 20
+  assert [row for _, row in hits] == [row for _, row in exact]
+
+
+def test_paths_are_taken_as_pathlib_paths_too(ann_run):
+  # Found by a user trial: BeamIOError ... 'PosixPath' object has no
+  # attribute 'strip'.
+  texts, run_dir = ann_run
+  embedder = Embedder.from_run(pathlib.Path(run_dir))
+  ids, matrix = read_outputs.load_embeddings(pathlib.Path(run_dir))
+  assert len(ids) == len(texts)
+  hits = search_lib.search(pathlib.Path(run_dir), texts["t03"], k=1,
+                           embedder=embedder)
+  assert hits[0][1]["id"] == "t03"
+
+
+@pytest.mark.parametrize("arguments, error, told", [
+    # Once quietly misread: "false" is true, "" was the model's pooling.
+    ({"normalize": "false"}, TypeError, "normalize must be True, False or "
+     "None"),
+    ({"pooling": ""}, ValueError, "pooling '' is not one of"),
+    ({"chunking": {"chunk_size": 16}}, TypeError, "chunking must be a "
+     "bert_model.chunking.ChunkSettings"),
+    ({"max_batch_tokens": 0}, ValueError, "max_batch_tokens must be a "
+     "positive"),
+])
+def test_embedder_arguments_of_the_wrong_kind_are_told(tiny_model_dir,
+                                                       arguments, error, told):
+  with pytest.raises(error, match=re.escape(told)):
+    Embedder(tiny_model_dir, **arguments)
+
+
+def test_a_run_a_pointer_or_a_killed_run_given_as_the_run_is_told(
+    ann_run, tmp_path, capsys):
+  # Found by a user trial: a --latest_pointer file was "no such run
+  # directory", and a killed run's directory "not a complete model
+  # directory" to export_model --serving.
+  _, run_dir = ann_run
+  pointer = tmp_path / "LATEST"
+  pointer.write_text(run_dir + "\n")
+  killed = tmp_path / "killed"
+  (killed / ".staging-night-1").mkdir(parents=True)
+  for path, told in ((pointer, f"{pointer} is a file, not a run directory; "
+                      "if it is a --latest_pointer file, pass the run it "
+                      f"names: {run_dir}"),
+                     (killed, f"{killed} has no manifest.json: the run is "
+                      "incomplete")):
+    assert query.main([str(path), "a question"]) == 2
+    assert capsys.readouterr().err.startswith(f"pipeline.query: error: {told}")
+    assert export_model.main(["--serving", str(path), "--output_dir",
+                              str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"pipeline.export_model: error: {told}")
+
+
+def test_a_serving_export_never_overwrites_what_is_not_a_savedmodel(
+    ann_run, tmp_path, capsys):
+  # Found by a user trial: --output_dir runs --overwrite replaced the
+  # directory of published runs (the exported one too) with the SavedModel.
+  _, run_dir = ann_run
+  runs = tmp_path / "runs"
+  shutil.copytree(run_dir, runs / "a")
+  for output_dir, told in ((runs, f"{runs} holds {runs / 'a'}, which the "
+                            "SavedModel is made from"),
+                           (runs / "a", f"{runs / 'a'} holds {runs / 'a'}"),
+                           (tmp_path, f"{tmp_path} holds")):
+    assert export_model.main(["--serving", str(runs / "a"), "--output_dir",
+                              str(output_dir), "--overwrite"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"pipeline.export_model: error: {told}")
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "notes.txt").write_text("kept")
+  assert export_model.main(["--serving", str(runs / "a"), "--output_dir",
+                            str(other), "--overwrite"]) == 2
+  assert "is not an earlier serving SavedModel" in capsys.readouterr().err
+  assert (other / "notes.txt").read_text() == "kept"
+  assert (runs / "a" / "manifest.json").exists()
+  # An earlier SavedModel is what --overwrite replaces.
+  served = tmp_path / "served"
+  for _ in range(2):
+    assert export_model.main(["--serving", str(runs / "a"), "--output_dir",
+                              str(served), "--overwrite"]) == 0
+  assert (served / "saved_model.pb").exists()
 
 
 def test_a_model_with_damaged_weights_is_told_as_damaged(tiny_model_dir,
