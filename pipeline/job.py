@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import SetupOptions
 from apache_beam.runners.runner import PipelineResult
 
+from bert_model.loaded_model import ModelSettings
 from pipeline import local_runner
 from pipeline.build import build_pipeline
 from pipeline.config import config_from_options
@@ -175,8 +176,8 @@ def run_job(argv=None, save_main_session=True,
   _LOG.info("Run %s written to %s (manifest: %s)", plan.run_id, plan.run_dir,
             FileSystems.join(plan.run_dir, MANIFEST_FILE))
   manifest = _published_manifest(plan.run_dir)
-  if manifest and not plan.table.chunked:
-    _warn_if_truncated(manifest, plan.handler.model.max_seq_length)
+  if manifest:
+    _warn_if_truncated(manifest, plan.handler.model)
   return JobOutcome(
       result=result, run_dir=plan.run_dir, manifest=manifest,
       unmoved_latest_pointer=(
@@ -223,12 +224,23 @@ def _names_run(pointer: str, run_dir: str) -> bool:
     return False  # unreadable is not moved: told, never raised
 
 
-def _warn_if_truncated(manifest: dict, max_seq_length: int):
-  """One warning when documents lost their ends to --max_seq_length."""
+def _warn_if_truncated(manifest: dict, model: ModelSettings):
+  """One warning when documents lost text: their ends to --max_seq_length,
+  or with chunks to --max_chunks (or a word longer than a chunk)."""
   truncated = int(manifest["counts"].get("truncated", 0))
-  if truncated:
+  if not truncated:
+    return
+  if model.chunking is None:
     _LOG.warning(
         "%d document(s) were longer than --max_seq_length (%d wordpieces) "
         "and truncated: the rest of their text is not in their vectors. "
         "Set --chunk_size (e.g. --chunk_size %d) to embed long documents "
-        "whole, in chunks.", truncated, max_seq_length, max_seq_length)
+        "whole, in chunks.", truncated, model.max_seq_length,
+        model.max_seq_length)
+  else:
+    _LOG.warning(
+        "%d document(s) lost text: longer than --max_chunks (%d chunks of "
+        "--chunk_size %d wordpieces), or holding a word longer than a "
+        "chunk; the rest of their text is in no chunk and not in their "
+        "vectors. Raise --max_chunks to embed them whole.", truncated,
+        model.chunking.max_chunks, model.chunking.chunk_size)

@@ -188,6 +188,19 @@ def test_truncation_warning_names_chunk_size(tmp_path, tiny_model_dir,
   warnings = [r.getMessage() for r in caplog.records
               if "--chunk_size" in r.getMessage()]
   assert len(warnings) == 1 and warnings[0].startswith("1 document(s)")
+  # With chunks, text is lost only past --max_chunks: told as well (once
+  # the run was silent, the manifest's count alone saying so).
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    _run(tiny_model_dir, corpus, str(tmp_path / "chunked"), "--neighbours_k=0",
+         "--chunk_size=16", "--max_chunks=2")
+  warnings = [r.getMessage() for r in caplog.records
+              if "--max_chunks" in r.getMessage()]
+  assert warnings == [
+      "1 document(s) lost text: longer than --max_chunks (2 chunks of "
+      "--chunk_size 16 wordpieces), or holding a word longer than a chunk; "
+      "the rest of their text is in no chunk and not in their vectors. Raise "
+      "--max_chunks to embed them whole."]
 
 
 @pytest.mark.parametrize("flags, message", [
