@@ -25,6 +25,14 @@ class RunFailedError(RuntimeError):
 READ_ERRORS = (OSError, ValueError, KeyError)
 
 
+def read_errors_of(run_dir: str) -> tuple:
+  """What reading run_dir raises that a command tells in one line:
+  READ_ERRORS, and for a remote run directory (gs://) any error, as its
+  clients' (google-api-core's retries, TensorFlow's file system) share no
+  narrower class."""
+  return (Exception,) if "://" in run_dir else READ_ERRORS
+
+
 def one_line(error: Exception) -> str:
   """A read error as the one line a command prints."""
   if isinstance(error, KeyError):

@@ -12,7 +12,6 @@ from typing import Optional
 
 import tensorflow as tf
 
-from bert_model import catalog
 from bert_model import checkpoint
 from bert_model import default_model
 from bert_model import export
@@ -21,7 +20,7 @@ from pipeline.embedder import Embedder
 from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
 from pipeline.errors import print_error
-from pipeline.errors import READ_ERRORS
+from pipeline.errors import read_errors_of
 from run_directory.layout import LOCK_FILE
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import STAGING_PREFIX
@@ -93,7 +92,11 @@ def parse_args(argv, description: str):
           "directory (manifest.json at its top), or a model the way --model "
           "of pipeline.main takes it: a model directory, a catalogue name "
           "(`python -m pipeline.catalog`) or a TF Hub handle")
-    if _is_run_directory(args.serving):
+    try:
+      is_run = _is_run_directory(args.serving)
+    except read_errors_of(args.serving) as e:
+      parser.error(f"--serving={args.serving}: {one_line(e)}")
+    if is_run:
       ignored = [f"--{name}" for name in _MODEL_SETTINGS
                  if getattr(args, name) is not None]
       if ignored:
@@ -112,10 +115,11 @@ _MODEL_SETTINGS = ("pooling", "normalize", "max_seq_length")
 
 
 def _names_missing_directory(value: str) -> bool:
-  """A path (not a catalogue name or handle) to nothing: told here, where
-  the flag is --serving, rather than as a wrong --model by the resolver."""
+  """A local path (not a catalogue name or handle) to nothing: told here,
+  where the flag is --serving, rather than as a wrong --model by the
+  resolver."""
   looks_like_path = "/" in value or value.startswith((".", "~"))
-  return (looks_like_path and not catalog.is_handle(value) and
+  return (looks_like_path and "://" not in value and
           not tf.io.gfile.exists(value))
 
 
@@ -166,7 +170,7 @@ def _export_serving(args) -> int:
     else:
       embedder = Embedder(args.serving, max_seq_length=args.max_seq_length,
                           pooling=args.pooling, normalize=args.normalize)
-  except READ_ERRORS as e:
+  except read_errors_of(args.serving) as e:
     return print_error(PROG, one_line(e))
   if args.overwrite and tf.io.gfile.exists(args.output_dir):
     tf.io.gfile.rmtree(args.output_dir)

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
 from pipeline.errors import print_error
-from pipeline.errors import READ_ERRORS
+from pipeline.errors import read_errors_of
 from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
 from transforms import native_logs
@@ -82,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
       hits, error = search_lib.search(args.run_dir, args.question, args.k,
                                       args.table, exact=args.exact), None
-    except READ_ERRORS as e:
+    except read_errors_of(args.run_dir) as e:
       hits, error = [], e
   if error is not None:
     return print_error(parser.prog, one_line(error))

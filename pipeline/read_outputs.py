@@ -43,7 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
 from pipeline.errors import print_error
-from pipeline.errors import READ_ERRORS
+from pipeline.errors import read_errors_of
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import FORMATS
 from run_directory.layout import TABLES
@@ -151,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parse_args(argv)
   try:
     return _read(args)
-  except READ_ERRORS as e:
+  except read_errors_of(args.run_dir) as e:
     return print_error(PROG, one_line(e))
 
 

@@ -558,6 +558,23 @@ def test_a_short_list_from_the_index_falls_back_to_every_row(
   assert [row for _, row in hits] == [row for _, row in exact]
 
 
+def test_a_remote_run_that_cannot_be_read_is_told_in_one_line(
+    monkeypatch, capsys):
+  # Found by a user trial: an unreachable gs:// run ended in Cloud Storage's
+  # RetryError (or TensorFlow's FailedPreconditionError) and a traceback.
+  def unreachable(*args, **kwargs):
+    raise RuntimeError("Timeout of 120.0s exceeded, last exception: ...")
+
+  monkeypatch.setattr(search_lib, "search", unreachable)
+  assert query.main(["gs://bucket/run", "a question"]) == 2
+  assert capsys.readouterr().err == (
+      "pipeline.query: error: Timeout of 120.0s exceeded, last exception: "
+      "...\n")
+  # A local run's unexpected error is a bug, shown with its traceback.
+  with pytest.raises(RuntimeError):
+    query.main(["runs/x", "a question"])
+
+
 def test_paths_are_taken_as_pathlib_paths_too(ann_run):
   # Found by a user trial: BeamIOError ... 'PosixPath' object has no
   # attribute 'strip'.
