@@ -44,6 +44,7 @@ from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
 from pipeline.errors import print_error
 from pipeline.errors import read_errors_of
+from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import FORMATS
 from run_directory.layout import TABLES
@@ -142,8 +143,9 @@ def _parse_args(argv):
       "--to_numpy", metavar="PATH.npz",
       help="Write ids and embedding matrix (arrays 'ids', 'embeddings').")
   args = parser.parse_args(argv)
-  if args.to_numpy and args.table != EMBEDDINGS:
-    parser.error("--to_numpy exports embedding vectors: use --table embeddings")
+  if args.to_numpy and args.table not in (EMBEDDINGS, CHUNKS):
+    parser.error("--to_numpy exports vectors: use --table embeddings, or "
+                 "--table chunks")
   return args
 
 
@@ -159,7 +161,7 @@ def _read(args) -> int:
   manifest = load_manifest(args.run_dir)
   entry = table_entry(manifest, args.table)
   format_ = choose_format(entry, args.table, args.format)
-  if args.to_numpy:  # the embeddings (checked by argparse)
+  if args.to_numpy:  # embeddings or chunks (checked by argparse)
     table, ids, matrix = read_vectors(args.run_dir, args.table, format_)
   else:
     table = read_table(args.run_dir, args.table, format_)
@@ -175,8 +177,8 @@ def _read(args) -> int:
     buffer = io.BytesIO()
     np.savez(buffer, ids=np.array(ids, dtype=str), embeddings=matrix)
     _write_bytes(args.to_numpy, buffer.getvalue())
-    print(f"wrote {matrix.shape[0]}x{matrix.shape[1]} embeddings to "
-          f"{args.to_numpy}")
+    print(f"wrote {matrix.shape[0]}x{matrix.shape[1]} vectors of the "
+          f"{args.table} table to {args.to_numpy}")
   return 0
 
 

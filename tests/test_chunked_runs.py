@@ -106,6 +106,21 @@ def test_chunks_table_is_exact_and_counted(retrieval_run):
              if doc_id != "short") >= 3
 
 
+def test_chunk_vectors_export_to_numpy(retrieval_run, tmp_path, capsys):
+  # Once refused ("use --table embeddings"), though read_vectors reads them.
+  _, _, run_dir = retrieval_run
+  path = str(tmp_path / "chunks.npz")
+  assert read_outputs.main([run_dir, "--table", "chunks", "--to_numpy",
+                            path]) == 0
+  chunks = {r["id"]: r["embedding"] for r in _rows(run_dir, "chunks")}
+  assert f"wrote {len(chunks)}x" in capsys.readouterr().out
+  with np.load(path) as arrays:
+    ids, matrix = arrays["ids"].tolist(), arrays["embeddings"]
+  assert sorted(ids) == sorted(chunks)
+  np.testing.assert_allclose(matrix, np.array([chunks[i] for i in ids]),
+                             atol=1e-7)
+
+
 def test_questions_find_their_passage_and_document(retrieval_run,
                                                    report_figure):
   _, queries, run_dir = retrieval_run

@@ -222,7 +222,7 @@ def test_cli_exports(run_dir, tmp_path, capsys):
       run_dir, "--format", "tfrecord", "--to_parquet", parquet_path,
       "--to_numpy", numpy_path
   ]) == 0
-  assert "wrote 4x5 embeddings" in capsys.readouterr().out
+  assert "wrote 4x5 vectors of the embeddings table" in capsys.readouterr().out
   exported = pq.read_table(parquet_path)
   assert exported.num_rows == 4
   assert "sequence_embedding" in exported.column_names
