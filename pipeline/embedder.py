@@ -80,8 +80,9 @@ class Embedder:
       raise ValueError(
           f"The model at {resolved.path} has fingerprint "
           f"{resolved.fingerprint}, not the run's {fingerprint}: it changed "
-          "since the run, so its vectors would not match the index. Point "
-          "at the model the run used, or embed the corpus again.")
+          "since the run, so its vectors would not match the index. Put "
+          "the model the run used back at that path, or embed the corpus "
+          "again.")
     self.settings = ModelSettings(
         preprocess_path=resolved.preprocess_path,
         encoder_path=resolved.encoder_path,
