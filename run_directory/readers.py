@@ -164,11 +164,13 @@ def _check_row_count(result: pa.Table, manifest: dict, table: str,
 def _reading(path: str):
   """Whatever a damaged file makes its decoder raise, as a ValueError that
   names the file (pyarrow's errors on a damaged Parquet footer are OSErrors
-  too); a file that is gone stays a FileNotFoundError."""
+  too); a file that is gone stays a FileNotFoundError, told as the run's."""
   try:
     yield
-  except FileNotFoundError:
-    raise
+  except FileNotFoundError as e:
+    raise FileNotFoundError(
+        f"{path}, a file the run's manifest.json lists, is gone: the run is "
+        "damaged. Rerun it (or restore the file).") from e
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"{path} cannot be read: {type(e).__name__}: "
                      f"{str(e)[:300]}") from e

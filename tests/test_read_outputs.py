@@ -275,6 +275,17 @@ def test_cli_tells_a_damaged_run_in_one_line(run_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("pipeline.read_outputs: error: ") and len(err.splitlines()) == 1, err
     assert damaged in err
+  # A shard alone gone: told as the run's damage, not as a bare Errno 2.
+  shard_gone = str(tmp_path / "shard_gone")
+  shutil.copytree(run_dir, shard_gone)
+  shard = os.path.join(shard_gone, manifest["outputs"]["embeddings"]
+                       ["tfrecord"][0])
+  os.remove(shard)
+  assert read_outputs.main([shard_gone, "--format", "tfrecord"]) == 2
+  assert capsys.readouterr().err == (
+      f"pipeline.read_outputs: error: {shard}, a file the run's "
+      "manifest.json lists, is gone: the run is damaged. Rerun it (or "
+      "restore the file).\n")
 
 
 def test_vectors_of_a_normalised_run_must_be_unit_vectors():
