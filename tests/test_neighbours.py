@@ -491,18 +491,25 @@ def test_approximate_neighbours_default_settings_small_corpus_is_exact(
       assert row["score"] == exact[key]
 
 
+def _long_document_and_others(long_chunks: int, others: int, seed: int = 3):
+  """Chunk ids and unit vectors: one document's chunks all near each other,
+  then two-chunk documents scattered."""
+  rng = np.random.default_rng(seed)
+  centre = rng.standard_normal(16)
+  ids = [f"long#{i}" for i in range(long_chunks)] + [
+      f"short-{d}#{i}" for d in range(others // 2) for i in range(2)]
+  vectors = maths.normalize_rows(np.concatenate([
+      centre + 0.01 * rng.standard_normal((long_chunks, 16)),
+      rng.standard_normal((others, 16))]).astype(np.float32))
+  return ids, vectors
+
+
 @pytest.mark.parametrize("flat", [True, False])
 def test_ann_chunk_neighbours_of_a_long_self_similar_document(flat):
   # Found by a user trial: a document of 100 chunks nearer each other than
   # any other document's got no neighbours at all, as the index was asked
   # for K + 32 candidates, all of them its own chunks.
-  rng = np.random.default_rng(3)
-  centre = rng.standard_normal(16)
-  ids = [f"long#{i}" for i in range(100)] + [
-      f"short-{d}#{i}" for d in range(30) for i in range(2)]
-  vectors = maths.normalize_rows(np.concatenate([
-      centre + 0.01 * rng.standard_normal((100, 16)),
-      rng.standard_normal((60, 16))]).astype(np.float32))
+  ids, vectors = _long_document_and_others(100, 60)
   index, _ = approximate.build_index(
       vectors, approximate.candidates(3, neighbours.CHUNK),
       approximate.AnnIndexSettings(flat_index_below=1000 if flat else 1))
@@ -515,6 +522,21 @@ def test_ann_chunk_neighbours_of_a_long_self_similar_document(flat):
     assert found == dict(maths.blocked_top_k(
         ids, vectors, ids, vectors, 3, 64,
         owner=maths.OWNERS[neighbours.CHUNK]))
+
+
+def test_ann_asks_hnsw_for_as_many_as_a_long_documents_chunks_need():
+  # Found in review: HNSW returns about efSearch results however many are
+  # asked, and 600 chunks of one document took most of them (32 of K=100
+  # left). efSearch is raised for such searches, and put back.
+  ids, vectors = _long_document_and_others(600, 3000)
+  index, _ = approximate.build_index(
+      vectors, approximate.candidates(100, neighbours.CHUNK),
+      approximate.AnnIndexSettings(flat_index_below=1))
+  ef_as_built = index.hnsw.efSearch
+  found = dict(approximate.ann_top_k(index, ids[:600], vectors[:600], ids,
+                                     vectors, 100, level=neighbours.CHUNK))
+  assert min(len(found[i]) for i in ids[:600]) == 100
+  assert index.hnsw.efSearch == ef_as_built  # the index may be kept
 
 
 def test_approximate_neighbours_of_a_query_set(tmp_path):

@@ -132,22 +132,45 @@ def ann_top_k(
   query_owners = np.asarray([owner(i) for i in query_ids], dtype=object)
   asked = asked_per_query(k, level, corpus_owners, query_owners)
   rows, cols = [], []
-  for count in np.unique(asked).tolist():  # one search per candidate count
-    queries = np.flatnonzero(asked == count)
-    _, labels = index.search(
-        np.ascontiguousarray(query_vectors[queries], dtype=np.float32), count)
-    # -1: the index found fewer than asked.
-    found = labels >= 0
-    found[found] = (
-        corpus_owners[labels[found]] !=
-        np.broadcast_to(query_owners[queries, None], labels.shape)[found])
-    found_rows, positions = np.nonzero(found)
-    rows.append(queries[found_rows])
-    cols.append(labels[found_rows, positions])
+  for count in np.unique(asked).tolist():  # searches per candidate count
+    group = np.flatnonzero(asked == count)
+    step = max(1, _RESULTS_PER_SEARCH // count)
+    for start in range(0, len(group), step):
+      queries = group[start:start + step]
+      labels = _search(index, np.ascontiguousarray(
+          query_vectors[queries], dtype=np.float32), count)
+      # -1: the index found fewer than asked.
+      found = labels >= 0
+      found[found] = (
+          corpus_owners[labels[found]] !=
+          np.broadcast_to(query_owners[queries, None], labels.shape)[found])
+      found_rows, positions = np.nonzero(found)
+      rows.append(queries[found_rows])
+      cols.append(labels[found_rows, positions])
   return [(query_ids[row], neighbours)
           for row, neighbours in rank_candidates(
               query_vectors, corpus_vectors, corpus_ids, corpus_id_ranks,
               np.concatenate(rows), np.concatenate(cols), k)]
+
+
+# Results (query rows x results asked) of one index search: its labels and
+# distances take 12 bytes each, so about 50 MB at a time.
+_RESULTS_PER_SEARCH = 1 << 22
+
+
+def _search(index, vectors: np.ndarray, count: int) -> np.ndarray:
+  """The labels of index.search, with an HNSW index's efSearch raised to
+  `count` for the call when below it: HNSW returns at most about efSearch
+  results, fewer than asked."""
+  hnsw = getattr(index, "hnsw", None)
+  if hnsw is None or hnsw.efSearch >= count:
+    return index.search(vectors, count)[1]
+  ef_search = hnsw.efSearch
+  hnsw.efSearch = count
+  try:
+    return index.search(vectors, count)[1]
+  finally:
+    hnsw.efSearch = ef_search  # as built: the index may be kept
 
 
 def candidates(k: int, level: str) -> int:
@@ -163,10 +186,12 @@ def asked_per_query(k: int, level: str, corpus_owners: np.ndarray,
   when those are more, rounded up to a power of two (few index calls);
   never more than the corpus. A long document whose chunks are nearer each
   other than any other document's once got no neighbours at all."""
+  base = candidates(k, level)
+  if level == DOCUMENT:  # a query owns at most one item, itself
+    return np.full(len(query_owners), min(base, len(corpus_owners)))
   owned = collections.Counter(corpus_owners.tolist())
   needed = np.array([k + owned.get(o, 0) for o in query_owners.tolist()],
                     dtype=np.int64)
-  base = candidates(k, level)
   rounded = 2 ** np.ceil(np.log2(np.maximum(needed, 1))).astype(np.int64)
   return np.minimum(np.where(needed <= base, base, rounded),
                     len(corpus_owners))
