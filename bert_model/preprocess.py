@@ -61,6 +61,20 @@ _CJK_CHARS = (r"([\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}"
 TOKENS_SPEC = tf.RaggedTensorSpec([None, None, None], tf.int32, ragged_rank=2)
 
 
+# Said of a text (or a question) that tokenizes to nothing but its special
+# tokens: the pipeline rejects it as empty_text, and queries refuse it.
+NO_WORDPIECES = ("has no wordpieces: only characters the tokenizer drops "
+                 "(control, zero-width or format characters)")
+
+
+def has_no_wordpieces(num_tokens: int, text_pair: bool = False) -> bool:
+  """Whether the model saw nothing of a text but [CLS] and [SEP] (and a
+  pair's second [SEP]). Texts of only characters the tokenizer drops (zero-
+  width spaces, a BOM, NUL and other control characters, soft hyphens)
+  would otherwise all get one and the same vector."""
+  return num_tokens <= (3 if text_pair else 2)
+
+
 def normalize_text(texts: tf.Tensor, lower_case: bool) -> tf.Tensor:
   """Steps 2-4 of the module doc, on a 1-D string tensor."""
   # Invalid UTF-8 becomes U+FFFD, which clean text then deletes.

@@ -134,7 +134,9 @@ class _Located:
   entry: Optional[catalog.CatalogEntry] = None
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
+  """Whether --model's value is a path, rather than a catalogue name (some
+  hold "/": experts/pubmed) or a handle."""
   return (is_remote(value) or os.path.isabs(value) or
           value.startswith((".", "~")) or tf.io.gfile.isdir(value))
 
@@ -153,8 +155,8 @@ def _locate(value: str, model_root: Optional[str], flag: str,
     _check_kind(flag, value, entry, kind)
     path, load_path = _fetch(value, handle, model_root, flag)
     return _Located(path, load_path, handle, entry)
-  if _looks_like_path(value):
-    if not tf.io.gfile.isdir(value):
+  if looks_like_path(value):
+    if not _is_directory(flag, value):
       raise FileNotFoundError(
           f"{flag}={value}: no such directory. Pass a model directory written "
           "by `python -m pipeline.export_model`, a TF Hub SavedModel "
@@ -168,6 +170,17 @@ def _locate(value: str, model_root: Optional[str], flag: str,
   _check_kind(flag, value, entry, kind)
   path, load_path = _fetch(value, entry.handle, model_root, flag)
   return _Located(path, load_path, entry.handle, entry)
+
+
+def _is_directory(flag: str, value: str) -> bool:
+  """tf.io.gfile.isdir, its errors (a gs:// path without network or
+  credentials: FailedPreconditionError, PermissionDeniedError) told as an
+  OSError that names the flag."""
+  try:
+    return tf.io.gfile.isdir(value)
+  except tf.errors.OpError as e:
+    raise OSError(f"{flag}={value} cannot be read: "
+                  f"{' '.join(e.message.split())}") from None
 
 
 def _check_kind(flag, value, entry, kind):

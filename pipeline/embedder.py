@@ -27,6 +27,8 @@ from bert_model.chunking import ChunkSettings
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
 from bert_model.loaded_model import PRECISIONS
+from bert_model.preprocess import has_no_wordpieces
+from bert_model.preprocess import NO_WORDPIECES
 from bert_model.metadata import POOLING_MODES
 from run_directory.layout import CHUNKS
 from run_directory.manifest import embedded_text_pairs
@@ -126,6 +128,8 @@ class Embedder:
           f"{run_dir}/manifest.json names the {part} {path}, which is not "
           f"there any more: only that {part} embeds queries like the run's "
           "documents. Restore it, or embed the corpus again.") from e
+    except OSError as e:  # e.g. a gs:// model without network
+      raise OSError(f"{where} names the model {model['path']}: {e}") from e
 
   def _embed(self, texts: Sequence[str]) -> dict:
     kwargs = {}
@@ -148,10 +152,8 @@ class Embedder:
     rejects as empty_text."""
     check_question(question)
     outputs = self._embed([question])
-    if outputs["num_tokens"][0] <= _SPECIAL_TOKENS:
-      raise ValueError(
-          "the question has no wordpieces: only characters the tokenizer "
-          "drops (control, zero-width or format characters)")
+    if has_no_wordpieces(outputs["num_tokens"][0]):
+      raise ValueError(f"the question {NO_WORDPIECES}")
     return outputs["embedding"][0].astype(np.float32)
 
   def embed_chunks(self, text: str) -> List[EmbeddedChunk]:
@@ -199,9 +201,6 @@ def _check_settings(settings: ModelSettings,
   if problem:
     raise ValueError(problem)
 
-
-# [CLS] and [SEP]: what the model sees of a text without wordpieces.
-_SPECIAL_TOKENS = 2
 
 
 def _path(value: Optional[_Path]) -> Optional[str]:

@@ -52,8 +52,9 @@ class CommandLineParser(argparse.ArgumentParser):
 
 
 def command_name(prog: str) -> str:
-  """`python -m pipeline.query` -> `pipeline.query`: how errors name it."""
-  return prog.removeprefix("python -m ")
+  """`python -m pipeline.query` -> `pipeline.query`: how errors name it
+  (a sub-command's too: `python -m pipeline.dataflow_job describe`)."""
+  return prog.removeprefix("python -m ").split()[0]
 
 
 def print_error(prog: str, message: str) -> int:

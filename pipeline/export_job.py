@@ -8,14 +8,16 @@ started with its notices captured.
 import argparse
 import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from bert_model import catalog
 from bert_model import checkpoint
 from bert_model import default_model
 from bert_model import export
 from bert_model import metadata as metadata_lib
+from bert_model import resolution
 from pipeline.embedder import Embedder
 from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
@@ -115,11 +117,10 @@ _MODEL_SETTINGS = ("pooling", "normalize", "max_seq_length")
 
 
 def _names_missing_directory(value: str) -> bool:
-  """A local path (not a catalogue name or handle) to nothing: told here,
-  where the flag is --serving, rather than as a wrong --model by the
-  resolver."""
-  looks_like_path = "/" in value or value.startswith((".", "~"))
-  return (looks_like_path and "://" not in value and
+  """A local path (as the resolver tells paths from catalogue names and
+  handles) to nothing: told here, where the flag is --serving, rather than
+  as a wrong --model by the resolver."""
+  return ("://" not in value and resolution.looks_like_path(value) and
           not tf.io.gfile.exists(value))
 
 
@@ -128,6 +129,8 @@ def _is_run_directory(path: str) -> bool:
   run that is not one (yet): a run a guardrail refused to publish, one
   under way or killed (its lock or staging), a --latest_pointer file;
   rather than a model directory."""
+  if catalog.is_handle(path):  # no file system to look in
+    return False
   path = path.rstrip("/")
   if tf.io.gfile.exists(f"{path}/{MANIFEST_FILE}") or refusal_paths(path):
     return True
@@ -137,14 +140,20 @@ def _is_run_directory(path: str) -> bool:
              for name in tf.io.gfile.listdir(path))
 
 
-def _replaceable(output_dir: str, source: str) -> Optional[str]:
+def _overwrite_refusal(output_dir: str,
+                       sources: Sequence[str]) -> Optional[str]:
   """Why --overwrite must not replace output_dir (None: it may): only an
-  earlier serving SavedModel is replaced, never what it was made from, a
-  run or a directory of other files."""
-  output, source = os.path.realpath(output_dir), os.path.realpath(source)
-  if os.path.commonpath([output, source]) == output:
-    return (f"{output_dir} holds {source}, which the SavedModel is made "
-            "from; name another directory")
+  earlier serving SavedModel is replaced; never a directory that holds, or
+  lies inside, what the SavedModel is made from (the run or model given,
+  the model's encoder and preprocess SavedModels), nor other files."""
+  output = os.path.realpath(output_dir)
+  for source in sources:
+    if "://" in source or not os.path.exists(source):
+      continue  # a handle, a catalogue name: nothing here to harm
+    source = os.path.realpath(source)
+    if os.path.commonpath([output, source]) in (output, source):
+      return (f"{output_dir} overlaps {source}, which the SavedModel is "
+              "made from; name another directory")
   if not tf.io.gfile.exists(os.path.join(output_dir, "saved_model.pb")):
     return (f"{output_dir} is not an earlier serving SavedModel (no "
             "saved_model.pb), and --overwrite replaces only one; name a new "
@@ -157,13 +166,9 @@ def _export_serving(args) -> int:
     if not tf.io.gfile.isdir(args.output_dir):
       return print_error(PROG, f"{args.output_dir} is a file; name a new "
                          "directory for the serving SavedModel")
-    if tf.io.gfile.listdir(args.output_dir):
-      if not args.overwrite:
-        return print_error(PROG, f"{args.output_dir} is not empty; pass "
-                           "--overwrite to replace it")
-      refusal = _replaceable(args.output_dir, args.serving)
-      if refusal:
-        return print_error(PROG, refusal)
+    if tf.io.gfile.listdir(args.output_dir) and not args.overwrite:
+      return print_error(PROG, f"{args.output_dir} is not empty; pass "
+                         "--overwrite to replace it")
   try:
     if _is_run_directory(args.serving):
       embedder = Embedder.from_run(args.serving)
@@ -173,6 +178,12 @@ def _export_serving(args) -> int:
   except read_errors_of(args.serving) as e:
     return print_error(PROG, one_line(e))
   if args.overwrite and tf.io.gfile.exists(args.output_dir):
+    if tf.io.gfile.listdir(args.output_dir):
+      refusal = _overwrite_refusal(args.output_dir, (
+          args.serving, embedder.settings.encoder_path,
+          embedder.settings.preprocess_path))
+      if refusal:
+        return print_error(PROG, refusal)
     tf.io.gfile.rmtree(args.output_dir)
   embedder.save_serving_model(args.output_dir)
   print(f"Wrote the serving SavedModel of {args.serving} to {args.output_dir} "

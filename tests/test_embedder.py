@@ -22,6 +22,7 @@ import tensorflow_text  # noqa: F401  (the serving model's ops)
 
 from bert_model import resolution
 from bert_model.chunking import ChunkSettings
+from pipeline import export_job
 from pipeline import export_model
 from pipeline import model_plan
 from pipeline import main
@@ -503,6 +504,7 @@ def test_a_serving_export_of_a_missing_path_names_serving(tmp_path, capsys):
     ("pipeline.query", []),
     ("pipeline.read_outputs", ["--no_such_flag"]),
     ("pipeline.catalog", ["--no_such_flag"]),
+    ("pipeline.dataflow_job", ["describe", "--job_file"]),
 ])
 def test_wrong_flags_are_told_like_the_commands_other_errors(command, argv):
   # argparse once said `python -m pipeline.query: error:`, the command's own
@@ -575,6 +577,34 @@ def test_a_remote_run_that_cannot_be_read_is_told_in_one_line(
     query.main(["runs/x", "a question"])
 
 
+def test_a_run_whose_remote_model_cannot_be_read_is_told_in_one_line(
+    ann_run, tmp_path, monkeypatch, capsys):
+  # Found in review: a local run whose model is on gs://, read without
+  # network, ended in TensorFlow's FailedPreconditionError and a traceback.
+  _, run_dir = ann_run
+  run_dir = _copy_of(run_dir, tmp_path)
+  manifest_path = os.path.join(run_dir, "manifest.json")
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  manifest["model"]["path"] = "gs://bucket/model"
+  with open(manifest_path, "w") as f:
+    json.dump(manifest, f)
+  isdir = tf.io.gfile.isdir
+
+  def unreachable(path):
+    if path.startswith("gs://"):
+      raise tf.errors.FailedPreconditionError(
+          None, None, "Could not resolve host:\twww.googleapis.com")
+    return isdir(path)
+
+  monkeypatch.setattr(tf.io.gfile, "isdir", unreachable)
+  assert query.main([run_dir, "a question"]) == 2
+  assert capsys.readouterr().err == (
+      f"pipeline.query: error: {run_dir}/manifest.json names the model "
+      "gs://bucket/model: --model=gs://bucket/model cannot be read: Could "
+      "not resolve host: www.googleapis.com\n")
+
+
 def test_paths_are_taken_as_pathlib_paths_too(ann_run):
   # Found by a user trial: BeamIOError ... 'PosixPath' object has no
   # attribute 'strip'.
@@ -633,10 +663,10 @@ def test_a_serving_export_never_overwrites_what_is_not_a_savedmodel(
   _, run_dir = ann_run
   runs = tmp_path / "runs"
   shutil.copytree(run_dir, runs / "a")
-  for output_dir, told in ((runs, f"{runs} holds {runs / 'a'}, which the "
+  for output_dir, told in ((runs, f"{runs} overlaps {runs / 'a'}, which the "
                             "SavedModel is made from"),
-                           (runs / "a", f"{runs / 'a'} holds {runs / 'a'}"),
-                           (tmp_path, f"{tmp_path} holds")):
+                           (runs / "a", f"{runs / 'a'} overlaps {runs / 'a'}"),
+                           (tmp_path, f"{tmp_path} overlaps")):
     assert export_model.main(["--serving", str(runs / "a"), "--output_dir",
                               str(output_dir), "--overwrite"]) == 2
     assert capsys.readouterr().err.startswith(
@@ -655,6 +685,28 @@ def test_a_serving_export_never_overwrites_what_is_not_a_savedmodel(
     assert export_model.main(["--serving", str(runs / "a"), "--output_dir",
                               str(served), "--overwrite"]) == 0
   assert (served / "saved_model.pb").exists()
+
+
+def test_a_serving_export_never_overwrites_the_model_it_is_made_from(
+    tiny_model_dir, tmp_path, capsys):
+  # Found in review: the model's encoder/ holds a saved_model.pb too.
+  model = tmp_path / "model"
+  shutil.copytree(tiny_model_dir, model)
+  assert export_model.main(["--serving", str(model), "--output_dir",
+                            str(model / "encoder"), "--overwrite"]) == 2
+  assert capsys.readouterr().err.startswith(
+      f"pipeline.export_model: error: {model / 'encoder'} overlaps ")
+  assert (model / "encoder" / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize("value", [
+    "experts/pubmed", "https://tfhub.dev/google/experts/bert/pubmed/2"])
+def test_a_catalogue_name_or_handle_is_taken_by_serving(value, tmp_path):
+  # Found in review: a catalogue name holding "/" was told as a missing
+  # directory, and a handle as a file system TensorFlow has not.
+  args = export_job.parse_args(["--serving", value, "--output_dir",
+                                str(tmp_path / "out")], "")
+  assert args.serving == value
 
 
 def test_a_model_with_damaged_weights_is_told_as_damaged(tiny_model_dir,

@@ -4,6 +4,9 @@ import functools
 
 import apache_beam as beam
 
+from bert_model.preprocess import has_no_wordpieces
+from bert_model.preprocess import NO_WORDPIECES
+
 from run_directory.records import chunk_of
 from run_directory.records import ChunkedVectors
 from run_directory.records import dead_letter_of
@@ -35,17 +38,6 @@ def model_input(document: Document):
   return (document.text, document.text_pair)
 
 
-def has_no_wordpieces(document: Document, vectors: Vectors) -> bool:
-  """Whether the model saw nothing of the text but [CLS] and [SEP].
-
-  Texts of only characters the tokenizer drops (zero-width spaces, a BOM,
-  NUL and other control characters, soft hyphens) would otherwise all get
-  one and the same vector, neighbours of each other at score 1.0.
-  """
-  special_tokens = 2 if document.text_pair is None else 3
-  return vectors.num_tokens <= special_tokens
-
-
 class _SplitInferenceResultsFn(beam.DoFn):
   """(Document, PredictionResult) to an Embedding (and its Chunks, tagged
   CHUNKS), or a dead letter."""
@@ -62,11 +54,10 @@ class _SplitInferenceResultsFn(beam.DoFn):
       vectors, chunks = vectors
     if not isinstance(vectors, Vectors):  # an InferenceFailure
       yield self._dead_letter(document, Reason.MODEL_ERROR, vectors.error)
-    elif has_no_wordpieces(document, vectors):
-      yield self._dead_letter(
-          document, Reason.EMPTY_TEXT,
-          "the text has no wordpieces: only characters the tokenizer drops "
-          "(control, zero-width or format characters)")
+    elif has_no_wordpieces(vectors.num_tokens,
+                           text_pair=document.text_pair is not None):
+      yield self._dead_letter(document, Reason.EMPTY_TEXT,
+                              f"the text {NO_WORDPIECES}")
     else:
       self._inferred.inc()
       if vectors.truncated:
