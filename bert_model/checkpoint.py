@@ -460,7 +460,12 @@ def _bert_normalizer(path: str) -> Optional[dict]:
   tokenizer_json = os.path.join(path, "tokenizer.json")
   if not os.path.exists(tokenizer_json):
     return None
-  normalizer = _read_json(tokenizer_json).get("normalizer") or {}
+  tokenizer = _read_json(tokenizer_json)
+  if not isinstance(tokenizer, dict):
+    raise CheckpointError(
+        f"{tokenizer_json}: holds a JSON {type(tokenizer).__name__}, not a "
+        "Hugging Face tokenizer; fix or remove the file.")
+  normalizer = tokenizer.get("normalizer") or {}
   return normalizer if normalizer.get("type") == "BertNormalizer" else None
 
 

@@ -353,6 +353,8 @@ def _write(path, name, content, mode="w"):
      "config.json is a directory; it must be a JSON file"),
     (lambda p: _write(p, "tokenizer_config.json", "[]"),
      "tokenizer_config.json: holds a JSON list"),
+    (lambda p: _write(p, "tokenizer.json", "[]"),
+     "tokenizer.json: holds a JSON list, not a Hugging Face tokenizer"),
     # Once "no model.safetensors ... found", with no word of the shards.
     (lambda p: os.rename(os.path.join(p, "model.safetensors"), os.path.join(
         p, "model-00001-of-00002.safetensors")),
