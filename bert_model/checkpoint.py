@@ -45,7 +45,7 @@ _REQUIRED_CONFIG_KEYS = ("hidden_size", "num_hidden_layers",
                          "vocab_size", "max_position_embeddings")
 _SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_python", "relu")
 # Wordpieces the exported tokenizer and packer look up by name.
-_REQUIRED_TOKENS = ("[UNK]", "[CLS]", "[SEP]")
+_REQUIRED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,15 @@ class BertConfig:
       raise CheckpointError(
           f"{where}: model_type is {model_type!r}; only BERT checkpoints "
           "(model_type 'bert') can be exported to the TF Hub BERT format.")
+    architectures = config.get("architectures") or []
+    if isinstance(architectures, list) and architectures and not any(
+        str(name).startswith("Bert") for name in architectures):
+      # A RoBERTa (say) labelled model_type bert: other embeddings and
+      # tokenizer, so BERT's would give wrong vectors.
+      raise CheckpointError(
+          f"{where}: architectures {', '.join(map(str, architectures))} is "
+          "not a BERT model, though model_type says bert; only BERT "
+          "checkpoints (BertModel, BertFor...) can be exported.")
     missing = [k for k in _REQUIRED_CONFIG_KEYS if k not in config]
     if missing:
       raise CheckpointError(
@@ -127,6 +136,7 @@ class Checkpoint:
   weights: Dict[str, np.ndarray]  # Hugging Face names, "bert." prefix removed
   vocab: list  # wordpieces, index = token id
   lower_case: bool
+  strip_accents: bool  # mostly == lower_case (BERT's default); see preprocess
   special_tokens: tuple  # literal tokens matched in raw text, e.g. "[CLS]"
   pooling: Optional[str]  # "mean" / "cls" / "max" from sentence-transformers
   normalize: bool  # sentence-transformers Normalize module present
@@ -152,6 +162,9 @@ def _read_json(path: str) -> dict:
       return json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+  except IsADirectoryError:
+    raise CheckpointError(
+        f"{path} is a directory; it must be a JSON file.") from None
 
 
 # --- safetensors -------------------------------------------------------------
@@ -327,48 +340,197 @@ def _strip_prefix(weights: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   return renamed
 
 
-def _sentence_transformers_settings(path: str):
-  """(pooling, normalize, max_seq_length) from sentence-transformers files."""
-  pooling, normalize, max_seq_length = None, False, None
+# sentence-transformers modules (modules.json, by class name) that the export
+# reproduces: the Transformer is the encoder itself, Pooling and Normalize
+# become the model's pooling and normalize settings. Any other (Dense,
+# LayerNorm, ...) changes the vectors, so leaving it out would be wrong.
+_REPRODUCED_MODULES = ("Transformer", "Pooling", "Normalize")
+# Pooling modes the exported model computes.
+_SUPPORTED_POOLING = ("mean", "cls", "max")
+# The Pooling config before sentence-transformers 6: one flag a mode.
+_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def _modules(path: str) -> list:
+  """The entries of a sentence-transformers modules.json, if there is one."""
   modules_path = os.path.join(path, "modules.json")
-  if os.path.exists(modules_path):
-    for module in _read_json(modules_path):
-      module_type = module.get("type", "")
-      if module_type.endswith(".Normalize"):
-        normalize = True
-      elif module_type.endswith(".Pooling"):
-        pooling_config = _read_json(
-            os.path.join(path, module.get("path", ""), "config.json"))
-        if pooling_config.get("pooling_mode_mean_tokens"):
-          pooling = "mean"
-        elif pooling_config.get("pooling_mode_cls_token"):
-          pooling = "cls"
-        elif pooling_config.get("pooling_mode_max_tokens"):
-          pooling = "max"
-        else:
-          raise CheckpointError(
-              f"{path}: unsupported sentence-transformers pooling "
-              f"{pooling_config}; mean, cls and max are supported.")
-  st_config_path = os.path.join(path, "sentence_bert_config.json")
-  if os.path.exists(st_config_path):
-    max_seq_length = _read_json(st_config_path).get("max_seq_length")
-  return pooling, normalize, max_seq_length
+  if not os.path.exists(modules_path):
+    return []
+  modules = _read_json(modules_path)
+  if not isinstance(modules, list) or not all(
+      isinstance(module, dict) for module in modules):
+    raise CheckpointError(
+        f"{modules_path}: not a sentence-transformers module list (a JSON "
+        "list of objects with type and path); fix or remove the file.")
+  return modules
 
 
-def _lower_case(path: str, vocab: list) -> bool:
-  """Whether the tokenizer lower-cases, from its config or else its vocab."""
+def _pooling_modes(config, config_path: str) -> list:
+  """The modes a Pooling config turns on, in either file format."""
+  if not isinstance(config, dict):
+    raise CheckpointError(
+        f"{config_path}: holds a JSON {type(config).__name__}, not a "
+        "sentence-transformers Pooling config.")
+  if "pooling_mode" in config:  # sentence-transformers >= 6
+    modes = config["pooling_mode"]
+    modes = [modes] if isinstance(modes, str) else modes
+    if not isinstance(modes, list) or not all(
+        isinstance(mode, str) for mode in modes):
+      raise CheckpointError(
+          f"{config_path}: pooling_mode is {config['pooling_mode']!r}; "
+          f"expected one of {', '.join(_SUPPORTED_POOLING)}.")
+    return modes
+  return [_POOLING_FLAGS.get(key, key) for key, on in config.items()
+          if key.startswith("pooling_mode_") and on]
+
+
+def _pooling(config_path: str) -> str:
+  """The one supported pooling mode of a Pooling module's config."""
+  modes = _pooling_modes(_read_json(config_path), config_path)
+  if len(modes) > 1:
+    # sentence-transformers concatenates the modes' vectors.
+    raise CheckpointError(
+        f"{config_path}: pools with {' + '.join(modes)} at once (the "
+        "vectors concatenated), which the export does not reproduce; only a "
+        f"single mode ({', '.join(_SUPPORTED_POOLING)}) converts.")
+  if not modes or modes[0] not in _SUPPORTED_POOLING:
+    raise CheckpointError(
+        f"{config_path}: pooling mode {modes[0] if modes else 'none'} is not "
+        f"supported; only {', '.join(_SUPPORTED_POOLING)} convert.")
+  return modes[0]
+
+
+def _sentence_transformers_settings(path: str):
+  """(pooling, normalize) from a sentence-transformers modules.json."""
+  pooling, normalize = None, False
+  for module in _modules(path):
+    module_type = str(module.get("type", ""))
+    kind = module_type.rpartition(".")[2]
+    if kind not in _REPRODUCED_MODULES:
+      raise CheckpointError(
+          f"{os.path.join(path, 'modules.json')}: module {module_type} "
+          f"({module.get('path') or module.get('name')}) is not reproduced "
+          "by the export, and dropping it would give other vectors than "
+          "sentence-transformers'; only Transformer, Pooling and Normalize "
+          "modules convert.")
+    if kind == "Normalize":
+      normalize = True
+    elif kind == "Pooling":
+      pooling = _pooling(
+          os.path.join(path, str(module.get("path", "")), "config.json"))
+  return pooling, normalize
+
+
+def _sentence_bert_config(path: str) -> dict:
+  """sentence_bert_config.json (max_seq_length, do_lower_case), if any."""
+  config_path = os.path.join(path, "sentence_bert_config.json")
+  if not os.path.exists(config_path):
+    return {}
+  config = _read_json(config_path)
+  if not isinstance(config, dict):
+    raise CheckpointError(
+        f"{config_path}: holds a JSON {type(config).__name__}, not an object "
+        "such as {\"max_seq_length\": 256}.")
+  length = config.get("max_seq_length")
+  if length is not None and _as_length(length) is None:
+    raise CheckpointError(
+        f"{config_path}: max_seq_length is {length!r}; it must be a whole "
+        "number, at least 1.")
+  return config
+
+
+def _as_length(value) -> Optional[int]:
+  """A whole number of at least 1 (512 or 512.0) as an int, else None."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return None
+  if isinstance(value, float) and not value.is_integer():
+    return None
+  return int(value) if value >= 1 else None
+
+
+def _bert_normalizer(path: str) -> Optional[dict]:
+  """tokenizer.json's BertNormalizer, what the fast tokenizer runs, if any."""
   tokenizer_json = os.path.join(path, "tokenizer.json")
-  if os.path.exists(tokenizer_json):
-    normalizer = _read_json(tokenizer_json).get("normalizer") or {}
-    if normalizer.get("type") == "BertNormalizer":
-      return bool(normalizer.get("lowercase", True))
-  tokenizer_config = os.path.join(path, "tokenizer_config.json")
-  if os.path.exists(tokenizer_config):
-    config = _read_json(tokenizer_config)
-    if "do_lower_case" in config:
-      return bool(config["do_lower_case"])
+  if not os.path.exists(tokenizer_json):
+    return None
+  tokenizer = _read_json(tokenizer_json)
+  if not isinstance(tokenizer, dict):
+    raise CheckpointError(
+        f"{tokenizer_json}: holds a JSON {type(tokenizer).__name__}, not a "
+        "Hugging Face tokenizer; fix or remove the file.")
+  normalizer = tokenizer.get("normalizer") or {}
+  return normalizer if normalizer.get("type") == "BertNormalizer" else None
+
+
+def _tokenizer_config(path: str) -> dict:
+  """tokenizer_config.json, or {} when there is none."""
+  config_path = os.path.join(path, "tokenizer_config.json")
+  if not os.path.exists(config_path):
+    return {}
+  config = _read_json(config_path)
+  if not isinstance(config, dict):
+    raise CheckpointError(
+        f"{config_path}: holds a JSON {type(config).__name__}, not an object "
+        "of tokenizer settings; fix or remove the file.")
+  return config
+
+
+def _tokenizer_lower_case(path: str, vocab: list) -> bool:
+  """Whether the tokenizer lower-cases, from its config or else its vocab."""
+  normalizer = _bert_normalizer(path)
+  if normalizer is not None:
+    return bool(normalizer.get("lowercase", True))
+  config = _tokenizer_config(path)
+  if "do_lower_case" in config:
+    return bool(config["do_lower_case"])
   # A cased vocabulary holds capitalised words; an uncased one holds none.
   return not any(w[:1].isupper() for w in vocab if not w.startswith("["))
+
+
+def _strip_accents(path: str, tokenizer_lower_case: bool) -> bool:
+  """Whether the tokenizer strips accents: its strip_accents, which when
+  unset (null) follows its own lower-casing."""
+  normalizer = _bert_normalizer(path)
+  if normalizer is not None:
+    strip_accents = normalizer.get("strip_accents")
+  else:
+    strip_accents = _tokenizer_config(path).get("strip_accents")
+  return tokenizer_lower_case if strip_accents is None else bool(
+      strip_accents)
+
+
+def _text_normalization(path: str, vocab: list, sentence_bert_config: dict,
+                        lower_case: Optional[bool]):
+  """(lower_case, strip_accents) of the text, as the model's own
+  tokenization does it; lower_case: the caller's word for the tokenizer's."""
+  if lower_case is not None:
+    return lower_case, _strip_accents(path, lower_case)
+  tokenizer_lower_case = _tokenizer_lower_case(path, vocab)
+  # sentence-transformers (do_lower_case) lower-cases the text itself,
+  # before its tokenizer: which then strips accents only if it would anyway.
+  return (tokenizer_lower_case or bool(
+      sentence_bert_config.get("do_lower_case")),
+          _strip_accents(path, tokenizer_lower_case))
+
+
+def _max_seq_length(path: str, sentence_bert_config: dict,
+                    config: BertConfig) -> int:
+  """The model's own input length: sentence-transformers', else its
+  tokenizer's, at most its position embeddings."""
+  length = _as_length(sentence_bert_config.get("max_seq_length"))
+  if length is None:
+    # Often a huge placeholder (1e30) when the tokenizer sets no limit.
+    length = _as_length(_tokenizer_config(path).get("model_max_length"))
+  if length is None or length > config.max_position_embeddings:
+    return config.max_position_embeddings
+  return length
 
 
 def _special_tokens(path: str, vocab: list) -> tuple:
@@ -432,6 +594,56 @@ def _check_shapes(weights: Dict[str, np.ndarray], config: BertConfig,
       raise CheckpointError(
           f"{where}: {name} has {value.shape[0]} rows, the config says "
           f"{key} {rows}; the config does not belong to these weights.")
+  for name, shape in _encoder_shapes(config, weights).items():
+    if name not in weights:
+      raise CheckpointError(
+          f"{where}: missing {name}, which the encoder needs; the checkpoint "
+          "is incomplete (download or convert it again).")
+    if tuple(weights[name].shape) != shape:
+      raise CheckpointError(
+          f"{where}: {name} is {tuple(weights[name].shape)}, the config "
+          f"says {shape}; the config does not belong to these weights.")
+
+
+def _encoder_shapes(config: BertConfig, weights: Dict[str, np.ndarray]
+                   ) -> Dict[str, tuple]:
+  """Every tensor the encoder uses, with the shape the config gives it
+  (matrices [out, in]); the pooler's when the weights have one."""
+  h, i = config.hidden_size, config.intermediate_size
+  shapes = {
+      "embeddings.word_embeddings.weight": (config.vocab_size, h),
+      "embeddings.position_embeddings.weight": (
+          config.max_position_embeddings, h),
+      "embeddings.token_type_embeddings.weight": (config.type_vocab_size, h),
+      "embeddings.LayerNorm.weight": (h,),
+      "embeddings.LayerNorm.bias": (h,),
+  }
+  for layer in range(config.num_hidden_layers):
+    prefix = f"encoder.layer.{layer}."
+    for dense, (outputs, inputs) in {
+        "attention.self.query": (h, h), "attention.self.key": (h, h),
+        "attention.self.value": (h, h), "attention.output.dense": (h, h),
+        "intermediate.dense": (i, h), "output.dense": (h, i)}.items():
+      shapes[prefix + dense + ".weight"] = (outputs, inputs)
+      shapes[prefix + dense + ".bias"] = (outputs,)
+    for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+      shapes[prefix + norm + ".weight"] = (h,)
+      shapes[prefix + norm + ".bias"] = (h,)
+  if "pooler.dense.weight" in weights:
+    shapes["pooler.dense.weight"] = (h, h)
+    shapes["pooler.dense.bias"] = (h,)
+  return shapes
+
+
+def _check_finite(weights: Dict[str, np.ndarray], where: str):
+  """NaN or infinite weights (a diverged training run) export without a
+  word, and then every vector is NaN."""
+  for name in sorted(weights):
+    if not np.isfinite(weights[name]).all():
+      raise CheckpointError(
+          f"{where}: {name} holds NaN or infinite values (a diverged "
+          "training run?), which would make every vector NaN; export an "
+          "earlier checkpoint.")
 
 
 # Checkpoint layouts (`layout_of`), as the exported metadata records them.
@@ -454,7 +666,36 @@ def layout_of(path: str) -> str:
     raise CheckpointError(str(e)) from None
   if model_garden.checkpoint_prefix(path):
     return MODEL_GARDEN
+  if not os.path.exists(os.path.join(path, "config.json")):
+    _refuse_incomplete_tf_layout(path)
   return HUGGING_FACE
+
+
+def _refuse_incomplete_tf_layout(path: str):
+  """A directory without config.json that has a TF1 or Model Garden
+  layout's files, but not all of them: says which are missing, rather than
+  calling it a Hugging Face directory without config.json."""
+  indexes = sorted(os.path.basename(f)
+                   for f in glob.glob(os.path.join(path, "*.index")))
+  if os.path.exists(os.path.join(path, tf1_checkpoint.CONFIG_FILE)):
+    raise CheckpointError(
+        f"{path}: {tf1_checkpoint.CONFIG_FILE} but no bert_model.ckpt.index; "
+        "an original BERT checkpoint needs bert_model.ckpt.index and "
+        ".data-* beside it (copy them again).")
+  config_names = (model_garden.PARAMS_FILE, model_garden.ENCODER_CONFIG_FILE)
+  if any(os.path.exists(os.path.join(path, n)) for n in config_names):
+    if indexes:
+      raise CheckpointError(
+          f"{path}: several checkpoints ({', '.join(indexes)}) and no "
+          "`checkpoint` file naming the latest; keep the one to convert.")
+    raise CheckpointError(
+        f"{path}: no TF2 checkpoint (ckpt-N.index and .data-*) beside "
+        f"{' or '.join(config_names)}.")
+  if indexes:
+    raise CheckpointError(
+        f"{path}: a TF checkpoint ({', '.join(indexes)}) without its config: "
+        f"{tf1_checkpoint.CONFIG_FILE} for an original BERT, "
+        f"{' or '.join(config_names)} for a TF Model Garden one.")
 
 
 def _config_and_weights(path: str, layout: str):
@@ -490,6 +731,14 @@ def _config_and_weights(path: str, layout: str):
             safetensors_path)
   if os.path.exists(bin_path):
     return config_path, config, read_torch_bin(bin_path), bin_path
+  shards = sorted(os.path.basename(f) for f in glob.glob(
+      os.path.join(path, "model-*-of-*.safetensors")) + glob.glob(
+          os.path.join(path, "pytorch_model-*-of-*.bin")))
+  if shards:
+    raise CheckpointError(
+        f"{path}: the weights are sharded ({', '.join(shards)}); the export "
+        "reads one model.safetensors or pytorch_model.bin: save the model "
+        "again in one file (save_pretrained with a larger max_shard_size).")
   raise CheckpointError(
       f"{path}: no model.safetensors or pytorch_model.bin found.")
 
@@ -526,24 +775,25 @@ def read_checkpoint(path: str, lower_case: Optional[bool] = None
         f"{', '.join(_REQUIRED_TOKENS)} in its vocabulary.")
   _check_shapes(weights, config, vocab, path)
 
-  pooling, normalize, max_seq_length = _sentence_transformers_settings(path)
-  if max_seq_length is None:
-    tokenizer_config = os.path.join(path, "tokenizer_config.json")
-    if os.path.exists(tokenizer_config):
-      max_seq_length = _read_json(tokenizer_config).get("model_max_length")
-  if not max_seq_length or max_seq_length > config.max_position_embeddings:
-    max_seq_length = config.max_position_embeddings
+  pooling, normalize = _sentence_transformers_settings(path)
+  sentence_bert_config = _sentence_bert_config(path)
+  lower_case, strip_accents = _text_normalization(
+      path, vocab, sentence_bert_config, lower_case)
+  max_seq_length = _max_seq_length(path, sentence_bert_config, config)
+
+  weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+  _check_finite(weights, path)
 
   checksummed = [config_path, vocab_path, weights_path]
   return Checkpoint(
       path=os.path.abspath(path),
       config=config,
-      weights={k: np.asarray(v, dtype=np.float32) for k, v in weights.items()},
+      weights=weights,
       vocab=vocab,
-      lower_case=(_lower_case(path, vocab) if lower_case is None else
-                  lower_case),
+      lower_case=lower_case,
+      strip_accents=strip_accents,
       special_tokens=_special_tokens(path, vocab),
       pooling=pooling,
       normalize=normalize,
-      max_seq_length=int(max_seq_length),
+      max_seq_length=max_seq_length,
       checksums={os.path.basename(p): _sha256(p) for p in checksummed})

@@ -47,13 +47,18 @@ _SELF_CHECK_TEXTS = ["The quick brown fox jumps over the lazy dog.", "Ünïcöd�
 
 def _fingerprint(ckpt: checkpoint_lib.Checkpoint) -> str:
   """Identifies what the model computes: weights, tokenizer, graph version."""
-  digest = hashlib.sha256()
-  digest.update(json.dumps({
+  facts = {
       "checksums": ckpt.checksums,
       "lower_case": ckpt.lower_case,
       "special_tokens": list(ckpt.special_tokens),
       "format_version": metadata_lib.FORMAT_VERSION,
-  }, sort_keys=True).encode("utf-8"))
+  }
+  if ckpt.strip_accents != ckpt.lower_case:
+    # Only then: the fingerprints of models exported before it was read
+    # stay the same.
+    facts["strip_accents"] = ckpt.strip_accents
+  digest = hashlib.sha256()
+  digest.update(json.dumps(facts, sort_keys=True).encode("utf-8"))
   return digest.hexdigest()
 
 
@@ -83,6 +88,10 @@ def build_metadata(ckpt: checkpoint_lib.Checkpoint, name: str,
   if pooling not in metadata_lib.POOLING_MODES:
     raise ValueError(f"pooling {pooling!r} is not one of "
                      f"{', '.join(metadata_lib.POOLING_MODES)}.")
+  if pooling == "pooler" and not ckpt.has_pooler:
+    raise ValueError(
+        f"pooling 'pooler' needs a pooler, and {ckpt.path} has no pooler "
+        "weights (pooler.dense); use --pooling mean or cls.")
   if max_seq_length is not None and not (
       2 < max_seq_length <= ckpt.config.max_position_embeddings):
     raise ValueError(
@@ -119,8 +128,15 @@ def _self_check(preprocess, encoder, model_dir: str):
   np.testing.assert_allclose(actual.numpy(), expected, atol=1e-5)
 
 
-def _check_output_dir(output_dir: str, overwrite: bool):
+def _check_output_dir(output_dir: str, overwrite: bool,
+                      checkpoint_dir: str):
   """Before the (slow) conversion: where the model directory cannot go."""
+  output = os.path.realpath(output_dir)
+  if os.path.commonpath([output, os.path.realpath(checkpoint_dir)]) == output:
+    # Replacing it (--overwrite) would delete the checkpoint.
+    raise ValueError(
+        f"{output_dir} is or holds the checkpoint {checkpoint_dir}; name "
+        "another directory for the model.")
   if os.path.isfile(output_dir):
     raise FileExistsError(
         f"{output_dir} is a file; name a new directory for the model.")
@@ -152,7 +168,7 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str,
   checkpoint is not a convertible BERT, and FileExistsError if `output_dir`
   exists and `overwrite` is False.
   """
-  _check_output_dir(output_dir, overwrite)
+  _check_output_dir(output_dir, overwrite, checkpoint_dir)
   ckpt = checkpoint_lib.read_checkpoint(checkpoint_dir, lower_case=lower_case)
   kind = checkpoint_lib.layout_of(checkpoint_dir)
   metadata = build_metadata(
@@ -164,7 +180,8 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str,
   encoder = BertEncoder(ckpt.config, ckpt.weights)
   preprocess = BertPreprocessor(ckpt.vocab, ckpt.lower_case,
                                 ckpt.special_tokens,
-                                metadata.max_seq_length)
+                                metadata.max_seq_length,
+                                strip_accents=ckpt.strip_accents)
   preprocess.trace_for_export()
 
   parent = os.path.dirname(os.path.abspath(output_dir))
@@ -189,6 +206,7 @@ def export_checkpoint(checkpoint_dir: str, output_dir: str,
   finally:
     if os.path.exists(staging):
       shutil.rmtree(staging)
-  _LOG.info("Exported %s to %s (fingerprint %s)", checkpoint_dir, output_dir,
-            metadata.fingerprint[:12])
+  # DEBUG: the command that exports (pipeline.export_model) tells it itself.
+  _LOG.debug("Exported %s to %s (fingerprint %s)", checkpoint_dir, output_dir,
+             metadata.fingerprint[:12])
   return metadata

@@ -33,6 +33,9 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
+from bert_model.tf1_checkpoint import first_line
+from bert_model.tf1_checkpoint import read_tensor
+
 PARAMS_FILE = "params.yaml"
 ENCODER_CONFIG_FILE = "encoder_config.json"
 # Model Garden activation names -> Hugging Face hidden_act.
@@ -84,9 +87,15 @@ def checkpoint_prefix(path: str) -> Optional[str]:
 def read_config(path: str) -> Tuple[str, dict]:
   """(config file, a Hugging Face style config dict) of the encoder."""
   config_path = _config_file(path)
-  with open(config_path, encoding="utf-8") as f:
-    raw = (yaml.safe_load(f) if config_path.endswith(".yaml") else
-           json.load(f))
+  try:
+    with open(config_path, encoding="utf-8") as f:
+      raw = (yaml.safe_load(f) if config_path.endswith(".yaml") else
+             json.load(f))
+  except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    kind = "YAML" if config_path.endswith(".yaml") else "JSON"
+    raise ModelGardenError(
+        f"{config_path} is not valid {kind}: {' '.join(str(e).split())}"
+    ) from None
   encoder = raw
   for key in ("task", "model", "encoder"):
     if isinstance(encoder, dict) and key in encoder:
@@ -156,7 +165,8 @@ def read_weights(prefix: str, config: dict) -> Dict[str, np.ndarray]:
   try:
     reader = tf.train.load_checkpoint(prefix)
   except (tf.errors.OpError, ValueError) as e:
-    raise ModelGardenError(f"{prefix}: not a readable checkpoint: {e}")
+    raise ModelGardenError(
+        f"{prefix}: not a readable checkpoint: {first_line(e)}") from None
   names = sorted(reader.get_variable_to_shape_map())
   layers = _tracked_layers(names)
   blocks = [i for i in sorted(layers)
@@ -179,7 +189,7 @@ def read_weights(prefix: str, config: dict) -> Dict[str, np.ndarray]:
         "projection); it does not convert to the TF Hub BERT format.")
 
   def get(name):
-    return np.asarray(reader.get_tensor(name), dtype=np.float32)
+    return read_tensor(reader, name, prefix, ModelGardenError)
 
   weights = {}
   for target, i in zip(("word_embeddings", "position_embeddings",

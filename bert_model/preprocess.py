@@ -25,7 +25,9 @@ eight, so the normaliser here is built from TF ops, in the reference's order:
      tab, newline, CR), turn every whitespace character into a space;
   3. put spaces around CJK ideographs;
   4. uncased models only: NFD, delete nonspacing marks (strip accents), then
-     lower-case with the plain Unicode mapping (no NFKC case folding);
+     lower-case with the plain Unicode mapping (no NFKC case folding); a
+     tokenizer whose strip_accents says otherwise strips accents without
+     lower-casing, or lower-cases keeping them;
   5. split on whitespace and punctuation (tensorflow_text BasicTokenizer, with
      its own normalisation switched off);
   6. a word longer than 100 characters becomes [UNK] (the reference counts
@@ -35,7 +37,7 @@ eight, so the normaliser here is built from TF ops, in the reference's order:
 """
 
 import re
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -75,8 +77,12 @@ def has_no_wordpieces(num_tokens: int, text_pair: bool = False) -> bool:
   return num_tokens <= (3 if text_pair else 2)
 
 
-def normalize_text(texts: tf.Tensor, lower_case: bool) -> tf.Tensor:
-  """Steps 2-4 of the module doc, on a 1-D string tensor."""
+def normalize_text(texts: tf.Tensor, lower_case: bool,
+                   strip_accents: Optional[bool] = None) -> tf.Tensor:
+  """Steps 2-4 of the module doc, on a 1-D string tensor; strip_accents
+  None: when lower-casing, as BERT's tokenizer does by default."""
+  if strip_accents is None:
+    strip_accents = lower_case
   # Invalid UTF-8 becomes U+FFFD, which clean text then deletes.
   texts = tf.strings.unicode_transcode(
       texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD,
@@ -85,9 +91,10 @@ def normalize_text(texts: tf.Tensor, lower_case: bool) -> tf.Tensor:
   texts = tf.strings.regex_replace(texts, _DELETED_CHARS, "")
   texts = tf.strings.regex_replace(texts, _WHITESPACE_CHARS, " ")
   texts = tf.strings.regex_replace(texts, _CJK_CHARS, r" \1 ")
-  if lower_case:
+  if strip_accents:
     texts = tf_text.normalize_utf8(texts, "NFD")
     texts = tf.strings.regex_replace(texts, r"\p{Mn}", "")
+  if lower_case:
     # The reference lower-cases one character at a time, so a capital sigma
     # is always σ; ICU's string lower-casing would make a final one ς.
     texts = tf.strings.regex_replace(texts, "Σ", "σ")
@@ -124,10 +131,12 @@ class BertTokenize(tf.Module):
   """Strings [batch] to wordpiece ids, int32 RaggedTensor [batch, words, pieces]."""
 
   def __init__(self, vocab: Sequence[str], lower_case: bool,
-               special_tokens: Sequence[str]):
+               special_tokens: Sequence[str],
+               strip_accents: Optional[bool] = None):
     super().__init__(name="tokenize")
     vocab = list(vocab)
     self._lower_case = lower_case
+    self._strip_accents = strip_accents
     self._special_tokens = tuple(special_tokens)
     self._special_pattern = "|".join(re.escape(t) for t in special_tokens)
     self._basic = bert_tokenizer.BasicTokenizer(
@@ -175,7 +184,8 @@ class BertTokenize(tf.Module):
     return pieces.with_flat_values(piece_words).merge_dims(1, 2)
 
   def _split_words(self, texts):
-    words = self._basic.tokenize(normalize_text(texts, self._lower_case))
+    words = self._basic.tokenize(normalize_text(
+        texts, self._lower_case, self._strip_accents))
     too_long = tf.strings.length(
         words.flat_values, unit="UTF8_CHAR") > MAX_CHARS_PER_WORD
     return words.with_flat_values(
@@ -226,9 +236,11 @@ class BertPreprocessor(tf.Module):
   """The preprocess SavedModel's root object (see module doc)."""
 
   def __init__(self, vocab: Sequence[str], lower_case: bool,
-               special_tokens: Sequence[str], max_seq_length: int):
+               special_tokens: Sequence[str], max_seq_length: int,
+               strip_accents: Optional[bool] = None):
     super().__init__(name="bert_preprocess")
-    self.tokenize = BertTokenize(vocab, lower_case, special_tokens)
+    self.tokenize = BertTokenize(vocab, lower_case, special_tokens,
+                                 strip_accents)
     self.bert_pack_inputs = BertPackInputs(
         vocab.index("[CLS]"), vocab.index("[SEP]"), max_seq_length)
     self.max_seq_length = tf.Variable(

@@ -90,6 +90,24 @@ def hugging_face_name(tf1_name: str) -> Optional[str]:
   return f"encoder.layer.{layer}.{_LAYER_PARTS[part]}.{_LEAVES[leaf]}"
 
 
+def first_line(error: Exception) -> str:
+  """TensorFlow's errors run to many lines; the first says what happened."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def read_tensor(reader, name: str, prefix: str, error_type) -> np.ndarray:
+  """One variable as float32; a missing or damaged .data file raises
+  error_type naming it, not TensorFlow's traceback."""
+  try:
+    return np.asarray(reader.get_tensor(name), dtype=np.float32)
+  except (tf.errors.OpError, ValueError, IndexError) as e:
+    shards = sorted(glob.glob(prefix + ".data-*"))
+    raise error_type(
+        f"{', '.join(shards) or prefix + '.data-*'}: cannot read {name} "
+        f"({first_line(e)}); the checkpoint's data file is missing or "
+        "damaged: copy it again.") from None
+
+
 def read_weights(prefix: str) -> Dict[str, np.ndarray]:
   """The encoder's variables under Hugging Face names (module doc).
 
@@ -99,7 +117,8 @@ def read_weights(prefix: str) -> Dict[str, np.ndarray]:
   try:
     reader = tf.train.load_checkpoint(prefix)
   except (tf.errors.OpError, ValueError) as e:
-    raise Tf1CheckpointError(f"{prefix}: not a readable checkpoint: {e}")
+    raise Tf1CheckpointError(
+        f"{prefix}: not a readable checkpoint: {first_line(e)}") from None
   names = sorted(reader.get_variable_to_shape_map())
   weights, unplaced = {}, []
   for name in names:
@@ -109,7 +128,7 @@ def read_weights(prefix: str) -> Dict[str, np.ndarray]:
     if target is None:
       unplaced.append(name)
       continue
-    value = np.asarray(reader.get_tensor(name), dtype=np.float32)
+    value = read_tensor(reader, name, prefix, Tf1CheckpointError)
     if name.endswith("/kernel"):
       value = value.T  # TF [in, out] -> PyTorch Linear [out, in]
     weights[target] = np.ascontiguousarray(value)

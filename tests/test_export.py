@@ -1,5 +1,6 @@
 """Export of tiny random BERTs: reload with tensorflow_hub, compare with PyTorch."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the preprocess model's ops)
 import tensorflow_hub as hub
 import torch
+from safetensors import numpy as safetensors_numpy
 from transformers import BertModel
 from transformers import BertTokenizerFast
 
@@ -264,6 +266,13 @@ def _edit_config(path, **changes):
   _write(path, "config.json", json.dumps({**config, **changes}))
 
 
+def _edit_weights(path, edit):
+  weights_path = os.path.join(path, "model.safetensors")
+  weights = safetensors_numpy.load_file(weights_path)
+  edit(weights)
+  safetensors_numpy.save_file(weights, weights_path)
+
+
 def _cut_in_half(path):
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) // 2)
@@ -307,6 +316,51 @@ def _write(path, name, content, mode="w"):
         if line != "[UNK]\n")), r"vocab.txt lacks \[UNK\]"),
     (lambda p: _write(p, "vocab.txt", b"\xff\xfe\x00[PAD]\n", "wb"),
      "vocab.txt is not UTF-8 text"),
+    # Once "'[PAD]' is not in list".
+    (lambda p: _write(p, "vocab.txt", "".join(
+        "<pad>\n" if line == "[PAD]\n" else line
+        for line in open(os.path.join(p, "vocab.txt")))),
+     r"vocab.txt lacks \[PAD\]: BERT's tokenizer needs \[PAD\]"),
+    # Once a KeyError traceback from encoder.py.
+    (lambda p: _edit_weights(
+        p, lambda w: w.pop("encoder.layer.0.attention.self.key.weight")),
+     r"missing encoder.layer.0.attention.self.key.weight, which the encoder "
+     "needs"),
+    # Once TensorFlow's multi-line dump from tracing the encoder.
+    (lambda p: _edit_weights(p, lambda w: w.update({
+        "encoder.layer.0.output.dense.weight": np.zeros((16, 24),
+                                                        np.float32)})),
+     r"encoder.layer.0.output.dense.weight is \(16, 24\), the config says "
+     r"\(16, 32\)"),
+    (lambda p: _edit_weights(
+        p, lambda w: w.pop("embeddings.LayerNorm.bias")),
+     "missing embeddings.LayerNorm.bias"),
+    # Once exported without a word, then NaN vectors.
+    (lambda p: _edit_weights(p, lambda w: w[
+        "embeddings.LayerNorm.weight"].__setitem__(3, np.nan)),
+     "embeddings.LayerNorm.weight holds NaN or infinite values"),
+    (lambda p: _edit_weights(p, lambda w: w[
+        "pooler.dense.bias"].__setitem__(0, np.inf)),
+     "pooler.dense.bias holds NaN or infinite values"),
+    # Malformed side files: once tracebacks.
+    (lambda p: _write(p, "modules.json", '{"a": 1}'),
+     "modules.json: not a sentence-transformers module list"),
+    (lambda p: _write(p, "sentence_bert_config.json",
+                      '{"max_seq_length": "64"}'),
+     "sentence_bert_config.json: max_seq_length is '64'; it must be a whole"),
+    (lambda p: (os.remove(os.path.join(p, "config.json")),
+                os.mkdir(os.path.join(p, "config.json"))),
+     "config.json is a directory; it must be a JSON file"),
+    (lambda p: _write(p, "tokenizer_config.json", "[]"),
+     "tokenizer_config.json: holds a JSON list"),
+    (lambda p: _write(p, "tokenizer.json", "[]"),
+     "tokenizer.json: holds a JSON list, not a Hugging Face tokenizer"),
+    # Once "no model.safetensors ... found", with no word of the shards.
+    (lambda p: os.rename(os.path.join(p, "model.safetensors"), os.path.join(
+        p, "model-00001-of-00002.safetensors")),
+     r"the weights are sharded \(model-00001-of-00002.safetensors\)"),
+    (lambda p: _edit_config(p, architectures=["RobertaModel"]),
+     "architectures RobertaModel is not a BERT model"),
 ])
 def test_bad_checkpoints_fail_at_once_with_a_reason(tmp_path, edit, message):
   path = _broken_copy(tmp_path, edit)
@@ -371,3 +425,158 @@ def test_a_damaged_torch_checkpoint_is_an_error_not_a_crash(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match="damaged"):
     checkpoint.read_torch_bin(cut)
 
+
+
+def _sentence_transformers_copy(tmp_path, pooling_config=None, modules=None):
+  """A tiny sentence-transformers checkpoint with its Pooling config (and
+  module list) replaced."""
+  path = tiny_bert.write_tiny_checkpoint(str(tmp_path / "st"), cased=True,
+                                         sentence_transformers=True)
+  if pooling_config is not None:
+    _write(path, "1_Pooling/config.json", json.dumps(pooling_config))
+  if modules is not None:
+    _write(path, "modules.json", json.dumps(modules))
+  return path
+
+
+_ST_MODULES = [
+    {"idx": 0, "name": "0", "path": "",
+     "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling",
+     "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Dense",
+     "type": "sentence_transformers.models.Dense"},
+    {"idx": 3, "name": "3", "path": "3_Normalize",
+     "type": "sentence_transformers.models.Normalize"},
+]
+
+
+@pytest.mark.parametrize("pooling_config, modules, message", [
+    # LaBSE's layout: the Dense module was dropped without a word.
+    (None, _ST_MODULES,
+     r"module sentence_transformers.models.Dense \(2_Dense\) is not "
+     "reproduced by the export"),
+    # Two modes were taken as plain mean pooling.
+    ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True},
+     None, r"pools with cls \+ mean at once"),
+    ({"pooling_mode_mean_tokens": True,
+      "pooling_mode_mean_sqrt_len_tokens": True},
+     None, r"pools with mean \+ mean_sqrt_len_tokens at once"),
+    ({"pooling_mode": ["mean", "max"]}, None, r"pools with mean \+ max"),
+    ({"pooling_mode_lasttoken": True}, None,
+     "pooling mode lasttoken is not supported"),
+    ({"pooling_mode": "weightedmean"}, None,
+     "pooling mode weightedmean is not supported"),
+    ({"pooling_mode": "mean_sqrt_len_tokens", "include_prompt": True}, None,
+     "pooling mode mean_sqrt_len_tokens is not supported"),
+    ({"pooling_mode_mean_tokens": False}, None,
+     "pooling mode none is not supported"),
+])
+def test_sentence_transformers_models_the_export_cannot_reproduce(
+    tmp_path, pooling_config, modules, message):
+  path = _sentence_transformers_copy(tmp_path, pooling_config, modules)
+  with pytest.raises(checkpoint.CheckpointError, match=message):
+    export.export_checkpoint(path, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "max", ["cls"]])
+def test_sentence_transformers_6_pooling_config(tmp_path, mode):
+  # As sentence-transformers 6 writes it; once refused as "unsupported
+  # ... 'pooling_mode': 'mean' ...; mean, cls and max are supported".
+  path = _sentence_transformers_copy(tmp_path, {
+      "embedding_dimension": 16, "pooling_mode": mode,
+      "include_prompt": True})
+  expected = mode[0] if isinstance(mode, list) else mode
+  assert checkpoint.read_checkpoint(path).pooling == expected
+
+
+def _tokenizer_files(path, lowercase, strip_accents):
+  _write(path, "tokenizer_config.json", json.dumps(
+      {"do_lower_case": lowercase, "strip_accents": strip_accents}))
+
+
+def test_sentence_bert_config_do_lower_case_lower_cases(tmp_path):
+  # sentence-transformers lower-cases the text itself, before a tokenizer
+  # that keeps case (and accents); the export once kept case.
+  path = _sentence_transformers_copy(tmp_path)
+  _write(path, "sentence_bert_config.json", json.dumps(
+      {"max_seq_length": 32, "do_lower_case": True}))
+  ckpt = checkpoint.read_checkpoint(path)
+  assert (ckpt.lower_case, ckpt.strip_accents) == (True, False)
+
+
+@pytest.mark.parametrize("lowercase, strip_accents, expected", [
+    (True, None, (True, True)),
+    (True, True, (True, True)),
+    (False, None, (False, False)),
+    (True, False, (True, False)),  # once exported stripping accents
+    (False, True, (False, True)),
+])
+def test_strip_accents_of_the_tokenizer_is_read(tmp_path, lowercase,
+                                                strip_accents, expected):
+  path = tiny_bert.write_tiny_checkpoint(str(tmp_path / "ckpt"))
+  _tokenizer_files(path, lowercase, strip_accents)
+  ckpt = checkpoint.read_checkpoint(path)
+  assert (ckpt.lower_case, ckpt.strip_accents) == expected
+
+
+@pytest.mark.parametrize("lowercase, strip_accents", [(True, False),
+                                                      (False, True)])
+def test_strip_accents_apart_from_lower_case_tokenizes_like_hugging_face(
+    tmp_path, lowercase, strip_accents):
+  path = tiny_bert.write_tiny_checkpoint(str(tmp_path / "ckpt"), cased=True)
+  _tokenizer_files(path, lowercase, strip_accents)
+  model_dir = str(tmp_path / "model")
+  export.export_checkpoint(path, model_dir)
+  preprocess = hub.load(os.path.join(model_dir, "preprocess"))
+  reference = BertTokenizerFast(
+      os.path.join(path, "vocab.txt"), do_lower_case=lowercase,
+      strip_accents=strip_accents)
+  texts = ["Ünïcode ünïcode UNICODE café", "The Fox Ünïcode", "ΟΔΟΣ Σ"]
+  tokens = preprocess.tokenize(tf.constant(texts)).merge_dims(1, 2).to_list()
+  for text, ids in zip(texts, tokens):
+    assert ids == reference(text, add_special_tokens=False)["input_ids"], text
+  # Another model than the same weights with BERT's default accents.
+  ckpt = checkpoint.read_checkpoint(path)
+  default = dataclasses.replace(ckpt, strip_accents=ckpt.lower_case)
+  assert metadata_lib.read_metadata(model_dir).fingerprint == (
+      export._fingerprint(ckpt)) != export._fingerprint(default)
+
+
+@pytest.mark.parametrize("output_dir", ["ckpt", "."])
+def test_export_refuses_an_output_dir_that_holds_the_checkpoint(
+    tmp_path, monkeypatch, output_dir):
+  # With --overwrite it once deleted the checkpoint for the model.
+  path = tiny_bert.write_tiny_checkpoint(str(tmp_path / "ckpt"))
+  before = sorted(os.listdir(path))
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match="is or holds the checkpoint"):
+    export.export_checkpoint("ckpt", output_dir, overwrite=True)
+  assert sorted(os.listdir(path)) == before
+
+
+def test_export_into_the_checkpoint_dir_keeps_the_checkpoint(tmp_path):
+  path = tiny_bert.write_tiny_checkpoint(str(tmp_path / "ckpt"))
+  export.export_checkpoint(path, os.path.join(path, "model"), overwrite=True)
+  assert checkpoint.read_checkpoint(path).vocab
+
+
+def test_pooler_pooling_needs_a_pooler(tmp_path):
+  # Once accepted, then refused by pipeline.main for a --pooling never given.
+  path = tiny_bert.write_tiny_checkpoint(str(tmp_path / "ckpt"), pooler=False)
+  ckpt = checkpoint.read_checkpoint(path)
+  with pytest.raises(ValueError, match="has no pooler weights"):
+    export.build_metadata(ckpt, "m", {}, pooling="pooler")
+  assert export.build_metadata(ckpt, "m", {}).pooling == "cls"
+
+
+def test_cli_tells_a_successful_export_once(tiny_checkpoint, tmp_path,
+                                            capsys, caplog):
+  # Once twice: bert_model's INFO line, then the command's summary.
+  with caplog.at_level(logging.INFO):
+    assert export_model.main(["--checkpoint", tiny_checkpoint,
+                              "--output_dir", str(tmp_path / "out")]) == 0
+  captured = capsys.readouterr()
+  told = captured.out + captured.err + caplog.text
+  assert told.count("Exported") == 1 and "pooling mean" in captured.out

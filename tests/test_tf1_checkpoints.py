@@ -2,8 +2,11 @@
 sequence_output within 1e-4 of PyTorch on the same weights, sentence vectors
 of the default model within cosine 0.9999 of sentence-transformers."""
 
+import glob
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from bert_model import metadata as metadata_lib
 from pipeline import export_model
 from bert_model import tiny_checkpoint as tiny_bert
 from tests.parity_sentences import PARITY_SENTENCES
+from tests import tf1_bert
 from tests.tf1_bert import write_tf1_checkpoint
 
 
@@ -235,3 +239,74 @@ def test_a_model_garden_config_that_does_not_fit_is_refused(
       f"{key}: {bert[key]}", f"{key}: {bert[key] * 2}"))
   with pytest.raises(ValueError, match=match):
     checkpoint_lib.read_checkpoint(str(checkpoint), lower_case=True)
+
+
+def _model_garden_copy(tmp_path):
+  checkpoint = tmp_path / "mg"
+  checkpoint.mkdir()
+  for name in os.listdir(MODEL_GARDEN_FIXTURE):
+    shutil.copy(os.path.join(MODEL_GARDEN_FIXTURE, name), checkpoint / name)
+  return checkpoint
+
+
+def _cut_short(path):
+  with open(path, "r+b") as f:
+    f.truncate(1000)
+
+
+@pytest.mark.parametrize("edit, message", [
+    # Once tracebacks of TensorFlow's (OpError, IndexError).
+    (lambda d: _cut_short(d / "ckpt-1.data-00000-of-00001"),
+     r"ckpt-1.data-00000-of-00001: cannot read .* \(Read less bytes than "
+     r"requested\); the checkpoint's data file is missing or damaged"),
+    (lambda d: os.remove(d / "ckpt-1.data-00000-of-00001"),
+     r"ckpt-1.data-\*: cannot read .*No such file"),
+    # Once yaml.parser.ParserError's traceback.
+    (lambda d: (d / "params.yaml").write_text("task:\n  model: [unclosed\n"),
+     r"params.yaml is not valid YAML: while parsing a flow sequence"),
+    # Once a message that did not name the file.
+    (lambda d: (os.remove(d / "params.yaml"),
+                (d / "encoder_config.json").write_text("{bad")),
+     r"encoder_config.json is not valid JSON: Expecting property name"),
+    # Once "missing config.json" as if it were a Hugging Face directory.
+    (lambda d: [shutil.copy(d / f"ckpt-1.{ext}", d / f"ckpt-2.{ext}")
+                for ext in ("index", "data-00000-of-00001")],
+     r"several checkpoints \(ckpt-1.index, ckpt-2.index\) and no "
+     "`checkpoint` file"),
+    (lambda d: os.remove(d / "ckpt-1.index"),
+     r"no TF2 checkpoint \(ckpt-N.index and .data-\*\) beside"),
+])
+def test_a_damaged_model_garden_checkpoint_is_refused_in_words(
+    tmp_path, capsys, edit, message):
+  checkpoint = _model_garden_copy(tmp_path)
+  edit(checkpoint)
+  assert export_model.main([f"--checkpoint={checkpoint}",
+                            f"--output_dir={tmp_path / 'out'}"]) == 2
+  error = capsys.readouterr().err.strip()
+  assert "Traceback" not in error and len(error.splitlines()) == 1
+  assert re.search(message, error), error
+
+
+def test_a_damaged_tf1_checkpoint_is_refused_in_words(tmp_path, monkeypatch):
+  hf_dir = tiny_bert.write_tiny_checkpoint(str(tmp_path / "hf"))
+  tf1_dir = write_tf1_checkpoint(hf_dir, str(tmp_path / "tf1"))
+  data = glob.glob(os.path.join(tf1_dir, "bert_model.ckpt.data-*"))[0]
+  os.remove(data)
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match=r"bert_model.ckpt.data-\*: cannot read .*missing "
+                     "or damaged"):
+    checkpoint_lib.read_checkpoint(tf1_dir)
+  os.remove(os.path.join(tf1_dir, "bert_model.ckpt.index"))
+  # Once "missing config.json", as if a Hugging Face directory.
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match="bert_config.json but no bert_model.ckpt.index"):
+    checkpoint_lib.read_checkpoint(tf1_dir)
+  # A variable of the encoder missing: once a KeyError from encoder.py.
+  names = tf1_bert.tf1_names
+  monkeypatch.setattr(tf1_bert, "tf1_names", lambda n, pooler=True: [
+      name for name in names(n, pooler)
+      if name != "bert/embeddings/position_embeddings"])
+  incomplete = write_tf1_checkpoint(hf_dir, str(tmp_path / "incomplete"))
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match="missing embeddings.position_embeddings.weight"):
+    checkpoint_lib.read_checkpoint(incomplete)
