@@ -428,16 +428,26 @@ def _sentence_transformers_settings(path: str):
   return pooling, normalize
 
 
+def _optional_json_object(path: str, name: str, holds: str) -> Optional[dict]:
+  """The JSON object of the checkpoint's file `name`; None without the
+  file. Anything but an object is refused, naming the file."""
+  file_path = os.path.join(path, name)
+  if not os.path.exists(file_path):
+    return None
+  value = _read_json(file_path)
+  if not isinstance(value, dict):
+    raise CheckpointError(
+        f"{file_path}: holds a JSON {type(value).__name__}, not {holds}; fix "
+        "or remove the file.")
+  return value
+
+
 def _sentence_bert_config(path: str) -> dict:
   """sentence_bert_config.json (max_seq_length, do_lower_case), if any."""
+  config = _optional_json_object(
+      path, "sentence_bert_config.json",
+      "an object such as {\"max_seq_length\": 256}") or {}
   config_path = os.path.join(path, "sentence_bert_config.json")
-  if not os.path.exists(config_path):
-    return {}
-  config = _read_json(config_path)
-  if not isinstance(config, dict):
-    raise CheckpointError(
-        f"{config_path}: holds a JSON {type(config).__name__}, not an object "
-        "such as {\"max_seq_length\": 256}.")
   length = config.get("max_seq_length")
   if length is not None and _as_length(length) is None:
     raise CheckpointError(
@@ -457,29 +467,18 @@ def _as_length(value) -> Optional[int]:
 
 def _bert_normalizer(path: str) -> Optional[dict]:
   """tokenizer.json's BertNormalizer, what the fast tokenizer runs, if any."""
-  tokenizer_json = os.path.join(path, "tokenizer.json")
-  if not os.path.exists(tokenizer_json):
+  tokenizer = _optional_json_object(path, "tokenizer.json",
+                                    "a Hugging Face tokenizer")
+  if tokenizer is None:
     return None
-  tokenizer = _read_json(tokenizer_json)
-  if not isinstance(tokenizer, dict):
-    raise CheckpointError(
-        f"{tokenizer_json}: holds a JSON {type(tokenizer).__name__}, not a "
-        "Hugging Face tokenizer; fix or remove the file.")
   normalizer = tokenizer.get("normalizer") or {}
   return normalizer if normalizer.get("type") == "BertNormalizer" else None
 
 
 def _tokenizer_config(path: str) -> dict:
   """tokenizer_config.json, or {} when there is none."""
-  config_path = os.path.join(path, "tokenizer_config.json")
-  if not os.path.exists(config_path):
-    return {}
-  config = _read_json(config_path)
-  if not isinstance(config, dict):
-    raise CheckpointError(
-        f"{config_path}: holds a JSON {type(config).__name__}, not an object "
-        "of tokenizer settings; fix or remove the file.")
-  return config
+  return _optional_json_object(path, "tokenizer_config.json",
+                               "an object of tokenizer settings") or {}
 
 
 def _tokenizer_lower_case(path: str, vocab: list) -> bool:
