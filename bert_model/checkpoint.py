@@ -5,10 +5,9 @@ A checkpoint directory holds `config.json`, `vocab.txt` and the weights as
 `modules.json`, `1_Pooling/config.json` and `sentence_bert_config.json`, which
 say how the model is meant to be pooled and how long its inputs may be.
 
-Weights are read without torch: safetensors is a JSON header plus raw arrays,
-and a torch `.bin` is a zip of raw storages plus a pickle that only names them.
-The pickle is read with an unpickler that admits nothing but tensor rebuilding,
-so a checkpoint cannot run code on the machine that converts it.
+Weights are read without torch (checkpoint_files.py); what a
+sentence-transformers directory says of its pooling, by
+sentence_transformers_files.py.
 
 An original BERT directory (google-research/bert: `bert_config.json`,
 `vocab.txt`, `bert_model.ckpt.*`) is read by tf1_checkpoint.py, and a TF
@@ -16,27 +15,24 @@ Model Garden one (`params.yaml`, `vocab.txt`, a TF2 BertEncoder checkpoint)
 by model_garden.py, into the same names; then all go the same way.
 """
 
-import collections
 import dataclasses
 import glob
-import hashlib
-import json
 import os
-import pickle
-import struct
-import zipfile
-import zlib
 from typing import Dict, Optional
 
 import numpy as np
 
 from bert_model import model_garden
 from bert_model import tf1_checkpoint
+from bert_model.checkpoint_files import CheckpointError
+from bert_model.checkpoint_files import optional_json_object
+from bert_model.checkpoint_files import read_json
+from bert_model.checkpoint_files import read_safetensors
+from bert_model.checkpoint_files import read_torch_bin
+from bert_model.checkpoint_files import sha256_file
 from bert_model.preprocess import read_vocab_lines
-
-
-class CheckpointError(ValueError):
-  """The checkpoint directory cannot be converted; the message says why."""
+from bert_model.sentence_transformers_files import (
+    sentence_transformers_settings)
 
 
 # Config keys without which the encoder cannot be built.
@@ -148,181 +144,6 @@ class Checkpoint:
     return "pooler.dense.weight" in self.weights
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
-def _read_json(path: str) -> dict:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise CheckpointError(f"{path} is not valid JSON: {e}") from e
-  except IsADirectoryError:
-    raise CheckpointError(
-        f"{path} is a directory; it must be a JSON file.") from None
-
-
-# --- safetensors -------------------------------------------------------------
-
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U8": np.uint8, "BOOL": np.bool_,
-}
-
-
-def read_safetensors(path: str) -> Dict[str, np.ndarray]:
-  """Reads a .safetensors file: 8-byte header size, JSON header, raw data."""
-  with open(path, "rb") as f:
-    data = f.read()
-  if len(data) < 8:
-    raise CheckpointError(f"{path} is not a safetensors file (too short).")
-  (header_size,) = struct.unpack("<Q", data[:8])
-  if header_size > len(data) - 8:
-    raise CheckpointError(f"{path} is not a safetensors file (bad header).")
-  try:
-    header = json.loads(data[8:8 + header_size])
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"{path} is not a safetensors file: {e}") from e
-  if not isinstance(header, dict):
-    raise CheckpointError(f"{path} is not a safetensors file (bad header).")
-  body = memoryview(data)[8 + header_size:]
-  tensors = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    dtype = info.get("dtype") if isinstance(info, dict) else None
-    if not isinstance(dtype, str) or (
-        dtype != "BF16" and dtype not in _SAFETENSORS_DTYPES):
-      raise CheckpointError(
-          f"{path}: tensor {name} has unsupported dtype {dtype}.")
-    try:
-      tensors[name] = _safetensors_tensor(body, info)
-    except (KeyError, TypeError, ValueError) as e:
-      # A cut or damaged file: offsets past its end, shapes that do not fit.
-      raise CheckpointError(
-          f"{path} is damaged or cut short (tensor {name}: {e}); "
-          "download it again.") from e
-  return tensors
-
-
-def _safetensors_tensor(body: memoryview, info: dict) -> np.ndarray:
-  start, end = info["data_offsets"]
-  if not 0 <= start <= end <= len(body):
-    raise ValueError(
-        f"its bytes {start}..{end} lie outside the file's {len(body)}")
-  raw = body[start:end]
-  if info["dtype"] == "BF16":
-    array = _storage_array("bfloat16", raw)
-  else:
-    array = _storage_array(_SAFETENSORS_DTYPES[info["dtype"]], raw)
-  return array.reshape(info["shape"])
-
-
-# --- torch pytorch_model.bin, without torch -----------------------------------
-
-_TORCH_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64,
-    "HalfStorage": np.float16, "LongStorage": np.int64,
-    "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-    "BFloat16Storage": "bfloat16",
-}
-
-
-class _StorageType:
-
-  def __init__(self, name):
-    self.name = name
-
-
-def _storage_array(dtype, buffer: bytes) -> np.ndarray:
-  if dtype == "bfloat16":
-    # bfloat16 is the upper half of a float32.
-    return (np.frombuffer(buffer, dtype="<u2").astype(np.uint32) << 16).view(
-        np.float32)
-  return np.frombuffer(buffer, dtype=np.dtype(dtype).newbyteorder("<"))
-
-
-def _rebuild_tensor(storage, offset, size, stride, *unused_args):
-  flat = _storage_array(*storage)
-  size, stride = tuple(size), tuple(stride)
-  # as_strided reads wherever the layout points: a damaged file's offset,
-  # sizes or strides must not reach past its storage (a crash, or other
-  # memory's bytes as weights).
-  if (len(size) != len(stride) or offset < 0 or
-      any(n < 0 for n in size) or any(st < 0 for st in stride)):
-    raise ValueError(f"a tensor's layout is invalid (offset {offset}, size "
-                     f"{size}, stride {stride})")
-  if 0 in size:
-    return np.zeros(size, dtype=flat.dtype)
-  last = offset + sum((n - 1) * st for n, st in zip(size, stride))
-  if last >= len(flat):
-    raise ValueError(f"a tensor reaches element {last} of a storage of "
-                     f"{len(flat)}")
-  return np.lib.stride_tricks.as_strided(
-      flat[offset:], shape=size,
-      strides=tuple(st * flat.itemsize for st in stride)).copy()
-
-
-class _TorchUnpickler(pickle.Unpickler):
-  """Admits only what a state dict of plain tensors needs."""
-
-  def __init__(self, file, archive, prefix):
-    super().__init__(file)
-    self._archive = archive
-    self._prefix = prefix
-
-  def find_class(self, module, name):
-    if module == "collections" and name == "OrderedDict":
-      return collections.OrderedDict
-    if module == "torch._utils" and name in ("_rebuild_tensor_v2",
-                                             "_rebuild_tensor"):
-      return _rebuild_tensor
-    if module == "torch" and name in _TORCH_STORAGE_DTYPES:
-      return _StorageType(name)
-    raise CheckpointError(
-        f"refusing to load {module}.{name} from a checkpoint; only plain "
-        "tensors are supported (convert the checkpoint to safetensors).")
-
-  def persistent_load(self, pid):
-    # ("storage", storage_type, key, location, numel)
-    storage_type, key = pid[1], pid[2]
-    dtype = _TORCH_STORAGE_DTYPES[storage_type.name]
-    return dtype, self._archive.read(f"{self._prefix}/data/{key}")
-
-
-def read_torch_bin(path: str) -> Dict[str, np.ndarray]:
-  """Reads a zip-format pytorch_model.bin (torch >= 1.6) into numpy."""
-  if not zipfile.is_zipfile(path):
-    raise CheckpointError(
-        f"{path} is not a zip-format torch checkpoint; re-save it with "
-        "torch >= 1.6 or convert it to model.safetensors.")
-  with zipfile.ZipFile(path) as archive:
-    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-    if not pickles:
-      raise CheckpointError(f"{path} has no data.pkl; not a torch checkpoint.")
-    prefix = pickles[0][:-len("/data.pkl")]
-    try:
-      with archive.open(pickles[0]) as f:
-        state = _TorchUnpickler(f, archive, prefix).load()
-    except CheckpointError:
-      raise
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError,
-            TypeError, IndexError, zipfile.BadZipFile, zlib.error) as error:
-      raise CheckpointError(
-          f"{path} is damaged ({type(error).__name__}: {error}); download "
-          "it again, or convert it to model.safetensors.") from None
-  if not isinstance(state, dict):
-    raise CheckpointError(f"{path} does not hold a state dict of tensors.")
-  return dict(state)
-
-
 # --- the directory -------------------------------------------------------------
 
 
@@ -340,111 +161,9 @@ def _strip_prefix(weights: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   return renamed
 
 
-# sentence-transformers modules (modules.json, by class name) that the export
-# reproduces: the Transformer is the encoder itself, Pooling and Normalize
-# become the model's pooling and normalize settings. Any other (Dense,
-# LayerNorm, ...) changes the vectors, so leaving it out would be wrong.
-_REPRODUCED_MODULES = ("Transformer", "Pooling", "Normalize")
-# Pooling modes the exported model computes.
-_SUPPORTED_POOLING = ("mean", "cls", "max")
-# The Pooling config before sentence-transformers 6: one flag a mode.
-_POOLING_FLAGS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
-}
-
-
-def _modules(path: str) -> list:
-  """The entries of a sentence-transformers modules.json, if there is one."""
-  modules_path = os.path.join(path, "modules.json")
-  if not os.path.exists(modules_path):
-    return []
-  modules = _read_json(modules_path)
-  if not isinstance(modules, list) or not all(
-      isinstance(module, dict) for module in modules):
-    raise CheckpointError(
-        f"{modules_path}: not a sentence-transformers module list (a JSON "
-        "list of objects with type and path); fix or remove the file.")
-  return modules
-
-
-def _pooling_modes(config, config_path: str) -> list:
-  """The modes a Pooling config turns on, in either file format."""
-  if not isinstance(config, dict):
-    raise CheckpointError(
-        f"{config_path}: holds a JSON {type(config).__name__}, not a "
-        "sentence-transformers Pooling config.")
-  if "pooling_mode" in config:  # sentence-transformers >= 6
-    modes = config["pooling_mode"]
-    modes = [modes] if isinstance(modes, str) else modes
-    if not isinstance(modes, list) or not all(
-        isinstance(mode, str) for mode in modes):
-      raise CheckpointError(
-          f"{config_path}: pooling_mode is {config['pooling_mode']!r}; "
-          f"expected one of {', '.join(_SUPPORTED_POOLING)}.")
-    return modes
-  return [_POOLING_FLAGS.get(key, key) for key, on in config.items()
-          if key.startswith("pooling_mode_") and on]
-
-
-def _pooling(config_path: str) -> str:
-  """The one supported pooling mode of a Pooling module's config."""
-  modes = _pooling_modes(_read_json(config_path), config_path)
-  if len(modes) > 1:
-    # sentence-transformers concatenates the modes' vectors.
-    raise CheckpointError(
-        f"{config_path}: pools with {' + '.join(modes)} at once (the "
-        "vectors concatenated), which the export does not reproduce; only a "
-        f"single mode ({', '.join(_SUPPORTED_POOLING)}) converts.")
-  if not modes or modes[0] not in _SUPPORTED_POOLING:
-    raise CheckpointError(
-        f"{config_path}: pooling mode {modes[0] if modes else 'none'} is not "
-        f"supported; only {', '.join(_SUPPORTED_POOLING)} convert.")
-  return modes[0]
-
-
-def _sentence_transformers_settings(path: str):
-  """(pooling, normalize) from a sentence-transformers modules.json."""
-  pooling, normalize = None, False
-  for module in _modules(path):
-    module_type = str(module.get("type", ""))
-    kind = module_type.rpartition(".")[2]
-    if kind not in _REPRODUCED_MODULES:
-      raise CheckpointError(
-          f"{os.path.join(path, 'modules.json')}: module {module_type} "
-          f"({module.get('path') or module.get('name')}) is not reproduced "
-          "by the export, and dropping it would give other vectors than "
-          "sentence-transformers'; only Transformer, Pooling and Normalize "
-          "modules convert.")
-    if kind == "Normalize":
-      normalize = True
-    elif kind == "Pooling":
-      pooling = _pooling(
-          os.path.join(path, str(module.get("path", "")), "config.json"))
-  return pooling, normalize
-
-
-def _optional_json_object(path: str, name: str, holds: str) -> Optional[dict]:
-  """The JSON object of the checkpoint's file `name`; None without the
-  file. Anything but an object is refused, naming the file."""
-  file_path = os.path.join(path, name)
-  if not os.path.exists(file_path):
-    return None
-  value = _read_json(file_path)
-  if not isinstance(value, dict):
-    raise CheckpointError(
-        f"{file_path}: holds a JSON {type(value).__name__}, not {holds}; fix "
-        "or remove the file.")
-  return value
-
-
 def _sentence_bert_config(path: str) -> dict:
   """sentence_bert_config.json (max_seq_length, do_lower_case), if any."""
-  config = _optional_json_object(
+  config = optional_json_object(
       path, "sentence_bert_config.json",
       "an object such as {\"max_seq_length\": 256}") or {}
   config_path = os.path.join(path, "sentence_bert_config.json")
@@ -467,7 +186,7 @@ def _as_length(value) -> Optional[int]:
 
 def _bert_normalizer(path: str) -> Optional[dict]:
   """tokenizer.json's BertNormalizer, what the fast tokenizer runs, if any."""
-  tokenizer = _optional_json_object(path, "tokenizer.json",
+  tokenizer = optional_json_object(path, "tokenizer.json",
                                     "a Hugging Face tokenizer")
   if tokenizer is None:
     return None
@@ -477,7 +196,7 @@ def _bert_normalizer(path: str) -> Optional[dict]:
 
 def _tokenizer_config(path: str) -> dict:
   """tokenizer_config.json, or {} when there is none."""
-  return _optional_json_object(path, "tokenizer_config.json",
+  return optional_json_object(path, "tokenizer_config.json",
                                "an object of tokenizer settings") or {}
 
 
@@ -537,11 +256,11 @@ def _special_tokens(path: str, vocab: list) -> tuple:
   tokens = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
   tokenizer_json = os.path.join(path, "tokenizer.json")
   if os.path.exists(tokenizer_json):
-    for added in _read_json(tokenizer_json).get("added_tokens", []):
+    for added in read_json(tokenizer_json).get("added_tokens", []):
       tokens.add(added["content"])
   special_map = os.path.join(path, "special_tokens_map.json")
   if os.path.exists(special_map):
-    for value in _read_json(special_map).values():
+    for value in read_json(special_map).values():
       value = value.get("content") if isinstance(value, dict) else value
       if isinstance(value, str):
         tokens.add(value)
@@ -704,7 +423,7 @@ def _config_and_weights(path: str, layout: str):
     if layout == BERT_TF1:
       config_path = os.path.join(path, tf1_checkpoint.CONFIG_FILE)
       prefix = tf1_checkpoint.checkpoint_prefix(path)
-      config = BertConfig.from_dict(_read_json(config_path), config_path)
+      config = BertConfig.from_dict(read_json(config_path), config_path)
       weights = tf1_checkpoint.read_weights(prefix)
     elif layout == MODEL_GARDEN:
       prefix = model_garden.checkpoint_prefix(path)
@@ -722,7 +441,7 @@ def _config_and_weights(path: str, layout: str):
     raise CheckpointError(
         f"{path}: missing config.json; a BERT checkpoint directory needs "
         f"{_LAYOUT_FILES}.")
-  config = BertConfig.from_dict(_read_json(config_path), config_path)
+  config = BertConfig.from_dict(read_json(config_path), config_path)
   safetensors_path = os.path.join(path, "model.safetensors")
   bin_path = os.path.join(path, "pytorch_model.bin")
   if os.path.exists(safetensors_path):
@@ -774,7 +493,7 @@ def read_checkpoint(path: str, lower_case: Optional[bool] = None
         f"{', '.join(_REQUIRED_TOKENS)} in its vocabulary.")
   _check_shapes(weights, config, vocab, path)
 
-  pooling, normalize = _sentence_transformers_settings(path)
+  pooling, normalize = sentence_transformers_settings(path)
   sentence_bert_config = _sentence_bert_config(path)
   lower_case, strip_accents = _text_normalization(
       path, vocab, sentence_bert_config, lower_case)
@@ -795,4 +514,4 @@ def read_checkpoint(path: str, lower_case: Optional[bool] = None
       pooling=pooling,
       normalize=normalize,
       max_seq_length=max_seq_length,
-      checksums={os.path.basename(p): _sha256(p) for p in checksummed})
+      checksums={os.path.basename(p): sha256_file(p) for p in checksummed})

@@ -20,6 +20,7 @@ from transformers import BertModel
 from transformers import BertTokenizerFast
 
 from bert_model import checkpoint
+from bert_model import checkpoint_files
 from bert_model import default_model
 from bert_model import encoder as encoder_lib
 from bert_model import export
@@ -394,7 +395,7 @@ def test_torch_checkpoint_reader_runs_no_code(tmp_path):
   with zipfile.ZipFile(path, "w") as archive:
     archive.writestr("archive/data.pkl", pickle.dumps({"x": _RunsCode()}))
   with pytest.raises(checkpoint.CheckpointError, match="refusing to load"):
-    checkpoint.read_torch_bin(path)
+    checkpoint_files.read_torch_bin(path)
 
 
 def test_a_damaged_torch_checkpoint_is_an_error_not_a_crash(tmp_path):
@@ -403,7 +404,7 @@ def test_a_damaged_torch_checkpoint_is_an_error_not_a_crash(tmp_path):
   path = str(tmp_path / "pytorch_model.bin")
   torch.save({"w": torch.arange(12, dtype=torch.float32).reshape(3, 4)},
              path)
-  assert checkpoint.read_torch_bin(path)["w"].shape == (3, 4)
+  assert checkpoint_files.read_torch_bin(path)["w"].shape == (3, 4)
   damaged = str(tmp_path / "damaged.bin")
   with zipfile.ZipFile(path) as source, zipfile.ZipFile(damaged, "w") as out:
     for item in source.infolist():
@@ -413,7 +414,7 @@ def test_a_damaged_torch_checkpoint_is_an_error_not_a_crash(tmp_path):
       out.writestr(item, data)
   with pytest.raises(checkpoint.CheckpointError,
                      match="damaged.*reaches element 11 of a storage of 2"):
-    checkpoint.read_torch_bin(damaged)
+    checkpoint_files.read_torch_bin(damaged)
   # A data.pkl cut short: the same kind of error, no traceback of pickle's.
   cut = str(tmp_path / "cut.bin")
   with zipfile.ZipFile(path) as source, zipfile.ZipFile(cut, "w") as out:
@@ -423,7 +424,7 @@ def test_a_damaged_torch_checkpoint_is_an_error_not_a_crash(tmp_path):
         data = data[:len(data) // 2]
       out.writestr(item, data)
   with pytest.raises(checkpoint.CheckpointError, match="damaged"):
-    checkpoint.read_torch_bin(cut)
+    checkpoint_files.read_torch_bin(cut)
 
 
 
