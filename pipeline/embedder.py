@@ -202,7 +202,6 @@ def _check_settings(settings: ModelSettings,
     raise ValueError(problem)
 
 
-
 def _path(value: Optional[_Path]) -> Optional[str]:
   return None if value is None else os.fspath(value)
 

@@ -95,10 +95,11 @@ def parse_args(argv, description: str):
           "of pipeline.main takes it: a model directory, a catalogue name "
           "(`python -m pipeline.catalog`) or a TF Hub handle")
     try:
-      is_run = _is_run_directory(args.serving)
+      # Looked up once (a glob of its staging): _export_serving reads it.
+      args.serving_is_run = _is_run_directory(args.serving)
     except read_errors_of(args.serving) as e:
       parser.error(f"--serving={args.serving}: {one_line(e)}")
-    if is_run:
+    if args.serving_is_run:
       ignored = [f"--{name}" for name in _MODEL_SETTINGS
                  if getattr(args, name) is not None]
       if ignored:
@@ -170,7 +171,7 @@ def _export_serving(args) -> int:
       return print_error(PROG, f"{args.output_dir} is not empty; pass "
                          "--overwrite to replace it")
   try:
-    if _is_run_directory(args.serving):
+    if args.serving_is_run:
       embedder = Embedder.from_run(args.serving)
     else:
       embedder = Embedder(args.serving, max_seq_length=args.max_seq_length,

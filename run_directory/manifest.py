@@ -145,10 +145,11 @@ def load_manifest(run_dir: str) -> dict:
   path = FileSystems.join(run_dir, MANIFEST_FILE)
   if not FileSystems.exists(path):
     # Object stores have no directories to look for: local paths only.
-    if FileSystems.get_scheme(run_dir) is None and os.path.isfile(run_dir):
-      raise RunNotPublishedError(_file_instead_of_run(run_dir))
-    if FileSystems.get_scheme(run_dir) is None and not os.path.isdir(run_dir):
-      raise RunNotPublishedError(f"{run_dir}: no such run directory")
+    if FileSystems.get_scheme(run_dir) is None:
+      if os.path.isfile(run_dir):
+        raise RunNotPublishedError(_file_instead_of_run(run_dir))
+      if not os.path.isdir(run_dir):
+        raise RunNotPublishedError(f"{run_dir}: no such run directory")
     refused = refusal_paths(run_dir)
     if refused:
       raise RunNotPublishedError(
