@@ -32,7 +32,7 @@ from benchmarks.machine import machine
 from benchmarks.report import print_and_write
 from bert_model import default_model
 from bert_model.chunking import ChunkSettings
-from bert_model.chunking import default_overlap
+from bert_model.choices import default_overlap
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
 

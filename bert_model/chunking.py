@@ -100,15 +100,6 @@ class ChunkSettings:
     return self.chunk_size - 2
 
 
-# --max_chunks when not given: a document of 512 chunks of 256 wordpieces is
-# a book (~100k words); longer ones are more likely a concatenation.
-DEFAULT_MAX_CHUNKS = 512
-
-
-def default_overlap(chunk_size: int) -> int:
-  return chunk_size // 8
-
-
 @dataclasses.dataclass(frozen=True)
 class ChunkedTexts:
   """Chunks of a batch of texts, in order: document 0's, then 1's, ...

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from bert_model import checkpoint as checkpoint_lib
 from bert_model import metadata as metadata_lib
+from bert_model.choices import POOLING_MODES
 from bert_model.encoder import BertEncoder
 from bert_model.preprocess import BertPreprocessor
 
@@ -85,9 +86,9 @@ def build_metadata(ckpt: checkpoint_lib.Checkpoint, name: str,
     # sentence-transformers says how it pools; a bare BERT is meant to be
     # used through its pooler (or its first token when it has none).
     pooling = ckpt.pooling or ("pooler" if ckpt.has_pooler else "cls")
-  if pooling not in metadata_lib.POOLING_MODES:
+  if pooling not in POOLING_MODES:
     raise ValueError(f"pooling {pooling!r} is not one of "
-                     f"{', '.join(metadata_lib.POOLING_MODES)}.")
+                     f"{', '.join(POOLING_MODES)}.")
   if pooling == "pooler" and not ckpt.has_pooler:
     raise ValueError(
         f"pooling 'pooler' needs a pooler, and {ckpt.path} has no pooler "

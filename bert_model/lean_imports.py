@@ -23,11 +23,19 @@ as usual again: `tf.keras` and `tensorflow_text.keras` import Keras on first
 use. (Not importlib.util.LazyLoader: its modules load on any attribute
 access, and Beam's state cache reads `vars()` of every module in
 sys.modules when it sizes a side input.)
+
+`import_lean_when_imported(name, hidden, deferred)` imports nothing: it
+makes the first import of `name`, wherever it happens, run as `import_lean`
+would. The model library arms TensorFlow and tensorflow_text so (its
+`__init__`), and so its modules that need no TensorFlow (`choices.py`)
+import in a fraction of a second: `pipeline.main` checks the flags with them
+before TensorFlow is imported.
 """
 
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import types
 from typing import Sequence
@@ -116,3 +124,63 @@ def import_lean(name: str, hidden: Sequence[str] = (),
     return importlib.import_module(name)
   finally:
     sys.meta_path.remove(finder)
+
+
+class _LeanLoader(importlib.abc.Loader):
+  """Runs a module's own loader with the hidden and deferred modules of
+  `import_lean` in place; then leaves the module its own loader."""
+
+  def __init__(self, loader, hidden: Sequence[str], deferred: Sequence[str]):
+    self._loader = loader
+    self._hidden = hidden
+    self._deferred = deferred
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module):
+    finder = _LeanFinder([h for h in self._hidden if h not in sys.modules],
+                         [d for d in self._deferred if d not in sys.modules])
+    sys.meta_path.insert(0, finder)
+    try:
+      self._loader.exec_module(module)
+    finally:
+      sys.meta_path.remove(finder)
+      module.__loader__ = self._loader
+      if module.__spec__ is not None:
+        module.__spec__.loader = self._loader
+
+
+class _FirstImportFinder(importlib.abc.MetaPathFinder):
+  """Finds `name` once, the first time anything imports it, with a loader
+  that imports it lean; then steps aside."""
+
+  def __init__(self, name: str, hidden: Sequence[str],
+               deferred: Sequence[str]):
+    self._name = name
+    self._hidden = tuple(hidden)
+    self._deferred = tuple(deferred)
+
+  def find_spec(self, fullname, path=None, target=None):
+    if fullname != self._name:
+      return None
+    sys.meta_path.remove(self)
+    spec = importlib.util.find_spec(fullname)
+    if spec is None or spec.loader is None:
+      return spec
+    spec.loader = _LeanLoader(spec.loader, self._hidden, self._deferred)
+    return spec
+
+
+def import_lean_when_imported(name: str, hidden: Sequence[str] = (),
+                              deferred: Sequence[str] = ()) -> None:
+  """Makes the first import of the top-level module `name`, by anyone, run
+  as `import_lean(name, hidden, deferred)`; imports nothing itself. Nothing
+  happens for a `name` imported before."""
+  if "." in name:
+    raise ValueError(f"{name}: only a top-level module can be armed")
+  if name in sys.modules or any(
+      isinstance(finder, _FirstImportFinder) and finder._name == name  # pylint: disable=protected-access
+      for finder in sys.meta_path):
+    return
+  sys.meta_path.insert(0, _FirstImportFinder(name, hidden, deferred))

@@ -43,6 +43,7 @@ import tensorflow as tf
 import tensorflow_text  # pylint: disable=unused-import
 
 from bert_model.call_plan import plan_model_calls
+from bert_model.choices import DEFAULT_MAX_CALL_TOKENS
 from bert_model.chunking import ChunkSettings
 from bert_model.chunking import DocumentChunker
 from bert_model.chunking import MAX_CHARS_PER_TOKEN
@@ -56,11 +57,6 @@ from bert_model.saved_models import load_saved_model
 from bert_model.v1 import build_v1_preprocessor
 from bert_model.v1 import call_encoder
 
-# float32: as exported. bfloat16: TensorFlow's automatic mixed precision for
-# oneDNN rewrites the encoder's matmuls to bfloat16 (AMX / AVX-512 BF16 CPUs).
-# mixed_float16: automatic mixed precision to float16 (GPUs with tensor cores).
-# Both keep softmax, LayerNorm and the outputs in float32.
-PRECISIONS = ("float32", "bfloat16", "mixed_float16")
 _MIXED_PRECISION_OPTIONS = {
     "bfloat16": "auto_mixed_precision_onednn_bfloat16",
     "mixed_float16": "auto_mixed_precision",
@@ -74,9 +70,6 @@ ENCODER_FORMATS = ("v2", "v1")  # dict interface / list-in, tuple-out (above)
 # When set, every model load appends "<pid>\n" to this file: the way to see how
 # many copies of the model a run really loaded (tests and capacity planning).
 MODEL_LOAD_LOG_ENV = "BERT_EMBEDDINGS_MODEL_LOAD_LOG"
-
-# Padded-token budget of one encoder call unless the caller gives one.
-DEFAULT_MAX_CALL_TOKENS = 16384
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,8 +32,6 @@ FORMAT_VERSION = 1
 # 2: dense layers use BiasAdd, which TensorFlow fuses with their MatMul.
 EXPORTER_REVISION = 2
 
-POOLING_MODES = ("mean", "cls", "pooler", "max")
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelMetadata:

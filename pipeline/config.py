@@ -6,7 +6,8 @@ a file, a model or the network (Beam's own options too:
 pipeline/runner_options.py; for Dataflow without --region, Beam asks
 gcloud's local configuration), and returns a `RunConfig`. What needs IO
 (do the paths exist, which model is it, what did the previous run write) is
-planning's (pipeline/plan.py).
+planning's (pipeline/plan.py). `check_flags` is the whole check of a command
+line, unknown flags first.
 
 Each section's fields are the flags of one --help group (pipeline/flags.py),
 named as the flags are: the flags are declared once, and a section is built
@@ -18,15 +19,16 @@ import datetime
 import os
 import posixpath
 import re
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bert_model.chunking import DEFAULT_MAX_CHUNKS
-from bert_model.chunking import default_overlap
+from bert_model.choices import DEFAULT_MAX_CHUNKS
+from bert_model.choices import default_overlap
 from pipeline.errors import ConfigError
 from pipeline.flags import EmbeddingPipelineOptions
+from pipeline.flags import reject_unknown_flags
 from pipeline.runner_options import check_runner_options
 from run_directory.vertex import DELTA as VERTEX_DELTA
 from run_directory.vertex import MAX_FILES as VERTEX_MAX_FILES
@@ -424,6 +426,16 @@ def config_from_options(options: PipelineOptions,
   _check_names(config)
   _check_bigquery_temp_location(config, options.view_as(GoogleCloudOptions))
   return config
+
+
+def check_flags(argv: Sequence[str]) -> RunConfig:
+  """Every check of the command line that needs no IO: a flag nobody
+  declared, a value a flag cannot take (both before Beam's options parse
+  the flags: Beam would warn of the one, and print its whole usage for the
+  other), then `config_from_options`. Raises ConfigError; imports no
+  TensorFlow, so `pipeline.main` fails a wrong flag in about a second."""
+  reject_unknown_flags(argv)
+  return config_from_options(PipelineOptions(list(argv)))
 
 
 def _with_max_chunks(model: ModelConfig) -> ModelConfig:

@@ -26,10 +26,10 @@ from bert_model import resolution
 from bert_model.chunking import ChunkSettings
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
-from bert_model.loaded_model import PRECISIONS
+from bert_model.choices import PRECISIONS
 from bert_model.preprocess import has_no_wordpieces
 from bert_model.preprocess import NO_WORDPIECES
-from bert_model.metadata import POOLING_MODES
+from bert_model.choices import POOLING_MODES
 from run_directory.layout import CHUNKS
 from run_directory.manifest import embedded_text_pairs
 from run_directory.manifest import load_manifest

@@ -16,8 +16,8 @@ from bert_model import catalog
 from bert_model import checkpoint
 from bert_model import default_model
 from bert_model import export
-from bert_model import metadata as metadata_lib
 from bert_model import resolution
+from bert_model.choices import POOLING_MODES
 from pipeline.embedder import Embedder
 from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
@@ -57,7 +57,7 @@ def parse_args(argv, description: str):
   parser.add_argument("--name", help="Model name recorded in the metadata.")
   parser.add_argument("--license", help="Licence recorded in the metadata "
                       "(default: from the model card, else 'unknown').")
-  parser.add_argument("--pooling", choices=metadata_lib.POOLING_MODES,
+  parser.add_argument("--pooling", choices=POOLING_MODES,
                       help="Intended sentence pooling (default: from "
                       "sentence-transformers config, else 'pooler').")
   parser.add_argument("--normalize", type=_bool, help="L2-normalise sentence "

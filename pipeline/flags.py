@@ -15,10 +15,10 @@ from typing import Dict, List, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bert_model.chunking import DEFAULT_MAX_CHUNKS
-from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
-from bert_model.loaded_model import PRECISIONS
-from bert_model.metadata import POOLING_MODES
+from bert_model.choices import DEFAULT_MAX_CHUNKS
+from bert_model.choices import DEFAULT_MAX_CALL_TOKENS
+from bert_model.choices import PRECISIONS
+from bert_model.choices import POOLING_MODES
 from pipeline.console import LOG_LEVELS
 from pipeline.errors import ConfigError
 from run_directory.embeddings import SEQUENCE_DTYPES

@@ -27,7 +27,6 @@ from pipeline import local_runner
 from pipeline.build import build_pipeline
 from pipeline.config import config_from_options
 from pipeline.console import LiveProgress
-from pipeline.flags import format_help
 from pipeline.flags import reject_unknown_flags
 from pipeline.errors import RunFailedError
 from pipeline.plan import plan_run
@@ -190,21 +189,9 @@ def run(argv=None, save_main_session=True) -> PipelineResult:
   return run_job(argv, save_main_session).result
 
 
-def check_flags(argv) -> None:
-  """Raises ConfigError on a flag nobody declared, or a value it cannot
-  take: before Beam's options parse the flags (Beam would warn of the one,
-  and print its whole usage for the other)."""
-  reject_unknown_flags(argv)
-
-
 def runs_locally(argv) -> bool:
   """Whether these flags run the job on the local runner."""
   return local_runner.is_local_runner(PipelineOptions(list(argv)))
-
-
-def help_text(with_beam_options: bool = False) -> str:
-  """--help (and --help_beam): the flags, grouped, with their defaults."""
-  return format_help(with_beam_options=with_beam_options)
 
 
 def _published_manifest(run_dir: str) -> Optional[dict]:

@@ -7,22 +7,26 @@ The job itself is pipeline/job.py. This is the command line around it: a
 run prints its progress and its summary, warnings and errors; Beam's and
 TensorFlow's INFO logs and TensorFlow's native start-up notices only with
 --verbose or --log_level INFO (pipeline/console.py). Hence the order of
-`main`: logging and TensorFlow's environment are set up first, then the job
-is imported (which imports TensorFlow) with TensorFlow's notices captured
-(transforms/native_logs.py), then it runs. `--help` lists the flags; docs/
-has the reference.
+`main`: logging and TensorFlow's environment are set up first; the flags are
+checked (without TensorFlow: a wrong flag fails in about a second); then the
+job is imported (which imports TensorFlow) with TensorFlow's notices
+captured (transforms/native_logs.py), and it runs. `--help` lists the flags;
+docs/ has the reference.
 
 Exit status: 0 published; 1 the run failed; 2 a flag is wrong (nothing ran);
 3 a guardrail refused to publish (refused.json in the staging directory);
 4 published, but --latest_pointer could not be moved to the run.
 """
 
+import os
 import sys
 
 from transforms import native_logs
 from pipeline import console
+from pipeline.config import check_flags
 from pipeline.errors import ConfigError
 from pipeline.errors import RunFailedError
+from pipeline.flags import format_help
 
 # Exit statuses a scheduler (cron, Cloud Scheduler, Airflow) can alert on.
 EXIT_PUBLISHED = 0
@@ -37,6 +41,16 @@ def _job():
   # must come after console.prepare_process and inside the capture of main.
   from pipeline import job  # pylint: disable=g-import-not-at-top
   return job
+
+
+def _print_help(text: str):
+  try:
+    print(text, flush=True)
+  except BrokenPipeError:
+    # The reader stopped early (`--help | head`), which is no error. Python's
+    # flush of stdout at exit would fail again (and print a traceback), so
+    # stdout goes to /dev/null from here on.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def run(argv=None, save_main_session=True):
@@ -57,17 +71,17 @@ def main(argv=None) -> int:
     print(f"pipeline.main: error: {e}", file=sys.stderr)
     return EXIT_WRONG_FLAG
   console.prepare_process(settings)
-  with native_logs.captured(show_all=settings.native_logs):
-    native_logs.start_tensorflow()
-    job = _job()
   if "-h" in argv or "--help" in argv or "--help_beam" in argv:
-    print(job.help_text(with_beam_options="--help_beam" in argv))
+    _print_help(format_help(with_beam_options="--help_beam" in argv))
     return EXIT_PUBLISHED
   try:
-    job.check_flags(argv)
+    check_flags(argv)
   except ConfigError as e:
     print(f"pipeline.main: error: {e}", file=sys.stderr)
     return EXIT_WRONG_FLAG
+  with native_logs.captured(show_all=settings.native_logs):
+    native_logs.start_tensorflow()
+    job = _job()
   if settings.log_level is None and not job.runs_locally(argv):
     # A remote job is followed through its runner's INFO log: the job's
     # state, its console URL.

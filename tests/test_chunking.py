@@ -26,7 +26,7 @@ from sentence_transformers import SentenceTransformer
 from bert_model import default_model
 from bert_model import export
 from bert_model.chunking import ChunkSettings
-from bert_model.chunking import default_overlap
+from bert_model.choices import default_overlap
 from bert_model.chunking import DocumentChunker
 from bert_model.chunking import plan_chunks
 from bert_model.chunking import pool_chunks

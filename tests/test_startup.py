@@ -15,6 +15,7 @@ from tensorflow.python.saved_model import loader_impl  # pylint: disable=g-direc
 from bert_model import metadata as metadata_lib
 from bert_model import saved_models
 from bert_model.lean_imports import import_lean
+from bert_model.lean_imports import import_lean_when_imported
 from tests import hostile_corpus
 from tests import real_text
 
@@ -72,6 +73,63 @@ def test_hidden_module_is_missing_while_importing_and_importable_after(
   assert lean_heavy.LOADED
   # Imported before: returned as it is.
   assert import_lean("lean_user", hidden=("lean_heavy",)) is user
+
+
+def test_an_armed_module_imports_lean_wherever_it_is_first_imported(
+    fake_packages):
+  import_lean_when_imported("lean_user", hidden=("lean_heavy",),
+                            deferred=("lean_layers",))
+  assert "lean_user" not in sys.modules  # arming imports nothing
+  # Imported here: by a plain import statement, as a library would import
+  # it; lean_user exists only in the fixture's temporary directory.
+  import lean_user  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  assert lean_user.lean_heavy is None
+  assert "lean_heavy" not in sys.modules
+  assert "LAYER" not in vars(lean_user.lean_layers)
+  # The module keeps its own loader, and the arming is spent.
+  assert type(lean_user.__loader__).__name__ == "SourceFileLoader"
+  assert lean_user.__spec__.loader is lean_user.__loader__
+  assert not [f for f in sys.meta_path if "lean_imports" in type(f).__module__]
+  assert lean_user.lean_layers.LAYER == "layer"
+  assert sys.modules["lean_heavy"].LOADED
+
+
+def _main_in_a_fresh_process(argv):
+  """(exit status, stdout, stderr, whether TensorFlow was imported) of
+  pipeline.main.main(argv) in a new process."""
+  script = textwrap.dedent(f"""\
+      import json, sys
+      from pipeline import main
+      code = main.main({list(argv)!r})
+      print(json.dumps([code, "tensorflow" in sys.modules]))
+      """)
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO,
+                        capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=REPO))
+  code, imported = json.loads(done.stdout.strip().splitlines()[-1])
+  return code, done.stdout, done.stderr, imported
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--input", "x", "--output", "y", "--poolng", "mean"],
+     "unknown flag(s): --poolng (did you mean --pooling?)"),
+    (["--input", "x", "--output", "y", "--neighbours_mode", "fast"],
+     "--neighbours_mode"),
+    (["--input", "x", "--output", "y", "--max_chunks", "3"],
+     "--max_chunks needs --chunk_size"),
+    (["--output", "y"], "--input is required"),
+])
+def test_a_wrong_flag_fails_before_tensorflow_is_imported(argv, message):
+  code, _, stderr, imported = _main_in_a_fresh_process(argv)
+  assert code == 2
+  assert stderr.startswith("pipeline.main: error: ") and message in stderr
+  assert not imported
+
+
+def test_help_is_printed_without_tensorflow():
+  code, stdout, _, imported = _main_in_a_fresh_process(["--help"])
+  assert code == 0 and "--chunk_size" in stdout and "--precision" in stdout
+  assert not imported
 
 
 def test_a_default_run_imports_none_of_the_unused_libraries():

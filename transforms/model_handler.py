@@ -29,7 +29,7 @@ from typing import Iterable, Optional, Sequence
 
 
 from transforms import native_logs
-from bert_model.loaded_model import DEFAULT_MAX_CALL_TOKENS
+from bert_model.choices import DEFAULT_MAX_CALL_TOKENS
 from bert_model.loaded_model import LoadedBertModel
 from bert_model.loaded_model import ModelSettings
 from run_directory.records import ChunkedVectors
