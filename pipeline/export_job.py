@@ -88,12 +88,9 @@ def parse_args(argv, description: str):
     if ignored:
       parser.error(f"{', '.join(ignored)}: for exporting a checkpoint; "
                    "leave out with --serving")
-    if _names_missing_directory(args.serving):
-      parser.error(
-          f"--serving={args.serving}: no such directory. Pass a run "
-          "directory (manifest.json at its top), or a model the way --model "
-          "of pipeline.main takes it: a model directory, a catalogue name "
-          "(`python -m pipeline.catalog`) or a TF Hub handle")
+    missing = _missing_serving_source(args.serving)
+    if missing:
+      parser.error(missing)
     try:
       # Looked up once (a glob of its staging): _export_serving reads it.
       args.serving_is_run = _is_run_directory(args.serving)
@@ -117,12 +114,25 @@ _CHECKPOINT_ONLY = ("checkpoint", "name", "license", "lower_case")
 _MODEL_SETTINGS = ("pooling", "normalize", "max_seq_length")
 
 
-def _names_missing_directory(value: str) -> bool:
-  """A local path (as the resolver tells paths from catalogue names and
-  handles) to nothing: told here, where the flag is --serving, rather than
-  as a wrong --model by the resolver."""
-  return ("://" not in value and resolution.looks_like_path(value) and
-          not tf.io.gfile.exists(value))
+def _missing_serving_source(value: str) -> Optional[str]:
+  """Why --serving names nothing, if it does not: a local path (as the
+  resolver tells paths from catalogue names and handles) to nothing, or a
+  name that is no directory and not in the catalogue. Told here, where the
+  flag is --serving, rather than as a wrong --model by the resolver."""
+  if "://" in value or catalog.is_handle(value):
+    return None
+  if resolution.looks_like_path(value):
+    if tf.io.gfile.exists(value):
+      return None
+    return (f"--serving={value}: no such directory. Pass a run directory "
+            "(manifest.json at its top), or a model the way --model of "
+            "pipeline.main takes it: a model directory, a catalogue name "
+            "(`python -m pipeline.catalog`) or a TF Hub handle")
+  try:
+    catalog.lookup_name(value)
+  except catalog.UnknownModelError as e:
+    return f"--serving={value}: no such run or model directory, and {e}"
+  return None
 
 
 def _is_run_directory(path: str) -> bool:

@@ -499,6 +499,22 @@ def test_a_serving_export_of_a_missing_path_names_serving(tmp_path, capsys):
   assert "--model=" not in err
 
 
+def test_a_serving_export_of_a_missing_relative_name_names_serving(
+    tmp_path, capsys, monkeypatch):
+  # A relative path without "./" reads as a catalogue name to the resolver,
+  # which once told it as "--model=runs/night-1: no such directory".
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit) as exit_:
+    export_model.main(["--serving", "runs/night-1", "--output_dir", "out"])
+  assert exit_.value.code == 2
+  err = capsys.readouterr().err.splitlines()[-1]
+  assert err.startswith("pipeline.export_model: error: --serving=runs/night-1"
+                        ": no such run or model directory, and 'runs/night-1' "
+                        "is not a model of the catalogue."), err
+  assert "--model=" not in err
+  assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("command, argv", [
     ("pipeline.export_model", ["--no_such_flag"]),
     ("pipeline.query", []),
