@@ -2,7 +2,8 @@
 # One scheduled (nightly) run on the local runner: embeds $INPUT into
 # $RUNS_ROOT/<run id>, carrying over everything unchanged since the run that
 # $RUNS_ROOT/LATEST names, and points LATEST at the new run once it is
-# published. Safe to re-run: a night that is already published is skipped.
+# published. Safe to re-run: a night that is already published is skipped
+# (LATEST is moved to it if its publish was killed before moving it).
 #
 #   RUNS_ROOT=/data/runs INPUT='/data/corpus/*.jsonl' ./run_nightly.sh [flags]
 #
@@ -16,7 +17,10 @@ RUN_ID="${RUN_ID:-$(date -u +%Y%m%d)}"
 
 if [ -f "$RUNS_ROOT/$RUN_ID/manifest.json" ]; then
   echo "Run $RUN_ID is already published in $RUNS_ROOT/$RUN_ID; nothing to do."
-  exit 0
+  # Unless its publish was killed after manifest.json, before LATEST moved
+  # (or it exited 4): then LATEST still names the run before it.
+  exec .venv/bin/python -m pipeline.latest_pointer "$RUNS_ROOT/$RUN_ID" \
+    --latest_pointer="$RUNS_ROOT/LATEST"
 fi
 exec .venv/bin/python -m pipeline.main \
   --runner=DirectRunner \

@@ -41,7 +41,7 @@ from pipeline.model_plan import vector_settings
 from pipeline.output_lock import OutputLock
 from pipeline.output_lock import OutputLockedError
 from pipeline.previous_run import plan_previous_run
-from pipeline.previous_run import read_latest_pointer
+from pipeline.latest_pointer import read_latest_pointer
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import spill_dir
 from run_directory.layout import staging_dir
