@@ -242,3 +242,23 @@ def test_a_night_killed_before_moving_latest_moves_it_when_run_again(
   assert run_nightly("night-1").returncode == 0
   with open(pointer) as f:
     assert f.read().strip() == str(runs / "night-2")
+
+
+def test_run_nightly_reads_relative_paths_from_the_callers_directory(
+    tmp_path, tiny_model_dir):
+  # RUNS_ROOT and INPUT relative to where it is run, as for any command (it
+  # once ran from the repository: the input "matched no file", the runs
+  # landed in the checkout).
+  (tmp_path / "corpus").mkdir()
+  _write_jsonl(tmp_path / "corpus" / "part-0.jsonl", _corpus(6))
+  env = dict(os.environ, RUNS_ROOT="runs", INPUT="corpus/*.jsonl",
+             RUN_ID="night-1")
+  result = subprocess.run(
+      [os.path.join(REPO, "run_nightly.sh"), f"--model={tiny_model_dir}"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  run_dir = str(tmp_path / "runs" / "night-1")
+  assert read_outputs.load_manifest(run_dir)["counts"]["embedded"] == 6
+  with open(tmp_path / "runs" / "LATEST") as f:
+    assert f.read().strip() == run_dir
+  assert not os.path.exists(os.path.join(REPO, "runs", "night-1"))
