@@ -73,6 +73,8 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
                                                JSONL)
     vertex_datapoints = (_count(manifest["vertex"], "datapoints", "vertex")
                          if vertex_state_files else 0)
+    hidden_size = (_count(manifest["model"], "hidden_size", "model")
+                   if "hidden_size" in manifest["model"] else 0)
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ConfigError(
         f"{told}: its manifest.json is damaged ({one_line(e)}). "
@@ -108,7 +110,8 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
                      reason=reason, documents=documents,
                      chunk_tfrecord_files=chunk_files,
                      vertex_state_files=vertex_state_files,
-                     vertex_datapoints=vertex_datapoints)
+                     vertex_datapoints=vertex_datapoints,
+                     hidden_size=hidden_size)
 
 
 # Entries of a manifest a previous run is planned from, and their types.
