@@ -76,11 +76,12 @@ def tiny_weights(config: dict, seed: int = 0, pooler: bool = True) -> dict:
 def write_tiny_checkpoint(path: str, cased: bool = False, seed: int = 0,
                           weights_format: str = "safetensors",
                           sentence_transformers: bool = False,
-                          pooler: bool = True, layers: int = 1) -> str:
+                          pooler: bool = True, layers: int = 1,
+                          hidden: int = 16) -> str:
   """Writes a random tiny BERT checkpoint directory and returns its path."""
   os.makedirs(path, exist_ok=True)
   vocab = tiny_vocab(cased)
-  config = tiny_config(len(vocab), layers=layers)
+  config = tiny_config(len(vocab), hidden=hidden, layers=layers)
   weights = tiny_weights(config, seed, pooler=pooler)
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(config, f)

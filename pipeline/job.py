@@ -31,7 +31,7 @@ from pipeline.flags import reject_unknown_flags
 from pipeline.errors import RunFailedError
 from pipeline.plan import plan_run
 from pipeline.plan import RunPlan
-from pipeline.previous_run import read_latest_pointer
+from pipeline.latest_pointer import read_latest_pointer
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
 from run_directory.layout import VERTEX_STATE

@@ -41,7 +41,7 @@ from pipeline.model_plan import vector_settings
 from pipeline.output_lock import OutputLock
 from pipeline.output_lock import OutputLockedError
 from pipeline.previous_run import plan_previous_run
-from pipeline.previous_run import read_latest_pointer
+from pipeline.latest_pointer import read_latest_pointer
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import spill_dir
 from run_directory.layout import staging_dir
@@ -213,7 +213,7 @@ def _cloud_flags(config: RunConfig) -> list:
 
 
 def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
-                   chunked: bool) -> Optional[VertexExport]:
+                   chunked: bool, hidden_size: int) -> Optional[VertexExport]:
   out = config.outputs
   if out.vertex_export is None:
     return None
@@ -228,6 +228,15 @@ def _vertex_export(config: RunConfig, previous_run: Optional[PreviousRun],
           "wrote no Vertex AI export (it has no vertex_state table), so what "
           "changed since is unknown. Run once with --vertex_export full, "
           "then delta.")
+    elif previous_run.hidden_size not in (0, hidden_size):
+      # An index has one dimension: an update of another fails in Vertex,
+      # and this run's vertex_state would claim the index holds it.
+      raise ConfigError(
+          f"--vertex_export delta: the model's vectors have {hidden_size} "
+          f"values, the previous run {previous_run.path}'s "
+          f"{previous_run.hidden_size}, and a Vector Search index has one "
+          "dimension, so no delta can update it. Run with --vertex_export "
+          "full and build a new index from it, then go back to delta.")
     else:
       previous_state = previous_run.vertex_state_files
       previous_datapoints = previous_run.vertex_datapoints
@@ -371,7 +380,8 @@ def plan_run(config: RunConfig,
       latest_pointer=nightly.latest_pointer,
       manifest_model=manifest_model(model, settings),
       manifest_settings=settings_of(config),
-      vertex=_vertex_export(config, previous_run, table.chunked),
+      vertex=_vertex_export(config, previous_run, table.chunked,
+                            model.hidden_size),
       spill_dir=spill_dir(staging) if local_runner else None,
       lock=None)
   # The lock last: every check above may refuse the run, and a refused run

@@ -1,6 +1,7 @@
 """Planning the reuse of a previous run (--previous_run): its directory (or
-the one the --latest_pointer names), its manifest read, its files checked,
-and whether its vectors can be carried over.
+the one the --latest_pointer names, read by pipeline/latest_pointer.py), its
+manifest read, its files checked, and whether its vectors can be carried
+over.
 
 Part of planning (pipeline/plan.py): every failure is a ConfigError that
 names the fix, raised before the pipeline is built.
@@ -23,7 +24,6 @@ from run_directory.layout import TFRECORD
 from run_directory.layout import VERTEX_STATE
 from run_directory.manifest import embedded_text_pairs
 from run_directory.manifest import load_manifest
-from run_directory.manifest import read_bytes
 from run_directory.manifest import RunNotPublishedError
 from run_directory.manifest import table_columns
 from run_directory.manifest import table_entry
@@ -31,28 +31,6 @@ from run_directory.manifest import table_paths
 from transforms.reuse import PreviousRun
 
 _LOG = logging.getLogger(__name__)
-
-
-def read_latest_pointer(pointer: str) -> Optional[str]:
-  """The run directory a --latest_pointer file names; None before the first."""
-  if not FileSystems.exists(pointer):
-    return None  # the first scheduled run: nothing to carry over
-  try:
-    run_dir = read_bytes(pointer).decode("utf-8").strip()
-  except (OSError, UnicodeDecodeError) as e:
-    raise ConfigError(
-        f"--latest_pointer={pointer} cannot be read as the text naming the "
-        f"latest run ({one_line(e)}); write that run's directory into it, "
-        "or delete it to start afresh (with no previous run).") from e
-  if not run_dir:
-    # Only a missing pointer means "no run yet": an emptied one would let a
-    # shrunken corpus pass the removal guardrail, and a Vertex delta delete
-    # nothing.
-    raise ConfigError(
-        f"--latest_pointer={pointer} is empty; write the latest published "
-        "run's directory into it, or delete it to start afresh (with no "
-        "previous run).")
-  return run_dir
 
 
 def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
@@ -95,6 +73,8 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
                                                JSONL)
     vertex_datapoints = (_count(manifest["vertex"], "datapoints", "vertex")
                          if vertex_state_files else 0)
+    hidden_size = (_count(manifest["model"], "hidden_size", "model")
+                   if "hidden_size" in manifest["model"] else 0)
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise ConfigError(
         f"{told}: its manifest.json is damaged ({one_line(e)}). "
@@ -130,7 +110,8 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
                      reason=reason, documents=documents,
                      chunk_tfrecord_files=chunk_files,
                      vertex_state_files=vertex_state_files,
-                     vertex_datapoints=vertex_datapoints)
+                     vertex_datapoints=vertex_datapoints,
+                     hidden_size=hidden_size)
 
 
 # Entries of a manifest a previous run is planned from, and their types.

@@ -3,6 +3,7 @@
 import filecmp
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from pipeline import read_outputs
 from pipeline.errors import ConfigError
 from transforms import publish as publish_stage
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ["the", "quick", "brown", "fox", "lazy", "dog", "hello", "world",
          "cat", "sat", "on", "mat", "text", "vector", "search", "embed"]
 
@@ -202,3 +204,61 @@ def test_scheduled_runs_follow_the_latest_pointer(tmp_path, tiny_model_dir):
   assert manifest["previous_run"]["path"] == str(tmp_path / "runs" / "night-1")
   with open(pointer) as f:
     assert f.read().strip() == str(tmp_path / "runs" / "night-2")
+
+
+def test_a_night_killed_before_moving_latest_moves_it_when_run_again(
+    tmp_path, tiny_model_dir, monkeypatch):
+  # Killed after manifest.json, before the pointer's rename: published, and
+  # LATEST names the night before. run_nightly.sh skips a published night;
+  # it must still move LATEST, or the next night diffs against the older run
+  # (a Vertex delta would never delete what the killed night added).
+  corpus = _write_jsonl(tmp_path / "corpus.jsonl", _corpus(10))
+  runs = tmp_path / "runs"
+  pointer = str(runs / "LATEST")
+  flags = ["--previous_run=latest", f"--latest_pointer={pointer}"]
+  _run(tiny_model_dir, corpus, str(runs / "{run_id}"), *flags,
+       run_id="night-1")
+  monkeypatch.setattr(publish_stage, "commit_staged",
+                      lambda staged, path: None)  # killed here
+  _run(tiny_model_dir, corpus, str(runs / "{run_id}"), *flags,
+       run_id="night-2")
+  monkeypatch.undo()
+  assert os.path.exists(runs / "night-2" / "manifest.json")
+  with open(pointer) as f:
+    assert f.read().strip() == str(runs / "night-1")
+
+  def run_nightly(run_id):
+    env = dict(os.environ, RUNS_ROOT=str(runs), INPUT=corpus, RUN_ID=run_id)
+    return subprocess.run([os.path.join(REPO, "run_nightly.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+  again = run_nightly("night-2")
+  assert again.returncode == 0, again.stderr
+  assert "already published" in again.stdout
+  with open(pointer) as f:
+    assert f.read().strip() == str(runs / "night-2")
+  assert not [n for n in os.listdir(runs) if n.endswith(".tmp")]
+  # An older night run again never moves the pointer back.
+  assert run_nightly("night-1").returncode == 0
+  with open(pointer) as f:
+    assert f.read().strip() == str(runs / "night-2")
+
+
+def test_run_nightly_reads_relative_paths_from_the_callers_directory(
+    tmp_path, tiny_model_dir):
+  # RUNS_ROOT and INPUT relative to where it is run, as for any command (it
+  # once ran from the repository: the input "matched no file", the runs
+  # landed in the checkout).
+  (tmp_path / "corpus").mkdir()
+  _write_jsonl(tmp_path / "corpus" / "part-0.jsonl", _corpus(6))
+  env = dict(os.environ, RUNS_ROOT="runs", INPUT="corpus/*.jsonl",
+             RUN_ID="night-1")
+  result = subprocess.run(
+      [os.path.join(REPO, "run_nightly.sh"), f"--model={tiny_model_dir}"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  run_dir = str(tmp_path / "runs" / "night-1")
+  assert read_outputs.load_manifest(run_dir)["counts"]["embedded"] == 6
+  with open(tmp_path / "runs" / "LATEST") as f:
+    assert f.read().strip() == run_dir
+  assert not os.path.exists(os.path.join(REPO, "runs", "night-1"))

@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
+from bert_model import export
+from bert_model import tiny_checkpoint as tiny_bert
 from pipeline import main
 from pipeline.errors import ConfigError
 from run_directory.manifest import load_manifest
@@ -390,3 +392,26 @@ def test_delta_needs_a_previous_export(tiny_model_dir, tmp_path,
          "--vertex_export=delta", f"--previous_run={first}")
   # Refused while planning: no lock left behind to refuse the next run.
   assert not second.exists() or not os.listdir(second)
+
+
+def test_delta_to_a_model_of_another_dimension_is_refused(
+    tiny_model_dir, tmp_path, corpus_file):
+  # A Vector Search index has one dimension: a delta of 32-float datapoints
+  # cannot update one built from 16-float ones (it once was published, and
+  # its vertex_state claimed the index held them).
+  wider = str(tmp_path / "wider")
+  export.export_checkpoint(
+      tiny_bert.write_tiny_checkpoint(str(tmp_path / "ckpt"), hidden=32,
+                                      sentence_transformers=True),
+      wider, name="tiny-bert-32")
+  first = str(tmp_path / "first")
+  _run(tiny_model_dir, corpus_file, first, "--vertex_export=full")
+  second = tmp_path / "second"
+  with pytest.raises(ConfigError, match="32 values.*16.*--vertex_export full"):
+    _run(wider, corpus_file, str(second), "--vertex_export=delta",
+         f"--previous_run={first}")
+  assert not second.exists() or not os.listdir(second)
+  # A full export of it is the way on.
+  manifest = _run(wider, corpus_file, str(second), "--vertex_export=full",
+                  f"--previous_run={first}")
+  assert manifest["vertex"]["datapoints"] == 1

@@ -70,6 +70,7 @@ class PreviousRun:
   # and the rows its manifest counts (vertex.datapoints).
   vertex_state_files: Tuple[str, ...] = ()
   vertex_datapoints: int = 0
+  hidden_size: int = 0  # its vectors' length (0: not recorded)
 
   def manifest_entry(self) -> dict:
     return {"path": self.path, "run_id": self.run_id,
