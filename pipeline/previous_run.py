@@ -46,7 +46,9 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
          if named_by else "Point --previous_run at the last complete run "
          "directory")
   # What a damaged run's messages end with.
-  damaged_fix = f"{fix}, or leave --previous_run out to embed everything."
+  damaged_fix = (f"{fix}, or delete {named_by} to embed everything afresh."
+                 if named_by else
+                 f"{fix}, or leave --previous_run out to embed everything.")
   try:
     manifest = load_manifest(path)
   except RunNotPublishedError:

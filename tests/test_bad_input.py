@@ -642,7 +642,21 @@ def test_a_previous_run_with_missing_shards_is_refused(
   code, _ = _run(tmp_path, tiny_model_dir, corpus_file,
                  f"--previous_run={previous}", output="next")
   assert code == 2
-  assert "shard(s) that are gone" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "shard(s) that are gone" in err
+  assert "or leave --previous_run out to embed everything." in err
+  assert not os.path.exists(tmp_path / "next")
+  # Named by a pointer (run_nightly.sh passes --previous_run=latest itself):
+  # the fix offered is the pointer's, not a flag the user cannot leave out.
+  pointer = tmp_path / "LATEST"
+  pointer.write_text(f"{previous}\n")
+  code, _ = _run(tmp_path, tiny_model_dir, corpus_file,
+                 "--previous_run=latest", f"--latest_pointer={pointer}",
+                 output="next")
+  assert code == 2
+  assert capsys.readouterr().err.rstrip().endswith(
+      f"Write the last complete run's directory into {pointer}, or delete "
+      f"{pointer} to embed everything afresh.")
   assert not os.path.exists(tmp_path / "next")
   # Its schema file gone: named, not a traceback.
   code, previous = _run(tmp_path, tiny_model_dir, corpus_file,

@@ -105,7 +105,8 @@ def refusal_reasons(counts: Mapping, limits: PublishLimits) -> List[str]:
       removed / previous > limits.max_removed_fraction):
     reasons.append(
         f"{removed} of the previous run's {previous} documents "
-        f"({removed / previous:.1%}) are gone from the corpus, more than "
+        f"({removed / previous:.1%}) are not in this run (gone from the "
+        "corpus, or dead-lettered tonight), more than "
         f"--max_removed_fraction={limits.max_removed_fraction:g}: a missing "
         "input shard? Pass --allow_large_removal if the deletion is meant")
   return reasons

@@ -9,7 +9,8 @@ METRICS_NAMESPACE, under the word the manifest uses for the same count:
   dead_lettered  records rejected, at any stage
   inferred       documents the model ran on (the embed stage)
   reused         documents whose vectors were carried over (--previous_run)
-  removed        documents of the previous run gone from the corpus
+  removed        documents of the previous run not in this one (gone from
+                 the corpus, or dead-lettered)
   truncated      documents cut to --max_seq_length (or --max_chunks)
   tokens, batches, token_budget_halved   the model handler's work
 

@@ -52,7 +52,8 @@ _COUNT_MEANINGS = (
     ("embedded", "documents with a vector in this run"),
     ("inferred", "of which the model ran on"),
     ("reused", "of which carried over from --previous_run"),
-    ("removed", "documents of the previous run gone from the corpus"),
+    ("removed", "documents of the previous run not in this one (gone from "
+                "the corpus, or dead-lettered)"),
     ("dead_lettered", "records rejected (see the errors below)"),
     ("truncated", "documents cut to --max_seq_length (or --max_chunks)"),
     ("chunks", "rows of the chunks table"),
