@@ -87,6 +87,8 @@ def _assert_refused(code, run_dir, pointer, pointer_before, capsys, *reasons,
   # The staged outputs stay for inspection, next to refused.json.
   staging = os.path.dirname(read_outputs.refusal_paths(run_dir)[-1])
   assert os.path.isdir(os.path.join(staging, "embeddings"))
+  # ... but not the scratch files of the local runner's on-disk groupings.
+  assert not os.path.exists(os.path.join(staging, "spill"))
   # ... with the run's report, which says it was refused.
   with open(os.path.join(staging, "report.html"), encoding="utf-8") as f:
     assert "Refused: not published." in f.read()
@@ -152,7 +154,9 @@ def test_a_previous_run_of_1000_against_a_corpus_of_500(workdir, capsys):
 
   code, run_dir = _run(workdir, half, "next", "--previous_run=latest")
   _assert_refused(code, run_dir, pointer, previous + "\n", capsys,
-                  "500 of the previous run's 1000 documents (50.0%) are gone",
+                  "500 of the previous run's 1000 documents (50.0%) are not "
+                  "in this run (gone from the corpus, or dead-lettered "
+                  "tonight)",
                   "--allow_large_removal")
 
   code, run_dir = _run(workdir, half, "intended", "--previous_run=latest",

@@ -50,6 +50,7 @@ from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
 from run_directory.layout import REPORT
 from run_directory.layout import REPORT_FILE
+from run_directory.layout import spill_dir
 from run_directory.manifest import build_manifest
 from run_directory.manifest import listed_files
 from run_directory.staging import move_into_place
@@ -247,6 +248,14 @@ class _RunPublisher:
     }
     path = FileSystems.join(self.staging_dir, REFUSAL_FILE)
     write_json_atomically(path, refusal)
+    # The outputs stay for inspection; the local runner's spill files
+    # (pickled copies of the records it grouped on disk) are scratch, as
+    # large as the corpus, and of no use to anyone once the run is over.
+    scratch = spill_dir(self.staging_dir)
+    try:
+      _remove_if_there(scratch)
+    except Exception as error:  # pylint: disable=broad-except
+      _LOG.warning("Could not remove %s: %s", scratch, error)
     # Raised, not logged: whoever runs the job tells it (pipeline.main
     # prints it once; on Dataflow it is the failed job's error).
     raise RunRefusedError(f"{describe_refusal(refusal)}\nDetails: {path}")
