@@ -200,8 +200,14 @@ def _read_parquet(paths: Sequence[str], columns) -> pa.Table:
   tables = []
   for path in paths:
     with _reading(path), _open(path) as f:
-      # The pages' CRCs (written since the run's writer asks for them).
-      table = pq.read_table(f, page_checksum_verification=True)
+      # Read whole, and through ParquetFile, not pq.read_table: the dataset
+      # layer under read_table releases a Python file object on one of
+      # Arrow's threads, which can happen while the interpreter exits and
+      # abort the process ("terminate called without an active exception").
+      # The pages' CRCs are checked (written since the run's writer asks
+      # for them).
+      table = pq.ParquetFile(
+          pa.BufferReader(f.read()), page_checksum_verification=True).read()
       tables.append(table if schema is None else table.cast(schema))
   if not tables:
     return (schema or pa.schema([])).empty_table()

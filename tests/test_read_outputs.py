@@ -435,3 +435,28 @@ def test_read_vectors_reads_a_table_and_its_checked_matrix_once(run_dir):
                  np.float32).tolist())
   with pytest.raises(ValueError, match="The neighbours table has no vectors"):
     read_outputs.read_vectors(run_dir, "neighbours")
+
+
+def test_parquet_is_read_without_handing_arrow_a_python_file(
+    run_dir, monkeypatch):
+  """pq.read_table's dataset layer can drop its Python file object on one of
+  Arrow's threads while the interpreter exits, which aborts the reading
+  process (exit status 134, one run in a few). The reader hands pyarrow the
+  file's bytes instead, never a Python file, and never goes through
+  read_table."""
+  sources = []
+  real_parquet_file = pq.ParquetFile
+
+  def parquet_file(source, *args, **kwargs):
+    sources.append(source)
+    return real_parquet_file(source, *args, **kwargs)
+
+  def read_table(*args, **kwargs):
+    raise AssertionError("pq.read_table was called")
+
+  monkeypatch.setattr(readers.pq, "ParquetFile", parquet_file)
+  monkeypatch.setattr(readers.pq, "read_table", read_table)
+  table = read_outputs.read_table(run_dir, format="parquet")
+  assert table.num_rows == len(EMBEDDINGS)
+  assert sources and all(
+      isinstance(s, (pa.NativeFile, pa.Buffer)) for s in sources), sources
