@@ -460,3 +460,29 @@ def test_parquet_is_read_without_handing_arrow_a_python_file(
   assert table.num_rows == len(EMBEDDINGS)
   assert sources and all(
       isinstance(s, (pa.NativeFile, pa.Buffer)) for s in sources), sources
+
+
+@pytest.mark.parametrize("change,told", [
+    (lambda m: m["counts"].__setitem__("embedded", "lots"),
+     "manifest: counts.embedded is 'lots', not a number of rows"),
+    (lambda m: m["counts"].__setitem__("embedded", True),
+     "manifest: counts.embedded is True, not a number of rows"),
+    (lambda m: m["model"].__setitem__("hidden_size", H + 1),
+     f"The vectors hold {H} values, but the manifest's model.hidden_size is "
+     f"{H + 1}"),
+    (lambda m: m["model"].__setitem__("hidden_size", "5"),
+     "manifest: model.hidden_size is '5', not a number of values"),
+])
+def test_an_edited_count_or_hidden_size_is_told_not_passed_over(
+    run_dir, tmp_path, capsys, change, told):
+  # A count that is not a number turned the row-count check off, and a
+  # hidden_size other than the vectors' went unnoticed (--to_numpy wrote
+  # them, pipeline.query searched them).
+  copy = copy_run(run_dir, tmp_path)
+  edit_manifest(copy, change)
+  for format_ in ("parquet", "tfrecord"):
+    assert read_outputs.main(
+        [copy, "--format", format_, "--to_numpy",
+         str(tmp_path / "v.npz")]) == 2
+    err = capsys.readouterr().err
+    assert told in err and len(err.splitlines()) == 1, err
