@@ -152,12 +152,24 @@ def _check_row_count(result: pa.Table, manifest: dict, table: str,
                      format_: str):
   """As many rows as the manifest counts: a file cut after a whole record
   or block, emptied or listed twice passes its format's own checks."""
-  expected = manifest.get("counts", {}).get(_ROW_COUNTS.get(table))
-  if isinstance(expected, int) and result.num_rows != expected:
+  name = _ROW_COUNTS.get(table)
+  counts = manifest.get("counts", {})
+  if name not in counts:
+    return
+  expected = counts[name]
+  if not _is_count(expected):
+    raise ValueError(
+        f"manifest: counts.{name} is {expected!r}, not a number of rows: "
+        "the manifest is damaged (or was edited).")
+  if result.num_rows != expected:
     raise ValueError(
         f"The {table} table's {format_} files hold {result.num_rows} rows, "
         f"but the manifest counts {expected}: a file of it is damaged, "
         "emptied or listed twice.")
+
+
+def _is_count(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @contextlib.contextmanager
@@ -200,8 +212,14 @@ def _read_parquet(paths: Sequence[str], columns) -> pa.Table:
   tables = []
   for path in paths:
     with _reading(path), _open(path) as f:
-      # The pages' CRCs (written since the run's writer asks for them).
-      table = pq.read_table(f, page_checksum_verification=True)
+      # Read whole, and through ParquetFile, not pq.read_table: the dataset
+      # layer under read_table releases a Python file object on one of
+      # Arrow's threads, which can happen while the interpreter exits and
+      # abort the process ("terminate called without an active exception").
+      # The pages' CRCs are checked (written since the run's writer asks
+      # for them).
+      table = pq.ParquetFile(
+          pa.BufferReader(f.read()), page_checksum_verification=True).read()
       tables.append(table if schema is None else table.cast(schema))
   if not tables:
     return (schema or pa.schema([])).empty_table()
@@ -233,12 +251,21 @@ def ids_and_matrix(table: pa.Table, manifest: dict):
   ids = table.column("id").to_pylist()
   vectors = table.column("embedding").combine_chunks()
   lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False)
+  declared = manifest.get("model", {}).get("hidden_size")
+  if declared is not None and not _is_count(declared):
+    raise ValueError(f"manifest: model.hidden_size is {declared!r}, not a "
+                     "number of values: the manifest is damaged.")
   if len(ids):
     hidden_size = int(lengths[0])
     if np.any(lengths != hidden_size):
       raise ValueError("The embeddings have different lengths")
+    if declared is not None and hidden_size != declared:
+      raise ValueError(
+          f"The vectors hold {hidden_size} values, but the manifest's "
+          f"model.hidden_size is {declared}: the manifest or a table file "
+          "is damaged.")
   else:
-    hidden_size = int(manifest.get("model", {}).get("hidden_size") or 0)
+    hidden_size = declared or 0
   values = vectors.flatten().to_numpy(zero_copy_only=False)
   matrix = values.astype(np.float32).reshape(len(ids), hidden_size)
   _check_vectors(ids, matrix, manifest)

@@ -20,6 +20,7 @@ import sys
 import duckdb
 import fastavro
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -27,6 +28,7 @@ from pipeline import main
 from pipeline import read_outputs
 from run_directory import bigquery_scripts
 from run_directory.manifest import listed_files
+from transforms.neighbours import maths
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ("the quick brown fox jumps over a lazy dog while seven tall "
@@ -442,3 +444,33 @@ def test_vectors_are_as_a_vector_index_needs_them(parquet_run, avro_run):
         assert {len(v) for v in vectors} == {hidden_size}
         assert all(x is not None and np.isfinite(x)
                    for v in vectors for x in v)
+
+
+def test_duckdb_ranks_a_near_copy_and_an_exact_copy_as_the_pipeline_does(
+    tmp_path):
+  # "b-copy" is an exact copy of "q", "a-near" one ulp off it: their cosines
+  # with "q" differ only beyond float32. The neighbours table ties them at
+  # 1.0 and puts the smaller id first; the docs' query must do the same.
+  rng = np.random.default_rng(38)
+  query = maths.normalize_rows(rng.standard_normal((1, 16)))
+  near = query.copy()
+  near[0, 0] = np.nextafter(near[0, 0], np.float32(2))
+  ids = ["a-near", "b-copy", "q"]
+  vectors = np.concatenate([maths.normalize_rows(near), query, query])
+  parquet_dir = tmp_path / "embeddings" / "parquet"
+  parquet_dir.mkdir(parents=True)
+  pq.write_table(
+      pa.table({"id": ids,
+                "embedding": pa.array(vectors.tolist(), pa.list_(pa.float32()))}),
+      parquet_dir / "embeddings-00000-of-00001.parquet")
+  con = duckdb.connect()
+  con.execute(_docs_queries()["computed"].replace("RUN_DIR", str(tmp_path)))
+  computed = con.execute(
+      "SELECT id, rank, neighbour_id, score FROM computed ORDER BY id, rank"
+  ).fetchall()
+  expected = [(query_id, rank, neighbour_id, score)
+              for query_id, neighbours in maths.exact_top_k(
+                  ids, vectors, ids, vectors, 10)
+              for rank, (score, neighbour_id) in enumerate(neighbours, 1)]
+  assert computed == expected
+  assert computed[-2:] == [("q", 1, "a-near", 1.0), ("q", 2, "b-copy", 1.0)]

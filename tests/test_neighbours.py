@@ -157,6 +157,35 @@ def test_pair_scores_are_symmetric_and_position_independent():
       scores, np.sum(left.astype(np.float64) * right, axis=1), atol=1e-7)
 
 
+def test_an_exact_copy_is_never_ranked_below_a_vector_that_is_not_one():
+  # A unit float32 vector whose squared norm rounds below 1: its dot product
+  # with an exact copy of itself is 0.99999994, with a vector one ulp off it
+  # 1.0. Ranked by that dot product, the copy came second; the cosine of the
+  # stored vectors (what DuckDB or BigQuery compute over the table) ties the
+  # two at float32 1.0, and the smaller id goes first.
+  rng = np.random.default_rng(38)
+  query = maths.normalize_rows(rng.standard_normal((1, 16)))
+  near = query.copy()
+  near[0, 0] = np.nextafter(near[0, 0], np.float32(2))
+  near = maths.normalize_rows(near)
+  assert (np.float32((query.astype(np.float64) * query).sum())
+          < np.float32((query.astype(np.float64) * near).sum()))
+  corpus_ids, corpus = ["a-copy", "b-near"], np.concatenate([query, near])
+
+  def stored_cosine(a, b):
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(np.float32(a @ b / np.sqrt((a @ a) * (b @ b))))
+
+  expected = sorted(((stored_cosine(query[0], v), i)
+                     for i, v in zip(corpus_ids, corpus)),
+                    key=lambda n: (-n[0], n[1]))
+  assert expected == [(1.0, "a-copy"), (1.0, "b-near")]
+  assert maths.exact_top_k(["q"], query, corpus_ids, corpus, 2) == [
+      ("q", expected)]
+  assert maths.brute_force_neighbours(
+      corpus_ids, corpus, 2, ["q"], query) == [("q", expected)]
+
+
 def test_block_top_k_one_block_equals_brute_force():
   ids = make_ids(60)
   vectors = with_duplicates(random_vectors(60, 16))

@@ -435,3 +435,54 @@ def test_read_vectors_reads_a_table_and_its_checked_matrix_once(run_dir):
                  np.float32).tolist())
   with pytest.raises(ValueError, match="The neighbours table has no vectors"):
     read_outputs.read_vectors(run_dir, "neighbours")
+
+
+def test_parquet_is_read_without_handing_arrow_a_python_file(
+    run_dir, monkeypatch):
+  """pq.read_table's dataset layer can drop its Python file object on one of
+  Arrow's threads while the interpreter exits, which aborts the reading
+  process (exit status 134, one run in a few). The reader hands pyarrow the
+  file's bytes instead, never a Python file, and never goes through
+  read_table."""
+  sources = []
+  real_parquet_file = pq.ParquetFile
+
+  def parquet_file(source, *args, **kwargs):
+    sources.append(source)
+    return real_parquet_file(source, *args, **kwargs)
+
+  def read_table(*args, **kwargs):
+    raise AssertionError("pq.read_table was called")
+
+  monkeypatch.setattr(readers.pq, "ParquetFile", parquet_file)
+  monkeypatch.setattr(readers.pq, "read_table", read_table)
+  table = read_outputs.read_table(run_dir, format="parquet")
+  assert table.num_rows == len(EMBEDDINGS)
+  assert sources and all(
+      isinstance(s, (pa.NativeFile, pa.Buffer)) for s in sources), sources
+
+
+@pytest.mark.parametrize("change,told", [
+    (lambda m: m["counts"].__setitem__("embedded", "lots"),
+     "manifest: counts.embedded is 'lots', not a number of rows"),
+    (lambda m: m["counts"].__setitem__("embedded", True),
+     "manifest: counts.embedded is True, not a number of rows"),
+    (lambda m: m["model"].__setitem__("hidden_size", H + 1),
+     f"The vectors hold {H} values, but the manifest's model.hidden_size is "
+     f"{H + 1}"),
+    (lambda m: m["model"].__setitem__("hidden_size", "5"),
+     "manifest: model.hidden_size is '5', not a number of values"),
+])
+def test_an_edited_count_or_hidden_size_is_told_not_passed_over(
+    run_dir, tmp_path, capsys, change, told):
+  # A count that is not a number turned the row-count check off, and a
+  # hidden_size other than the vectors' went unnoticed (--to_numpy wrote
+  # them, pipeline.query searched them).
+  copy = copy_run(run_dir, tmp_path)
+  edit_manifest(copy, change)
+  for format_ in ("parquet", "tfrecord"):
+    assert read_outputs.main(
+        [copy, "--format", format_, "--to_numpy",
+         str(tmp_path / "v.npz")]) == 2
+    err = capsys.readouterr().err
+    assert told in err and len(err.splitlines()) == 1, err

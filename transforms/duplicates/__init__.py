@@ -5,7 +5,7 @@
         STATS: one dict for manifest.json}
 
 Groups are the connected components of the graph of all pairs with cosine
->= T (pairs.py `pair_cosines`), literally all of them: a document with 40
+>= T (`indexed_pair_scores`), literally all of them: a document with 40
 duplicates finds all 40, whatever --neighbours_k. A group's id is its
 smallest document id, which is also its representative. Only documents in a
 group of two or more get a row.
@@ -31,12 +31,12 @@ import numpy as np
 from transforms.duplicates.components import ConnectedComponents
 from transforms.duplicates.components import DEFAULT_ROUNDS
 from transforms.duplicates.pairs import block_pairs
-from transforms.duplicates.pairs import candidate_margin
-from transforms.duplicates.pairs import pair_cosines
 from transforms.neighbours.approximate import AnnIndexSettings
 from transforms.neighbours.approximate import build_index
 from transforms.neighbours.approximate import GatherShard
 from transforms.neighbours.exact import ShardEmbeddings
+from transforms.neighbours.maths import candidate_margin
+from transforms.neighbours.maths import indexed_pair_scores
 from transforms.neighbours.maths import recall_sample
 from transforms.neighbours.names import ANN
 from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
@@ -107,7 +107,7 @@ def _range_search_pairs(corpus, threshold: float, sample_size: int):
                      np.diff(limits.astype(np.int64)))
     keep = rows < labels  # each pair once, never a document with itself
     rows, cols = rows[keep], labels[keep]
-    scores = pair_cosines(corpus.vectors, rows, corpus.vectors, cols)
+    scores = indexed_pair_scores(corpus.vectors, rows, corpus.vectors, cols)
     keep = scores >= cut
     found = [(corpus.ids[r], corpus.ids[c], s) for r, c, s in zip(
         rows[keep].tolist(), cols[keep].tolist(), scores[keep].tolist())]

@@ -1,7 +1,7 @@
 """Near-duplicate pairs, in numpy: every pair of documents with cosine >= T.
 
-A pair's score is its cosine as `pair_cosines` computes it from the unit
-float32 vectors: in float64, divided by the two vectors' own float64 norms,
+A pair's score is its cosine as `indexed_pair_scores` (neighbours/maths.py,
+the neighbours' canonical score) computes it from the unit float32 vectors: in float64, divided by the two vectors' own float64 norms,
 in a fixed order (the same bits in every block and mode); a pair is in when
 that score, as float32, is at least float32(T). Dividing by the norms again
 matters at T = 1: a float32 unit vector's squared norm is 1 only to within
@@ -21,47 +21,21 @@ from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from transforms.neighbours.maths import gemm_tolerance
+from transforms.neighbours.maths import candidate_margin
+from transforms.neighbours.maths import indexed_pair_scores
 from transforms.neighbours.maths import normalize_rows
-from transforms.neighbours.maths import PAIRS_PER_CHUNK
 from transforms.neighbours.maths import QUERY_ROWS_PER_CHUNK
 
 # (smaller id, larger id, score)
 Pair = Tuple[str, str, float]
 
 
-def pair_cosines(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray,
-                 right_rows: np.ndarray) -> np.ndarray:
-  """float32 cosines of the pairs (left[left_rows[i]], right[right_rows[i]])
-  of float32 vectors: dot / sqrt(|a|^2 |b|^2), all in float64 (products of
-  float32 values are exact there) and summed in one order, so a pair's score
-  depends on its two vectors only and is symmetric. Identical vectors score
-  exactly 1 (sqrt of a correctly rounded square is the number itself); a
-  zero vector scores 0."""
-  scores = np.empty(len(left_rows), dtype=np.float32)
-  for start in range(0, len(left_rows), PAIRS_PER_CHUNK):
-    end = start + PAIRS_PER_CHUNK
-    a = left[left_rows[start:end]].astype(np.float64)
-    b = right[right_rows[start:end]].astype(np.float64)
-    norms = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    dots = (a * b).sum(axis=1)
-    scores[start:end] = np.divide(dots, norms, out=np.zeros_like(dots),
-                                  where=norms > 0)
-  return scores
-
-
-def candidate_margin(hidden_size: int) -> float:
-  """How far below float32(T) a float32 matrix product may fall for a pair
-  whose `pair_cosines` score is T: the product's rounding, and the unit
-  vectors' norms off 1 by as much again."""
-  return 2 * gemm_tolerance(hidden_size)
-
-
 def block_pairs(left_ids: Sequence[str], left: np.ndarray,
                 right_ids: Sequence[str], right: np.ndarray,
                 threshold: float, same_block: bool) -> Iterator[Pair]:
-  """The pairs of one block, scored by `pair_cosines`: every (left, right)
-  pair with score >= float32(threshold). Vectors normalised (`normalize_rows`).
+  """The pairs of one block, scored by `indexed_pair_scores`: every (left,
+  right) pair with score >= float32(threshold). Vectors normalised
+  (`normalize_rows`).
 
   same_block: left and right are the same documents; each pair is then
   reported once and no document is paired with itself. Otherwise the two
@@ -81,7 +55,7 @@ def block_pairs(left_ids: Sequence[str], left: np.ndarray,
       rows, cols = rows[keep], cols[keep]
     if not len(rows):
       continue
-    scores = pair_cosines(block, rows, right, cols)
+    scores = indexed_pair_scores(block, rows, right, cols)
     keep = scores >= cut
     for row, col, score in zip((start + rows[keep]).tolist(),
                                cols[keep].tolist(), scores[keep].tolist()):
@@ -95,7 +69,7 @@ def brute_force_pairs(ids: Sequence[str], vectors,
   normalized = normalize_rows(vectors)
   n = len(ids)
   left, right = np.triu_indices(n, k=1)
-  scores = pair_cosines(normalized, left, normalized, right)
+  scores = indexed_pair_scores(normalized, left, normalized, right)
   cut = np.float32(threshold)
   pairs = []
   for i, j, score in zip(left.tolist(), right.tolist(), scores.tolist()):

@@ -1,13 +1,19 @@
 """The neighbour maths, in numpy: no Beam.
 
 Scores. Every reported score is the canonical cosine of a pair: the float64
-sum of the exact products of the two L2-normalised float32 vectors, rounded
-once to float32 (`pair_scores`). It is a function of the two vectors only, so
-a pair gets the same bits in every block, in `exact_top_k` and in ANN mode,
-and duplicate vectors tie exactly. The float32 matrix product (fast, but its
-last bits depend on the matrix shapes) only chooses candidates, with a margin
-larger than its proven rounding error; the candidates are then re-scored
-canonically and ordered by (higher score, smaller neighbour_id).
+sum of the exact products of the two L2-normalised float32 vectors, divided
+by their own float64 norms, rounded once to float32 (`pair_scores`). It is a
+function of the two vectors only, so a pair gets the same bits in every
+block, in `exact_top_k` and in ANN mode, and duplicate vectors tie exactly.
+Dividing by the norms again matters: a float32 unit vector's squared norm is
+1 only to within rounding, so without it an exact copy could score
+0.99999994 and rank below a vector that is not one; with it the score is the
+float32 of the cosine of the vectors as the table stores them, what a
+brute-force query over the table (DuckDB, BigQuery) computes. The float32
+matrix product (fast, but its last bits depend on the matrix shapes) only
+chooses candidates, with a margin larger than its proven rounding error (the
+norms' rounding on top); the candidates are then re-scored canonically and
+ordered by (higher score, smaller neighbour_id).
 
 Also here: the stable hash that shards documents, the recall sample and
 recall@K, and `Shard` (a block of documents: sorted ids, normalised vectors).
@@ -67,11 +73,13 @@ def normalize_rows(matrix) -> np.ndarray:
 
 
 def pair_scores(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-  """Canonical scores of row pairs: float32(sum(float64(left * right))).
+  """Canonical scores of row pairs: float32(a . b / sqrt(|a|^2 |b|^2)).
 
-  left, right: float32 [P, H], normalised. Products of float32 values are
-  exact in float64, and the sum runs in a fixed order, so the result depends
-  on the two rows only (and is symmetric).
+  left, right: float32 [P, H], normalised. All in float64 (products of
+  float32 values are exact there), summed in a fixed order, so the result
+  depends on the two rows only (and is symmetric). Identical vectors score
+  exactly 1 (the sqrt of a correctly rounded square is the number itself);
+  a zero vector scores 0.
   """
   return indexed_pair_scores(left, np.arange(len(left)), right,
                               np.arange(len(right)))
@@ -84,10 +92,20 @@ def indexed_pair_scores(left: np.ndarray, left_rows: np.ndarray,
   scores = np.empty(len(left_rows), dtype=np.float32)
   for start in range(0, len(left_rows), PAIRS_PER_CHUNK):
     end = start + PAIRS_PER_CHUNK
-    products = left[left_rows[start:end]].astype(np.float64)
-    products *= right[right_rows[start:end]]
-    scores[start:end] = products.sum(axis=1)
+    a = left[left_rows[start:end]].astype(np.float64)
+    b = right[right_rows[start:end]].astype(np.float64)
+    norms = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    dots = (a * b).sum(axis=1)
+    scores[start:end] = np.divide(dots, norms, out=np.zeros_like(dots),
+                                  where=norms > 0)
   return scores
+
+
+def candidate_margin(hidden_size: int) -> float:
+  """How far below a canonical score the float32 matrix product of the same
+  unit vectors may fall: the product's rounding, and the unit vectors'
+  norms off 1 by as much again."""
+  return 2 * gemm_tolerance(hidden_size)
 
 
 def gemm_tolerance(hidden_size: int) -> float:
@@ -177,7 +195,7 @@ def block_top_k(
         f"{corpus_vectors.shape[1]}; both must come from the same model")
   n_corpus = len(corpus_ids)
   kept = min(k, n_corpus)
-  tolerance = gemm_tolerance(corpus_vectors.shape[1])
+  tolerance = candidate_margin(corpus_vectors.shape[1])
   corpus_id_ranks = id_ranks(corpus_ids)
   corpus_positions = {}
   if exclude_self:
@@ -261,16 +279,19 @@ def brute_force_neighbours(
     owner=same_id) -> List[QueryNeighbours]:
   """The reference answer: every pair scored, then sorted. Small inputs only.
 
-  Scores are a float64 matrix product rounded to float32; neighbours of
+  Scores are `pair_scores` of every pair (the float32 of the cosine of the
+  vectors, computed in float64); neighbours of
   `query_ids` within `ids` (of `ids` themselves by default), never an item
   of the query's own owner (its own id, or for chunks its own document).
   Same return shape as `exact_top_k`.
   """
   if query_ids is None:
     query_ids, query_vectors = ids, vectors
-  corpus = normalize_rows(vectors).astype(np.float64)
-  queries = normalize_rows(query_vectors).astype(np.float64)
-  scores = (queries @ corpus.T).astype(np.float32).tolist()
+  corpus = normalize_rows(vectors)
+  queries = normalize_rows(query_vectors)
+  rows, cols = np.divmod(np.arange(len(queries) * len(corpus)), len(corpus))
+  scores = indexed_pair_scores(queries, rows, corpus, cols).reshape(
+      len(queries), len(corpus)).tolist()
   results = []
   for query_id, row in zip(query_ids, scores):
     neighbours = sorted(
