@@ -1,8 +1,9 @@
 """Near-duplicate pairs, in numpy: every pair of documents with cosine >= T.
 
 A pair's score is its cosine as `indexed_pair_scores` (neighbours/maths.py,
-the neighbours' canonical score) computes it from the unit float32 vectors: in float64, divided by the two vectors' own float64 norms,
-in a fixed order (the same bits in every block and mode); a pair is in when
+the neighbours' canonical score) computes it from the unit float32 vectors:
+in float64, divided by the two vectors' own float64 norms, in a fixed order
+(the same bits in every block and mode); a pair is in when
 that score, as float32, is at least float32(T). Dividing by the norms again
 matters at T = 1: a float32 unit vector's squared norm is 1 only to within
 rounding, so its dot product with an identical copy can be 0.99999994, and
