@@ -26,6 +26,7 @@ import apache_beam as beam
 
 from pipeline.plan import RunPlan
 from run_directory import layout
+from run_directory.records import Reason
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.tables import chunk_table
 from run_directory.tables import duplicate_table
@@ -84,6 +85,7 @@ class EmbedCorpus(beam.PTransform):
       COUNTERS.reused: COUNTERS.reused,
       COUNTERS.removed: COUNTERS.removed,
       DEAD_LETTERS: COUNTERS.dead_lettered,
+      COUNTERS.repeated: COUNTERS.repeated,
       COUNTERS.truncated: COUNTERS.truncated,
   }
   CHUNKS_COUNTED = {CHUNKS: "chunks"}
@@ -134,6 +136,8 @@ class EmbedCorpus(beam.PTransform):
                       | "AllDeadLetters" >> beam.Flatten(),
         COUNTERS.read: (read[DOCUMENTS], read[DEAD_LETTERS])
                        | "AllRecordsRead" >> beam.Flatten(),
+        COUNTERS.repeated: valid[DEAD_LETTERS] | "Repeated" >> beam.Filter(
+            lambda dead_letter: dead_letter.reason == Reason.DUPLICATE_RECORD),
         DOCUMENTS: read[DOCUMENTS],
         COUNTERS.inferred: inferred,
         COUNTERS.reused: reused,

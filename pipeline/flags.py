@@ -306,12 +306,14 @@ def _add_nightly_flags(group):
   group.add_argument(
       "--max_bad_records", type=int,
       help="Most dead-lettered records a run may have and still publish, as "
-      "in BigQuery load jobs. Default: no count limit (--max_bad_fraction "
-      "applies).")
+      "in BigQuery load jobs; exact repeats of a kept record "
+      "(duplicate_record) are not counted. Default: no count limit "
+      "(--max_bad_fraction applies).")
   group.add_argument(
       "--max_bad_fraction", type=float,
       help="Largest share of the records read that may be dead-lettered "
-      "for the run to publish, in [0, 1]. Default: "
+      "(exact repeats not counted) for the run to publish, in [0, 1]. "
+      "Default: "
       f"{DEFAULT_MAX_BAD_FRACTION:g}, or no limit when --max_bad_records "
       "is given alone.")
   group.add_argument(

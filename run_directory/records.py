@@ -47,7 +47,11 @@ class Reason:
   MISSING_FIELD = "missing_field"
   NON_STRING_FIELD = "non_string_field"
   NON_NUMERIC_FIELD = "non_numeric_field"  # a --numeric_restrict_fields value
-  DUPLICATE_ID = "duplicate_id"
+  DUPLICATE_ID = "duplicate_id"  # an id a kept record of other content has
+  # An exact repeat of a kept record (the same id, text, text pair and
+  # carried fields, e.g. a line repeated in a text file, whose derived id is
+  # the same): embedded once, so not a bad record to the guardrails.
+  DUPLICATE_RECORD = "duplicate_record"
   UNREADABLE_FILE = "unreadable_file"  # a file that is not the format it claims
   RECORD_TOO_LARGE = "record_too_large"  # over --max_record_bytes
   MODEL_ERROR = "model_error"

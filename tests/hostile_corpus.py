@@ -40,7 +40,7 @@ def _text_corpus(directory):
       b"",  # empty line
       b"   \t  ",  # whitespace only
       b"invalid \xff\xfe utf-8 \xc3",  # invalid UTF-8
-      GOOD_LINES[0].encode(),  # the same text again: a duplicate id
+      GOOD_LINES[0].encode(),  # the same line again: an exact repeat
       ("word " * (TEN_MEGABYTES // 5)).encode(),  # a 10 MB single line
   ]
   with open(path, "wb") as f:
@@ -48,7 +48,7 @@ def _text_corpus(directory):
   expected = {
       "records": len(lines),
       "embedded": len(GOOD_LINES) + 1,
-      "reasons": {"empty_text": 2, "invalid_utf8": 1, "duplicate_id": 1},
+      "reasons": {"empty_text": 2, "invalid_utf8": 1, "duplicate_record": 1},
   }
   return path, expected
 

@@ -144,6 +144,37 @@ def test_a_corpus_with_30_percent_bad_records(workdir, capsys, caplog):
   assert manifest["dead_letters"]["by_reason"] == {"missing_field": 30}
 
 
+def test_repeated_lines_of_a_text_corpus_are_not_bad_records(workdir,
+                                                             capsys):
+  # Found by a user trial on /usr/share/doc copyright files: a line repeated
+  # in a text file gets the same derived id, and its repeats, dead-lettered,
+  # made the run refused under the default --max_bad_fraction.
+  lines = [f"line number {i} of the licence" for i in range(60)]
+  lines += ["All rights reserved."] * 30 + ["Copyright (C) the authors"] * 10
+  corpus = workdir / "licence.txt"
+  corpus.write_text("\n".join(lines) + "\n")
+  code, run_dir = _run(workdir, str(corpus), "repeats")
+  assert code == 0, capsys.readouterr().err
+  manifest = read_outputs.load_manifest(run_dir)
+  counts = manifest["counts"]
+  assert (counts["read"], counts["embedded"], counts["dead_lettered"],
+          counts["repeated"]) == (100, 62, 38, 38)
+  assert manifest["dead_letters"]["by_reason"] == {"duplicate_record": 38}
+  errors = read_outputs.read_table(run_dir, "errors")
+  assert set(errors.column("reason").to_pylist()) == {"duplicate_record"}
+  assert any(detail.startswith("a repeat of the kept record at "
+                               f"{corpus}:60 (the same id and text)")
+             for detail in errors.column("detail").to_pylist())
+  # Bad records beside them still count: 12 blank lines of 112 read.
+  with open(corpus, "a", encoding="utf-8") as f:
+    f.write(" \n" * 12)
+  code, run_dir = _run(workdir, str(corpus), "repeats_and_blanks")
+  _assert_refused(code, run_dir, workdir / "LATEST",
+                  (workdir / "LATEST").read_text(), capsys,
+                  "12 of 112 records (10.7%) were dead-lettered (38 exact "
+                  "repeats not counted)")
+
+
 def test_a_previous_run_of_1000_against_a_corpus_of_500(workdir, capsys):
   previous_corpus = _corpus(workdir / "all.jsonl", good=1000)
   code, previous = _run(workdir, previous_corpus, "previous")
@@ -245,9 +276,11 @@ def test_the_bigquery_sink_reads_the_staged_files_of_each_format(tmp_path):
     read_bigquery_rows("tfrecord")
 
 
-def _counts(read, embedded, dead_lettered, removed=0, queries=None):
+def _counts(read, embedded, dead_lettered, removed=0, queries=None,
+            repeated=0):
   counts = {"read": read, "embedded": embedded,
-            "dead_lettered": dead_lettered, "removed": removed}
+            "dead_lettered": dead_lettered, "removed": removed,
+            "repeated": repeated}
   if queries:
     counts["queries"] = queries
   return counts
@@ -264,6 +297,14 @@ def test_refusal_reasons():
   # An empty corpus embeds nothing: never published.
   assert "nothing was embedded" in refusal_reasons(_counts(0, 0, 0),
                                                    limits)[0]
+  # Exact repeats of a kept record (duplicate_record) are not bad records.
+  assert refusal_reasons(_counts(100, 50, 50, repeated=45), limits) == []
+  assert refusal_reasons(_counts(100, 50, 50, repeated=39), limits) == [
+      "corpus: 11 of 100 records (11.0%) were dead-lettered (39 exact "
+      "repeats not counted), more than --max_bad_fraction=0.1; raise it "
+      "(e.g. --max_bad_fraction=0.12) if so many bad records are expected"]
+  assert refusal_reasons(_counts(100, 50, 50, repeated=46), PublishLimits(
+      max_bad_records=4, max_bad_fraction=None)) == []
   # Removals count against the previous run's documents.
   with_previous = PublishLimits(previous_documents=100)
   assert refusal_reasons(_counts(90, 90, 0, removed=20), with_previous) == []

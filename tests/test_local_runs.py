@@ -118,7 +118,8 @@ def check_manifest_counts(run_dir):
   errors = read_outputs.read_errors(run_dir)
   assert len(errors) == counts["dead_lettered"]
   assert sorted(e["reason"] for e in errors) == sorted(
-      ["empty_text"] * NUM_BLANK + ["duplicate_id"] * NUM_DUPLICATES)
+      ["empty_text"] * NUM_BLANK + ["duplicate_record"] * NUM_DUPLICATES)
+  assert counts["repeated"] == NUM_DUPLICATES
 
 
 def embeddings_by_id(run_dir):

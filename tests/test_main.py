@@ -43,7 +43,8 @@ MALFORMED = "malformed_record"
 MISSING = "missing_field"
 NON_STRING = "non_string_field"
 DUPLICATE = "duplicate_id"
-VALIDATE_REASONS = (EMPTY, DUPLICATE)
+REPEAT = "duplicate_record"
+VALIDATE_REASONS = (EMPTY, DUPLICATE, REPEAT)
 
 # Marks an expected error whose id is not checked.
 ANY_ID = object()
@@ -145,7 +146,8 @@ def text_corpus(directory):
       ("corpus.txt", 2): (EMPTY, derive_document_id(path, "")),
       ("corpus.txt", 3): (EMPTY, derive_document_id(path, "   ")),
       ("corpus.txt", 4): (UTF8, None),
-      ("corpus.txt", 5): (DUPLICATE,
+      # The same line again: an exact repeat of the kept record.
+      ("corpus.txt", 5): (REPEAT,
                           derive_document_id(path, "the quick brown fox")),
   }
   return path, good, bad
@@ -496,6 +498,7 @@ def test_every_input_format_end_to_end(input_format, bigquery_format,
       "embedded": len(good),
       "inferred": len(good),
       "dead_lettered": len(bad),
+      "repeated": sum(reason == REPEAT for reason, _ in bad.values()),
       "truncated": 0,
       "reused": 0,  # no --previous_run
       "removed": 0,
@@ -577,7 +580,7 @@ def test_sequence_output_and_encoder_layers(tiny_model_dir, reference,
   assert manifest["run_id"] == "seq-run"
   assert manifest["counts"] == {
       "read": 5, "embedded": 5, "inferred": 5, "dead_lettered": 0,
-      "truncated": 0, "reused": 0, "removed": 0}
+      "repeated": 0, "truncated": 0, "reused": 0, "removed": 0}
   assert manifest["model"]["encoder_layers"] == [0]
   assert manifest["settings"]["outputs"]["encoder_layers"] == "-1"
   schema = check_manifest_files(run_dir, manifest, "parquet")
@@ -629,7 +632,7 @@ def test_truncation_and_float16_sequences(tiny_model_dir, reference, tmp_path,
   manifest = read_outputs.load_manifest(run_dir)
   assert manifest["counts"] == {
       "read": 5, "embedded": 5, "inferred": 5, "dead_lettered": 0,
-      "truncated": 2, "reused": 0, "removed": 0}
+      "repeated": 0, "truncated": 2, "reused": 0, "removed": 0}
   assert manifest["model"]["max_seq_length"] == 8
   assert manifest["model"]["sequence_dtype"] == "float16"
   assert manifest["settings"]["outputs"]["sequence_dtype"] == "float16"

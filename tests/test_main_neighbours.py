@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline import main
@@ -99,7 +100,7 @@ def test_neighbours_of_a_query_corpus(tmp_path, tiny_model_dir):
   counts = manifest["counts"]
   assert counts["queries"] == {
       "read": 4, "embedded": 3, "inferred": 3, "dead_lettered": 1,
-      "truncated": 0, "reused": 0, "removed": 0}
+      "repeated": 0, "truncated": 0, "reused": 0, "removed": 0}
   assert counts["read"] == counts["embedded"] == len(CORPUS)
   # The counters say what the manifest says, the queries in their own scope.
   counters = _counters(result)
@@ -115,6 +116,31 @@ def test_neighbours_of_a_query_corpus(tmp_path, tiny_model_dir):
   assert len(actual) == 3  # one list per embedded query
   assert all(r[1] in corpus_ids for rows in actual.values() for r in rows)
   assert not set(actual) & set(corpus_ids)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--neighbours_mode=exact"], ["--neighbours_mode=ann"],
+    ["--chunk_size=16", "--neighbours_level=chunk"],
+])
+def test_a_query_with_a_corpus_id_is_matched_with_that_document(
+    tmp_path, tiny_model_dir, flags):
+  # Found by an acceptance audit: a --neighbours_of query whose id a corpus
+  # document also has (questions numbered like the corpus; here a file of
+  # the same name, whose derived ids are the same) was taken for that
+  # document, and never matched with it, at score 1.0 or not.
+  questions = tmp_path / "questions"
+  questions.mkdir()
+  queries = _write_lines(questions / "corpus.txt",
+                         ["the lazy dog", "vector search"])
+  run_dir, _ = _run(tmp_path, tiny_model_dir, "--neighbours_k=2",
+                    f"--neighbours_of={queries}", *flags)
+  table = "chunks" if "--neighbours_level=chunk" in flags else "embeddings"
+  corpus_ids = read_outputs.read_table(run_dir, table).column(
+      "id").to_pylist()
+  lists = _neighbour_lists(run_dir)
+  assert len(lists) == 2 and set(lists) <= set(corpus_ids)  # the same ids
+  for query_id, rows in lists.items():
+    assert rows[0][1] == query_id and rows[0][2] == 1.0, (query_id, rows)
 
 
 def test_no_neighbours_plot_and_projector(tmp_path, tiny_model_dir):

@@ -45,7 +45,7 @@ def test_debian_changelogs(tmp_path, tiny_model_dir):
   assert counts["read"] == lines
   reasons = collections.Counter(e["reason"] for e in errors)
   # Blank lines, and lines repeated within a file ("  * Rebuild.").
-  assert set(reasons) <= {"empty_text", "duplicate_id", "invalid_utf8"}
+  assert set(reasons) <= {"empty_text", "duplicate_record", "invalid_utf8"}
   assert reasons["empty_text"] > 0 and counts["embedded"] > lines / 2
   assert len({e["id"] for e in embeddings}) == len(embeddings)
 
@@ -62,8 +62,8 @@ def test_matplotlib_sample_csvs(tmp_path, tiny_model_dir):
                            "--text_field=Date", "--id_field=none")
   # One record per data row: a row without a Date column is an error row.
   assert counts["read"] == rows
-  assert {e["reason"] for e in errors} <= {"missing_field", "duplicate_id",
-                                           "malformed_record"}
+  assert {e["reason"] for e in errors} <= {
+      "missing_field", "duplicate_id", "duplicate_record", "malformed_record"}
 
 
 def test_pyarrow_parquet_test_files(tmp_path, tiny_model_dir):

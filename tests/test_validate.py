@@ -59,12 +59,20 @@ _DOCUMENTS = [
     # An empty record never wins its id over a real one.
     Document("shared", "", "s0.txt", 0),
     Document("shared", "the real one", "s9.txt", 7),
+    # Exact repeats of the kept record: not the same as another text under
+    # its id; carried fields that differ make a record no repeat.
+    Document("rep", "the same line", "s3.txt", 2),
+    Document("rep", "the same line", "s1.txt", 5),
+    Document("rep", "the same line", "s1.txt", 8),
+    Document("rep", "the same line", "s4.txt", 0,
+             fields=(("restrict", "colour", ("red",)),)),
 ]
 
 _EXPECTED_DOCUMENTS = [
     Document("unique", "just one", "s1.txt", 4),
     Document("dup", "first copy", "s1.txt", 3),
     Document("shared", "the real one", "s9.txt", 7),
+    Document("rep", "the same line", "s1.txt", 5),
 ]
 
 _EXPECTED_DEAD_LETTERS = [
@@ -80,6 +88,15 @@ _EXPECTED_DEAD_LETTERS = [
                "the text is empty or only whitespace", " \t\n", "blank"),
     DeadLetter("s0.txt", 0, "validate", Reason.EMPTY_TEXT,
                "the text is empty or only whitespace", "", "shared"),
+    DeadLetter("s3.txt", 2, "validate", Reason.DUPLICATE_RECORD,
+               "a repeat of the kept record at s1.txt:5 (the same id and "
+               "text)", "the same line", "rep"),
+    DeadLetter("s1.txt", 8, "validate", Reason.DUPLICATE_RECORD,
+               "a repeat of the kept record at s1.txt:5 (the same id and "
+               "text)", "the same line", "rep"),
+    DeadLetter("s4.txt", 0, "validate", Reason.DUPLICATE_ID,
+               "id 'rep' is already used by the kept record at s1.txt:5",
+               "the same line", "rep"),
 ]
 
 
@@ -109,12 +126,12 @@ def test_validate_documents(on_disk, tmp_path):
     assert_that(
         outputs[DOCUMENTS] | f"{label}DocumentTypes" >> beam.Map(
             lambda document: type(document).__name__),
-        equal_to(["Document"] * 3),
+        equal_to(["Document"] * len(_EXPECTED_DOCUMENTS)),
         label=f"{label}DocumentsAreDocuments")
     assert_that(
         outputs[DEAD_LETTERS] | f"{label}DeadLetterTypes" >> beam.Map(
             lambda dead_letter: type(dead_letter).__name__),
-        equal_to(["DeadLetter"] * 5),
+        equal_to(["DeadLetter"] * len(_EXPECTED_DEAD_LETTERS)),
         label=f"{label}DeadLettersAreDeadLetters")
   result = p.run()
   result.wait_until_finish()
@@ -122,4 +139,9 @@ def test_validate_documents(on_disk, tmp_path):
   dead_lettered = result.metrics().query(
       MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(
           "dead_lettered"))["counters"]
-  assert sum(counter.committed for counter in dead_lettered) == 2 * 5
+  assert sum(counter.committed for counter in dead_lettered) == 2 * len(
+      _EXPECTED_DEAD_LETTERS)
+  repeated = result.metrics().query(
+      MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(
+          "repeated"))["counters"]
+  assert sum(counter.committed for counter in repeated) == 2 * 2

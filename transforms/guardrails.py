@@ -9,7 +9,8 @@ data-quality tools fail a pipeline on thresholds:
 
 - a run that embedded nothing is never published;
 - dead-lettered records over `max_bad_records`, or over `max_bad_fraction`
-  of the records read;
+  of the records read (exact repeats of a kept record, `duplicate_record`,
+  are embedded once and not counted);
 - with a previous run, documents removed over `max_removed_fraction` of the
   previous run's documents (unless `allow_large_removal`: an intended large
   deletion).
@@ -60,24 +61,28 @@ class PublishLimits:
 
 def _bad_record_reasons(counts: Mapping, limits: PublishLimits,
                         what: str, input_flag: str) -> List[str]:
-  read, bad = counts["read"], counts["dead_lettered"]
+  read, dead_lettered = counts["read"], counts["dead_lettered"]
   reasons = []
   if counts["embedded"] == 0:
     reasons.append(
-        f"{what}: nothing was embedded ({read} records read, {bad} "
+        f"{what}: nothing was embedded ({read} records read, {dead_lettered} "
         f"dead-lettered); check {input_flag} and --text_field")
     # Nothing else to say: no limit lets such a run through.
     return reasons
+  # Exact repeats of a kept record are embedded once: not bad records.
+  repeated = counts.get("repeated", 0)
+  bad = dead_lettered - repeated
+  not_counted = f" ({repeated} exact repeats not counted)" if repeated else ""
   if limits.max_bad_records is not None and bad > limits.max_bad_records:
     reasons.append(
-        f"{what}: {bad} records were dead-lettered, more than "
+        f"{what}: {bad} records were dead-lettered{not_counted}, more than "
         f"--max_bad_records={limits.max_bad_records}; raise it if so many "
         "bad records are expected")
   if (limits.max_bad_fraction is not None and read and
       bad / read > limits.max_bad_fraction):
     reasons.append(
         f"{what}: {bad} of {read} records ({bad / read:.1%}) were "
-        f"dead-lettered, more than --max_bad_fraction="
+        f"dead-lettered{not_counted}, more than --max_bad_fraction="
         f"{limits.max_bad_fraction:g}; raise it (e.g. --max_bad_fraction="
         f"{_fraction_above(bad / read)}) if so many bad records are expected")
   return reasons

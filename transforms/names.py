@@ -7,6 +7,8 @@ METRICS_NAMESPACE, under the word the manifest uses for the same count:
 
   read           every record read, good or bad (the read stage)
   dead_lettered  records rejected, at any stage
+  repeated       of which exact repeats of a kept record (duplicate_record:
+                 embedded once; not bad records to the guardrails)
   inferred       documents the model ran on (the embed stage)
   reused         documents whose vectors were carried over (--previous_run)
   removed        documents of the previous run not in this one (gone from
@@ -45,6 +47,7 @@ METRICS_NAMESPACE = "embedding_pipeline"
 class _CounterNames:
   read: str = "read"
   dead_lettered: str = "dead_lettered"
+  repeated: str = "repeated"
   inferred: str = "inferred"
   reused: str = "reused"
   removed: str = "removed"

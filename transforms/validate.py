@@ -8,7 +8,10 @@ Vertex AI export, ids that hold a line break).
 Empty texts are rejected first, so an empty record never wins its id over a
 real one. Of the documents sharing an id, the one with the smallest
 (source, position) is kept: the choice depends on the data only, not on how
-the runner bundled or ordered it, so a rerun keeps the same rows.
+the runner bundled or ordered it, so a rerun keeps the same rows. The others
+are dead-lettered as `duplicate_record` when they repeat the kept record
+exactly (a line repeated in a text file: its derived id is the same), which
+the guardrails do not count as bad, and as `duplicate_id` otherwise.
 
 On the local runner the grouping by id goes through files (`spill_dir`,
 transforms/spill.py): memory then holds 1/ID_PARTITIONS of the corpus at a
@@ -75,12 +78,22 @@ def empty_text_dead_letter(document: Document) -> DeadLetter:
                       "the text is empty or only whitespace")
 
 
-def duplicate_dead_letter(document: Document, kept_source: str,
-                          kept_position: int) -> DeadLetter:
+def is_repeat_of(document: Document, kept: Document) -> bool:
+  """Whether `document` is the same record as `kept`, wherever it is."""
+  return (document.id, document.text, document.text_pair, document.fields) == (
+      kept.id, kept.text, kept.text_pair, kept.fields)
+
+
+def duplicate_dead_letter(document: Document, kept: Document) -> DeadLetter:
+  if is_repeat_of(document, kept):
+    return _dead_letter(
+        document, Reason.DUPLICATE_RECORD,
+        f"a repeat of the kept record at {kept.source}:{kept.position} (the "
+        "same id and text)")
   return _dead_letter(
       document, Reason.DUPLICATE_ID,
       f"id {document.id!r} is already used by the kept record at "
-      f"{kept_source}:{kept_position}")
+      f"{kept.source}:{kept.position}")
 
 
 def multiline_id_dead_letter(document: Document) -> DeadLetter:
@@ -117,6 +130,7 @@ class _KeepOnePerIdFn(beam.DoFn):
 
   def __init__(self, scope: str):
     self._dead_lettered = counter(COUNTERS.dead_lettered, scope)
+    self._repeated = counter(COUNTERS.repeated, scope)
 
   def process(self, id_and_documents):
     # Two passes over the group, never a copy of it: Beam's grouped values are
@@ -125,11 +139,12 @@ class _KeepOnePerIdFn(beam.DoFn):
     kept = choose_kept(documents)
     yield kept
     for duplicate in duplicates_of(kept, documents):
+      dead_letter = duplicate_dead_letter(duplicate, kept)
       self._dead_lettered.inc()
+      if dead_letter.reason == Reason.DUPLICATE_RECORD:
+        self._repeated.inc()
       PROGRESS.add_skipped()
-      yield beam.pvalue.TaggedOutput(
-          DEAD_LETTERS,
-          duplicate_dead_letter(duplicate, kept.source, kept.position))
+      yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter)
 
 
 class ValidateDocuments(beam.PTransform):

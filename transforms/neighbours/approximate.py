@@ -117,11 +117,14 @@ def ann_top_k(
     corpus_vectors: np.ndarray,
     k: int,
     corpus_id_ranks: Optional[np.ndarray] = None,
-    level: str = DOCUMENT) -> List[QueryNeighbours]:
+    level: str = DOCUMENT,
+    exclude_own: bool = True) -> List[QueryNeighbours]:
   """The index's top K of every query, scored canonically like exact mode.
 
-  Vectors normalised. Each query asks the index for K and room for its own
-  items (`asked_per_query`), so that dropping them still leaves K.
+  Vectors normalised. With exclude_own (the corpus's own items as queries),
+  each query asks the index for K and room for its own items
+  (`asked_per_query`), so that dropping them still leaves K; without it
+  (queries of their own, --neighbours_of) nothing is dropped.
   """
   if not len(query_ids) or not len(corpus_ids):
     return []
@@ -129,7 +132,9 @@ def ann_top_k(
     corpus_id_ranks = id_ranks(corpus_ids)
   owner = OWNERS[level]
   corpus_owners = np.asarray([owner(i) for i in corpus_ids], dtype=object)
-  query_owners = np.asarray([owner(i) for i in query_ids], dtype=object)
+  query_owners = np.asarray(
+      [owner(i) for i in query_ids] if exclude_own else
+      [_NO_OWNER] * len(query_ids), dtype=object)
   asked = asked_per_query(k, level, corpus_owners, query_owners)
   rows, cols = [], []
   for count in np.unique(asked).tolist():  # searches per candidate count
@@ -152,6 +157,9 @@ def ann_top_k(
               query_vectors, corpus_vectors, corpus_ids, corpus_id_ranks,
               np.concatenate(rows), np.concatenate(cols), k)]
 
+
+# The owner of a query of its own (--neighbours_of): no corpus item's.
+_NO_OWNER = object()
 
 # Results (query rows x results asked) of one index search: its labels and
 # distances take 12 bytes each, so about 50 MB at a time.
@@ -216,6 +224,9 @@ class _SearchIndexFn(beam.DoFn):
 
   def process(self, corpus: Shard, queries: Optional[Shard] = None):
     k = self._k
+    # The corpus's own items as queries are never matched with themselves;
+    # queries of their own are matched with every corpus item.
+    exclude_own = queries is None
     if queries is None:
       queries = corpus
     stats = {
@@ -235,7 +246,8 @@ class _SearchIndexFn(beam.DoFn):
     index, stats["index"] = build_index(
         corpus.vectors, candidates(k, self._level), self._settings)
     found = ann_top_k(index, queries.ids, queries.vectors, corpus.ids,
-                      corpus.vectors, k, id_ranks(corpus.ids), self._level)
+                      corpus.vectors, k, id_ranks(corpus.ids), self._level,
+                      exclude_own)
     if self._index_dir:
       written = write_ann_index(
           self._index_dir, functools.partial(write_index_to, index),
@@ -251,7 +263,7 @@ class _SearchIndexFn(beam.DoFn):
       exact = dict(
           blocked_top_k(sample, queries.vectors[rows], corpus.ids,
                         corpus.vectors, k, self._block_size,
-                        owner=OWNERS[self._level]))
+                        exclude_self=exclude_own, owner=OWNERS[self._level]))
       stats["recall_at_k"] = recall_at_k(
           dict(found),
           {query_id: exact.get(query_id, []) for query_id in sample})

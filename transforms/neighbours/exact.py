@@ -58,14 +58,15 @@ class ShardEmbeddings(beam.PTransform):
 
 
 def _score_against_corpus(indexed_query_shard, corpus_shards, k: int,
-                          owner) -> Iterator[QueryNeighbours]:
+                          owner, exclude_own: bool
+                          ) -> Iterator[QueryNeighbours]:
   """One query shard against every corpus shard, a block at a time."""
   _, queries = indexed_query_shard
   best = {query_id: [] for query_id in queries.ids}
   for _, corpus in corpus_shards:  # streamed: one corpus shard in memory
     for query_id, neighbours in block_top_k(
         queries.ids, queries.vectors, corpus.ids, corpus.vectors, k,
-        owner=owner):
+        exclude_self=exclude_own, owner=owner):
       best[query_id] = merge_top_k([best[query_id], neighbours], k)
   # Queries with any: one with none has no rows, and is no report example.
   yield from ((query_id, neighbours) for query_id, neighbours in best.items()
@@ -82,7 +83,10 @@ class ExactNeighbours(beam.PTransform):
       min(block_size, 1024) float32 scores; the corpus crosses the shuffle
       once, plus the side input it is streamed from.
     queries: optional query set; the input PCollection is then the corpus.
-      Without it, every corpus document is a query.
+      Without it, every corpus document is a query, never matched with
+      itself (nor, at chunk level, with its own document's chunks). Queries
+      of their own (--neighbours_of) are matched with every corpus item: an
+      id they share with the corpus makes them no corpus item.
     level: "document" (Embedding elements) or "chunk" (Chunk elements: a
       chunk's neighbours are other documents' chunks).
 
@@ -123,7 +127,7 @@ class ExactNeighbours(beam.PTransform):
 
     neighbours = query_shards | "ScoreAgainstCorpus" >> beam.FlatMap(
         _score_against_corpus, beam.pvalue.AsIter(corpus_shards), k,
-        OWNERS[self._level])
+        OWNERS[self._level], self._queries is None)
 
     def stats(num_corpus_documents, num_queries):
       return {

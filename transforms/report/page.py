@@ -55,6 +55,7 @@ _COUNT_MEANINGS = (
     ("removed", "documents of the previous run not in this one (gone from "
                 "the corpus, or dead-lettered)"),
     ("dead_lettered", "records rejected (see the errors below)"),
+    ("repeated", "of which exact repeats of a kept record (embedded once)"),
     ("truncated", "documents cut to --max_seq_length (or --max_chunks)"),
     ("chunks", "rows of the chunks table"),
 )
