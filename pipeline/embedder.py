@@ -176,8 +176,18 @@ class Embedder:
 
   def save_serving_model(self, output_dir: str):
     """A strings-to-vectors SavedModel of this embedder (see
-    LoadedBertModel.save_serving_model); without chunking."""
-    self._model.save_serving_model(output_dir)
+    LoadedBertModel.save_serving_model). It cannot chunk: with chunking (a
+    run with --chunk_size) it embeds a text as the run embeds one chunk,
+    cut at chunk_size wordpieces, so that a text that fits gets the run's
+    vector (a one-chunk document's, and its chunk's), and a longer one is
+    `truncated` (`embed_chunks` chunks it) rather than embedded whole up to
+    max_seq_length, which no vector of the run is."""
+    model = self._model
+    if self.settings.chunking is not None:
+      model = LoadedBertModel(dataclasses.replace(
+          self.settings, chunking=None,
+          max_seq_length=self.settings.chunking.chunk_size))
+    model.save_serving_model(output_dir)
 
   def __repr__(self):
     return (f"Embedder({dataclasses.asdict(self.settings)!r}, "

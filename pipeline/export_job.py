@@ -200,6 +200,12 @@ def _export_serving(args) -> int:
   print(f"Wrote the serving SavedModel of {args.serving} to {args.output_dir} "
         f"(signature serving_default: text -> embedding [{embedder.hidden_size}]"
         f", num_tokens, truncated; fingerprint {embedder.fingerprint[:12]})")
+  if embedder.settings.chunking is not None:
+    size = embedder.settings.chunking.chunk_size
+    print(f"The run cut documents into chunks of {size} wordpieces: the "
+          f"SavedModel embeds a text as one chunk, up to {size} wordpieces; "
+          "a longer one is cut there (truncated: true), where the run would "
+          "have chunked it (Embedder.embed_chunks does).")
   return 0
 
 

@@ -173,6 +173,36 @@ def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):
     Embedder.from_run(run_dir)
 
 
+def test_a_serving_model_of_a_chunked_run_embeds_a_text_as_one_chunk(
+    tmp_path, tiny_model_dir, capsys):
+  # Found by an acceptance audit: it embedded texts whole up to
+  # max_seq_length (32 here), so a text of 13-32 wordpieces, which the run
+  # chunks, got a vector the run has for nothing, and truncated: false.
+  texts = {"long": "hello world the cat sat on a mat . " * 9,
+           "short": "the quick brown fox"}
+  run_dir = _run(tmp_path, texts, tiny_model_dir, "--chunk_size=12")
+  serving_dir = str(tmp_path / "serving")
+  assert export_model.main(["--serving", run_dir,
+                            f"--output_dir={serving_dir}"]) == 0
+  assert ("chunks of 12 wordpieces: the SavedModel embeds a text as one "
+          "chunk") in capsys.readouterr().out
+  served = tf.saved_model.load(serving_dir).signatures["serving_default"]
+  embedder = Embedder.from_run(run_dir)
+  chunks = embedder.embed_chunks(texts["long"])
+  asked = [texts["short"], chunks[1].text, texts["long"]]
+  outputs = served(text=tf.constant(asked))
+  # A text that fits one chunk: the run's vector of it, as a document and
+  # as a chunk.
+  assert _cosines(outputs["embedding"].numpy()[:2],
+                  [embedder.embed([texts["short"]])[0],
+                   chunks[1].embedding]).min() >= 0.999999
+  assert outputs["num_tokens"].numpy().tolist()[:2] == [
+      6, chunks[1].num_tokens]
+  # A longer one is cut at the chunk size, and says so.
+  assert outputs["truncated"].numpy().tolist() == [False, False, True]
+  assert outputs["num_tokens"].numpy()[2] == 12
+
+
 def test_a_run_with_a_relative_model_path_is_queried_from_anywhere(
     tmp_path, tiny_model_dir, monkeypatch):
   # The manifest names the model by its absolute path, so a run made with
