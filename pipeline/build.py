@@ -266,7 +266,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
       plan.run_dir, staging, plan.run_id, plan.manifest_model,
       counts=counts, outputs=outputs, settings=plan.manifest_settings,
       started_at=started_at, details=details, static_details=static_details,
-      latest_pointer=plan.latest_pointer, limits=plan.limits,
+      latest_pointer=plan.latest_pointer,
+      latest_pointer_before=plan.latest_pointer_before, limits=plan.limits,
       dead_letters=dead_letters, report_sections=report_sections,
       # The embeddings table's BigQuery-loadable files, once written.
       sinks=[(outputs[layout.EMBEDDINGS][writing.bigquery_format], sink)

@@ -31,7 +31,6 @@ from pipeline.flags import reject_unknown_flags
 from pipeline.errors import RunFailedError
 from pipeline.plan import plan_run
 from pipeline.plan import RunPlan
-from pipeline.latest_pointer import read_latest_pointer
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
 from run_directory.layout import VERTEX_STATE
@@ -40,6 +39,7 @@ from transforms import native_logs
 from transforms.guardrails import describe_refusal
 from transforms.guardrails import RunRefusedError
 from transforms.previous_run_damage import PREVIOUS_TABLE_DAMAGED
+from transforms.publish import named_by_pointer
 
 _LOG = logging.getLogger(__name__)
 
@@ -179,9 +179,7 @@ def run_job(argv=None, save_main_session=True,
     _warn_if_truncated(manifest, plan.handler.model)
   return JobOutcome(
       result=result, run_dir=plan.run_dir, manifest=manifest,
-      unmoved_latest_pointer=(
-          plan.latest_pointer if manifest and plan.latest_pointer and
-          not _names_run(plan.latest_pointer, plan.run_dir) else None))
+      unmoved_latest_pointer=_unmoved_pointer(plan) if manifest else None)
 
 
 def run(argv=None, save_main_session=True) -> PipelineResult:
@@ -201,14 +199,19 @@ def _published_manifest(run_dir: str) -> Optional[dict]:
     return None  # the run is published; what is told about it must never fail it
 
 
-def _names_run(pointer: str, run_dir: str) -> bool:
-  """Whether the --latest_pointer file names run_dir. Checked by the driver:
-  the publish step only logs (on a worker, on Dataflow) a pointer it could
-  not move, since the run was published by then."""
-  try:
-    return read_latest_pointer(pointer) == run_dir
-  except Exception:  # pylint: disable=broad-except
-    return False  # unreadable is not moved: told, never raised
+def _unmoved_pointer(plan: RunPlan) -> Optional[str]:
+  """The --latest_pointer file, when the published run's publish step should
+  have moved it and it does not name the run (the move failed, after the
+  manifest: the run stands). Checked by the driver: the publish step only
+  logs (on a worker, on Dataflow) a pointer it could not move. None when it
+  names the run, or a run that another process published while this one ran
+  (left to that one on purpose, and logged as such)."""
+  if not plan.latest_pointer:
+    return None
+  named = named_by_pointer(plan.latest_pointer)
+  if named == plan.run_dir or (named and named != plan.latest_pointer_before):
+    return None
+  return plan.latest_pointer
 
 
 def _warn_if_truncated(manifest: dict, model: ModelSettings):

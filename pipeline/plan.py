@@ -64,6 +64,7 @@ from transforms.names import QUERIES
 from transforms.neighbours import CHUNK as CHUNK_LEVEL
 from transforms.neighbours import DOCUMENT as DOCUMENT_LEVEL
 from transforms.neighbours import NeighbourSettings
+from transforms.publish import named_by_pointer
 from transforms.read import CorpusSettings
 from transforms.report import ReportSettings
 from transforms.reuse import PreviousRun
@@ -128,6 +129,9 @@ class RunPlan:
   limits: PublishLimits
   report: ReportSettings
   latest_pointer: Optional[str]
+  # What --latest_pointer named when the run was planned: the publish step
+  # moves the pointer only if no other run has moved it since.
+  latest_pointer_before: Optional[str]
   manifest_model: dict
   manifest_settings: dict
   vertex: Optional[VertexExport] = None
@@ -378,6 +382,8 @@ def plan_run(config: RunConfig,
           chunked=settings.chunking is not None,
           include_text=not out.no_text),
       latest_pointer=nightly.latest_pointer,
+      latest_pointer_before=(named_by_pointer(nightly.latest_pointer)
+                             if nightly.latest_pointer else None),
       manifest_model=manifest_model(model, settings),
       manifest_settings=settings_of(config),
       vertex=_vertex_export(config, previous_run, table.chunked,

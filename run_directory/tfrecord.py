@@ -39,6 +39,12 @@ class OversizedFrame(NamedTuple):
   size: int
 
 
+class CorruptFrame(NamedTuple):
+  """A frame whose data fails its CRC, though its length passes its own:
+  the next frame starts where this one says it ends."""
+  size: int
+
+
 def masked_crc32c(data: bytes) -> int:
   crc = google_crc32c.value(data)
   return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
@@ -64,10 +70,15 @@ def _read_up_to(stream: BinaryIO, size: int, keep: bool = True) -> tuple:
   return b"".join(pieces), count
 
 
-def iter_frames(stream: BinaryIO,
-                max_bytes: int = 1 << 62) -> Iterator[Union[bytes,
-                                                           OversizedFrame]]:
+def iter_frames(stream: BinaryIO, max_bytes: int = 1 << 62,
+                skip_corrupt_data: bool = False
+                ) -> Iterator[Union[bytes, OversizedFrame, CorruptFrame]]:
   """The data of each frame of a TFRecord stream, CRCs checked.
+
+  skip_corrupt_data: a frame whose data fails its CRC, its length passing
+    its own, is a CorruptFrame and reading goes on (an input corpus: one
+    damaged record is that record's error); otherwise it raises (a run's
+    own table: any damage is).
 
   Raises:
     ValueError: at the first frame that is truncated or fails a CRC (the
@@ -94,6 +105,9 @@ def iter_frames(stream: BinaryIO,
     data = body[:length]
     (data_crc,) = _FOOTER.unpack(body[length:])
     if masked_crc32c(data) != data_crc:
+      if skip_corrupt_data:
+        yield CorruptFrame(length)
+        continue
       raise ValueError("TFRecord data fails its CRC")
     yield data
 

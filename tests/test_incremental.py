@@ -244,6 +244,44 @@ def test_a_night_killed_before_moving_latest_moves_it_when_run_again(
     assert f.read().strip() == str(runs / "night-2")
 
 
+def test_a_run_never_moves_the_pointer_from_one_published_while_it_ran(
+    tmp_path, tiny_model_dir, monkeypatch, caplog):
+  # Found by an acceptance audit: two runs sharing --latest_pointer
+  # (overlapping nights), the later-started one published first, and the
+  # earlier one, finishing last, moved the pointer back to itself.
+  corpus = _write_jsonl(tmp_path / "corpus.jsonl", _corpus(10))
+  runs = tmp_path / "runs"
+  pointer = runs / "LATEST"
+  flags = ["--previous_run=latest", f"--latest_pointer={pointer}"]
+  pointer_only = [f"--latest_pointer={pointer}"]
+  _run(tiny_model_dir, corpus, str(runs / "{run_id}"), *flags,
+       run_id="night-1")
+  assert pointer.read_text() == f"{runs / 'night-1'}\n"
+  moved_into_place = publish_stage.move_into_place
+
+  def another_run_publishes_first(staging_dir, run_dir, listed):
+    pointer.write_text(f"{runs / 'night-3'}\n")
+    moved_into_place(staging_dir, run_dir, listed)
+
+  monkeypatch.setattr(publish_stage, "move_into_place",
+                      another_run_publishes_first)
+  outcome = main.main([f"--input={corpus}", f"--output={runs / 'night-2'}",
+                       f"--model={tiny_model_dir}", "--runner=DirectRunner",
+                       "--run_id=night-2", *flags])
+  assert outcome == 0  # published, and the pointer left to the other run
+  assert os.path.exists(runs / "night-2" / "manifest.json")
+  assert pointer.read_text() == f"{runs / 'night-3'}\n"
+  assert not [n for n in os.listdir(runs) if n.endswith(".tmp")]
+  assert (f"--latest_pointer={pointer} names {runs / 'night-3'}, published "
+          "while this run ran") in caplog.text
+  # Without a previous run too: the pointer is compared with what it named
+  # when the run started.
+  monkeypatch.undo()
+  _run(tiny_model_dir, corpus, str(runs / "{run_id}"), *pointer_only,
+       run_id="night-4")
+  assert pointer.read_text() == f"{runs / 'night-4'}\n"
+
+
 def test_run_nightly_reads_relative_paths_from_the_callers_directory(
     tmp_path, tiny_model_dir):
   # RUNS_ROOT and INPUT relative to where it is run, as for any command (it

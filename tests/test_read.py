@@ -461,6 +461,14 @@ def test_read_tfrecord(tmp_path):
   damaged = bytearray(corrupt.read_bytes())
   damaged[2 * 16 + len(frames[0]) + len(frames[1])] ^= 0x01
   corrupt.write_bytes(bytes(damaged))
+  # A frame whose data alone is damaged (found by an acceptance audit: it
+  # once ended the file, and the records after it were lost).
+  bad_data = tmp_path / "bad_data.tfrecord"
+  frames = [_example(id=[f"b{i}".encode()], text=[b"fine"]) for i in range(4)]
+  _write_tfrecord(bad_data, frames)
+  damaged = bytearray(bad_data.read_bytes())
+  damaged[16 + len(frames[0]) + 12 + 2] ^= 0x01  # in frame 1's data
+  bad_data.write_bytes(bytes(damaged))
   not_tfrecord = tmp_path / "not_tfrecord.tfrecord"
   not_tfrecord.write_text("plain text, no TFRecord framing\n")
   (tmp_path / "empty.tfrecord").write_bytes(b"")
@@ -478,6 +486,9 @@ def test_read_tfrecord(tmp_path):
             _doc(compressed, 0, "zipped", "z"),
             _doc(corrupt, 0, "ok", "c0"),
             _doc(corrupt, 1, "ok", "c1"),
+            _doc(bad_data, 0, "fine", "b0"),
+            _doc(bad_data, 2, "fine", "b2"),
+            _doc(bad_data, 3, "fine", "b3"),
         ], [
             _dead(batch, 2, Reason.MISSING_FIELD, "m"),
             _dead(batch, 3, Reason.NON_STRING_FIELD, "two"),
@@ -489,6 +500,7 @@ def test_read_tfrecord(tmp_path):
             _dead(mixed, 3, Reason.NON_STRING_FIELD, "f"),
             _dead(mixed, 4, Reason.NON_STRING_FIELD),
             _dead(corrupt, 2, Reason.UNREADABLE_FILE),
+            _dead(bad_data, 1, Reason.MALFORMED_RECORD),
             _dead(not_tfrecord, -1, Reason.UNREADABLE_FILE),
         ],
         label="TFRecord")

@@ -53,6 +53,7 @@ from run_directory.layout import REPORT_FILE
 from run_directory.layout import spill_dir
 from run_directory.manifest import build_manifest
 from run_directory.manifest import listed_files
+from run_directory.manifest import read_bytes
 from run_directory.staging import move_into_place
 from run_directory.staging import remove_unlisted_files
 from transforms.guardrails import describe_refusal
@@ -102,6 +103,7 @@ class PublishRun(beam.PTransform):
                details: Dict[str, beam.PCollection] = None,
                static_details: Mapping[str, dict] = None,
                latest_pointer: str = None,
+               latest_pointer_before: Optional[str] = None,
                limits: PublishLimits = PublishLimits(),
                dead_letters: Optional[beam.PCollection] = None,
                report_sections: Dict[str, beam.PCollection] = None,
@@ -111,7 +113,8 @@ class PublishRun(beam.PTransform):
         run_dir=run_dir, staging_dir=staging_dir, run_id=run_id,
         model=dict(model), settings=dict(settings), started_at=started_at,
         static_details=dict(static_details or {}),
-        latest_pointer=latest_pointer, limits=limits)
+        latest_pointer=latest_pointer,
+        latest_pointer_before=latest_pointer_before, limits=limits)
     self._sinks = tuple(sinks)
     self._report_sections = dict(report_sections or {})
     self._dead_letters = dead_letters
@@ -167,6 +170,8 @@ class _RunPublisher:
   started_at: float
   static_details: Mapping
   latest_pointer: Optional[str]
+  # What the pointer named when the run was planned (`named_by_pointer`).
+  latest_pointer_before: Optional[str]
   limits: PublishLimits
 
   def check(self, unused_element, **side_inputs) -> dict:
@@ -229,11 +234,28 @@ class _RunPublisher:
     # Published. What is left only tidies up, and may not fail the run.
     if staged_pointer:
       _without_failing(f"moving {self.latest_pointer} into place",
-                       commit_staged, staged_pointer, self.latest_pointer)
+                       self._move_pointer, staged_pointer)
     _without_failing(f"removing {self.staging_dir}", _remove_if_there,
                      self.staging_dir)
     return manifest
 
+
+  def _move_pointer(self, staged_pointer: str):
+    """Renames the staged pointer into place, unless another run moved the
+    pointer while this one ran: two runs that share it (overlapping nights)
+    then leave it to the one published first, as the newer corpus, rather
+    than to whichever finishes last."""
+    named = named_by_pointer(self.latest_pointer)
+    if named not in (self.latest_pointer_before, self.run_dir):
+      _LOG.warning(
+          "--latest_pointer=%s names %s, published while this run ran (it "
+          "named %s when the run started): left as it is, so that the next "
+          "--previous_run=latest compares with the run published last.",
+          self.latest_pointer, named or "nothing readable",
+          self.latest_pointer_before or "nothing")
+      _remove_if_there(staged_pointer)
+      return
+    commit_staged(staged_pointer, self.latest_pointer)
 
   def _refuse(self, manifest: dict, reasons: list, top_errors: list):
     """Leaves refused.json in the staging directory, and fails the run."""
@@ -263,6 +285,17 @@ class _RunPublisher:
 
 def _after_checks(path, unused_checked_manifest):
   return path
+
+
+def named_by_pointer(pointer: str) -> Optional[str]:
+  """The run a --latest_pointer file names: None when there is no file, ""
+  when it cannot be read as one (pipeline/latest_pointer.py tells why)."""
+  try:
+    if not FileSystems.exists(pointer):
+      return None
+    return read_bytes(pointer).decode("utf-8").strip()
+  except Exception:  # pylint: disable=broad-except
+    return ""  # compared, never raised: any storage error reads as "other"
 
 
 def _remove_if_there(path: str):

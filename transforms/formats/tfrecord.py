@@ -9,7 +9,8 @@ Why not tfx-bsl's TFExampleRecord TFXIO: it reads through Beam's
 ReadFromTFRecord, whose records carry no index within their file, and it
 fails the whole read on a corrupt file. Here each file is framed by the
 project's TFRecord codec (positions; corrupt framing is one dead letter, the
-records before it kept), and the Examples are decoded by tfx-bsl's C++
+records before it kept; a record whose data alone fails its CRC is that
+record's malformed_record, and reading goes on), and the Examples are decoded by tfx-bsl's C++
 decoder a batch at a time, into Arrow columns (the codec's ExamplesDecoder).
 """
 
@@ -18,6 +19,7 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple
 import pyarrow as pa
 
 from run_directory.records import Reason
+from run_directory.tfrecord import CorruptFrame
 from run_directory.tfrecord import ExamplesDecoder
 from run_directory.tfrecord import iter_frames
 from run_directory.tfrecord import OversizedFrame
@@ -42,44 +44,51 @@ _Batch = List[Tuple[int, bytes]]
 
 def _batches(stream: BinaryIO, source: str, spec: RecordSpec
             ) -> Iterator[Tuple[_Batch, List[Record]]]:
-  """(batch of frames, dead letters of oversized frames) in file order.
+  """(batch of frames, dead letters of rejected or corrupt frames) in
+  file order.
 
   A framing error is raised only after the batch before it, so the records
   read before a corrupt frame are kept.
   """
-  batch, batch_bytes, oversized = [], 0, []
-  frames = iter_frames(stream, spec.max_record_bytes)
+  batch, batch_bytes, rejected = [], 0, []
+  frames = iter_frames(stream, spec.max_record_bytes, skip_corrupt_data=True)
   position = 0
   while True:
     try:
       frame = next(frames, None)
     except ValueError:
-      if batch or oversized:
-        yield batch, oversized
+      if batch or rejected:
+        yield batch, rejected
       raise
     if frame is None:
       break
     if isinstance(frame, OversizedFrame):
-      oversized.append(
+      rejected.append(
           too_large(frame.size, spec.max_record_bytes,
                     "record").dead_letter(source, position, b""))
+    elif isinstance(frame, CorruptFrame):
+      rejected.append(Rejected(
+          Reason.MALFORMED_RECORD,
+          f"the record's {frame.size:,} bytes fail their CRC (damaged); its "
+          "framing is intact, so reading goes on at the next record"
+      ).dead_letter(source, position, b""))
     else:
       batch.append((position, frame))
       batch_bytes += len(frame)
     position += 1
     if len(batch) >= _BATCH_RECORDS or batch_bytes >= _BATCH_BYTES:
-      yield batch, oversized
-      batch, batch_bytes, oversized = [], 0, []
-  if batch or oversized:
-    yield batch, oversized
+      yield batch, rejected
+      batch, batch_bytes, rejected = [], 0, []
+  if batch or rejected:
+    yield batch, rejected
 
 
 def read_tfrecord_records(stream: BinaryIO, source: str,
                           spec: RecordSpec) -> Iterator[Record]:
   """One record per serialized tf.train.Example (see the module docstring)."""
   decoder = ExamplesDecoder()
-  for batch, oversized in _batches(stream, source, spec):
-    records = list(oversized)
+  for batch, rejected in _batches(stream, source, spec):
+    records = list(rejected)
     if batch:
       records.extend(_decode_examples(decoder, batch, source, spec))
     # In file order: the position after the last record is where an
