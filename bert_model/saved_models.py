@@ -21,8 +21,6 @@ import re
 from typing import Dict, Sequence
 
 import tensorflow as tf
-from tensorflow.python.checkpoint import checkpoint_options  # pylint: disable=g-direct-tensorflow-import
-from tensorflow.python.framework import ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.saved_model import load as load_lib  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.saved_model import loader_impl  # pylint: disable=g-direct-tensorflow-import
 
@@ -152,10 +150,10 @@ def load_parts(path: str, names: Sequence[str]) -> Dict[str, object]:
   filters = [f"root.{name}" for name in names]
   # What tf.__internal__.saved_model.load_partial does with the proto it
   # reads itself.
-  with ops.init_scope(), _loading(path):
+  with tf.init_scope(), _loading(path):
     loader = load_lib.Loader(
         saved_model.meta_graphs[0].object_graph_def, saved_model, path,
-        checkpoint_options.CheckpointOptions(),
+        tf.train.CheckpointOptions(),
         # The variables of the parts not loaded are in the checkpoint too.
         tf.saved_model.LoadOptions(allow_partial_checkpoint=True), filters)
     return {name: loader.get(node) for name, node in zip(names, filters)}

@@ -49,6 +49,8 @@ def declared_by_extra(requires: Iterable[str],
                       extras: Iterable[str]) -> Dict[str, set]:
   """Installed Requires-Dist lines, grouped: "" for the base requirements,
   else the extra whose marker selects them."""
+  # Imported here: a fresh ./.venv may not have packaging yet, and then the
+  # check must still run, and answer "not current" (main's except).
   from packaging.requirements import Requirement  # pylint: disable=g-import-not-at-top
   grouped = {"": set()}
   for line in requires:
@@ -75,6 +77,7 @@ def is_current(arguments: Mapping, extras: List[str],
   (None if it is not installed). version_of(name): an installed
   distribution's version, or None.
   """
+  # Imported here: as in declared_by_extra.
   from packaging.requirements import Requirement  # pylint: disable=g-import-not-at-top
   if installed_version is None or installed_version != arguments["version"]:
     return False

@@ -172,7 +172,7 @@ def _says_why(path: str, line: int) -> bool:
   return False
 
 
-@pytest.mark.parametrize("directory", [*LAYERS, *SCRIPTS])
+@pytest.mark.parametrize("directory", [*LAYERS, *SCRIPTS, *OTHERS])
 def test_imports_inside_functions_say_why(directory):
   problems = []
   for _, path in _modules(directory):
