@@ -23,6 +23,7 @@ from run_directory.layout import JSONL
 from run_directory.layout import TFRECORD
 from run_directory.layout import VERTEX_STATE
 from run_directory.manifest import embedded_text_pairs
+from run_directory.manifest import listed_files
 from run_directory.manifest import load_manifest
 from run_directory.manifest import RunNotPublishedError
 from run_directory.manifest import table_columns
@@ -88,6 +89,15 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
         f"{told} lists {len(missing)} shard(s) "
         f"that are gone, e.g. {missing[0]}: its files were moved or deleted. "
         f"{damaged_fix}")
+  gone = _other_files_gone(path, manifest,
+                           set(files + chunk_files + vertex_state_files))
+  if gone:
+    # Not refused: nothing of them is carried over. Told, as the run it
+    # names is damaged for whoever reads it.
+    _LOG.warning(
+        "%s is damaged: %d other file(s) its manifest lists are gone, e.g. "
+        "%s. This run carries over only its TFRecord shards, which are all "
+        "there.", told, len(gone), gone[0])
   # Older runs recorded some vector settings under "settings", flat.
   previous = dict(manifest["settings"])
   previous.update(manifest["model"])
@@ -114,6 +124,17 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
                      vertex_state_files=vertex_state_files,
                      vertex_datapoints=vertex_datapoints,
                      hidden_size=hidden_size)
+
+
+def _other_files_gone(path: str, manifest: dict, needed: set) -> list:
+  """The files the manifest lists, other than `needed`, that are gone."""
+  try:
+    listed = [FileSystems.join(path, name)
+              for name in listed_files(manifest["outputs"])]
+  except (TypeError, AttributeError):
+    return []  # a damaged list: the checks above read what reuse needs
+  return [name for name in listed
+          if name not in needed and not FileSystems.exists(name)]
 
 
 # Entries of a manifest a previous run is planned from, and their types.

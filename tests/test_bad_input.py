@@ -632,7 +632,7 @@ def test_a_relative_output_is_published_quietly_and_named_absolutely(
 
 
 def test_a_previous_run_with_missing_shards_is_refused(
-    tmp_path, corpus_file, tiny_model_dir, capsys):
+    tmp_path, corpus_file, tiny_model_dir, capsys, caplog):
   code, previous = _run(tmp_path, tiny_model_dir, corpus_file,
                         output="previous")
   assert code == 0
@@ -658,6 +658,19 @@ def test_a_previous_run_with_missing_shards_is_refused(
       f"Write the last complete run's directory into {pointer}, or delete "
       f"{pointer} to embed everything afresh.")
   assert not os.path.exists(tmp_path / "next")
+  # A file reuse does not read gone (the Avro copy): carried over, and told.
+  code, previous = _run(tmp_path, tiny_model_dir, corpus_file,
+                        output="previous3")
+  assert code == 0
+  avro = read_outputs.load_manifest(previous)["outputs"]["embeddings"]["avro"]
+  os.remove(os.path.join(previous, avro[0]))
+  with caplog.at_level(logging.WARNING):
+    code, run_dir = _run(tmp_path, tiny_model_dir, corpus_file,
+                         f"--previous_run={previous}", output="next3")
+  assert code == 0
+  assert read_outputs.load_manifest(run_dir)["counts"]["reused"] == 1
+  assert (f"--previous_run={previous} is damaged: 1 other file(s) its "
+          f"manifest lists are gone, e.g. {previous}/{avro[0]}") in caplog.text
   # Its schema file gone: named, not a traceback.
   code, previous = _run(tmp_path, tiny_model_dir, corpus_file,
                         output="previous2")
