@@ -386,8 +386,9 @@ def test_exact_neighbours_two_documents(tmp_path):
 def test_exact_neighbours_of_a_query_set(tmp_path):
   corpus_ids = make_ids(150, seed=1)
   corpus_vectors = with_duplicates(random_vectors(150, 16, seed=1))
-  # New documents: some unseen, some re-sent with an id the corpus has (never
-  # matched with that corpus document), one a duplicate of a corpus vector.
+  # New documents: some unseen, some re-sent with an id the corpus has (a
+  # query set is a collection of its own: matched with that corpus document
+  # too), one a duplicate of a corpus vector.
   query_ids = [f"new-{i:03d}" for i in range(40)] + corpus_ids[:10]
   query_vectors = np.concatenate(
       [random_vectors(40, 16, seed=2), corpus_vectors[:10]])
@@ -400,11 +401,14 @@ def test_exact_neighbours_of_a_query_set(tmp_path):
       queries=to_embeddings(query_ids, query_vectors))
   expected = maths.brute_force_neighbours(
       corpus_ids, corpus_vectors, k, query_ids=query_ids,
-      query_vectors=query_vectors)
+      query_vectors=query_vectors, exclude_own=False)
   assert_same_rows(rows, to_rows(expected))
   assert {r["id"] for r in rows} == set(query_ids)
   assert all(r["neighbour_id"] in set(corpus_ids) for r in rows)
-  assert all(r["id"] != r["neighbour_id"] for r in rows)
+  # A re-sent document finds the corpus document of its id, at 1.0 (first,
+  # or after a copy of it with a smaller id).
+  found = {(r["id"], r["neighbour_id"]): r["score"] for r in rows}
+  assert all(found.get((i, i)) == 1.0 for i in corpus_ids[:10])
   assert stats["shards"] == 5 and stats["query_shards"] == 2
   assert stats["queries"] == 50 and stats["corpus_size"] == 150
 
@@ -583,10 +587,11 @@ def test_approximate_neighbours_of_a_query_set(tmp_path):
   assert stats["queries"] == 25 and stats["corpus_size"] == 300
   assert stats["recall_sample_size"] == 25
   assert {r["id"] for r in rows} == set(query_ids)
-  assert all(r["id"] != r["neighbour_id"] for r in rows)
   assert_same_rows(rows, to_rows(maths.brute_force_neighbours(
       corpus_ids, corpus_vectors, 5, query_ids=query_ids,
-      query_vectors=query_vectors)))
+      query_vectors=query_vectors, exclude_own=False)))
+  firsts = {r["id"]: r for r in rows if r["rank"] == 1}
+  assert all(firsts[i]["neighbour_id"] == i for i in corpus_ids[:5])
 
 
 @pytest.mark.parametrize("n", [0, 1])
