@@ -2,7 +2,7 @@
 defaults, without TensorFlow.
 
 The flags declare and check them before TensorFlow is imported (a wrong flag
-fails in about a second: pipeline/main.py), and the modules that use them
+fails in about 2 s: pipeline/main.py), and the modules that use them
 (loaded_model.py, metadata.py, chunking.py) take them from here.
 """
 

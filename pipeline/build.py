@@ -249,12 +249,13 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
   if plan.similarity_plot:
     outputs[layout.SIMILARITY_PLOT] = {
         "png": embeddings | "WriteSimilarityPlot" >> WriteSimilarityPlot(
-            staging)
+            staging, with_text=plan.table.include_text)
     }
   if plan.projector_max_points:
     outputs[layout.PROJECTOR] = {
         "tsv": embeddings | "WriteProjectorFiles" >> WriteProjectorFiles(
-            staging, plan.projector_max_points)
+            staging, plan.projector_max_points,
+            with_text=plan.table.include_text)
     }
 
   report_sections = pipeline | "SummarizeForReport" >> SummarizeForReport(

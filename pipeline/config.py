@@ -433,7 +433,7 @@ def check_flags(argv: Sequence[str]) -> RunConfig:
   declared, a value a flag cannot take (both before Beam's options parse
   the flags: Beam would warn of the one, and print its whole usage for the
   other), then `config_from_options`. Raises ConfigError; imports no
-  TensorFlow, so `pipeline.main` fails a wrong flag in about a second."""
+  TensorFlow, so `pipeline.main` fails a wrong flag in about 2 s."""
   reject_unknown_flags(argv)
   return config_from_options(PipelineOptions(list(argv)))
 

@@ -26,10 +26,14 @@ def _export_job():
 
 
 def main(argv=None) -> int:
+  # TensorFlow's notices captured: its start-up's, and the export's first
+  # model calls' (oneDNN's int64 note). The export prints its result on
+  # stdout; its errors, on stderr, are written back when it ends (it logs
+  # no progress meanwhile).
   with native_logs.captured():
     native_logs.start_tensorflow()
     export_job = _export_job()
-  return export_job.main(sys.argv[1:] if argv is None else argv, __doc__)
+    return export_job.main(sys.argv[1:] if argv is None else argv, __doc__)
 
 
 if __name__ == "__main__":

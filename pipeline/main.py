@@ -8,7 +8,7 @@ run prints its progress and its summary, warnings and errors; Beam's and
 TensorFlow's INFO logs and TensorFlow's native start-up notices only with
 --verbose or --log_level INFO (pipeline/console.py). Hence the order of
 `main`: logging and TensorFlow's environment are set up first; the flags are
-checked (without TensorFlow: a wrong flag fails in about a second); then the
+checked (without TensorFlow: a wrong flag fails in about 2 s); then the
 job is imported (which imports TensorFlow) with TensorFlow's notices
 captured (transforms/native_logs.py), and it runs. `--help` lists the flags;
 docs/ has the reference.

@@ -7,6 +7,8 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -581,3 +583,29 @@ def test_cli_tells_a_successful_export_once(tiny_checkpoint, tmp_path,
   captured = capsys.readouterr()
   told = captured.out + captured.err + caplog.text
   assert told.count("Exported") == 1 and "pooling mean" in captured.out
+
+
+def test_the_export_command_prints_its_result_and_no_notices(tiny_checkpoint,
+                                                             tmp_path):
+  # Found by a docs check: the export's first model call printed oneDNN's
+  # int64 note ("E0000 ... util.cc:131] oneDNN supports DT_INT64 only ...")
+  # before the "Exported" line, which the other commands keep off the screen.
+  output_dir = tmp_path / "model"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(
+      [sys.executable, "-m", "pipeline.export_model",
+       f"--checkpoint={tiny_checkpoint}", f"--output_dir={output_dir}"],
+      capture_output=True, text=True, check=True, cwd=repo,
+      env=dict(os.environ, PYTHONPATH=repo))
+  assert done.stdout.startswith(f"Exported {os.path.basename(tiny_checkpoint)}"
+                                f" to {output_dir}"), done.stdout
+  assert done.stderr == ""
+  # An error is still told, once the export ends.
+  failed = subprocess.run(
+      [sys.executable, "-m", "pipeline.export_model",
+       f"--checkpoint={tmp_path / 'nothing'}", f"--output_dir={tmp_path / 'x'}"],
+      capture_output=True, text=True, cwd=repo,
+      env=dict(os.environ, PYTHONPATH=repo))
+  assert failed.returncode == 2
+  assert failed.stderr == (f"pipeline.export_model: error: {tmp_path / 'nothing'}"
+                           " is not a directory.\n")

@@ -10,6 +10,7 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline import main
 from pipeline import read_outputs
+from transforms import visualize
 from transforms.names import METRICS_NAMESPACE
 from transforms.neighbours import maths as neighbours_lib
 
@@ -155,3 +156,25 @@ def test_no_neighbours_plot_and_projector(tmp_path, tiny_model_dir):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with open(os.path.join(run_dir, "projector", "vectors.tsv")) as f:
     assert len(f.read().splitlines()) == len(CORPUS)
+
+
+def test_no_text_leaves_the_texts_out_of_the_pictures(tmp_path,
+                                                      tiny_model_dir,
+                                                      monkeypatch):
+  # Found by a docs check: with --no_text the tables held no text, but the
+  # projector's metadata.tsv held every one, and the plot was labelled
+  # with them.
+  labels = []
+  draw = visualize.similarity_heatmap_png
+
+  def recording(texts, *args):
+    labels.extend(texts)
+    return draw(texts, *args)
+
+  monkeypatch.setattr(visualize, "similarity_heatmap_png", recording)
+  run_dir, _ = _run(tmp_path, tiny_model_dir, "--neighbours_k=0",
+                    "--similarity_plot", "--projector_export", "--no_text")
+  ids, _ = read_outputs.load_embeddings(run_dir)
+  assert sorted(labels) == sorted(ids)
+  with open(os.path.join(run_dir, "projector", "metadata.tsv")) as f:
+    assert f.read().splitlines() == sorted(ids)  # one column: no header

@@ -7,7 +7,9 @@
   https://projector.tensorflow.org ("Load") to browse a larger set.
 
 Both take a deterministic subset (the documents with the smallest ids), so
-re-running gives the same files.
+re-running gives the same files. Without the texts (--no_text, `with_text`
+False) both show ids instead: a run that leaves texts out of its tables
+leaves them out of its pictures too.
 """
 
 import io
@@ -82,10 +84,14 @@ def _tsv_cell(text: str) -> str:
   return " ".join(text.replace("\t", " ").split())
 
 
-def projector_tsv(embeddings: Sequence[Embedding]):
-  """(vectors.tsv, metadata.tsv) contents for the Embedding Projector."""
+def projector_tsv(embeddings: Sequence[Embedding], with_text: bool = True):
+  """(vectors.tsv, metadata.tsv) contents for the Embedding Projector.
+  Without the texts the metadata is the ids alone, one a line: the
+  Projector's format for one column (no header)."""
   vectors = "".join(
       "\t".join(f"{v:.6g}" for v in e.embedding) + "\n" for e in embeddings)
+  if not with_text:
+    return vectors, "".join(f"{_tsv_cell(e.id)}\n" for e in embeddings)
   metadata = "id\ttext\n" + "".join(
       f"{_tsv_cell(e.id)}\t{_tsv_cell(e.text)}\n" for e in embeddings)
   return vectors, metadata
@@ -118,10 +124,12 @@ class WriteSimilarityPlot(beam.PTransform):
   Returns a PCollection holding the written path (empty if no documents).
   """
 
-  def __init__(self, run_dir: str, max_documents: int = 50):
+  def __init__(self, run_dir: str, max_documents: int = 50,
+               with_text: bool = True):
     super().__init__()
     self._path = FileSystems.join(run_dir, SIMILARITY_PLOT_FILE)
     self._max_documents = max_documents
+    self._with_text = with_text
 
   def expand(self, embeddings):
     count = embeddings | "Count" >> beam.combiners.Count.Globally()
@@ -137,7 +145,8 @@ class WriteSimilarityPlot(beam.PTransform):
       title += f" (first {len(chosen)} of {total} documents by id)"
     if not chosen:
       return []  # nothing was embedded: no picture
-    png = similarity_heatmap_png([e.text for e in chosen],
+    png = similarity_heatmap_png([e.text if self._with_text else e.id
+                                  for e in chosen],
                                  np.stack([e.embedding for e in chosen]), title)
     return [_write_file(self._path, png)]
 
@@ -149,10 +158,12 @@ class WriteProjectorFiles(beam.PTransform):
   """
 
   def __init__(self, run_dir: str,
-               max_points: int = DEFAULT_PROJECTOR_MAX_POINTS):
+               max_points: int = DEFAULT_PROJECTOR_MAX_POINTS,
+               with_text: bool = True):
     super().__init__()
     self._dir = FileSystems.join(run_dir, PROJECTOR)
     self._max_points = max_points
+    self._with_text = with_text
 
   def expand(self, embeddings):
     return (embeddings
@@ -160,7 +171,8 @@ class WriteProjectorFiles(beam.PTransform):
             | "Write" >> beam.FlatMap(self._write))
 
   def _write(self, chosen):
-    vectors, metadata = projector_tsv(_smallest_ids(chosen, self._max_points))
+    vectors, metadata = projector_tsv(_smallest_ids(chosen, self._max_points),
+                                      self._with_text)
     return [
         _write_file(FileSystems.join(self._dir, "vectors.tsv"),
                     vectors.encode("utf-8")),
