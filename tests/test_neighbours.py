@@ -401,7 +401,7 @@ def test_exact_neighbours_of_a_query_set(tmp_path):
       queries=to_embeddings(query_ids, query_vectors))
   expected = maths.brute_force_neighbours(
       corpus_ids, corpus_vectors, k, query_ids=query_ids,
-      query_vectors=query_vectors, exclude_own=False)
+      query_vectors=query_vectors, exclude_self=False)
   assert_same_rows(rows, to_rows(expected))
   assert {r["id"] for r in rows} == set(query_ids)
   assert all(r["neighbour_id"] in set(corpus_ids) for r in rows)
@@ -589,7 +589,7 @@ def test_approximate_neighbours_of_a_query_set(tmp_path):
   assert {r["id"] for r in rows} == set(query_ids)
   assert_same_rows(rows, to_rows(maths.brute_force_neighbours(
       corpus_ids, corpus_vectors, 5, query_ids=query_ids,
-      query_vectors=query_vectors, exclude_own=False)))
+      query_vectors=query_vectors, exclude_self=False)))
   firsts = {r["id"]: r for r in rows if r["rank"] == 1}
   assert all(firsts[i]["neighbour_id"] == i for i in corpus_ids[:5])
 

@@ -118,10 +118,10 @@ def ann_top_k(
     k: int,
     corpus_id_ranks: Optional[np.ndarray] = None,
     level: str = DOCUMENT,
-    exclude_own: bool = True) -> List[QueryNeighbours]:
+    exclude_self: bool = True) -> List[QueryNeighbours]:
   """The index's top K of every query, scored canonically like exact mode.
 
-  Vectors normalised. With exclude_own (the corpus's own items as queries),
+  Vectors normalised. With exclude_self (the corpus's own items as queries),
   each query asks the index for K and room for its own items
   (`asked_per_query`), so that dropping them still leaves K; without it
   (queries of their own, --neighbours_of) nothing is dropped.
@@ -133,7 +133,7 @@ def ann_top_k(
   owner = OWNERS[level]
   corpus_owners = np.asarray([owner(i) for i in corpus_ids], dtype=object)
   query_owners = np.asarray(
-      [owner(i) for i in query_ids] if exclude_own else
+      [owner(i) for i in query_ids] if exclude_self else
       [_NO_OWNER] * len(query_ids), dtype=object)
   asked = asked_per_query(k, level, corpus_owners, query_owners)
   rows, cols = [], []
@@ -226,7 +226,7 @@ class _SearchIndexFn(beam.DoFn):
     k = self._k
     # The corpus's own items as queries are never matched with themselves;
     # queries of their own are matched with every corpus item.
-    exclude_own = queries is None
+    exclude_self = queries is None
     if queries is None:
       queries = corpus
     stats = {
@@ -247,7 +247,7 @@ class _SearchIndexFn(beam.DoFn):
         corpus.vectors, candidates(k, self._level), self._settings)
     found = ann_top_k(index, queries.ids, queries.vectors, corpus.ids,
                       corpus.vectors, k, id_ranks(corpus.ids), self._level,
-                      exclude_own)
+                      exclude_self)
     if self._index_dir:
       written = write_ann_index(
           self._index_dir, functools.partial(write_index_to, index),
@@ -263,7 +263,7 @@ class _SearchIndexFn(beam.DoFn):
       exact = dict(
           blocked_top_k(sample, queries.vectors[rows], corpus.ids,
                         corpus.vectors, k, self._block_size,
-                        exclude_self=exclude_own, owner=OWNERS[self._level]))
+                        exclude_self=exclude_self, owner=OWNERS[self._level]))
       stats["recall_at_k"] = recall_at_k(
           dict(found),
           {query_id: exact.get(query_id, []) for query_id in sample})

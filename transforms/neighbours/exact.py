@@ -58,7 +58,7 @@ class ShardEmbeddings(beam.PTransform):
 
 
 def _score_against_corpus(indexed_query_shard, corpus_shards, k: int,
-                          owner, exclude_own: bool
+                          owner, exclude_self: bool
                           ) -> Iterator[QueryNeighbours]:
   """One query shard against every corpus shard, a block at a time."""
   _, queries = indexed_query_shard
@@ -66,7 +66,7 @@ def _score_against_corpus(indexed_query_shard, corpus_shards, k: int,
   for _, corpus in corpus_shards:  # streamed: one corpus shard in memory
     for query_id, neighbours in block_top_k(
         queries.ids, queries.vectors, corpus.ids, corpus.vectors, k,
-        exclude_self=exclude_own, owner=owner):
+        exclude_self=exclude_self, owner=owner):
       best[query_id] = merge_top_k([best[query_id], neighbours], k)
   # Queries with any: one with none has no rows, and is no report example.
   yield from ((query_id, neighbours) for query_id, neighbours in best.items()

@@ -277,13 +277,13 @@ def brute_force_neighbours(
     query_ids: Optional[Sequence[str]] = None,
     query_vectors=None,
     owner=same_id,
-    exclude_own: bool = True) -> List[QueryNeighbours]:
+    exclude_self: bool = True) -> List[QueryNeighbours]:
   """The reference answer: every pair scored, then sorted. Small inputs only.
 
   Scores are `pair_scores` of every pair (the float32 of the cosine of the
   vectors, computed in float64); neighbours of
   `query_ids` within `ids` (of `ids` themselves by default), with
-  exclude_own never an item of the query's own owner (its own id, or for
+  exclude_self never an item of the query's own owner (its own id, or for
   chunks its own document): off for queries of their own (--neighbours_of).
   Same return shape as `exact_top_k`.
   """
@@ -299,7 +299,7 @@ def brute_force_neighbours(
     neighbours = sorted(
         ((score, corpus_id)
          for score, corpus_id in zip(row, ids)
-         if not exclude_own or owner(corpus_id) != owner(query_id)),
+         if not exclude_self or owner(corpus_id) != owner(query_id)),
         key=_neighbour_order)[:k]
     if neighbours:
       results.append((query_id, neighbours))
