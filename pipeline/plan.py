@@ -310,9 +310,15 @@ def plan_run(config: RunConfig,
   settings = model_settings(config, model)
   previous_run = None
   previous_path, named_by = nightly.previous_run, None
+  # What --latest_pointer names now, read once (strictly when it names the
+  # previous run): the publish step moves it only if no run has since.
+  pointer_before = None
   if previous_path == LATEST:
-    previous_path = read_latest_pointer(nightly.latest_pointer)
+    previous_path = pointer_before = read_latest_pointer(
+        nightly.latest_pointer)
     named_by = nightly.latest_pointer
+  elif nightly.latest_pointer:
+    pointer_before = named_by_pointer(nightly.latest_pointer)
   if previous_path:
     previous_run = plan_previous_run(previous_path, model.fingerprint,
                                      vector_settings(settings), named_by)
@@ -382,8 +388,7 @@ def plan_run(config: RunConfig,
           chunked=settings.chunking is not None,
           include_text=not out.no_text),
       latest_pointer=nightly.latest_pointer,
-      latest_pointer_before=(named_by_pointer(nightly.latest_pointer)
-                             if nightly.latest_pointer else None),
+      latest_pointer_before=pointer_before,
       manifest_model=manifest_model(model, settings),
       manifest_settings=settings_of(config),
       vertex=_vertex_export(config, previous_run, table.chunked,

@@ -20,9 +20,11 @@ from run_directory.columns import CONTENT_HASH
 from run_directory.layout import CHUNKS
 from run_directory.layout import EMBEDDINGS
 from run_directory.layout import JSONL
+from run_directory.layout import resolve
 from run_directory.layout import TFRECORD
 from run_directory.layout import VERTEX_STATE
 from run_directory.manifest import embedded_text_pairs
+from run_directory.manifest import is_count
 from run_directory.manifest import listed_files
 from run_directory.manifest import load_manifest
 from run_directory.manifest import RunNotPublishedError
@@ -129,9 +131,9 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
 def _other_files_gone(path: str, manifest: dict, needed: set) -> list:
   """The files the manifest lists, other than `needed`, that are gone."""
   try:
-    listed = [FileSystems.join(path, name)
+    listed = [resolve(path, name)
               for name in listed_files(manifest["outputs"])]
-  except (TypeError, AttributeError):
+  except (TypeError, AttributeError, ValueError):
     return []  # a damaged list: the checks above read what reuse needs
   return [name for name in listed
           if name not in needed and not FileSystems.exists(name)]
@@ -156,7 +158,7 @@ def _check_entries(manifest: dict):
 
 def _count(entry: dict, name: str, where: str) -> int:
   value = entry.get(name)
-  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+  if not is_count(value):
     raise ValueError(f"{where}.{name} is {value!r}, not a count")
   return value
 

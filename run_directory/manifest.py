@@ -196,6 +196,12 @@ _POINTER_BYTES = 4096
 _OBJECT_ENTRIES = ("model", "counts", "settings")
 
 
+def is_count(value) -> bool:
+  """Whether a manifest value is a count: a whole number (not a bool), at
+  least 0."""
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def embedded_text_pairs(manifest: dict) -> bool:
   """Whether the run embedded (text, text_pair) pairs: its model entry says
   so (model.text_pairs), or for runs made before that was recorded, its

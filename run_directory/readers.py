@@ -39,6 +39,7 @@ from run_directory.layout import JSONL
 from run_directory.layout import PARQUET
 from run_directory.layout import TFRECORD
 from run_directory.manifest import choose_format
+from run_directory.manifest import is_count
 from run_directory.manifest import load_manifest
 from run_directory.manifest import table_columns
 from run_directory.manifest import table_entry
@@ -157,7 +158,7 @@ def _check_row_count(result: pa.Table, manifest: dict, table: str,
   if name not in counts:
     return
   expected = counts[name]
-  if not _is_count(expected):
+  if not is_count(expected):
     raise ValueError(
         f"manifest: counts.{name} is {expected!r}, not a number of rows: "
         "the manifest is damaged (or was edited).")
@@ -166,10 +167,6 @@ def _check_row_count(result: pa.Table, manifest: dict, table: str,
         f"The {table} table's {format_} files hold {result.num_rows} rows, "
         f"but the manifest counts {expected}: a file of it is damaged, "
         "emptied or listed twice.")
-
-
-def _is_count(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @contextlib.contextmanager
@@ -252,7 +249,7 @@ def ids_and_matrix(table: pa.Table, manifest: dict):
   vectors = table.column("embedding").combine_chunks()
   lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False)
   declared = manifest.get("model", {}).get("hidden_size")
-  if declared is not None and not _is_count(declared):
+  if declared is not None and not is_count(declared):
     raise ValueError(f"manifest: model.hidden_size is {declared!r}, not a "
                      "number of values: the manifest is damaged.")
   if len(ids):
