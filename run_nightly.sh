@@ -6,6 +6,7 @@
 # (LATEST is moved to it if its publish was killed before moving it).
 #
 #   RUNS_ROOT=/data/runs INPUT='/data/corpus/*.jsonl' ./run_nightly.sh [flags]
+#   (RUNS_ROOT may be gs://bucket/runs: the local runner writes to Cloud Storage)
 #
 # cron (02:15 every night):
 #   15 2 * * * cd /path/to/repo && RUNS_ROOT=/data/runs INPUT='/data/corpus/*.jsonl' ./run_nightly.sh >> /data/runs/nightly.log 2>&1
@@ -20,12 +21,15 @@ PYTHON=("$REPO/.venv/bin/python" -P)
 : "${INPUT:?set INPUT to the corpus file or glob}"
 RUN_ID="${RUN_ID:-$(date -u +%Y%m%d)}"
 
-if [ -f "$RUNS_ROOT/$RUN_ID/manifest.json" ]; then
-  echo "Run $RUN_ID is already published in $RUNS_ROOT/$RUN_ID; nothing to do."
-  # Unless its publish was killed after manifest.json, before LATEST moved
-  # (or it exited 4): then LATEST still names the run before it.
-  exec "${PYTHON[@]}" -m pipeline.latest_pointer "$RUNS_ROOT/$RUN_ID" \
-    --latest_pointer="$RUNS_ROOT/LATEST"
+# A night already published is not run again. Unless its publish was killed
+# after manifest.json, before LATEST moved (or it exited 4): then LATEST
+# still names the run before it, and is moved now. In Python, not a test -f:
+# RUNS_ROOT may be gs://.
+status=0
+"${PYTHON[@]}" -m pipeline.latest_pointer "$RUNS_ROOT/$RUN_ID" \
+  --latest_pointer="$RUNS_ROOT/LATEST" --if_published || status=$?
+if [ "$status" -ne 3 ]; then  # 3: not published yet
+  exit "$status"
 fi
 exec "${PYTHON[@]}" -m pipeline.main \
   --runner=DirectRunner \

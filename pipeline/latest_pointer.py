@@ -15,12 +15,15 @@ The pointer is moved only when it still names the run this one was built on
 was made to move this very pointer: a pointer that names a later run is
 never moved back.
 
-  python -m pipeline.latest_pointer RUN_DIR --latest_pointer FILE
+  python -m pipeline.latest_pointer RUN_DIR --latest_pointer FILE [--if_published]
 
 Exit status 0 when the pointer names the run (now or already) or a run
 other than its predecessor (left alone); 2 when the run is not published or
-the pointer cannot be read or written. run_nightly.sh calls it for a night
-that is already published.
+the pointer cannot be read or written. With --if_published, a run directory
+that holds no published run is not an error: exit status 3, and nothing
+printed. run_nightly.sh calls it that way before each night, so that the
+check works wherever RUNS_ROOT is (a local directory or gs://): a night
+already published is not run again.
 """
 
 import argparse
@@ -36,6 +39,7 @@ from pipeline.errors import read_errors_of
 from pipeline.preflight import absolute
 from run_directory.atomic import staged_path
 from run_directory.atomic import write_text_atomically
+from run_directory.manifest import RunNotPublishedError
 from run_directory.manifest import load_manifest
 from run_directory.manifest import read_bytes
 
@@ -45,6 +49,9 @@ PROG = "python -m pipeline.latest_pointer"
 NAMES_IT = "names it"
 MOVED = "moved"
 LEFT = "left"
+
+# The exit status of --if_published for a run directory with no published run.
+NOT_PUBLISHED = 3
 
 
 def read_latest_pointer(pointer: str) -> Optional[str]:
@@ -108,6 +115,11 @@ def _parse_args(argv):
   parser.add_argument("run_dir", help="a published run directory")
   parser.add_argument("--latest_pointer", required=True,
                       help="the pointer file the run was made to move")
+  parser.add_argument(
+      "--if_published", action="store_true",
+      help=f"exit with status {NOT_PUBLISHED}, printing nothing, when "
+      "RUN_DIR holds no published run (no manifest.json), instead of "
+      "failing")
   return parser.parse_args(argv)
 
 
@@ -115,10 +127,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parse_args(argv)
   try:
     done = catch_up(args.run_dir, args.latest_pointer)
+  except RunNotPublishedError as e:
+    if args.if_published:
+      return NOT_PUBLISHED
+    return print_error(PROG, one_line(e))
   except ConfigError as e:
     return print_error(PROG, str(e))
   except read_errors_of(args.run_dir) as e:
     return print_error(PROG, one_line(e))
+  print(f"{args.run_dir} is already published.")
   if done == MOVED:
     print(f"--latest_pointer={args.latest_pointer} named the run before "
           f"{args.run_dir} (its publish was killed, or could not move it): "

@@ -7,7 +7,12 @@ file of the run's own directories (tables, exports, the index) that the new
 manifest does not list (`remove_unlisted_files`): they hold only what the
 manifest names, whatever an earlier run into the directory wrote. A run
 starting into a directory first removes the staging directories of earlier
-runs there that never published (`remove_stale_staging`).
+runs there that never published (`remove_stale_staging`). A directory is
+removed with everything under it by `remove_tree`.
+
+An object store (gs://) has no directories: a "directory" is the objects
+whose names start with it, which FileSystems.exists does not see and a `*`
+glob does not match (it stops at "/"), so those are listed with `**`.
 """
 
 import glob
@@ -43,14 +48,28 @@ def move_into_place(staging_dir: str, run_dir: str, relative_paths):
     FileSystems.rename([source], [destination])
 
 
+def _matching(pattern: str) -> list:
+  return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def remove_tree(directory: str):
+  """Deletes a directory and everything under it, if it is there."""
+  if FileSystems.get_scheme(directory) is None:
+    if os.path.exists(directory):
+      FileSystems.delete([directory])
+    return
+  objects = _matching(FileSystems.join(directory, "**"))
+  if objects:
+    FileSystems.delete(objects)
+
+
 def _files_in(directory: str) -> list:
   """The files directly inside `directory` (none if it does not exist)."""
   if FileSystems.get_scheme(directory) is None:
     if not os.path.isdir(directory):
       return []
     return [entry.path for entry in os.scandir(directory) if entry.is_file()]
-  pattern = FileSystems.join(directory, "*")
-  return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+  return _matching(FileSystems.join(directory, "*"))
 
 
 def remove_unlisted_files(run_dir: str, relative_paths):
@@ -88,10 +107,11 @@ def remove_stale_staging(run_dir: str):
   there.
   """
   pattern = FileSystems.join(run_dir, STAGING_PREFIX + "*")
-  paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
   if FileSystems.get_scheme(run_dir) is None:
     # Local directories themselves do not match a glob; list them.
     paths = glob.glob(pattern)
+  else:
+    paths = _matching(pattern) + _matching(FileSystems.join(pattern, "**"))
   if paths:
     _LOG.info("Removing staged files of an unpublished earlier run: %s", paths)
     FileSystems.delete(paths)

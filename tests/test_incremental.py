@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
+from pipeline import latest_pointer
 from pipeline import main
 from pipeline import read_outputs
 from pipeline.errors import ConfigError
@@ -207,7 +208,7 @@ def test_scheduled_runs_follow_the_latest_pointer(tmp_path, tiny_model_dir):
 
 
 def test_a_night_killed_before_moving_latest_moves_it_when_run_again(
-    tmp_path, tiny_model_dir, monkeypatch):
+    tmp_path, tiny_model_dir, monkeypatch, capsys):
   # Killed after manifest.json, before the pointer's rename: published, and
   # LATEST names the night before. run_nightly.sh skips a published night;
   # it must still move LATEST, or the next night diffs against the older run
@@ -232,9 +233,17 @@ def test_a_night_killed_before_moving_latest_moves_it_when_run_again(
     return subprocess.run([os.path.join(REPO, "run_nightly.sh")], env=env,
                           capture_output=True, text=True, timeout=300)
 
+  # run_nightly.sh asks pipeline.latest_pointer (a test -f once, which
+  # never saw a night published under a gs:// RUNS_ROOT): 3 runs the night.
+  unpublished = [str(runs / "night-3"), f"--latest_pointer={pointer}"]
+  capsys.readouterr()
+  assert latest_pointer.main([*unpublished, "--if_published"]) == 3
+  assert capsys.readouterr() == ("", "")
+  assert latest_pointer.main(unpublished) == 2
+  assert "no such run directory" in capsys.readouterr().err
   again = run_nightly("night-2")
   assert again.returncode == 0, again.stderr
-  assert "already published" in again.stdout
+  assert "night-2 is already published" in again.stdout
   with open(pointer) as f:
     assert f.read().strip() == str(runs / "night-2")
   assert not [n for n in os.listdir(runs) if n.endswith(".tmp")]

@@ -55,6 +55,7 @@ from run_directory.manifest import build_manifest
 from run_directory.manifest import listed_files
 from run_directory.manifest import read_bytes
 from run_directory.staging import move_into_place
+from run_directory.staging import remove_tree
 from run_directory.staging import remove_unlisted_files
 from transforms.guardrails import describe_refusal
 from transforms.guardrails import PublishLimits
@@ -235,7 +236,7 @@ class _RunPublisher:
     if staged_pointer:
       _without_failing(f"moving {self.latest_pointer} into place",
                        self._move_pointer, staged_pointer)
-    _without_failing(f"removing {self.staging_dir}", _remove_if_there,
+    _without_failing(f"removing {self.staging_dir}", remove_tree,
                      self.staging_dir)
     return manifest
 
@@ -275,7 +276,7 @@ class _RunPublisher:
     # large as the corpus, and of no use to anyone once the run is over.
     scratch = spill_dir(self.staging_dir)
     try:
-      _remove_if_there(scratch)
+      remove_tree(scratch)
     except Exception as error:  # pylint: disable=broad-except
       _LOG.warning("Could not remove %s: %s", scratch, error)
     # Raised, not logged: whoever runs the job tells it (pipeline.main
