@@ -73,7 +73,9 @@ class PublishRun(beam.PTransform):
 
   Files listed in `outputs` are under staging_dir; they move to run_dir with
   the same relative paths, then manifest.json is written, then the
-  latest_pointer file (if any) is set to the run directory's path.
+  latest_pointer file (if any) is set to the run directory's path, unless
+  another run moved it since `latest_pointer_before` was read
+  (`_RunPublisher._move_pointer`).
 
   Before anything moves, the counts are checked against `limits`
   (transforms/guardrails.py): a run that breaks one writes refused.json into
@@ -238,7 +240,6 @@ class _RunPublisher:
     _without_failing(f"removing {self.staging_dir}", _remove_if_there,
                      self.staging_dir)
     return manifest
-
 
   def _move_pointer(self, staged_pointer: str):
     """Renames the staged pointer into place, unless another run moved the
