@@ -60,8 +60,6 @@ def _read_saved_model(model: str, path: str, flag: str = "--model"):
   return saved_model
 
 
-
-
 def encoder_format_of(path: str, model: str = "", flag: str = "--model"
                      ) -> str:
   """"v2" or "v1", from the SavedModel's `__call__` signature (reads only
@@ -165,7 +163,7 @@ def encoder_facts(path: str, encoder_format: str,
     encoder = tf.saved_model.load(path)
     ids = tf.zeros([1, 2], tf.int32)
     outputs = v1.call_encoder(encoder, encoder_format, ids,
-                                         tf.ones_like(ids), tf.zeros_like(ids))
+                              tf.ones_like(ids), tf.zeros_like(ids))
     hidden = int(outputs["sequence_output"].shape[-1])
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
