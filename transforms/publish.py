@@ -288,13 +288,19 @@ def _after_checks(path, unused_checked_manifest):
   return path
 
 
+def read_pointer(pointer: str) -> Optional[str]:
+  """The text of a --latest_pointer file, stripped: the run it names ("" if
+  emptied); None when there is no file. Raises what reading it raises."""
+  if not FileSystems.exists(pointer):
+    return None
+  return read_bytes(pointer).decode("utf-8").strip()
+
+
 def named_by_pointer(pointer: str) -> Optional[str]:
-  """The run a --latest_pointer file names: None when there is no file, ""
-  when it cannot be read as one (pipeline/latest_pointer.py tells why)."""
+  """`read_pointer`, or "" when the file cannot be read as one
+  (pipeline/latest_pointer.py tells why)."""
   try:
-    if not FileSystems.exists(pointer):
-      return None
-    return read_bytes(pointer).decode("utf-8").strip()
+    return read_pointer(pointer)
   except Exception:  # pylint: disable=broad-except
     return ""  # compared, never raised: any storage error reads as "other"
 
