@@ -49,17 +49,25 @@ def check_saved_model(model: str, path: str, flag: str = "--model"):
 
 
 def _read_saved_model(model: str, path: str, flag: str = "--model"):
-  saved_model = saved_model_pb2.SavedModel()
   try:
     with tf.io.gfile.GFile(join_path(path, "saved_model.pb"), "rb") as f:
-      saved_model.ParseFromString(f.read())
+      data = f.read()
+  except tf.errors.OpError as e:
+    # Missing, unreadable or unreachable (a gs:// path without access): not
+    # a corrupt model, and exporting it again would not help.
+    raise ValueError(
+        f"{flag}={model}: {path}/saved_model.pb cannot be read "
+        f"({type(e).__name__}: {e.message}); check the path and that this "
+        "machine may read it.") from None
+  saved_model = saved_model_pb2.SavedModel()
+  try:
+    saved_model.ParseFromString(data)
   except Exception as e:  # pylint: disable=broad-except
+    # protobuf's DecodeError, or what its C++ parser raises instead.
     raise ValueError(
         f"{flag}={model}: {path}/saved_model.pb is corrupt ({e}); export the "
         "model again with `python -m pipeline.export_model`.") from None
   return saved_model
-
-
 
 
 def encoder_format_of(path: str, model: str = "", flag: str = "--model"
@@ -165,7 +173,7 @@ def encoder_facts(path: str, encoder_format: str,
     encoder = tf.saved_model.load(path)
     ids = tf.zeros([1, 2], tf.int32)
     outputs = v1.call_encoder(encoder, encoder_format, ids,
-                                         tf.ones_like(ids), tf.zeros_like(ids))
+                              tf.ones_like(ids), tf.zeros_like(ids))
     hidden = int(outputs["sequence_output"].shape[-1])
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(

@@ -33,6 +33,7 @@ from run_directory.tables import duplicate_table
 from run_directory.tables import embedding_table
 from run_directory.tables import error_table
 from run_directory.tables import neighbour_table
+from run_directory.tables import Table
 from transforms.batching import LengthBatching
 from transforms.duplicates import DUPLICATE_ROWS
 from transforms.duplicates import NearDuplicates
@@ -164,6 +165,19 @@ def _embed_corpus(plan: RunPlan, corpus: CorpusSettings,
                      spill_dir=plan.spill_dir)
 
 
+def _write_table(plan: RunPlan, table: Table,
+                 count: Optional[beam.PCollection] = None,
+                 bigquery_copy: bool = True) -> WriteTable:
+  """WriteTable of one table into the staging directory, in the run's
+  --bigquery_format (none without `bigquery_copy`: the errors table is JSON
+  lines only) and --num_shards."""
+  return WriteTable(
+      plan.staging_dir, table,
+      bigquery_format=plan.writing.bigquery_format if bigquery_copy else None,
+      num_shards=plan.writing.num_shards, count=count,
+      spill_dir=plan.spill_dir)
+
+
 def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
                    started_at: float) -> dict:
   """Adds the whole job to `pipeline`; returns its main PCollections."""
@@ -184,24 +198,18 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
   dead_letters = all_dead_letters | "AllDeadLetters" >> beam.Flatten()
 
   fingerprint = plan.model.fingerprint
-  writing = plan.writing
   outputs = {
-      layout.EMBEDDINGS: embeddings | "WriteEmbeddings" >> WriteTable(
-          staging, embedding_table(plan.table, plan.run_id, fingerprint),
-          bigquery_format=writing.bigquery_format,
-          num_shards=writing.num_shards,
+      layout.EMBEDDINGS: embeddings | "WriteEmbeddings" >> _write_table(
+          plan, embedding_table(plan.table, plan.run_id, fingerprint),
           # Known before embedding ends, unlike the number of embeddings:
           # the shard of each embedding is then chosen as it is made, not
           # in another pass over all of them.
-          count=corpus[DOCUMENTS], spill_dir=plan.spill_dir),
-      **({layout.CHUNKS: corpus[CHUNKS] | "WriteChunks" >> WriteTable(
-          staging, chunk_table(plan.table, plan.run_id, fingerprint),
-          bigquery_format=writing.bigquery_format,
-          num_shards=writing.num_shards,
-          spill_dir=plan.spill_dir)} if chunked else {}),
-      layout.ERRORS: dead_letters | "WriteDeadLetters" >> WriteTable(
-          staging, error_table(plan.run_id), bigquery_format=None,
-          num_shards=writing.num_shards, spill_dir=plan.spill_dir),
+          count=corpus[DOCUMENTS]),
+      **({layout.CHUNKS: corpus[CHUNKS] | "WriteChunks" >> _write_table(
+          plan, chunk_table(plan.table, plan.run_id, fingerprint))}
+         if chunked else {}),
+      layout.ERRORS: dead_letters | "WriteDeadLetters" >> _write_table(
+          plan, error_table(plan.run_id), bigquery_copy=False),
   }
   details = {}
   summarized = {}  # what the report summarises, beside the embeddings
@@ -217,11 +225,9 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
     if INDEX_FILES in neighbours:
       outputs[layout.ANN_INDEX] = neighbours[INDEX_FILES]
     outputs[layout.NEIGHBOURS] = neighbours[NEIGHBOUR_LISTS] | (
-        "WriteNeighbours" >> WriteTable(
-            staging, neighbour_table(plan.run_id, fingerprint,
-                                     chunks=items == CHUNKS),
-            bigquery_format=writing.bigquery_format,
-            num_shards=writing.num_shards, spill_dir=plan.spill_dir))
+        "WriteNeighbours" >> _write_table(
+            plan, neighbour_table(plan.run_id, fingerprint,
+                                  chunks=items == CHUNKS)))
     details[layout.NEIGHBOURS] = neighbours[STATS]
     summarized.update(
         neighbour_lists=neighbours[NEIGHBOUR_LISTS],
@@ -231,10 +237,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
     duplicates = embeddings | "NearDuplicates" >> NearDuplicates(
         plan.duplicates)
     outputs[layout.DUPLICATES] = duplicates[DUPLICATE_ROWS] | (
-        "WriteDuplicates" >> WriteTable(
-            staging, duplicate_table(plan.run_id, fingerprint),
-            bigquery_format=writing.bigquery_format,
-            num_shards=writing.num_shards, spill_dir=plan.spill_dir))
+        "WriteDuplicates" >> _write_table(
+            plan, duplicate_table(plan.run_id, fingerprint)))
     details[layout.DUPLICATES] = duplicates[STATS]
     summarized["duplicate_rows"] = duplicates[DUPLICATE_ROWS]
   if plan.vertex:
@@ -271,6 +275,6 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan,
       latest_pointer_before=plan.latest_pointer_before, limits=plan.limits,
       dead_letters=dead_letters, report_sections=report_sections,
       # The embeddings table's BigQuery-loadable files, once written.
-      sinks=[(outputs[layout.EMBEDDINGS][writing.bigquery_format], sink)
+      sinks=[(outputs[layout.EMBEDDINGS][plan.writing.bigquery_format], sink)
              for sink in plan.sinks])
   return {EMBEDDINGS: embeddings, DEAD_LETTERS: dead_letters}

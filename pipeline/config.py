@@ -159,13 +159,14 @@ SECTIONS = {
 # manifest's settings, so that a --verbose rerun writes the same files.
 _NOT_SETTINGS = ("logging",)
 
-# Flags whose parsed value is not yet the section's (a string to convert).
+
 def _field_names(value: str) -> Tuple[str, ...]:
   """'a, b' -> ("a", "b")."""
   return tuple(name.strip() for name in (value or "").split(",")
                if name.strip())
 
 
+# Flags whose parsed value is not yet the section's (a string to convert).
 _CONVERT = {
     "normalize": lambda value: None if value is None else value == "true",
     "restrict_fields": _field_names,
@@ -260,9 +261,6 @@ def _check_numbers(config: RunConfig):
         f"--num_shards={out.num_shards}: at most {MAX_NUM_SHARDS} (each "
         "shard is a file in every format, written even when empty); or 0, "
         "which sizes the shards to fit a worker's memory.")
-  _check_chunking(config)
-  _check_vertex_export(config)
-  _check_latest_pointer(config)
 
 
 def _check_latest_pointer(config: RunConfig):
@@ -423,6 +421,9 @@ def config_from_options(options: PipelineOptions,
         nightly, max_bad_fraction=DEFAULT_MAX_BAD_FRACTION)
   config = RunConfig(**sections)
   _check_numbers(config)
+  _check_chunking(config)
+  _check_vertex_export(config)
+  _check_latest_pointer(config)
   _check_names(config)
   _check_bigquery_temp_location(config, options.view_as(GoogleCloudOptions))
   return config

@@ -331,7 +331,8 @@ def _parse(argv):
 
 def _write_flex_metadata(output: Optional[str], rest: Sequence[str]):
   if rest:
-    raise ConfigError(f"unexpected arguments: {' '.join(rest)}")
+    raise ConfigError(f"unexpected arguments: {' '.join(rest)}; flex-metadata "
+                      "takes only --output FILE (or none, for stdout).")
   text = json.dumps(flex_template_metadata(), indent=2) + "\n"
   if output:
     with open(output, "w") as f:

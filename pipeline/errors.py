@@ -5,7 +5,9 @@ import sys
 
 
 class ConfigError(ValueError):
-  """A flag is wrong; the message says which and how to fix it.
+  """The run cannot start as asked: a flag is wrong, or what one names (an
+  input glob, the model, the previous run, the latest pointer) is, or
+  another run holds --output. The message says which and how to fix it.
 
   Raised before the pipeline starts; `python -m pipeline.main` prints it and
   exits with status 2.

@@ -475,8 +475,8 @@ _DESCRIPTION = (
 _EPILOG = (
     "Beam's own pipeline options (--runner, --project, --region, "
     "--temp_location, --direct_num_workers, ...) are listed by --help_beam. "
-    "Exit status: 0 published; 1 the run failed; 2 a flag is wrong (nothing "
-    "ran); 3 the run was refused by a guardrail (not published, see "
+    "Exit status: 0 published; 1 the run failed; 2 a flag is wrong, or "
+    "another run holds --output (nothing ran); 3 the run was refused by a guardrail (not published, see "
     "refused.json in its staging directory); 4 published, but the latest "
     "pointer could not be moved to it. Reference: docs/flags.md.")
 

@@ -41,7 +41,7 @@ from run_directory.atomic import staged_path
 from run_directory.atomic import write_text_atomically
 from run_directory.manifest import RunNotPublishedError
 from run_directory.manifest import load_manifest
-from run_directory.manifest import read_bytes
+from transforms.publish import read_pointer
 
 PROG = "python -m pipeline.latest_pointer"
 
@@ -56,15 +56,15 @@ NOT_PUBLISHED = 3
 
 def read_latest_pointer(pointer: str) -> Optional[str]:
   """The run directory a --latest_pointer file names; None before the first."""
-  if not FileSystems.exists(pointer):
-    return None  # the first scheduled run: nothing to carry over
   try:
-    run_dir = read_bytes(pointer).decode("utf-8").strip()
+    run_dir = read_pointer(pointer)
   except (OSError, UnicodeDecodeError) as e:
     raise ConfigError(
         f"--latest_pointer={pointer} cannot be read as the text naming the "
         f"latest run ({one_line(e)}); write that run's directory into it, "
         "or delete it to start afresh (with no previous run).") from e
+  if run_dir is None:
+    return None  # the first scheduled run: nothing to carry over
   if not run_dir:
     # Only a missing pointer means "no run yet": an emptied one would let a
     # shrunken corpus pass the removal guardrail, and a Vertex delta delete

@@ -13,8 +13,8 @@ job is imported (which imports TensorFlow) with TensorFlow's notices
 captured (transforms/native_logs.py), and it runs. `--help` lists the flags;
 docs/ has the reference.
 
-Exit status: 0 published; 1 the run failed; 2 a flag is wrong (nothing ran);
-3 a guardrail refused to publish (refused.json in the staging directory);
+Exit status: 0 published; 1 the run failed; 2 a flag is wrong, or another
+run holds --output (nothing ran); 3 a guardrail refused to publish (refused.json in the staging directory);
 4 published, but --latest_pointer could not be moved to the run.
 """
 

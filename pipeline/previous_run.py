@@ -70,7 +70,6 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
     if not files:
       raise ValueError("outputs.embeddings.tfrecord lists no file")
     documents = manifest["counts"]["embedded"]
-    fingerprint = manifest["model"]["fingerprint"]
     chunk_files = _optional_table_paths(path, manifest, CHUNKS, TFRECORD)
     if manifest["model"].get("chunking") and not chunk_files:
       raise ValueError("the run was chunked, but lists no chunks files")
@@ -100,23 +99,8 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
         "%s is damaged: %d other file(s) its manifest lists are gone, e.g. "
         "%s. This run carries over only its TFRecord shards, which are all "
         "there.", told, len(gone), gone[0])
-  # Older runs recorded some vector settings under "settings", flat.
-  previous = dict(manifest["settings"])
-  previous.update(manifest["model"])
-  if embedded_text_pairs(manifest):
-    previous["text_pairs"] = True  # older runs: only in settings.input
-  reason = ""
-  if fingerprint != model_fingerprint:
-    reason = "the model changed (fingerprint differs)"
-  else:
-    # Settings recorded only when on: either side may lack them.
-    changed = sorted(name for name in set(vectors) | set(RECORDED_WHEN_ON)
-                     if previous.get(name) != vectors.get(name))
-    if changed:
-      reason = f"settings changed: {', '.join(changed)}"
-  if not reason and CONTENT_HASH not in _column_names(path, embeddings, told,
-                                                    damaged_fix):
-    reason = "the previous run has no content hashes (older layout)"
+  reason = (_reason_vectors_differ(manifest, model_fingerprint, vectors) or
+            _reason_no_content_hashes(path, embeddings, told, damaged_fix))
   if reason:
     _LOG.warning("Not reusing embeddings of %s: %s", path, reason)
   return PreviousRun(path=path, run_id=manifest["run_id"],
@@ -126,6 +110,32 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
                      vertex_state_files=vertex_state_files,
                      vertex_datapoints=vertex_datapoints,
                      hidden_size=hidden_size)
+
+
+def _reason_vectors_differ(manifest: dict, model_fingerprint: str,
+                           vectors: dict) -> str:
+  """Why the previous run's vectors are not this run's ("" if they are):
+  another model, or other vector settings (model_plan.vector_settings)."""
+  if manifest["model"]["fingerprint"] != model_fingerprint:
+    return "the model changed (fingerprint differs)"
+  # Older runs recorded some vector settings under "settings", flat.
+  previous = dict(manifest["settings"])
+  previous.update(manifest["model"])
+  if embedded_text_pairs(manifest):
+    previous["text_pairs"] = True  # older runs: only in settings.input
+  # Settings recorded only when on: either side may lack them.
+  changed = sorted(name for name in set(vectors) | set(RECORDED_WHEN_ON)
+                   if previous.get(name) != vectors.get(name))
+  return f"settings changed: {', '.join(changed)}" if changed else ""
+
+
+def _reason_no_content_hashes(path: str, embeddings: dict, told: str,
+                              damaged_fix: str) -> str:
+  """Why an older run's rows cannot be matched to tonight's documents (""
+  if they can): its embeddings table has no content hashes."""
+  if CONTENT_HASH in _column_names(path, embeddings, told, damaged_fix):
+    return ""
+  return "the previous run has no content hashes (older layout)"
 
 
 def _other_files_gone(path: str, manifest: dict, needed: set) -> list:

@@ -63,7 +63,10 @@ def read_ann_index(run_dir: str, manifest: dict,
           f"manifest: outputs.{ANN_INDEX}.{key} must list one file")
     paths[key] = resolve(run_dir, listed[0])
     if not FileSystems.exists(paths[key]):
-      raise FileNotFoundError(f"The run lists {paths[key]}, which is gone")
+      raise FileNotFoundError(
+          f"The run lists {paths[key]}, which is gone: the run's index is "
+          "damaged. Restore the file, or search without the index (every "
+          "row scored: pipeline.query --exact).")
   with _open(paths[ANN_INDEX_FAISS]) as f:
     try:
       index = read_index(f.read)

@@ -6,7 +6,7 @@ one: such a run is incomplete or was never published, and nothing may read
 its files. Every file of a run is found through the manifest, never by
 listing directories, so shards of an interrupted attempt are never read.
 
-The contract outside tools rely on (../shared/design.md, docs/outputs.md):
+The contract outside tools rely on (docs/outputs.md has all of it):
 
   {"run_id", "model": {"path", "fingerprint", "hidden_size", "pooling", ...},
    "counts": {"read", "embedded", "dead_lettered", "truncated", ...},

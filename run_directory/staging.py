@@ -100,7 +100,8 @@ def remove_unlisted_files(run_dir: str, relative_paths):
 
 
 def remove_stale_staging(run_dir: str):
-  """Staged files of earlier runs into this directory that never published.
+  """Removes the staged files of earlier runs into this directory that
+  never published.
 
   Called with the directory's lock held, so no live run owns them. The run
   directory holds no glob characters (checked), so the pattern matches only

@@ -96,7 +96,8 @@ class HandlerSettings:
 class BertEmbeddingModelHandler(ModelHandler[str, PredictionResult,
                                              LoadedBertModel]):
   """Strings (or (a, b) pairs with settings.text_pairs) in; per element a
-  PredictionResult whose inference is a Vectors, or an InferenceFailure.
+  PredictionResult whose inference is a Vectors (with chunking a
+  ChunkedVectors), or an InferenceFailure.
 
   The pipeline batches documents by length itself (transforms/batching.py)
   and runs this handler `with_no_batching()`.

@@ -74,7 +74,9 @@ class PublishRun(beam.PTransform):
 
   Files listed in `outputs` are under staging_dir; they move to run_dir with
   the same relative paths, then manifest.json is written, then the
-  latest_pointer file (if any) is set to the run directory's path.
+  latest_pointer file (if any) is set to the run directory's path, unless
+  another run moved it since `latest_pointer_before` was read
+  (`_RunPublisher._move_pointer`).
 
   Before anything moves, the counts are checked against `limits`
   (transforms/guardrails.py): a run that breaks one writes refused.json into
@@ -240,7 +242,6 @@ class _RunPublisher:
                      self.staging_dir)
     return manifest
 
-
   def _move_pointer(self, staged_pointer: str):
     """Renames the staged pointer into place, unless another run moved the
     pointer while this one ran: two runs that share it (overlapping nights)
@@ -288,13 +289,19 @@ def _after_checks(path, unused_checked_manifest):
   return path
 
 
+def read_pointer(pointer: str) -> Optional[str]:
+  """The text of a --latest_pointer file, stripped: the run it names ("" if
+  emptied); None when there is no file. Raises what reading it raises."""
+  if not FileSystems.exists(pointer):
+    return None
+  return read_bytes(pointer).decode("utf-8").strip()
+
+
 def named_by_pointer(pointer: str) -> Optional[str]:
-  """The run a --latest_pointer file names: None when there is no file, ""
-  when it cannot be read as one (pipeline/latest_pointer.py tells why)."""
+  """`read_pointer`, or "" when the file cannot be read as one
+  (pipeline/latest_pointer.py tells why)."""
   try:
-    if not FileSystems.exists(pointer):
-      return None
-    return read_bytes(pointer).decode("utf-8").strip()
+    return read_pointer(pointer)
   except Exception:  # pylint: disable=broad-except
     return ""  # compared, never raised: any storage error reads as "other"
 

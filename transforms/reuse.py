@@ -53,7 +53,7 @@ _READ_BATCH_SIZE = 1024
 @dataclasses.dataclass(frozen=True)
 class PreviousRun:
   """What planning learnt from the previous run's manifest
-  (pipeline/plan.py reads it).
+  (pipeline/previous_run.py reads it).
 
   reusable is False (with the reason) when the previous run's vectors cannot
   stand for this run's: another model, other settings, or an older layout.

@@ -119,15 +119,17 @@ class _SmallestIds(beam.PTransform):
 
 
 class WriteSimilarityPlot(beam.PTransform):
-  """Embeddings -> RUN_DIR/similarity.png (the first `max_documents` by id).
+  """Embeddings -> OUTPUT_DIR/similarity.png (the first `max_documents` by
+  id). In a run, OUTPUT_DIR is the staging directory (the publish stage
+  moves the file into place).
 
   Returns a PCollection holding the written path (empty if no documents).
   """
 
-  def __init__(self, run_dir: str, max_documents: int = 50,
+  def __init__(self, output_dir: str, max_documents: int = 50,
                with_text: bool = True):
     super().__init__()
-    self._path = FileSystems.join(run_dir, SIMILARITY_PLOT_FILE)
+    self._path = FileSystems.join(output_dir, SIMILARITY_PLOT_FILE)
     self._max_documents = max_documents
     self._with_text = with_text
 
@@ -152,16 +154,17 @@ class WriteSimilarityPlot(beam.PTransform):
 
 
 class WriteProjectorFiles(beam.PTransform):
-  """Embeddings -> RUN_DIR/projector/{vectors,metadata}.tsv.
+  """Embeddings -> OUTPUT_DIR/projector/{vectors,metadata}.tsv (as
+  WriteSimilarityPlot, the staging directory in a run).
 
   Returns a PCollection of the two written paths.
   """
 
-  def __init__(self, run_dir: str,
+  def __init__(self, output_dir: str,
                max_points: int = DEFAULT_PROJECTOR_MAX_POINTS,
                with_text: bool = True):
     super().__init__()
-    self._dir = FileSystems.join(run_dir, PROJECTOR)
+    self._dir = FileSystems.join(output_dir, PROJECTOR)
     self._max_points = max_points
     self._with_text = with_text
 

@@ -16,8 +16,10 @@ Two modes, one output contract (the neighbours table of the design brief):
 
 Both find the neighbours of `queries` within the corpus when a query set is
 given (e.g. new documents against yesterday's corpus), of every corpus
-document otherwise. A document is never its own neighbour: a query is never
-matched with a corpus document of the same id. At chunk level
+document otherwise. A corpus document is never its own neighbour (nor, at
+chunk level, are its own chunks); queries of their own (--neighbours_of) are
+a collection apart, matched with every corpus item, even one that shares
+their id (`exclude_self` in maths.py). At chunk level
 (--neighbours_level chunk) the items are chunks (Chunk records), and a chunk's
 neighbours are other documents' chunks.
 

@@ -23,6 +23,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
+from transforms.names import COUNTERS
+from transforms.names import QUERIES
 from transforms.report.page import fallback_page
 from transforms.report.page import render_report
 from transforms.report.summaries import DuplicateSummaryFn
@@ -67,9 +69,11 @@ class ReportSettings:
 
 
 # The manifest counts whose records mark a stage's output, and its label.
-_COUNTED_STAGES = (("read", "read"), ("inferred", "embed"),
-                   ("reused", "carry over"), ("queries.read", "read queries"),
-                   ("queries.inferred", "embed queries"))
+_COUNTED_STAGES = (
+    (COUNTERS.read, "read"), (COUNTERS.inferred, "embed"),
+    (COUNTERS.reused, "carry over"),
+    (QUERIES + COUNTERS.read, "read queries"),
+    (QUERIES + COUNTERS.inferred, "embed queries"))
 
 
 def stage_times(started_at: float, now: float, count_spans: Mapping[str, dict],
