@@ -5,6 +5,7 @@ names the fix, not an hour into a run or, worse, after its manifest is
 written. Each check raises ConfigError.
 """
 
+import functools
 import glob
 import os
 import re
@@ -15,10 +16,19 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 import google.auth
 from google.auth.exceptions import DefaultCredentialsError
+from google.auth.exceptions import RefreshError
+from google.auth.exceptions import TransportError
+from google.auth.transport.requests import Request
 
 from pipeline.errors import ConfigError
+from pipeline.errors import one_line
 from run_directory.layout import MANIFEST_FILE
 from run_directory.manifest import load_manifest
+
+# Google Cloud's own scope, which Beam's Cloud Storage and BigQuery clients ask.
+_CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+# One token request: google-auth's own default waits two minutes.
+_TOKEN_TIMEOUT_S = 20
 
 # Characters Beam's file systems read as a glob.
 _GLOB = re.compile(r"[*?\[\]]")
@@ -70,20 +80,38 @@ def _check_file_system(flag: str, path: str):
 
 
 def check_cloud_credentials(cloud_flags: Sequence[str]):
-  """Google Cloud credentials exist when flags ("--flag=value") write to
-  Google Cloud: without them Beam retries for half a minute, goes on
-  anonymously and fails at the first write, after the run. Looks for the
-  credentials only (on a machine without any, google.auth also asks the
-  metadata server whether it runs on Google Cloud)."""
+  """Google Cloud credentials exist, and give an access token, when flags
+  ("--flag=value") write to Google Cloud.
+
+  Without credentials Beam retries for half a minute, goes on anonymously
+  and fails at the first write, after the run; when Google Cloud cannot be
+  reached (no network, a proxy it needs) each request retries for two
+  minutes, then a traceback. One token request, as the first write would
+  make, tells both at once. (On a machine without credentials google.auth
+  also asks the metadata server whether it runs on Google Cloud.)"""
   if not cloud_flags:
     return
+  flag = cloud_flags[0]
   try:
-    google.auth.default()
+    credentials, _ = google.auth.default(scopes=[_CLOUD_PLATFORM_SCOPE])
   except DefaultCredentialsError:
     raise ConfigError(
-        f"{cloud_flags[0]}: Google Cloud needs credentials, and none were "
+        f"{flag}: Google Cloud needs credentials, and none were "
         "found. Run `gcloud auth application-default login`, or set "
         "GOOGLE_APPLICATION_CREDENTIALS to a service account key file.") from None
+  try:
+    credentials.refresh(functools.partial(Request(), timeout=_TOKEN_TIMEOUT_S))
+  except TransportError as e:
+    raise ConfigError(
+        f"{flag}: Google Cloud cannot be reached to sign in ({one_line(e)}). "
+        "Check the network (and HTTPS_PROXY if it needs one), or write to a "
+        "local path.") from None
+  except RefreshError as e:
+    raise ConfigError(
+        f"{flag}: Google Cloud refused the credentials ({one_line(e)}). Run "
+        "`gcloud auth application-default login` again, or set "
+        "GOOGLE_APPLICATION_CREDENTIALS to a valid service account key "
+        "file.") from None
 
 
 def check_input(flag: str, pattern: str):

@@ -17,9 +17,12 @@ import os
 import re
 import socket
 import struct
+import time
 import tracemalloc
 import zlib
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from google.api_core import exceptions as google_api_errors
 import google.auth
 from google.auth.exceptions import DefaultCredentialsError
@@ -42,6 +45,7 @@ from run_directory.records import Document
 from run_directory.records import SNIPPET_CHARS
 from run_directory.tfrecord import encode_frame
 from run_directory.tfrecord import masked_crc32c
+from tests.network_guard import guard_network
 from transforms import formats
 from transforms import publish as publish_stage
 from transforms.formats.fields import RecordSpec
@@ -561,6 +565,33 @@ def test_gcs_paths_without_credentials_exit_2_at_once(
                    r"needs credentials, and none were found\. Run `gcloud "
                    r"auth application-default login`", capsys.readouterr().err)
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_gcs_paths_with_google_cloud_out_of_reach_exit_2_at_once(
+    corpus_file, tiny_model_dir, tmp_path, capsys, monkeypatch):
+  # Found by a user trial: with credentials but no way to Google Cloud (no
+  # network, a proxy it needs), each request retried for two minutes, then
+  # a traceback. A service account key that is never sent anywhere.
+  private_key = rsa.generate_private_key(public_exponent=65537,
+                                         key_size=2048)
+  key_file = tmp_path / "key.json"
+  key_file.write_text(json.dumps({
+      "type": "service_account", "project_id": "p", "private_key_id": "k",
+      "private_key": private_key.private_bytes(
+          serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+          serialization.NoEncryption()).decode(),
+      "client_email": "runner@p.iam.gserviceaccount.com", "client_id": "1",
+      "token_uri": "https://oauth2.googleapis.com/token"}))
+  monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+  guard_network(monkeypatch)  # unreachable wherever the test runs
+  started = time.monotonic()
+  code = main.main([f"--input={corpus_file}", "--output=gs://bucket/runs/x",
+                    f"--model={tiny_model_dir}", "--runner=DirectRunner"])
+  assert code == 2
+  assert time.monotonic() - started < 60
+  assert re.search(r"^pipeline.main: error: --output=gs://bucket/runs/x: "
+                   r"Google Cloud cannot be reached to sign in \(.*\)\. Check "
+                   r"the network", capsys.readouterr().err, re.M)
 
 
 @pytest.mark.parametrize("inside", ["manifest.json", "embeddings/LATEST"])
