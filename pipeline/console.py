@@ -267,7 +267,7 @@ def format_summary(manifest: dict, run_dir: str) -> str:
     timing += f" ({format_rate(rate)})"
   lines = [
       f"Published run {manifest['run_id']}{timing}: "
-      f"{counts['read']:,} documents read, {embedded}, "
+      f"{counts['read']:,} records read, {embedded}, "
       f"{counts['dead_lettered']:,} rejected.",
   ]
   by_reason = manifest.get("dead_letters", {}).get("by_reason", {})

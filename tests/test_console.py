@@ -144,7 +144,7 @@ _MANIFEST = {
 def test_summary_counts_rejections_and_where():
   text = console.format_summary(_MANIFEST, "runs/night-1")
   assert text.splitlines() == [
-      "Published run night-1 in 12.3 s (97 docs/s): 1,203 documents read, "
+      "Published run night-1 in 12.3 s (97 docs/s): 1,203 records read, "
       "1,200 embedded (200 by the model, 1,000 carried over), 3 rejected.",
       "Rejected records (duplicate_id 2, empty_text 1): python -m "
       "pipeline.read_outputs runs/night-1 --table errors",

@@ -75,7 +75,7 @@ def test_a_local_run_prints_only_its_progress_and_summary(tiny_model_dir,
   assert not unexpected, result.stderr
   lines = [line for line in lines if not re.fullmatch(ALLOWED[-1], line)]
   assert lines[0].startswith("Published run ")
-  assert "4 documents read, 3 embedded" in lines[0] and "1 rejected" in lines[0]
+  assert "4 records read, 3 embedded" in lines[0] and "1 rejected" in lines[0]
   assert lines[1].startswith("Rejected records (empty_text 1): ")
   assert lines[-1] == (f"Run directory: {run_dir} (manifest.json lists every "
                        "file)")
@@ -111,7 +111,7 @@ def test_run_local_sh_prints_only_its_progress_and_summary(
              if not re.fullmatch(ALLOWED[-1], line)]
     assert len(lines) == 2, result.stderr
     assert re.fullmatch(r"Published run \S+ in [\d.]+ s \([\d.,]+ docs/s\): 60 "
-                        r"documents read, 60 embedded, 0 rejected\.", lines[0])
+                        r"records read, 60 embedded, 0 rejected\.", lines[0])
     assert lines[1] == (f"Run directory: {run_dir} (manifest.json lists "
                         "every file)")
   finally:
