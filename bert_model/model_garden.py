@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
+from bert_model.tf1_checkpoint import LEAF_NAMES
 from bert_model.tf1_checkpoint import first_line
 from bert_model.tf1_checkpoint import read_tensor
 
@@ -55,8 +56,6 @@ _BLOCK_PARTS = {
     "_output_dense": "output.dense",
     "_output_layer_norm": "output.LayerNorm",
 }
-_LEAVES = {"kernel": "weight", "bias": "bias", "gamma": "weight",
-           "beta": "bias"}
 
 
 class ModelGardenError(ValueError):
@@ -200,7 +199,7 @@ def read_weights(prefix: str, config: dict) -> Dict[str, np.ndarray]:
   for layer, i in enumerate(blocks):
     for sub, name in layers[i].items():
       part, _, leaf = sub.rpartition("/")
-      if part not in _BLOCK_PARTS or leaf not in _LEAVES:
+      if part not in _BLOCK_PARTS or leaf not in LEAF_NAMES:
         raise ModelGardenError(
             f"{prefix}: {name} is not part of a BERT transformer block.")
       value = get(name)
@@ -217,7 +216,7 @@ def read_weights(prefix: str, config: dict) -> Dict[str, np.ndarray]:
       else:
         value = value.reshape(-1)
       weights[f"encoder.layer.{layer}.{_BLOCK_PARTS[part]}."
-              f"{_LEAVES[leaf]}"] = value
+              f"{LEAF_NAMES[leaf]}"] = value
   poolers = [i for i in denses if i > blocks[-1]]
   if poolers:
     weights["pooler.dense.weight"] = _matrix(get(layers[poolers[0]]["kernel"]),

@@ -48,8 +48,9 @@ _LAYER_PARTS = {
     "output/dense": "output.dense",
     "output/LayerNorm": "output.LayerNorm",
 }
-_LEAVES = {"kernel": "weight", "bias": "bias", "gamma": "weight",
-           "beta": "bias"}
+# TF variable leaf names -> Hugging Face (Model Garden's are the same).
+LEAF_NAMES = {"kernel": "weight", "bias": "bias", "gamma": "weight",
+              "beta": "bias"}
 # Training state and heads that are not the encoder.
 _IGNORED = re.compile(r"(^|/)(adam_m|adam_v|Adam|Adam_1)$|^global_step$|^cls/")
 
@@ -85,9 +86,9 @@ def hugging_face_name(tf1_name: str) -> Optional[str]:
     return None
   layer, rest = match.groups()
   part, _, leaf = rest.rpartition("/")
-  if part not in _LAYER_PARTS or leaf not in _LEAVES:
+  if part not in _LAYER_PARTS or leaf not in LEAF_NAMES:
     return None
-  return f"encoder.layer.{layer}.{_LAYER_PARTS[part]}.{_LEAVES[leaf]}"
+  return f"encoder.layer.{layer}.{_LAYER_PARTS[part]}.{LEAF_NAMES[leaf]}"
 
 
 def first_line(error: Exception) -> str:
