@@ -16,6 +16,7 @@ import subprocess
 import pytest
 
 from run_directory.staging import remove_stale_staging
+from run_directory.staging import remove_unlisted_files
 from run_directory.staging import remove_tree
 from tests import mirror_filesystem
 
@@ -50,6 +51,20 @@ def test_a_tree_and_stale_staging_are_removed_by_their_objects(store):
   assert _files(store) == ["run/.run.lock", "run/embeddings/avro/e.avro",
                            "run/spill/mine"]
   remove_tree("mirror://run/absent")  # nothing there: no error
+
+
+def test_only_unlisted_files_of_the_runs_directories_are_removed(store):
+  # As tests/test_bad_input.py checks it on a local directory.
+  _write(store, "run/.run.lock", "run/report.html", "run/mine/notes.txt",
+         "run/embeddings/avro/embeddings-00000-of-00001.avro",
+         "run/embeddings/avro/embeddings-00000-of-00002.avro",
+         "run/duplicates/avro/duplicates-00000-of-00001.avro",
+         "run/ann_index/index.faiss")
+  remove_unlisted_files("mirror://run", [
+      "report.html", "embeddings/avro/embeddings-00000-of-00001.avro"])
+  assert _files(store / "run") == [
+      ".run.lock", "embeddings/avro/embeddings-00000-of-00001.avro",
+      "mine/notes.txt", "report.html"]
 
 
 def test_nights_under_an_object_store(store, tmp_path, tiny_model_dir):
