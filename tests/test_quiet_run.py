@@ -28,6 +28,7 @@ NOISE = [
 # All a quiet local run may print on stderr.
 ALLOWED = [
     r"Published run \S+ in [\d.]+ s \([\d.,]+ docs/s\): .*",
+    r"Queries \(--neighbours_of\): .*",
     r"Rejected records \(.*\): python -m pipeline.read_outputs .*",
     r"Run directory: .*",
     # Progress: once the first batch is back, once the rate is known, then
