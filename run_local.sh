@@ -7,17 +7,25 @@
 # --verbose for Beam's and TensorFlow's logs. pip runs only when ./.venv does
 # not yet hold what setup.py declares (FORCE_INSTALL=true makes it run).
 set -euo pipefail
-cd "$(dirname "$0")"
-source scripts/venv.sh
-ensure_venv .
-ensure_default_model_weights
+# Paths (INPUT, OUTPUT, --model, --neighbours_of, ...) are read from the
+# caller's directory, as any command reads them (as run_nightly.sh does); the
+# default corpus and run directory lie in this checkout. The job's code is
+# this checkout's (-P: not a `pipeline` package that the caller's directory
+# may hold).
+REPO="$(cd "$(dirname "$0")" && pwd)"
+(cd "$REPO" && source scripts/venv.sh && ensure_venv . &&
+  ensure_default_model_weights)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# Shown relative to the checkout when run from it, absolute otherwise.
+HERE=""
+[ "$(pwd -P)" = "$(cd "$REPO" && pwd -P)" ] || HERE="$REPO/"
 
-INPUT="${INPUT:-sample_data/sample_corpus.txt}"
-OUTPUT="${OUTPUT:-runs/sample-$(date -u +%Y%m%dT%H%M%SZ)}"
-.venv/bin/python -m pipeline.main \
+INPUT="${INPUT:-${HERE}sample_data/sample_corpus.txt}"
+OUTPUT="${OUTPUT:-${HERE}runs/sample-$(date -u +%Y%m%dT%H%M%SZ)}"
+"$REPO/.venv/bin/python" -P -m pipeline.main \
   --runner=DirectRunner \
   --input="$INPUT" \
   --output="$OUTPUT" \
   "$@"
 
-echo "Look at the results with: .venv/bin/python -m pipeline.read_outputs $OUTPUT --head 5"
+echo "Look at the results with: ${HERE}.venv/bin/python -m pipeline.read_outputs $OUTPUT --head 5"

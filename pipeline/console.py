@@ -270,8 +270,16 @@ def format_summary(manifest: dict, run_dir: str) -> str:
       f"{counts['read']:,} records read, {embedded}, "
       f"{counts['dead_lettered']:,} rejected.",
   ]
+  # The --neighbours_of queries: their rejections are in the errors table
+  # (and by_reason) too, and a rejected question must not go unseen.
+  queries = counts.get("queries")
+  if queries:
+    lines.append(
+        f"Queries (--neighbours_of): {queries['read']:,} read, "
+        f"{queries['embedded']:,} embedded, "
+        f"{queries['dead_lettered']:,} rejected.")
   by_reason = manifest.get("dead_letters", {}).get("by_reason", {})
-  if counts["dead_lettered"]:
+  if counts["dead_lettered"] or (queries or {}).get("dead_lettered"):
     reasons = ", ".join(f"{reason} {count:,}" for reason, count in
                         sorted(by_reason.items(), key=lambda kv: -kv[1]))
     lines.append(

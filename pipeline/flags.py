@@ -286,7 +286,8 @@ def _add_neighbour_flags(group):
       "Works with --neighbours_k 0. Default: off.")
   group.add_argument(
       "--neighbours_of",
-      help="Query corpus (file or glob, same formats as --input): write the "
+      help="Query corpus (file or glob, same formats as --input, read with "
+      "the same --input_format, --id_field and --text_field): write the "
       "neighbours of these documents within the --input corpus instead of "
       "all against all. Default: none.")
 

@@ -155,6 +155,23 @@ def _carried_fields(config: RunConfig) -> Tuple[CarriedField, ...]:
        if out.crowding_tag_field else ()))
 
 
+def _check_query_format(flag: str, pattern: str, input_format: str):
+  """--input_format applies to the queries too: refuses a query file whose
+  extension names another format (a questions.csv read as plain text made
+  its header a query, and no error)."""
+  try:
+    named = infer_input_format(pattern)
+  except ValueError:
+    return
+  if named != input_format:
+    raise ConfigError(
+        f"{flag}={pattern}: its extension says {named}, but --input_format "
+        f"{input_format} applies to the queries too. Give the queries in "
+        f"{input_format}, or leave --input_format out when the --input "
+        "files' extensions name their format (each pattern's own extension "
+        "is read then).")
+
+
 def _corpus(flag: str, pattern: str, config: RunConfig,
             carried: Tuple[CarriedField, ...] = (),
             scope: str = CORPUS) -> CorpusSettings:
@@ -165,6 +182,8 @@ def _corpus(flag: str, pattern: str, config: RunConfig,
       input_format = infer_input_format(pattern)
     except ValueError as e:
       raise ConfigError(f"{flag}: {e}") from None
+  elif scope == QUERIES:
+    _check_query_format(flag, pattern, input_format)
   if input_config.text_pair_field is not None and input_format == "text":
     raise ConfigError(
         f"--text_pair_field: {flag} is plain text (one text per line), which "

@@ -154,3 +154,23 @@ def test_summary_counts_rejections_and_where():
                                       dead_lettered=0, read=1200))
   assert "Rejected" not in console.format_summary(clean, "r")
   assert "carried over" not in console.format_summary(clean, "r")
+
+
+def test_summary_tells_the_rejected_queries_of_neighbours_of():
+  # Found in a user trial: a --neighbours_of question rejected (empty_text)
+  # in a clean corpus left no trace in the summary ("0 rejected", no
+  # reasons line); with corpus rejections, the reasons (which count both)
+  # added up to more than "N rejected".
+  queries = {"read": 6, "embedded": 5, "inferred": 5, "reused": 0,
+             "dead_lettered": 1, "removed": 0, "repeated": 0,
+             "truncated": 0}
+  clean = dict(_MANIFEST, counts=dict(_MANIFEST["counts"], reused=0,
+                                      dead_lettered=0, read=1200,
+                                      queries=queries),
+               dead_letters={"by_reason": {"empty_text": 1}})
+  assert console.format_summary(clean, "r").splitlines()[1:] == [
+      "Queries (--neighbours_of): 6 read, 5 embedded, 1 rejected.",
+      "Rejected records (empty_text 1): python -m pipeline.read_outputs r "
+      "--table errors",
+      "Run directory: r (manifest.json lists every file)",
+  ]

@@ -687,11 +687,19 @@ def test_truncation_and_float16_sequences(tiny_model_dir, reference, tmp_path,
      r"--max_seq_length=65.*max_position_embeddings \(64\)"),
     (["--input", "{inp}", "--output", "{out}", "--model", "{missing_model}"],
      r"--model=.*no-such-model: no such directory"),
+    # --input_format applies to the queries too: a questions.csv was read as
+    # plain text, its header line a query, and the run published.
+    (["--input", "{inp}", "--output", "{out}", "--input_format", "text",
+      "--neighbours_of", "{queries_csv}"],
+     r"--neighbours_of=.*questions\.csv: its extension says csv, but "
+     r"--input_format text applies to the queries too"),
 ])
 def test_wrong_flags_fail_before_the_pipeline_starts(
     flags, message, corpus_file, tiny_model_dir, tmp_path, no_network):
   output = str(tmp_path / "run")
-  values = dict(inp=corpus_file, out=output,
+  queries_csv = tmp_path / "questions.csv"
+  queries_csv.write_text("id,text\nq1,how do I reset my password?\n")
+  values = dict(inp=corpus_file, out=output, queries_csv=str(queries_csv),
                 missing_model=str(tmp_path / "no-such-model"))
   argv = [flag.format(**values) for flag in flags]
   if "--model" not in argv:

@@ -28,6 +28,7 @@ NOISE = [
 # All a quiet local run may print on stderr.
 ALLOWED = [
     r"Published run \S+ in [\d.]+ s \([\d.,]+ docs/s\): .*",
+    r"Queries \(--neighbours_of\): .*",
     r"Rejected records \(.*\): python -m pipeline.read_outputs .*",
     r"Run directory: .*",
     # Progress: once the first batch is back, once the rate is known, then
@@ -116,6 +117,25 @@ def test_run_local_sh_prints_only_its_progress_and_summary(
                         "every file)")
   finally:
     shutil.rmtree(os.path.join(REPO, output), ignore_errors=True)
+
+
+def test_run_local_sh_reads_relative_paths_from_the_callers_directory(
+    tmp_path):
+  # Found in a user trial: run_local.sh changed into the repository first,
+  # so INPUT=corpus.txt, given from the corpus's own directory, "does not
+  # exist" (run_nightly.sh reads paths from the caller's directory).
+  (tmp_path / "corpus.txt").write_text("a first text\nand a second\n")
+  (tmp_path / "published").mkdir()
+  (tmp_path / "published" / "manifest.json").write_text("{}")
+  env = dict(os.environ, NO_GCE_CHECK="true", HF_HUB_OFFLINE="1",
+             INPUT="corpus.txt", OUTPUT="published")
+  result = subprocess.run([os.path.join(REPO, "run_local.sh")],
+                          cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+  # The corpus was found; the output, also read from tmp_path, is refused.
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "--output=published already holds a published run" in (
+      result.stderr), result.stderr[-3000:]
 
 
 def test_verbose_shows_tensorflow_and_errors_always_show(tmp_path):

@@ -57,11 +57,21 @@ def same_id(item_id: str) -> str:
 OWNERS = {DOCUMENT: same_id, CHUNK: document_of_chunk}
 
 
+# A row whose norm is within this of 1 is already a unit vector (a model's
+# L2-normalised float32 output is off 1 by about one ulp): it is kept as it
+# is, bit for bit.
+UNIT_NORM_TOLERANCE = 4 * float(np.finfo(np.float32).eps)
+
+
 def normalize_rows(matrix) -> np.ndarray:
   """float32 rows scaled to unit L2 norm; an all-zero row stays zero.
 
   The norm is taken in float64, row by row, so a row's result depends on that
-  row only: identical vectors stay identical wherever they are.
+  row only: identical vectors stay identical wherever they are. A row that
+  is already a unit vector (`UNIT_NORM_TOLERANCE`) is returned unchanged:
+  dividing it by its norm would move its last bits, and with them the
+  canonical scores away from the cosine of the vectors as the table stores
+  them (what DuckDB or BigQuery compute over it).
   """
   matrix = np.asarray(matrix, dtype=np.float32)
   if matrix.ndim != 2:
@@ -69,6 +79,7 @@ def normalize_rows(matrix) -> np.ndarray:
   norms = np.sqrt(np.square(matrix, dtype=np.float64).sum(axis=1))
   # A zero vector has no direction: it stays zero, cosine 0 with everything.
   norms[norms == 0] = 1.0
+  norms[np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE] = 1.0
   return (matrix / norms[:, None]).astype(np.float32)
 
 
@@ -103,9 +114,9 @@ def indexed_pair_scores(left: np.ndarray, left_rows: np.ndarray,
 
 def candidate_margin(hidden_size: int) -> float:
   """How far below a canonical score the float32 matrix product of the same
-  unit vectors may fall: the product's rounding, and the unit vectors'
-  norms off 1 by as much again."""
-  return 2 * gemm_tolerance(hidden_size)
+  unit vectors may fall: the product's rounding, the unit vectors' norms off
+  1 by as much again, and by UNIT_NORM_TOLERANCE for rows kept as stored."""
+  return 2 * gemm_tolerance(hidden_size) + 2 * UNIT_NORM_TOLERANCE
 
 
 def gemm_tolerance(hidden_size: int) -> float:
