@@ -37,6 +37,7 @@ from pipeline.errors import one_line
 from pipeline.errors import print_error
 from pipeline.errors import read_errors_of
 from pipeline.preflight import absolute
+from pipeline.preflight import check_cloud_credentials
 from run_directory.atomic import staged_path
 from run_directory.atomic import write_text_atomically
 from run_directory.manifest import RunNotPublishedError
@@ -126,6 +127,10 @@ def _parse_args(argv):
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parse_args(argv)
   try:
+    # The pointer may be written: checked as pipeline.main checks it, at
+    # once, where Cloud Storage's client retries for two minutes.
+    if args.latest_pointer.startswith("gs://"):
+      check_cloud_credentials([f"--latest_pointer={args.latest_pointer}"])
     done = catch_up(args.run_dir, args.latest_pointer)
   except RunNotPublishedError as e:
     if args.if_published:

@@ -13,8 +13,11 @@ import json
 import os
 import subprocess
 
+import google.auth
+from google.auth.exceptions import DefaultCredentialsError
 import pytest
 
+from pipeline import latest_pointer
 from run_directory.staging import remove_stale_staging
 from run_directory.staging import remove_unlisted_files
 from run_directory.staging import remove_tree
@@ -105,3 +108,18 @@ def test_nights_under_an_object_store(store, tmp_path, tiny_model_dir):
   counts = json.loads((store / "runs" / "night-2" / "manifest.json")
                       .read_text())["counts"]
   assert (counts["reused"], counts["inferred"]) == (7, 1)
+
+
+def test_a_night_on_cloud_storage_without_credentials_exits_2_at_once(
+    monkeypatch, capsys):
+  # run_nightly.sh's first step: Cloud Storage's client went on anonymously
+  # and retried for two minutes before this said anything.
+  def no_credentials(*args, **kwargs):
+    raise DefaultCredentialsError("none here")
+
+  monkeypatch.setattr(google.auth, "default", no_credentials)
+  assert latest_pointer.main([
+      "gs://bucket/runs/night-1", "--latest_pointer=gs://bucket/runs/LATEST",
+      "--if_published"]) == 2
+  assert ("--latest_pointer=gs://bucket/runs/LATEST: Google Cloud needs "
+          "credentials") in capsys.readouterr().err
