@@ -31,6 +31,7 @@ from transforms.neighbours.maths import vector_of
 from transforms.neighbours.names import ANN
 from transforms.neighbours.names import CHUNK
 from transforms.neighbours.names import CHUNK_LEVEL_EXTRA_CANDIDATES
+from transforms.neighbours.names import DOCUMENT_LEVEL_EXTRA_CANDIDATES
 from transforms.neighbours.names import DEFAULT_BLOCK_SIZE
 from transforms.neighbours.names import DEFAULT_EF_CONSTRUCTION
 from transforms.neighbours.names import DEFAULT_EF_SEARCH
@@ -183,8 +184,10 @@ def _search(index, vectors: np.ndarray, count: int) -> np.ndarray:
 
 def candidates(k: int, level: str) -> int:
   """Results asked of the index per query, at least: K and room for the
-  query's own (itself; at chunk level some of its document's chunks)."""
-  return k + (CHUNK_LEVEL_EXTRA_CANDIDATES if level == CHUNK else 1)
+  query's own (itself; at chunk level some of its document's chunks) and
+  near ties (names.py)."""
+  return k + (CHUNK_LEVEL_EXTRA_CANDIDATES if level == CHUNK else
+              DOCUMENT_LEVEL_EXTRA_CANDIDATES)
 
 
 def asked_per_query(k: int, level: str, corpus_owners: np.ndarray,
