@@ -527,6 +527,18 @@ def test_truncated_tfrecord_keeps_the_records_of_earlier_batches(
 # -- Errors of the storage layer -----------------------------------------------------
 
 
+def test_a_null_text_is_told_apart_from_an_absent_one():
+  # A null text once read "no 'text' field (fields: id, text); set
+  # --text_field", naming the field it says is not there.
+  lines = b'{"id": "a", "text": null}\n{"id": "b", "body": "x"}\n'
+  records = list(read_file_records(lambda: io.BytesIO(lines), "n.jsonl",
+                                   _reader("jsonl")))
+  assert [(r.reason, r.detail) for r in records] == [
+      (Reason.MISSING_FIELD, "'text' is null"),
+      (Reason.MISSING_FIELD, "no 'text' field (fields: body, id); set "
+       "--text_field")]
+
+
 class _FlakyStream(io.BytesIO):
 
   def readline(self, *args):

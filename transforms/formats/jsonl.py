@@ -84,9 +84,11 @@ def parse_json_object(line: bytes) -> dict:
 
 def _json_text(record: dict, field: str, flag: str,
                doc_id: Optional[str]) -> str:
-  text = record.get(field)
-  if text is None:
+  if field not in record:
     raise missing(field, flag, record, doc_id=doc_id)
+  text = record[field]
+  if text is None:
+    raise Rejected(Reason.MISSING_FIELD, f"{field!r} is null", doc_id)
   if not isinstance(text, str) or isinstance(text, _LongInteger):
     raise Rejected(
         Reason.NON_STRING_FIELD,
