@@ -7,8 +7,9 @@ The job itself is pipeline/job.py. This is the command line around it: a
 run prints its progress and its summary, warnings and errors; Beam's and
 TensorFlow's INFO logs and TensorFlow's native start-up notices only with
 --verbose or --log_level INFO (pipeline/console.py). Hence the order of
-`main`: logging and TensorFlow's environment are set up first; the flags are
-checked (without TensorFlow: a wrong flag fails in about 2 s); then the
+`main`: logging and TensorFlow's environment are set up first; the flags,
+and the local paths they name, are checked (without TensorFlow: a wrong
+flag fails in about 2 s); then the
 job is imported (which imports TensorFlow) with TensorFlow's notices
 captured (transforms/native_logs.py), and it runs. `--help` lists the flags;
 docs/ has the reference.
@@ -27,6 +28,7 @@ from pipeline.config import check_flags
 from pipeline.errors import ConfigError
 from pipeline.errors import RunFailedError
 from pipeline.flags import format_help
+from pipeline.preflight import check_local_paths
 
 # Exit statuses a scheduler (cron, Cloud Scheduler, Airflow) can alert on.
 EXIT_PUBLISHED = 0
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
     _print_help(format_help(with_beam_options="--help_beam" in argv))
     return EXIT_PUBLISHED
   try:
-    check_flags(argv)
+    check_local_paths(check_flags(argv))
   except ConfigError as e:
     print(f"pipeline.main: error: {e}", file=sys.stderr)
     return EXIT_WRONG_FLAG

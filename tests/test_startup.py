@@ -118,6 +118,9 @@ def _main_in_a_fresh_process(argv):
     (["--input", "x", "--output", "y", "--max_chunks", "3"],
      "--max_chunks needs --chunk_size"),
     (["--output", "y"], "--input is required"),
+    # A local path too (it once failed after TensorFlow's 3 s of import).
+    (["--input", "no-such-corpus.jsonl", "--output", "y"],
+     "--input=no-such-corpus.jsonl does not exist"),
 ])
 def test_a_wrong_flag_fails_before_tensorflow_is_imported(argv, message):
   code, _, stderr, imported = _main_in_a_fresh_process(argv)
