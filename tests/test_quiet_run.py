@@ -139,13 +139,19 @@ def test_run_local_sh_reads_relative_paths_from_the_callers_directory(
 
 
 def test_verbose_shows_tensorflow_and_errors_always_show(tmp_path):
-  missing = str(tmp_path / "nothing-*.jsonl")
-  argv = [f"--input={missing}", f"--output={tmp_path / 'run'}"]
+  # A model that is not there: told by planning, after TensorFlow's import
+  # (a wrong local path is told before it).
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("one text\n")
+  missing = str(tmp_path / "no-model")
+  argv = [f"--input={corpus}", f"--output={tmp_path / 'run'}",
+          f"--model={missing}"]
 
   result = _run(argv + ["--verbose"])
 
   assert result.returncode == 2
-  assert f"pipeline.main: error: --input={missing}" in result.stderr
+  assert "pipeline.main: error: " in result.stderr
+  assert missing in result.stderr
   # TensorFlow's start-up notices, captured while it was imported, are
   # written back with --verbose.
   assert re.search(r"absl::InitializeLog|oneDNN custom operations",
