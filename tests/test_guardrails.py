@@ -105,11 +105,13 @@ def test_a_wrong_text_field_is_refused_whatever_the_limits(workdir, capsys):
     code, run_dir = _run(workdir, corpus, "run", "--text_field=body", *flags)
     refusal = _assert_refused(code, run_dir, pointer, "runs/yesterday\n",
                               capsys, "nothing was embedded",
-                              "check --input and --text_field")
+                              "every record was dead-lettered: the most "
+                              "common errors say why")
     assert refusal["counts"]["read"] == 50
     assert refusal["counts"]["dead_lettered"] == 50
     top = refusal["top_errors"][0]
     assert (top["reason"], top["count"]) == ("missing_field", 50)
+    assert top["examples"][0]["detail"].endswith("set --text_field")
     assert "no 'body' field" in top["examples"][0]["detail"]
 
 
@@ -329,7 +331,7 @@ def test_refusal_reasons():
   assert refusal_reasons(_counts(10, 10, 0, queries=_counts(0, 0, 0)),
                          limits) == [
       "--neighbours_of queries: nothing was embedded (0 records read, 0 "
-      "dead-lettered); check --neighbours_of and --text_field"]
+      "dead-lettered); check --neighbours_of: its files hold no records"]
 
 
 def _dead(source, position, reason):

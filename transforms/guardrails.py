@@ -64,9 +64,13 @@ def _bad_record_reasons(counts: Mapping, limits: PublishLimits,
   read, dead_lettered = counts["read"], counts["dead_lettered"]
   reasons = []
   if counts["embedded"] == 0:
+    # Which flag to look at is the errors' to say (--text_field, a restrict
+    # field, ...): they follow the reasons (top_errors).
+    why = (f"check {input_flag}: its files hold no records" if not read else
+           "every record was dead-lettered: the most common errors say why")
     reasons.append(
         f"{what}: nothing was embedded ({read} records read, {dead_lettered} "
-        f"dead-lettered); check {input_flag} and --text_field")
+        f"dead-lettered); {why}")
     # Nothing else to say: no limit lets such a run through.
     return reasons
   # Exact repeats of a kept record are embedded once: not bad records.
