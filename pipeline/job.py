@@ -35,11 +35,11 @@ from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
 from run_directory.layout import VERTEX_STATE
 from run_directory.manifest import load_manifest
+from run_directory.manifest import named_by_pointer
 from transforms import native_logs
 from transforms.guardrails import describe_refusal
 from transforms.guardrails import RunRefusedError
 from transforms.previous_run_damage import PREVIOUS_TABLE_DAMAGED
-from transforms.publish import named_by_pointer
 
 _LOG = logging.getLogger(__name__)
 

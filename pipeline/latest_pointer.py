@@ -42,7 +42,7 @@ from run_directory.atomic import staged_path
 from run_directory.atomic import write_text_atomically
 from run_directory.manifest import RunNotPublishedError
 from run_directory.manifest import load_manifest
-from transforms.publish import read_pointer
+from run_directory.manifest import read_pointer
 
 PROG = "python -m pipeline.latest_pointer"
 

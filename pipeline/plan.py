@@ -45,6 +45,7 @@ from pipeline.latest_pointer import read_latest_pointer
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.layout import spill_dir
 from run_directory.layout import staging_dir
+from run_directory.manifest import named_by_pointer
 from run_directory.staging import remove_stale_staging
 from run_directory.tables import embedding_table
 from run_directory.vertex import DELTA as VERTEX_DELTA
@@ -64,7 +65,6 @@ from transforms.names import QUERIES
 from transforms.neighbours import CHUNK as CHUNK_LEVEL
 from transforms.neighbours import DOCUMENT as DOCUMENT_LEVEL
 from transforms.neighbours import NeighbourSettings
-from transforms.publish import named_by_pointer
 from transforms.read import CorpusSettings
 from transforms.report import ReportSettings
 from transforms.reuse import PreviousRun

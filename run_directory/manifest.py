@@ -192,6 +192,23 @@ def _file_instead_of_run(path: str) -> str:
 _POINTER_BYTES = 4096
 
 
+def read_pointer(pointer: str) -> Optional[str]:
+  """The text of a --latest_pointer file, stripped: the run it names ("" if
+  emptied); None when there is no file. Raises what reading it raises."""
+  if not FileSystems.exists(pointer):
+    return None
+  return read_bytes(pointer).decode("utf-8").strip()
+
+
+def named_by_pointer(pointer: str) -> Optional[str]:
+  """`read_pointer`, or "" when the file cannot be read as one
+  (pipeline/latest_pointer.py tells why)."""
+  try:
+    return read_pointer(pointer)
+  except Exception:  # pylint: disable=broad-except
+    return ""  # compared, never raised: any storage error reads as "other"
+
+
 # Entries every reader may look into, objects when present.
 _OBJECT_ENTRIES = ("model", "counts", "settings")
 

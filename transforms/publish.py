@@ -53,7 +53,7 @@ from run_directory.layout import REPORT_FILE
 from run_directory.layout import spill_dir
 from run_directory.manifest import build_manifest
 from run_directory.manifest import listed_files
-from run_directory.manifest import read_bytes
+from run_directory.manifest import named_by_pointer
 from run_directory.staging import move_into_place
 from run_directory.staging import remove_tree
 from run_directory.staging import remove_unlisted_files
@@ -287,23 +287,6 @@ class _RunPublisher:
 
 def _after_checks(path, unused_checked_manifest):
   return path
-
-
-def read_pointer(pointer: str) -> Optional[str]:
-  """The text of a --latest_pointer file, stripped: the run it names ("" if
-  emptied); None when there is no file. Raises what reading it raises."""
-  if not FileSystems.exists(pointer):
-    return None
-  return read_bytes(pointer).decode("utf-8").strip()
-
-
-def named_by_pointer(pointer: str) -> Optional[str]:
-  """`read_pointer`, or "" when the file cannot be read as one
-  (pipeline/latest_pointer.py tells why)."""
-  try:
-    return read_pointer(pointer)
-  except Exception:  # pylint: disable=broad-except
-    return ""  # compared, never raised: any storage error reads as "other"
 
 
 def _remove_if_there(path: str):
