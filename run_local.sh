@@ -21,11 +21,16 @@ HERE=""
 [ "$(pwd -P)" = "$(cd "$REPO" && pwd -P)" ] || HERE="$REPO/"
 
 INPUT="${INPUT:-${HERE}sample_data/sample_corpus.txt}"
-OUTPUT="${OUTPUT:-${HERE}runs/sample-$(date -u +%Y%m%dT%H%M%SZ)}"
+# The run id is the one the default run directory is named by (the
+# pipeline's own default, its start time, came a few seconds later); a
+# --run_id among the extra arguments comes last and wins.
+RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
+OUTPUT="${OUTPUT:-${HERE}runs/sample-$RUN_ID}"
 "$REPO/.venv/bin/python" -P -m pipeline.main \
   --runner=DirectRunner \
   --input="$INPUT" \
   --output="$OUTPUT" \
+  --run_id="$RUN_ID" \
   "$@"
 
 echo "Look at the results with: ${HERE}.venv/bin/python -m pipeline.read_outputs $OUTPUT --head 5"

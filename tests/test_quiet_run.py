@@ -86,37 +86,47 @@ def test_a_local_run_prints_only_its_progress_and_summary(tiny_model_dir,
 def test_run_local_sh_prints_only_its_progress_and_summary(
     default_model_dir, tmp_path):
   # The README's first command, as a new user runs it: the default model,
-  # the sample corpus, a run directory relative to the repository (where a
-  # relative --output once made the run warn about its own lock).
+  # the sample corpus, the default run directory in the repository (where a
+  # relative --output once made the run warn about its own lock), named by
+  # the run id it publishes (it once took the script's time, the run id the
+  # pipeline's, seconds apart).
   home = tmp_path / "home"
   (home / "models").mkdir(parents=True)
   os.symlink(default_model_dir, home / "models" / "all-MiniLM-L6-v2")
-  output = f"runs/test-quiet-{os.getpid()}"
   env = dict(os.environ, NO_GCE_CHECK="true", HF_HUB_OFFLINE="1",
-             BERT_EMBEDDINGS_HOME=str(home), OUTPUT=output)
-  for name in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS"):
+             BERT_EMBEDDINGS_HOME=str(home))
+  for name in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS", "INPUT", "OUTPUT"):
     env.pop(name, None)
+  output = None
   try:
     result = subprocess.run([os.path.join(REPO, "run_local.sh")], cwd=REPO,
                             env=env, capture_output=True, text=True,
                             timeout=600)
+    told = re.fullmatch(r"Look at the results with: \.venv/bin/python -m "
+                        r"pipeline\.read_outputs (runs/sample-(\w+)) "
+                        r"--head 5\n", result.stdout)
+    output = told and told.group(1)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert told, result.stdout
+    run_id = told.group(2)
     # As the pipeline makes it absolute: from the resolved working directory.
     run_dir = os.path.join(os.path.realpath(REPO), output)
-    assert result.stdout == ("Look at the results with: .venv/bin/python -m "
-                             f"pipeline.read_outputs {output} --head 5\n")
+    with open(os.path.join(run_dir, "manifest.json")) as manifest:
+      assert json.load(manifest)["run_id"] == run_id
     for pattern in NOISE:
       assert not re.search(pattern, result.stderr), (pattern, result.stderr)
     # Besides the progress lines.
     lines = [line for line in result.stderr.splitlines()
              if not re.fullmatch(ALLOWED[-1], line)]
     assert len(lines) == 2, result.stderr
-    assert re.fullmatch(r"Published run \S+ in [\d.]+ s \([\d.,]+ docs/s\): 60 "
-                        r"records read, 60 embedded, 0 rejected\.", lines[0])
+    assert re.fullmatch(rf"Published run {run_id} in [\d.]+ s \([\d.,]+ "
+                        r"docs/s\): 60 records read, 60 embedded, 0 "
+                        r"rejected\.", lines[0]), lines[0]
     assert lines[1] == (f"Run directory: {run_dir} (manifest.json lists "
                         "every file)")
   finally:
-    shutil.rmtree(os.path.join(REPO, output), ignore_errors=True)
+    if output:
+      shutil.rmtree(os.path.join(REPO, output), ignore_errors=True)
 
 
 def test_run_local_sh_reads_relative_paths_from_the_callers_directory(
