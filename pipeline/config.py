@@ -100,6 +100,8 @@ class NeighbourConfig:
   neighbours_level: str
   duplicate_threshold: Optional[float]
   neighbours_of: Optional[str]
+  query_id_field: Optional[str]
+  query_text_field: Optional[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +244,11 @@ def _check_numbers(config: RunConfig):
   _positive("projector_max_points", out.projector_max_points)
   if neighbours.neighbours_of and not neighbours.neighbours_k:
     raise ConfigError("--neighbours_of needs --neighbours_k above 0.")
+  for flag in ("query_id_field", "query_text_field"):
+    if getattr(neighbours, flag) is not None and not neighbours.neighbours_of:
+      raise ConfigError(
+          f"--{flag} names a field of the --neighbours_of queries; set "
+          "--neighbours_of, or leave it out.")
   threshold = neighbours.duplicate_threshold
   if threshold is not None:
     if not 0 < threshold <= 1:
@@ -368,11 +375,16 @@ def _check_names(config: RunConfig):
     raise ConfigError(
         f"--run_id={out.run_id!r}: use letters, digits, '.', '_' and '-' "
         "only.")
-  for flag in ("id_field", "text_field"):
-    if not getattr(config.input, flag).strip():
+  named_fields = [(flag, getattr(config.input, flag))
+                  for flag in ("id_field", "text_field")]
+  named_fields += [(flag, getattr(config.neighbours, flag))
+                   for flag in ("query_id_field", "query_text_field")
+                   if getattr(config.neighbours, flag) is not None]
+  for flag, field in named_fields:
+    if not field.strip():
       raise ConfigError(
           f"--{flag} is empty: name the field, column or feature that holds "
-          f"the {flag.split('_')[0]}, or leave the flag out for the default.")
+          f"the {flag.split('_')[-2]}, or leave the flag out for the default.")
   pair, text = config.input.text_pair_field, config.input.text_field
   if pair is not None and (not pair or pair == text):
     raise ConfigError(

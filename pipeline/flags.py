@@ -287,9 +287,16 @@ def _add_neighbour_flags(group):
   group.add_argument(
       "--neighbours_of",
       help="Query corpus (file or glob, same formats as --input, read with "
-      "the same --input_format, --id_field and --text_field): write the "
-      "neighbours of these documents within the --input corpus instead of "
-      "all against all. Default: none.")
+      "the same --input_format): write the neighbours of these documents "
+      "within the --input corpus instead of all against all. Default: none.")
+  group.add_argument(
+      "--query_id_field",
+      help="The --neighbours_of queries' id field, column or feature. "
+      "Default: --id_field's.")
+  group.add_argument(
+      "--query_text_field",
+      help="The --neighbours_of queries' text field, column or feature, e.g. "
+      "question. Default: --text_field's.")
 
 
 def _add_nightly_flags(group):

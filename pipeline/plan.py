@@ -194,13 +194,22 @@ def _corpus(flag: str, pattern: str, config: RunConfig,
         f"{carried[0].flag}: {flag} is plain text (one text per line), which "
         "has no other fields; use jsonl, csv, tsv, parquet or tfrecord "
         "input.")
+  id_field, text_field, text_flag = (
+      input_config.id_field, input_config.text_field, "--text_field")
+  if scope == QUERIES:
+    # The queries' own field names, when given (a questions file's text is
+    # seldom in the corpus's field); a missing text's error row names the
+    # flag that fixes it without touching the corpus.
+    neighbours = config.neighbours
+    id_field = neighbours.query_id_field or id_field
+    text_field = neighbours.query_text_field or text_field
+    text_flag = "--query_text_field"
   return CorpusSettings(
       pattern=pattern, input_format=input_format,
-      record=RecordSpec(id_field=input_config.id_field,
-                        text_field=input_config.text_field,
+      record=RecordSpec(id_field=id_field, text_field=text_field,
                         text_pair_field=input_config.text_pair_field,
                         max_record_bytes=input_config.max_record_bytes,
-                        carried=carried),
+                        carried=carried, text_flag=text_flag),
       scope=scope)
 
 

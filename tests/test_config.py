@@ -59,6 +59,12 @@ def test_config_from_options_is_pure_and_fills_the_defaults(tmp_path):
      "needs --temp_location=gs://"),
     (["--num_shards=100000"], "at most 10000"),
     (["--neighbours_of=q.jsonl", "--neighbours_k=0"], "needs --neighbours_k"),
+    (["--query_text_field=question"],
+     "--query_text_field names a field of the --neighbours_of queries; set "
+     "--neighbours_of"),
+    (["--neighbours_of=q.jsonl", "--query_id_field= "],
+     "--query_id_field is empty: name the field, column or feature that "
+     "holds the id"),
 ])
 def test_wrong_values_are_refused_without_io(argv, message):
   with pytest.raises(ConfigError, match=message):

@@ -119,6 +119,41 @@ def test_neighbours_of_a_query_corpus(tmp_path, tiny_model_dir):
   assert not set(actual) & set(corpus_ids)
 
 
+def test_queries_read_with_their_own_field_names(tmp_path, tiny_model_dir):
+  # Found in a user trial: questions kept under "question" and "qid", a
+  # corpus under "text": every query was dead-lettered, after the corpus was
+  # embedded, with "set --text_field", which would have broken the corpus.
+  questions = tmp_path / "questions.jsonl"
+  questions.write_text("".join(
+      json.dumps({"qid": f"q{i}", "question": text}) + "\n"
+      for i, text in enumerate(QUERIES[:3])))
+  flags = ["--neighbours_k=2", f"--neighbours_of={questions}",
+           "--input_format=jsonl"]
+  corpus = tmp_path / "corpus.jsonl"
+  corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": text}) + "\n"
+                            for i, text in enumerate(CORPUS)))
+
+  refused_dir, run_dir = str(tmp_path / "refused"), str(tmp_path / "run")
+  refused = main.main([f"--input={corpus}", f"--output={refused_dir}",
+                       f"--model={tiny_model_dir}", *flags])
+  published = main.main([f"--input={corpus}", f"--output={run_dir}",
+                         f"--model={tiny_model_dir}", *flags,
+                         "--query_text_field=question",
+                         "--query_id_field=qid"])
+
+  assert refused == 3  # refused to publish
+  top = read_outputs.load_refusal(refused_dir)["top_errors"][0]
+  assert (top["reason"], top["count"]) == ("missing_field", 3)
+  assert top["examples"][0]["detail"] == (
+      "no 'text' field (fields: qid, question); set --query_text_field")
+  assert published == 0
+  lists = _neighbour_lists(run_dir)
+  assert sorted(lists) == ["q0", "q1", "q2"]
+  corpus_ids = set(read_outputs.load_embeddings(run_dir)[0])
+  assert corpus_ids == {f"d{i}" for i in range(len(CORPUS))}
+  assert all(r[1] in corpus_ids for rows in lists.values() for r in rows)
+
+
 @pytest.mark.parametrize("flags", [
     ["--neighbours_mode=exact"], ["--neighbours_mode=ann"],
     ["--chunk_size=16", "--neighbours_level=chunk"],

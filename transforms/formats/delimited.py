@@ -97,7 +97,7 @@ def _row_document(row: List[str], columns: _Columns, source: str,
   if columns.id is not None:
     doc_id = check_unicode(row[columns.id], header[columns.id]) or None
   text = _required_cell(row, columns, columns.text, spec.text_field,
-                        "--text_field", doc_id)
+                        spec.text_flag, doc_id)
   text_pair = None
   if spec.text_pair_field is not None:
     text_pair = _required_cell(row, columns, columns.pair,

@@ -46,12 +46,15 @@ class RecordSpec:
     RECORD_TOO_LARGE dead letter, and is never held in memory whole.
   carried: the other fields each record carries (carried.CarriedField, for
     the Vertex AI export); a record without one is a dead letter.
+  text_flag: the flag that names text_field, as a missing text's error row
+    says to set it (the --neighbours_of queries' is --query_text_field).
   """
   id_field: str = "id"
   text_field: str = "text"
   text_pair_field: Optional[str] = None
   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
   carried: tuple = ()
+  text_flag: str = "--text_field"
 
   def __post_init__(self):
     if self.max_record_bytes < 1:

@@ -121,7 +121,7 @@ def _jsonl_document(line: bytes, source: str, position: int,
   if repeated:
     raise ambiguous(repeated)
   doc_id = _id_from_json(record.get(spec.id_field), spec.id_field)
-  text = _json_text(record, spec.text_field, "--text_field", doc_id)
+  text = _json_text(record, spec.text_field, spec.text_flag, doc_id)
   text_pair = None
   if spec.text_pair_field is not None:
     text_pair = _json_text(record, spec.text_pair_field, "--text_pair_field",

@@ -73,7 +73,7 @@ def _cells(batch: pa.RecordBatch, name: str,
 
 def _text_from_cell(value, field: str, value_type: Optional[pa.DataType],
                     doc_id: Optional[str], spec: RecordSpec,
-                    present: List[str], flag: str = "--text_field") -> str:
+                    present: List[str], flag: str) -> str:
   if value_type is None:
     raise Rejected(Reason.MISSING_FIELD,
                    f"no {field!r} column (columns: {names(present)}); set "
@@ -127,7 +127,8 @@ def read_parquet_records(stream: BinaryIO, source: str,
           doc_id = _id_from_cell(row[spec.id_field], spec.id_field,
                                  types[spec.id_field])
           text = _text_from_cell(row[spec.text_field], spec.text_field,
-                                 types[spec.text_field], doc_id, spec, present)
+                                 types[spec.text_field], doc_id, spec, present,
+                                 spec.text_flag)
           text_pair = None
           if spec.text_pair_field is not None:
             text_pair = _text_from_cell(

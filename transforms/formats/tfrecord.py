@@ -133,7 +133,7 @@ def _examples_from_batch(record_batch: pa.RecordBatch, batch: _Batch,
                                 types[spec.id_field])
       text = _text_from_feature(values[spec.text_field][offset],
                                 spec.text_field, types[spec.text_field],
-                                doc_id)
+                                doc_id, spec.text_flag)
       text_pair = None
       if spec.text_pair_field is not None:
         text_pair = _text_from_feature(
@@ -172,8 +172,7 @@ def _is_bytes_type(value_type: pa.DataType) -> bool:
 
 def _text_from_feature(values: Optional[list], field: str,
                        value_type: Optional[pa.DataType],
-                       doc_id: Optional[str],
-                       flag: str = "--text_field") -> str:
+                       doc_id: Optional[str], flag: str) -> str:
   if not values:
     raise Rejected(Reason.MISSING_FIELD,
                    f"no {field!r} feature; set {flag}", doc_id)
