@@ -16,14 +16,24 @@ tf-models-official. Its names come from Keras' object tracking,
 
 so the mapping is built from the checkpoint's own variable list (what else a
 training checkpoint holds, the optimizer's slots and step, the task's heads
-under `model/`, is passed over): the
+under `model/`, `masked_lm/`, ..., is passed over): the
 tracked layers in order are the word, position and type embeddings, the
-embedding LayerNorm, one transformer block per layer, and the pooler. The
+embedding LayerNorm, one transformer block per layer, and the pooler.
+
+Those names are the encoder's only when it is saved alone. A checkpoint
+names each variable once, by its shortest path from the root, so in the
+trainer's (`global_step`, `model`, `optimizer`, `encoder`, `masked_lm`,
+...) the word embeddings, which the masked-LM head shares, are saved as
+`masked_lm/embedding_table/...`. The encoder's variables are therefore
+found through the checkpoint's object graph (`_CHECKPOINTABLE_OBJECT_GRAPH`):
+its paths below the root's `encoder`, walked breadth-first as TensorFlow
+names them, each with the key its value is stored under. The
 einsum kernels are reshaped to [in, out] matrices and transposed to
 PyTorch's [out, in]. Model Garden's "gelu" is the tanh approximation
 (Hugging Face's "gelu_new").
 """
 
+import collections
 import json
 import os
 import re
@@ -32,6 +42,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 import yaml
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from bert_model.tf1_checkpoint import LEAF_NAMES
 from bert_model.tf1_checkpoint import first_line
@@ -42,6 +54,9 @@ ENCODER_CONFIG_FILE = "encoder_config.json"
 # Model Garden activation names -> Hugging Face hidden_act.
 _ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu"}
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+# The object graph a TF2 checkpoint stores beside the values (module doc).
+_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_ENCODER = "encoder"
 # An optimizer's per-variable state (Adam's m and v) in a training
 # checkpoint: encoder/layer_with_weights-0/embeddings/.OPTIMIZER_SLOT/...
 _OPTIMIZER_SLOT = "/.OPTIMIZER_SLOT/"
@@ -138,16 +153,55 @@ def read_config(path: str) -> Tuple[str, dict]:
     raise ModelGardenError(f"{config_path}: the encoder config lacks {e}.")
 
 
-def _tracked_layers(names) -> Dict[int, Dict[str, str]]:
-  """layer_with_weights index -> {sub-path: full name}."""
+def _escape(local_name: str) -> str:
+  """A tracked object's name as it appears in a checkpoint key."""
+  return local_name.replace(".", "..").replace("/", ".S")
+
+
+def _encoder_keys(reader, names, prefix: str) -> Dict[str, str]:
+  """{the name a variable of the encoder has when the encoder is saved
+  alone: the key its value is stored under in this checkpoint} (module
+  doc). A checkpoint without an object graph (written by name) maps each
+  name to itself."""
+  if _OBJECT_GRAPH not in names:
+    return {name: name for name in names}
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  try:
+    graph.ParseFromString(read_tensor(reader, _OBJECT_GRAPH, prefix,
+                                      ModelGardenError, dtype=object).item())
+  except DecodeError as e:
+    raise ModelGardenError(
+        f"{prefix}: the checkpoint's object graph is damaged "
+        f"({first_line(e)}); copy the "
+        "checkpoint again.") from None
+  roots = [child.node_id for child in graph.nodes[0].children
+           if child.local_name == _ENCODER] if graph.nodes else []
+  if not roots:
+    return {}
+  paths = {roots[0]: _ENCODER}
+  queue = collections.deque(roots[:1])
+  while queue:  # breadth-first, in the order the checkpoint lists children
+    node = queue.popleft()
+    for child in graph.nodes[node].children:
+      if child.node_id not in paths:
+        paths[child.node_id] = f"{paths[node]}/{_escape(child.local_name)}"
+        queue.append(child.node_id)
+  return {f"{path}/.ATTRIBUTES/{attribute.name}": attribute.checkpoint_key
+          for node, path in paths.items()
+          for attribute in graph.nodes[node].attributes}
+
+
+def _tracked_layers(keys: Dict[str, str]) -> Dict[int, Dict[str, str]]:
+  """layer_with_weights index -> {sub-path: checkpoint key}, from
+  _encoder_keys."""
   layers: Dict[int, Dict[str, str]] = {}
-  for name in names:
+  for name, key in keys.items():
     if _OPTIMIZER_SLOT in name:
       continue
     match = _TRACKED.fullmatch(name[:-len(_SUFFIX)]) if name.endswith(
         _SUFFIX) else None
     if match:
-      layers.setdefault(int(match.group(1)), {})[match.group(2)] = name
+      layers.setdefault(int(match.group(1)), {})[match.group(2)] = key
   return layers
 
 
@@ -167,7 +221,7 @@ def read_weights(prefix: str, config: dict) -> Dict[str, np.ndarray]:
     raise ModelGardenError(
         f"{prefix}: not a readable checkpoint: {first_line(e)}") from None
   names = sorted(reader.get_variable_to_shape_map())
-  layers = _tracked_layers(names)
+  layers = _tracked_layers(_encoder_keys(reader, names, prefix))
   blocks = [i for i in sorted(layers)
             if "_attention_layer/_query_dense/kernel" in layers[i]]
   embeddings = [i for i in sorted(layers) if set(layers[i]) == {"embeddings"}]

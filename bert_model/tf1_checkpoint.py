@@ -96,11 +96,12 @@ def first_line(error: Exception) -> str:
   return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def read_tensor(reader, name: str, prefix: str, error_type) -> np.ndarray:
-  """One variable as float32; a missing or damaged .data file raises
-  error_type naming it, not TensorFlow's traceback."""
+def read_tensor(reader, name: str, prefix: str, error_type,
+                dtype=np.float32) -> np.ndarray:
+  """One variable as float32 (or dtype); a missing or damaged .data file
+  raises error_type naming it, not TensorFlow's traceback."""
   try:
-    return np.asarray(reader.get_tensor(name), dtype=np.float32)
+    return np.asarray(reader.get_tensor(name), dtype=dtype)
   except (tf.errors.OpError, ValueError, IndexError) as e:
     shards = sorted(glob.glob(prefix + ".data-*"))
     raise error_type(

@@ -167,7 +167,13 @@ def test_model_garden_checkpoint_matches_its_recorded_outputs(tmp_path):
   assert ckpt.has_pooler
   _, encoder = _export(MODEL_GARDEN_FIXTURE, str(tmp_path / "model"),
                        "--lower_case=true", "--pooling=mean")
-  recorded = np.load(os.path.join(MODEL_GARDEN_FIXTURE, "outputs.npz"))
+  _assert_matches_recorded(encoder, MODEL_GARDEN_FIXTURE)
+
+
+def _assert_matches_recorded(encoder, fixture):
+  """The exported encoder's outputs on the token ids of the fixture's
+  outputs.npz are the Model Garden encoder's, within 1e-5."""
+  recorded = np.load(os.path.join(fixture, "outputs.npz"))
   for batch in (0, 1):
     inputs = {name: tf.constant(recorded[f"{name}_{batch}"]) for name in (
         "input_word_ids", "input_mask", "input_type_ids")}
@@ -178,6 +184,52 @@ def test_model_garden_checkpoint_matches_its_recorded_outputs(tmp_path):
         recorded[f"sequence_output_{batch}"][mask], atol=1e-5)
     np.testing.assert_allclose(outputs["pooled_output"].numpy(),
                                recorded[f"pooled_output_{batch}"], atol=1e-5)
+
+
+MODEL_GARDEN_TRAINED = os.path.join(os.path.dirname(__file__), "fixtures",
+                                    "model_garden_trained")
+
+
+@pytest.mark.parametrize("beside_an_older_one", [False, True])
+def test_a_checkpoint_of_model_gardens_trainer_matches_its_recorded_outputs(
+    tmp_path, beside_an_older_one):
+  """The directory Model Garden's own trainer left after 4 steps of its
+  bert/pretraining experiment (tests/fixtures/make_model_garden_checkpoint.py,
+  with tf-models-official in its own virtualenv): converted here from the
+  files alone, its encoder gives the outputs recorded from the encoder
+  Model Garden restored from that checkpoint."""
+  checkpoint = MODEL_GARDEN_TRAINED
+  if beside_an_older_one:  # the `checkpoint` file names the latest, ckpt-4
+    checkpoint = tmp_path / "trained"
+    checkpoint.mkdir()
+    for name in os.listdir(MODEL_GARDEN_TRAINED):
+      os.link(os.path.join(MODEL_GARDEN_TRAINED, name), checkpoint / name)
+    for ext in ("index", "data-00000-of-00001"):
+      os.link(os.path.join(MODEL_GARDEN_FIXTURE, f"ckpt-1.{ext}"),
+              checkpoint / f"ckpt-2.{ext}")
+    checkpoint = str(checkpoint)
+  # What the trainer wrote: the whole experiment's params.yaml, and a
+  # checkpoint of global_step, model, optimizer and the pre-training model's
+  # checkpoint_items (encoder, masked_lm, next_sentence.pooler_dense), in
+  # which the word embeddings, shared with the masked-LM head, are stored
+  # only under masked_lm/.
+  params = yaml.safe_load(open(os.path.join(checkpoint, "params.yaml")))
+  assert params["trainer"]["train_steps"] == 4
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(checkpoint))
+  assert reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 4
+  names = reader.get_variable_to_shape_map()
+  assert "masked_lm/embedding_table/.ATTRIBUTES/VARIABLE_VALUE" in names
+  assert not any(name.startswith("encoder/layer_with_weights-0/")
+                 for name in names)
+  ckpt = checkpoint_lib.read_checkpoint(checkpoint, lower_case=True)
+  assert checkpoint_lib.layout_of(checkpoint) == "model_garden"
+  assert ckpt.config.hidden_act == "gelu_new" and ckpt.has_pooler
+  np.testing.assert_array_equal(
+      ckpt.weights["embeddings.word_embeddings.weight"],
+      reader.get_tensor("masked_lm/embedding_table/.ATTRIBUTES/VARIABLE_VALUE"))
+  _, encoder = _export(checkpoint, str(tmp_path / "model"),
+                       "--lower_case=true", "--pooling=mean")
+  _assert_matches_recorded(encoder, MODEL_GARDEN_TRAINED)
 
 
 def _training_checkpoint(output_dir):
