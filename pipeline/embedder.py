@@ -17,6 +17,7 @@ one tokenizer, one pooling, one normalisation.
 """
 
 import dataclasses
+import logging
 import os
 from typing import List, NamedTuple, Optional, Sequence, Union
 
@@ -36,6 +37,7 @@ from run_directory.manifest import load_manifest
 
 # What takes a path takes a str or a pathlib.Path.
 _Path = Union[str, os.PathLike]
+_LOG = logging.getLogger(__name__)
 
 
 class EmbeddedChunk(NamedTuple):
@@ -149,12 +151,26 @@ class Embedder:
     """float32 [H]: one question's vector, as `embed` makes it, for
     searching an index. A question the index could hold no vector for is
     refused (ValueError): one without wordpieces, which the pipeline
-    rejects as empty_text."""
+    rejects as empty_text. A question that lost text (as a truncated
+    document does) is searched with what is left, and a warning says so:
+    the hits of its start alone could pass for the whole question's."""
     check_question(question)
     outputs = self._embed([question])
     if has_no_wordpieces(outputs["num_tokens"][0]):
       raise ValueError(f"the question {NO_WORDPIECES}")
+    if outputs["truncated"][0]:
+      _LOG.warning("The question lost text, as the run's documents do when "
+                   "%s: only its start was searched.", self._text_lost_when())
     return outputs["embedding"][0].astype(np.float32)
+
+  def _text_lost_when(self) -> str:
+    chunking = self.settings.chunking
+    if chunking is None:
+      return (f"longer than {self.settings.max_seq_length} wordpieces "
+              "(max_seq_length)")
+    return (f"longer than {chunking.max_chunks} chunks of "
+            f"{chunking.chunk_size} wordpieces (max_chunks), or holding a "
+            "word longer than a chunk")
 
   def embed_chunks(self, text: str) -> List[EmbeddedChunk]:
     """One text's chunks and their vectors, as the chunks table holds them

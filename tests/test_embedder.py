@@ -157,13 +157,26 @@ def test_query_finds_a_documents_own_text(real_run, capsys):
 def test_the_query_command_prints_its_hits_and_no_notices(real_run):
   # As a person runs it: TensorFlow's start-up and model-load notices
   # (oneDNN, CUDA probing, absl) stay off the screen, as in pipeline.main.
-  texts, _, run_dir = real_run
-  done = subprocess.run(
-      [sys.executable, "-m", "pipeline.query", run_dir, texts["s042"],
-       "--k", "1"], capture_output=True, text=True, check=True,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  texts, rows, run_dir = real_run
+
+  def query_with(text):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.query", run_dir, text, "--k", "1"],
+        capture_output=True, text=True, check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+  done = query_with(texts["s042"])
+  assert not rows["s042"]["truncated"]
   assert done.stdout.split()[2] == "s042"
   assert done.stderr == ""
+  # Found by a user trial: a question longer than the run's documents may
+  # be was cut without a word, as no document is.
+  cut = next(i for i in sorted(rows) if rows[i]["truncated"])
+  done = query_with(texts[cut])
+  assert done.stdout.split()[2] == cut
+  assert done.stderr == (
+      "The question lost text, as the run's documents do when longer than "
+      "32 wordpieces (max_seq_length): only its start was searched.\n")
 
 
 def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):
