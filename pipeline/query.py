@@ -86,6 +86,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       hits, error = [], e
   if error is not None:
     return print_error(parser.prog, one_line(error))
+  if hits and "text" not in hits[0][1]:
+    # Found by a user trial: bare ids, and no word why.
+    print("The run was made with --no_text: its rows hold no text, so the "
+          "hits show ids only.", file=sys.stderr)
   for rank, (score, row) in enumerate(hits, start=1):
     owner = (f"  ({_shown_id(row['document_id'])})"
              if "document_id" in row else "")

@@ -179,6 +179,17 @@ def test_the_query_command_prints_its_hits_and_no_notices(real_run):
       "32 wordpieces (max_seq_length): only its start was searched.\n")
 
 
+def test_the_query_command_tells_why_a_no_text_runs_hits_are_bare_ids(
+    tmp_path, tiny_model_dir, capsys):
+  run_dir = _run(tmp_path, {"a": "the quick brown fox", "b": "hello world"},
+                 tiny_model_dir, "--no_text")
+  assert query.main([run_dir, "hello world", "--k", "1"]) == 0
+  out, err = capsys.readouterr()
+  assert out.split() == ["1", "1.0000", "b"]
+  assert err == ("The run was made with --no_text: its rows hold no text, "
+                 "so the hits show ids only.\n")
+
+
 def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):
   texts = {"long": "hello world the cat sat on a mat . " * 9,
            "short": "the quick brown fox"}
