@@ -163,6 +163,17 @@ def id_from_int(value: int) -> str:
   return str(value)
 
 
+# Said of an id of floating-point numbers. Ids are strings or integers: a
+# float is no id (1000.0 and 1000 would be two). pandas makes floats of an
+# integer column that has a missing value (NaN), and writes them as such to
+# Parquet and JSON, so every row of such a file would be rejected with no
+# hint of why the ids are floats.
+FLOAT_ID_HINT = (
+    " (pandas stores an integer column holding a missing value as floats: "
+    "cast it to the nullable dtype, df[column].astype('Int64'), or to "
+    "strings before writing)")
+
+
 def names(fields: Iterable[str]) -> str:
   """Field names for a reason text: sorted, the first few, and how many."""
   fields = sorted(fields)

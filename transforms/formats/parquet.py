@@ -23,6 +23,7 @@ from transforms.formats.carried import carried_fields
 from transforms.formats.fields import check_size
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
+from transforms.formats.fields import FLOAT_ID_HINT
 from transforms.formats.fields import id_from_int
 from transforms.formats.fields import names
 from transforms.formats.fields import Record
@@ -96,9 +97,11 @@ def _id_from_cell(value, id_field: str,
     return decode_utf8(value, f"column {id_field!r}") or None
   if pa.types.is_integer(value_type):
     return id_from_int(value)
+  hint = FLOAT_ID_HINT if pa.types.is_floating(value_type) else ""
   raise Rejected(
       Reason.NON_STRING_FIELD,
-      f"column {id_field!r} is of type {value_type}, not string or integer")
+      f"column {id_field!r} is of type {value_type}, not string or integer"
+      f"{hint}")
 
 
 def read_parquet_records(stream: BinaryIO, source: str,
