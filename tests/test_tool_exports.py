@@ -171,6 +171,31 @@ def test_json_lines_written_by_the_tools_read_as_written(tmp_path):
     assert _as_written(documents) == _EXPECTED
 
 
+# -- Files in a legacy encoding ---------------------------------------------------
+
+
+@pytest.mark.parametrize("input_format", ["csv", "jsonl"])
+def test_a_windows_1252_file_names_the_conversion(tmp_path, input_format):
+  # Excel's "CSV (Comma delimited)" on Windows: a row with accents is not
+  # UTF-8; its error says the file's encoding is the cause.
+  frame = pd.DataFrame([_ROWS[0], _ROWS[2],
+                        {"id": "c1", "title": "café",
+                         "text": "Crème brûlée and café au lait"}])
+  path = tmp_path / f"corpus.{input_format}"
+  if input_format == "csv":
+    frame.to_csv(path, index=False, encoding="cp1252")
+  else:
+    path.write_bytes(frame.to_json(orient="records", lines=True,
+                                   force_ascii=False).encode("cp1252"))
+
+  documents, dead_letters = _read(path, input_format)
+
+  assert [d.id for d in documents] == ["a1", "a3"]
+  [dead_letter] = dead_letters
+  assert dead_letter.reason == Reason.INVALID_UTF8
+  assert "iconv -f cp1252 -t utf-8" in dead_letter.detail
+
+
 # -- Ids pandas made floats ------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from transforms.formats.carried import carried_fields
 from transforms.formats.fields import ambiguous
 from transforms.formats.fields import check_unicode
 from transforms.formats.fields import document
+from transforms.formats.fields import ENCODING_HINT
 from transforms.formats.fields import missing
 from transforms.formats.fields import Record
 from transforms.formats.fields import RecordSpec
@@ -87,7 +88,7 @@ def _required_cell(row: List[str], columns: _Columns, column: Optional[int],
   """The row's value of a column the record must have, checked as text."""
   if column is None:
     raise missing(field, flag, columns.header, kind="column", doc_id=doc_id)
-  return check_unicode(row[column], field, doc_id)
+  return check_unicode(row[column], field, doc_id, ENCODING_HINT)
 
 
 def _row_document(row: List[str], columns: _Columns, source: str,
@@ -102,7 +103,8 @@ def _row_document(row: List[str], columns: _Columns, source: str,
         f"{len(row)}{columns.width_hint}")
   doc_id = None
   if columns.id is not None:
-    doc_id = check_unicode(row[columns.id], header[columns.id]) or None
+    doc_id = check_unicode(row[columns.id], header[columns.id],
+                           hint=ENCODING_HINT) or None
   text = _required_cell(row, columns, columns.text, spec.text_field,
                         "--text_field", doc_id)
   text_pair = None

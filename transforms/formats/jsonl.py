@@ -27,6 +27,7 @@ from transforms.formats.fields import ambiguous
 from transforms.formats.fields import check_unicode
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
+from transforms.formats.fields import ENCODING_HINT
 from transforms.formats.fields import FLOAT_ID_HINT
 from transforms.formats.fields import id_from_int
 from transforms.formats.fields import kind_of
@@ -83,7 +84,7 @@ def _kind_of(value) -> str:
 def parse_json_object(line: bytes) -> dict:
   """The JSON object on a line; Rejected if it is not one."""
   try:
-    record = json.loads(decode_utf8(line, "line"), parse_int=_parse_int,
+    record = json.loads(decode_utf8(line, "line", hint=ENCODING_HINT), parse_int=_parse_int,
                         object_pairs_hook=_json_object)
   except ValueError as error:  # json.JSONDecodeError is one
     raise Rejected(Reason.MALFORMED_RECORD, f"invalid JSON: {error}") from None
