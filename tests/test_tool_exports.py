@@ -9,6 +9,8 @@ bad input".)
 """
 
 import collections
+import gzip
+import zipfile
 
 import duckdb
 import pandas as pd
@@ -20,6 +22,7 @@ from pipeline import read_outputs
 from run_directory.records import Document
 from run_directory.records import Reason
 from transforms import formats
+from transforms.formats import infer_input_format
 from transforms.formats.fields import RecordSpec
 from transforms.formats.files import open_for_reading
 from transforms.formats.files import read_file_records
@@ -194,6 +197,51 @@ def test_a_windows_1252_file_names_the_conversion(tmp_path, input_format):
   [dead_letter] = dead_letters
   assert dead_letter.reason == Reason.INVALID_UTF8
   assert "iconv -f cp1252 -t utf-8" in dead_letter.detail
+
+
+# -- Archives, workbooks and misnamed compressed files -----------------------------
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("corpus.csv.zip", "unzip it"),
+    ("export/*.zip", "unzip it"),
+    ("Corpus.XLSX", "save it as CSV UTF-8"),
+    ("corpus.feather", "write Parquet instead"),
+])
+def test_formats_no_reader_reads_are_named_with_what_to_do(name, expected):
+  # Not "pass --input_format": no reader would read them.
+  with pytest.raises(ValueError, match=expected) as raised:
+    infer_input_format(name)
+  assert "--input_format" not in str(raised.value)
+
+
+def _zipped(path):
+  _frame().to_csv(path.with_suffix(""), index=False)
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    archive.write(path.with_suffix(""), "corpus.csv")
+
+
+def _gzipped_without_suffix(path):
+  path.write_bytes(gzip.compress(_frame().to_csv(index=False).encode()))
+
+
+@pytest.mark.parametrize("write, name, expected", [
+    (_zipped, "corpus.csv.zip", "ZIP archive"),
+    (_gzipped_without_suffix, "corpus.csv", "name it with the suffix .gz"),
+])
+def test_a_misnamed_binary_file_is_one_error_saying_what_it_is(
+    tmp_path, write, name, expected):
+  # Read as CSV (--input_format csv), a ZIP archive or a gzip file without
+  # its suffix was dozens of malformed rows, none saying why.
+  path = tmp_path / name
+  write(path)
+
+  documents, dead_letters = _read(path, "csv")
+
+  assert documents == []
+  [dead_letter] = dead_letters
+  assert dead_letter.reason == Reason.UNREADABLE_FILE
+  assert expected in dead_letter.detail
 
 
 # -- Ids pandas made floats ------------------------------------------------------
