@@ -244,6 +244,26 @@ def test_a_misnamed_binary_file_is_one_error_saying_what_it_is(
   assert expected in dead_letter.detail
 
 
+# -- Parquet strings written as binary ------------------------------------------
+
+
+def test_a_parquet_binary_text_column_is_read_as_utf8(tmp_path):
+  # A column of bytes (pandas; fastparquet's object_encoding="bytes"; Impala
+  # and Hive write strings so too): every row was non_string_field.
+  frame = _frame()
+  for column in ("id", "text"):
+    frame[column] = frame[column].str.encode("utf-8")
+  frame.loc[4, "text"] = "caf\xe9".encode("latin-1")
+  path = tmp_path / "corpus.parquet"
+  frame.to_parquet(path)
+
+  documents, dead_letters = _read(path, "parquet")
+
+  assert _as_written(documents) == _EXPECTED[:4]
+  [dead_letter] = dead_letters
+  assert (dead_letter.reason, dead_letter.id) == (Reason.INVALID_UTF8, "a5")
+
+
 # -- Ids pandas made floats ------------------------------------------------------
 
 
