@@ -67,7 +67,7 @@ def _as_written(documents):
 _EXPECTED = [(row["id"], row["text"]) for row in _ROWS]
 
 
-# -- Delimiters: Excel's ";" CSV, tab-separated files quoted like CSV ---------
+# -- Delimiters: Excel's ";" CSV, tab-separated files quoted like CSV ----------
 
 
 @pytest.mark.parametrize("options", [
@@ -123,7 +123,7 @@ def test_a_quoted_tab_separated_file_read_as_tsv_names_the_fix(tmp_path):
   assert all("--input_format csv" in d.detail for d in dead_letters)
 
 
-# -- JSON: an array of records is not JSON Lines ------------------------------
+# -- JSON: an array of records is not JSON Lines -------------------------------
 
 
 def _pandas_array(path):
@@ -174,7 +174,7 @@ def test_json_lines_written_by_the_tools_read_as_written(tmp_path):
     assert _as_written(documents) == _EXPECTED
 
 
-# -- Files in a legacy encoding ---------------------------------------------------
+# -- Files in a legacy encoding ------------------------------------------------
 
 
 @pytest.mark.parametrize("input_format", ["csv", "jsonl"])
@@ -199,7 +199,7 @@ def test_a_windows_1252_file_names_the_conversion(tmp_path, input_format):
   assert "iconv -f cp1252 -t utf-8" in dead_letter.detail
 
 
-# -- Archives, workbooks and misnamed compressed files -----------------------------
+# -- Archives, workbooks and misnamed compressed files -------------------------
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -244,7 +244,7 @@ def test_a_misnamed_binary_file_is_one_error_saying_what_it_is(
   assert expected in dead_letter.detail
 
 
-# -- Parquet strings written as binary ------------------------------------------
+# -- Parquet strings written as binary -----------------------------------------
 
 
 def test_a_parquet_binary_text_column_is_read_as_utf8(tmp_path):
@@ -264,7 +264,7 @@ def test_a_parquet_binary_text_column_is_read_as_utf8(tmp_path):
   assert (dead_letter.reason, dead_letter.id) == (Reason.INVALID_UTF8, "a5")
 
 
-# -- Ids pandas made floats ------------------------------------------------------
+# -- Ids pandas made floats ----------------------------------------------------
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
@@ -286,7 +286,7 @@ def test_float_ids_are_rejected_with_the_pandas_fix(tmp_path, suffix):
   assert all("astype('Int64')" in d.detail for d in dead_letters)
 
 
-# -- TFRecord files TensorFlow compressed under a bare name ---------------------
+# -- TFRecord files TensorFlow compressed under a bare name --------------------
 
 
 def _write_tfrecord(path, compression_type):
@@ -319,7 +319,7 @@ def test_a_compressed_tfrecord_file_is_told_the_suffix_it_needs(
   assert dead_letters == [] and _as_written(documents) == _EXPECTED
 
 
-# -- The whole pipeline on a European Excel export -------------------------------
+# -- The whole pipeline on a European Excel export -----------------------------
 
 
 def test_a_semicolon_csv_runs_through_the_pipeline(tmp_path, tiny_model_dir):

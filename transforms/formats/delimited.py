@@ -250,9 +250,9 @@ def _split_header(taken: List[Line], delimiter: str) -> Optional[List[str]]:
   """The header's lines parsed with another delimiter; None if they do not
   parse."""
   try:
-    return next(csv.reader(
-        [_decode(line) for line in taken if not isinstance(line, OversizedLine)],
-        strict=True, delimiter=delimiter), None)
+    lines = [_decode(line) for line in taken
+             if not isinstance(line, OversizedLine)]
+    return next(csv.reader(lines, strict=True, delimiter=delimiter), None)
   except csv.Error:
     return None
 

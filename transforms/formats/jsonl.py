@@ -84,8 +84,8 @@ def _kind_of(value) -> str:
 def parse_json_object(line: bytes) -> dict:
   """The JSON object on a line; Rejected if it is not one."""
   try:
-    record = json.loads(decode_utf8(line, "line", hint=ENCODING_HINT), parse_int=_parse_int,
-                        object_pairs_hook=_json_object)
+    record = json.loads(decode_utf8(line, "line", hint=ENCODING_HINT),
+                        parse_int=_parse_int, object_pairs_hook=_json_object)
   except ValueError as error:  # json.JSONDecodeError is one
     raise Rejected(Reason.MALFORMED_RECORD, f"invalid JSON: {error}") from None
   except RecursionError:
