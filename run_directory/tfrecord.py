@@ -32,6 +32,29 @@ _FOOTER = struct.Struct("<I")  # masked crc32c of the data
 _READ_PIECE = 1 << 20
 _NOT_TFRECORD = ("not a TFRecord file? (a compressed one must carry its "
                  "suffix, e.g. .tfrecord.gz)")
+# TensorFlow writes compressed TFRecord files under any name
+# (TFRecordOptions(compression_type=...)), often a bare ".tfrecord"; the
+# codec's own header says which suffix the file needs. GZIP's is .gz, and
+# ZLIB's .deflate (a zlib stream): renamed .gz, a ZLIB file fails again.
+_GZIP_MAGIC = b"\x1f\x8b"
+_COMPRESSED_TFRECORD = (
+    "the file is {codec}-compressed (TensorFlow's TFRecordOptions("
+    "compression_type='{option}')): name it with the suffix {suffix} "
+    "(e.g. .tfrecord{suffix}) and it is decompressed as it is read")
+
+
+def _not_tfrecord(header: bytes, first: bool) -> str:
+  """Why a file's frame header is no TFRecord header, and what to do."""
+  if first and header.startswith(_GZIP_MAGIC):
+    return _COMPRESSED_TFRECORD.format(codec="gzip", option="GZIP",
+                                       suffix=".gz")
+  # A zlib stream's first two bytes: deflate with a window of up to 32 KiB
+  # (0x78 for the largest, TensorFlow's), their number a multiple of 31.
+  if (first and len(header) >= 2 and header[0] & 0x0F == 8 and
+      int.from_bytes(header[:2], "big") % 31 == 0):
+    return _COMPRESSED_TFRECORD.format(codec="zlib", option="ZLIB",
+                                       suffix=".deflate")
+  return _NOT_TFRECORD
 
 
 class OversizedFrame(NamedTuple):
@@ -84,15 +107,19 @@ def iter_frames(stream: BinaryIO, max_bytes: int = 1 << 62,
     ValueError: at the first frame that is truncated or fails a CRC (the
       frames before it have been yielded).
   """
+  first = True
   while True:
     header, count = _read_up_to(stream, _HEADER.size)
     if not count:
       return
     if count < _HEADER.size:
-      raise ValueError(f"truncated TFRecord header; {_NOT_TFRECORD}")
+      raise ValueError(
+          f"truncated TFRecord header; {_not_tfrecord(header, first)}")
     length, length_crc = _HEADER.unpack(header)
     if masked_crc32c(header[:8]) != length_crc:
-      raise ValueError(f"TFRecord length fails its CRC; {_NOT_TFRECORD}")
+      raise ValueError(
+          f"TFRecord length fails its CRC; {_not_tfrecord(header, first)}")
+    first = False
     keep = length <= max_bytes
     body, count = _read_up_to(stream, length + _FOOTER.size, keep)
     if count < length + _FOOTER.size:

@@ -54,6 +54,24 @@ _FORMAT_BY_EXTENSION = {
     ".tfr": "tfrecord",
 }
 
+# Extensions of files users export corpora as that no reader reads, and what
+# to do instead: "pass --input_format" would send them to a reader that
+# rejects their bytes line by line.
+_UNREAD_EXTENSIONS = {
+    ".zip": "a ZIP archive: unzip it and point --input at its files "
+            "(a single file may be compressed: .gz, .bz2, .xz, .zst)",
+    ".tar": "a tar archive: unpack it and point --input at its files",
+    ".tgz": "a tar archive: unpack it and point --input at its files",
+    ".xlsx": "an Excel workbook: save it as CSV UTF-8, or export it with "
+             "pandas: pd.read_excel(PATH).to_parquet(...)",
+    ".xls": "an Excel workbook: save it as CSV UTF-8, or export it with "
+            "pandas: pd.read_excel(PATH).to_parquet(...)",
+    ".feather": "Arrow IPC (Feather): write Parquet instead, e.g. "
+                "pyarrow.parquet.write_table or pandas to_parquet",
+    ".arrow": "Arrow IPC: write Parquet instead, e.g. "
+              "pyarrow.parquet.write_table or pandas to_parquet",
+}
+
 
 def infer_input_format(pattern: str) -> str:
   """The input format named by a file pattern's extension.
@@ -70,6 +88,10 @@ def infer_input_format(pattern: str) -> str:
       break
   extension = os.path.splitext(name)[1]
   input_format = _FORMAT_BY_EXTENSION.get(extension)
+  if extension in _UNREAD_EXTENSIONS:
+    raise ValueError(
+        f"{pattern!r} names {_UNREAD_EXTENSIONS[extension]}. The input "
+        f"formats are: {', '.join(INPUT_FORMATS)}.")
   if input_format is None:
     raise ValueError(
         f"Cannot infer the input format of {pattern!r} from its extension "

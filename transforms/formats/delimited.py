@@ -7,7 +7,10 @@ wrong number of cells) after running over several lines, its first line is
 rejected and reading starts again at the next line, so a stray quote does
 not swallow the rows after it. (One that a later quote closes in a row of
 the right width is a valid multi-line field to RFC 4180, and is read as one:
-the lines between are in its text. Nothing tells the two apart.)
+the lines between are in its text. Nothing tells the two apart.) The
+delimiter is a comma, unless the header names the text column only when
+split on ";" or a tab (Excel's CSV where the decimal mark is a comma, its
+"Unicode text", pandas' to_csv(sep=...)): then that one, for the file.
 
 TSV is IANA's text/tab-separated-values: fields split on tabs, and no quoting
 at all; a quote is an ordinary character. Lines end in \n or \r\n; a header
@@ -35,6 +38,7 @@ from transforms.formats.carried import carried_fields
 from transforms.formats.fields import ambiguous
 from transforms.formats.fields import check_unicode
 from transforms.formats.fields import document
+from transforms.formats.fields import ENCODING_HINT
 from transforms.formats.fields import missing
 from transforms.formats.fields import Record
 from transforms.formats.fields import RecordSpec
@@ -57,8 +61,11 @@ def _allow_large_csv_fields():
 class _Columns:
   """Where the record's fields are in a header row."""
 
-  def __init__(self, header: List[str], spec: RecordSpec):
+  def __init__(self, header: List[str], spec: RecordSpec,
+               width_hint: str = ""):
     self.header = header
+    # Said after a row of the wrong width: what may have caused it.
+    self.width_hint = width_hint
     self.text = _index(header, spec.text_field)
     self.id = _index(header, spec.id_field)
     self.pair = (None if spec.text_pair_field is None else
@@ -81,7 +88,7 @@ def _required_cell(row: List[str], columns: _Columns, column: Optional[int],
   """The row's value of a column the record must have, checked as text."""
   if column is None:
     raise missing(field, flag, columns.header, kind="column", doc_id=doc_id)
-  return check_unicode(row[column], field, doc_id)
+  return check_unicode(row[column], field, doc_id, ENCODING_HINT)
 
 
 def _row_document(row: List[str], columns: _Columns, source: str,
@@ -92,10 +99,12 @@ def _row_document(row: List[str], columns: _Columns, source: str,
   if len(row) != len(header):
     raise Rejected(
         Reason.MALFORMED_RECORD,
-        f"expected {len(header)} columns (as in the header), found {len(row)}")
+        f"expected {len(header)} columns (as in the header), found "
+        f"{len(row)}{columns.width_hint}")
   doc_id = None
   if columns.id is not None:
-    doc_id = check_unicode(row[columns.id], header[columns.id]) or None
+    doc_id = check_unicode(row[columns.id], header[columns.id],
+                           hint=ENCODING_HINT) or None
   text = _required_cell(row, columns, columns.text, spec.text_field,
                         spec.text_flag, doc_id)
   text_pair = None
@@ -193,6 +202,12 @@ def read_csv_records(stream: BinaryIO, source: str,
   header = _csv_header(rows, lines)
   if header is None:
     return
+  delimiter = _delimiter_of(header, lines.taken, spec)
+  if delimiter != ",":
+    # The reader takes lines one at a time as it needs them: a new one goes
+    # on at the first line after the header.
+    header = _split_header(lines.taken, delimiter)
+    rows = csv.reader(lines, strict=True, delimiter=delimiter)
   columns = _Columns(header, spec)
   position = 0
   while True:
@@ -224,6 +239,41 @@ def read_csv_records(stream: BinaryIO, source: str,
     position += 1
 
 
+# Delimiters tried, in order, when a header read with commas has no text
+# column: Excel writes ";" where the decimal mark is a comma (its "CSV" in
+# most of Europe), and a tab in its "Unicode text"; pandas and DuckDB write
+# either on request. Such files quote like CSV, so the CSV parser reads them.
+_OTHER_DELIMITERS = (";", "\t")
+
+
+def _split_header(taken: List[Line], delimiter: str) -> Optional[List[str]]:
+  """The header's lines parsed with another delimiter; None if they do not
+  parse."""
+  try:
+    lines = [_decode(line) for line in taken
+             if not isinstance(line, OversizedLine)]
+    return next(csv.reader(lines, strict=True, delimiter=delimiter), None)
+  except csv.Error:
+    return None
+
+
+def _delimiter_of(header: List[str], taken: List[Line],
+                  spec: RecordSpec) -> str:
+  """"," unless the header names the text column only when split on another
+  delimiter (";" or tab): then that one, for the whole file.
+
+  Without this, every row of a ";"-separated file would be rejected as
+  having no text column, with a hint (set --text_field) that cannot help.
+  """
+  if spec.text_field in header:
+    return ","
+  for delimiter in _OTHER_DELIMITERS:
+    split = _split_header(taken, delimiter)
+    if split is not None and spec.text_field in split:
+      return delimiter
+  return ","
+
+
 def _csv_header(rows, lines: _RecordLines) -> Optional[List[str]]:
   """The first non-blank row; None for a file of blank lines."""
   while True:
@@ -242,6 +292,15 @@ def _csv_header(rows, lines: _RecordLines) -> Optional[List[str]]:
 
 
 # -- TSV -----------------------------------------------------------------------
+
+# Most tools that write tab-separated files quote a cell holding a tab, a
+# quote or a line break as CSV does, which a TSV file cannot: each line of
+# such a cell becomes a row of the wrong width. The CSV reader parses their
+# quoting, and finds the tabs in the header.
+_TSV_WIDTH_HINT = (
+    "; TSV is read unquoted, a record a line: a file that quotes cells "
+    "holding line breaks or tabs as CSV does (pandas to_csv(sep='\\t'), "
+    "Excel's Unicode text) reads with --input_format csv")
 
 
 def read_tsv_records(stream: BinaryIO, source: str,
@@ -270,7 +329,7 @@ def read_tsv_records(stream: BinaryIO, source: str,
             "the TSV header holds a carriage return (\\r): lines must end "
             "in \\n or \\r\\n (a file with CR-only line ends, or not a "
             "TSV file?)")
-      columns = _Columns(row, spec)
+      columns = _Columns(row, spec, _TSV_WIDTH_HINT)
       continue
     yield _row_record(row, columns, source, position, line)
     position += 1

@@ -119,27 +119,41 @@ def document(source: str, position: int, doc_id: Optional[str], text: str,
                   text_pair=text_pair, fields=fields)
 
 
-def check_unicode(value: str, field: str, doc_id: Optional[str] = None) -> str:
+# Said of bytes that are not UTF-8 in a file of text lines (text, JSONL,
+# CSV, TSV): most often the whole file is in a legacy encoding, as Excel's
+# "CSV (Comma delimited)" and Notepad's "ANSI" save Windows-1252, and only
+# its lines with accents are rejected. (Not said of a Parquet or TFRecord
+# cell: their files are binary, and a bad cell is that cell's.)
+ENCODING_HINT = (
+    "; text files must be UTF-8 (or UTF-16/32 with a byte-order mark): "
+    "convert one saved in another encoding, e.g. iconv -f cp1252 -t utf-8 "
+    "(Excel: save as \"CSV UTF-8\")")
+
+
+def check_unicode(value: str, field: str, doc_id: Optional[str] = None,
+                  hint: str = "") -> str:
   """`value`, if it is valid Unicode text (encodable as UTF-8).
 
   Strings decoded with surrogateescape (CSV) or parsed from JSON "\\ud800"
   escapes can hold lone surrogates, which every later stage (hashing,
-  tokenizing, writing) would choke on.
+  tokenizing, writing) would choke on. `hint` is added to the reason.
   """
   try:
     value.encode("utf-8")
   except UnicodeEncodeError as error:
     raise Rejected(Reason.INVALID_UTF8,
-                   f"field {field!r} is not valid UTF-8: {error}",
+                   f"field {field!r} is not valid UTF-8: {error}{hint}",
                    doc_id) from None
   return value
 
 
-def decode_utf8(raw: bytes, what: str, doc_id: Optional[str] = None) -> str:
+def decode_utf8(raw: bytes, what: str, doc_id: Optional[str] = None,
+                hint: str = "") -> str:
   try:
     return raw.decode("utf-8")
   except UnicodeDecodeError as error:
-    raise Rejected(Reason.INVALID_UTF8, f"{what} is not valid UTF-8: {error}",
+    raise Rejected(Reason.INVALID_UTF8,
+                   f"{what} is not valid UTF-8: {error}{hint}",
                    doc_id) from None
 
 
@@ -164,6 +178,17 @@ def kind_of(value) -> str:
 
 def id_from_int(value: int) -> str:
   return str(value)
+
+
+# Said of an id of floating-point numbers. Ids are strings or integers: a
+# float is no id (1000.0 and 1000 would be two). pandas makes floats of an
+# integer column that has a missing value (NaN), and writes them as such to
+# Parquet and JSON, so every row of such a file would be rejected with no
+# hint of why the ids are floats.
+FLOAT_ID_HINT = (
+    " (pandas stores an integer column holding a missing value as floats: "
+    "cast it to the nullable dtype, df[column].astype('Int64'), or to "
+    "strings before writing)")
 
 
 def names(fields: Iterable[str]) -> str:

@@ -6,9 +6,18 @@ whatever it holds (nesting a thousand deep, a number of 5,000 digits, lone
 surrogate escapes) the lines after it are read as usual. A record that
 holds a field it needs (the id, the text, ...) twice is MALFORMED_RECORD too:
 which value is meant is unknown.
+
+A file that is one JSON array of records (pandas `to_json(orient="records")`,
+DuckDB `COPY ... (FORMAT json, ARRAY true)`, `json.dump(list)`) is not JSON
+Lines: read line by line, its records would be rejected one by one for
+reasons that do not say why (DuckDB's "{...}," lines), or all of them as one
+line, and the last object of a pretty-printed array would be read as a record.
+A file whose first line opens an array of objects is therefore
+UNREADABLE_FILE, with the commands that turn it into JSON Lines.
 """
 
 import json
+import re
 from typing import BinaryIO, Iterator, Optional
 
 from run_directory.records import Document
@@ -18,6 +27,8 @@ from transforms.formats.fields import ambiguous
 from transforms.formats.fields import check_unicode
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
+from transforms.formats.fields import ENCODING_HINT
+from transforms.formats.fields import FLOAT_ID_HINT
 from transforms.formats.fields import id_from_int
 from transforms.formats.fields import kind_of
 from transforms.formats.fields import missing
@@ -28,6 +39,10 @@ from transforms.formats.fields import too_large
 from transforms.formats.lines import iter_lines
 from transforms.formats.lines import OversizedLine
 from transforms.formats.lines import strip_terminator
+
+# The first line of a JSON array of records: "[" alone, or "[" and the first
+# object ("[{...", "[ {").
+_JSON_ARRAY_START = re.compile(rb"\s*\[\s*(\{|$)")
 
 # Python refuses to turn more digits than this into an int (a guard against
 # quadratic-time conversion, sys.get_int_max_str_digits).
@@ -69,8 +84,8 @@ def _kind_of(value) -> str:
 def parse_json_object(line: bytes) -> dict:
   """The JSON object on a line; Rejected if it is not one."""
   try:
-    record = json.loads(decode_utf8(line, "line"), parse_int=_parse_int,
-                        object_pairs_hook=_json_object)
+    record = json.loads(decode_utf8(line, "line", hint=ENCODING_HINT),
+                        parse_int=_parse_int, object_pairs_hook=_json_object)
   except ValueError as error:  # json.JSONDecodeError is one
     raise Rejected(Reason.MALFORMED_RECORD, f"invalid JSON: {error}") from None
   except RecursionError:
@@ -107,9 +122,11 @@ def _id_from_json(value, id_field: str) -> Optional[str]:
   # bool is an int subclass, but `true` is no id.
   if isinstance(value, int) and not isinstance(value, bool):
     return id_from_int(value)
+  hint = FLOAT_ID_HINT if isinstance(value, float) else ""
   raise Rejected(
       Reason.NON_STRING_FIELD,
-      f"field {id_field!r} is {kind_of(value)}, not a string or integer")
+      f"field {id_field!r} is {kind_of(value)}, not a string or integer"
+      f"{hint}")
 
 
 def _jsonl_document(line: bytes, source: str, position: int,
@@ -139,6 +156,12 @@ def read_jsonl_records(stream: BinaryIO, source: str,
           source, position, line.head)
       continue
     line = strip_terminator(line)
+    if position == 0 and _JSON_ARRAY_START.match(line):
+      raise ValueError(
+          "the file is one JSON array of records, not JSON Lines (one "
+          "object per line): write it as JSON Lines, e.g. pandas "
+          "to_json(orient='records', lines=True), DuckDB COPY ... (FORMAT "
+          "json) without ARRAY true, or jq -c '.[]' FILE > FILE.jsonl")
     try:
       yield _jsonl_document(line, source, position, spec)
     except Rejected as rejected:

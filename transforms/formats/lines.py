@@ -5,13 +5,15 @@ would cost gigabytes once decoded and copied. Here a line longer than the
 limit is read on in pieces and dropped, and reported as `OversizedLine`, so
 a reader's memory is bounded by the limit whatever the input.
 
-Lines are UTF-8. A file that starts with a UTF-16 or UTF-32 byte-order mark
-(what Windows tools write as "Unicode") is read in that encoding and its
-lines given as UTF-8, so it reads like its UTF-8 twin; bytes that encoding
-cannot decode become lone surrogates (shown escaped, as \xed\xb0\x80, in the
-snippet), which reject their line as invalid UTF-8. Such a file's limit
-counts characters before they are re-encoded, so a line of it may hold up to
-four times the limit in memory.
+Lines are UTF-8. A file that starts with a ZIP archive's, gzip's or zstd's
+magic bytes is refused (ValueError: an unreadable file) with what to do: it
+is no text, only misnamed. A file that starts with a UTF-16 or UTF-32
+byte-order mark (what Windows tools write as "Unicode") is read in that
+encoding and its lines given as UTF-8, so it reads like its UTF-8 twin;
+bytes that encoding cannot decode become lone surrogates (shown escaped, as
+\xed\xb0\x80, in the snippet), which reject their line as invalid UTF-8.
+Such a file's limit counts characters before they are re-encoded, so a line
+of it may hold up to four times the limit in memory.
 """
 
 import codecs
@@ -25,6 +27,20 @@ _UNICODE_BOMS = (
     (codecs.BOM_UTF32_BE, "utf-32"),
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# The first bytes of files that are no text, whatever their name says, and
+# what they are. gzip's and zstd's cannot start valid UTF-8 (\x8b and \xb5
+# are continuation bytes); ZIP's is "PK" and two control characters, which
+# no text starts with. So a text file is never taken for one of them.
+_NOT_TEXT = (
+    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook is one), not "
+                    "text: unzip it and point --input at its files, or save "
+                    "the workbook as CSV UTF-8"),
+    (b"\x1f\x8b", "gzip-compressed: name it with the suffix .gz (e.g. "
+                  "corpus.csv.gz) and it is decompressed as it is read"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed: name it with the suffix .zst "
+                          "(e.g. corpus.csv.zst) and it is decompressed as "
+                          "it is read"),
 )
 # Pieces in which the rest of an oversized line is read and dropped.
 _DISCARD_PIECE = 1 << 20
@@ -112,6 +128,15 @@ _UNDECODABLE = "bert_embeddings_keep_undecodable"
 codecs.register_error(_UNDECODABLE, _keep_undecodable)
 
 
+def _not_utf8_text(head: bytes) -> Optional[str]:
+  """What a file is, by its first 4 bytes, if they show it is no text;
+  else None."""
+  for magic, what in _NOT_TEXT:
+    if head.startswith(magic):
+      return what
+  return None
+
+
 def _unicode_encoding(head: bytes) -> Optional[str]:
   """UTF-16 or UTF-32 when a stream starts with that byte-order mark."""
   for bom, encoding in _UNICODE_BOMS:
@@ -161,5 +186,10 @@ def _as_utf8(stream: BinaryIO):
   if not hasattr(stream, "peek"):
     return stream
   head, stream = _first_bytes(stream, 4)
+  what = _not_utf8_text(head)
+  if what is not None:
+    # Read on, every line would be its own invalid_utf8 or malformed
+    # record, none saying why.
+    raise ValueError(f"the file is {what}")
   encoding = _unicode_encoding(head)
   return stream if encoding is None else _Utf8Lines(stream, encoding)

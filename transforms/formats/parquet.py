@@ -1,8 +1,12 @@
 """Parquet: one record per row, read column-wise (only the columns needed).
 
 The text column must be a string column (plain, large, view or
-dictionary-encoded, as pandas writes a category): a missing column or a null
-cell is MISSING_FIELD, any other type NON_STRING_FIELD, row by row. Cells are
+dictionary-encoded, as pandas writes a category), or a binary one, read as
+UTF-8 as Spark's spark.sql.parquet.binaryAsString does: Impala, Hive and old
+Spark write strings as binary without the UTF-8 annotation, as do pandas
+(a column of bytes) and fastparquet's object_encoding="bytes". A missing
+column or a null cell is MISSING_FIELD, any other type NON_STRING_FIELD, row
+by row. Cells are
 read as bytes and decoded one by one, so a cell that is not valid UTF-8 (the
 Parquet writer does not check) rejects its row alone, as INVALID_UTF8. The id
 column is optional, string or integer; a null or empty id means a derived
@@ -23,6 +27,7 @@ from transforms.formats.carried import carried_fields
 from transforms.formats.fields import check_size
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
+from transforms.formats.fields import FLOAT_ID_HINT
 from transforms.formats.fields import id_from_int
 from transforms.formats.fields import names
 from transforms.formats.fields import Record
@@ -40,9 +45,14 @@ def _value_type(arrow_type: Optional[pa.DataType]) -> Optional[pa.DataType]:
 
 
 def is_string_type(arrow_type: pa.DataType) -> bool:
+  """A column read as text: strings, or binary taken as UTF-8 (fixed-size
+  binary is left out: it holds hashes and UUIDs, not text)."""
   return (pa.types.is_string(arrow_type) or
           pa.types.is_large_string(arrow_type) or
-          pa.types.is_string_view(arrow_type))
+          pa.types.is_string_view(arrow_type) or
+          pa.types.is_binary(arrow_type) or
+          pa.types.is_large_binary(arrow_type) or
+          pa.types.is_binary_view(arrow_type))
 
 
 def _as_binary(array: pa.Array) -> pa.Array:
@@ -96,9 +106,11 @@ def _id_from_cell(value, id_field: str,
     return decode_utf8(value, f"column {id_field!r}") or None
   if pa.types.is_integer(value_type):
     return id_from_int(value)
+  hint = FLOAT_ID_HINT if pa.types.is_floating(value_type) else ""
   raise Rejected(
       Reason.NON_STRING_FIELD,
-      f"column {id_field!r} is of type {value_type}, not string or integer")
+      f"column {id_field!r} is of type {value_type}, not string or integer"
+      f"{hint}")
 
 
 def read_parquet_records(stream: BinaryIO, source: str,

@@ -9,6 +9,7 @@ from typing import BinaryIO, Iterator
 
 from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
+from transforms.formats.fields import ENCODING_HINT
 from transforms.formats.fields import Record
 from transforms.formats.fields import RecordSpec
 from transforms.formats.fields import Rejected
@@ -26,7 +27,7 @@ def read_text_records(stream: BinaryIO, source: str,
       if isinstance(line, OversizedLine):
         raise too_large(line.size, spec.max_record_bytes, "line")
       line = strip_terminator(line)
-      text = decode_utf8(line, "line")
+      text = decode_utf8(line, "line", hint=ENCODING_HINT)
     except Rejected as rejected:
       raw = line.head if isinstance(line, OversizedLine) else line
       yield rejected.dead_letter(source, position, raw)
