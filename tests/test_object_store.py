@@ -57,7 +57,7 @@ def test_a_tree_and_stale_staging_are_removed_by_their_objects(store):
 
 
 def test_only_unlisted_files_of_the_runs_directories_are_removed(store):
-  # As tests/test_bad_input.py checks it on a local directory.
+  # As tests/test_bad_run_directories.py checks it on a local directory.
   _write(store, "run/.run.lock", "run/report.html", "run/mine/notes.txt",
          "run/embeddings/avro/embeddings-00000-of-00001.avro",
          "run/embeddings/avro/embeddings-00000-of-00002.avro",
