@@ -22,9 +22,15 @@ HERE=""
 
 INPUT="${INPUT:-${HERE}sample_data/sample_corpus.txt}"
 # The run id is the one the default run directory is named by (the
-# pipeline's own default, its start time, came a few seconds later); a
-# --run_id among the extra arguments comes last and wins.
+# pipeline's own default, its start time, came a few seconds later): a
+# --run_id among the extra arguments, else the time now.
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
+previous=""
+for argument in "$@"; do
+  case "$argument" in --run_id=*) RUN_ID="${argument#--run_id=}" ;; esac
+  [ "$previous" != --run_id ] || RUN_ID="$argument"
+  previous="$argument"
+done
 OUTPUT="${OUTPUT:-${HERE}runs/sample-$RUN_ID}"
 "$REPO/.venv/bin/python" -P -m pipeline.main \
   --runner=DirectRunner \

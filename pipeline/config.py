@@ -244,11 +244,6 @@ def _check_numbers(config: RunConfig):
   _positive("projector_max_points", out.projector_max_points)
   if neighbours.neighbours_of and not neighbours.neighbours_k:
     raise ConfigError("--neighbours_of needs --neighbours_k above 0.")
-  for flag in ("query_id_field", "query_text_field"):
-    if getattr(neighbours, flag) is not None and not neighbours.neighbours_of:
-      raise ConfigError(
-          f"--{flag} names a field of the --neighbours_of queries; set "
-          "--neighbours_of, or leave it out.")
   threshold = neighbours.duplicate_threshold
   if threshold is not None:
     if not 0 < threshold <= 1:
@@ -385,11 +380,22 @@ def _check_names(config: RunConfig):
       raise ConfigError(
           f"--{flag} is empty: name the field, column or feature that holds "
           f"the {flag.split('_')[-2]}, or leave the flag out for the default.")
+  neighbours = config.neighbours
+  for flag in ("query_id_field", "query_text_field"):
+    if getattr(neighbours, flag) is not None and not neighbours.neighbours_of:
+      raise ConfigError(
+          f"--{flag} names a field of the --neighbours_of queries; set "
+          "--neighbours_of, or leave it out.")
   pair, text = config.input.text_pair_field, config.input.text_field
   if pair is not None and (not pair or pair == text):
     raise ConfigError(
         f"--text_pair_field={pair!r}: name the field of the second text, "
         f"other than --text_field ({text!r}).")
+  if pair is not None and pair == neighbours.query_text_field:
+    raise ConfigError(
+        f"--text_pair_field={pair!r} is --query_text_field too: the "
+        "--neighbours_of queries are read with the pair field as well, so "
+        "name another field for one of them.")
   if pair is not None and config.nightly.previous_run:
     raise ConfigError(
         "--text_pair_field cannot be combined with --previous_run yet: "

@@ -52,6 +52,7 @@ from run_directory.vertex import DELTA as VERTEX_DELTA
 from run_directory.vertex import VertexExportSpec
 from transforms.batching import LengthBatching
 from transforms.duplicates import DuplicateSettings
+from transforms.formats import check_readable_extension
 from transforms.formats import infer_input_format
 from transforms.formats.carried import CarriedField
 from transforms.formats.carried import CROWDING_TAG
@@ -177,12 +178,13 @@ def _corpus(flag: str, pattern: str, config: RunConfig,
             scope: str = CORPUS) -> CorpusSettings:
   input_config = config.input
   input_format = input_config.input_format
-  if input_format is None:
-    try:
+  try:
+    check_readable_extension(pattern)
+    if input_format is None:
       input_format = infer_input_format(pattern)
-    except ValueError as e:
-      raise ConfigError(f"{flag}: {e}") from None
-  elif scope == QUERIES:
+  except ValueError as e:
+    raise ConfigError(f"{flag}: {e}") from None
+  if input_config.input_format is not None and scope == QUERIES:
     _check_query_format(flag, pattern, input_format)
   if input_config.text_pair_field is not None and input_format == "text":
     raise ConfigError(
@@ -194,6 +196,14 @@ def _corpus(flag: str, pattern: str, config: RunConfig,
         f"{carried[0].flag}: {flag} is plain text (one text per line), which "
         "has no other fields; use jsonl, csv, tsv, parquet or tfrecord "
         "input.")
+  query_fields = [f"--{name}" for name in ("query_id_field",
+                                           "query_text_field")
+                  if getattr(config.neighbours, name) is not None]
+  if scope == QUERIES and query_fields and input_format == "text":
+    raise ConfigError(
+        f"{', '.join(query_fields)}: {flag} is plain text (one text per "
+        "line), which has no fields; leave it out, or give the queries as "
+        "jsonl, csv, tsv, parquet or tfrecord.")
   id_field, text_field, text_flag = (
       input_config.id_field, input_config.text_field, "--text_field")
   if scope == QUERIES:
@@ -204,12 +214,17 @@ def _corpus(flag: str, pattern: str, config: RunConfig,
     id_field = neighbours.query_id_field or id_field
     text_field = neighbours.query_text_field or text_field
     text_flag = "--query_text_field"
+  # The queries have no pair field of their own: a query without the
+  # corpus's is told that the flag applies to both.
+  pair_flag = ("--text_pair_field (it applies to the --neighbours_of "
+               "queries too)" if scope == QUERIES else "--text_pair_field")
   return CorpusSettings(
       pattern=pattern, input_format=input_format,
       record=RecordSpec(id_field=id_field, text_field=text_field,
                         text_pair_field=input_config.text_pair_field,
                         max_record_bytes=input_config.max_record_bytes,
-                        carried=carried, text_flag=text_flag),
+                        carried=carried, text_flag=text_flag,
+                        text_pair_flag=pair_flag),
       scope=scope)
 
 

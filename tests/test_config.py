@@ -62,6 +62,8 @@ def test_config_from_options_is_pure_and_fills_the_defaults(tmp_path):
     (["--query_text_field=question"],
      "--query_text_field names a field of the --neighbours_of queries; set "
      "--neighbours_of"),
+    (["--neighbours_of=q.jsonl", "--text_pair_field=question",
+      "--query_text_field=question"], "is --query_text_field too"),
     (["--neighbours_of=q.jsonl", "--query_id_field= "],
      "--query_id_field is empty: name the field, column or feature that "
      "holds the id"),

@@ -693,13 +693,26 @@ def test_truncation_and_float16_sequences(tiny_model_dir, reference, tmp_path,
       "--neighbours_of", "{queries_csv}"],
      r"--neighbours_of=.*questions\.csv: its extension says csv, but "
      r"--input_format text applies to the queries too"),
+    # A review: plain-text queries have no fields to name, and a workbook
+    # is no input whatever --input_format says (it was an unreadable_file
+    # once the corpus had been embedded).
+    (["--input", "{inp}", "--output", "{out}", "--neighbours_of",
+      "{queries_txt}", "--query_text_field", "question"],
+     r"--query_text_field: --neighbours_of=.*questions\.txt is plain text"),
+    (["--input", "{inp}", "--output", "{out}", "--input_format", "csv",
+      "--neighbours_of", "{queries_xlsx}"],
+     r"--neighbours_of: '.*questions\.xlsx' names an Excel workbook"),
 ])
 def test_wrong_flags_fail_before_the_pipeline_starts(
     flags, message, corpus_file, tiny_model_dir, tmp_path, no_network):
   output = str(tmp_path / "run")
   queries_csv = tmp_path / "questions.csv"
   queries_csv.write_text("id,text\nq1,how do I reset my password?\n")
+  (tmp_path / "questions.txt").write_text("how do I reset my password?\n")
+  (tmp_path / "questions.xlsx").write_bytes(b"PK\x03\x04 a workbook")
   values = dict(inp=corpus_file, out=output, queries_csv=str(queries_csv),
+                queries_txt=str(tmp_path / "questions.txt"),
+                queries_xlsx=str(tmp_path / "questions.xlsx"),
                 missing_model=str(tmp_path / "no-such-model"))
   argv = [flag.format(**values) for flag in flags]
   if "--model" not in argv:

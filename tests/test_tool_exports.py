@@ -9,7 +9,9 @@ bad input".)
 """
 
 import collections
+import csv
 import gzip
+import lzma
 import zipfile
 
 import duckdb
@@ -77,6 +79,11 @@ _EXPECTED = [(row["id"], row["text"]) for row in _ROWS]
     # Excel's "Unicode text": UTF-16, tabs, quoted cells.
     dict(sep="\t", encoding="utf-16"),
     dict(sep="\t"),
+    # Every cell quoted, the header's too (R's write.csv2, pandas'
+    # QUOTE_ALL, LibreOffice): "id";"title";"text" did not parse with
+    # commas, and the whole file was one unreadable_file (a review).
+    dict(sep=";", quoting=csv.QUOTE_ALL),
+    dict(sep="\t", quoting=csv.QUOTE_ALL),
 ])
 def test_csv_with_another_delimiter_reads_as_written(tmp_path, options):
   path = tmp_path / "corpus.csv"
@@ -162,6 +169,22 @@ def test_a_json_array_file_is_one_error_that_names_the_fix(tmp_path, write):
   assert "lines=True" in dead_letter.detail
 
 
+def test_a_json_array_on_one_line_over_the_record_limit_names_the_fix(
+    tmp_path):
+  # A review: pandas writes the array on one line, over --max_record_bytes
+  # in any large corpus, and it was one record_too_large saying to raise
+  # the limit.
+  path = tmp_path / "corpus.json"
+  _pandas_array(path)
+
+  documents, dead_letters = _read(path, "jsonl", max_record_bytes=200)
+
+  assert documents == []
+  [dead_letter] = dead_letters
+  assert dead_letter.reason == Reason.UNREADABLE_FILE
+  assert "lines=True" in dead_letter.detail
+
+
 def test_json_lines_written_by_the_tools_read_as_written(tmp_path):
   pandas_path = tmp_path / "pandas.jsonl"
   _frame().to_json(pandas_path, orient="records", lines=True)
@@ -203,8 +226,8 @@ def test_a_windows_1252_file_names_the_conversion(tmp_path, input_format):
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("corpus.csv.zip", "unzip it"),
-    ("export/*.zip", "unzip it"),
+    ("corpus.csv.zip", "unpack it"),
+    ("export/*.zip", "unpack it"),
     ("Corpus.XLSX", "save it as CSV UTF-8"),
     ("corpus.feather", "write Parquet instead"),
 ])
@@ -225,9 +248,14 @@ def _gzipped_without_suffix(path):
   path.write_bytes(gzip.compress(_frame().to_csv(index=False).encode()))
 
 
+def _xz_without_suffix(path):
+  path.write_bytes(lzma.compress(_frame().to_csv(index=False).encode()))
+
+
 @pytest.mark.parametrize("write, name, expected", [
     (_zipped, "corpus.csv.zip", "ZIP archive"),
     (_gzipped_without_suffix, "corpus.csv", "name it with the suffix .gz"),
+    (_xz_without_suffix, "corpus.csv", "name it with the suffix .xz"),
 ])
 def test_a_misnamed_binary_file_is_one_error_saying_what_it_is(
     tmp_path, write, name, expected):
@@ -262,6 +290,21 @@ def test_a_parquet_binary_text_column_is_read_as_utf8(tmp_path):
   assert _as_written(documents) == _EXPECTED[:4]
   [dead_letter] = dead_letters
   assert (dead_letter.reason, dead_letter.id) == (Reason.INVALID_UTF8, "a5")
+
+
+def test_a_parquet_binary_id_that_is_not_utf8_names_the_fix(tmp_path):
+  # Digests in a bytes column (pandas): read as text like Hive's binary
+  # strings, a digest that is not UTF-8 says how to write ids.
+  frame = _frame()
+  frame["id"] = [bytes([0xff, i]) for i in range(len(frame))]
+  path = tmp_path / "digests.parquet"
+  frame.to_parquet(path)
+
+  documents, dead_letters = _read(path, "parquet")
+
+  assert documents == []
+  assert {d.reason for d in dead_letters} == {Reason.INVALID_UTF8}
+  assert all("bytes.hex()" in d.detail for d in dead_letters)
 
 
 # -- Ids pandas made floats ----------------------------------------------------

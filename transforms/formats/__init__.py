@@ -23,6 +23,8 @@ from transforms.formats.delimited import read_csv_records
 from transforms.formats.delimited import read_tsv_records
 from transforms.formats.fields import Record
 from transforms.formats.jsonl import read_jsonl_records
+from transforms.formats.lines import UNPACK_ADVICE
+from transforms.formats.lines import WORKBOOK_ADVICE
 from transforms.formats.parquet import read_parquet_records
 from transforms.formats.text import read_text_records
 from transforms.formats.tfrecord import read_tfrecord_records
@@ -58,19 +60,43 @@ _FORMAT_BY_EXTENSION = {
 # to do instead: "pass --input_format" would send them to a reader that
 # rejects their bytes line by line.
 _UNREAD_EXTENSIONS = {
-    ".zip": "a ZIP archive: unzip it and point --input at its files "
-            "(a single file may be compressed: .gz, .bz2, .xz, .zst)",
-    ".tar": "a tar archive: unpack it and point --input at its files",
-    ".tgz": "a tar archive: unpack it and point --input at its files",
-    ".xlsx": "an Excel workbook: save it as CSV UTF-8, or export it with "
-             "pandas: pd.read_excel(PATH).to_parquet(...)",
-    ".xls": "an Excel workbook: save it as CSV UTF-8, or export it with "
-            "pandas: pd.read_excel(PATH).to_parquet(...)",
+    ".zip": f"a ZIP archive: {UNPACK_ADVICE} (a single file may be "
+            "compressed: .gz, .bz2, .xz, .zst)",
+    ".tar": f"a tar archive: {UNPACK_ADVICE}",
+    ".tgz": f"a tar archive: {UNPACK_ADVICE}",
+    ".xlsx": f"an Excel workbook: {WORKBOOK_ADVICE}",
+    ".xls": f"an Excel workbook: {WORKBOOK_ADVICE}",
     ".feather": "Arrow IPC (Feather): write Parquet instead, e.g. "
                 "pyarrow.parquet.write_table or pandas to_parquet",
     ".arrow": "Arrow IPC: write Parquet instead, e.g. "
               "pyarrow.parquet.write_table or pandas to_parquet",
 }
+
+
+def _extension(pattern: str) -> str:
+  """A file pattern's extension, looking through a compression suffix
+  ("part-*.jsonl.gz": ".jsonl")."""
+  name = re.split(r"[/\\]", pattern)[-1].lower()
+  for suffix in COMPRESSION_SUFFIXES:
+    if name.endswith(suffix):
+      name = name[:-len(suffix)]
+      break
+  return os.path.splitext(name)[1]
+
+
+def check_readable_extension(pattern: str):
+  """Refuses a pattern whose extension names a kind of file no reader
+  reads (an archive, a workbook), whatever --input_format says: read as a
+  format, its bytes would be rejected line by line, or embedded.
+
+  Raises:
+    ValueError: naming what the files are and what to do.
+  """
+  extension = _extension(pattern)
+  if extension in _UNREAD_EXTENSIONS:
+    raise ValueError(
+        f"{pattern!r} names {_UNREAD_EXTENSIONS[extension]}. The input "
+        f"formats are: {', '.join(INPUT_FORMATS)}.")
 
 
 def infer_input_format(pattern: str) -> str:
@@ -81,17 +107,8 @@ def infer_input_format(pattern: str) -> str:
   Raises:
     ValueError: if the extension names no known format (e.g. "data/*").
   """
-  name = re.split(r"[/\\]", pattern)[-1].lower()
-  for suffix in COMPRESSION_SUFFIXES:
-    if name.endswith(suffix):
-      name = name[:-len(suffix)]
-      break
-  extension = os.path.splitext(name)[1]
-  input_format = _FORMAT_BY_EXTENSION.get(extension)
-  if extension in _UNREAD_EXTENSIONS:
-    raise ValueError(
-        f"{pattern!r} names {_UNREAD_EXTENSIONS[extension]}. The input "
-        f"formats are: {', '.join(INPUT_FORMATS)}.")
+  check_readable_extension(pattern)
+  input_format = _FORMAT_BY_EXTENSION.get(_extension(pattern))
   if input_format is None:
     raise ValueError(
         f"Cannot infer the input format of {pattern!r} from its extension "

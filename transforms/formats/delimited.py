@@ -30,7 +30,7 @@ row is rejected as INVALID_UTF8 only if it is in a cell the record needs.
 import collections
 import csv
 import sys
-from typing import BinaryIO, Iterator, List, Optional
+from typing import BinaryIO, Iterator, List, Optional, Tuple
 
 from run_directory.records import Document
 from run_directory.records import Reason
@@ -110,7 +110,7 @@ def _row_document(row: List[str], columns: _Columns, source: str,
   text_pair = None
   if spec.text_pair_field is not None:
     text_pair = _required_cell(row, columns, columns.pair,
-                               spec.text_pair_field, "--text_pair_field",
+                               spec.text_pair_field, spec.text_pair_flag,
                                doc_id)
   fields = carried_fields(
       spec.carried,
@@ -199,14 +199,15 @@ def read_csv_records(stream: BinaryIO, source: str,
   lines = _RecordLines(iter_lines(stream, spec.max_record_bytes),
                        spec.max_record_bytes)
   rows = csv.reader(lines, strict=True)
-  header = _csv_header(rows, lines)
-  if header is None:
+  header, header_error = _csv_header(rows, lines)
+  if header is None and header_error is None:
     return
-  delimiter = _delimiter_of(header, lines.taken, spec)
+  delimiter, header = _delimiter_of(header, lines.taken, spec)
+  if delimiter is None:
+    raise ValueError(f"bad CSV header: {header_error}")
   if delimiter != ",":
     # The reader takes lines one at a time as it needs them: a new one goes
     # on at the first line after the header.
-    header = _split_header(lines.taken, delimiter)
     rows = csv.reader(lines, strict=True, delimiter=delimiter)
   columns = _Columns(header, spec)
   position = 0
@@ -257,38 +258,44 @@ def _split_header(taken: List[Line], delimiter: str) -> Optional[List[str]]:
     return None
 
 
-def _delimiter_of(header: List[str], taken: List[Line],
-                  spec: RecordSpec) -> str:
-  """"," unless the header names the text column only when split on another
-  delimiter (";" or tab): then that one, for the whole file.
+def _delimiter_of(header: Optional[List[str]], taken: List[Line],
+                  spec: RecordSpec) -> Tuple[Optional[str], Optional[List[str]]]:
+  """(delimiter, header split on it): "," unless the header names the text
+  column only when split on another delimiter (";" or tab), then that one,
+  for the whole file. header None: the header did not parse with commas
+  (a quoted "id";"text", as R's write.csv2 and pandas' QUOTE_ALL write);
+  (None, None) when no delimiter reads it.
 
   Without this, every row of a ";"-separated file would be rejected as
   having no text column, with a hint (set --text_field) that cannot help.
   """
-  if spec.text_field in header:
-    return ","
+  if header is not None and spec.text_field in header:
+    return ",", header
   for delimiter in _OTHER_DELIMITERS:
     split = _split_header(taken, delimiter)
     if split is not None and spec.text_field in split:
-      return delimiter
-  return ","
+      return delimiter, split
+  return ("," if header is not None else None), header
 
 
-def _csv_header(rows, lines: _RecordLines) -> Optional[List[str]]:
-  """The first non-blank row; None for a file of blank lines."""
+def _csv_header(rows, lines: _RecordLines
+                ) -> Tuple[Optional[List[str]], Optional[str]]:
+  """(the first non-blank row, None), or (None, why) when it does not parse
+  as CSV with commas (another delimiter may read it: _delimiter_of);
+  (None, None) for a file of blank lines."""
   while True:
     lines.start_record()
     try:
       header = next(rows)
     except StopIteration:
-      return None
+      return None, None
     except _RecordTooLarge:
       raise ValueError("the CSV header is longer than --max_record_bytes: "
                        "not a CSV file?") from None
     except csv.Error as error:
-      raise ValueError(f"bad CSV header: {error}") from None
+      return None, str(error)
     if header:
-      return header
+      return header, None
 
 
 # -- TSV -----------------------------------------------------------------------

@@ -48,6 +48,7 @@ class RecordSpec:
     the Vertex AI export); a record without one is a dead letter.
   text_flag: the flag that names text_field, as a missing text's error row
     says to set it (the --neighbours_of queries' is --query_text_field).
+  text_pair_flag: the same for text_pair_field.
   """
   id_field: str = "id"
   text_field: str = "text"
@@ -55,6 +56,7 @@ class RecordSpec:
   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
   carried: tuple = ()
   text_flag: str = "--text_field"
+  text_pair_flag: str = "--text_pair_field"
 
   def __post_init__(self):
     if self.max_record_bytes < 1:
@@ -125,8 +127,8 @@ def document(source: str, position: int, doc_id: Optional[str], text: str,
 # its lines with accents are rejected. (Not said of a Parquet or TFRecord
 # cell: their files are binary, and a bad cell is that cell's.)
 ENCODING_HINT = (
-    "; text files must be UTF-8 (or UTF-16/32 with a byte-order mark): "
-    "convert one saved in another encoding, e.g. iconv -f cp1252 -t utf-8 "
+    "; text files must be UTF-8 (or UTF-16/32 with a byte-order mark): one "
+    "saved in a legacy encoding converts with e.g. iconv -f cp1252 -t utf-8 "
     "(Excel: save as \"CSV UTF-8\")")
 
 

@@ -141,7 +141,7 @@ def _jsonl_document(line: bytes, source: str, position: int,
   text = _json_text(record, spec.text_field, spec.text_flag, doc_id)
   text_pair = None
   if spec.text_pair_field is not None:
-    text_pair = _json_text(record, spec.text_pair_field, "--text_pair_field",
+    text_pair = _json_text(record, spec.text_pair_field, spec.text_pair_flag,
                            doc_id)
   fields = carried_fields(spec.carried, record.get, doc_id)
   return document(source, position, doc_id, text, text_pair, fields)
@@ -150,18 +150,21 @@ def _jsonl_document(line: bytes, source: str, position: int,
 def read_jsonl_records(stream: BinaryIO, source: str,
                        spec: RecordSpec) -> Iterator[Record]:
   """One record per line; every line (blank ones too) must be a JSON object."""
-  for position, line in enumerate(iter_lines(stream, spec.max_record_bytes)):
-    if isinstance(line, OversizedLine):
-      yield too_large(line.size, spec.max_record_bytes, "line").dead_letter(
-          source, position, line.head)
-      continue
-    line = strip_terminator(line)
+  for position, read in enumerate(iter_lines(stream, spec.max_record_bytes)):
+    oversized = isinstance(read, OversizedLine)
+    line = read.head if oversized else strip_terminator(read)
+    # An array on one line is oversized as soon as the corpus is large
+    # (pandas' to_json): its head tells it as well.
     if position == 0 and _JSON_ARRAY_START.match(line):
       raise ValueError(
           "the file is one JSON array of records, not JSON Lines (one "
           "object per line): write it as JSON Lines, e.g. pandas "
           "to_json(orient='records', lines=True), DuckDB COPY ... (FORMAT "
           "json) without ARRAY true, or jq -c '.[]' FILE > FILE.jsonl")
+    if oversized:
+      yield too_large(read.size, spec.max_record_bytes, "line").dead_letter(
+          source, position, line)
+      continue
     try:
       yield _jsonl_document(line, source, position, spec)
     except Rejected as rejected:

@@ -32,15 +32,21 @@ _UNICODE_BOMS = (
 # what they are. gzip's and zstd's cannot start valid UTF-8 (\x8b and \xb5
 # are continuation bytes); ZIP's is "PK" and two control characters, which
 # no text starts with. So a text file is never taken for one of them.
+# What to do with an archive or a workbook (told by a file's first bytes
+# here, by its extension in formats/__init__.py).
+UNPACK_ADVICE = "unpack it and point --input at its files"
+WORKBOOK_ADVICE = ("save it as CSV UTF-8, or export it with pandas: "
+                   "pd.read_excel(PATH).to_parquet(...)")
 _NOT_TEXT = (
     (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook is one), not "
-                    "text: unzip it and point --input at its files, or save "
-                    "the workbook as CSV UTF-8"),
+                    f"text: {UNPACK_ADVICE}; a workbook: {WORKBOOK_ADVICE}"),
     (b"\x1f\x8b", "gzip-compressed: name it with the suffix .gz (e.g. "
                   "corpus.csv.gz) and it is decompressed as it is read"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed: name it with the suffix .zst "
                           "(e.g. corpus.csv.zst) and it is decompressed as "
                           "it is read"),
+    (b"\xfd7zX", "xz-compressed: name it with the suffix .xz (e.g. "
+                  "corpus.csv.xz) and it is decompressed as it is read"),
 )
 # Pieces in which the rest of an oversized line is read and dropped.
 _DISCARD_PIECE = 1 << 20

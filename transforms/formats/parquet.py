@@ -44,15 +44,25 @@ def _value_type(arrow_type: Optional[pa.DataType]) -> Optional[pa.DataType]:
   return arrow_type
 
 
-def is_string_type(arrow_type: pa.DataType) -> bool:
+def _is_binary_type(arrow_type: pa.DataType) -> bool:
+  return (pa.types.is_binary(arrow_type) or
+          pa.types.is_large_binary(arrow_type) or
+          pa.types.is_binary_view(arrow_type))
+
+
+def _is_text_type(arrow_type: pa.DataType) -> bool:
   """A column read as text: strings, or binary taken as UTF-8 (fixed-size
   binary is left out: it holds hashes and UUIDs, not text)."""
   return (pa.types.is_string(arrow_type) or
           pa.types.is_large_string(arrow_type) or
           pa.types.is_string_view(arrow_type) or
-          pa.types.is_binary(arrow_type) or
-          pa.types.is_large_binary(arrow_type) or
-          pa.types.is_binary_view(arrow_type))
+          _is_binary_type(arrow_type))
+
+
+# Said of a binary id cell that is not UTF-8.
+BINARY_ID_HINT = (
+    " (a binary id column is read as UTF-8 text; one of digests or UUIDs "
+    "must be written as strings, e.g. hex: bytes.hex())")
 
 
 def _as_binary(array: pa.Array) -> pa.Array:
@@ -90,7 +100,7 @@ def _text_from_cell(value, field: str, value_type: Optional[pa.DataType],
                    f"{flag}", doc_id)
   if value is None:
     raise Rejected(Reason.MISSING_FIELD, f"{field!r} is null", doc_id)
-  if not is_string_type(value_type):
+  if not _is_text_type(value_type):
     raise Rejected(
         Reason.NON_STRING_FIELD,
         f"column {field!r} is of type {value_type}, not string", doc_id)
@@ -102,8 +112,11 @@ def _id_from_cell(value, id_field: str,
                   value_type: Optional[pa.DataType]) -> Optional[str]:
   if value is None or value == b"":
     return None
-  if is_string_type(value_type):
-    return decode_utf8(value, f"column {id_field!r}") or None
+  if _is_text_type(value_type):
+    # A binary id column is taken as text too (Hive and Impala write
+    # strings so); one of digests (pandas writes bytes so) is not.
+    hint = BINARY_ID_HINT if _is_binary_type(value_type) else ""
+    return decode_utf8(value, f"column {id_field!r}", hint=hint) or None
   if pa.types.is_integer(value_type):
     return id_from_int(value)
   hint = FLOAT_ID_HINT if pa.types.is_floating(value_type) else ""
@@ -146,7 +159,7 @@ def read_parquet_records(stream: BinaryIO, source: str,
             text_pair = _text_from_cell(
                 row[spec.text_pair_field], spec.text_pair_field,
                 types[spec.text_pair_field], doc_id, spec, present,
-                "--text_pair_field")
+                spec.text_pair_flag)
           fields = carried_fields(spec.carried, row.get, doc_id)
         except Rejected as rejected:
           yield rejected.dead_letter(source, position, _snippet_of(row))

@@ -138,7 +138,7 @@ def _examples_from_batch(record_batch: pa.RecordBatch, batch: _Batch,
       if spec.text_pair_field is not None:
         text_pair = _text_from_feature(
             values[spec.text_pair_field][offset], spec.text_pair_field,
-            types[spec.text_pair_field], doc_id, "--text_pair_field")
+            types[spec.text_pair_field], doc_id, spec.text_pair_flag)
       carried = carried_fields(
           spec.carried, lambda name, row=offset: values[name][row], doc_id)
     except Rejected as rejected:
