@@ -16,6 +16,7 @@ memory than the bytes really there, and a frame over `max_bytes` is skipped
 """
 
 import struct
+import zlib
 from typing import BinaryIO, Iterator, List, NamedTuple, Sequence, Union
 
 import google_crc32c
@@ -48,13 +49,24 @@ def _not_tfrecord(header: bytes, first: bool) -> str:
   if first and header.startswith(_GZIP_MAGIC):
     return _COMPRESSED_TFRECORD.format(codec="gzip", option="GZIP",
                                        suffix=".gz")
-  # A zlib stream's first two bytes: deflate with a window of up to 32 KiB
-  # (0x78 for the largest, TensorFlow's), their number a multiple of 31.
-  if (first and len(header) >= 2 and header[0] & 0x0F == 8 and
-      int.from_bytes(header[:2], "big") % 31 == 0):
+  if first and _starts_a_zlib_stream(header):
     return _COMPRESSED_TFRECORD.format(codec="zlib", option="ZLIB",
                                        suffix=".deflate")
   return _NOT_TFRECORD
+
+
+def _starts_a_zlib_stream(header: bytes) -> bool:
+  """A zlib stream's first two bytes: deflate with a window of up to 32 KiB
+  (0x78 for the largest, TensorFlow's), their number a multiple of 31; and
+  the bytes after them inflate. Two bytes alone pass for text ("Hj")."""
+  if (len(header) < 2 or header[0] & 0x0F != 8 or header[0] >> 4 > 7 or
+      int.from_bytes(header[:2], "big") % 31):
+    return False
+  try:
+    zlib.decompressobj().decompress(header)
+  except zlib.error:
+    return False
+  return True
 
 
 class OversizedFrame(NamedTuple):

@@ -362,6 +362,19 @@ def test_a_compressed_tfrecord_file_is_told_the_suffix_it_needs(
   assert dead_letters == [] and _as_written(documents) == _EXPECTED
 
 
+def test_text_read_as_tfrecord_is_not_told_it_is_compressed(tmp_path):
+  # A review: "Hj" passes zlib's two-byte header check; only the bytes
+  # after it tell text from a zlib stream.
+  path = tmp_path / "notes.tfrecord"
+  path.write_text("Hj, these are notes, not a TFRecord file at all.\n")
+
+  [dead_letter] = _read(path, "tfrecord")[1]
+
+  assert dead_letter.reason == Reason.UNREADABLE_FILE
+  assert "not a TFRecord file?" in dead_letter.detail
+  assert "zlib" not in dead_letter.detail
+
+
 # -- The whole pipeline on a European Excel export -----------------------------
 
 
