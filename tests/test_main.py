@@ -698,7 +698,7 @@ def test_truncation_and_float16_sequences(tiny_model_dir, reference, tmp_path,
     # once the corpus had been embedded).
     (["--input", "{inp}", "--output", "{out}", "--neighbours_of",
       "{queries_txt}", "--query_text_field", "question"],
-     r"--query_text_field: --neighbours_of=.*questions\.txt is plain text"),
+     r"--query_text_field: --neighbours_of is plain text .* no fields"),
     (["--input", "{inp}", "--output", "{out}", "--input_format", "csv",
       "--neighbours_of", "{queries_xlsx}"],
      r"--neighbours_of: '.*questions\.xlsx' names an Excel workbook"),
