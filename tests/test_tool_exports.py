@@ -95,6 +95,20 @@ def test_csv_with_another_delimiter_reads_as_written(tmp_path, options):
   assert _as_written(documents) == _EXPECTED
 
 
+@pytest.mark.parametrize("separator", [";", ",", "\t", "|"])
+def test_excels_delimiter_declaration_is_followed(tmp_path, separator):
+  # A formats trial: the "sep=;" line some exporters write for Excel was
+  # taken for the header, and every row was missing_field.
+  path = tmp_path / "corpus.csv"
+  path.write_text(f"sep={separator}\r\n" + _frame().to_csv(
+      index=False, sep=separator, lineterminator="\r\n"), encoding="utf-8-sig")
+
+  documents, dead_letters = _read(path, "csv")
+
+  assert dead_letters == []
+  assert _as_written(documents) == _EXPECTED
+
+
 def test_the_delimiter_is_taken_only_when_the_header_needs_it(tmp_path):
   # A comma header that has the text column keeps commas, ";" in cells
   # and all.

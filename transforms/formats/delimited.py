@@ -10,7 +10,8 @@ the right width is a valid multi-line field to RFC 4180, and is read as one:
 the lines between are in its text. Nothing tells the two apart.) The
 delimiter is a comma, unless the header names the text column only when
 split on ";" or a tab (Excel's CSV where the decimal mark is a comma, its
-"Unicode text", pandas' to_csv(sep=...)): then that one, for the file.
+"Unicode text", pandas' to_csv(sep=...)): then that one, for the file. A
+first line "sep=;" (Excel's declaration) names the delimiter outright.
 
 TSV is IANA's text/tab-separated-values: fields split on tabs, and no quoting
 at all; a quote is an ordinary character. Lines end in \n or \r\n; a header
@@ -29,6 +30,7 @@ row is rejected as INVALID_UTF8 only if it is in a cell the record needs.
 
 import collections
 import csv
+import re
 import sys
 from typing import BinaryIO, Iterator, List, Optional, Tuple
 
@@ -200,14 +202,20 @@ def read_csv_records(stream: BinaryIO, source: str,
                        spec.max_record_bytes)
   rows = csv.reader(lines, strict=True)
   header, header_error = _csv_header(rows, lines)
+  declared = _declared_delimiter(lines.taken)
+  if declared is not None:
+    # The reader takes lines one at a time as it needs them: a new one goes
+    # on at the line after the declaration.
+    rows = csv.reader(lines, strict=True, delimiter=declared)
+    header, header_error = _csv_header(rows, lines)
+    delimiter = declared if header is not None else None
+  else:
+    delimiter, header = _delimiter_of(header, lines.taken, spec)
   if header is None and header_error is None:
     return
-  delimiter, header = _delimiter_of(header, lines.taken, spec)
   if delimiter is None:
     raise ValueError(f"bad CSV header: {header_error}")
-  if delimiter != ",":
-    # The reader takes lines one at a time as it needs them: a new one goes
-    # on at the first line after the header.
+  if delimiter != "," and declared is None:
     rows = csv.reader(lines, strict=True, delimiter=delimiter)
   columns = _Columns(header, spec)
   position = 0
@@ -245,6 +253,20 @@ def read_csv_records(stream: BinaryIO, source: str,
 # most of Europe), and a tab in its "Unicode text"; pandas and DuckDB write
 # either on request. Such files quote like CSV, so the CSV parser reads them.
 _OTHER_DELIMITERS = (";", "\t")
+
+
+# Excel's declaration of a file's delimiter, on a line of its own before the
+# header ("sep=;"): Excel reads it, some exporters write it for Excel.
+_DELIMITER_DECLARATION = re.compile(r'sep=([^"\w\r\n])\r?\n?')
+
+
+def _declared_delimiter(taken: List[Line]) -> Optional[str]:
+  """The delimiter a first line "sep=X" declares; None without one."""
+  if len(taken) != 1 or isinstance(taken[0], OversizedLine):
+    return None
+  declaration = _DELIMITER_DECLARATION.fullmatch(_decode(taken[0]).lstrip(
+      "\ufeff"))
+  return declaration and declaration.group(1)
 
 
 def _split_header(taken: List[Line], delimiter: str) -> Optional[List[str]]:
