@@ -131,6 +131,41 @@ def test_the_delimiter_is_taken_only_when_the_header_needs_it(tmp_path):
   assert dead_letters == [] and _as_written(documents) == _EXPECTED
 
 
+@pytest.mark.parametrize("max_record_bytes", [None, 200])
+def test_a_header_that_commas_run_over_loses_no_rows(tmp_path,
+                                                     max_record_bytes):
+  # A fuzzing find: in a ";" header, the column 'a,"' is written "a,""",
+  # which read with commas opens a quoted cell that ran on over the data
+  # rows. Every row was lost without a trace, or, when that run passed
+  # --max_record_bytes (200: more than any row, less than the file), the
+  # file was one unreadable_file.
+  path = tmp_path / "corpus.csv"
+  _frame().rename(columns={"title": 'a,"'}).to_csv(path, index=False,
+                                                    sep=";")
+  spec = {} if max_record_bytes is None else dict(
+      max_record_bytes=max_record_bytes)
+
+  documents, dead_letters = _read(path, "csv", **spec)
+
+  assert dead_letters == []
+  assert _as_written(documents) == _EXPECTED
+
+
+def test_a_header_name_holding_a_line_break_is_read_with_its_delimiter(
+    tmp_path):
+  # A fuzzing find: a ";" header naming a column with a line break (a
+  # quoted cell over two lines) was one unreadable_file, as only the one
+  # line that commas had read was split on ";".
+  path = tmp_path / "corpus.csv"
+  _frame().rename(columns={"title": "the\ntitle"}).to_csv(
+      path, index=False, sep=";", quoting=csv.QUOTE_ALL)
+
+  documents, dead_letters = _read(path, "csv")
+
+  assert dead_letters == []
+  assert _as_written(documents) == _EXPECTED
+
+
 def test_a_quoted_tab_separated_file_read_as_tsv_names_the_fix(tmp_path):
   # TSV is read unquoted (IANA): the lines of a quoted multi-line cell are
   # rows of the wrong width, and their errors say how to read the file.

@@ -163,6 +163,9 @@ class _RecordLines:
   def push_back_all_but_first(self):
     self._pending.extendleft(reversed(self.taken[1:]))
 
+  def push_back_all(self):
+    self._pending.extendleft(reversed(self.taken))
+
   def __iter__(self):
     return self
 
@@ -200,23 +203,18 @@ def read_csv_records(stream: BinaryIO, source: str,
   _allow_large_csv_fields()
   lines = _RecordLines(iter_lines(stream, spec.max_record_bytes),
                        spec.max_record_bytes)
-  rows = csv.reader(lines, strict=True)
-  header, header_error = _csv_header(rows, lines)
+  rows, header, header_error = _read_header(lines, ",")
   declared = _declared_delimiter(lines.taken)
   if declared is not None:
     # The reader takes lines one at a time as it needs them: a new one goes
     # on at the line after the declaration.
-    rows = csv.reader(lines, strict=True, delimiter=declared)
-    header, header_error = _csv_header(rows, lines)
-    delimiter = declared if header is not None else None
-  else:
-    delimiter, header = _delimiter_of(header, lines.taken, spec)
-  if header is None and header_error is None:
-    return
-  if delimiter is None:
-    raise ValueError(f"bad CSV header: {header_error}")
-  if delimiter != "," and declared is None:
-    rows = csv.reader(lines, strict=True, delimiter=delimiter)
+    rows, header, header_error = _read_header(lines, declared)
+  elif header is None or spec.text_field not in header:
+    rows, header, header_error = _header_of_another_delimiter(lines, spec)
+  if header is None:
+    if header_error is None:
+      return
+    raise ValueError(header_error)
   columns = _Columns(header, spec)
   position = 0
   while True:
@@ -269,41 +267,45 @@ def _declared_delimiter(taken: List[Line]) -> Optional[str]:
   return declaration and declaration.group(1)
 
 
-def _split_header(taken: List[Line], delimiter: str) -> Optional[List[str]]:
-  """The header's lines parsed with another delimiter; None if they do not
-  parse."""
-  try:
-    lines = [_decode(line) for line in taken
-             if not isinstance(line, OversizedLine)]
-    return next(csv.reader(lines, strict=True, delimiter=delimiter), None)
-  except csv.Error:
-    return None
+def _read_header(lines: _RecordLines, delimiter: str
+                ) -> Tuple[object, Optional[List[str]], Optional[str]]:
+  """(a csv reader of `lines` split on `delimiter`, then _csv_header's
+  (header, why) as it reads it)."""
+  rows = csv.reader(lines, strict=True, delimiter=delimiter)
+  return (rows,) + _csv_header(rows, lines)
 
 
-def _delimiter_of(header: Optional[List[str]], taken: List[Line],
-                  spec: RecordSpec) -> Tuple[Optional[str], Optional[List[str]]]:
-  """(delimiter, header split on it): "," unless the header names the text
-  column only when split on another delimiter (";" or tab), then that one,
-  for the whole file. header None: the header did not parse with commas
-  (a quoted "id";"text", as R's write.csv2 and pandas' QUOTE_ALL write);
-  (None, None) when no delimiter reads it.
+def _header_of_another_delimiter(lines: _RecordLines, spec: RecordSpec
+                                 ) -> Tuple[object, Optional[List[str]],
+                                            Optional[str]]:
+  """_read_header's result with ";" or tab, if the header read with it names
+  the text column; else with commas, as before. Called when the header read
+  with commas does not name it, or does not parse at all (a quoted
+  "id";"text", as R's write.csv2 and pandas' QUOTE_ALL write).
 
   Without this, every row of a ";"-separated file would be rejected as
   having no text column, with a hint (set --text_field) that cannot help.
+
+  Each try reads the header anew from its first line (the lines the last
+  try took are pushed back): a quote may make the header one line with one
+  delimiter and several with another. (Re-splitting only the lines the
+  comma read took lost the data rows that read had run on into, after a
+  ";" header naming a column 'a,"', and refused a ";" header whose quoted
+  name holds a line break.)
   """
-  if header is not None and spec.text_field in header:
-    return ",", header
   for delimiter in _OTHER_DELIMITERS:
-    split = _split_header(taken, delimiter)
-    if split is not None and spec.text_field in split:
-      return delimiter, split
-  return ("," if header is not None else None), header
+    lines.push_back_all()
+    rows, header, why = _read_header(lines, delimiter)
+    if header is not None and spec.text_field in header:
+      return rows, header, why
+  lines.push_back_all()
+  return _read_header(lines, ",")
 
 
 def _csv_header(rows, lines: _RecordLines
                 ) -> Tuple[Optional[List[str]], Optional[str]]:
   """(the first non-blank row, None), or (None, why) when it does not parse
-  as CSV with commas (another delimiter may read it: _delimiter_of);
+  (with commas, another delimiter may read it: _header_of_another_delimiter);
   (None, None) for a file of blank lines."""
   while True:
     lines.start_record()
@@ -312,10 +314,10 @@ def _csv_header(rows, lines: _RecordLines
     except StopIteration:
       return None, None
     except _RecordTooLarge:
-      raise ValueError("the CSV header is longer than --max_record_bytes: "
-                       "not a CSV file?") from None
+      return None, ("the CSV header is longer than --max_record_bytes: "
+                    "not a CSV file?")
     except csv.Error as error:
-      return None, str(error)
+      return None, f"bad CSV header: {error}"
     if header:
       return header, None
 
