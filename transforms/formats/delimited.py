@@ -285,6 +285,10 @@ def _header_of_another_delimiter(lines: _RecordLines, spec: RecordSpec
 
   Without this, every row of a ";"-separated file would be rejected as
   having no text column, with a hint (set --text_field) that cannot help.
+  A header both readings split alike is taken as ";" when only ";" names
+  the text column: in a ";" file a column name may well hold a comma (the
+  decimal mark where ";" is the separator), while a comma file whose
+  header holds ";text" is contrived; a first line "sep=," settles it.
 
   Each try reads the header anew from its first line (the lines the last
   try took are pushed back): a quote may make the header one line with one
