@@ -196,36 +196,37 @@ def _corpus(flag: str, pattern: str, config: RunConfig,
         f"{carried[0].flag}: {flag} is plain text (one text per line), which "
         "has no other fields; use jsonl, csv, tsv, parquet or tfrecord "
         "input.")
-  query_fields = [f"--{name}" for name in ("query_id_field",
-                                           "query_text_field")
-                  if getattr(config.neighbours, name) is not None]
-  if scope == QUERIES and query_fields and input_format == "text":
-    raise ConfigError(
-        f"{', '.join(query_fields)}: {flag} is plain text (one text per "
-        "line), which has no fields; leave it out, or give the queries as "
-        "jsonl, csv, tsv, parquet or tfrecord.")
-  id_field, text_field, text_flag = (
-      input_config.id_field, input_config.text_field, "--text_field")
+  record = RecordSpec(id_field=input_config.id_field,
+                      text_field=input_config.text_field,
+                      text_pair_field=input_config.text_pair_field,
+                      max_record_bytes=input_config.max_record_bytes,
+                      carried=carried)
   if scope == QUERIES:
-    # The queries' own field names, when given (a questions file's text is
-    # seldom in the corpus's field); a missing text's error row names the
-    # flag that fixes it without touching the corpus.
-    neighbours = config.neighbours
-    id_field = neighbours.query_id_field or id_field
-    text_field = neighbours.query_text_field or text_field
-    text_flag = "--query_text_field"
-  # The queries have no pair field of their own: a query without the
-  # corpus's is told that the flag applies to both.
-  pair_flag = ("--text_pair_field (it applies to the --neighbours_of "
-               "queries too)" if scope == QUERIES else "--text_pair_field")
-  return CorpusSettings(
-      pattern=pattern, input_format=input_format,
-      record=RecordSpec(id_field=id_field, text_field=text_field,
-                        text_pair_field=input_config.text_pair_field,
-                        max_record_bytes=input_config.max_record_bytes,
-                        carried=carried, text_flag=text_flag,
-                        text_pair_flag=pair_flag),
-      scope=scope)
+    record = _query_record(record, config.neighbours, flag, input_format)
+  return CorpusSettings(pattern=pattern, input_format=input_format,
+                        record=record, scope=scope)
+
+
+def _query_record(record: RecordSpec, neighbours, flag: str,
+                  input_format: str) -> RecordSpec:
+  """The corpus's RecordSpec as the --neighbours_of queries are read: with
+  their own field names when given (a questions file's text is seldom in
+  the corpus's field), and error rows naming the flags that fix a query
+  without touching the corpus (the queries have no pair field of their
+  own: --text_pair_field is said to apply to them too)."""
+  given = [f"--{name}" for name in ("query_id_field", "query_text_field")
+           if getattr(neighbours, name) is not None]
+  if given and input_format == "text":
+    raise ConfigError(
+        f"{', '.join(given)}: {flag} is plain text (one text per line), "
+        "which has no fields; leave it out, or give the queries as jsonl, "
+        "csv, tsv, parquet or tfrecord.")
+  return dataclasses.replace(
+      record, id_field=neighbours.query_id_field or record.id_field,
+      text_field=neighbours.query_text_field or record.text_field,
+      text_flag="--query_text_field",
+      text_pair_flag=("--text_pair_field (it applies to the --neighbours_of "
+                      "queries too)"))
 
 
 def _resolve_model(config: RunConfig, environment: PlanEnvironment):

@@ -5,8 +5,8 @@ would cost gigabytes once decoded and copied. Here a line longer than the
 limit is read on in pieces and dropped, and reported as `OversizedLine`, so
 a reader's memory is bounded by the limit whatever the input.
 
-Lines are UTF-8. A file that starts with a ZIP archive's, gzip's or zstd's
-magic bytes is refused (ValueError: an unreadable file) with what to do: it
+Lines are UTF-8. A file that starts with a ZIP archive's, gzip's, zstd's or
+xz's magic bytes is refused (ValueError: an unreadable file) with what to do: it
 is no text, only misnamed. A file that starts with a UTF-16 or UTF-32
 byte-order mark (what Windows tools write as "Unicode") is read in that
 encoding and its lines given as UTF-8, so it reads like its UTF-8 twin;
@@ -28,15 +28,16 @@ _UNICODE_BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
-# The first bytes of files that are no text, whatever their name says, and
-# what they are. gzip's and zstd's cannot start valid UTF-8 (\x8b and \xb5
-# are continuation bytes); ZIP's is "PK" and two control characters, which
-# no text starts with. So a text file is never taken for one of them.
 # What to do with an archive or a workbook (told by a file's first bytes
 # here, by its extension in formats/__init__.py).
 UNPACK_ADVICE = "unpack it and point --input at its files"
 WORKBOOK_ADVICE = ("save it as CSV UTF-8, or export it with pandas: "
                    "pd.read_excel(PATH).to_parquet(...)")
+# The first bytes of files that are no text, whatever their name says, and
+# what they are. gzip's, zstd's and xz's cannot start valid UTF-8 (\x8b and
+# \xb5 are continuation bytes, \xfd no byte of UTF-8); ZIP's is "PK" and two
+# control characters, which no text starts with. So a text file is never
+# taken for one of them.
 _NOT_TEXT = (
     (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook is one), not "
                     f"text: {UNPACK_ADVICE}; a workbook: {WORKBOOK_ADVICE}"),

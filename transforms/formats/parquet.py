@@ -6,9 +6,9 @@ UTF-8 as Spark's spark.sql.parquet.binaryAsString does: Impala, Hive and old
 Spark write strings as binary without the UTF-8 annotation, as do pandas
 (a column of bytes) and fastparquet's object_encoding="bytes". A missing
 column or a null cell is MISSING_FIELD, any other type NON_STRING_FIELD, row
-by row. Cells are
-read as bytes and decoded one by one, so a cell that is not valid UTF-8 (the
-Parquet writer does not check) rejects its row alone, as INVALID_UTF8. The id
+by row. Cells are read as bytes and decoded one by one, so a cell that is
+not valid UTF-8 (the Parquet writer does not check) rejects its row alone,
+as INVALID_UTF8. The id
 column is optional, string or integer; a null or empty id means a derived
 one. A --text_pair_field column follows the text column's rules.
 
@@ -29,7 +29,7 @@ from transforms.formats.fields import decode_utf8
 from transforms.formats.fields import document
 from transforms.formats.fields import FLOAT_ID_HINT
 from transforms.formats.fields import id_from_int
-from transforms.formats.fields import names
+from transforms.formats.fields import missing
 from transforms.formats.fields import Record
 from transforms.formats.fields import RecordSpec
 from transforms.formats.fields import Rejected
@@ -95,9 +95,7 @@ def _text_from_cell(value, field: str, value_type: Optional[pa.DataType],
                     doc_id: Optional[str], spec: RecordSpec,
                     present: List[str], flag: str) -> str:
   if value_type is None:
-    raise Rejected(Reason.MISSING_FIELD,
-                   f"no {field!r} column (columns: {names(present)}); set "
-                   f"{flag}", doc_id)
+    raise missing(field, flag, present, kind="column", doc_id=doc_id)
   if value is None:
     raise Rejected(Reason.MISSING_FIELD, f"{field!r} is null", doc_id)
   if not _is_text_type(value_type):
