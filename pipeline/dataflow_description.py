@@ -64,6 +64,7 @@ from apache_beam.runners.dataflow.internal import apiclient
 from bert_model import default_model
 from bert_model import metadata as metadata_lib
 from bert_model import resolution
+from pipeline import field_check
 from pipeline import preflight
 from pipeline.build import build_pipeline
 from pipeline.config import config_from_options
@@ -146,6 +147,13 @@ def _offline_path_check(real_check, record: OfflineRecord):
   return check
 
 
+def _offline_field_check(flag: str, corpus):
+  """field_check.check_fields of local files only (the remote ones are
+  listed as unchecked by the path check)."""
+  if not _is_remote(corpus.pattern):
+    field_check.check_fields(flag, corpus)
+
+
 def offline_environment(model_metadata_dir: Optional[str],
                         record: OfflineRecord) -> PlanEnvironment:
   """How the dry run plans: nothing on GCS is read, no lock is taken."""
@@ -155,6 +163,7 @@ def offline_environment(model_metadata_dir: Optional[str],
       check_output=_offline_path_check(preflight.check_output, record),
       check_latest_pointer=_offline_path_check(preflight.check_latest_pointer,
                                                record),
+      check_fields=_offline_field_check,
       check_cloud_credentials=lambda flags: None,  # nothing on GCS is read
       take_lock=False)
 

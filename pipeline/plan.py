@@ -29,6 +29,7 @@ from typing import Callable, Optional, Tuple
 
 from transforms import native_logs
 from bert_model import resolution
+from pipeline import field_check
 from pipeline import preflight
 from pipeline.config import LATEST
 from pipeline.config import RunConfig
@@ -83,6 +84,8 @@ class PlanEnvironment:
   resolve_model: Callable[..., resolution.ResolvedModel] = (
       resolution.resolve_model)
   check_input: Callable[[str, str], None] = preflight.check_input
+  check_fields: Callable[[str, CorpusSettings], None] = (
+      field_check.check_fields)
   check_output: Callable[[str], None] = preflight.check_output
   check_latest_pointer: Callable[[str], None] = preflight.check_latest_pointer
   check_cloud_credentials: Callable[[list], None] = (
@@ -346,6 +349,9 @@ def plan_run(config: RunConfig,
   queries = (_corpus("--neighbours_of", neighbours.neighbours_of, config,
                      scope=QUERIES)
              if neighbours.neighbours_of else None)
+  environment.check_fields("--input", corpus)
+  if queries:
+    environment.check_fields("--neighbours_of", queries)
   environment.check_output(out.output)
   if nightly.latest_pointer:
     environment.check_latest_pointer(nightly.latest_pointer)

@@ -153,14 +153,16 @@ def test_an_unterminated_csv_quote_costs_only_its_row():
 def test_a_csv_header_that_is_not_utf8_makes_writable_errors(
     tmp_path, tiny_model_dir):
   corpus = tmp_path / "latin1.csv"
-  corpus.write_bytes(b"id,caf\xe9\n1,first\n2,second\n")
+  # A malformed first row: the check before the run (which would stop on
+  # a sample of rows all missing the text column) leaves the file to the run.
+  corpus.write_bytes(b'id,caf\xe9\n0,"unterminated\n1,first\n2,second\n')
   code, run_dir = _run(tmp_path, tiny_model_dir, str(corpus),
                        "--max_bad_fraction=1")
   # Nothing embedded: the run refuses to publish, but the errors it staged
   # are written, and say what the header holds.
   assert code == 3
   refusal = read_outputs.load_refusal(run_dir)
-  assert refusal["counts"]["dead_lettered"] == 2
+  assert refusal["counts"]["dead_lettered"] == 3
   example = refusal["top_errors"][0]["examples"][0]
   assert example["reason"] == MISSING and "caf\\xe9" in example["detail"]
 

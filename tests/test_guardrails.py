@@ -97,12 +97,32 @@ def _assert_refused(code, run_dir, pointer, pointer_before, capsys, *reasons,
   return refusal
 
 
-def test_a_wrong_text_field_is_refused_whatever_the_limits(workdir, capsys):
+def test_a_wrong_text_field_fails_before_the_run(workdir, capsys):
+  # Its records are read before the run (pipeline/field_check.py): the
+  # wrong flag is named in a second, not after the corpus is read.
   corpus = _corpus(workdir / "corpus.jsonl", good=50)
   pointer = workdir / "LATEST"
   pointer.write_text("runs/yesterday\n")
   for flags in ([], ["--max_bad_fraction=1"], ["--max_bad_records=1000"]):
     code, run_dir = _run(workdir, corpus, "run", "--text_field=body", *flags)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert ("no 'body' field (fields: id, text); set --text_field. (Each of "
+            "the 50 records read from its first 1 file(s) before the run "
+            "lacks a field the flags name") in err
+    assert not os.path.exists(run_dir)
+    assert pointer.read_text() == "runs/yesterday\n"
+
+
+def test_a_run_that_embeds_nothing_is_refused_whatever_the_limits(workdir,
+                                                                   capsys):
+  corpus = workdir / "corpus.jsonl"
+  corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": " \u200b "})
+                            + "\n" for i in range(50)))
+  pointer = workdir / "LATEST"
+  pointer.write_text("runs/yesterday\n")
+  for flags in ([], ["--max_bad_fraction=1"], ["--max_bad_records=1000"]):
+    code, run_dir = _run(workdir, str(corpus), "run", *flags)
     refusal = _assert_refused(code, run_dir, pointer, "runs/yesterday\n",
                               capsys, "nothing was embedded",
                               "every record was dead-lettered: the most "
@@ -110,9 +130,7 @@ def test_a_wrong_text_field_is_refused_whatever_the_limits(workdir, capsys):
     assert refusal["counts"]["read"] == 50
     assert refusal["counts"]["dead_lettered"] == 50
     top = refusal["top_errors"][0]
-    assert (top["reason"], top["count"]) == ("missing_field", 50)
-    assert top["examples"][0]["detail"].endswith("set --text_field")
-    assert "no 'body' field" in top["examples"][0]["detail"]
+    assert (top["reason"], top["count"]) == ("empty_text", 50)
 
 
 def test_a_corpus_with_30_percent_bad_records(workdir, capsys, caplog):

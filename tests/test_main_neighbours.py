@@ -119,10 +119,13 @@ def test_neighbours_of_a_query_corpus(tmp_path, tiny_model_dir):
   assert not set(actual) & set(corpus_ids)
 
 
-def test_queries_read_with_their_own_field_names(tmp_path, tiny_model_dir):
+def test_queries_read_with_their_own_field_names(tmp_path, tiny_model_dir,
+                                                capsys):
   # Found in a user trial: questions kept under "question" and "qid", a
   # corpus under "text": every query was dead-lettered, after the corpus was
   # embedded, with "set --text_field", which would have broken the corpus.
+  # Now the queries' first records are read before the run, and the flag
+  # that fixes them is named then.
   questions = tmp_path / "questions.jsonl"
   questions.write_text("".join(
       json.dumps({"qid": f"q{i}", "question": text}) + "\n"
@@ -141,11 +144,10 @@ def test_queries_read_with_their_own_field_names(tmp_path, tiny_model_dir):
                          "--query_text_field=question",
                          "--query_id_field=qid"])
 
-  assert refused == 3  # refused to publish
-  top = read_outputs.load_refusal(refused_dir)["top_errors"][0]
-  assert (top["reason"], top["count"]) == ("missing_field", 3)
-  assert top["examples"][0]["detail"] == (
-      "no 'text' field (fields: qid, question); set --query_text_field")
+  assert refused == 2  # a wrong flag, before the run
+  assert not os.path.exists(refused_dir)
+  assert (f"--neighbours_of={questions}: no 'text' field (fields: qid, "
+          "question); set --query_text_field.") in capsys.readouterr().err
   assert published == 0
   lists = _neighbour_lists(run_dir)
   assert sorted(lists) == ["q0", "q1", "q2"]

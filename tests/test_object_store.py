@@ -94,8 +94,8 @@ def test_nights_under_an_object_store(store, tmp_path, tiny_model_dir):
   assert again.returncode == 0, again.stderr[-3000:]
   assert "mirror://runs/night-1 is already published" in again.stdout
   assert not staged()
-  # Refused (no text field): its staged outputs stay, its spill files not.
-  refused = run_nightly("night-2", [{"id": "x", "body": "no text"}])
+  # Refused (nothing embedded): its staged outputs stay, its spill files not.
+  refused = run_nightly("night-2", [{"id": "x", "text": " "}])
   assert refused.returncode == 3, refused.stderr[-3000:]
   assert "runs/night-2/.staging-night-2/refused.json" in staged()
   assert not [f for f in staged() if "/spill/" in f]

@@ -21,7 +21,7 @@ decompressed by their suffix (.gz, .bz2, .zst, ...) by
 
 import dataclasses
 import functools
-from typing import Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -31,6 +31,7 @@ from run_directory.records import DeadLetter
 from transforms.formats import RANDOM_ACCESS_FORMATS
 from transforms.formats import READERS
 from transforms.formats import resolve_input_format
+from transforms.formats.fields import Record
 from transforms.formats.fields import RecordSpec
 from transforms.formats.files import display_path
 from transforms.formats.files import open_for_reading
@@ -74,24 +75,39 @@ def _match_files(pattern: str):
       yield _path_key(metadata.path)
 
 
+def matched_paths(pattern: str) -> List[str]:
+  """The non-empty files a pattern matches, in path order (each a str, as
+  read_path takes it)."""
+  return sorted(path_key.decode("utf-8", errors="surrogateescape")
+                for path_key in _match_files(pattern))
+
+
+def read_path(path: str, input_format: str,
+              record: RecordSpec) -> Iterator[Record]:
+  """Every record of one matched file, as a Document or a DeadLetter (see
+  transforms.formats.files.read_file_records)."""
+  open_raw = functools.partial(
+      FileSystems.open, path, mime_type="application/octet-stream",
+      compression_type=CompressionTypes.UNCOMPRESSED)
+  open_file = functools.partial(open_for_reading, open_raw, path,
+                                input_format in RANDOM_ACCESS_FORMATS)
+  return read_file_records(
+      open_file, display_path(path),
+      functools.partial(READERS[input_format], spec=record))
+
+
 class _ReadFileFn(beam.DoFn):
   """Reads one matched file; bad records go to the DEAD_LETTERS output."""
 
   def __init__(self, input_format: str, record: RecordSpec, scope: str):
-    self._read_records = functools.partial(READERS[input_format], spec=record)
-    self._random_access = input_format in RANDOM_ACCESS_FORMATS
+    self._input_format = input_format
+    self._record = record
     self._read = counter(COUNTERS.read, scope)
     self._dead_lettered = counter(COUNTERS.dead_lettered, scope)
 
   def process(self, path_key: bytes):
     path = path_key.decode("utf-8", errors="surrogateescape")
-    open_raw = functools.partial(
-        FileSystems.open, path, mime_type="application/octet-stream",
-        compression_type=CompressionTypes.UNCOMPRESSED)
-    open_file = functools.partial(open_for_reading, open_raw, path,
-                                  self._random_access)
-    for record in read_file_records(open_file, display_path(path),
-                                    self._read_records):
+    for record in read_path(path, self._input_format, self._record):
       self._read.inc()
       if isinstance(record, DeadLetter):
         self._dead_lettered.inc()
