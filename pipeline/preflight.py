@@ -236,4 +236,12 @@ def check_local_paths(config: RunConfig):
   for check, flag, path in paths:
     if path and _is_local(path):
       check(flag, path)
+  root = config.model.model_root
+  if root and _is_local(root) and not os.path.isdir(root):
+    # Read only for a catalogue name or handle: with a model directory a
+    # mistyped mirror would go unnoticed.
+    raise ConfigError(
+        f"--model_root={root} is not a directory: name the local mirror of "
+        "TF Hub models (MODEL_ROOT/tensorflow/bert_en_uncased_L-12_H-768_A-12"
+        "/4/...), or leave the flag out.")
 
