@@ -576,7 +576,11 @@ def format_help(with_beam_options: bool = False) -> str:
   EmbeddingPipelineOptions._add_argparse_args(parser)  # pylint: disable=protected-access
   text = parser.format_help()
   if with_beam_options:
+    beam_parser = _beam_parser()
+    # Not Beam's usage line ("usage: main.py [-h] ...", a hundred lines of
+    # every option): the one above says how the pipeline is run.
+    beam_parser.usage = argparse.SUPPRESS
     text += ("\nApache Beam pipeline options (every options class, the "
              "pipeline's own again among them):\n" +
-             _beam_parser().format_help())
+             beam_parser.format_help())
   return text
