@@ -16,6 +16,7 @@ from them by name. A test keeps the two in step.
 
 import dataclasses
 import datetime
+import fnmatch
 import os
 import posixpath
 import re
@@ -277,6 +278,17 @@ def _check_latest_pointer(config: RunConfig):
                       "each published run writes its directory into.")
   if not pointer:
     return
+  for flag, pattern in (("--input", config.input.input),
+                        ("--neighbours_of", config.neighbours.neighbours_of)):
+    # Found by fuzzing: --latest_pointer naming the corpus file replaced it
+    # with the run's path once the run was published.
+    if pattern and "://" not in pointer + pattern and fnmatch.fnmatchcase(
+        os.path.abspath(pointer), os.path.abspath(pattern)):
+      raise ConfigError(
+          f"--latest_pointer={pointer} is matched by {flag}={pattern}: "
+          "publishing would replace that input file with the run's path (or "
+          "the next run read the pointer as input); put the pointer beside "
+          "the runs, e.g. --latest_pointer=runs/LATEST.")
   remote = "://" in output
   path = posixpath if remote else os.path
   normal = (lambda name: name.rstrip("/")) if remote else os.path.abspath

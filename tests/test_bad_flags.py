@@ -102,11 +102,17 @@ from tests.network_guard import guard_network
      r"--input is given 2 times, with '.*corpus.jsonl', '.*c.txt', and only "
      r"the last would be read"),
     (["--previous_run="], r"--previous_run is empty"),
+    # The published run replaced the corpus with its path.
+    (["--latest_pointer={tmp}/corpus.jsonl"], r"--latest_pointer=.*corpus"
+     r"\.jsonl is matched by --input=.*corpus\.jsonl: publishing would "
+     r"replace that input file"),
+    (["--latest_pointer={tmp}/c.txt"], r"--latest_pointer=.*c\.txt is a file "
+     r"of more than one line, not a latest pointer"),
 ])
 def test_wrong_paths_and_numbers_exit_2_before_anything_runs(
     flags, message, corpus_file, tiny_model_dir, tmp_path, capsys):
   defaults = {"--input": corpus_file, "--output": str(tmp_path / "run")}
-  (tmp_path / "c.txt").write_text("a text\n")
+  (tmp_path / "c.txt").write_text("a text\nanother text\n")
   argv = [flag.format(tmp=tmp_path) for flag in flags]
   for flag, value in defaults.items():
     if not any(arg.startswith(flag + "=") for arg in argv):
