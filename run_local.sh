@@ -20,17 +20,27 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 HERE=""
 [ "$(pwd -P)" = "$(cd "$REPO" && pwd -P)" ] || HERE="$REPO/"
 
-INPUT="${INPUT:-${HERE}sample_data/sample_corpus.txt}"
 # The run id is the one the default run directory is named by (the
 # pipeline's own default, its start time, came a few seconds later): a
-# --run_id among the extra arguments, else the time now.
+# --run_id among the extra arguments, else the time now. An --input or
+# --output among them replaces INPUT or OUTPUT (the pipeline refuses two
+# different --input values, and the last line names the run directory).
 RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)"
 previous=""
 for argument in "$@"; do
-  case "$argument" in --run_id=*) RUN_ID="${argument#--run_id=}" ;; esac
-  [ "$previous" != --run_id ] || RUN_ID="$argument"
+  case "$argument" in
+    --run_id=*) RUN_ID="${argument#--run_id=}" ;;
+    --input=*) INPUT="${argument#--input=}" ;;
+    --output=*) OUTPUT="${argument#--output=}" ;;
+  esac
+  case "$previous" in
+    --run_id) RUN_ID="$argument" ;;
+    --input) INPUT="$argument" ;;
+    --output) OUTPUT="$argument" ;;
+  esac
   previous="$argument"
 done
+INPUT="${INPUT:-${HERE}sample_data/sample_corpus.txt}"
 OUTPUT="${OUTPUT:-${HERE}runs/sample-$RUN_ID}"
 "$REPO/.venv/bin/python" -P -m pipeline.main \
   --runner=DirectRunner \

@@ -16,6 +16,7 @@ from them by name. A test keeps the two in step.
 
 import dataclasses
 import datetime
+import fnmatch
 import os
 import posixpath
 import re
@@ -28,6 +29,7 @@ from bert_model.choices import DEFAULT_MAX_CHUNKS
 from bert_model.choices import default_overlap
 from pipeline.errors import ConfigError
 from pipeline.flags import EmbeddingPipelineOptions
+from pipeline.flags import FILLED_DEFAULTS
 from pipeline.flags import reject_unknown_flags
 from pipeline.runner_options import check_runner_options
 from run_directory.vertex import DELTA as VERTEX_DELTA
@@ -180,6 +182,8 @@ def _section(cls, flags):
   values = {}
   for field in dataclasses.fields(cls):
     value = getattr(flags, field.name)
+    if value is None:
+      value = FILLED_DEFAULTS.get(field.name)
     values[field.name] = _CONVERT.get(field.name, lambda v: v)(value)
   return cls(**values)
 
@@ -274,6 +278,17 @@ def _check_latest_pointer(config: RunConfig):
                       "each published run writes its directory into.")
   if not pointer:
     return
+  for flag, pattern in (("--input", config.input.input),
+                        ("--neighbours_of", config.neighbours.neighbours_of)):
+    # Found by fuzzing: --latest_pointer naming the corpus file replaced it
+    # with the run's path once the run was published.
+    if pattern and "://" not in pointer + pattern and fnmatch.fnmatchcase(
+        os.path.abspath(pointer), os.path.abspath(pattern)):
+      raise ConfigError(
+          f"--latest_pointer={pointer} is matched by {flag}={pattern}: "
+          "publishing would replace that input file with the run's path (or "
+          "the next run read the pointer as input); put the pointer beside "
+          "the runs, e.g. --latest_pointer=runs/LATEST.")
   remote = "://" in output
   path = posixpath if remote else os.path
   normal = (lambda name: name.rstrip("/")) if remote else os.path.abspath
@@ -403,6 +418,52 @@ def _check_names(config: RunConfig):
         "changed second text would be missed. Embed the whole corpus.")
 
 
+# Flags that name something (a path, a model, a table, a field) and whose
+# absence means "none": given empty (an unset shell variable, say) they
+# would be taken for left out, unsaid.
+_NAMING_FLAGS = ("model", "preprocessor", "model_root", "run_id",
+                 "bigquery_table", "neighbours_of", "previous_run",
+                 "latest_pointer", "crowding_tag_field")
+
+
+def _check_given_flags(flags: EmbeddingPipelineOptions):
+  """Flags given empty, or without the flag they need: either would be
+  ignored without a word."""
+  for name in _NAMING_FLAGS:
+    value = getattr(flags, name)
+    if value is not None and not value.strip():
+      raise ConfigError(
+          f"--{name} is empty (an unset variable?): give it a value, or "
+          "leave the flag out.")
+  needs = [
+      ("--sequence_dtype", flags.sequence_dtype is not None,
+       "--sequence_output", flags.sequence_output,
+       "it is the precision of the per-token vectors"),
+      ("--projector_max_points", flags.projector_max_points is not None,
+       "--projector_export", flags.projector_export,
+       "it sizes the projector export"),
+      ("--max_removed_fraction", flags.max_removed_fraction is not None,
+       "--previous_run", flags.previous_run,
+       "it limits the documents gone since the previous run"),
+      ("--allow_large_removal", flags.allow_large_removal,
+       "--previous_run", flags.previous_run,
+       "it allows documents gone since the previous run"),
+      ("--neighbours_level", flags.neighbours_level is not None,
+       "--neighbours_k above 0", flags.neighbours_k,
+       "it is the level of the neighbour table, which --neighbours_k 0 "
+       "turns off"),
+  ]
+  table = flags.neighbours_k or flags.duplicate_threshold is not None
+  needs += [(f"--{name}", getattr(flags, name) is not None,
+             "--neighbours_k above 0 or --duplicate_threshold", table,
+             "with --neighbours_k 0 no neighbours are searched")
+            for name in ("neighbours_mode", "neighbours_block_size")]
+  for flag, given, needed, present, why in needs:
+    if given and not present:
+      raise ConfigError(f"{flag} needs {needed} ({why}): add it, or leave "
+                        f"{flag} out.")
+
+
 def config_from_options(options: PipelineOptions,
                         now: Optional[datetime.datetime] = None) -> RunConfig:
   """Checks every flag that needs no IO; returns the frozen config.
@@ -425,6 +486,7 @@ def config_from_options(options: PipelineOptions,
     # Stripped of its slash "/" would be "", the working directory.
     raise ConfigError(f"--output={flags.output} is the root directory; name "
                       "a run directory, e.g. --output runs/today.")
+  _check_given_flags(flags)
   sections = {attribute: _section(cls, flags)
               for attribute, cls in SECTIONS.values()}
   run_id = flags.run_id or (now or datetime.datetime.now(

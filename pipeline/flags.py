@@ -11,6 +11,7 @@ and names the closest known one.
 
 import argparse
 import difflib
+import re
 from typing import Dict, List, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -29,6 +30,8 @@ from transforms.formats.fields import DEFAULT_MAX_RECORD_BYTES
 from transforms.guardrails import DEFAULT_MAX_BAD_FRACTION
 from transforms.guardrails import DEFAULT_MAX_REMOVED_FRACTION
 from transforms.neighbours import DEFAULT_BLOCK_SIZE
+from transforms.neighbours import DOCUMENT as DOCUMENT_LEVEL
+from transforms.neighbours import EXACT as EXACT_MODE
 from transforms.neighbours import LEVELS as NEIGHBOUR_LEVELS
 from transforms.neighbours import MODES as NEIGHBOUR_MODES
 from transforms.visualize import DEFAULT_PROJECTOR_MAX_POINTS
@@ -41,6 +44,24 @@ REMOVED_FLAGS = {
                         "--sort_buffer_size).",
     "--max_batch_duration_secs": "this is a batch pipeline and batches never "
                                  "wait to fill; drop the flag.",
+}
+
+
+DEFAULT_SEQUENCE_DTYPE = SEQUENCE_DTYPES[0]
+DEFAULT_NEIGHBOURS_MODE = EXACT_MODE
+DEFAULT_NEIGHBOURS_LEVEL = DOCUMENT_LEVEL
+
+# Flags declared without a default, so that the config can tell one given
+# from one left out (given without the flag it needs, it would be ignored:
+# pipeline/config.py refuses it), and their defaults, which the config
+# fills in.
+FILLED_DEFAULTS = {
+    "sequence_dtype": DEFAULT_SEQUENCE_DTYPE,
+    "projector_max_points": DEFAULT_PROJECTOR_MAX_POINTS,
+    "neighbours_mode": DEFAULT_NEIGHBOURS_MODE,
+    "neighbours_block_size": DEFAULT_BLOCK_SIZE,
+    "neighbours_level": DEFAULT_NEIGHBOURS_LEVEL,
+    "max_removed_fraction": DEFAULT_MAX_REMOVED_FRACTION,
 }
 
 
@@ -182,8 +203,9 @@ def _add_model_flags(group):
       "--chunk_size / 2. Default: --chunk_size / 8.")
   group.add_argument(
       "--max_chunks", type=int,
-      help="Chunks per document at most; the rest of a longer document is "
-      "left out and the document flagged truncated. Default: "
+      help="Chunks per document at most (needs --chunk_size); the rest of "
+      "a longer document is left out and the document flagged truncated. "
+      "Default: "
       f"{DEFAULT_MAX_CHUNKS}.")
 
 
@@ -199,9 +221,9 @@ def _add_output_flags(group):
       help="Also write per-token vectors (real tokens only) and token ids. "
       "Default: off.")
   group.add_argument(
-      "--sequence_dtype", choices=SEQUENCE_DTYPES, default="float32",
-      help="Precision of per-token vectors in TFRecord (default: "
-      "%(default)s).")
+      "--sequence_dtype", choices=SEQUENCE_DTYPES,
+      help="Precision of per-token vectors in TFRecord (needs "
+      f"--sequence_output). Default: {DEFAULT_SEQUENCE_DTYPE}.")
   group.add_argument(
       "--encoder_layers", default="",
       help="Also write these encoder layers pooled, e.g. '-1,-4' or 'all'. "
@@ -233,9 +255,8 @@ def _add_output_flags(group):
       "Projector. Default: off.")
   group.add_argument(
       "--projector_max_points", type=int,
-      default=DEFAULT_PROJECTOR_MAX_POINTS,
-      help="Documents in the projector export, smallest ids first "
-      "(default: %(default)s).")
+      help="Documents in the projector export, smallest ids first (needs "
+      f"--projector_export). Default: {DEFAULT_PROJECTOR_MAX_POINTS}.")
   group.add_argument(
       "--vertex_export", choices=VERTEX_EXPORT_MODES,
       help="Write vertex/, the batch layout of Vertex AI Vector Search "
@@ -265,19 +286,20 @@ def _add_neighbour_flags(group):
       help="Nearest neighbours per document by cosine (0 turns the "
       "neighbour table off; default: %(default)s).")
   group.add_argument(
-      "--neighbours_mode", choices=NEIGHBOUR_MODES, default="exact",
+      "--neighbours_mode", choices=NEIGHBOUR_MODES,
       help="exact: blocked matrix products, exactly brute force; ann: a "
       "FAISS index, with recall@K measured on a sample, kept in the run "
-      "directory as ann_index/ (default: %(default)s).")
+      "directory as ann_index/ (for the neighbour table and "
+      f"--duplicate_threshold). Default: {DEFAULT_NEIGHBOURS_MODE}.")
   group.add_argument(
-      "--neighbours_block_size", type=int, default=DEFAULT_BLOCK_SIZE,
+      "--neighbours_block_size", type=int,
       help="Documents per shard in exact mode; memory per worker grows "
-      "with its square (default: %(default)s).")
+      f"with its square. Default: {DEFAULT_BLOCK_SIZE}.")
   group.add_argument(
-      "--neighbours_level", choices=NEIGHBOUR_LEVELS, default="document",
+      "--neighbours_level", choices=NEIGHBOUR_LEVELS,
       help="document: neighbours of documents; chunk (needs --chunk_size): "
       "neighbours of chunks among other documents' chunks, for retrieval "
-      "of passages (default: %(default)s).")
+      f"of passages. Default: {DEFAULT_NEIGHBOURS_LEVEL}.")
   group.add_argument(
       "--duplicate_threshold", type=float,
       help="Also write near-duplicate groups: the connected components of "
@@ -326,16 +348,15 @@ def _add_nightly_flags(group):
       "is given alone.")
   group.add_argument(
       "--max_removed_fraction", type=float,
-      default=DEFAULT_MAX_REMOVED_FRACTION,
       help="With --previous_run: largest share of the previous run's "
       "documents that may be gone from the corpus for the run to publish "
-      "(a missing input shard looks like a mass deletion), in [0, 1] "
-      "(default: %(default)s).")
+      "(a missing input shard looks like a mass deletion), in [0, 1]. "
+      f"Default: {DEFAULT_MAX_REMOVED_FRACTION:g}.")
   group.add_argument(
       "--allow_large_removal", action="store_true",
-      help="Publish even when more than --max_removed_fraction of the "
-      "previous run's documents are gone: the deletion is meant. Default: "
-      "off.")
+      help="With --previous_run: publish even when more than "
+      "--max_removed_fraction of the previous run's documents are gone: "
+      "the deletion is meant. Default: off.")
 
 
 def _add_performance_flags(group):
@@ -426,6 +447,60 @@ def flag_names(argv: Sequence[str]) -> List[str]:
   return [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
 
 
+# Flags that name several things in one value, and how: given twice, the
+# second reads as "and this too", but argparse keeps only the last value.
+# (Other flags given twice keep argparse's "the last one wins", which
+# wrapper scripts rely on to override their defaults.)
+_LIST_FLAGS = {
+    "--input": "for several files, one glob: --input 'DIR/*.jsonl'",
+    "--neighbours_of": "for several files, one glob: --neighbours_of "
+                       "'DIR/*.jsonl'",
+    "--restrict_fields": "a comma-separated list: --restrict_fields=a,b",
+    "--numeric_restrict_fields": "a comma-separated list: "
+                                 "--numeric_restrict_fields=a,b",
+    "--encoder_layers": "a comma-separated list: --encoder_layers=-1,-4",
+}
+
+
+def _reject_repeated_flags(argv: Sequence[str]):
+  """Fails on a flag of _LIST_FLAGS given twice with different values:
+  `--input a.jsonl --input b.jsonl` read b.jsonl only, unsaid. The same
+  value twice is harmless (a wrapper passing on a flag it was given)."""
+  values = {}
+  for position, arg in enumerate(argv):
+    name, eq, value = arg.partition("=")
+    if name not in _LIST_FLAGS:
+      continue
+    if not eq:
+      following = argv[position + 1:position + 2]
+      if not following or following[0].startswith("--"):
+        continue  # no value: argparse says so
+      value = following[0]
+    values.setdefault(name, [])
+    if value not in values[name]:
+      values[name].append(value)
+  for name, given in values.items():
+    if len(given) > 1:
+      shown = ", ".join(repr(value) for value in given)
+      raise ConfigError(
+          f"{name} is given {len(given)} times, with {shown}, and only the "
+          f"last would be read: give it once ({_LIST_FLAGS[name]}).")
+
+
+_SINGLE_DASH_FLAG = re.compile(r"^-[A-Za-z][A-Za-z0-9_-]*(=|$)")
+
+
+def _closest_flag(flag: str, known: Sequence[str]):
+  """The known flag `flag` is most likely a typo of, or None: written with
+  one dash, in capitals or with hyphens (--Text-Field) it is that flag;
+  else the closest by spelling (--textfield, --max_seq_len)."""
+  normal = "--" + flag.lstrip("-").lower().replace("-", "_")
+  if normal in known:
+    return normal
+  close = difflib.get_close_matches(normal, known, n=1)
+  return close[0] if close else None
+
+
 def reject_unknown_flags(argv):
   """Fails on flags no options class knows (Beam would only warn), and on
   values a flag cannot take (a number that is not one, a choice not among
@@ -444,12 +519,16 @@ def reject_unknown_flags(argv):
       raise ConfigError(
           f"{shown}: holds bytes that are not UTF-8; rename the path (or "
           "pass the value) in UTF-8.") from None
+  _reject_repeated_flags(argv)
   if "--" in argv:
     # argparse would take every flag after it for a stray value.
     raise ConfigError("`--` ends the flags, and the pipeline takes nothing "
                       "after them: leave it out.")
   _, unknown = _beam_parser().parse_known_args(list(argv))
-  flags = flag_names(unknown)
+  # Flags with one dash (-verbose) too: argparse leaves them, as it leaves
+  # a stray value.
+  flags = [arg.split("=", 1)[0] for arg in unknown
+           if arg.startswith("--") or _SINGLE_DASH_FLAG.match(arg)]
   for flag in flags:
     if flag in REMOVED_FLAGS:
       raise ConfigError(f"{flag} was removed: {REMOVED_FLAGS[flag]}")
@@ -457,8 +536,8 @@ def reject_unknown_flags(argv):
     known = ["--" + name for name in PipelineOptions([]).get_all_options()]
     hints = []
     for flag in flags:
-      close = difflib.get_close_matches(flag, known, n=1)
-      hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+      close = _closest_flag(flag, known)
+      hints.append(f"{flag} (did you mean {close}?)" if close else flag)
     raise ConfigError(f"unknown flag(s): {', '.join(hints)}. See "
                       "`python -m pipeline.main --help`.")
   if unknown:
@@ -497,7 +576,11 @@ def format_help(with_beam_options: bool = False) -> str:
   EmbeddingPipelineOptions._add_argparse_args(parser)  # pylint: disable=protected-access
   text = parser.format_help()
   if with_beam_options:
+    beam_parser = _beam_parser()
+    # Not Beam's usage line ("usage: main.py [-h] ...", a hundred lines of
+    # every option): the one above says how the pipeline is run.
+    beam_parser.usage = argparse.SUPPRESS
     text += ("\nApache Beam pipeline options (every options class, the "
              "pipeline's own again among them):\n" +
-             _beam_parser().format_help())
+             beam_parser.format_help())
   return text

@@ -189,9 +189,29 @@ def check_latest_pointer(pointer: str):
     raise ConfigError(
         f"--latest_pointer={pointer} is a directory; name a file inside it, "
         f"e.g. {os.path.join(pointer, 'LATEST')}.")
+  if os.path.isfile(pointer) and not _looks_like_pointer(pointer):
+    # Publishing replaces it: a corpus, a model's file, a config.
+    raise ConfigError(
+        f"--latest_pointer={pointer} is a file of more than one line, not a "
+        "latest pointer (one line naming a run directory), and publishing "
+        "would replace it; name a new file beside the runs, e.g. "
+        f"{os.path.join(os.path.dirname(os.path.abspath(pointer)), 'LATEST')}.")
   # The pointer is replaced by a rename in its directory.
   _check_creatable("--latest_pointer", pointer,
                    os.path.dirname(os.path.abspath(pointer)))
+
+
+# A pointer holds one path; a longer file is something else.
+_MAX_POINTER_BYTES = 64 * 1024
+
+
+def _looks_like_pointer(path: str) -> bool:
+  """One line at most (an emptied pointer or a stray byte is
+  pipeline/latest_pointer.py's to tell, when it is read)."""
+  if os.path.getsize(path) > _MAX_POINTER_BYTES:
+    return False
+  with open(path, "rb") as f:
+    return len(f.read().strip().splitlines()) <= 1
 
 
 def _parent(path: str) -> str:
@@ -236,4 +256,12 @@ def check_local_paths(config: RunConfig):
   for check, flag, path in paths:
     if path and _is_local(path):
       check(flag, path)
+  root = config.model.model_root
+  if root and _is_local(root) and not os.path.isdir(root):
+    # Read only for a catalogue name or handle: with a model directory a
+    # mistyped mirror would go unnoticed.
+    raise ConfigError(
+        f"--model_root={root} is not a directory: name the local mirror of "
+        "TF Hub models (MODEL_ROOT/tensorflow/bert_en_uncased_L-12_H-768_A-12"
+        "/4/...), or leave the flag out.")
 

@@ -86,10 +86,33 @@ from tests.network_guard import guard_network
     (["--neighbours_mode=foo"], r"--neighbours_mode: invalid choice: 'foo'"),
     (["--max_bad_fractio=0.2"], r"^pipeline.main: error: unknown flag\(s\): "
      r"--max_bad_fractio \(did you mean --max_bad_fraction\?\)"),
+    # Found by fuzzing the command line: a .jsonl read as text published
+    # its JSON lines as the texts (a .csv its header as a document); a
+    # .txt read as parquet was refused only after the run.
+    (["--input_format=text"], r"^pipeline.main: error: --input_format text: "
+     r"--input=.*corpus.jsonl names jsonl files by its extension, which the "
+     r"text reader would misread\. Leave --input_format out"),
+    (["--input={tmp}/c.txt", "--input_format=parquet"],
+     r"--input_format parquet: --input=.*c.txt names text files"),
+    # Ignored with a model directory, unchecked: a typo went unnoticed.
+    (["--model_root={tmp}/mirror"], r"--model_root=.*mirror is not a "
+     r"directory: name the local mirror"),
+    # The first --input was dropped without a word.
+    (["--input={tmp}/corpus.jsonl", "--input", "{tmp}/c.txt"],
+     r"--input is given 2 times, with '.*corpus.jsonl', '.*c.txt', and only "
+     r"the last would be read"),
+    (["--previous_run="], r"--previous_run is empty"),
+    # The published run replaced the corpus with its path.
+    (["--latest_pointer={tmp}/corpus.jsonl"], r"--latest_pointer=.*corpus"
+     r"\.jsonl is matched by --input=.*corpus\.jsonl: publishing would "
+     r"replace that input file"),
+    (["--latest_pointer={tmp}/c.txt"], r"--latest_pointer=.*c\.txt is a file "
+     r"of more than one line, not a latest pointer"),
 ])
 def test_wrong_paths_and_numbers_exit_2_before_anything_runs(
     flags, message, corpus_file, tiny_model_dir, tmp_path, capsys):
   defaults = {"--input": corpus_file, "--output": str(tmp_path / "run")}
+  (tmp_path / "c.txt").write_text("a text\nanother text\n")
   argv = [flag.format(tmp=tmp_path) for flag in flags]
   for flag, value in defaults.items():
     if not any(arg.startswith(flag + "=") for arg in argv):

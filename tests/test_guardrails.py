@@ -404,6 +404,9 @@ def test_help_lists_the_pipeline_flags_first_in_groups_with_defaults(capsys):
   assert full.startswith(text.rstrip("\n")[:200])
   assert "\n  --runner" in full and "\n  --temp_location" in full
   assert format_help() in full
+  # Found by fuzzing the command line: Beam's usage ("usage: main.py [-h]
+  # ...", a hundred lines) came after ours, naming another program.
+  assert full.count("usage:") == 1 and "main.py" not in full
 
 
 def test_docs_flags_lists_every_flag_in_its_group():

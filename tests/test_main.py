@@ -689,8 +689,8 @@ def test_truncation_and_float16_sequences(tiny_model_dir, reference, tmp_path,
      r"--model=.*no-such-model: no such directory"),
     # --input_format applies to the queries too: a questions.csv was read as
     # plain text, its header line a query, and the run published.
-    (["--input", "{inp}", "--output", "{out}", "--input_format", "text",
-      "--neighbours_of", "{queries_csv}"],
+    (["--input", "{queries_txt}", "--output", "{out}", "--input_format",
+      "text", "--neighbours_of", "{queries_csv}"],
      r"--neighbours_of=.*questions\.csv: its extension says csv, but "
      r"--input_format text applies to the queries too"),
     # A review: plain-text queries have no fields to name, and a workbook
@@ -699,8 +699,8 @@ def test_truncation_and_float16_sequences(tiny_model_dir, reference, tmp_path,
     (["--input", "{inp}", "--output", "{out}", "--neighbours_of",
       "{queries_txt}", "--query_text_field", "question"],
      r"--query_text_field: --neighbours_of is plain text .* no fields"),
-    (["--input", "{inp}", "--output", "{out}", "--input_format", "csv",
-      "--neighbours_of", "{queries_xlsx}"],
+    (["--input", "{queries_csv}", "--output", "{out}", "--input_format",
+      "csv", "--neighbours_of", "{queries_xlsx}"],
      r"--neighbours_of: '.*questions\.xlsx' names an Excel workbook"),
 ])
 def test_wrong_flags_fail_before_the_pipeline_starts(
