@@ -209,7 +209,9 @@ class _RunPublisher:
     manifest = build_manifest(
         self.run_id, self.staging_dir, self.model, counts, outputs,
         self.settings, time.time() - self.started_at, details)
-    reasons = refusal_reasons(manifest["counts"], self.limits)
+    reasons = refusal_reasons(
+        manifest["counts"], self.limits,
+        id_field=self.settings.get("input", {}).get("id_field") or "id")
     page = draw_report(manifest, sections, top_errors, self.started_at,
                        time.time(), spans, written, refusal=reasons)
     write_atomically(report_path,
