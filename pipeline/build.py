@@ -26,6 +26,7 @@ import apache_beam as beam
 
 from pipeline.plan import RunPlan
 from run_directory import layout
+from run_directory.records import has_derived_id
 from run_directory.records import Reason
 from run_directory.embeddings import EmbeddingTableSpec
 from run_directory.tables import chunk_table
@@ -43,6 +44,7 @@ from transforms.model_handler import HandlerSettings
 from transforms.names import CHUNKS
 from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
+from transforms.names import DERIVED_IDS
 from transforms.names import DOCUMENTS
 from transforms.names import EMBEDDINGS
 from transforms.neighbours import CHUNK as CHUNK_LEVEL
@@ -88,6 +90,7 @@ class EmbedCorpus(beam.PTransform):
       DEAD_LETTERS: COUNTERS.dead_lettered,
       COUNTERS.repeated: COUNTERS.repeated,
       COUNTERS.truncated: COUNTERS.truncated,
+      DERIVED_IDS: DERIVED_IDS,
   }
   CHUNKS_COUNTED = {CHUNKS: "chunks"}
 
@@ -140,6 +143,10 @@ class EmbedCorpus(beam.PTransform):
         COUNTERS.repeated: valid[DEAD_LETTERS] | "Repeated" >> beam.Filter(
             lambda dead_letter: dead_letter.reason == Reason.DUPLICATE_RECORD),
         DOCUMENTS: read[DOCUMENTS],
+        # What the removal guardrail's reason tells of: a renamed id field
+        # (or file) changes every derived id.
+        DERIVED_IDS: valid[DOCUMENTS] | "DerivedIds" >> beam.Filter(
+            has_derived_id),
         COUNTERS.inferred: inferred,
         COUNTERS.reused: reused,
         COUNTERS.removed: removed,

@@ -233,11 +233,12 @@ def _check_numbers(config: RunConfig):
   nightly = config.nightly
   if nightly.max_bad_records is not None and nightly.max_bad_records < 0:
     raise ConfigError("--max_bad_records must be 0 or more.")
-  for name in ("max_bad_fraction", "max_removed_fraction"):
+  for name, of in (("max_bad_fraction", "the records read"),
+                   ("max_removed_fraction", "the previous run's documents")):
     value = getattr(nightly, name)
     if value is not None and not 0 <= value <= 1:
       raise ConfigError(
-          f"--{name}={value:g}: a fraction of the records, between 0 and 1 "
+          f"--{name}={value:g}: a fraction of {of}, between 0 and 1 "
           "(e.g. 0.1 for 10%).")
   neighbours = config.neighbours
   if neighbours.neighbours_k < 0:

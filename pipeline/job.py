@@ -26,11 +26,13 @@ from bert_model.loaded_model import ModelSettings
 from pipeline import local_runner
 from pipeline.build import build_pipeline
 from pipeline.config import config_from_options
+from pipeline.config import LATEST
 from pipeline.console import LiveProgress
 from pipeline.flags import reject_unknown_flags
 from pipeline.errors import RunFailedError
 from pipeline.plan import plan_run
 from pipeline.plan import RunPlan
+from pipeline.previous_run import told_and_fixes
 from run_directory.layout import MANIFEST_FILE
 from run_directory.layout import REFUSAL_FILE
 from run_directory.layout import VERTEX_STATE
@@ -110,8 +112,10 @@ def _raise_if_previous_run_damaged(plan: RunPlan, error: Exception):
   # A shard Beam cannot read, or a table that disagrees with the manifest.
   found, rows_differ = (_DAMAGED_TFRECORD.search(told),
                         PREVIOUS_TABLE_DAMAGED.search(told))
-  fix = ("Point --previous_run at a complete run, or leave it out to embed "
-         "every document.")
+  # Named as planning names it: by the --latest_pointer file, if it did.
+  named_by = (plan.latest_pointer if plan.manifest_settings.get(
+      "nightly", {}).get("previous_run") == LATEST else None)
+  previous, _, fix = told_and_fixes(plan.previous_run.path, named_by)
   if found:
     damage = (f"a TFRecord shard of its tables is damaged (not a valid "
               f"TFRecord: {found.group(1)})")
@@ -125,8 +129,7 @@ def _raise_if_previous_run_damaged(plan: RunPlan, error: Exception):
   else:
     return
   raise RunFailedError(
-      f"--previous_run={plan.previous_run.path}: {damage}, so nothing was "
-      f"published. {fix}") from None
+      f"{previous}: {damage}, so nothing was published. {fix}") from None
 
 
 def run_job(argv=None, save_main_session=True,

@@ -147,7 +147,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           "it names the run now.")
   elif done == LEFT:
     print(f"--latest_pointer={args.latest_pointer} names another run than "
-          f"the one {args.run_dir} was built on (a later run): left as it is.")
+          f"the one {args.run_dir} was built on (one published since): left "
+          "as it is.")
   return 0
 
 

@@ -36,6 +36,24 @@ from transforms.reuse import PreviousRun
 _LOG = logging.getLogger(__name__)
 
 
+def told_and_fixes(path: str, named_by: Optional[str] = None) -> tuple:
+  """How messages name a previous run, how they say to name another, and
+  what a damaged run's messages end with: (told, fix, damaged_fix).
+
+  named_by: the --latest_pointer file that named `path` (--previous_run
+  latest): the fix is then to that file, not to a flag.
+  """
+  told = (f"--previous_run=latest ({path}, named by --latest_pointer="
+          f"{named_by})" if named_by else f"--previous_run={path}")
+  fix = (f"Write the last complete run's directory into {named_by}"
+         if named_by else "Point --previous_run at the last complete run "
+         "directory")
+  damaged_fix = (f"{fix}, or delete {named_by} to embed everything afresh."
+                 if named_by else
+                 f"{fix}, or leave --previous_run out to embed everything.")
+  return told, fix, damaged_fix
+
+
 def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
                       named_by: Optional[str] = None) -> PreviousRun:
   """What the previous run's manifest says can be carried over.
@@ -43,15 +61,7 @@ def plan_previous_run(path: str, model_fingerprint: str, vectors: dict,
   named_by: the --latest_pointer file that named `path`, for the messages.
   """
   path = path.rstrip("/")
-  told = (f"--previous_run=latest ({path}, named by --latest_pointer="
-          f"{named_by})" if named_by else f"--previous_run={path}")
-  fix = (f"Write the last complete run's directory into {named_by}"
-         if named_by else "Point --previous_run at the last complete run "
-         "directory")
-  # What a damaged run's messages end with.
-  damaged_fix = (f"{fix}, or delete {named_by} to embed everything afresh."
-                 if named_by else
-                 f"{fix}, or leave --previous_run out to embed everything.")
+  told, fix, damaged_fix = told_and_fixes(path, named_by)
   try:
     manifest = load_manifest(path)
   except RunNotPublishedError:

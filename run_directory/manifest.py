@@ -16,6 +16,7 @@ The contract outside tools rely on (docs/outputs.md has all of it):
 with read == embedded + dead_lettered in every run.
 """
 
+import datetime
 import json
 import os
 from typing import Mapping, Optional
@@ -60,11 +61,14 @@ def build_manifest(run_id: str, run_dir: str, model: Mapping,
                    outputs: Mapping[str, Mapping[str, list]],
                    settings: Mapping,
                    wall_time_secs: float,
-                   details: Mapping[str, dict] = None) -> dict:
+                   details: Mapping[str, dict] = None,
+                   started_at: Optional[float] = None) -> dict:
   """The manifest as a dict (pure; see the output contract in the README).
 
   counts: flat names; "group.name" nests, e.g. "queries.read".
   details: extra top-level sections, e.g. {"neighbours": {...}}.
+  started_at: when the run started (time.time()), recorded in UTC as
+    metrics.started_at: which of two overlapping runs read the newer corpus.
   """
   counts = _nest(counts)
   _check_counts_add_up(counts, "Record")
@@ -90,6 +94,9 @@ def build_manifest(run_id: str, run_dir: str, model: Mapping,
                           if wall_time_secs > 0 else None,
       },
   }
+  if started_at is not None:
+    manifest["metrics"]["started_at"] = datetime.datetime.fromtimestamp(
+        started_at, datetime.timezone.utc).isoformat()
   for section, value in (details or {}).items():
     manifest[section] = dict(value)
   return manifest
@@ -198,6 +205,17 @@ def read_pointer(pointer: str) -> Optional[str]:
   if not FileSystems.exists(pointer):
     return None
   return read_bytes(pointer).decode("utf-8").strip()
+
+
+def started_before(run_dir: str, when: float) -> bool:
+  """Whether the published run in run_dir started before `when`
+  (time.time()), by its manifest's metrics.started_at; False when that
+  cannot be told (no such run, or one from before it was recorded)."""
+  try:
+    started = load_manifest(run_dir)["metrics"]["started_at"]
+    return datetime.datetime.fromisoformat(started).timestamp() < when
+  except Exception:  # pylint: disable=broad-except
+    return False  # compared, never raised: unknown reads as "not before"
 
 
 def named_by_pointer(pointer: str) -> Optional[str]:

@@ -176,6 +176,12 @@ def derive_document_id(source: str, text: str,
   return digest.hexdigest()[:32]
 
 
+def has_derived_id(document: Document) -> bool:
+  """Whether the document's id is the derived one: its record held no id."""
+  return document.id == derive_document_id(document.source, document.text,
+                                           document.text_pair)
+
+
 def content_hash(text: str) -> str:
   """Hash of a document's text, used to detect changed documents."""
   return hashlib.sha256(text.encode("utf-8")).hexdigest()

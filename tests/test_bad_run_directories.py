@@ -231,6 +231,37 @@ def test_a_damaged_previous_run_shard_fails_in_one_line(
   assert not os.path.exists(os.path.join(second, "manifest.json"))
 
 
+def test_a_damaged_previous_run_named_by_the_pointer_says_to_fix_it(
+    tmp_path, tiny_model_dir, capsys):
+  # Found by a nightly trial: run_nightly.sh passes --previous_run=latest,
+  # and the message said to point --previous_run at a complete run, where
+  # planning's own messages say to fix the pointer file.
+  pointer = str(tmp_path / "LATEST")
+  corpus_file = _three_documents(tmp_path)
+  code, first = _run(tmp_path, tiny_model_dir, corpus_file,
+                     f"--latest_pointer={pointer}", output="first")
+  assert code == 0
+  [shard] = read_outputs.load_manifest(first)["outputs"]["embeddings"][
+      "tfrecord"]
+  path = os.path.join(first, shard)
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) - 7])
+  capsys.readouterr()
+  code, _ = _run(tmp_path, tiny_model_dir, corpus_file,
+                 "--previous_run=latest", f"--latest_pointer={pointer}",
+                 output="second")
+  assert code == 1
+  err = capsys.readouterr().err
+  assert err.startswith(
+      f"pipeline.main: error: --previous_run=latest ({first}, named by "
+      f"--latest_pointer={pointer}): {_NOT_VALID}"), err
+  assert err.rstrip().endswith(
+      f"Write the last complete run's directory into {pointer}, or delete "
+      f"{pointer} to embed everything afresh."), err
+
+
 @pytest.mark.parametrize("damage, told", [
     (lambda m: m["counts"].update(embedded=-5),
      "counts.embedded is -5, not a count"),

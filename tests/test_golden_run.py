@@ -10,8 +10,9 @@ differ in the last bits of a matmul).
 
 The golden file was recorded before the architecture was restructured (issue
 15); the rows are still those. Since then the manifest's counts gained
-`inferred`, its settings are recorded by flag group (the neighbours group
-with the --neighbours_of queries' field flags), and an `ann` run lists
+`inferred` and `derived_ids`, its settings are recorded by flag group (the
+neighbours group with the --neighbours_of queries' field flags), and an
+`ann` run lists
 the index it keeps (`outputs.ann_index`). Regenerate it only
 for an intended change of the output:
 `GOLDEN_UPDATE=1 bash run_tests.sh tests/test_golden_run.py`, and say why in

@@ -219,6 +219,29 @@ def test_a_previous_run_of_1000_against_a_corpus_of_500(workdir, capsys):
   assert pointer.read_text() == run_dir + "\n"
 
 
+def test_an_id_field_renamed_upstream_is_told_as_changed_ids(workdir,
+                                                            capsys):
+  # Found by a nightly trial: records whose id field was renamed get ids
+  # derived from their text, every document looks removed, and the reason
+  # said only "a missing input shard? Pass --allow_large_removal", which
+  # would have published the whole corpus under new ids.
+  corpus = _corpus(workdir / "corpus.jsonl", good=20)
+  code, previous = _run(workdir, corpus, "previous")
+  assert code == 0
+  assert read_outputs.load_manifest(previous)["counts"]["derived_ids"] == 0
+  renamed = workdir / "renamed.jsonl"
+  renamed.write_text((workdir / "corpus.jsonl").read_text().replace(
+      '"id":', '"doc_id":'))
+  pointer = workdir / "LATEST"
+  code, run_dir = _run(workdir, renamed, "next", "--previous_run=latest")
+  refusal = _assert_refused(
+      code, run_dir, pointer, previous + "\n", capsys,
+      "20 of the previous run's 20 documents (100.0%) are not in this run",
+      "Or changed ids? 20 of this run's 20 records have no --id_field=id "
+      "value", "set --id_field to the field that holds the ids")
+  assert refusal["counts"]["derived_ids"] == 20
+
+
 # ---------------------------------------------------------------------------
 # The rules and the error summary, without a pipeline.
 
@@ -331,6 +354,13 @@ def test_refusal_reasons():
   assert refusal_reasons(_counts(90, 90, 0, removed=21), with_previous)
   assert refusal_reasons(_counts(90, 90, 0, removed=21), PublishLimits(
       previous_documents=100, allow_large_removal=True)) == []
+  # Derived ids: the reason asks whether the ids changed, naming the field.
+  assert "changed ids" not in refusal_reasons(
+      _counts(90, 90, 0, removed=21), with_previous)[0]
+  derived = {**_counts(90, 90, 0, removed=21), "derived_ids": 90}
+  assert ("Or changed ids? 90 of this run's 90 records have no "
+          "--id_field=key value" in refusal_reasons(
+              derived, with_previous, id_field="key")[0])
   # Each reason names the flag that would let the run through.
   assert "--max_bad_fraction=0.12" in refusal_reasons(_counts(100, 89, 11),
                                                       limits)[0]

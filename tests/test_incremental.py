@@ -283,12 +283,27 @@ def test_a_run_never_moves_the_pointer_from_one_published_while_it_ran(
   assert not [n for n in os.listdir(runs) if n.endswith(".tmp")]
   assert (f"--latest_pointer={pointer} names {runs / 'night-3'}, published "
           "while this run ran") in caplog.text
-  # Without a previous run too: the pointer is compared with what it named
-  # when the run started.
-  monkeypatch.undo()
+  # Found by a nightly trial: the other order. A run that started *before*
+  # this one (night-2) published while it ran; this one read the newer
+  # corpus, and published last, exit status 0, but the pointer was left on
+  # the older night (and re-running the night did not move it). Without a
+  # previous run too: the pointer is compared with what it named when the
+  # run started.
+  def an_earlier_run_publishes_first(staging_dir, run_dir, listed):
+    pointer.write_text(f"{runs / 'night-2'}\n")
+    moved_into_place(staging_dir, run_dir, listed)
+
+  monkeypatch.setattr(publish_stage, "move_into_place",
+                      an_earlier_run_publishes_first)
+  caplog.clear()
   _run(tiny_model_dir, corpus, str(runs / "{run_id}"), *pointer_only,
        run_id="night-4")
   assert pointer.read_text() == f"{runs / 'night-4'}\n"
+  assert "but that run started before this one" in caplog.text
+  assert not [n for n in os.listdir(runs) if n.endswith(".tmp")]
+  assert read_outputs.load_manifest(runs / "night-4")["metrics"][
+      "started_at"] > read_outputs.load_manifest(runs / "night-2")[
+          "metrics"]["started_at"]
 
 
 def test_run_nightly_reads_relative_paths_from_the_callers_directory(

@@ -502,6 +502,8 @@ def test_every_input_format_end_to_end(input_format, bigquery_format,
       "truncated": 0,
       "reused": 0,  # no --previous_run
       "removed": 0,
+      # The corpora's own ids are short; derived ones, 32 hex digits.
+      "derived_ids": sum(len(doc_id) == 32 for doc_id in good),
   }
   with open(os.path.join(tiny_model_dir, "model_metadata.json")) as f:
     metadata = json.load(f)
@@ -580,7 +582,8 @@ def test_sequence_output_and_encoder_layers(tiny_model_dir, reference,
   assert manifest["run_id"] == "seq-run"
   assert manifest["counts"] == {
       "read": 5, "embedded": 5, "inferred": 5, "dead_lettered": 0,
-      "repeated": 0, "truncated": 0, "reused": 0, "removed": 0}
+      "repeated": 0, "truncated": 0, "reused": 0, "removed": 0,
+      "derived_ids": 0}
   assert manifest["model"]["encoder_layers"] == [0]
   assert manifest["settings"]["outputs"]["encoder_layers"] == "-1"
   schema = check_manifest_files(run_dir, manifest, "parquet")
@@ -632,7 +635,8 @@ def test_truncation_and_float16_sequences(tiny_model_dir, reference, tmp_path,
   manifest = read_outputs.load_manifest(run_dir)
   assert manifest["counts"] == {
       "read": 5, "embedded": 5, "inferred": 5, "dead_lettered": 0,
-      "repeated": 0, "truncated": 2, "reused": 0, "removed": 0}
+      "repeated": 0, "truncated": 2, "reused": 0, "removed": 0,
+      "derived_ids": 0}
   assert manifest["model"]["max_seq_length"] == 8
   assert manifest["model"]["sequence_dtype"] == "float16"
   assert manifest["settings"]["outputs"]["sequence_dtype"] == "float16"

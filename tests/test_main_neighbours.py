@@ -101,7 +101,8 @@ def test_neighbours_of_a_query_corpus(tmp_path, tiny_model_dir):
   counts = manifest["counts"]
   assert counts["queries"] == {
       "read": 4, "embedded": 3, "inferred": 3, "dead_lettered": 1,
-      "repeated": 0, "truncated": 0, "reused": 0, "removed": 0}
+      "repeated": 0, "truncated": 0, "reused": 0, "removed": 0,
+      "derived_ids": 3}
   assert counts["read"] == counts["embedded"] == len(CORPUS)
   # The counters say what the manifest says, the queries in their own scope.
   counters = _counters(result)

@@ -97,8 +97,13 @@ def _fraction_above(fraction: float) -> str:
   return f"{min(1.0, (int(fraction * 100) + 1) / 100):g}"
 
 
-def refusal_reasons(counts: Mapping, limits: PublishLimits) -> List[str]:
-  """Why a run with these (nested manifest) counts may not be published."""
+def refusal_reasons(counts: Mapping, limits: PublishLimits,
+                    id_field: str = "id") -> List[str]:
+  """Why a run with these (nested manifest) counts may not be published.
+
+  id_field: the --id_field the corpus was read with, for the removal
+  reason to name when documents got derived ids.
+  """
   reasons = _bad_record_reasons(counts, limits, "corpus", "--input")
   if "queries" in counts:
     reasons += _bad_record_reasons(counts["queries"], limits,
@@ -117,8 +122,23 @@ def refusal_reasons(counts: Mapping, limits: PublishLimits) -> List[str]:
         f"({removed / previous:.1%}) are not in this run (gone from the "
         "corpus, or dead-lettered tonight), more than "
         f"--max_removed_fraction={limits.max_removed_fraction:g}: a missing "
-        "input shard? Pass --allow_large_removal if the deletion is meant")
+        f"input shard?{_derived_ids_hint(counts, id_field)} Pass "
+        "--allow_large_removal if the deletion is meant")
   return reasons
+
+
+def _derived_ids_hint(counts: Mapping, id_field: str) -> str:
+  """What the removal reason says when documents got derived ids: an id
+  field renamed upstream (or a renamed file) changes every id, and looks
+  like a large deletion that --allow_large_removal must not wave through."""
+  derived = counts.get("derived_ids", 0)
+  if not derived:
+    return ""
+  return (f" Or changed ids? {derived} of this run's {counts['read']} "
+          f"records have no --id_field={id_field} value, so their ids are "
+          "derived from their file's name and text, and a renamed id field "
+          "or file changes them all: set --id_field to the field that holds "
+          "the ids.")
 
 
 # ---------------------------------------------------------------------------

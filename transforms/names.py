@@ -14,6 +14,9 @@ METRICS_NAMESPACE, under the word the manifest uses for the same count:
   removed        documents of the previous run not in this one (gone from
                  the corpus, or dead-lettered)
   truncated      documents cut to --max_seq_length (or --max_chunks)
+  derived_ids    documents whose ids were derived from file name and text
+                 (their records hold no --id_field value): a manifest count
+                 with no counter, as `embedded`
   tokens, batches, token_budget_halved   the model handler's work
 
 The manifest's `embedded` (documents with a vector in this run) is
@@ -58,6 +61,9 @@ class _CounterNames:
 
 
 COUNTERS = _CounterNames()
+
+# A manifest count (of documents with derived ids) that has no counter.
+DERIVED_IDS = "derived_ids"
 
 # The counters' scope of the --neighbours_of queries, and the manifest's.
 CORPUS = ""

@@ -54,6 +54,7 @@ from run_directory.layout import spill_dir
 from run_directory.manifest import build_manifest
 from run_directory.manifest import listed_files
 from run_directory.manifest import named_by_pointer
+from run_directory.manifest import started_before
 from run_directory.staging import move_into_place
 from run_directory.staging import remove_tree
 from run_directory.staging import remove_unlisted_files
@@ -208,8 +209,11 @@ class _RunPublisher:
     # the run is published, and a published run never ends in an error.
     manifest = build_manifest(
         self.run_id, self.staging_dir, self.model, counts, outputs,
-        self.settings, time.time() - self.started_at, details)
-    reasons = refusal_reasons(manifest["counts"], self.limits)
+        self.settings, time.time() - self.started_at, details,
+        started_at=self.started_at)
+    reasons = refusal_reasons(
+        manifest["counts"], self.limits,
+        id_field=self.settings.get("input", {}).get("id_field") or "id")
     page = draw_report(manifest, sections, top_errors, self.started_at,
                        time.time(), spans, written, refusal=reasons)
     write_atomically(report_path,
@@ -243,18 +247,29 @@ class _RunPublisher:
     return manifest
 
   def _move_pointer(self, staged_pointer: str):
-    """Renames the staged pointer into place, unless another run moved the
-    pointer while this one ran: two runs that share it (overlapping nights)
-    then leave it to the one published first, as the newer corpus, rather
-    than to whichever finishes last."""
+    """Renames the staged pointer into place. When another run moved the
+    pointer while this one ran (overlapping nights that share it), the
+    pointer goes to the newer corpus, the run that started last, rather
+    than to whichever finishes last: it is moved from a run that started
+    before this one, and left on one that started after it (or whose start
+    is unknown)."""
     named = named_by_pointer(self.latest_pointer)
     if named not in (self.latest_pointer_before, self.run_dir):
+      before = self.latest_pointer_before or "nothing"
+      if named and started_before(named, self.started_at):
+        _LOG.warning(
+            "--latest_pointer=%s named %s, published while this run ran (it "
+            "named %s when the run started), but that run started before "
+            "this one: this run read the newer corpus, and the pointer now "
+            "names it.", self.latest_pointer, named, before)
+        commit_staged(staged_pointer, self.latest_pointer)
+        return
       _LOG.warning(
           "--latest_pointer=%s names %s, published while this run ran (it "
-          "named %s when the run started): left as it is, so that the next "
-          "--previous_run=latest compares with the run published last.",
-          self.latest_pointer, named or "nothing readable",
-          self.latest_pointer_before or "nothing")
+          "named %s when the run started), by a run that started after this "
+          "one (or not known to have started before it), so read a newer "
+          "corpus: left as it is.", self.latest_pointer,
+          named or "nothing readable", before)
       _remove_if_there(staged_pointer)
       return
     commit_staged(staged_pointer, self.latest_pointer)

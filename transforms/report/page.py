@@ -57,6 +57,8 @@ _COUNT_MEANINGS = (
     ("dead_lettered", "records rejected (see the errors below)"),
     ("repeated", "of which exact repeats of a kept record (embedded once)"),
     ("truncated", "documents cut to --max_seq_length (or --max_chunks)"),
+    ("derived_ids", "documents whose ids were derived from file name and "
+                    "text (no --id_field value)"),
     ("chunks", "rows of the chunks table"),
 )
 
