@@ -38,6 +38,7 @@ from run_directory.layout import REFUSAL_FILE
 from run_directory.layout import VERTEX_STATE
 from run_directory.manifest import load_manifest
 from run_directory.manifest import named_by_pointer
+from run_directory.manifest import started_before
 from transforms import native_logs
 from transforms.guardrails import describe_refusal
 from transforms.guardrails import RunRefusedError
@@ -162,7 +163,8 @@ def run_job(argv=None, save_main_session=True,
       elif live_progress:
         watch = LiveProgress()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(pipeline, plan, time.time())
+    started_at = time.time()
+    build_pipeline(pipeline, plan, started_at)
     try:
       with watch, _quiet_refusals():
         result = pipeline.run()
@@ -182,7 +184,8 @@ def run_job(argv=None, save_main_session=True,
     _warn_if_truncated(manifest, plan.handler.model)
   return JobOutcome(
       result=result, run_dir=plan.run_dir, manifest=manifest,
-      unmoved_latest_pointer=_unmoved_pointer(plan) if manifest else None)
+      unmoved_latest_pointer=(_unmoved_pointer(plan, started_at)
+                              if manifest else None))
 
 
 def run(argv=None, save_main_session=True) -> PipelineResult:
@@ -202,17 +205,20 @@ def _published_manifest(run_dir: str) -> Optional[dict]:
     return None  # the run is published; what is told about it must never fail it
 
 
-def _unmoved_pointer(plan: RunPlan) -> Optional[str]:
+def _unmoved_pointer(plan: RunPlan, started_at: float) -> Optional[str]:
   """The --latest_pointer file, when the published run's publish step should
   have moved it and it does not name the run (the move failed, after the
   manifest: the run stands). Checked by the driver: the publish step only
   logs (on a worker, on Dataflow) a pointer it could not move. None when it
   names the run, or a run that another process published while this one ran
-  (left to that one on purpose, and logged as such)."""
+  and that started after it (left to that one on purpose, and logged as
+  such: transforms/publish.py)."""
   if not plan.latest_pointer:
     return None
   named = named_by_pointer(plan.latest_pointer)
-  if named == plan.run_dir or (named and named != plan.latest_pointer_before):
+  if named == plan.run_dir or (
+      named and named != plan.latest_pointer_before and
+      not started_before(named, started_at)):
     return None
   return plan.latest_pointer
 

@@ -304,6 +304,17 @@ def test_a_run_never_moves_the_pointer_from_one_published_while_it_ran(
   assert read_outputs.load_manifest(runs / "night-4")["metrics"][
       "started_at"] > read_outputs.load_manifest(runs / "night-2")[
           "metrics"]["started_at"]
+  # ... and when that move fails, the run says so (exit status 4), as any
+  # pointer it should have moved and could not.
+  def the_move_fails(staged, final):
+    raise OSError("read-only file system")
+
+  monkeypatch.setattr(publish_stage, "commit_staged", the_move_fails)
+  outcome = main.main([f"--input={corpus}", f"--output={runs / 'night-5'}",
+                       f"--model={tiny_model_dir}", "--runner=DirectRunner",
+                       "--run_id=night-5", *pointer_only])
+  assert outcome == 4
+  assert pointer.read_text() == f"{runs / 'night-2'}\n"
 
 
 def test_run_nightly_reads_relative_paths_from_the_callers_directory(
