@@ -18,6 +18,11 @@ REPO="$(cd "$(dirname "$0")" && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON=("$REPO/.venv/bin/python" -P)
 : "${RUNS_ROOT:?set RUNS_ROOT to the directory that holds one run per night}"
+# Without its trailing slashes: "runs/" would name runs//<run id> in every
+# message. (The root "/" is kept.)
+while [ "$RUNS_ROOT" != "${RUNS_ROOT%/}" ] && [ "$RUNS_ROOT" != / ]; do
+  RUNS_ROOT="${RUNS_ROOT%/}"
+done
 : "${INPUT:?set INPUT to the corpus file or glob}"
 RUN_ID="${RUN_ID:-$(date -u +%Y%m%d)}"
 

@@ -200,11 +200,22 @@ _POINTER_BYTES = 4096
 
 
 def read_pointer(pointer: str) -> Optional[str]:
-  """The text of a --latest_pointer file, stripped: the run it names ("" if
-  emptied); None when there is no file. Raises what reading it raises."""
+  """The run a --latest_pointer file names ("" if emptied); None when there
+  is no file. Raises what reading it raises.
+
+  A relative path (written by hand: runs write their full path) is read
+  from the pointer's own directory, as TensorFlow reads the paths in a
+  `checkpoint` file: the same whichever directory reads it.
+  """
   if not FileSystems.exists(pointer):
     return None
-  return read_bytes(pointer).decode("utf-8").strip()
+  named = read_bytes(pointer).decode("utf-8").strip()
+  if not named or "://" in named or os.path.isabs(named):
+    return named
+  if "://" in pointer:
+    return f"{pointer.rsplit('/', 1)[0]}/{named}"
+  return os.path.normpath(
+      os.path.join(os.path.dirname(os.path.abspath(pointer)), named))
 
 
 def started_before(run_dir: str, when: float) -> bool:

@@ -324,12 +324,14 @@ def test_run_nightly_reads_relative_paths_from_the_callers_directory(
   # landed in the checkout).
   (tmp_path / "corpus").mkdir()
   _write_jsonl(tmp_path / "corpus" / "part-0.jsonl", _corpus(6))
-  env = dict(os.environ, RUNS_ROOT="runs", INPUT="corpus/*.jsonl",
+  # A trailing slash too: it named runs//night-1 in the messages.
+  env = dict(os.environ, RUNS_ROOT="runs/", INPUT="corpus/*.jsonl",
              RUN_ID="night-1")
   result = subprocess.run(
       [os.path.join(REPO, "run_nightly.sh"), f"--model={tiny_model_dir}"],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "runs//" not in result.stdout + result.stderr
   run_dir = str(tmp_path / "runs" / "night-1")
   assert read_outputs.load_manifest(run_dir)["counts"]["embedded"] == 6
   with open(tmp_path / "runs" / "LATEST") as f:

@@ -123,3 +123,24 @@ def test_a_night_on_cloud_storage_without_credentials_exits_2_at_once(
       "--if_published"]) == 2
   assert ("--latest_pointer=gs://bucket/runs/LATEST: Google Cloud needs "
           "credentials") in capsys.readouterr().err
+
+
+def test_a_relative_path_in_a_pointer_is_read_from_its_directory(
+    store, tmp_path, monkeypatch):
+  # Found in a nightly trial: `echo 20261207 > runs/LATEST`, and the run
+  # looked for ./20261207 wherever it was started. Read as TensorFlow reads
+  # a `checkpoint` file's paths: from the file's own directory.
+  runs = tmp_path / "runs"
+  runs.mkdir()
+  (runs / "LATEST").write_text("20261207\n")
+  (runs / "OLDER").write_text("../archive/20261101\n")
+  (runs / "FULL").write_text(f"{runs / 'night-1'}\n")
+  monkeypatch.chdir(tmp_path)
+  assert latest_pointer.read_latest_pointer("runs/LATEST") == str(runs / "20261207")
+  assert latest_pointer.read_latest_pointer("runs/OLDER") == str(
+      tmp_path / "archive" / "20261101")
+  assert latest_pointer.read_latest_pointer(str(runs / "FULL")) == str(runs / "night-1")
+  _write(store, "runs/LATEST")
+  (store / "runs" / "LATEST").write_text("20261207\n")
+  assert latest_pointer.read_latest_pointer("mirror://runs/LATEST") == (
+      "mirror://runs/20261207")
