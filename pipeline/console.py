@@ -260,6 +260,9 @@ def format_summary(manifest: dict, run_dir: str) -> str:
   if counts.get("reused"):
     embedded += (f" ({counts['inferred']:,} by the model, "
                  f"{counts['reused']:,} carried over)")
+  if manifest.get("previous_run"):
+    # What a nightly log reader watches: the documents gone since.
+    embedded += f", {counts.get('removed', 0):,} removed since the previous run"
   rate = metrics.get("docs_per_sec")
   timing = f" in {metrics['wall_time_secs']:.1f} s" if metrics.get(
       "wall_time_secs") is not None else ""

@@ -154,6 +154,11 @@ def test_summary_counts_rejections_and_where():
                                       dead_lettered=0, read=1200))
   assert "Rejected" not in console.format_summary(clean, "r")
   assert "carried over" not in console.format_summary(clean, "r")
+  assert "removed" not in console.format_summary(clean, "r")
+  nightly = dict(_MANIFEST, counts=dict(_MANIFEST["counts"], removed=7),
+                 previous_run={"path": "runs/night-0"})
+  assert console.format_summary(nightly, "r").splitlines()[0].endswith(
+      "1,000 carried over), 7 removed since the previous run, 3 rejected.")
 
 
 def test_summary_tells_the_rejected_queries_of_neighbours_of():
