@@ -178,7 +178,10 @@ class Embedder:
     if self.settings.chunking is None:
       raise ValueError("embed_chunks needs chunk settings: a run made with "
                        "--chunk_size, or Embedder(..., chunking=...)")
-    [text] = _checked_texts([text])
+    if not isinstance(text, str):
+      raise TypeError(f"embed_chunks takes one text (str), not "
+                      f"{type(text).__name__}")
+    _check_unicode(text, "the text")
     outputs = self._embed([text])
     return [
         EmbeddedChunk(chunk_index=i, start=int(start), end=int(end),
@@ -272,7 +275,16 @@ def _check_unicode(text: str, name: str) -> None:
 
 def _checked_texts(texts) -> list:
   """The texts as a list, each a str that is valid Unicode (TensorFlow
-  would fail on anything else with a long error about binding inputs)."""
+  would fail on anything else with a long error about binding inputs). A
+  1-D numpy array (or a pandas Series, through its .to_numpy()) of str is
+  taken as the list of its elements."""
+  if hasattr(texts, "to_numpy") and not isinstance(texts, np.ndarray):
+    texts = texts.to_numpy()
+  if isinstance(texts, np.ndarray):
+    if texts.ndim != 1:
+      raise TypeError(f"embed takes a 1-D array of texts, not one of shape "
+                      f"{texts.shape}; flatten it first (texts.ravel())")
+    texts = texts.tolist()
   if not isinstance(texts, (list, tuple)):
     raise TypeError(
         f"embed takes a list of texts (str), not {type(texts).__name__}; "
@@ -335,7 +347,10 @@ def _checked_model_entry(manifest: dict, run_dir: str):
   if embedded_text_pairs(manifest):
     raise ValueError(f"{where}: the run embedded text pairs "
                      "(--text_pair_field); queries are single texts, whose "
-                     "vectors would not be made like the run's.")
+                     "vectors would not be made like the run's. Find a "
+                     "pair's neighbours with pipeline.main --neighbours_of "
+                     "QUERIES --text_pair_field FIELD, which embeds the "
+                     "queries as pairs too.")
   if CHUNKS in manifest.get("outputs", {}) and not model.get("chunking"):
     # Queries would be embedded whole, unlike the run's chunks.
     raise ValueError(f"{where}: the run has a chunks table but no "

@@ -16,6 +16,7 @@ import faiss
 import hypothesis
 from hypothesis import strategies as st
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the serving model's ops)
@@ -203,6 +204,10 @@ def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):
       (r["start"], r["end"], r["text"], r["num_tokens"]) for r in rows]
   assert _cosines([c.embedding for c in chunks],
                   [r["embedding"] for r in rows]).min() >= 0.999999
+  # One text, told as such (it was "text 0 is of type list").
+  with pytest.raises(TypeError, match=r"embed_chunks takes one text \(str\), "
+                     "not list"):
+    embedder.embed_chunks([texts["long"]])
   documents = {r["id"]: r for r in read_outputs.read_table(run_dir)
                .to_pylist()}
   assert _cosines(embedder.embed([texts["long"]]),
@@ -448,6 +453,23 @@ def test_texts_that_are_not_str_or_not_unicode_are_told():
     with pytest.raises(error, match=message):
       embedder_lib._checked_texts(texts)
   assert embedder_lib._checked_texts(("a", "b")) == ["a", "b"]
+
+
+def test_a_numpy_array_of_texts_is_embedded_as_its_list(ann_run):
+  # Found by a user trial: a column's values (numpy, pandas) were refused
+  # as "not ndarray".
+  texts, run_dir = ann_run
+  embedder = Embedder.from_run(run_dir)
+  some = [texts["t01"], texts["t02"], "東京 🎉"]
+  as_list = embedder.embed(some)
+  for array in (np.array(some), np.array(some, dtype=object),
+                pd.Series(some)):
+    assert np.array_equal(embedder.embed(array), as_list)
+  with pytest.raises(TypeError, match=r"1-D array of texts, not one of "
+                     r"shape \(1, 3\); flatten it"):
+    embedder.embed(np.array([some]))
+  with pytest.raises(TypeError, match="text 1 is of type bytes, not str"):
+    embedder.embed(np.array(["a", b"b"], dtype=object))
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -749,10 +771,7 @@ def test_a_run_a_pointer_or_a_killed_run_given_as_the_run_is_told(
     assert export_model.main(["--serving", str(path), "--output_dir",
                               str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith(
-        f"pipeline.export_model: error: {told}")
-
-
-def test_a_serving_export_never_overwrites_what_is_not_a_savedmodel(
+        f"pipeline.export_model: error: {told}")def test_a_serving_export_never_overwrites_what_is_not_a_savedmodel(
     ann_run, tmp_path, capsys):
   # Found by a user trial: --output_dir runs --overwrite replaced the
   # directory of published runs (the exported one too) with the SavedModel.
