@@ -18,6 +18,8 @@ from bert_model import default_model
 from bert_model import export
 from bert_model import resolution
 from bert_model.choices import POOLING_MODES
+from bert_model.metadata import ENCODER_DIR
+from bert_model.metadata import METADATA_FILE
 from pipeline.embedder import Embedder
 from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
@@ -25,7 +27,10 @@ from pipeline.errors import print_error
 from pipeline.errors import read_errors_of
 from run_directory.layout import LOCK_FILE
 from run_directory.layout import MANIFEST_FILE
+from run_directory.layout import REFUSAL_FILE
+from run_directory.layout import REPORT_FILE
 from run_directory.layout import STAGING_PREFIX
+from run_directory.layout import TABLES
 from run_directory.manifest import refusal_paths
 
 PROG = "python -m pipeline.export_model"
@@ -138,8 +143,9 @@ def _missing_serving_source(value: str) -> Optional[str]:
 def _is_run_directory(path: str) -> bool:
   """A published run (its manifest), or what Embedder.from_run tells as a
   run that is not one (yet): a run a guardrail refused to publish, one
-  under way or killed (its lock or staging), a --latest_pointer file;
-  rather than a model directory."""
+  under way or killed (its lock or staging), a refused run's staging
+  directory, a run's tables without their manifest, a directory inside a
+  run, a --latest_pointer file; rather than a model directory."""
   if catalog.is_handle(path):  # no file system to look in
     return False
   path = path.rstrip("/")
@@ -147,8 +153,19 @@ def _is_run_directory(path: str) -> bool:
     return True
   if not tf.io.gfile.isdir(path):
     return tf.io.gfile.exists(path)  # a file
-  return any(name.startswith((STAGING_PREFIX, LOCK_FILE))
-             for name in tf.io.gfile.listdir(path))
+  names = {name.rstrip("/") for name in tf.io.gfile.listdir(path)}
+  if names & _MODEL_FILES:
+    return False
+  return bool(names & _RUN_FILES) or any(
+      name.startswith((STAGING_PREFIX, LOCK_FILE)) for name in names) or (
+          tf.io.gfile.exists(
+              f"{os.path.dirname(path) or '.'}/{MANIFEST_FILE}"))
+
+
+# What only a model directory (ours, or a TF Hub SavedModel) holds at its
+# top, and what only a run directory (or its staging) does.
+_MODEL_FILES = {"saved_model.pb", METADATA_FILE, ENCODER_DIR}
+_RUN_FILES = {*TABLES, REFUSAL_FILE, REPORT_FILE}
 
 
 def _overwrite_refusal(output_dir: str,

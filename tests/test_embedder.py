@@ -771,7 +771,37 @@ def test_a_run_a_pointer_or_a_killed_run_given_as_the_run_is_told(
     assert export_model.main(["--serving", str(path), "--output_dir",
                               str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith(
-        f"pipeline.export_model: error: {told}")def test_a_serving_export_never_overwrites_what_is_not_a_savedmodel(
+        f"pipeline.export_model: error: {told}")
+
+
+def test_a_part_of_a_run_given_as_the_run_is_told(ann_run, tmp_path,
+                                                  capsys):
+  # Found by a user trial: export_model --serving told a refused run's
+  # staging directory, or a run's tables without their manifest, as "not a
+  # complete model directory: missing encoder, ..."; both commands told a
+  # table's directory as a run "incomplete or never published".
+  _, run_dir = ann_run
+  staging = tmp_path / "refused" / ".staging-night-1"
+  (staging / "embeddings").mkdir(parents=True)
+  (staging / "refused.json").write_text("{}")
+  copied = tmp_path / "copied"
+  shutil.copytree(os.path.join(run_dir, "embeddings"), copied / "embeddings")
+  table = os.path.join(run_dir, "embeddings")
+  for path, told in (
+      (staging, f"{staging} holds the staged outputs of a run a guardrail "
+       f"refused to publish (no manifest.json): {staging}/refused.json says "
+       "why"),
+      (table, f"{table} is a directory inside the run {run_dir}: pass the "
+       "run directory itself"),
+      (copied, f"{copied} has no manifest.json: the run is incomplete")):
+    assert query.main([str(path), "a question"]) == 2
+    assert capsys.readouterr().err.startswith(f"pipeline.query: error: {told}")
+    assert export_model.main(["--serving", str(path), "--output_dir",
+                              str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"pipeline.export_model: error: {told}")
+  assert not (tmp_path / "out").exists()
+def test_a_serving_export_never_overwrites_what_is_not_a_savedmodel(
     ann_run, tmp_path, capsys):
   # Found by a user trial: --output_dir runs --overwrite replaced the
   # directory of published runs (the exported one too) with the SavedModel.
