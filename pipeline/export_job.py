@@ -81,7 +81,21 @@ def parse_args(argv, description: str):
       help="Write a serving SavedModel (text in, embedding out) of this run "
       "directory (its model and settings) or model, instead of exporting a "
       "checkpoint.")
+  parser.add_argument(
+      "--preprocessor", help="With --serving of a TF Hub encoder: its "
+      "preprocess model (catalogue name, handle or directory), as "
+      "pipeline.main's --preprocessor. Default: the one the catalogue "
+      "pairs with it.")
+  parser.add_argument(
+      "--model_root", help="With --serving of a catalogue name or handle: "
+      "the local or gs:// mirror of TF Hub models to load it from, as "
+      "pipeline.main's --model_root.")
   args = parser.parse_args(argv)
+  serving_only = [f"--{name}" for name in _SERVING_ONLY
+                  if getattr(args, name) is not None]
+  if serving_only and not args.serving:
+    parser.error(f"{', '.join(serving_only)}: for --serving of a TF Hub "
+                 "encoder; a checkpoint's export has no use for them")
   if args.output_dir is None:
     if args.serving:
       parser.error("--serving needs --output_dir: the SavedModel directory "
@@ -116,7 +130,10 @@ def parse_args(argv, description: str):
 # Flags of a checkpoint's export that --serving has no use for.
 _CHECKPOINT_ONLY = ("checkpoint", "name", "license", "lower_case")
 # Flags that set a served model's vectors; a run directory has its own.
-_MODEL_SETTINGS = ("pooling", "normalize", "max_seq_length")
+_MODEL_SETTINGS = ("pooling", "normalize", "max_seq_length", "preprocessor",
+                   "model_root")
+# Flags for finding the model to serve.
+_SERVING_ONLY = ("preprocessor", "model_root")
 
 
 def _missing_serving_source(value: str) -> Optional[str]:
@@ -201,10 +218,14 @@ def _export_serving(args) -> int:
     if args.serving_is_run:
       embedder = Embedder.from_run(args.serving)
     else:
-      embedder = Embedder(args.serving, max_seq_length=args.max_seq_length,
+      embedder = Embedder(args.serving, preprocessor=args.preprocessor,
+                          model_root=args.model_root,
+                          max_seq_length=args.max_seq_length,
                           pooling=args.pooling, normalize=args.normalize)
   except read_errors_of(args.serving) as e:
-    return print_error(PROG, one_line(e))
+    # The resolver names the flag it checked, pipeline.main's --model.
+    return print_error(PROG, one_line(e).replace(
+        f"--model={args.serving}", f"--serving={args.serving}", 1))
   if args.overwrite and tf.io.gfile.exists(args.output_dir):
     if tf.io.gfile.listdir(args.output_dir):
       refusal = _overwrite_refusal(args.output_dir, (

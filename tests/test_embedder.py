@@ -801,6 +801,37 @@ def test_a_part_of_a_run_given_as_the_run_is_told(ann_run, tmp_path,
     assert capsys.readouterr().err.startswith(
         f"pipeline.export_model: error: {told}")
   assert not (tmp_path / "out").exists()
+
+
+def test_a_tf_hub_encoder_is_served_with_its_preprocessor(
+    tiny_model_dir, ann_run, tmp_path, capsys, monkeypatch):
+  # Found by a user trial: a TF Hub encoder without a known preprocess model
+  # was told to pass --preprocessor, a flag export_model did not have.
+  _, run_dir = ann_run
+  encoder = os.path.join(tiny_model_dir, "encoder")
+  preprocess = os.path.join(tiny_model_dir, "preprocess")
+  out = str(tmp_path / "out")
+  assert export_model.main(["--serving", encoder, "--output_dir", out]) == 2
+  assert capsys.readouterr().err.startswith(
+      f"pipeline.export_model: error: --serving={encoder} is a TF Hub encoder "
+      "with the dict (v2) interface and no known preprocess model: pass the "
+      "one it was trained with as --preprocessor")
+  saved = []
+  monkeypatch.setattr(Embedder, "save_serving_model",
+                      lambda self, output_dir: saved.append(self.settings))
+  assert export_model.main(["--serving", encoder, "--preprocessor",
+                            preprocess, "--output_dir", out]) == 0
+  assert saved[0].preprocess_path == preprocess
+  assert saved[0].encoder_path == encoder
+  for argv, told in (
+      ([], "--preprocessor: for --serving of a TF Hub encoder"),
+      (["--serving", run_dir], f"--preprocessor: {run_dir} is a run "
+       "directory")):
+    with pytest.raises(SystemExit):
+      export_model.main(argv + ["--preprocessor", preprocess, "--output_dir",
+                                out])
+    assert told in capsys.readouterr().err
+
 def test_a_serving_export_never_overwrites_what_is_not_a_savedmodel(
     ann_run, tmp_path, capsys):
   # Found by a user trial: --output_dir runs --overwrite replaced the
