@@ -90,6 +90,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Found by a user trial: bare ids, and no word why.
     print("The run was made with --no_text: its rows hold no text, so the "
           "hits show ids only.", file=sys.stderr)
+  if len(hits) < args.k:
+    print(f"The run holds {len(hits)} rows to search, fewer than --k "
+          f"{args.k}: all are shown.", file=sys.stderr)
   for rank, (score, row) in enumerate(hits, start=1):
     owner = (f"  ({_shown_id(row['document_id'])})"
              if "document_id" in row else "")

@@ -41,6 +41,10 @@ def search(run_dir: str, question: str, k: int = 10,
   manifest = load_manifest(run_dir)
   if table is None:
     table = CHUNKS if CHUNKS in manifest["outputs"] else EMBEDDINGS
+  elif table == CHUNKS and CHUNKS not in manifest["outputs"]:
+    raise ValueError("The run has no chunks table (it was made without "
+                     "--chunk_size): search its embeddings instead (--table "
+                     "embeddings, or leave --table out)")
   # The TFRecord copy: its records carry checksums (Avro's snappy blocks
   # are read without checking theirs), so a damaged file is found.
   rows, ids, matrix = read_vectors(run_dir, table, TFRECORD)

@@ -832,6 +832,24 @@ def test_a_tf_hub_encoder_is_served_with_its_preprocessor(
                                 out])
     assert told in capsys.readouterr().err
 
+
+def test_the_query_command_tells_a_k_beyond_the_rows_and_a_missing_table(
+    ann_run, capsys):
+  # Found by a user trial: --k 1000 on a run of 60 printed 60 hits without
+  # a word; --table chunks of a run without chunks named no fix.
+  texts, run_dir = ann_run
+  assert query.main([run_dir, texts["t03"], "--k", "1000"]) == 0
+  printed = capsys.readouterr()
+  assert len(printed.out.splitlines()) == 60
+  assert printed.err == ("The run holds 60 rows to search, fewer than --k "
+                         "1000: all are shown.\n")
+  assert query.main([run_dir, "a question", "--table", "chunks"]) == 2
+  assert capsys.readouterr().err == (
+      "pipeline.query: error: The run has no chunks table (it was made "
+      "without --chunk_size): search its embeddings instead (--table "
+      "embeddings, or leave --table out)\n")
+
+
 def test_a_serving_export_never_overwrites_what_is_not_a_savedmodel(
     ann_run, tmp_path, capsys):
   # Found by a user trial: --output_dir runs --overwrite replaced the
