@@ -51,8 +51,20 @@ def _shown_id(item_id: str) -> str:
   return _shortened(_printable(item_id), _ID_CHARS)
 
 
+class _QueryParser(CommandLineParser):
+  """Tells how to search with a question that starts with '-', which
+  argparse reads as a flag (found in a user trial: `query RUN "-rf"` was
+  told only that the question was missing)."""
+
+  def error(self, message):
+    if message.endswith("required: question"):
+      message += ("; a question that starts with '-' goes after --: "
+                  "python -m pipeline.query RUN_DIR -- '-rf'")
+    super().error(message)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = CommandLineParser(
+  parser = _QueryParser(
       prog="python -m pipeline.query", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("run_dir", help="A published run directory.")

@@ -636,7 +636,9 @@ def test_wrong_flags_are_told_like_the_commands_other_errors(command, argv):
 
 @pytest.mark.parametrize("argv, told", [
     (["RUN", "   "], "the question is empty"),
-    (["RUN", "a question", "--k", "0"], "--k must be at least 1")])
+    (["RUN", "a question", "--k", "0"], "--k must be at least 1"),
+    (["RUN", "-rf", "--k", "2"], "the following arguments are required: "
+     "question; a question that starts with '-' goes after --")])
 def test_query_refuses_a_wrong_argument_before_reading(argv, told, capsys):
   # An empty question once printed ten hits: the pipeline rejects empty
   # texts (empty_text), so the query does too.
