@@ -90,12 +90,17 @@ def parse_args(argv, description: str):
       "--model_root", help="With --serving of a catalogue name or handle: "
       "the local or gs:// mirror of TF Hub models to load it from, as "
       "pipeline.main's --model_root.")
+  parser.add_argument(
+      "--model", metavar="MODEL_DIR", help="With --serving of a run "
+      "directory: where the run's model is now, when it is no longer at the "
+      "path its manifest names (moved, or copied to another machine); it "
+      "must have the run's fingerprint.")
   args = parser.parse_args(argv)
   serving_only = [f"--{name}" for name in _SERVING_ONLY
                   if getattr(args, name) is not None]
   if serving_only and not args.serving:
-    parser.error(f"{', '.join(serving_only)}: for --serving of a TF Hub "
-                 "encoder; a checkpoint's export has no use for them")
+    parser.error(f"{', '.join(serving_only)}: for --serving only; a "
+                 "checkpoint's export has no use for them")
   if args.output_dir is None:
     if args.serving:
       parser.error("--serving needs --output_dir: the SavedModel directory "
@@ -115,6 +120,10 @@ def parse_args(argv, description: str):
       args.serving_is_run = _is_run_directory(args.serving)
     except read_errors_of(args.serving) as e:
       parser.error(f"--serving={args.serving}: {one_line(e)}")
+    if args.model is not None and not args.serving_is_run:
+      parser.error(f"--model: for --serving of a run directory whose model "
+                   f"moved; {args.serving} is not a run directory (give the "
+                   "model to serve as --serving)")
     if args.serving_is_run:
       ignored = [f"--{name}" for name in _MODEL_SETTINGS
                  if getattr(args, name) is not None]
@@ -133,7 +142,7 @@ _CHECKPOINT_ONLY = ("checkpoint", "name", "license", "lower_case")
 _MODEL_SETTINGS = ("pooling", "normalize", "max_seq_length", "preprocessor",
                    "model_root")
 # Flags for finding the model to serve.
-_SERVING_ONLY = ("preprocessor", "model_root")
+_SERVING_ONLY = ("preprocessor", "model_root", "model")
 
 
 def _missing_serving_source(value: str) -> Optional[str]:
@@ -216,7 +225,7 @@ def _export_serving(args) -> int:
                          "--overwrite to replace it")
   try:
     if args.serving_is_run:
-      embedder = Embedder.from_run(args.serving)
+      embedder = Embedder.from_run(args.serving, model=args.model)
     else:
       embedder = Embedder(args.serving, preprocessor=args.preprocessor,
                           model_root=args.model_root,

@@ -1,7 +1,7 @@
 """Searches a run with a question: the quickest way to see an index work.
 
   python -m pipeline.query RUN_DIR "how do I define a function?" [--k 10]
-      [--table embeddings|chunks] [--exact]
+      [--table embeddings|chunks] [--exact] [--model MODEL_DIR]
 
 The question is embedded exactly like the run's documents
 (pipeline/embedder.py: the run's model and settings from its manifest), and
@@ -77,6 +77,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--exact", action="store_true",
                       help="Score every row, even when the run kept a FAISS "
                       "index (--neighbours_mode ann).")
+  parser.add_argument("--model", metavar="MODEL_DIR",
+                      help="Where the run's model is now, when it is no "
+                      "longer at the path its manifest names (moved, or "
+                      "copied to another machine); it must have the run's "
+                      "fingerprint. Default: the manifest's path.")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.k < 1:
     parser.error("--k must be at least 1")
@@ -93,7 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipeline import search as search_lib  # pylint: disable=g-import-not-at-top
     try:
       hits, error = search_lib.search(args.run_dir, args.question, args.k,
-                                      args.table, exact=args.exact), None
+                                      args.table, exact=args.exact,
+                                      model=args.model), None
     except read_errors_of(args.run_dir) as e:
       hits, error = [], e
   if error is not None:

@@ -826,13 +826,47 @@ def test_a_tf_hub_encoder_is_served_with_its_preprocessor(
   assert saved[0].preprocess_path == preprocess
   assert saved[0].encoder_path == encoder
   for argv, told in (
-      ([], "--preprocessor: for --serving of a TF Hub encoder"),
+      ([], "--preprocessor: for --serving only"),
       (["--serving", run_dir], f"--preprocessor: {run_dir} is a run "
        "directory")):
     with pytest.raises(SystemExit):
       export_model.main(argv + ["--preprocessor", preprocess, "--output_dir",
                                 out])
     assert told in capsys.readouterr().err
+
+
+def test_a_run_whose_model_moved_is_searched_with_its_new_place(
+    ann_run, tiny_model_dir, tmp_path, capsys, monkeypatch):
+  # Found by a user trial: a run whose model directory moved (or a run
+  # copied to another machine) could only be told "Restore it";
+  # Embedder.from_run(run, model=...) was a TypeError.
+  texts, run_dir = ann_run
+  copy = _copy_of(run_dir, tmp_path)
+  path = os.path.join(copy, "manifest.json")
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  manifest["model"]["path"] = str(tmp_path / "gone")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(manifest, f)
+  moved = tmp_path / "moved"
+  shutil.copytree(tiny_model_dir, moved)
+  question = texts["t07"]
+  assert query.main([copy, question]) == 2
+  assert "Restore it, or give where it is now (pipeline.query and " \
+      "export_model --serving: --model DIR" in capsys.readouterr().err
+  assert query.main([copy, question, "--k", "1", "--model", str(moved)]) == 0
+  assert capsys.readouterr().out.split()[2] == "t07"
+  assert np.array_equal(
+      Embedder.from_run(copy, model=moved).embed([question]),
+      Embedder.from_run(run_dir).embed([question]))
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f"the run's model was given as {tmp_path / 'nope'}, which is not "
+      "there")):
+    Embedder.from_run(copy, model=tmp_path / "nope")
+  monkeypatch.setattr(Embedder, "save_serving_model",
+                      lambda self, output_dir: None)
+  assert export_model.main(["--serving", copy, "--model", str(moved),
+                            "--output_dir", str(tmp_path / "out")]) == 0
 
 
 def test_the_query_command_tells_a_k_beyond_the_rows_and_a_missing_table(
