@@ -104,11 +104,18 @@ class Embedder:
     self._model = LoadedBertModel(self.settings)
 
   @classmethod
-  def from_run(cls, run_dir: _Path, **kwargs) -> "Embedder":
-    """The embedder of a published run: its model and vector settings."""
+  def from_run(cls, run_dir: _Path, model: Optional[_Path] = None,
+               max_batch_tokens: Optional[int] = None) -> "Embedder":
+    """The embedder of a published run: its model and vector settings.
+
+    model: where the run's model is now, when it is no longer at the path
+      the manifest names (moved, or copied to another machine); it must
+      have the run's fingerprint. None: the manifest's path.
+    """
     run_dir = os.fspath(run_dir)
     manifest = load_manifest(run_dir)
-    model, flags = _checked_model_entry(manifest, run_dir)
+    entry, flags = _checked_model_entry(manifest, run_dir)
+    model = entry if model is None else {**entry, "path": _path(model)}
     where = f"{run_dir}/manifest.json"
     try:
       return cls(model=model["path"], preprocessor=flags.get("preprocessor"),
@@ -117,19 +124,31 @@ class Embedder:
                  pooling=model["pooling"], normalize=model["normalize"],
                  precision=model.get("precision", "float32"),
                  chunking=_chunk_settings(model.get("chunking")),
-                 fingerprint=model["fingerprint"], **kwargs)
+                 fingerprint=model["fingerprint"],
+                 max_batch_tokens=max_batch_tokens)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from e
     except FileNotFoundError as e:
       # Told as the run's model, not as a --model flag the caller never
       # gave; the resolver's message starts with the flag it checked.
-      part, path = (("preprocess model", flags["preprocessor"])
-                    if str(e).startswith("--preprocessor=") else
-                    ("model", model["path"]))
+      if str(e).startswith("--preprocessor="):
+        raise FileNotFoundError(
+            f"{where} names the preprocess model {flags['preprocessor']}, "
+            "which is not there any more: only that preprocess model "
+            "embeds queries like the run's documents. Restore it, or embed "
+            "the corpus again.") from e
+      if model is not entry:
+        # The resolver's advice is for pipeline.main's --model.
+        raise FileNotFoundError(
+            f"the run's model was given as {model['path']}, which is not "
+            "there" + ("" if "no such directory" in str(e) else f": {e}")
+            ) from e
       raise FileNotFoundError(
-          f"{run_dir}/manifest.json names the {part} {path}, which is not "
-          f"there any more: only that {part} embeds queries like the run's "
-          "documents. Restore it, or embed the corpus again.") from e
+          f"{where} names the model {model['path']}, which is not there any "
+          "more: only that model embeds queries like the run's documents. "
+          "Restore it, or give where it is now (pipeline.query and "
+          "export_model --serving: --model DIR; Embedder.from_run(run, "
+          "model=DIR)), or embed the corpus again.") from e
     except OSError as e:  # e.g. a gs:// model without network
       raise OSError(f"{where} names the model {model['path']}: {e}") from e
 
@@ -178,7 +197,10 @@ class Embedder:
     if self.settings.chunking is None:
       raise ValueError("embed_chunks needs chunk settings: a run made with "
                        "--chunk_size, or Embedder(..., chunking=...)")
-    [text] = _checked_texts([text])
+    if not isinstance(text, str):
+      raise TypeError(f"embed_chunks takes one text (str), not "
+                      f"{type(text).__name__}")
+    _check_unicode(text, "the text")
     outputs = self._embed([text])
     return [
         EmbeddedChunk(chunk_index=i, start=int(start), end=int(end),
@@ -272,7 +294,16 @@ def _check_unicode(text: str, name: str) -> None:
 
 def _checked_texts(texts) -> list:
   """The texts as a list, each a str that is valid Unicode (TensorFlow
-  would fail on anything else with a long error about binding inputs)."""
+  would fail on anything else with a long error about binding inputs). A
+  1-D numpy array (or a pandas Series, through its .to_numpy()) of str is
+  taken as the list of its elements."""
+  if hasattr(texts, "to_numpy") and not isinstance(texts, np.ndarray):
+    texts = texts.to_numpy()
+  if isinstance(texts, np.ndarray):
+    if texts.ndim != 1:
+      raise TypeError(f"embed takes a 1-D array of texts, not one of shape "
+                      f"{texts.shape}; flatten it first (texts.ravel())")
+    texts = texts.tolist()
   if not isinstance(texts, (list, tuple)):
     raise TypeError(
         f"embed takes a list of texts (str), not {type(texts).__name__}; "
@@ -335,7 +366,10 @@ def _checked_model_entry(manifest: dict, run_dir: str):
   if embedded_text_pairs(manifest):
     raise ValueError(f"{where}: the run embedded text pairs "
                      "(--text_pair_field); queries are single texts, whose "
-                     "vectors would not be made like the run's.")
+                     "vectors would not be made like the run's. Find a "
+                     "pair's neighbours with pipeline.main --neighbours_of "
+                     "QUERIES --text_pair_field FIELD, which embeds the "
+                     "queries as pairs too.")
   if CHUNKS in manifest.get("outputs", {}) and not model.get("chunking"):
     # Queries would be embedded whole, unlike the run's chunks.
     raise ValueError(f"{where}: the run has a chunks table but no "

@@ -18,6 +18,8 @@ from bert_model import default_model
 from bert_model import export
 from bert_model import resolution
 from bert_model.choices import POOLING_MODES
+from bert_model.metadata import ENCODER_DIR
+from bert_model.metadata import METADATA_FILE
 from pipeline.embedder import Embedder
 from pipeline.errors import CommandLineParser
 from pipeline.errors import one_line
@@ -25,7 +27,10 @@ from pipeline.errors import print_error
 from pipeline.errors import read_errors_of
 from run_directory.layout import LOCK_FILE
 from run_directory.layout import MANIFEST_FILE
+from run_directory.layout import REFUSAL_FILE
+from run_directory.layout import REPORT_FILE
 from run_directory.layout import STAGING_PREFIX
+from run_directory.layout import TABLES
 from run_directory.manifest import refusal_paths
 
 PROG = "python -m pipeline.export_model"
@@ -76,7 +81,26 @@ def parse_args(argv, description: str):
       help="Write a serving SavedModel (text in, embedding out) of this run "
       "directory (its model and settings) or model, instead of exporting a "
       "checkpoint.")
+  parser.add_argument(
+      "--preprocessor", help="With --serving of a TF Hub encoder: its "
+      "preprocess model (catalogue name, handle or directory), as "
+      "pipeline.main's --preprocessor. Default: the one the catalogue "
+      "pairs with it.")
+  parser.add_argument(
+      "--model_root", help="With --serving of a catalogue name or handle: "
+      "the local or gs:// mirror of TF Hub models to load it from, as "
+      "pipeline.main's --model_root.")
+  parser.add_argument(
+      "--model", metavar="MODEL_DIR", help="With --serving of a run "
+      "directory: where the run's model is now, when it is no longer at the "
+      "path its manifest names (moved, or copied to another machine); it "
+      "must have the run's fingerprint.")
   args = parser.parse_args(argv)
+  serving_only = [f"--{name}" for name in _SERVING_ONLY
+                  if getattr(args, name) is not None]
+  if serving_only and not args.serving:
+    parser.error(f"{', '.join(serving_only)}: for --serving only; a "
+                 "checkpoint's export has no use for them")
   if args.output_dir is None:
     if args.serving:
       parser.error("--serving needs --output_dir: the SavedModel directory "
@@ -96,6 +120,10 @@ def parse_args(argv, description: str):
       args.serving_is_run = _is_run_directory(args.serving)
     except read_errors_of(args.serving) as e:
       parser.error(f"--serving={args.serving}: {one_line(e)}")
+    if args.model is not None and not args.serving_is_run:
+      parser.error(f"--model: for --serving of a run directory whose model "
+                   f"moved; {args.serving} is not a run directory (give the "
+                   "model to serve as --serving)")
     if args.serving_is_run:
       ignored = [f"--{name}" for name in _MODEL_SETTINGS
                  if getattr(args, name) is not None]
@@ -111,7 +139,10 @@ def parse_args(argv, description: str):
 # Flags of a checkpoint's export that --serving has no use for.
 _CHECKPOINT_ONLY = ("checkpoint", "name", "license", "lower_case")
 # Flags that set a served model's vectors; a run directory has its own.
-_MODEL_SETTINGS = ("pooling", "normalize", "max_seq_length")
+_MODEL_SETTINGS = ("pooling", "normalize", "max_seq_length", "preprocessor",
+                   "model_root")
+# Flags for finding the model to serve.
+_SERVING_ONLY = ("preprocessor", "model_root", "model")
 
 
 def _missing_serving_source(value: str) -> Optional[str]:
@@ -138,8 +169,9 @@ def _missing_serving_source(value: str) -> Optional[str]:
 def _is_run_directory(path: str) -> bool:
   """A published run (its manifest), or what Embedder.from_run tells as a
   run that is not one (yet): a run a guardrail refused to publish, one
-  under way or killed (its lock or staging), a --latest_pointer file;
-  rather than a model directory."""
+  under way or killed (its lock or staging), a refused run's staging
+  directory, a run's tables without their manifest, a directory inside a
+  run, a --latest_pointer file; rather than a model directory."""
   if catalog.is_handle(path):  # no file system to look in
     return False
   path = path.rstrip("/")
@@ -147,8 +179,19 @@ def _is_run_directory(path: str) -> bool:
     return True
   if not tf.io.gfile.isdir(path):
     return tf.io.gfile.exists(path)  # a file
-  return any(name.startswith((STAGING_PREFIX, LOCK_FILE))
-             for name in tf.io.gfile.listdir(path))
+  names = {name.rstrip("/") for name in tf.io.gfile.listdir(path)}
+  if names & _MODEL_FILES:
+    return False
+  return bool(names & _RUN_FILES) or any(
+      name.startswith((STAGING_PREFIX, LOCK_FILE)) for name in names) or (
+          tf.io.gfile.exists(
+              f"{os.path.dirname(path) or '.'}/{MANIFEST_FILE}"))
+
+
+# What only a model directory (ours, or a TF Hub SavedModel) holds at its
+# top, and what only a run directory (or its staging) does.
+_MODEL_FILES = {"saved_model.pb", METADATA_FILE, ENCODER_DIR}
+_RUN_FILES = {*TABLES, REFUSAL_FILE, REPORT_FILE}
 
 
 def _overwrite_refusal(output_dir: str,
@@ -182,12 +225,16 @@ def _export_serving(args) -> int:
                          "--overwrite to replace it")
   try:
     if args.serving_is_run:
-      embedder = Embedder.from_run(args.serving)
+      embedder = Embedder.from_run(args.serving, model=args.model)
     else:
-      embedder = Embedder(args.serving, max_seq_length=args.max_seq_length,
+      embedder = Embedder(args.serving, preprocessor=args.preprocessor,
+                          model_root=args.model_root,
+                          max_seq_length=args.max_seq_length,
                           pooling=args.pooling, normalize=args.normalize)
   except read_errors_of(args.serving) as e:
-    return print_error(PROG, one_line(e))
+    # The resolver names the flag it checked, pipeline.main's --model.
+    return print_error(PROG, one_line(e).replace(
+        f"--model={args.serving}", f"--serving={args.serving}", 1))
   if args.overwrite and tf.io.gfile.exists(args.output_dir):
     if tf.io.gfile.listdir(args.output_dir):
       refusal = _overwrite_refusal(args.output_dir, (

@@ -9,8 +9,9 @@ Without --checkpoint it converts the default model, all-MiniLM-L6-v2, from the
 
 With --serving it writes one strings-to-vectors SavedModel instead (for TF
 Serving, Vertex AI or RunInference): a run directory's model and vector
-settings (from its manifest), or a model's own with --max_seq_length,
---pooling and --normalize; see docs/serving.md.
+settings (from its manifest; --model DIR when the run's model has moved),
+or a model's own with --max_seq_length, --pooling and --normalize (and
+--preprocessor, --model_root for a TF Hub encoder); see docs/serving.md.
 """
 
 import sys

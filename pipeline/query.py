@@ -1,7 +1,7 @@
 """Searches a run with a question: the quickest way to see an index work.
 
   python -m pipeline.query RUN_DIR "how do I define a function?" [--k 10]
-      [--table embeddings|chunks] [--exact]
+      [--table embeddings|chunks] [--exact] [--model MODEL_DIR]
 
 The question is embedded exactly like the run's documents
 (pipeline/embedder.py: the run's model and settings from its manifest), and
@@ -51,8 +51,20 @@ def _shown_id(item_id: str) -> str:
   return _shortened(_printable(item_id), _ID_CHARS)
 
 
+class _QueryParser(CommandLineParser):
+  """Tells how to search with a question that starts with '-', which
+  argparse reads as a flag (found in a user trial: `query RUN "-rf"` was
+  told only that the question was missing)."""
+
+  def error(self, message):
+    if message.endswith("required: question"):
+      message += ("; a question that starts with '-' goes after --: "
+                  "python -m pipeline.query RUN_DIR -- '-rf'")
+    super().error(message)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = CommandLineParser(
+  parser = _QueryParser(
       prog="python -m pipeline.query", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("run_dir", help="A published run directory.")
@@ -65,6 +77,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--exact", action="store_true",
                       help="Score every row, even when the run kept a FAISS "
                       "index (--neighbours_mode ann).")
+  parser.add_argument("--model", metavar="MODEL_DIR",
+                      help="Where the run's model is now, when it is no "
+                      "longer at the path its manifest names (moved, or "
+                      "copied to another machine); it must have the run's "
+                      "fingerprint. Default: the manifest's path.")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.k < 1:
     parser.error("--k must be at least 1")
@@ -81,7 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipeline import search as search_lib  # pylint: disable=g-import-not-at-top
     try:
       hits, error = search_lib.search(args.run_dir, args.question, args.k,
-                                      args.table, exact=args.exact), None
+                                      args.table, exact=args.exact,
+                                      model=args.model), None
     except read_errors_of(args.run_dir) as e:
       hits, error = [], e
   if error is not None:
@@ -90,6 +108,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Found by a user trial: bare ids, and no word why.
     print("The run was made with --no_text: its rows hold no text, so the "
           "hits show ids only.", file=sys.stderr)
+  if len(hits) < args.k:
+    print(f"The run holds {len(hits)} rows to search, fewer than --k "
+          f"{args.k}: all are shown.", file=sys.stderr)
   for rank, (score, row) in enumerate(hits, start=1):
     owner = (f"  ({_shown_id(row['document_id'])})"
              if "document_id" in row else "")

@@ -27,10 +27,12 @@ from transforms.neighbours.maths import normalize_rows
 def search(run_dir: str, question: str, k: int = 10,
            table: Optional[str] = None,
            embedder: Optional[Embedder] = None,
-           exact: bool = False) -> list:
+           exact: bool = False, model: Optional[str] = None) -> list:
   """The run's k rows nearest the question: [(score, row dict)], best first
   (ties: the smaller id). table None: chunks if the run has them. exact:
-  score every row even when the run kept an index of the table."""
+  score every row even when the run kept an index of the table. model:
+  where the run's model is now, if not at its manifest's path (see
+  Embedder.from_run); with no embedder given."""
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
     raise ValueError(f"k must be a whole number of hits, at least 1, not {k!r}")
   check_question(question)  # before the run's files and the model are read
@@ -41,6 +43,10 @@ def search(run_dir: str, question: str, k: int = 10,
   manifest = load_manifest(run_dir)
   if table is None:
     table = CHUNKS if CHUNKS in manifest["outputs"] else EMBEDDINGS
+  elif table == CHUNKS and CHUNKS not in manifest["outputs"]:
+    raise ValueError("The run has no chunks table (it was made without "
+                     "--chunk_size): search its embeddings instead (--table "
+                     "embeddings, or leave --table out)")
   # The TFRecord copy: its records carry checksums (Avro's snappy blocks
   # are read without checking theirs), so a damaged file is found.
   rows, ids, matrix = read_vectors(run_dir, table, TFRECORD)
@@ -48,7 +54,7 @@ def search(run_dir: str, question: str, k: int = 10,
   if not exact and index_table(manifest) == table:
     # Read (and checked) before the model's seconds of loading.
     index = _checked_index(run_dir, manifest, ids, matrix)
-  embedder = embedder or Embedder.from_run(run_dir)
+  embedder = embedder or Embedder.from_run(run_dir, model=model)
   query = embedder.embed_query(question)
   candidates = None
   if index is not None:

@@ -162,6 +162,9 @@ def load_manifest(run_dir: str) -> dict:
       raise RunNotPublishedError(
           f"{run_dir} has no {MANIFEST_FILE}: a guardrail refused to publish "
           f"the run; {refused[-1]} says why.")
+    told = _inside_a_run(run_dir)
+    if told:
+      raise RunNotPublishedError(told)
     raise RunNotPublishedError(
         f"{run_dir} has no {MANIFEST_FILE}: the run is incomplete or was "
         "never published (the manifest is written last). Wait for the run to "
@@ -181,6 +184,26 @@ def load_manifest(run_dir: str) -> dict:
       raise ValueError(f"{path}: \"{name}\" is {manifest[name]!r}, not a "
                        "JSON object: the manifest is damaged")
   return manifest
+
+
+def _inside_a_run(path: str) -> Optional[str]:
+  """What to say of a directory inside a run given as the run (found by a
+  user trial: both were told as runs "incomplete or never published"): a
+  table's directory of a published run, or the staging directory a
+  guardrail's refusal left, which holds refused.json."""
+  refusal = FileSystems.join(path, REFUSAL_FILE)
+  if FileSystems.exists(refusal):
+    return (f"{path} holds the staged outputs of a run a guardrail refused "
+            f"to publish (no {MANIFEST_FILE}): {refusal} says why. They are "
+            "for inspection only; fix the cause and run again.")
+  trimmed = path.rstrip("/")
+  parent, name = FileSystems.split(trimmed) if trimmed else ("", "")
+  if FileSystems.get_scheme(path) is None:  # as given, relative or not
+    parent = os.path.dirname(trimmed) or "."
+  if name and FileSystems.exists(FileSystems.join(parent, MANIFEST_FILE)):
+    return (f"{path} is a directory inside the run {parent}: pass the run "
+            "directory itself")
+  return None
 
 
 def _file_instead_of_run(path: str) -> str:

@@ -16,6 +16,7 @@ import faiss
 import hypothesis
 from hypothesis import strategies as st
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the serving model's ops)
@@ -203,6 +204,10 @@ def test_embed_chunks_equals_the_chunks_table(tmp_path, tiny_model_dir):
       (r["start"], r["end"], r["text"], r["num_tokens"]) for r in rows]
   assert _cosines([c.embedding for c in chunks],
                   [r["embedding"] for r in rows]).min() >= 0.999999
+  # One text, told as such (it was "text 0 is of type list").
+  with pytest.raises(TypeError, match=r"embed_chunks takes one text \(str\), "
+                     "not list"):
+    embedder.embed_chunks([texts["long"]])
   documents = {r["id"]: r for r in read_outputs.read_table(run_dir)
                .to_pylist()}
   assert _cosines(embedder.embed([texts["long"]]),
@@ -450,6 +455,23 @@ def test_texts_that_are_not_str_or_not_unicode_are_told():
   assert embedder_lib._checked_texts(("a", "b")) == ["a", "b"]
 
 
+def test_a_numpy_array_of_texts_is_embedded_as_its_list(ann_run):
+  # Found by a user trial: a column's values (numpy, pandas) were refused
+  # as "not ndarray".
+  texts, run_dir = ann_run
+  embedder = Embedder.from_run(run_dir)
+  some = [texts["t01"], texts["t02"], "東京 🎉"]
+  as_list = embedder.embed(some)
+  for array in (np.array(some), np.array(some, dtype=object),
+                pd.Series(some)):
+    assert np.array_equal(embedder.embed(array), as_list)
+  with pytest.raises(TypeError, match=r"1-D array of texts, not one of "
+                     r"shape \(1, 3\); flatten it"):
+    embedder.embed(np.array([some]))
+  with pytest.raises(TypeError, match="text 1 is of type bytes, not str"):
+    embedder.embed(np.array(["a", b"b"], dtype=object))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda m: m.update(settings=None),
      '"settings" is None, not a JSON object'),
@@ -614,7 +636,9 @@ def test_wrong_flags_are_told_like_the_commands_other_errors(command, argv):
 
 @pytest.mark.parametrize("argv, told", [
     (["RUN", "   "], "the question is empty"),
-    (["RUN", "a question", "--k", "0"], "--k must be at least 1")])
+    (["RUN", "a question", "--k", "0"], "--k must be at least 1"),
+    (["RUN", "-rf", "--k", "2"], "the following arguments are required: "
+     "question; a question that starts with '-' goes after --")])
 def test_query_refuses_a_wrong_argument_before_reading(argv, told, capsys):
   # An empty question once printed ten hits: the pipeline rejects empty
   # texts (empty_text), so the query does too.
@@ -750,6 +774,116 @@ def test_a_run_a_pointer_or_a_killed_run_given_as_the_run_is_told(
                               str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith(
         f"pipeline.export_model: error: {told}")
+
+
+def test_a_part_of_a_run_given_as_the_run_is_told(ann_run, tmp_path,
+                                                  capsys):
+  # Found by a user trial: export_model --serving told a refused run's
+  # staging directory, or a run's tables without their manifest, as "not a
+  # complete model directory: missing encoder, ..."; both commands told a
+  # table's directory as a run "incomplete or never published".
+  _, run_dir = ann_run
+  staging = tmp_path / "refused" / ".staging-night-1"
+  (staging / "embeddings").mkdir(parents=True)
+  (staging / "refused.json").write_text("{}")
+  copied = tmp_path / "copied"
+  shutil.copytree(os.path.join(run_dir, "embeddings"), copied / "embeddings")
+  table = os.path.join(run_dir, "embeddings")
+  for path, told in (
+      (staging, f"{staging} holds the staged outputs of a run a guardrail "
+       f"refused to publish (no manifest.json): {staging}/refused.json says "
+       "why"),
+      (table, f"{table} is a directory inside the run {run_dir}: pass the "
+       "run directory itself"),
+      (copied, f"{copied} has no manifest.json: the run is incomplete")):
+    assert query.main([str(path), "a question"]) == 2
+    assert capsys.readouterr().err.startswith(f"pipeline.query: error: {told}")
+    assert export_model.main(["--serving", str(path), "--output_dir",
+                              str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"pipeline.export_model: error: {told}")
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_tf_hub_encoder_is_served_with_its_preprocessor(
+    tiny_model_dir, ann_run, tmp_path, capsys, monkeypatch):
+  # Found by a user trial: a TF Hub encoder without a known preprocess model
+  # was told to pass --preprocessor, a flag export_model did not have.
+  _, run_dir = ann_run
+  encoder = os.path.join(tiny_model_dir, "encoder")
+  preprocess = os.path.join(tiny_model_dir, "preprocess")
+  out = str(tmp_path / "out")
+  assert export_model.main(["--serving", encoder, "--output_dir", out]) == 2
+  assert capsys.readouterr().err.startswith(
+      f"pipeline.export_model: error: --serving={encoder} is a TF Hub encoder "
+      "with the dict (v2) interface and no known preprocess model: pass the "
+      "one it was trained with as --preprocessor")
+  saved = []
+  monkeypatch.setattr(Embedder, "save_serving_model",
+                      lambda self, output_dir: saved.append(self.settings))
+  assert export_model.main(["--serving", encoder, "--preprocessor",
+                            preprocess, "--output_dir", out]) == 0
+  assert saved[0].preprocess_path == preprocess
+  assert saved[0].encoder_path == encoder
+  for argv, told in (
+      ([], "--preprocessor: for --serving only"),
+      (["--serving", run_dir], f"--preprocessor: {run_dir} is a run "
+       "directory")):
+    with pytest.raises(SystemExit):
+      export_model.main(argv + ["--preprocessor", preprocess, "--output_dir",
+                                out])
+    assert told in capsys.readouterr().err
+
+
+def test_a_run_whose_model_moved_is_searched_with_its_new_place(
+    ann_run, tiny_model_dir, tmp_path, capsys, monkeypatch):
+  # Found by a user trial: a run whose model directory moved (or a run
+  # copied to another machine) could only be told "Restore it";
+  # Embedder.from_run(run, model=...) was a TypeError.
+  texts, run_dir = ann_run
+  copy = _copy_of(run_dir, tmp_path)
+  path = os.path.join(copy, "manifest.json")
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  manifest["model"]["path"] = str(tmp_path / "gone")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(manifest, f)
+  moved = tmp_path / "moved"
+  shutil.copytree(tiny_model_dir, moved)
+  question = texts["t07"]
+  assert query.main([copy, question]) == 2
+  assert "Restore it, or give where it is now (pipeline.query and " \
+      "export_model --serving: --model DIR" in capsys.readouterr().err
+  assert query.main([copy, question, "--k", "1", "--model", str(moved)]) == 0
+  assert capsys.readouterr().out.split()[2] == "t07"
+  assert np.array_equal(
+      Embedder.from_run(copy, model=moved).embed([question]),
+      Embedder.from_run(run_dir).embed([question]))
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f"the run's model was given as {tmp_path / 'nope'}, which is not "
+      "there")):
+    Embedder.from_run(copy, model=tmp_path / "nope")
+  monkeypatch.setattr(Embedder, "save_serving_model",
+                      lambda self, output_dir: None)
+  assert export_model.main(["--serving", copy, "--model", str(moved),
+                            "--output_dir", str(tmp_path / "out")]) == 0
+
+
+def test_the_query_command_tells_a_k_beyond_the_rows_and_a_missing_table(
+    ann_run, capsys):
+  # Found by a user trial: --k 1000 on a run of 60 printed 60 hits without
+  # a word; --table chunks of a run without chunks named no fix.
+  texts, run_dir = ann_run
+  assert query.main([run_dir, texts["t03"], "--k", "1000"]) == 0
+  printed = capsys.readouterr()
+  assert len(printed.out.splitlines()) == 60
+  assert printed.err == ("The run holds 60 rows to search, fewer than --k "
+                         "1000: all are shown.\n")
+  assert query.main([run_dir, "a question", "--table", "chunks"]) == 2
+  assert capsys.readouterr().err == (
+      "pipeline.query: error: The run has no chunks table (it was made "
+      "without --chunk_size): search its embeddings instead (--table "
+      "embeddings, or leave --table out)\n")
 
 
 def test_a_serving_export_never_overwrites_what_is_not_a_savedmodel(

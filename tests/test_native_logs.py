@@ -83,6 +83,17 @@ def test_captured_writes_everything_back_when_asked_or_on_failure(capfd):
   assert capfd.readouterr().err == NOTICES[1] + REAL_ERRORS[0]
 
 
+def test_captured_filters_notices_on_an_exit_on_purpose(capfd, monkeypatch):
+  # Found by a user trial: export_model's wrong-flag errors (argparse's
+  # SystemExit) came after TensorFlow's start-up notices.
+  monkeypatch.setattr(native_logs, "has_nvidia_gpu", lambda: False)
+  with pytest.raises(SystemExit):
+    with native_logs.captured():
+      _write_fd2(*NOTICES, "usage: ...\n")
+      sys.exit(2)
+  assert capfd.readouterr().err == "usage: ...\n"
+
+
 def test_a_capture_inside_another_adds_nothing(capfd):
   with native_logs.captured():
     with native_logs.captured(show_all=True):  # no-op: the outer one holds

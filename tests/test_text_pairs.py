@@ -319,7 +319,9 @@ def test_pairs_end_to_end(tiny_model_dir, tmp_path):
   # Found by a user trial: a later run of single texts carried the pair
   # vectors over, and Embedder.from_run embedded queries unlike them.
   assert manifest["model"]["text_pairs"] is True
-  with pytest.raises(ValueError, match="the run embedded text pairs"):
+  # The refusal names what does search a pair run (a user trial).
+  with pytest.raises(ValueError, match="the run embedded text pairs.*Find a "
+                     "pair's neighbours with pipeline.main --neighbours_of"):
     Embedder.from_run(run_dir)
   # Runs before model.text_pairs was recorded: told by the settings.
   del manifest["model"]["text_pairs"]

@@ -135,8 +135,8 @@ def capturing() -> bool:
 @contextlib.contextmanager
 def captured(show_all: bool = False):
   """Runs the block with file descriptor 2 in a temporary file, then writes
-  what it caught to sys.stderr: all of it if `show_all` or the block raised,
-  else all but the known notices.
+  what it caught to sys.stderr: all of it if `show_all` or the block raised
+  (SystemExit aside: an exit on purpose), else all but the known notices.
 
   Process-wide, as file descriptors are: what other threads write to fd 2
   meanwhile is caught too, and written back with the rest. A block inside
@@ -161,6 +161,12 @@ def captured(show_all: bool = False):
     os.dup2(buffer.fileno(), 2)
     yield
     failed = False
+  except SystemExit:
+    # A deliberate exit, not a crash: argparse's error on a wrong flag
+    # (found by a user trial: export_model's flag errors came after
+    # TensorFlow's start-up notices, unfiltered).
+    failed = False
+    raise
   finally:
     _flush(sys.stderr)
     os.dup2(saved, 2)
