@@ -753,6 +753,17 @@ def test_embedder_arguments_of_the_wrong_kind_are_told(tiny_model_dir,
     Embedder(tiny_model_dir, **arguments)
 
 
+def _assert_both_commands_tell(path, told, tmp_path, capsys):
+  """pipeline.query and export_model --serving, given `path` as the run,
+  exit 2 with the error `told`."""
+  assert query.main([str(path), "a question"]) == 2
+  assert capsys.readouterr().err.startswith(f"pipeline.query: error: {told}")
+  assert export_model.main(["--serving", str(path), "--output_dir",
+                            str(tmp_path / "out")]) == 2
+  assert capsys.readouterr().err.startswith(
+      f"pipeline.export_model: error: {told}")
+
+
 def test_a_run_a_pointer_or_a_killed_run_given_as_the_run_is_told(
     ann_run, tmp_path, capsys):
   # Found by a user trial: a --latest_pointer file was "no such run
@@ -768,12 +779,7 @@ def test_a_run_a_pointer_or_a_killed_run_given_as_the_run_is_told(
                       f"names: {run_dir}"),
                      (killed, f"{killed} has no manifest.json: the run is "
                       "incomplete")):
-    assert query.main([str(path), "a question"]) == 2
-    assert capsys.readouterr().err.startswith(f"pipeline.query: error: {told}")
-    assert export_model.main(["--serving", str(path), "--output_dir",
-                              str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.startswith(
-        f"pipeline.export_model: error: {told}")
+    _assert_both_commands_tell(path, told, tmp_path, capsys)
 
 
 def test_a_part_of_a_run_given_as_the_run_is_told(ann_run, tmp_path,
@@ -796,12 +802,7 @@ def test_a_part_of_a_run_given_as_the_run_is_told(ann_run, tmp_path,
       (table, f"{table} is a directory inside the run {run_dir}: pass the "
        "run directory itself"),
       (copied, f"{copied} has no manifest.json: the run is incomplete")):
-    assert query.main([str(path), "a question"]) == 2
-    assert capsys.readouterr().err.startswith(f"pipeline.query: error: {told}")
-    assert export_model.main(["--serving", str(path), "--output_dir",
-                              str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err.startswith(
-        f"pipeline.export_model: error: {told}")
+    _assert_both_commands_tell(path, told, tmp_path, capsys)
   assert not (tmp_path / "out").exists()
 
 
