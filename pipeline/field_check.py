@@ -21,13 +21,17 @@ guardrails count them), one whose sampled records all lack the field is.
 
 import contextlib
 import itertools
+import logging
 
 from pipeline.errors import ConfigError
 from run_directory.records import DeadLetter
 from run_directory.records import Reason
+from transforms.formats.files import TRANSIENT_ERRORS
 from transforms.read import CorpusSettings
 from transforms.read import matched_paths
 from transforms.read import read_path
+
+_LOG = logging.getLogger(__name__)
 
 # A sample that costs well under a second locally, and a few small reads
 # from Cloud Storage (reading stops at the first record that has the
@@ -40,14 +44,22 @@ def check_fields(flag: str, corpus: CorpusSettings):
   """Raises ConfigError when the sampled records of `corpus` all lack a field
   that the flags name (the text, its pair, the id, a carried field)."""
   missing = []
-  for path in matched_paths(corpus.pattern)[:_SAMPLE_FILES]:
-    with contextlib.closing(
-        read_path(path, corpus.input_format, corpus.record)) as records:
-      for record in itertools.islice(records, _SAMPLE_RECORDS_PER_FILE):
-        if not (isinstance(record, DeadLetter) and
-                record.reason == Reason.MISSING_FIELD):
-          return
-        missing.append(record)
+  try:
+    for path in matched_paths(corpus.pattern)[:_SAMPLE_FILES]:
+      with contextlib.closing(
+          read_path(path, corpus.input_format, corpus.record)) as records:
+        for record in itertools.islice(records, _SAMPLE_RECORDS_PER_FILE):
+          if not (isinstance(record, DeadLetter) and
+                  record.reason == Reason.MISSING_FIELD):
+            return
+          missing.append(record)
+  except TRANSIENT_ERRORS as error:
+    # A storage error a retry may cure: the run's own reads retry it; a
+    # sample is not worth failing the run for.
+    _LOG.warning("%s=%s: its first records could not be read before the "
+                 "run (%s); its fields are checked as the run reads them.",
+                 flag, corpus.pattern, error)
+    return
   if missing:
     first = missing[0]
     files = len({record.source for record in missing})

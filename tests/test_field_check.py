@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from pipeline import field_check
 from pipeline.errors import ConfigError
 from pipeline.field_check import check_fields
 from transforms.formats.fields import RecordSpec
@@ -87,3 +88,17 @@ def test_one_file_with_the_field_among_those_sampled_is_enough(tmp_path):
   with pytest.raises(ConfigError, match="from its first 1 file"):
     check_fields("--input", CorpusSettings(str(tmp_path / "*.jsonl"),
                                            "jsonl"))
+
+
+def test_a_storage_error_leaves_the_fields_to_the_run(tmp_path, monkeypatch,
+                                                      caplog):
+  # A retry may cure it: the run's reads retry, a sample is not worth a
+  # failed run (nor a traceback before it).
+  corpus = _corpus(tmp_path, "jsonl")
+
+  def unreachable(*args, **kwargs):
+    raise ConnectionError("connection reset by peer")
+
+  monkeypatch.setattr(field_check, "read_path", unreachable)
+  check_fields("--input", corpus)
+  assert "its first records could not be read before the run" in caplog.text
