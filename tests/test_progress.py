@@ -89,6 +89,18 @@ def test_documents_the_model_rejects_are_not_told_as_embedded():
     assert describe(counter.snapshot()) == "Embedded 43 of 43 documents (100%)"
 
 
+def test_the_queries_of_neighbours_of_are_counted_as_such():
+  # Found by a user trial: 3 questions made "Embedded 13 of 13 documents"
+  # of a corpus of 10.
+  counter = ProgressCounter(clock=FakeClock())
+  with counter.displayed():
+    counter.add_read(10)
+    counter.add_read(3, queries=True)
+    counter.add_batch(13)
+    assert describe(counter.snapshot()) == (
+        "Embedded 13 of 13 documents and queries (100%)")
+
+
 @pytest.mark.parametrize("embedded, line", [
     (102, "Embedded 102 of 1,000 documents (10%), 0.2 docs/s"),
     (1100, "Embedded 1,100 of 1,100 documents (100%), 100 docs/s"),

@@ -3,7 +3,8 @@
 The stages count, in each process, into PROGRESS (plain counters: Beam's
 metrics are only readable once a run has ended):
 
-  read      documents the read stage produced
+  read      documents the read stage produced (the --neighbours_of
+            queries among them, counted apart too: they are embedded alike)
   skipped   documents that will not reach the model: rejected by validation
             (empty text, a repeated id) or carried over (--previous_run)
   queued    documents the batching stage has sorted by length, and their
@@ -78,6 +79,8 @@ class ProgressSnapshot:
   # When the latest batch came back (None: take `now`).
   last_batch_at: Optional[float] = None
   rejected: int = 0
+  # Of `read`, the --neighbours_of queries (embedded like the documents).
+  queries_read: int = 0
 
   @property
   def measured_secs(self) -> float:
@@ -151,12 +154,14 @@ def describe(progress: ProgressSnapshot) -> str:
   warmed up, the ETA once both are known."""
   total, rate = progress.to_embed, docs_per_sec(progress)
   embedded = progress.embedded - progress.rejected
+  # Found by a user trial: the queries were counted as documents.
+  noun = "documents and queries" if progress.queries_read else "documents"
   if total is not None:
     total -= progress.rejected
     share = embedded / total if total else 1.0
-    text = f"Embedded {embedded:,} of {total:,} documents ({share:.0%})"
+    text = f"Embedded {embedded:,} of {total:,} {noun} ({share:.0%})"
   else:
-    text = f"Embedded {embedded:,} documents"
+    text = f"Embedded {embedded:,} {noun}"
     if not progress.whole_run:
       text += " in this worker process"
     elif not progress.batches:
@@ -196,15 +201,18 @@ class ProgressCounter:
 
   def _reset(self):
     self._read = self._skipped = self._embedded = self._batches = 0
-    self._rejected = 0
+    self._rejected = self._queries_read = 0
     self._queued = self._queued_tokens = self._embedded_tokens = 0
     self._first_batch_at = self._last_batch_at = None
     self._embedded_in_first_batch = self._embedded_tokens_in_first_batch = 0
     self._cadence = LogCadence()
 
-  def add_read(self, n: int = 1):
+  def add_read(self, n: int = 1, queries: bool = False):
+    """n records read (of the --neighbours_of queries, if `queries`)."""
     with self._lock:
       self._read += n
+      if queries:
+        self._queries_read += n
 
   def add_skipped(self, n: int = 1):
     with self._lock:
@@ -254,7 +262,8 @@ class ProgressCounter:
         queued_tokens=self._queued_tokens,
         embedded_tokens=self._embedded_tokens,
         embedded_tokens_in_first_batch=self._embedded_tokens_in_first_batch,
-        last_batch_at=self._last_batch_at, rejected=self._rejected)
+        last_batch_at=self._last_batch_at, rejected=self._rejected,
+        queries_read=self._queries_read)
 
   @contextlib.contextmanager
   def displayed(self):

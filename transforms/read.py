@@ -41,6 +41,7 @@ from transforms.names import counter
 from transforms.names import COUNTERS
 from transforms.names import DEAD_LETTERS
 from transforms.names import DOCUMENTS
+from transforms.names import QUERIES
 from transforms.progress import PROGRESS
 
 
@@ -102,6 +103,7 @@ class _ReadFileFn(beam.DoFn):
   def __init__(self, input_format: str, record: RecordSpec, scope: str):
     self._input_format = input_format
     self._record = record
+    self._queries = scope == QUERIES
     self._read = counter(COUNTERS.read, scope)
     self._dead_lettered = counter(COUNTERS.dead_lettered, scope)
 
@@ -113,7 +115,7 @@ class _ReadFileFn(beam.DoFn):
         self._dead_lettered.inc()
         yield beam.pvalue.TaggedOutput(DEAD_LETTERS, record)
       else:
-        PROGRESS.add_read()
+        PROGRESS.add_read(queries=self._queries)
         yield record
 
 
