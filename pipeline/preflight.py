@@ -23,7 +23,9 @@ from google.auth.transport.requests import Request
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.errors import one_line
+from run_directory.layout import LOCK_FILE
 from run_directory.layout import MANIFEST_FILE
+from run_directory.layout import STAGING_PREFIX
 from run_directory.manifest import load_manifest
 
 # Google Cloud's own scope, which Beam's Cloud Storage and BigQuery clients ask.
@@ -167,6 +169,29 @@ def check_output(output: str):
     raise ConfigError(
         f"--output={output} already holds a published run ({manifest}); "
         "choose a new run directory, e.g. one per date.")
+  if _is_local(output):
+    _check_not_another_directory(output)
+
+
+def _check_not_another_directory(output: str):
+  """A local --output that holds files is an earlier run's that did not
+  publish (its lock or staging directory tells), or refused: publishing
+  clears the files of its own directories (embeddings/, errors/, ...) that
+  it does not list, which in a project or model directory would be the
+  user's (found by fuzzing the flags: --output=MODEL_DIR was taken)."""
+  try:
+    entries = sorted(os.listdir(output))
+  except OSError:
+    return  # not there yet (or not a directory: checked above)
+  if not entries or any(entry == LOCK_FILE or entry.startswith(STAGING_PREFIX)
+                        for entry in entries):
+    return
+  shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+  raise ConfigError(
+      f"--output={output} holds other files ({shown}) and no run of this "
+      "pipeline; a run directory is the run's own (publishing clears its "
+      "table directories of files it does not list): name a new or empty "
+      f"directory, e.g. --output={os.path.join(output, 'runs', 'today')}.")
 
 
 def check_latest_pointer(pointer: str):

@@ -9,7 +9,9 @@ import struct
 
 import pytest
 
+from pipeline import main
 from pipeline import output_lock
+from pipeline import preflight
 from pipeline import read_outputs
 from run_directory.staging import remove_unlisted_files
 from transforms import publish as publish_stage
@@ -43,6 +45,32 @@ def test_only_unlisted_files_of_the_runs_directories_are_removed(
                 for p in (tmp_path / "run").rglob("*") if p.is_file())
   assert left == [".run.lock", "embeddings/avro/embeddings-00000-of-00001.avro",
                   "mine/notes.txt", "notes.txt", "report.html"]
+
+
+def test_an_output_holding_other_files_is_refused_before_the_run(
+    tmp_path, corpus_file, tiny_model_dir, capsys):
+  # Found by fuzzing the flags: --output=MODEL_DIR (or a project directory)
+  # was taken, and publishing clears the files of a run's own directories
+  # that it does not list: a project's embeddings/ would have gone.
+  project = tmp_path / "project"
+  (project / "embeddings").mkdir(parents=True)
+  (project / "embeddings" / "mine.npy").write_bytes(b"mine")
+  (project / "README.md").write_text("my project")
+  code = main.main([f"--input={corpus_file}", f"--output={project}",
+                    f"--model={tiny_model_dir}", "--runner=DirectRunner"])
+  assert code == 2
+  assert (f"--output={project} holds other files (README.md, embeddings) "
+          "and no run of this pipeline") in capsys.readouterr().err
+  assert (project / "embeddings" / "mine.npy").read_bytes() == b"mine"
+  assert sorted(os.listdir(project)) == ["README.md", "embeddings"]
+  # An empty directory, and an earlier run's that did not publish (its
+  # lock, or its staging directory), are a run's.
+  for leftover in (None, ".run.lock", ".staging-killed"):
+    run_dir = tmp_path / f"run-{leftover}"
+    run_dir.mkdir()
+    if leftover:
+      (run_dir / leftover).mkdir()
+    preflight.check_output(str(run_dir))
 
 
 def test_a_second_run_into_a_locked_output_refuses_and_names_the_holder(
