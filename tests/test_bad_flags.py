@@ -239,7 +239,8 @@ def test_a_previous_run_named_by_the_pointer_is_told_so(
                     "--previous_run=latest", f"--latest_pointer={pointer}",
                     f"--model={tiny_model_dir}", "--runner=DirectRunner"])
   assert code == 2
-  assert re.search(r"--previous_run=latest \(runs/gone, named by "
+  # (A relative path is read from the pointer's directory.)
+  assert re.search(rf"--previous_run=latest \({tmp_path}/runs/gone, named by "
                    rf"--latest_pointer={pointer}\) has no manifest.json: it "
                    rf"is not a published run\. Write the last complete run's "
                    rf"directory into {pointer}\.", capsys.readouterr().err)
