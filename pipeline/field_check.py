@@ -42,7 +42,9 @@ _SAMPLE_RECORDS_PER_FILE = 1000
 
 def check_fields(flag: str, corpus: CorpusSettings):
   """Raises ConfigError when the sampled records of `corpus` all lack a field
-  that the flags name (the text, its pair, the id, a carried field)."""
+  that the flags name (the text, its pair, a carried field such as a
+  --restrict_fields one; not the id: a record without one gets a derived
+  id)."""
   missing = []
   try:
     for path in matched_paths(corpus.pattern)[:_SAMPLE_FILES]:
