@@ -108,6 +108,12 @@ for arg in ${PIPELINE_FLAGS[@]+"${PIPELINE_FLAGS[@]}"}; do
     --max_num_workers) setting=MAX_WORKERS ;;
     --model_copies) setting="GPU_COUNT (one model copy per GPU)" ;;
     --setup_file) fail "$arg: the project is installed in the worker image (IMAGE); rebuild it with dataflow/build_image.sh instead of --setup_file." ;;
+    --direct_*) fail "$arg: a DirectRunner flag, which Dataflow ignores; Dataflow's workers are MAX_WORKERS (and the vCPUs of MACHINE_TYPE)." ;;
+    --neighbours_of|--previous_run)
+      case "$value" in
+        gs://*|latest) ;;
+        *) fail "$arg: Dataflow workers read Cloud Storage; use a gs:// path." ;;
+      esac ;;
     --dataflow_service_options|--experiments)
       case "$value" in
         *worker_accelerator*) setting="GPU_TYPE and GPU_COUNT" ;;

@@ -396,6 +396,9 @@ def test_run_dataflow_checks_settings_first(guarded_env):
       ("--model_copies=2", "GPU_COUNT"),
       ("--setup_file=./setup.py", "worker image"),
       ("--temp_location=gs://other/tmp", "BUCKET setting"),
+      ("--direct_num_workers=4", "which Dataflow ignores"),
+      ("--neighbours_of=queries.jsonl", "use a gs:// path"),
+      ("--previous_run=runs/2026-11-21", "use a gs:// path"),
   ]:
     result = _run_script({**env, **_SETTINGS}, "--dry_run", flag)
     assert result.returncode == 2, (flag, result.stderr)
