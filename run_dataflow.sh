@@ -109,10 +109,10 @@ for arg in ${PIPELINE_FLAGS[@]+"${PIPELINE_FLAGS[@]}"}; do
     --model_copies) setting="GPU_COUNT (one model copy per GPU)" ;;
     --setup_file) fail "$arg: the project is installed in the worker image (IMAGE); rebuild it with dataflow/build_image.sh instead of --setup_file." ;;
     --direct_*) fail "$arg: a DirectRunner flag, which Dataflow ignores; Dataflow's workers are MAX_WORKERS (and the vCPUs of MACHINE_TYPE)." ;;
-    --neighbours_of|--previous_run)
+    --neighbours_of|--previous_run|--latest_pointer)
       case "$value" in
         gs://*|latest) ;;
-        *) fail "$arg: Dataflow workers read Cloud Storage; use a gs:// path." ;;
+        *) fail "$arg: Dataflow workers read and write Cloud Storage, not this machine's files; use a gs:// path." ;;
       esac ;;
     --dataflow_service_options|--experiments)
       case "$value" in

@@ -399,6 +399,8 @@ def test_run_dataflow_checks_settings_first(guarded_env):
       ("--direct_num_workers=4", "which Dataflow ignores"),
       ("--neighbours_of=queries.jsonl", "use a gs:// path"),
       ("--previous_run=runs/2026-11-21", "use a gs:// path"),
+      # The pointer is written by the publish step, on a worker.
+      ("--latest_pointer=runs/LATEST", "use a gs:// path"),
   ]:
     result = _run_script({**env, **_SETTINGS}, "--dry_run", flag)
     assert result.returncode == 2, (flag, result.stderr)
