@@ -91,6 +91,38 @@ SINGLE_SDK_PROCESS="${SINGLE_SDK_PROCESS:-false}"
 case "$SINGLE_SDK_PROCESS" in true|false) ;; *) fail "SINGLE_SDK_PROCESS=$SINGLE_SDK_PROCESS: use true or false." ;; esac
 JOB_FILE="${JOB_FILE:-./dataflow_job.json}"
 
+# Pipeline flags that would override what the settings above set: refused,
+# naming the setting to use (Beam takes the last of a repeated flag).
+for arg in ${PIPELINE_FLAGS[@]+"${PIPELINE_FLAGS[@]}"}; do
+  name="${arg%%=*}"; value="${arg#*=}"
+  setting=""
+  case "$name" in
+    --runner) fail "$arg: this script submits to Dataflow (DataflowRunner); for a local run use ./run_local.sh." ;;
+    --project) setting=PROJECT ;; --region) setting=REGION ;;
+    --temp_location|--staging_location) setting=BUCKET ;;
+    --job_name) setting=JOB_NAME ;; --input) setting=INPUT ;;
+    --output) setting=OUTPUT ;; --model) setting=MODEL ;;
+    --sdk_container_image|--worker_harness_container_image) setting=IMAGE ;;
+    --machine_type|--worker_machine_type) setting=MACHINE_TYPE ;;
+    --disk_size_gb) setting=DISK_SIZE_GB ;;
+    --max_num_workers) setting=MAX_WORKERS ;;
+    --model_copies) setting="GPU_COUNT (one model copy per GPU)" ;;
+    --setup_file) fail "$arg: the project is installed in the worker image (IMAGE); rebuild it with dataflow/build_image.sh instead of --setup_file." ;;
+    --direct_*) fail "$arg: a DirectRunner flag, which Dataflow ignores; Dataflow's workers are MAX_WORKERS (and the vCPUs of MACHINE_TYPE)." ;;
+    --neighbours_of|--previous_run|--latest_pointer)
+      case "$value" in
+        gs://*|latest) ;;
+        *) fail "$arg: Dataflow workers read and write Cloud Storage, not this machine's files; use a gs:// path." ;;
+      esac ;;
+    --dataflow_service_options|--experiments)
+      case "$value" in
+        *worker_accelerator*) setting="GPU_TYPE and GPU_COUNT" ;;
+        *no_use_multiple_sdk_containers*) setting=SINGLE_SDK_PROCESS=true ;;
+      esac ;;
+  esac
+  [ -z "$setting" ] || fail "$arg: set by this script; use the $setting setting instead (./run_dataflow.sh --help)."
+done
+
 # --- The job. ---
 # No --setup_file: the project and its pinned stack are installed in IMAGE, so
 # workers start without pip (a --setup_file would make every worker build and

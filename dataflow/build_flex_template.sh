@@ -20,10 +20,22 @@
 #    defaults (GPU_TYPE, GPU_COUNT, MACHINE_TYPE, MAX_WORKERS as in
 #    run_dataflow.sh).
 # It prints the command that launches a job from the template.
+#
+# --dry_run checks the settings, regenerates the metadata and prints the
+# gcloud commands instead of running them: no gcloud, credentials or network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROG=build_flex_template.sh
 fail() { echo "$PROG: $*" >&2; exit 2; }
+
+DRY_RUN=false
+for arg in "$@"; do
+  case "$arg" in
+    --dry_run|--dry-run) DRY_RUN=true ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) fail "unknown argument $arg (settings are environment variables; see --help)." ;;
+  esac
+done
 
 missing=()
 for name in PROJECT REGION BUCKET; do
@@ -44,10 +56,12 @@ MACHINE_TYPE="${MACHINE_TYPE:-}"
 MAX_WORKERS="${MAX_WORKERS:-4}"
 DISK_SIZE_GB="${DISK_SIZE_GB:-50}"
 [[ "$MAX_WORKERS" =~ ^[1-9][0-9]*$ ]] || fail "MAX_WORKERS=$MAX_WORKERS: use a positive whole number."
+[[ "$DISK_SIZE_GB" =~ ^[1-9][0-9]*$ ]] && [ "$DISK_SIZE_GB" -ge 30 ] ||
+  fail "DISK_SIZE_GB=$DISK_SIZE_GB: the GPU worker image alone takes ~10 GB unpacked; use a whole number of GB, 30 or more (default 50)."
 # shellcheck source=dataflow/gpu.sh
 source dataflow/gpu.sh
 resolve_gpu || exit 2
-command -v "${GCLOUD:-gcloud}" >/dev/null ||
+[ "$DRY_RUN" = true ] || command -v "${GCLOUD:-gcloud}" >/dev/null ||
   fail "gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install)."
 GCLOUD="${GCLOUD:-gcloud}"
 
@@ -57,11 +71,25 @@ METADATA="${METADATA:-dataflow/flex_template_metadata.json}"
 "$PYTHON" -m pipeline.dataflow_job flex-metadata --output "$METADATA"
 echo "Template metadata: $METADATA ($("$PYTHON" -c "import json,sys; print(len(json.load(open(sys.argv[1]))['parameters']))" "$METADATA") parameters)"
 
+# run COMMAND...: runs it, or with --dry_run prints it, quoted for a shell.
+run() {
+  if [ "$DRY_RUN" = true ]; then
+    printf '%q ' "$@" | sed 's/ $//'
+    echo
+  else
+    "$@"
+  fi
+}
+
 if [ "${BUILD_IMAGE:-false}" = true ]; then
-  IMAGE="$IMAGE" GCLOUD="$GCLOUD" dataflow/build_image.sh
+  if [ "$DRY_RUN" = true ]; then
+    IMAGE="$IMAGE" GCLOUD="$GCLOUD" dataflow/build_image.sh --dry_run
+  else
+    IMAGE="$IMAGE" GCLOUD="$GCLOUD" dataflow/build_image.sh
+  fi
 fi
 
-"$GCLOUD" dataflow flex-template build "$TEMPLATE" \
+run "$GCLOUD" dataflow flex-template build "$TEMPLATE" \
   --project="$PROJECT" \
   --image="$IMAGE" \
   --sdk-language=PYTHON \
@@ -72,9 +100,10 @@ fi
   --max-workers="$MAX_WORKERS" \
   --additional-experiments="use_runner_v2,$WORKER_ACCELERATOR"
 
+[ "$DRY_RUN" = true ] && verb="would be written" || verb=written
 cat <<EOF
 
-Template written to $TEMPLATE. Launch a run (a scheduler sends the same
+Template $verb to $TEMPLATE. Launch a run (a scheduler sends the same
 request; the output directory must be new for each run):
 
   $GCLOUD dataflow flex-template run "bert-embeddings-\$(date -u +%Y%m%d-%H%M%S)" \\

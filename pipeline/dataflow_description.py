@@ -243,18 +243,22 @@ def write_job_description(argv: Sequence[str], job_file: str,
   # it) at submission: from GCS, which a dry run cannot do.
   for i, arg in enumerate(argv):
     name, eq, value = arg.partition("=")
-    if name == "--previous_run":
+    if name in ("--previous_run", "--latest_pointer"):
       value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
       if _is_remote(value) or value == "latest":
+        what = ("the previous run" if name == "--previous_run" else
+                "the run the pointer names")
         raise ConfigError(
-            f"--previous_run={value}: the pipeline reads the previous run at "
-            "submission (from GCS), which a dry run cannot do; leave it out "
-            "of the dry run (the job is the same apart from the documents "
-            "carried over).")
+            f"{name}={value}: the pipeline reads {what} at submission (from "
+            "GCS), which a dry run cannot do; leave it out of the dry run "
+            "(the job is the same apart from the documents carried over).")
   if _is_remote(job_file):
     raise ConfigError(f"--job_file={job_file}: the dry run writes a local "
                       "file; copy it to GCS afterwards if you need it there.")
   job_file = os.path.abspath(job_file)
+  if os.path.isdir(job_file):
+    raise ConfigError(f"--job_file={job_file} is a directory; name a file, "
+                      f"e.g. {os.path.join(job_file, 'dataflow_job.json')}.")
   os.makedirs(os.path.dirname(job_file), exist_ok=True)
   argv += [f"--template_location={job_file}", "--no_auth"]
 

@@ -253,6 +253,13 @@ def test_job_description_refuses_what_it_cannot_describe(tiny_model_dir,
     dataflow_description.write_job_description(
         _dataflow_args(tiny_model_dir, previous_run="latest",
                        latest_pointer="gs://my-bucket/runs/LATEST"), job_file)
+  with pytest.raises(ConfigError, match="leave it out of the dry run"):
+    dataflow_description.write_job_description(
+        _dataflow_args(tiny_model_dir,
+                       latest_pointer="gs://my-bucket/runs/LATEST"), job_file)
+  with pytest.raises(ConfigError, match="is a directory; name a file"):
+    dataflow_description.write_job_description(
+        _dataflow_args(tiny_model_dir), str(tmp_path))
   with pytest.raises(ConfigError, match="no such directory"):
     dataflow_description.write_job_description(
         _dataflow_args(str(tmp_path / "missing-model")), job_file)
@@ -287,6 +294,13 @@ def _resolve_gpu(**settings):
      "nvidia-tesla-a100;count:8"),
     ({"GPU_TYPE": "a100", "GPU_COUNT": "16"}, "a2-megagpu-16g",
      "nvidia-tesla-a100;count:16"),
+    ({"GPU_TYPE": "NVIDIA-TESLA-T4"}, "n1-standard-8",
+     "nvidia-tesla-t4;count:1"),
+    ({"GPU_TYPE": "Nvidia-L4"}, "g2-standard-8", "nvidia-l4;count:1"),
+    ({"MACHINE_TYPE": "n1-custom-8-30720"}, "n1-custom-8-30720",
+     "nvidia-tesla-t4;count:1"),
+    ({"GPU_COUNT": "4", "MACHINE_TYPE": "n1-standard-96"}, "n1-standard-96",
+     "nvidia-tesla-t4;count:4"),
 ])
 def test_gpu_choices(settings, machine, accelerator):
   result = _resolve_gpu(**settings)
@@ -307,6 +321,14 @@ def test_gpu_choices(settings, machine, accelerator):
      "comes with 1 GPU(s) but GPU_COUNT=2"),
     ({"GPU_TYPE": "a100", "MACHINE_TYPE": "a2-highgpu-2g"},
      "set GPU_COUNT=2"),
+    # Machine types that do not exist, or carry another GPU (the 80 GB A100).
+    ({"GPU_TYPE": "a100", "MACHINE_TYPE": "a2-ultragpu-1g"},
+     "not a nvidia-tesla-a100 machine type"),
+    ({"GPU_TYPE": "a100", "MACHINE_TYPE": "a2-highgpu-3g"},
+     "use a2-highgpu-1g"),
+    ({"GPU_TYPE": "l4", "MACHINE_TYPE": "g2-standard-7"},
+     "not a nvidia-l4 machine type"),
+    ({"MACHINE_TYPE": "n1-highmem-64"}, "at most 48"),
 ])
 def test_gpu_choices_refused(settings, message):
   result = _resolve_gpu(**settings)
@@ -361,6 +383,29 @@ def test_run_dataflow_checks_settings_first(guarded_env):
     result = _run_script({**env, **_SETTINGS, name: value}, "--dry_run")
     assert result.returncode == 2, (name, result.stderr)
     assert message in result.stderr, (name, result.stderr)
+
+  # Beam's flags that the script sets from its settings: refused, naming
+  # the setting (Beam would take the user's, e.g. run on DirectRunner).
+  for flag, message in [
+      ("--runner=DirectRunner", "./run_local.sh"),
+      ("--worker_machine_type=e2-standard-4", "MACHINE_TYPE setting"),
+      ("--machine_type=e2-standard-4", "MACHINE_TYPE setting"),
+      (f"--dataflow_service_options={L4_OPTION}", "GPU_TYPE and GPU_COUNT"),
+      ("--experiments=no_use_multiple_sdk_containers", "SINGLE_SDK_PROCESS"),
+      ("--sdk_container_image=apache/beam_python3.11_sdk:2.77.0", "IMAGE"),
+      ("--model_copies=2", "GPU_COUNT"),
+      ("--setup_file=./setup.py", "worker image"),
+      ("--temp_location=gs://other/tmp", "BUCKET setting"),
+      ("--direct_num_workers=4", "which Dataflow ignores"),
+      ("--neighbours_of=queries.jsonl", "use a gs:// path"),
+      ("--previous_run=runs/2026-11-21", "use a gs:// path"),
+      # The pointer is written by the publish step, on a worker.
+      ("--latest_pointer=runs/LATEST", "use a gs:// path"),
+  ]:
+    result = _run_script({**env, **_SETTINGS}, "--dry_run", flag)
+    assert result.returncode == 2, (flag, result.stderr)
+    assert result.stderr.count("\n") == 1, (flag, result.stderr)
+    assert message in result.stderr, (flag, result.stderr)
   assert _network_attempts(log) == []
 
 
@@ -523,6 +568,33 @@ def test_build_flex_template_script(guarded_env, tmp_path):
       f"--additional-experiments=use_runner_v2,{L4_OPTION}"]
   assert "flex-template run" in result.stdout
   assert f"sdk_container_image={IMAGE}" in result.stdout
+
+
+def test_build_flex_template_dry_run(guarded_env, tmp_path):
+  """--dry_run prints the gcloud commands: no gcloud needed."""
+  env, log = guarded_env
+  metadata = tmp_path / "metadata.json"
+  env.update(PROJECT="my-project", REGION="us-central1",
+             BUCKET="gs://my-bucket/", IMAGE=IMAGE, METADATA=str(metadata),
+             GCLOUD=str(tmp_path / "no-gcloud"))
+  result = subprocess.run([BUILD_FLEX, "--dry_run"], env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _network_attempts(log) == []
+  assert json.loads(metadata.read_text()) == (
+      flex_template.flex_template_metadata())
+  assert (f"dataflow flex-template build "
+          "gs://my-bucket/templates/bert-embeddings.json") in result.stdout
+  assert "would be written" in result.stdout
+  # Unknown arguments and bad settings are refused before anything runs.
+  for args, settings, message in [
+      (["--dryrun"], {}, "unknown argument --dryrun"),
+      (["--dry_run"], {"DISK_SIZE_GB": "10"}, "30 or more"),
+  ]:
+    result = subprocess.run([BUILD_FLEX, *args], env={**env, **settings},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
 
 
 # ---------------------------------------------------------------------------
