@@ -583,7 +583,7 @@ def test_build_flex_template_dry_run(guarded_env, tmp_path):
   assert _network_attempts(log) == []
   assert json.loads(metadata.read_text()) == (
       flex_template.flex_template_metadata())
-  assert (f"dataflow flex-template build "
+  assert ("dataflow flex-template build "
           "gs://my-bucket/templates/bert-embeddings.json") in result.stdout
   assert "would be written" in result.stdout
   # Unknown arguments and bad settings are refused before anything runs.
