@@ -93,8 +93,18 @@ JOB_FILE="${JOB_FILE:-./dataflow_job.json}"
 
 # Pipeline flags that would override what the settings above set: refused,
 # naming the setting to use (Beam takes the last of a repeated flag).
+# A flag's value follows its "=" or, as its own argument, the flag.
+previous=""
 for arg in ${PIPELINE_FLAGS[@]+"${PIPELINE_FLAGS[@]}"}; do
-  name="${arg%%=*}"; value="${arg#*=}"
+  if [[ "$arg" == --*=* ]]; then
+    name="${arg%%=*}"; value="${arg#*=}"
+  elif [[ "$previous" == --* && "$previous" != *=* && "$arg" != --* ]]; then
+    name="$previous"; value="$arg"; arg="$previous $arg"
+  else
+    name="$arg"; value=""
+  fi
+  previous="${arg##* }"
+  [[ "$name" == --* ]] || continue
   setting=""
   case "$name" in
     --runner) fail "$arg: this script submits to Dataflow (DataflowRunner); for a local run use ./run_local.sh." ;;
@@ -111,7 +121,7 @@ for arg in ${PIPELINE_FLAGS[@]+"${PIPELINE_FLAGS[@]}"}; do
     --direct_*) fail "$arg: a DirectRunner flag, which Dataflow ignores; Dataflow's workers are MAX_WORKERS (and the vCPUs of MACHINE_TYPE)." ;;
     --neighbours_of|--previous_run|--latest_pointer)
       case "$value" in
-        gs://*|latest) ;;
+        gs://*|latest|"") ;;  # "": its value is the next argument
         *) fail "$arg: Dataflow workers read and write Cloud Storage, not this machine's files; use a gs:// path." ;;
       esac ;;
     --dataflow_service_options|--experiments)

@@ -401,8 +401,14 @@ def test_run_dataflow_checks_settings_first(guarded_env):
       ("--previous_run=runs/2026-11-21", "use a gs:// path"),
       # The pointer is written by the publish step, on a worker.
       ("--latest_pointer=runs/LATEST", "use a gs:// path"),
+      # A value as the next argument, as argparse takes it too.
+      (("--experiments", L4_OPTION), "GPU_TYPE and GPU_COUNT"),
+      (("--latest_pointer", "runs/LATEST"), "use a gs:// path"),
+      (("--latest_pointer", "gs://my-bucket/LATEST"), "leave it out of the "
+       "dry run"),
   ]:
-    result = _run_script({**env, **_SETTINGS}, "--dry_run", flag)
+    flags = (flag,) if isinstance(flag, str) else flag
+    result = _run_script({**env, **_SETTINGS}, "--dry_run", *flags)
     assert result.returncode == 2, (flag, result.stderr)
     assert result.stderr.count("\n") == 1, (flag, result.stderr)
     assert message in result.stderr, (flag, result.stderr)
