@@ -402,6 +402,20 @@ def _check_names(config: RunConfig):
       raise ConfigError(
           f"--{flag} names a field of the --neighbours_of queries; set "
           "--neighbours_of, or leave it out.")
+  # Found by fuzzing the flags: --id_field=text took every text as its id
+  # (a changed text was then a new document, and the old one removed).
+  for id_flag, text_flag in (("id_field", "text_field"),
+                             ("query_id_field", "query_text_field")):
+    section = config.input if id_flag == "id_field" else neighbours
+    id_field = getattr(section, id_flag)
+    for other in (text_flag, "text_pair_field"):
+      other_section = section if other == text_flag else config.input
+      if id_field is not None and id_field == getattr(other_section, other):
+        raise ConfigError(
+            f"--{id_flag} and --{other} both name {id_field!r}: each text "
+            f"would be its own id. Set --{id_flag} to the field that holds "
+            "the ids (a record without one gets an id derived from its file "
+            f"and text), or --{other} to the text's.")
   pair, text = config.input.text_pair_field, config.input.text_field
   if pair is not None and (not pair or pair == text):
     raise ConfigError(

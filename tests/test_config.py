@@ -65,6 +65,13 @@ def test_config_from_options_is_pure_and_fills_the_defaults(tmp_path):
      "--neighbours_of"),
     (["--neighbours_of=q.jsonl", "--text_pair_field=question",
       "--query_text_field=question"], "is --query_text_field too"),
+    (["--id_field=text"], "--id_field and --text_field both name 'text'"),
+    (["--text_field=id"], "--id_field and --text_field both name 'id'"),
+    (["--id_field=b", "--text_pair_field=b"],
+     "--id_field and --text_pair_field both name 'b'"),
+    (["--neighbours_of=q.jsonl", "--query_id_field=q",
+      "--query_text_field=q"],
+     "--query_id_field and --query_text_field both name 'q'"),
     (["--neighbours_of=q.jsonl", "--query_id_field= "],
      "--query_id_field is empty: name the field, column or feature that "
      "holds the id"),
