@@ -3,9 +3,10 @@
 A few Hypothesis examples (each is a pipeline run of a few seconds): a corpus
 of several damaged files of one format, embedded with the tiny model. The run
 never fails, publishes (the guardrails are opened wide, and a run that embeds
-nothing is refused with exit status 3 instead), and accounts for every record
-the readers see: read == embedded + dead_lettered, with the same number read
-as the readers alone read from the same files.
+nothing is refused with exit status 3 instead; one whose every record lacks
+the text field is told so before it starts, status 2), and accounts for
+every record the readers see: read == embedded + dead_lettered, with the
+same number read as the readers alone read from the same files.
 """
 
 import os
@@ -38,13 +39,15 @@ def _corpora(draw):
 def test_damaged_corpora_end_to_end(tmp_path_factory, tiny_model_dir, corpus):
   input_format, files = corpus
   directory = tmp_path_factory.mktemp("corpus")
-  expected_read = 0
+  expected_read, reasons = 0, []
   for i, (name, data) in enumerate(files):
     path = str(directory / f"{i}-{name}")
     with open(path, "wb") as f:
       f.write(data)
     if data:  # a 0-byte file holds no records and is not read at all
-      expected_read += len(read_all(input_format, path, data))
+      records = read_all(input_format, path, data)
+      expected_read += len(records)
+      reasons += [getattr(record, "reason", "document") for record in records]
   run_dir = str(tmp_path_factory.mktemp("run") / "run")
 
   code = main.main([
@@ -53,6 +56,14 @@ def test_damaged_corpora_end_to_end(tmp_path_factory, tiny_model_dir, corpus):
       "--runner=DirectRunner", "--neighbours_k=2", "--max_bad_fraction=1",
       "--max_record_bytes=2048"])
 
+  if code == 2:
+    # Every record lacks the text field (a real Parquet file of other
+    # columns, say): told before the run (pipeline/field_check.py), and
+    # nothing written. (The check samples up to 1,000 records of 4 files,
+    # more than these corpora hold.)
+    assert reasons and set(reasons) == {"missing_field"}
+    assert not os.path.exists(run_dir)
+    return
   if code == 3:  # nothing embedded: refused, never published
     refusal = read_outputs.load_refusal(run_dir)
     counts = refusal["counts"]
